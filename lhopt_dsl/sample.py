@@ -1,0 +1,127 @@
+"""Sampling concrete tasks from a spec, and counting the task space.
+
+``sample(spec, seed)`` is a pure function of its arguments: the mixture entry and the task's
+settings are drawn from one random stream, the noisy initial hyperparameters from another (so
+editing the task mixture does not change the hyperparameter noise of a seed). The resulting
+:class:`TaskConfig` is concrete, frozen, hashable, round-trips through YAML, and together with its
+``seed`` fixes initial weights and data order when compiled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Annotated, Any, Iterator
+
+import numpy as np
+import yaml
+from pydantic import Field
+
+from .spec.distributions import StrictModel
+from .spec.experiment import ExperimentSpec, TaskDistribution
+from .spec.families import FamilySpec, Task, TaskBase
+from .spec.hparams import HyperparameterSpace, InitialHParams, sample_hparams
+from .spec.loader import _Loader
+from .spec.space import iter_settings, union_size
+
+_TASK_STREAM = 0
+_HPARAM_STREAM = 1
+
+
+class TaskConfig(StrictModel):
+    """One concrete inner task: its settings, its seed and its initial hyperparameters."""
+
+    seed: Annotated[int, Field(ge=0, description="Fixes initial weights, data order and generated data.")]
+    task: Task
+    hparams: InitialHParams
+
+    @property
+    def family(self) -> str:
+        return self.task.family
+
+    @property
+    def task_id(self) -> str:
+        """Stable content hash: equal configs have equal ids on every machine and Python version."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json")
+        task = data["task"]
+        common = [k for k in TaskBase.model_fields if k in task]
+        # For readers: the tag first, then the family's own choices, then the shared training ones.
+        data["task"] = {"family": task.pop("family"), **{k: v for k, v in task.items() if k not in common}}
+        data["task"].update({k: task[k] for k in common})
+        return yaml.safe_dump(data, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "TaskConfig":
+        return cls.model_validate(yaml.load(text, Loader=_Loader))
+
+
+def _rng(seed: int, stream: int) -> np.random.Generator:
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return np.random.default_rng([seed, stream])
+
+
+def sample_task(tasks: TaskDistribution, seed: int) -> Any:
+    """Draw a mixture entry by weight, then a concrete task from it."""
+    rng = _rng(seed, _TASK_STREAM)
+    entry = tasks.families[int(rng.choice(len(tasks.families), p=np.asarray(tasks.weights)))]
+    return entry.sample(rng)
+
+
+def sample_initial_hparams(space: HyperparameterSpace, seed: int) -> InitialHParams:
+    """Noisy initial hyperparameters for ``seed`` (paper Table 8's noise)."""
+    return sample_hparams(space, _rng(seed, _HPARAM_STREAM))
+
+
+def sample(spec: ExperimentSpec, seed: int) -> TaskConfig:
+    """Sample one concrete task of the spec's training distribution."""
+    return TaskConfig(
+        seed=seed, task=sample_task(spec.tasks, seed), hparams=sample_initial_hparams(spec.hparams, seed)
+    )
+
+
+@dataclass(frozen=True)
+class SpaceSize:
+    """Distinct task settings: per family (overlapping entries counted once) and in total."""
+
+    families: dict[str, int]
+    entries: list[int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.families.values())
+
+
+def _groups(tasks: TaskDistribution) -> dict[str, list[FamilySpec]]:
+    groups: dict[str, list[FamilySpec]] = defaultdict(list)
+    for entry in tasks.families:
+        groups[entry.family].append(entry)
+    return groups
+
+
+def space_size(spec: ExperimentSpec | TaskDistribution) -> SpaceSize:
+    """Count the distinct task settings of a distribution exactly (the seed is not a setting)."""
+    tasks = spec.tasks if isinstance(spec, ExperimentSpec) else spec
+    families = {name: union_size([e.axes() for e in entries]) for name, entries in _groups(tasks).items()}
+    entries = [union_size([e.axes()]) for e in tasks.families]
+    return SpaceSize(families, entries)
+
+
+def enumerate_settings(spec: ExperimentSpec | TaskDistribution) -> Iterator[dict[str, Any]]:
+    """Every distinct task setting, by brute force: only for small spaces (tests, inspection)."""
+    tasks = spec.tasks if isinstance(spec, ExperimentSpec) else spec
+    for name, entries in _groups(tasks).items():
+        seen: set[str] = set()
+        for entry in entries:
+            for setting in iter_settings(entry.axes()):
+                task = entry.task_cls(**setting).model_dump(mode="json")
+                key = json.dumps(task, sort_keys=True)
+                if key not in seen:
+                    seen.add(key)
+                    yield task

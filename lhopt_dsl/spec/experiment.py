@@ -1,0 +1,113 @@
+"""Task distributions (weighted mixtures of families) and experiment specs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from .distributions import StrictModel, support_of
+from .families import LM_OOD_DATASETS, Family, TransformerSpec
+from .hparams import HyperparameterSpace
+
+
+class TaskDistribution(StrictModel):
+    """A weighted mixture of task families: each entry is drawn with probability weight / sum."""
+
+    description: Annotated[str, Field(description="Free text shown by `lhopt space`.")] = ""
+    families: Annotated[
+        list[Family], Field(min_length=1, description="Mixture entries, each tagged with `family:`.")
+    ]
+
+    @property
+    def weights(self) -> list[float]:
+        total = sum(f.weight for f in self.families)
+        return [f.weight / total for f in self.families]
+
+    def ood_datasets(self) -> list[str]:
+        """Datasets reserved for out-of-distribution evaluation that this mixture uses."""
+        found = []
+        for fam in self.families:
+            if isinstance(fam, TransformerSpec):
+                found += [d for d in support_of(fam.dataset) if d in LM_OOD_DATASETS]
+        return found
+
+
+class MetaTrainSpec(StrictModel):
+    """Meta-training settings (PPO over inner runs)."""
+
+    iterations: Annotated[int, Field(ge=1, description="PPO iterations.")] = 100
+    workers: Annotated[int, Field(ge=1, description="Parallel rollout worker processes.")] = 1
+    tasks_per_iteration: Annotated[int, Field(ge=1, description="Tasks sampled per PPO iteration.")] = 2
+    rollouts_per_task: Annotated[
+        int, Field(ge=1, description="Policy rollouts per sampled task, sharing one baseline (paper: 4).")
+    ] = 4
+    baseline: Annotated[
+        str,
+        Field(
+            pattern="^(self_play|fixed)$",
+            description="self_play: an EMA of the policy being trained; fixed: CIAO at its initial hyperparameters.",
+        ),
+    ] = "self_play"
+    hidden_size: Annotated[int, Field(ge=1, description="LSTM units of actor and critic (paper: 256).")] = 256
+    num_layers: Annotated[int, Field(ge=1, description="LSTM layers of actor and critic (paper: 1).")] = 1
+
+
+class EvaluationSpec(StrictModel):
+    """Evaluation settings: held-out tasks against tuned baselines."""
+
+    num_tasks: Annotated[int, Field(ge=1, description="Held-out tasks to evaluate on.")] = 20
+    tasks: Annotated[
+        TaskDistribution | None,
+        Field(description="Evaluation distribution (may use out-of-distribution datasets); default: the training one."),
+    ] = None
+
+
+class TrackingSpec(StrictModel):
+    """Where results go."""
+
+    uri: Annotated[
+        str | None,
+        Field(description="MLflow tracking URI; default: a SQLite store `mlflow.db` in the working directory."),
+    ] = None
+    experiment: Annotated[str, Field(min_length=1, description="MLflow experiment name.")] = "lhopt"
+    registered_model: Annotated[
+        str | None, Field(description="Name under which a trained policy is registered.")
+    ] = None
+
+
+class ExperimentSpec(StrictModel):
+    """An experiment: a task distribution, the hyperparameter space, and how to run."""
+
+    name: Annotated[str, Field(min_length=1, description="Experiment name.")]
+    description: Annotated[str, Field(description="Free text.")] = ""
+    seed: Annotated[int, Field(ge=0, description="Root seed of everything random in the experiment.")] = 0
+    device: Annotated[
+        str,
+        Field(pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="Torch device: auto, cpu, cuda, cuda:N or mps."),
+    ] = "cpu"
+    data_dir: Annotated[
+        str | None,
+        Field(description="Directory with datasets (relative to the spec file); default: $LHOPT_DATA_DIR, then a cache."),
+    ] = None
+    tasks: Annotated[
+        TaskDistribution,
+        Field(description="The training task distribution, inline or the path of a YAML file holding one."),
+    ]
+    hparams: Annotated[
+        HyperparameterSpace, Field(description="Inner optimizer hyperparameters (defaults: paper Tables 7, 8).")
+    ] = HyperparameterSpace()
+    meta_train: Annotated[MetaTrainSpec, Field(description="PPO meta-training settings.")] = MetaTrainSpec()
+    evaluation: Annotated[EvaluationSpec, Field(description="Evaluation against tuned baselines.")] = EvaluationSpec()
+    tracking: Annotated[TrackingSpec, Field(description="MLflow tracking.")] = TrackingSpec()
+
+    @field_validator("tasks")
+    @classmethod
+    def _no_ood_in_training(cls, tasks: TaskDistribution) -> TaskDistribution:
+        ood = tasks.ood_datasets()
+        if ood:
+            raise ValueError(
+                f"dataset '{ood[0]}' is reserved for out-of-distribution evaluation and may not be part of "
+                "the training distribution `tasks`; use it under `evaluation.tasks`"
+            )
+        return tasks

@@ -1,0 +1,411 @@
+"""Task families (tag ``family:``): randomized descriptions of small inner training tasks.
+
+Each family comes in two shapes:
+
+* a *spec* (``MLPSpec``, ...) whose fields are fixed values or distributions, as users write it;
+* a concrete *task* (``MLPTask``, ...) with one value per field, as the compiler consumes it.
+
+Only fields that change the compiled task are declared, so the size of a family's space is the
+product of its fields' supports (see :mod:`lhopt_dsl.spec.space`). The families follow the
+paper's Appendix H: MLPs and CNNs on MNIST-like images, RNNs on algorithmic tasks, RNNs on SST-2
+sentence classification, Transformer language models on simple datasets, and the noisy quadratic
+model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import numpy as np
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from .distributions import (
+    LogUniform,
+    StrictModel,
+    Uniform,
+    choice_dist,
+    float_dist,
+    int_dist,
+    is_distribution,
+    sample_value,
+    support_of,
+)
+from .space import Axis, LayerAxis
+
+# --- vocabularies shared by specs and concrete tasks -------------------------------------------
+
+ImageDataset = Literal["mnist", "kmnist", "fashion_mnist", "digits"]
+Activation = Literal["relu", "leaky_relu", "very_leaky_relu", "elu", "prelu"]
+Norm = Literal["none", "batch", "layer"]
+MLPLoss = Literal["cross_entropy", "mae", "mse", "huber"]
+Pooling = Literal["max", "avg", "stride"]
+Cell = Literal["rnn", "lstm", "gru"]
+AlgoTask = Literal["parity", "binary_addition"]
+TextDataset = Literal["sst2"]
+NormPosition = Literal["pre", "post"]
+Positional = Literal["learned", "sinusoidal"]
+
+#: Language-modelling datasets for the transformer family: synthetic sequence tasks generated on
+#: the fly, and small real corpora available offline.
+LM_TRAIN_DATASETS: tuple[str, ...] = (
+    # synthetic
+    "copy", "reverse", "sort", "count", "addition", "multiplication", "modular_addition",
+    "cumulative_sum", "parity_stream", "dyck1", "dyck2", "anbn", "palindrome", "duplicate",
+    "interleave", "caesar", "successor", "fibonacci", "random_walk", "markov1", "markov2",
+    "markov3", "periodic", "associative_recall", "majority", "histogram",
+    "arithmetic_expressions", "bigram_grammar",
+    # small real corpora
+    "sst2_chars", "sst2_words", "stdlib_docstrings", "stdlib_source",
+)  # fmt: skip
+#: Reserved for out-of-distribution evaluation: never part of a training distribution.
+LM_OOD_DATASETS: tuple[str, ...] = ("tinyshakespeare",)
+LMDataset = Literal[LM_TRAIN_DATASETS + LM_OOD_DATASETS]  # type: ignore[valid-type]
+
+MAX_OUTER_STEPS = 128
+MIN_OUTER_STEPS = 2
+
+
+# --- concrete tasks ------------------------------------------------------------------------------
+
+
+class TaskBase(StrictModel):
+    """Settings every concrete task has."""
+
+    batch_size: Annotated[int, Field(ge=1, description="Examples per inner step.")]
+    inner_steps: Annotated[int, Field(ge=1, description="Inner training steps T.")]
+    outer_steps: Annotated[
+        int,
+        Field(
+            ge=MIN_OUTER_STEPS,
+            le=MAX_OUTER_STEPS,
+            description="Times the policy acts during the run (2 to 128), spread over the T inner steps.",
+        ),
+    ]
+
+
+class MLPTask(TaskBase):
+    family: Literal["mlp"] = "mlp"
+    dataset: ImageDataset
+    hidden: tuple[int, ...]
+    activation: Activation
+    norm: Norm
+    loss: MLPLoss
+
+
+class CNNTask(TaskBase):
+    family: Literal["cnn"] = "cnn"
+    dataset: ImageDataset
+    channels: tuple[int, ...]
+    kernel_size: int
+    pooling: Pooling
+    activation: Activation
+    norm: Norm
+
+
+class RNNTask(TaskBase):
+    family: Literal["rnn"] = "rnn"
+    task: AlgoTask
+    cell: Cell
+    hidden_size: int
+    num_layers: int
+    seq_len: int
+
+
+class TextRNNTask(TaskBase):
+    family: Literal["text_rnn"] = "text_rnn"
+    dataset: TextDataset
+    cell: Cell
+    embed_dim: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    max_len: int
+    vocab_size: int
+
+
+class TransformerTask(TaskBase):
+    family: Literal["transformer"] = "transformer"
+    dataset: LMDataset
+    d_model: int
+    num_layers: int
+    num_heads: int
+    ff_mult: int
+    seq_len: int
+    norm_position: NormPosition
+    positional: Positional
+
+
+class NQMTask(TaskBase):
+    family: Literal["nqm"] = "nqm"
+    dim: int
+    spectrum_decay: float
+    noise_scale: float
+
+
+Task = Annotated[
+    Union[MLPTask, CNNTask, RNNTask, TextRNNTask, TransformerTask, NQMTask],
+    Field(discriminator="family"),
+]
+
+
+# --- specs ---------------------------------------------------------------------------------------
+
+
+class Layers(StrictModel):
+    """A stack of layers whose depth and sizes are sampled."""
+
+    depth: Annotated[int_dist(), Field(description="Number of layers (every value >= 1).")]  # type: ignore[valid-type]
+    width: Annotated[int_dist(), Field(description="Size of each layer (units or channels; every value >= 1).")]  # type: ignore[valid-type]
+    independent: Annotated[
+        bool,
+        Field(description="Each layer draws its own size (true) or all layers share one (false)."),
+    ] = True
+
+    @field_validator("depth", "width")
+    @classmethod
+    def _positive(cls, v: Any, info: ValidationInfo) -> Any:
+        _check_support(v, info.field_name, 1, None)
+        return v
+
+    def sample(self, rng: np.random.Generator) -> tuple[int, ...]:
+        depth = sample_value(self.depth, rng)
+        if self.independent:
+            return tuple(sample_value(self.width, rng) for _ in range(depth))
+        return (sample_value(self.width, rng),) * depth
+
+    def axis(self) -> LayerAxis:
+        return LayerAxis(frozenset(support_of(self.depth)), frozenset(support_of(self.width)), self.independent)
+
+
+def _check_support(value: Any, name: str, low: float | None, high: float | None) -> None:
+    if isinstance(value, (Uniform, LogUniform)) and value.bins is None:
+        raise ValueError(
+            f"a continuous '{value.dist}' distribution inside a task family must declare how it is "
+            "counted: add 'bins: N' (samples snap to N evenly spaced values)"
+        )
+    if low is None and high is None:
+        return
+    bad = [x for x in support_of(value) if (low is not None and x < low) or (high is not None and x > high)]
+    if bad:
+        rng = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"every value of {name} must be {rng}; got {bad[0]}")
+
+
+class FamilySpec(StrictModel):
+    """Fields shared by every family; subclasses add their own choices."""
+
+    #: Fields that are not task choices.
+    NOT_SAMPLED: ClassVar[frozenset[str]] = frozenset({"family", "weight"})
+    #: Per-field bounds checked on every value a field can take: name -> (low, high).
+    LIMITS: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "batch_size": (1, None),
+        "inner_steps": (1, None),
+        "outer_steps": (MIN_OUTER_STEPS, MAX_OUTER_STEPS),
+    }
+    task_cls: ClassVar[type[TaskBase]]
+
+    weight: Annotated[
+        float, Field(gt=0, description="Relative weight of this entry in the mixture (need not sum to 1).")
+    ] = 1.0
+    batch_size: Annotated[int_dist(), Field(description="Examples per inner step.")]  # type: ignore[valid-type]
+    inner_steps: Annotated[int_dist(), Field(description="Inner training steps T of a run.")]  # type: ignore[valid-type]
+    outer_steps: Annotated[
+        int_dist(),  # type: ignore[valid-type]
+        Field(description="Outer steps (policy decisions) per run, 2 to 128; never more than inner_steps."),
+    ]
+
+    @field_validator("*")
+    @classmethod
+    def _check_field(cls, v: Any, info: ValidationInfo) -> Any:
+        if info.field_name in cls.NOT_SAMPLED or isinstance(v, Layers):
+            return v
+        low, high = cls.LIMITS.get(info.field_name, (None, None))
+        _check_support(v, info.field_name, low, high)
+        return v
+
+    @model_validator(mode="after")
+    def _outer_within_inner(self) -> "FamilySpec":
+        most_outer, least_inner = max(support_of(self.outer_steps)), min(support_of(self.inner_steps))
+        if most_outer > least_inner:
+            raise ValueError(
+                f"outer_steps can be {most_outer} but inner_steps can be as small as {least_inner}; "
+                "every outer step needs at least one inner step"
+            )
+        return self
+
+    def space_fields(self) -> list[str]:
+        """Task choices: the family's own fields first, then the training ones every family has."""
+        own = [n for n in type(self).model_fields if n not in FamilySpec.model_fields and n not in self.NOT_SAMPLED]
+        return own + [n for n in FamilySpec.model_fields if n not in self.NOT_SAMPLED]
+
+    def axes(self) -> dict[str, Axis]:
+        """One axis per task choice; the entry's settings are their product."""
+        out: dict[str, Axis] = {}
+        for name in self.space_fields():
+            value = getattr(self, name)
+            out[name] = value.axis() if isinstance(value, Layers) else frozenset(support_of(value))
+        return out
+
+    def sample(self, rng: np.random.Generator) -> TaskBase:
+        values = {}
+        for name in self.space_fields():
+            value = getattr(self, name)
+            values[name] = value.sample(rng) if isinstance(value, Layers) else sample_value(value, rng)
+        return self.task_cls(**values)
+
+    def is_random(self, name: str) -> bool:
+        value = getattr(self, name)
+        return isinstance(value, Layers) or is_distribution(value)
+
+
+class MLPSpec(FamilySpec):
+    """Multi-layer perceptron classifying MNIST-like images (Appendix H: MNISTs + MLP)."""
+
+    task_cls: ClassVar[type[TaskBase]] = MLPTask
+    family: Literal["mlp"] = "mlp"
+    dataset: Annotated[choice_dist(ImageDataset), Field(description="Image dataset.")]  # type: ignore[valid-type]
+    hidden: Annotated[Layers, Field(description="Hidden layers: depth and units per layer.")]
+    activation: Annotated[choice_dist(Activation), Field(description="Hidden activation.")]  # type: ignore[valid-type]
+    norm: Annotated[choice_dist(Norm), Field(description="Normalization after each hidden layer.")]  # type: ignore[valid-type]
+    loss: Annotated[
+        choice_dist(MLPLoss),  # type: ignore[valid-type]
+        Field(description="Training loss; MAE, MSE and Huber compare softmax outputs with one-hot targets."),
+    ]
+
+
+class CNNSpec(FamilySpec):
+    """Convolutional classifier on MNIST-like images (Appendix H: MNISTs + CNN)."""
+
+    task_cls: ClassVar[type[TaskBase]] = CNNTask
+    LIMITS = {**FamilySpec.LIMITS, "kernel_size": (1, 7)}
+    family: Literal["cnn"] = "cnn"
+    dataset: Annotated[choice_dist(ImageDataset), Field(description="Image dataset.")]  # type: ignore[valid-type]
+    channels: Annotated[Layers, Field(description="Convolution layers: depth and channels per layer.")]
+    kernel_size: Annotated[int_dist(), Field(description="Odd convolution kernel size, 1 to 7.")]  # type: ignore[valid-type]
+    pooling: Annotated[
+        choice_dist(Pooling),  # type: ignore[valid-type]
+        Field(description="Downsampling after each convolution: max pool, average pool, or stride 2."),
+    ]
+    activation: Annotated[choice_dist(Activation), Field(description="Activation after each convolution.")]  # type: ignore[valid-type]
+    norm: Annotated[choice_dist(Norm), Field(description="Normalization after each convolution.")]  # type: ignore[valid-type]
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: Any) -> Any:
+        even = [k for k in support_of(v) if k % 2 == 0]
+        if even:
+            raise ValueError(f"kernel sizes must be odd (same padding); got {even[0]}")
+        return v
+
+
+class RNNSpec(FamilySpec):
+    """Recurrent network on an algorithmic sequence task (Appendix H: Algo + RNN)."""
+
+    task_cls: ClassVar[type[TaskBase]] = RNNTask
+    LIMITS = {**FamilySpec.LIMITS, "hidden_size": (1, None), "num_layers": (1, None), "seq_len": (2, None)}
+    family: Literal["rnn"] = "rnn"
+    task: Annotated[
+        choice_dist(AlgoTask),  # type: ignore[valid-type]
+        Field(description="parity: running XOR of a bit stream; binary_addition: sum of two binary numbers."),
+    ]
+    cell: Annotated[choice_dist(Cell), Field(description="Recurrent cell.")]  # type: ignore[valid-type]
+    hidden_size: Annotated[int_dist(), Field(description="Hidden units per layer.")]  # type: ignore[valid-type]
+    num_layers: Annotated[int_dist(), Field(description="Stacked recurrent layers.")]  # type: ignore[valid-type]
+    seq_len: Annotated[int_dist(), Field(description="Sequence length (bits per example).")]  # type: ignore[valid-type]
+
+
+class TextRNNSpec(FamilySpec):
+    """Recurrent sentence classifier on SST-2 (Appendix H: Text + RNN)."""
+
+    task_cls: ClassVar[type[TaskBase]] = TextRNNTask
+    LIMITS = {
+        **FamilySpec.LIMITS,
+        "embed_dim": (1, None),
+        "hidden_size": (1, None),
+        "num_layers": (1, None),
+        "max_len": (1, None),
+        "vocab_size": (2, None),
+    }
+    family: Literal["text_rnn"] = "text_rnn"
+    dataset: Annotated[choice_dist(TextDataset), Field(description="Sentence classification dataset.")] = "sst2"  # type: ignore[valid-type]
+    cell: Annotated[choice_dist(Cell), Field(description="Recurrent cell.")]  # type: ignore[valid-type]
+    embed_dim: Annotated[int_dist(), Field(description="Word embedding size.")]  # type: ignore[valid-type]
+    hidden_size: Annotated[int_dist(), Field(description="Hidden units per layer.")]  # type: ignore[valid-type]
+    num_layers: Annotated[int_dist(), Field(description="Stacked recurrent layers.")]  # type: ignore[valid-type]
+    bidirectional: Annotated[choice_dist(bool), Field(description="Read sentences in both directions.")]  # type: ignore[valid-type]
+    max_len: Annotated[int_dist(), Field(description="Sentences are cut to this many tokens.")]  # type: ignore[valid-type]
+    vocab_size: Annotated[
+        int_dist(),  # type: ignore[valid-type]
+        Field(description="Most frequent training words kept; the rest map to an unknown-word token."),
+    ]
+
+
+class TransformerSpec(FamilySpec):
+    """Causal Transformer language model on a simple dataset (Appendix H: Text + Transformer)."""
+
+    task_cls: ClassVar[type[TaskBase]] = TransformerTask
+    LIMITS = {
+        **FamilySpec.LIMITS,
+        "d_model": (1, None),
+        "num_layers": (1, None),
+        "num_heads": (1, None),
+        "ff_mult": (1, None),
+        "seq_len": (2, None),
+    }
+    family: Literal["transformer"] = "transformer"
+    dataset: Annotated[
+        choice_dist(LMDataset),  # type: ignore[valid-type]
+        Field(description=f"Language-modelling dataset; training distributions use: {', '.join(LM_TRAIN_DATASETS)}."),
+    ]
+    d_model: Annotated[int_dist(), Field(description="Model width; divisible by every num_heads value.")]  # type: ignore[valid-type]
+    num_layers: Annotated[int_dist(), Field(description="Transformer blocks.")]  # type: ignore[valid-type]
+    num_heads: Annotated[int_dist(), Field(description="Attention heads.")]  # type: ignore[valid-type]
+    ff_mult: Annotated[int_dist(), Field(description="Feed-forward width as a multiple of d_model.")]  # type: ignore[valid-type]
+    seq_len: Annotated[int_dist(), Field(description="Context length in tokens.")]  # type: ignore[valid-type]
+    norm_position: Annotated[
+        choice_dist(NormPosition),  # type: ignore[valid-type]
+        Field(description="LayerNorm before (pre) or after (post) each residual branch."),
+    ]
+    positional: Annotated[
+        choice_dist(Positional),  # type: ignore[valid-type]
+        Field(description="Learned or sinusoidal position embeddings."),
+    ]
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "TransformerSpec":
+        for d in support_of(self.d_model):
+            for h in support_of(self.num_heads):
+                if d % h:
+                    raise ValueError(f"d_model {d} is not divisible by num_heads {h}; every pair must divide")
+        return self
+
+
+class NQMSpec(FamilySpec):
+    """Noisy quadratic model (Zhang et al., 2019): a diagonal quadratic with gradient noise.
+
+    Curvatures ``h_i = i^-spectrum_decay``; the gradient noise has covariance
+    ``noise_scale * H / batch_size``, so larger batches see less noise.
+    """
+
+    task_cls: ClassVar[type[TaskBase]] = NQMTask
+    LIMITS = {**FamilySpec.LIMITS, "dim": (1, None), "spectrum_decay": (0, None), "noise_scale": (0, None)}
+    family: Literal["nqm"] = "nqm"
+    dim: Annotated[int_dist(), Field(description="Number of parameters (dimensions).")]  # type: ignore[valid-type]
+    spectrum_decay: Annotated[
+        float_dist(),  # type: ignore[valid-type]
+        Field(description="Curvature h_i = i^-decay; the condition number is dim^decay."),
+    ]
+    noise_scale: Annotated[
+        float_dist(),  # type: ignore[valid-type]
+        Field(description="Gradient-noise covariance is noise_scale * H / batch_size."),
+    ]
+
+
+Family = Annotated[
+    Union[MLPSpec, CNNSpec, RNNSpec, TextRNNSpec, TransformerSpec, NQMSpec],
+    Field(discriminator="family"),
+]
+FAMILY_SPECS: dict[str, type[FamilySpec]] = {
+    cls.model_fields["family"].default: cls
+    for cls in (MLPSpec, CNNSpec, RNNSpec, TextRNNSpec, TransformerSpec, NQMSpec)
+}

@@ -1,0 +1,1 @@
+"""Runners: the command line and everything with side effects."""

@@ -1,0 +1,160 @@
+"""The `lhopt` command line: validate, count, sample and document task specs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from lhopt_dsl import SpecError, load_spec, sample, space_size
+from lhopt_dsl.spec.experiment import ExperimentSpec
+from lhopt_dsl.spec.space import LayerAxis
+
+EPILOG = """examples:
+  lhopt validate task_specs/*.yaml
+  lhopt space task_specs/default.yaml
+  lhopt sample task_specs/default.yaml --seed 7 --count 3
+  lhopt schema -o lhopt.schema.json
+
+Run `lhopt COMMAND --help` for a command's options. The DSL reference is docs/dsl.md."""
+
+
+def _summarise(axis: object) -> str:
+    if isinstance(axis, LayerAxis):
+        kind = "each layer its own width" if axis.independent else "one width for all layers"
+        return f"depth {_summarise(axis.depths)} x width {_summarise(axis.widths)} ({kind})"
+    values = sorted(axis, key=lambda v: (type(v).__name__, v))  # type: ignore[call-overload]
+    if len(values) > 3 and all(type(v) is int for v in values) and values[-1] - values[0] + 1 == len(values):
+        return f"{values[0]}..{values[-1]}"
+    text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fmt(n: int) -> str:
+    return f"{n:,}" if n < 10**6 else f"{n:,} ({n:.2e})"
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.specs:
+        try:
+            spec = load_spec(path)
+        except SpecError as e:
+            failed += 1
+            print(f"FAIL {path}\n{e}", file=sys.stderr)
+            continue
+        print(f"ok   {path} ({spec.name}: {len(spec.tasks.families)} families, {space_size(spec).total:.3g} settings)")
+    return 1 if failed else 0
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    size = space_size(spec)
+    print(f"{args.spec}: {spec.tasks.description or spec.description or spec.name}\n")
+    width = max(len(fam.family) for fam in spec.tasks.families) + 2
+    print(f"{'family':<{width}}{'weight':>8}{'share':>8}  settings")
+    for fam, w, n in zip(spec.tasks.families, spec.tasks.weights, size.entries):
+        print(f"{fam.family:<{width}}{fam.weight:>8.3g}{w:>8.1%}  {_fmt(n)}")
+    if len(size.families) < len(size.entries):
+        print("(entries of one family overlap; per-family totals count shared settings once)")
+        for name, n in size.families.items():
+            print(f"  {name:<{width}}  {_fmt(n)}")
+    print(f"{'total':<{width}}{'':>16}  {_fmt(size.total)}\n")
+    for i, (fam, n) in enumerate(zip(spec.tasks.families, size.entries)):
+        print(f"[{i}] {fam.family} ({_fmt(n)} settings)")
+        axes = fam.axes()
+        name_w = max(len(k) for k in axes) + 2
+        for name, axis in axes.items():
+            print(f"    {name:<{name_w}}{len(axis):>8,}  {_summarise(axis)}")
+        print()
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    docs = []
+    for k in range(args.count):
+        cfg = sample(spec, args.seed + k)
+        if args.format == "json":
+            docs.append(json.dumps({"task_id": cfg.task_id, **cfg.model_dump(mode="json")}))
+        else:
+            docs.append(f"# task_id: {cfg.task_id}\n{cfg.to_yaml()}")
+    print(("\n" if args.format == "json" else "---\n").join(docs), end="" if args.format == "yaml" else "\n")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = json.dumps(ExperimentSpec.model_json_schema(), indent=2) + "\n"
+    _write(text, args.output)
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from lhopt_dsl.spec.docgen import generate
+
+    _write(generate(), args.output)
+    return 0
+
+
+def _write(text: str, output: str | None) -> None:
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        print(f"wrote {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lhopt",
+        description="Learned hyperparameter optimizers: author task distributions, meta-train and evaluate.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check spec files and report every problem with file:line:col")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="YAML spec files")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("space", help="count the distinct task settings, per family and per field")
+    p.add_argument("spec", metavar="SPEC", help="YAML spec file")
+    p.set_defaults(func=cmd_space)
+
+    p = sub.add_parser("sample", help="sample concrete tasks (YAML documents, or JSON lines)")
+    p.add_argument("spec", metavar="SPEC", help="YAML spec file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first task (default: 0)")
+    p.add_argument("--count", type=int, default=1, help="number of tasks, with seeds SEED, SEED+1, ... (default: 1)")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format (default: yaml)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("schema", help="print the JSON schema of experiment specs (for editors)")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("docs", help="print the DSL field reference (docs/dsl.md) generated from the models")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_docs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "count", 1) < 1:
+        parser.error("--count must be >= 1")
+    if getattr(args, "seed", 0) < 0:
+        parser.error("--seed must be >= 0")
+    try:
+        return args.func(args)
+    except SpecError as e:
+        print(f"error: invalid spec\n{e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `lhopt sample ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

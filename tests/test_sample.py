@@ -1,0 +1,154 @@
+"""Sampling: purity, YAML round-trip, mixture weights, and exact space counting."""
+
+import collections
+import math
+
+import numpy as np
+import pytest
+
+from lhopt_dsl import TaskConfig, enumerate_settings, load_spec, sample, sample_initial_hparams, space_size
+from lhopt_dsl.spec import HyperparameterSpace
+
+from .conftest import SPECS
+
+ALL_SPECS = sorted(SPECS.glob("*.yaml")) + sorted((SPECS / "families").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.relative_to(SPECS).as_posix())
+def test_every_shipped_spec_validates_and_samples(path):
+    spec = load_spec(path)
+    for seed in range(20):
+        cfg = sample(spec, seed)
+        assert cfg.task.outer_steps <= cfg.task.inner_steps
+
+
+def test_default_space_has_at_least_50_billion_settings():
+    size = space_size(load_spec(SPECS / "default.yaml"))
+    assert size.total >= 5 * 10**10
+    assert set(size.families) == {"mlp", "cnn", "rnn", "text_rnn", "transformer", "nqm"}
+
+
+def test_default_reproduces_paper_table_6_weights():
+    spec = load_spec(SPECS / "default.yaml")
+    weights = {f.family: f.weight for f in spec.tasks.families}
+    assert weights == {"rnn": 0.27, "cnn": 0.068, "mlp": 0.2, "nqm": 0.014, "text_rnn": 0.14, "transformer": 0.31}
+
+
+@pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.relative_to(SPECS).as_posix())
+def test_round_trip_through_yaml(path):
+    spec = load_spec(path)
+    for seed in (0, 1, 12345):
+        cfg = sample(spec, seed)
+        again = TaskConfig.from_yaml(cfg.to_yaml())
+        assert again == cfg
+        assert again.task_id == cfg.task_id
+        assert hash(again) == hash(cfg)
+
+
+def test_same_seed_same_config_different_seeds_differ():
+    spec = load_spec(SPECS / "default.yaml")
+    assert sample(spec, 3) == sample(spec, 3)
+    ids = {sample(spec, s).task_id for s in range(50)}
+    assert len(ids) == 50
+
+
+def test_task_id_is_stable_across_processes():
+    # A content hash, not Python's salted hash(): pinned so an accidental change is noticed.
+    spec = load_spec(SPECS / "smoke.yaml")
+    cfg = sample(spec, 0)
+    assert cfg.task_id == TaskConfig.model_validate(cfg.model_dump()).task_id
+    assert len(cfg.task_id) == 16 and int(cfg.task_id, 16) >= 0
+
+
+def test_hparam_noise_does_not_depend_on_the_task_mixture():
+    a = load_spec(SPECS / "default.yaml")
+    b = load_spec(SPECS / "smoke.yaml")
+    assert sample(a, 9).hparams == sample(b, 9).hparams
+
+
+def test_mixture_weights_are_honoured():
+    spec = load_spec(SPECS / "default.yaml")
+    n = 4000
+    counts = collections.Counter(sample(spec, s).family for s in range(n))
+    for fam, p in zip(spec.tasks.families, spec.tasks.weights):
+        sd = math.sqrt(n * p * (1 - p))
+        assert abs(counts[fam.family] - n * p) < 4.5 * sd + 1, (fam.family, counts[fam.family], n * p)
+
+
+SMALL = """\
+name: small
+tasks:
+  families:
+    - family: mlp
+      weight: 2
+      dataset: {dist: choice, values: [digits, mnist]}
+      hidden:
+        depth: {dist: int_range, low: 1, high: 3}
+        width: {dist: choice, values: [8, 16]}
+      activation: {dist: choice, values: [relu, elu]}
+      norm: none
+      loss: {dist: choice, values: [mse, mae], weights: [1, 0]}
+      batch_size: 16
+      inner_steps: {dist: log_int_range, low: 10, high: 12}
+      outer_steps: {dist: int_range, low: 2, high: 3}
+    - family: mlp
+      dataset: digits
+      hidden:
+        depth: {dist: int_range, low: 2, high: 4}
+        width: 8
+        independent: false
+      activation: relu
+      norm: none
+      loss: mse
+      batch_size: 16
+      inner_steps: 11
+      outer_steps: 2
+    - family: nqm
+      dim: {dist: choice, values: [4, 8]}
+      spectrum_decay: {dist: uniform, low: 0.5, high: 1.5, bins: 3}
+      noise_scale: {dist: log_uniform, low: 0.1, high: 10, bins: 2}
+      batch_size: {dist: choice, values: [1, 2]}
+      inner_steps: 10
+      outer_steps: 2
+"""
+
+
+def test_space_size_equals_brute_force_enumeration(write):
+    spec = load_spec(write("small.yaml", SMALL))
+    size = space_size(spec)
+    settings = list(enumerate_settings(spec))
+    # mlp entry 1: 2 datasets x (2+4+8 stacks) x 2 activations x 1 loss (zero weight) x 3 T x 2 outer = 336;
+    # entry 2 adds depth-4 stacks of 8 (depths 2, 3 of width 8 overlap entry 1 with T=11, outer=2): +1.
+    assert size.entries == [336, 3, 24]
+    assert size.families == {"mlp": 337, "nqm": 24}
+    assert size.total == len(settings) == len({repr(sorted(s.items())) for s in settings}) == 361
+
+
+def test_exhaustive_sampling_hits_exactly_the_counted_settings(write):
+    spec = load_spec(write("small.yaml", SMALL))
+    seen = {sample(spec, s).task.model_dump_json() for s in range(12000)}
+    assert len(seen) == space_size(spec).total
+
+
+def test_sample_initial_hparams_defaults_follow_tables_7_and_8():
+    space = HyperparameterSpace()
+    assert space.lr.init == 1e-3 and space.one_minus_beta1.init == 0.1 and space.one_minus_beta2.init == 1e-2
+    assert space.eps.init == 1e-6 and space.weight_decay.init == 1e-2 and space.grad_clip_fraction.init == 0.8
+    assert space.one_minus_beta_gradclip.init == 1e-2 and space.one_minus_beta_lamb.init == 0.05
+    assert space.denominator == "adamax" and space.use_lamb and space.lamb_min_trust == 1e-3
+    assert space.lr.action.values == [0.5, 0.707, 0.9, 1.0, 1.1, 1.414, 2.0]
+    assert space.grad_clip_fraction.action.type == "logit_shift"
+    assert space.restarts.num_actions == 10
+    lrs = np.array([sample_initial_hparams(space, s).lr for s in range(2000)])
+    assert lrs.min() >= 1e-5 * (1 - 1e-9) and lrs.max() <= 1e-1 * (1 + 1e-9)
+    # log-uniform noise: the log of the factor is uniform on [log 1e-2, log 1e2], centred on 1e-3
+    assert abs(np.median(np.log10(lrs)) + 3) < 0.15
+    clips = np.array([sample_initial_hparams(space, s).grad_clip_fraction for s in range(2000)])
+    logit = np.log(clips / (1 - clips))
+    assert np.all(np.abs(logit - math.log(0.8 / 0.2)) <= 1 + 1e-9)
+
+
+def test_sample_initial_hparams_is_pure():
+    space = HyperparameterSpace()
+    assert sample_initial_hparams(space, 5) == sample_initial_hparams(space, 5)
+    assert sample_initial_hparams(space, 5) != sample_initial_hparams(space, 6)
