@@ -21,6 +21,7 @@ run: install
 	$(BIN)/lhopt validate task_specs/*.yaml
 	$(BIN)/lhopt space task_specs/default.yaml
 	$(BIN)/lhopt sample task_specs/default.yaml --seed 0 --count 3
+	$(BIN)/lhopt compile task_specs/smoke.yaml --seed 3 --steps 100
 
 test: install
 	$(BIN)/python -m pytest

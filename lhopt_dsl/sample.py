@@ -68,10 +68,29 @@ def _rng(seed: int, stream: int) -> np.random.Generator:
 
 
 def sample_task(tasks: TaskDistribution, seed: int) -> Any:
-    """Draw a mixture entry by weight, then a concrete task from it."""
+    """Draw a mixture entry by weight, then a concrete task from it (within the budget, if any)."""
     rng = _rng(seed, _TASK_STREAM)
-    entry = tasks.families[int(rng.choice(len(tasks.families), p=np.asarray(tasks.weights)))]
-    return entry.sample(rng)
+    index = int(rng.choice(len(tasks.families), p=np.asarray(tasks.weights)))
+    entry = tasks.families[index]
+    if tasks.budget is None:
+        return entry.sample(rng)
+    for _ in range(tasks.budget.max_tries):
+        task = entry.sample(rng)
+        if tasks.budget.admits(task):
+            return task
+    raise ValueError(
+        f"seed {seed}: no '{entry.family}' task (tasks.families[{index}]) fits the budget "
+        f"{tasks.budget.model_dump(exclude_none=True)} in {tasks.budget.max_tries} draws; "
+        "raise the budget or make that family's choices smaller"
+    )
+
+
+def budget_acceptance(tasks: TaskDistribution, draws: int = 200, seed: int = 0) -> list[float]:
+    """Monte-Carlo estimate, per mixture entry, of the fraction of settings within the budget."""
+    if tasks.budget is None:
+        return [1.0] * len(tasks.families)
+    rng = _rng(seed, _TASK_STREAM)
+    return [sum(tasks.budget.admits(e.sample(rng)) for _ in range(draws)) / draws for e in tasks.families]
 
 
 def sample_initial_hparams(space: HyperparameterSpace, seed: int) -> InitialHParams:

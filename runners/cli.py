@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from lhopt_dsl import SpecError, load_spec, sample, space_size
+from lhopt_dsl.sample import budget_acceptance
 from lhopt_dsl.spec.experiment import ExperimentSpec
 from lhopt_dsl.spec.space import LayerAxis
 
@@ -16,6 +17,7 @@ EPILOG = """examples:
   lhopt validate task_specs/*.yaml
   lhopt space task_specs/default.yaml
   lhopt sample task_specs/default.yaml --seed 7 --count 3
+  lhopt compile task_specs/smoke.yaml --seed 1 --steps 100
   lhopt schema -o lhopt.schema.json
 
 Run `lhopt COMMAND --help` for a command's options. The DSL reference is docs/dsl.md."""
@@ -62,6 +64,13 @@ def cmd_space(args: argparse.Namespace) -> int:
         for name, n in size.families.items():
             print(f"  {name:<{width}}  {_fmt(n)}")
     print(f"{'total':<{width}}{'':>16}  {_fmt(size.total)}\n")
+    if spec.tasks.budget is not None:
+        shares = budget_acceptance(spec.tasks, draws=args.budget_draws)
+        print(f"budget {spec.tasks.budget.model_dump(exclude_none=True)}: settings above it are redrawn.")
+        print(f"Share of each entry's settings within it (from {args.budget_draws} draws each):")
+        for fam, share in zip(spec.tasks.families, shares):
+            print(f"  {fam.family:<{width}}{share:>7.0%}")
+        print()
     for i, (fam, n) in enumerate(zip(spec.tasks.families, size.entries)):
         print(f"[{i}] {fam.family} ({_fmt(n)} settings)")
         axes = fam.axes()
@@ -82,6 +91,37 @@ def cmd_sample(args: argparse.Namespace) -> int:
         else:
             docs.append(f"# task_id: {cfg.task_id}\n{cfg.to_yaml()}")
     print(("\n" if args.format == "json" else "---\n").join(docs), end="" if args.format == "yaml" else "\n")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from lhopt_dsl.compile import compile_task, estimate_cost
+
+    spec = load_spec(args.spec)
+    cfg = sample(spec, args.seed)
+    t0 = time.perf_counter()
+    task = compile_task(cfg, args.device or spec.device, spec.data_dir)
+    print(f"# task_id: {cfg.task_id} (seed {cfg.seed})\n{cfg.to_yaml()}")
+    cost = estimate_cost(cfg)
+    print(f"compiled in {time.perf_counter() - t0:.2f}s on {task.device}: {task.num_params:,} parameters, "
+          f"{cost.flops_per_step / 1e6:.1f} MFLOP per step, {cost.flops_per_run / 1e9:.1f} GFLOP per run")
+    steps = min(args.steps, task.steps)
+    opt = torch.optim.AdamW(task.params, lr=args.lr)
+    print(f"valid loss {task.valid_loss():.4f} at step 0; training {steps} of {task.steps} steps with AdamW(lr={args.lr})")
+    t0 = time.perf_counter()
+    for step in range(1, steps + 1):
+        loss = task.train_loss(task.next_batch())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % max(steps // 5, 1) == 0 or step == steps:
+            print(f"  step {step:>5}: train loss {loss.item():.4f}")
+    rate = steps / (time.perf_counter() - t0)
+    print(f"valid loss {task.valid_loss():.4f}, test loss {task.test_loss():.4f} ({rate:.0f} steps/s)")
     return 0
 
 
@@ -121,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("space", help="count the distinct task settings, per family and per field")
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
+    p.add_argument(
+        "--budget-draws", type=int, default=200, help="draws per entry to estimate the share within the budget"
+    )
     p.set_defaults(func=cmd_space)
 
     p = sub.add_parser("sample", help="sample concrete tasks (YAML documents, or JSON lines)")
@@ -129,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1, help="number of tasks, with seeds SEED, SEED+1, ... (default: 1)")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format (default: yaml)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("compile", help="sample one task, build it as a torch model with data, and train it briefly")
+    p.add_argument("spec", metavar="SPEC", help="YAML spec file")
+    p.add_argument("--seed", type=int, default=0, help="task seed (default: 0)")
+    p.add_argument("--steps", type=int, default=50, help="AdamW steps to take, at most the task's T (default: 50)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument("--device", help="torch device (default: the spec's)")
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("schema", help="print the JSON schema of experiment specs (for editors)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
@@ -151,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SpecError as e:
         print(f"error: invalid spec\n{e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # a dataset file that is neither on disk nor downloadable
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `lhopt sample ... | head`
         return 0

@@ -11,6 +11,26 @@ from .families import LM_OOD_DATASETS, Family, TransformerSpec
 from .hparams import HyperparameterSpace
 
 
+class Budget(StrictModel):
+    """A cap on the cost of sampled tasks: a draw above it is redrawn from the same mixture entry
+    (so the mixture weights are kept), up to ``max_tries`` times."""
+
+    max_params: Annotated[int | None, Field(ge=1, description="Most trainable parameters a task may have.")] = None
+    max_gflops_per_run: Annotated[
+        float | None,
+        Field(gt=0, description="Most GFLOPs a whole run may take (T training steps plus validation passes)."),
+    ] = None
+    max_tries: Annotated[int, Field(ge=1, description="Redraws before giving up with an error.")] = 200
+
+    def admits(self, task: object) -> bool:
+        from ..compile.compiler import estimate_cost  # torch is only needed when a budget is set
+
+        cost = estimate_cost(task)
+        if self.max_params is not None and cost.params > self.max_params:
+            return False
+        return self.max_gflops_per_run is None or cost.flops_per_run <= self.max_gflops_per_run * 1e9
+
+
 class TaskDistribution(StrictModel):
     """A weighted mixture of task families: each entry is drawn with probability weight / sum."""
 
@@ -18,6 +38,9 @@ class TaskDistribution(StrictModel):
     families: Annotated[
         list[Family], Field(min_length=1, description="Mixture entries, each tagged with `family:`.")
     ]
+    budget: Annotated[
+        Budget | None, Field(description="Cap on sampled tasks' size and work; null for no cap.")
+    ] = None
 
     @property
     def weights(self) -> list[float]:

@@ -269,7 +269,7 @@ class MLPSpec(FamilySpec):
     norm: Annotated[choice_dist(Norm), Field(description="Normalization after each hidden layer.")]  # type: ignore[valid-type]
     loss: Annotated[
         choice_dist(MLPLoss),  # type: ignore[valid-type]
-        Field(description="Training loss; MAE, MSE and Huber compare softmax outputs with one-hot targets."),
+        Field(description="Training loss; MAE, MSE and Huber (delta 0.1) compare softmax outputs with one-hot targets."),
     ]
 
 
