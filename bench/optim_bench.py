@@ -1,0 +1,298 @@
+"""CIAO's cost: its optimizer step against AdamW, and the share of an inner run spent on features.
+
+    LHOPT_DATA_DIR=/work/shared/data python bench/optim_bench.py \\
+        [--part a|b|both] [--sizes 512x4,2048x6] [--block 4] [--seconds-a 25] [--min-rounds 8] \\
+        [--spec task_specs/default.yaml] [--families mlp,cnn,rnn,text_rnn,transformer,nqm] \\
+        [--max-inner 300] [--reps 3] [--stats-every 4] [--split] [--threads N]
+
+Every figure is a ratio of two contenders measured side by side in one process, interleaved and
+repeated, so that a shared, noisy machine slows both alike; medians are reported.
+
+(a) Optimizer step only, on CPU, for MLPs of square Linear layers (``WIDTHxDEPTH``, with biases;
+    the defaults have 1,050,624 and 25,178,112 parameters). Gradients are set once to fixed random
+    tensors and reused. All optimizers step the same parameters. A round times one block of
+    ``--block`` consecutive steps of each contender (the order rotates from round to round):
+    ``torch.optim.AdamW(foreach=True)``; CIAO with its defaults (foreach, no statistics); CIAO with
+    statistics on every step (``step(stats=True, loss=...)``); CIAO with statistics on the last
+    step of each block (every 4th step, as in training). The CIAO contenders share one CIAO
+    instance (same state; statistics only add reductions). Reported: AdamW's median ms/step and,
+    per CIAO contender, the median over rounds of (CIAO block time / AdamW block time in the same
+    round). Goal: CIAO step <= 1.5x AdamW.
+
+(b) Per family, the first sampled task of that family from the spec (seeds 0, 1, 2, ...), with
+    inner steps capped at ``--max-inner`` (outer steps capped to match). Two contenders, run in
+    alternating order ``--reps`` times each:
+    (1) a full ``InnerTrainingEnv`` episode: ``reset`` (compiles the task, first validation pass,
+        first observation) and ``step(env.actions.identity())`` until done, statistics every
+        ``--stats-every`` inner steps, observations built at every outer step;
+    (2) the same run without features: compile, CIAO from ``ciao_kwargs(cfg.hparams)``, the first
+        validation pass, then per segment of ``segment_bounds`` the same (identity) action applied
+        with ``apply_action``, ``train_segment(..., stats_every=0)`` and the validation pass.
+    Feature share = (t1 - t2) / t1, the median over the paired repetitions. With ``--split`` a
+    third contender (3) is (2) with ``stats_every`` statistics (no environment), which splits the
+    share into optimizer statistics (t3 - t2) and the environment's own work (t1 - t3):
+    observation vectors, parameter-norm features, bookkeeping.
+    Goal: features <= 10% of run time on the transformer family (the paper reports up to 20%).
+
+Default settings take about 3 minutes on 2 CPU cores; raise ``--seconds-a`` / ``--reps`` /
+``--max-inner`` to run longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from lhopt_dsl import TaskConfig, load_spec, sample
+from lhopt_dsl.actions import apply_action
+from lhopt_dsl.compile import compile_task
+from lhopt_dsl.env import InnerTrainingEnv, ciao_kwargs, segment_bounds, train_segment
+from lhopt_dsl.optim import CIAO
+
+FAMILIES = ("mlp", "cnn", "rnn", "text_rnn", "transformer", "nqm")
+STEP_GOAL = 1.5
+FEATURE_GOAL = 0.10
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+# --------------------------------------------------------------------------- (a) optimizer step
+
+
+def make_mlp(width: int, depth: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
+
+
+def bench_step(width: int, depth: int, block: int, seconds: float, min_rounds: int) -> dict[str, Any]:
+    model = make_mlp(width, depth)
+    params = [p for p in model.parameters()]
+    gen = torch.Generator().manual_seed(1)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen) * 1e-2
+    adamw = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, foreach=True)
+    ciao = CIAO(params)  # defaults: foreach, adamax denominator, clipping and LAMB on
+
+    def run_adamw() -> None:
+        for _ in range(block):
+            adamw.step()
+
+    def ciao_with(pattern: Callable[[int], bool]) -> Callable[[], None]:
+        def run() -> None:
+            for i in range(block):
+                want = pattern(i)
+                ciao.step(stats=want, loss=1.0 if want else None)
+
+        return run
+
+    contenders: dict[str, Callable[[], None]] = {
+        "adamw": run_adamw,
+        "ciao": ciao_with(lambda i: False),
+        "ciao_stats": ciao_with(lambda i: True),
+        "ciao_amortised": ciao_with(lambda i: i == block - 1),
+    }
+    names = list(contenders)
+    for _ in range(2):  # warm-up: state allocation, first-call overheads
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    start = time.perf_counter()
+    r = 0
+    while r < min_rounds or time.perf_counter() - start < seconds:
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            contenders[name]()
+            times[name].append((time.perf_counter() - t0) / block)
+        r += 1
+    ratios = {n: _median([c / a for c, a in zip(times[n], times["adamw"])]) for n in names if n != "adamw"}
+    out = {
+        "params": sum(p.numel() for p in params),
+        "tensors": len(params),
+        "rounds": r,
+        "adamw_ms": 1e3 * _median(times["adamw"]),
+        "ms": {n: 1e3 * _median(times[n]) for n in names},
+        "ratio": ratios,
+    }
+    del adamw, ciao, model, params
+    gc.collect()
+    return out
+
+
+def part_a(args: argparse.Namespace) -> None:
+    sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
+    print("## (a) CIAO step vs torch.optim.AdamW(foreach=True), CPU, step() only\n")
+    results = [(w, d, bench_step(w, d, args.block, args.seconds_a, args.min_rounds)) for w, d in sizes]
+    print("| model (MLP) | params | tensors | rounds | AdamW ms/step | CIAO default | CIAO stats every step "
+          f"| CIAO stats every {args.block}th |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for w, d, res in results:
+        ratio, ms = res["ratio"], res["ms"]
+        cells = [f"{ratio[n]:.2f}x ({ms[n]:.2f} ms)" for n in ("ciao", "ciao_stats", "ciao_amortised")]
+        print(f"| {d}x Linear({w},{w}) | {res['params']:,} | {res['tensors']} | {res['rounds']} "
+              f"| {res['adamw_ms']:.2f} | " + " | ".join(cells) + " |")
+    print(f"\nRatios: median over rounds of CIAO / AdamW block time ({args.block} steps each, same round); "
+          f"ms in brackets: median per-step time. Goal: CIAO step <= {STEP_GOAL}x AdamW.")
+    for w, d, res in results:
+        ok = res["ratio"]["ciao"] <= STEP_GOAL
+        am = res["ratio"]["ciao_amortised"] <= STEP_GOAL
+        print(f"- {res['params']:,} params: CIAO default {res['ratio']['ciao']:.2f}x "
+              f"({'meets' if ok else 'MISSES'} the goal); amortised {res['ratio']['ciao_amortised']:.2f}x "
+              f"({'meets' if am else 'misses'} it)")
+    print()
+
+
+# --------------------------------------------------------------------------- (b) feature share
+
+
+def typical_tasks(spec_path: str, families: list[str], max_inner: int) -> dict[str, TaskConfig]:
+    spec = load_spec(spec_path)
+    picked: dict[str, TaskConfig] = {}
+    seed = 0
+    while len(picked) < len(families) and seed < 5000:
+        cfg = sample(spec, seed)
+        if cfg.family in families and cfg.family not in picked:
+            picked[cfg.family] = cap_steps(cfg, max_inner)
+        seed += 1
+    return {f: picked[f] for f in families if f in picked}
+
+
+def cap_steps(cfg: TaskConfig, max_inner: int) -> TaskConfig:
+    if cfg.task.inner_steps <= max_inner:
+        return cfg
+    task = cfg.task.model_copy(update={"inner_steps": max_inner, "outer_steps": min(cfg.task.outer_steps, max_inner)})
+    return TaskConfig.model_validate(cfg.model_dump() | {"task": task.model_dump()})
+
+
+def run_env(env: InnerTrainingEnv, cfg: TaskConfig) -> float:
+    t0 = time.perf_counter()
+    env.reset(options={"config": cfg})
+    action = env.actions.identity()
+    done = False
+    while not done:
+        _, _, done, _, _ = env.step(action)
+    return time.perf_counter() - t0
+
+
+def run_plain(env: InnerTrainingEnv, cfg: TaskConfig, stats_every: int) -> float:
+    """The same inner run without the environment; ``env`` only lends its action space."""
+    t0 = time.perf_counter()
+    task = compile_task(cfg, "cpu", None, max_valid=env.max_valid)
+    opt = CIAO(task.params, **ciao_kwargs(cfg.hparams))
+    task.valid_loss()
+    action = env.actions.identity()
+    bounds = segment_bounds(task.steps, task.outer_steps)
+    for a, b in zip(bounds, bounds[1:]):
+        apply_action(opt, env.actions, action)
+        train_segment(task, opt, b - a, a, stats_every)
+        task.valid_loss()
+    return time.perf_counter() - t0
+
+
+def warm_up(cfg: TaskConfig, stats_every: int) -> None:
+    """Load the dataset into the in-process cache and run both step kinds once."""
+    task = compile_task(cfg, "cpu", None)
+    opt = CIAO(task.params, **ciao_kwargs(cfg.hparams))
+    train_segment(task, opt, min(2 * stats_every, cfg.task.inner_steps), 0, stats_every)
+    task.valid_loss()
+
+
+def bench_family(cfg: TaskConfig, reps: int, stats_every: int, split: bool) -> dict[str, Any]:
+    env = InnerTrainingEnv(stats_every=stats_every)
+    warm_up(cfg, stats_every)
+    contenders: dict[str, Callable[[], float]] = {
+        "env": lambda: run_env(env, cfg),
+        "plain": lambda: run_plain(env, cfg, 0),
+    }
+    if split:
+        contenders["stats"] = lambda: run_plain(env, cfg, stats_every)
+    names = list(contenders)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            gc.collect()
+            times[name].append(contenders[name]())
+    share = [(e - p) / e for e, p in zip(times["env"], times["plain"])]
+    out = {
+        "env_s": _median(times["env"]),
+        "plain_s": _median(times["plain"]),
+        "share": _median(share),
+        "share_lo": min(share),
+        "share_hi": max(share),
+    }
+    if split:
+        out["stats_share"] = _median([(s - p) / e for e, p, s in zip(times["env"], times["plain"], times["stats"])])
+        out["envwork_share"] = _median([(e - s) / e for e, s in zip(times["env"], times["stats"])])
+    with torch.no_grad():
+        out["params"] = sum(p.numel() for p in env.task.params)
+    return out
+
+
+def part_b(args: argparse.Namespace) -> None:
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    tasks = typical_tasks(args.spec, families, args.max_inner)
+    print(f"## (b) Share of an inner run's time spent on features (statistics every {args.stats_every} steps)\n")
+    head = "| family | seed | params | T x K | run with env s (1) | run without features s (2) | feature share |"
+    sep = "|---|---:|---:|---:|---:|---:|---:|"
+    if args.split:
+        head += " of which opt. statistics | of which env/observations |"
+        sep += "---:|---:|"
+    print(head)
+    print(sep)
+    results = {}
+    for family, cfg in tasks.items():
+        res = bench_family(cfg, args.reps, args.stats_every, args.split)
+        results[family] = res
+        line = (f"| {family} | {cfg.seed} | {res['params']:,} | {cfg.task.inner_steps} x {cfg.task.outer_steps} "
+                f"| {res['env_s']:.2f} | {res['plain_s']:.2f} "
+                f"| {100 * res['share']:.1f}% [{100 * res['share_lo']:.1f}, {100 * res['share_hi']:.1f}] |")
+        if args.split:
+            line += f" {100 * res['stats_share']:.1f}% | {100 * res['envwork_share']:.1f}% |"
+        print(line, flush=True)
+    print(f"\nShare = (t1 - t2) / t1, median over {args.reps} paired repetitions [min, max]; times are medians. "
+          f"T x K: inner x outer steps (inner capped at {args.max_inner}).")
+    if "transformer" in results:
+        s = results["transformer"]["share"]
+        verdict = "meets" if s <= FEATURE_GOAL else "MISSES"
+        print(f"Goal: features <= {100 * FEATURE_GOAL:.0f}% of run time on the transformer family "
+              f"(the paper reports up to 20%): {100 * s:.1f}%, {verdict} the goal.")
+    print()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("a", "b", "both"), default="both")
+    ap.add_argument("--sizes", default="512x4,2048x6", help="MLPs for (a), WIDTHxDEPTH, comma-separated")
+    ap.add_argument("--block", type=int, default=4, help="(a) steps per timed block; statistics period when amortised")
+    ap.add_argument("--seconds-a", type=float, default=25.0, help="(a) seconds of timed rounds per model")
+    ap.add_argument("--min-rounds", type=int, default=8, help="(a) at least this many rounds per model")
+    ap.add_argument("--spec", default="task_specs/default.yaml")
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--max-inner", type=int, default=300, help="(b) cap on a task's inner steps")
+    ap.add_argument("--reps", type=int, default=3, help="(b) repetitions of each contender")
+    ap.add_argument("--stats-every", type=int, default=4, help="(b) statistics every this many inner steps")
+    ap.add_argument("--split", action="store_true", help="(b) also run (2) with statistics to split the share")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch={torch.__version__} threads={torch.get_num_threads()} device=cpu\n")
+    t0 = time.perf_counter()
+    if args.part in ("a", "both"):
+        part_a(args)
+    if args.part in ("b", "both"):
+        part_b(args)
+    print(f"(total {time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The policy's actions: relative hyperparameter changes and checkpoint restarts (paper 3.3, I.2).
+
+An action is one integer per dimension (a ``MultiDiscrete`` action): one dimension per
+controlled hyperparameter, picking one of its Table 8 values (a scale factor or a logit shift),
+and one restart dimension: 0 does nothing; for checkpoint slot k (0-based), ``1 + 3k`` saves the
+current state there, ``2 + 3k`` loads it and ``3 + 3k`` swaps the current state with it.
+
+Actions touch the optimizer only through :func:`apply_action`, which clamps every value to the
+spec's bounds and returns the values applied. A checkpoint holds the model's state and the
+optimizer's moment state; it does not hold the hyperparameters, which stay under the policy's
+relative control (a load after a divergence keeps the lower learning rate the policy just chose),
+nor the step budget, which a load never refunds.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .spec.hparams import HyperparameterSpace
+
+RESTART_KINDS = ("none", "save", "load", "swap")
+
+
+class ActionSpace:
+    """The discrete action dimensions derived from a hyperparameter space."""
+
+    def __init__(self, space: HyperparameterSpace):
+        self.space = space
+        self.hparams = space.controlled()
+        self.names = list(self.hparams)
+        self.restarts = space.restarts
+        self.nvec = [len(hp.action.values) for hp in self.hparams.values()] + [space.restarts.num_actions]
+
+    @property
+    def size(self) -> int:
+        """Length of the one-hot encoding of an action."""
+        return int(sum(self.nvec))
+
+    def check(self, action: Sequence[int]) -> np.ndarray:
+        a = np.asarray(action, dtype=np.int64).reshape(-1)
+        if a.shape != (len(self.nvec),) or np.any(a < 0) or np.any(a >= np.asarray(self.nvec)):
+            raise ValueError(f"action {a.tolist()} outside the action space with sizes {self.nvec}")
+        return a
+
+    def encode(self, action: Sequence[int] | None) -> np.ndarray:
+        """One-hot per dimension, concatenated; all zeros for 'no action yet'."""
+        out = np.zeros(self.size, dtype=np.float32)
+        if action is not None:
+            offsets = np.concatenate([[0], np.cumsum(self.nvec)[:-1]])
+            out[offsets + self.check(action)] = 1.0
+        return out
+
+    def restart(self, action: Sequence[int]) -> tuple[str, int]:
+        """(kind, slot) of the restart dimension: kind in RESTART_KINDS, slot -1 for 'none'."""
+        r = int(self.check(action)[-1])
+        if r == 0:
+            return "none", -1
+        return RESTART_KINDS[1 + (r - 1) % 3], (r - 1) // 3
+
+    def identity(self) -> np.ndarray:
+        """An action that changes nothing where the action values allow it (for baselines and tests)."""
+        idx = []
+        for hp in self.hparams.values():
+            neutral = 1.0 if hp.action.type == "scale" else 0.0
+            values = np.asarray(hp.action.values)
+            idx.append(int(np.argmin(np.abs(values - neutral))))
+        return np.asarray(idx + [0], dtype=np.int64)
+
+
+def apply_action(optimizer: torch.optim.Optimizer, actions: ActionSpace, action: Sequence[int]) -> dict[str, float]:
+    """Apply the hyperparameter part of ``action`` to every param group; return the values applied."""
+    a = actions.check(action)
+    applied: dict[str, float] = {}
+    for i, (name, hp) in enumerate(actions.hparams.items()):
+        amount = hp.action.values[int(a[i])]
+        for group in optimizer.param_groups:
+            group[name] = hp.apply(float(group[name]), amount)
+        applied[name] = float(optimizer.param_groups[0][name])
+    return applied
+
+
+@dataclass
+class Checkpoint:
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    progress: float  # when it was saved, in [0, 1]
+    valid_loss: float  # validation loss of the saved state
+
+
+def _hparams_of(optimizer: torch.optim.Optimizer, names: Sequence[str]) -> list[dict[str, Any]]:
+    return [{n: g[n] for n in names} for g in optimizer.param_groups]
+
+
+class CheckpointBank:
+    """Checkpoint slots for the restart actions."""
+
+    def __init__(self, slots: int, hparam_names: Sequence[str]):
+        self.slots: list[Checkpoint | None] = [None] * slots
+        self.hparam_names = list(hparam_names)
+
+    def snapshot(self, model: nn.Module, optimizer: torch.optim.Optimizer, progress: float, valid: float) -> Checkpoint:
+        return Checkpoint(copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), progress, valid)
+
+    def restore(self, ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Load the model and optimizer state but keep the current hyperparameters."""
+        current = _hparams_of(optimizer, self.hparam_names)
+        model.load_state_dict(ckpt.model)
+        optimizer.load_state_dict(copy.deepcopy(ckpt.optimizer))
+        for group, values in zip(optimizer.param_groups, current):
+            group.update(values)
+
+    def apply(
+        self, kind: str, slot: int, model: nn.Module, optimizer: torch.optim.Optimizer, progress: float, valid: float
+    ) -> float:
+        """Carry out a restart action; return the validation loss of the state now current.
+
+        Loading or swapping with an empty slot does nothing.
+        """
+        if kind == "none":
+            return valid
+        if kind == "save":
+            self.slots[slot] = self.snapshot(model, optimizer, progress, valid)
+            return valid
+        ckpt = self.slots[slot]
+        if ckpt is None:
+            return valid
+        if kind == "swap":
+            self.slots[slot] = self.snapshot(model, optimizer, progress, valid)
+        self.restore(ckpt, model, optimizer)
+        return ckpt.valid_loss
