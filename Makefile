@@ -22,6 +22,8 @@ run: install
 	$(BIN)/lhopt space task_specs/default.yaml
 	$(BIN)/lhopt sample task_specs/default.yaml --seed 0 --count 3
 	$(BIN)/lhopt compile task_specs/smoke.yaml --seed 3 --steps 100
+	# A short meta-training on tiny tasks (a few minutes on two cores); results go to runs/ and mlflow.db.
+	$(BIN)/lhopt train task_specs/smoke.yaml --iterations 20
 
 test: install
 	$(BIN)/python -m pytest

@@ -29,6 +29,26 @@ from .spec.space import iter_settings, union_size
 _TASK_STREAM = 0
 _HPARAM_STREAM = 1
 
+#: Task seeds of meta-training and of evaluation come from disjoint ranges, so no evaluation task
+#: can ever be a training task (enforced by :func:`eval_seed` and checked by evaluation code).
+TRAIN_SEEDS = range(0, 2**40)
+EVAL_SEEDS = range(2**40, 2**41)
+
+
+def _derived(root: int, keys: tuple[int, ...], space: range) -> int:
+    state = np.random.SeedSequence([root, *keys]).generate_state(2, np.uint64)
+    return space.start + int(state[0]) % len(space)
+
+
+def train_seed(root: int, *keys: int) -> int:
+    """Seed of a meta-training task, e.g. ``train_seed(spec.seed, iteration, index)``."""
+    return _derived(root, (0, *keys), TRAIN_SEEDS)
+
+
+def eval_seed(root: int, *keys: int) -> int:
+    """Seed of an evaluation task; never equal to any training seed."""
+    return _derived(root, (1, *keys), EVAL_SEEDS)
+
 
 class TaskConfig(StrictModel):
     """One concrete inner task: its settings, its seed and its initial hyperparameters."""

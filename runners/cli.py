@@ -125,6 +125,41 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .meta_train import Settings, train
+
+    spec = load_spec(args.spec)
+    if args.seed is not None:
+        spec = spec.model_copy(update={"seed": args.seed})
+    settings = Settings(
+        max_minutes=args.max_minutes,
+        iterations=args.iterations or spec.meta_train.iterations,
+        workers=spec.meta_train.workers if args.workers is None else args.workers,
+        resume=args.resume,
+        tracking_uri=args.tracking_uri,
+        run_dir=Path(args.run_dir) if args.run_dir else None,
+    )
+    path = train(spec, settings, spec_path=args.spec)
+    uri = args.tracking_uri or spec.tracking.uri
+    print(f"\npolicy: {path}\nlocal metrics and checkpoints: {path.parent}")
+    print("browse the runs: lhopt ui" + (f" --backend-store-uri {uri}" if uri else "") + "  (then open http://127.0.0.1:5000)")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from .tracking import default_uri, start_ui
+
+    backend = args.backend_store_uri or default_uri()
+    artifacts = args.artifacts or str(Path("mlartifacts").resolve())
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {backend}); Ctrl-C stops it")
+    proc = start_ui(backend, artifacts, args.host, args.port)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = json.dumps(ExperimentSpec.model_json_schema(), indent=2) + "\n"
     _write(text, args.output)
@@ -180,6 +215,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument("--device", help="torch device (default: the spec's)")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("train", help="meta-train a policy with PPO (checkpoints every iteration; --resume continues)")
+    p.add_argument("spec", metavar="SPEC", help="YAML spec file")
+    p.add_argument("--iterations", type=int, help="PPO iterations in total (default: the spec's meta_train.iterations)")
+    p.add_argument("--workers", type=int, help="rollout worker processes (default: the spec's; 0 runs in-process)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
+    p.add_argument("--run-dir", help="checkpoint directory (default: <meta_train.run_dir>/<spec name>)")
+    p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
+    p.add_argument("--max-minutes", type=float, help="stop after the iteration that passes this much wall time")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 with lean settings")
+    p.add_argument("--backend-store-uri", help="tracking store (default: sqlite:///mlflow.db in this directory)")
+    p.add_argument("--artifacts", help="artifact directory (default: ./mlartifacts)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("schema", help="print the JSON schema of experiment specs (for editors)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")

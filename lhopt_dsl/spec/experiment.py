@@ -57,10 +57,10 @@ class TaskDistribution(StrictModel):
 
 
 class MetaTrainSpec(StrictModel):
-    """Meta-training settings (PPO over inner runs)."""
+    """Meta-training settings (PPO over inner runs, paper Section 3.6)."""
 
     iterations: Annotated[int, Field(ge=1, description="PPO iterations.")] = 100
-    workers: Annotated[int, Field(ge=1, description="Parallel rollout worker processes.")] = 1
+    workers: Annotated[int, Field(ge=0, description="Parallel rollout worker processes (0: in-process).")] = 1
     tasks_per_iteration: Annotated[int, Field(ge=1, description="Tasks sampled per PPO iteration.")] = 2
     rollouts_per_task: Annotated[
         int, Field(ge=1, description="Policy rollouts per sampled task, sharing one baseline (paper: 4).")
@@ -72,8 +72,25 @@ class MetaTrainSpec(StrictModel):
             description="self_play: an EMA of the policy being trained; fixed: CIAO at its initial hyperparameters.",
         ),
     ] = "self_play"
-    hidden_size: Annotated[int, Field(ge=1, description="LSTM units of actor and critic (paper: 256).")] = 256
-    num_layers: Annotated[int, Field(ge=1, description="LSTM layers of actor and critic (paper: 1).")] = 1
+    hidden_size: Annotated[int, Field(ge=1, description="LSTM units of actor and critic (paper: 256; large: 512).")] = 256
+    num_layers: Annotated[int, Field(ge=1, description="LSTM layers of actor and critic (paper: 1; large: 2).")] = 1
+    learning_rate: Annotated[float, Field(gt=0, description="Adam learning rate of actor and critic.")] = 3e-4
+    update_epochs: Annotated[
+        int, Field(ge=1, le=4, description="Passes over each iteration's rollouts (paper: reuse at most 4).")
+    ] = 4
+    minibatch_episodes: Annotated[int, Field(ge=1, description="Whole episodes per PPO minibatch.")] = 4
+    clip_coef: Annotated[float, Field(gt=0, description="PPO ratio clipping.")] = 0.2
+    entropy_coef: Annotated[float, Field(ge=0, description="Entropy bonus weight.")] = 0.01
+    value_coef: Annotated[float, Field(ge=0, description="Value loss weight.")] = 0.5
+    max_grad_norm: Annotated[float, Field(gt=0, description="Gradient-norm clip of the PPO update.")] = 0.5
+    gae_lambda: Annotated[float, Field(ge=0, le=1, description="GAE lambda (the discount is 1).")] = 0.95
+    ema_decay: Annotated[
+        float, Field(ge=0, lt=1, description="Decay of the EMA of policy weights used as the self-play baseline.")
+    ] = 0.9
+    max_valid: Annotated[int, Field(ge=1, description="Validation examples evaluated at each outer step.")] = 512
+    run_dir: Annotated[
+        str, Field(description="Where checkpoints and local metrics go (relative to the working directory).")
+    ] = "runs"
 
 
 class EvaluationSpec(StrictModel):

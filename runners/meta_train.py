@@ -1,0 +1,270 @@
+"""Meta-training: PPO over inner training runs, in one readable loop (after CleanRL).
+
+    lhopt train SPEC [--iterations N] [--workers N] [--resume] [--tracking-uri URI]
+
+Each iteration samples tasks from the spec's training distribution (seeds from the training
+namespace, derived from the spec's seed and the iteration, so runs are reproducible), runs the
+self-play baseline (an EMA of the policy, greedy) and several policy rollouts per task in worker
+processes, computes GAE with discount 1 over whole episodes, and takes PPO steps on minibatches of
+whole episodes (padded and masked, since episodes have 2 to 128 outer steps). Everything needed to
+continue (policy, critic, optimizer, normalisers, EMA weights, counters, metric history) is
+written atomically at the end of every iteration; ``--resume`` continues from there, and a kill at
+any moment loses at most the iteration in progress.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lhopt_dsl import ExperimentSpec, sample
+from lhopt_dsl.actions import ActionSpace
+from lhopt_dsl.observation import FeatureBuilder
+from lhopt_dsl.policy import ActorCritic, PolicyShape
+from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
+from lhopt_dsl.sample import train_seed
+from lhopt_dsl.spec.hparams import HPARAM_NAMES
+
+from .tracking import Tracker
+
+
+@dataclass
+class Settings:
+    iterations: int
+    workers: int
+    resume: bool = False
+    tracking_uri: str | None = None
+    run_dir: Path | None = None
+    quiet: bool = False
+    max_minutes: float | None = None  # stop (after a whole iteration) once this much time has passed
+
+
+def policy_shape(spec: ExperimentSpec) -> PolicyShape:
+    actions = ActionSpace(spec.hparams)
+    features = FeatureBuilder(actions, spec.hparams)
+    mt = spec.meta_train
+    return PolicyShape(features.policy_size, features.value_size, tuple(actions.nvec), mt.hidden_size, mt.num_layers)
+
+
+# --- rollout workers -----------------------------------------------------------------------------
+
+
+def _job(args: tuple) -> TaskResult:
+    cfg, policy_ckpt, ema_ckpt, spec_json, rollouts, seed, device, data_dir = args
+    torch.set_num_threads(1)
+    spec = ExperimentSpec.model_validate_json(spec_json)
+    policy = ActorCritic.from_checkpoint(policy_ckpt)
+    ema = ActorCritic.from_checkpoint(ema_ckpt) if ema_ckpt is not None else None
+    return task_rollouts(cfg, policy, ema, spec.hparams, rollouts=rollouts, seed=seed, device=device,
+                         data_dir=data_dir, max_valid=spec.meta_train.max_valid)  # fmt: skip
+
+
+def _pad(episodes: list[Episode], key: str) -> torch.Tensor:
+    """(T_max, B, ...) tensor of one field, zero-padded at the end of shorter episodes."""
+    longest = max(len(e) for e in episodes)
+    rows = []
+    for e in episodes:
+        x = np.asarray(getattr(e, key) if isinstance(key, str) else key(e))
+        pad = np.zeros((longest - len(x), *x.shape[1:]), dtype=x.dtype)
+        rows.append(np.concatenate([x, pad]))
+    return torch.as_tensor(np.stack(rows, axis=1))
+
+
+def ppo_update(
+    model: ActorCritic, optimizer: torch.optim.Optimizer, episodes: list[Episode], mt: Any, rng: np.random.Generator
+) -> dict[str, float]:
+    """GAE (discount 1) per episode, then clipped-PPO epochs over minibatches of whole episodes."""
+    for e in episodes:
+        e.advantages, e.returns = gae(e.rewards, e.values, 1.0, mt.gae_lambda)
+    all_adv = np.concatenate([e.advantages for e in episodes])
+    adv_mean, adv_std = all_adv.mean(), all_adv.std() + 1e-8
+    kls, clips, entropies, pg_losses, v_losses = [], [], [], [], []
+    for _epoch in range(mt.update_epochs):
+        order = rng.permutation(len(episodes))
+        for k in range(0, len(order), mt.minibatch_episodes):
+            batch = [episodes[i] for i in order[k : k + mt.minibatch_episodes]]
+            x, v = _pad(batch, "policy_obs").float(), _pad(batch, "value_obs").float()  # (T, B, F)
+            acts = _pad(batch, "actions").long()  # (T, B, D)
+            mask = _pad(batch, lambda e: np.ones(len(e), dtype=np.float32)).float()  # (T, B)
+            old_lp = _pad(batch, "logprobs").float()
+            adv = (_pad(batch, "advantages").float() - adv_mean) / adv_std
+            ret = _pad(batch, "returns").float()
+            new_lp, entropy, values = model.evaluate(x, v, acts)
+            log_ratio = new_lp - old_lp
+            ratio = log_ratio.exp()
+            n = mask.sum()
+            clipped = ratio.clamp(1 - mt.clip_coef, 1 + mt.clip_coef)
+            pg_loss = (torch.max(-adv * ratio, -adv * clipped) * mask).sum() / n
+            v_loss = 0.5 * (((values - ret) ** 2) * mask).sum() / n
+            ent = (entropy * mask).sum() / n
+            loss = pg_loss - mt.entropy_coef * ent + mt.value_coef * v_loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), mt.max_grad_norm)
+            optimizer.step()
+            with torch.no_grad():
+                kls.append(float((((ratio - 1) - log_ratio) * mask).sum() / n))
+                clips.append(float((((ratio - 1).abs() > mt.clip_coef).float() * mask).sum() / n))
+            entropies.append(float(ent.detach()))
+            pg_losses.append(float(pg_loss.detach()))
+            v_losses.append(float(v_loss.detach()))
+    return {
+        "ppo/approx_kl": float(np.mean(kls)),
+        "ppo/clip_frac": float(np.mean(clips)),
+        "ppo/entropy": float(np.mean(entropies)),
+        "ppo/policy_loss": float(np.mean(pg_losses)),
+        "ppo/value_loss": float(np.mean(v_losses)),
+    }
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _hparam_figure(episodes: list[Episode]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(HPARAM_NAMES)
+    fig, axes = plt.subplots(2, 4, figsize=(14, 6))
+    for ax, name in zip(axes.flat, names):
+        for e in episodes[:12]:
+            progress = (np.arange(len(e)) + 1) / len(e)
+            ax.plot(progress, [h[name] for h in e.hparams], alpha=0.6)
+        ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("progress")
+    fig.suptitle("Hyperparameters chosen by the policy (sampled episodes)")
+    fig.tight_layout()
+    return fig
+
+
+def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None) -> Path:
+    """Meta-train a policy on ``spec``; return the path of the final checkpoint."""
+    mt = spec.meta_train
+    run_dir = settings.run_dir or Path(mt.run_dir) / spec.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    torch.manual_seed(spec.seed)
+    model = ActorCritic(policy_shape(spec))
+    optimizer = torch.optim.Adam(model.parameters(), lr=mt.learning_rate, eps=1e-5)
+    ema = copy.deepcopy(model)
+    start, history, run_id = 0, [], None
+    if settings.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        model = ActorCritic.from_checkpoint(state["policy"])
+        ema = ActorCritic.from_checkpoint(state["ema"])
+        optimizer = torch.optim.Adam(model.parameters(), lr=mt.learning_rate, eps=1e-5)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start, history, run_id = state["iteration"], state["history"], state.get("run_id")
+    elif settings.resume:
+        print(f"no checkpoint at {ckpt_path}; starting a new run")
+
+    tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, spec.name, run_dir, run_id)
+    if run_id is None:
+        tracker.log_params(spec.model_dump(mode="json"))
+        if spec_path:
+            tracker.log_artifact(spec_path, "spec")
+    spec_json = spec.model_dump_json()
+    pool = mp.get_context("spawn").Pool(settings.workers) if settings.workers > 1 else None
+    bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="meta-train",
+               unit="it", disable=settings.quiet)  # fmt: skip
+    started = time.perf_counter()
+    try:
+        for iteration in bar:
+            if settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes:
+                print(f"time limit of {settings.max_minutes:g} min reached after {iteration} iterations")
+                break
+            t0 = time.perf_counter()
+            # --- rollouts: sample tasks, run baselines and policy episodes ------------------------
+            policy_ckpt = model.to_checkpoint()
+            ema_ckpt = ema.to_checkpoint() if mt.baseline == "self_play" else None
+            jobs = []
+            for j in range(mt.tasks_per_iteration):
+                seed = train_seed(spec.seed, iteration, j)
+                jobs.append((sample(spec, seed), policy_ckpt, ema_ckpt, spec_json, mt.rollouts_per_task, seed,
+                             spec.device, spec.data_dir))  # fmt: skip
+            results = pool.map(_job, jobs) if pool else [_job(a) for a in jobs]
+            episodes = [e for r in results for e in r.episodes]
+            rollout_time = time.perf_counter() - t0
+
+            # --- advantages and PPO update on minibatches of whole episodes -----------------------
+            ppo = ppo_update(model, optimizer, episodes, mt, np.random.default_rng([spec.seed, iteration]))
+
+            # --- normalisers and the self-play baseline ----------------------------------------
+            model.policy_norm(np.concatenate([e.raw_policy for e in episodes]), update=True)
+            model.value_norm(np.concatenate([e.raw_value for e in episodes]), update=True)
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.mul_(mt.ema_decay).add_(pm, alpha=1 - mt.ema_decay)
+            ema.policy_norm.load_state_dict(model.policy_norm.state_dict())
+            ema.value_norm.load_state_dict(model.value_norm.state_dict())
+
+            # --- metrics, checkpoint ------------------------------------------------------------
+            values = np.concatenate([e.values for e in episodes])
+            returns = np.concatenate([e.returns for e in episodes])
+            var = returns.var()
+            elapsed = time.perf_counter() - t0
+            inner = sum(e.inner_steps for e in episodes) + sum(
+                r.inner_steps * (2 if mt.baseline == "self_play" else 1) for r in results
+            )
+            metrics = {
+                **ppo,
+                "ppo/explained_variance": float(1 - np.var(returns - values) / var) if var > 0 else math.nan,
+                "reward/mean": float(np.mean([e.final_reward for e in episodes])),
+                "reward/vs_initial_hparams": float(np.mean([e.reward_vs_initial for e in episodes])),
+                "reward/shaped_return": float(np.mean([e.rewards.sum() for e in episodes])),
+                "speed/episodes_per_s": len(episodes) / elapsed,
+                "speed/inner_steps_per_s": inner / elapsed,
+                "speed/rollout_share": rollout_time / elapsed,
+            }
+            for fam in sorted({e.family for e in episodes}):
+                metrics[f"reward_by_family/{fam}"] = float(np.mean([e.reward_vs_initial for e in episodes if e.family == fam]))
+            history.append({"iteration": iteration + 1, **metrics})
+            tracker.log_metrics(metrics, step=iteration + 1)
+            save_atomic(
+                {
+                    "iteration": iteration + 1,
+                    "policy": model.to_checkpoint(),
+                    "ema": ema.to_checkpoint(),
+                    "optimizer": optimizer.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "run_id": tracker.run_id,
+                    "spec": spec.model_dump(mode="json"),
+                },
+                ckpt_path,
+            )
+            bar.set_postfix(episodes=len(episodes) * (iteration + 1), reward=f"{metrics['reward/vs_initial_hparams']:.3f}")
+            if (iteration + 1) % 10 == 0 or iteration + 1 == settings.iterations:
+                tracker.log_figure(_hparam_figure(episodes), "hparams.png")
+                import matplotlib.pyplot as plt
+
+                plt.close("all")
+    except BaseException:
+        tracker.end("KILLED")
+        raise
+    finally:
+        if pool:
+            pool.terminate()
+    policy_path = run_dir / "policy.pt"
+    save_atomic({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "history": history},
+                policy_path)  # fmt: skip
+    tracker.log_policy(policy_path, spec.tracking.registered_model)
+    tracker.end()
+    return policy_path

@@ -1,0 +1,213 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+The embedded default is a SQLite store in the working directory (``sqlite:///mlflow.db``); a
+remote server works by its URI. Every call is guarded: if the tracking server cannot be reached
+(or fails later), training goes on with one warning, metrics keep being written to a local
+``metrics.jsonl`` beside the run's checkpoints, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# Fail fast against an unreachable server instead of retrying for minutes.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def default_uri(directory: str | os.PathLike[str] = ".") -> str:
+    return f"sqlite:///{Path(directory).resolve() / 'mlflow.db'}"
+
+
+def flatten(data: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """Dotted keys and string values of a nested structure (MLflow parameters)."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(data, (list, tuple)) and not all(isinstance(x, (int, float, str, bool)) for x in data):
+        for i, v in enumerate(data):
+            yield from flatten(v, f"{prefix}.{i}")  # MLflow keys allow no brackets
+    else:
+        yield prefix, str(data)[:6000]
+
+
+def reachable(uri: str, timeout: float = 3.0) -> bool:
+    """For HTTP URIs, whether the server answers its health check; other URIs count as reachable."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:  # noqa: S310
+            return r.status == 200
+    except OSError:
+        return False
+
+
+class Tracker:
+    """An MLflow run that degrades to local files when the server is unavailable."""
+
+    def __init__(self, uri: str | None, experiment: str, run_name: str, local_dir: Path, run_id: str | None = None):
+        self.uri = uri or default_uri()
+        self.local_dir = Path(local_dir)
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        self.run_id: str | None = None
+        self.enabled = False
+        self._warned = False
+        if not reachable(self.uri):
+            self._disable(f"tracking server {self.uri} is unreachable")
+            return
+        self._guard(self._start, experiment, run_name, run_id)
+
+    def _start(self, experiment: str, run_name: str, run_id: str | None) -> None:
+        # The client API with an explicit run id: no global "active run" leaks between trackers.
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        if run_id is None:
+            exp = self.client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+        self.enabled = True
+
+    def _disable(self, why: str) -> None:
+        self.enabled = False
+        if not self._warned:
+            warnings.warn(
+                f"MLflow tracking disabled: {why}. Training goes on; metrics are kept in "
+                f"{self.local_dir / 'metrics.jsonl'} and checkpoints in {self.local_dir}.",
+                stacklevel=3,
+            )
+            self._warned = True
+
+    def _guard(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any tracking failure must not stop training
+            self._disable(f"{type(e).__name__}: {e}")
+            return None
+
+    # --- logging -------------------------------------------------------------------------------
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        flat = dict(flatten(params))
+        (self.local_dir / "params.json").write_text(json.dumps(flat, indent=1))
+        if self.enabled:
+            from mlflow.entities import Param
+
+            items = [Param(k, v) for k, v in flat.items()]
+            for i in range(0, len(items), 100):
+                self._guard(self.client.log_batch, self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        with open(self.local_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.enabled:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            rows = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+            self._guard(self.client.log_batch, self.run_id, metrics=rows)
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self._guard(self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        path = self.local_dir / name
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        self.log_artifact(path, "plots")
+
+    def log_policy(self, checkpoint: Path, registered_name: str | None) -> None:
+        """Log the policy as an MLflow (pyfunc) model and register it under ``registered_name``."""
+        if not self.enabled:
+            return
+
+        def log() -> None:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.uri)
+            with warnings.catch_warnings(), mlflow.start_run(run_id=self.run_id):
+                warnings.simplefilter("ignore", UserWarning)  # predict's type hints are deliberately absent
+                mlflow.pyfunc.log_model(
+                    name="policy",
+                    python_model=PolicyModel(),
+                    artifacts={"checkpoint": str(checkpoint)},
+                    pip_requirements=["torch", "numpy", "lhopt"],
+                    registered_model_name=registered_name,
+                )
+
+        self._guard(log)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            self._guard(self.client.set_terminated, self.run_id, status)
+
+
+def _pyfunc_base() -> type:
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.PythonModel
+
+
+with warnings.catch_warnings():  # MLflow nags about predict's (deliberately absent) type hints
+    warnings.simplefilter("ignore", UserWarning)
+
+    class PolicyModel(_pyfunc_base()):  # type: ignore[misc]
+        """Pyfunc wrapper: ``predict`` maps rows of policy features to greedy actions.
+
+        For training loops, load the checkpoint with :func:`load_policy_uri` and use
+        ``lhopt_dsl.controller`` instead; this wrapper makes the model browsable and servable.
+        """
+
+        def load_context(self, context: Any) -> None:
+            import torch
+
+            from lhopt_dsl.policy import ActorCritic
+
+            self.policy = ActorCritic.from_checkpoint(torch.load(context.artifacts["checkpoint"], weights_only=False)["policy"])
+
+        def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads type hints as a schema)
+            import numpy as np
+            import torch
+
+            x = np.asarray(model_input, dtype=np.float32)
+            x = self.policy.policy_norm(x, update=False)
+            logits, _ = self.policy.actor_forward(torch.as_tensor(x).unsqueeze(1))
+            return np.stack([d.probs.argmax(-1).numpy() for d in self.policy.dists(logits[:, 0])], axis=-1)
+
+
+def load_policy_uri(uri: str, tracking_uri: str | None = None) -> Path:
+    """Download an MLflow model URI (e.g. ``models:/name/1``) and return its policy checkpoint path."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri or default_uri())
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    found = sorted(local.rglob("*.pt"))
+    if not found:
+        raise FileNotFoundError(f"no policy checkpoint (*.pt) inside the MLflow model {uri}")
+    return found[0]
+
+
+def ui_command(backend_uri: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The lean MLflow server: one worker, no job execution (starts in seconds, not 15 processes)."""
+    return [
+        sys.executable, "-m", "mlflow", "server", "--workers", "1", "--host", host, "--port", str(port),
+        "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts,
+    ]  # fmt: skip
+
+
+def start_ui(backend_uri: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.Popen(ui_command(backend_uri, artifacts, host, port), env=env)

@@ -1,0 +1,181 @@
+"""PPO on a toy problem, checkpoint/resume, MLflow tracking (local store, unreachable server, UI)."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lhopt_dsl import load_spec
+from lhopt_dsl.policy import ActorCritic, PolicyShape
+from lhopt_dsl.rollout import Episode
+from runners.meta_train import Settings, policy_shape, ppo_update, train
+from runners.tracking import Tracker, default_uri, start_ui
+
+from .conftest import SPECS
+
+
+def toy_episode(model: ActorCritic, gen: torch.Generator, length: int = 3) -> Episode:
+    """Observations are random; reward 1 when the first action dimension picks 2, else 0."""
+    state = (None, None)
+    rows = {k: [] for k in ("p", "v", "a", "lp", "val", "r")}
+    for _ in range(length):
+        p = torch.randn(model.shape.policy_size, generator=gen).numpy()
+        v = torch.randn(model.shape.value_size, generator=gen).numpy()
+        a, lp, val, state = model.act(p, v, state, gen)
+        for key, x in (("p", p), ("v", v), ("a", a), ("lp", lp), ("val", val), ("r", float(a[0] == 2))):
+            rows[key].append(x)
+    stack = lambda k: np.stack(rows[k])  # noqa: E731
+    return Episode(stack("p"), stack("v"), stack("p"), stack("v"), stack("a"), np.asarray(rows["lp"]),
+                   np.asarray(rows["val"]), np.asarray(rows["r"]), [], [], [])  # fmt: skip
+
+
+def test_ppo_learns_the_best_action_of_a_toy_problem():
+    torch.manual_seed(0)
+    model = ActorCritic(PolicyShape(policy_size=4, value_size=2, nvec=(4, 3), hidden_size=16))
+    mt = load_spec(SPECS / "smoke.yaml").meta_train.model_copy(update={"learning_rate": 3e-3, "minibatch_episodes": 4})
+    opt = torch.optim.Adam(model.parameters(), lr=mt.learning_rate)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    def success() -> float:
+        return float(np.mean([toy_episode(model, gen).rewards.mean() for _ in range(30)]))
+
+    before = success()
+    for _ in range(40):
+        stats = ppo_update(model, opt, [toy_episode(model, gen) for _ in range(8)], mt, rng)
+    after = success()
+    assert before < 0.4 and after > 0.9, (before, after)
+    assert stats["ppo/approx_kl"] >= 0 and 0 <= stats["ppo/clip_frac"] <= 1
+
+
+def test_policy_checkpoint_round_trip():
+    spec = load_spec(SPECS / "smoke.yaml")
+    model = ActorCritic(policy_shape(spec))
+    model.policy_norm(np.random.default_rng(0).normal(size=(5, model.shape.policy_size)))
+    again = ActorCritic.from_checkpoint(model.to_checkpoint())
+    x = np.random.default_rng(1).normal(size=model.shape.policy_size)
+    assert np.array_equal(model.policy_norm(x, update=False), again.policy_norm(x, update=False))
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="policy does not match"):
+        again.check_compatible(model.shape.policy_size + 1, model.shape.value_size, model.shape.nvec)
+
+
+def _tiny_spec(tmp_path: Path):
+    spec = load_spec(SPECS / "smoke.yaml")
+    mt = spec.meta_train.model_copy(update={"tasks_per_iteration": 2, "rollouts_per_task": 2, "hidden_size": 16})
+    tasks = spec.tasks.model_copy(update={"families": [f for f in spec.tasks.families if f.family in ("nqm", "rnn")]})
+    return spec.model_copy(update={"meta_train": mt, "tasks": tasks})
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    spec = _tiny_spec(tmp_path)
+    offline = "http://127.0.0.1:9"  # nothing listens there: tracking is skipped quickly
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        train(spec, Settings(iterations=3, workers=0, tracking_uri=offline, run_dir=tmp_path / "a", quiet=True))
+    with pytest.warns(UserWarning):
+        train(spec, Settings(iterations=2, workers=0, tracking_uri=offline, run_dir=tmp_path / "b", quiet=True))
+    with pytest.warns(UserWarning):
+        train(spec, Settings(iterations=3, workers=0, resume=True, tracking_uri=offline, run_dir=tmp_path / "b",
+                             quiet=True))  # fmt: skip
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["iteration"] == b["iteration"] == 3
+    for k, v in a["policy"]["weights"].items():
+        assert torch.equal(v, b["policy"]["weights"][k]), k
+    assert a["history"] == b["history"] or [h["reward/mean"] for h in a["history"]] == [
+        h["reward/mean"] for h in b["history"]
+    ]
+    # the unreachable server cost nothing: metrics are in the local file
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and "ppo/approx_kl" in json.loads(lines[0])
+
+
+def test_tracking_logs_to_sqlite_and_the_run_is_found_with_mlflows_client(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    spec = _tiny_spec(tmp_path)
+    spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"registered_model": "smoke-policy",
+                                                                                "experiment": "test-exp"})})  # fmt: skip
+    uri = default_uri(tmp_path)
+    path = train(spec, Settings(iterations=2, workers=0, tracking_uri=uri, quiet=True))
+    assert path.exists()
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("test-exp")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    for key in ("ppo/approx_kl", "ppo/clip_frac", "ppo/entropy", "ppo/explained_variance", "reward/mean",
+                "reward/vs_initial_hparams", "speed/episodes_per_s", "speed/inner_steps_per_s"):  # fmt: skip
+        assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
+    assert run.data.params["meta_train.rollouts_per_task"] == "2"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"spec", "plots"} <= artifacts or "plots" in artifacts
+    versions = client.search_model_versions("name='smoke-policy'")
+    assert len(versions) == 1
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/smoke-policy/1")
+    feats = np.zeros((3, policy_shape(spec).policy_size), dtype=np.float32)
+    assert model.predict(feats).shape == (3, len(policy_shape(spec).nvec))
+
+
+def test_tracker_survives_a_server_that_disappears(tmp_path):
+    tracker = Tracker(default_uri(tmp_path), "e", "r", tmp_path / "local")
+    assert tracker.enabled
+    from mlflow.tracking import MlflowClient
+
+    tracker.client = MlflowClient(tracking_uri="http://127.0.0.1:9")  # the server goes away mid-run
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        tracker.log_metrics({"a": 1.0}, step=1)
+    assert not tracker.enabled
+    tracker.log_metrics({"a": 2.0}, step=2)  # warns once, keeps writing locally
+    assert len((tmp_path / "local" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ui_serves_the_run_over_its_rest_api(tmp_path):
+    uri = default_uri(tmp_path)
+    tracker = Tracker(uri, "ui-exp", "ui-run", tmp_path / "local")
+    tracker.log_metrics({"reward/mean": 0.5}, step=1)
+    tracker.end()
+    port = _free_port()
+    proc = start_ui(uri, str(tmp_path / "artifacts"), port=port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise AssertionError("the MLflow UI did not come up")
+                time.sleep(0.5)
+        with urllib.request.urlopen(base + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=ui-exp") as r:
+            exp = json.load(r)["experiment"]
+        body = json.dumps({"experiment_ids": [exp["experiment_id"]]}).encode()
+        req = urllib.request.Request(base + "/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req) as r:
+            runs = json.load(r)["runs"]
+        assert len(runs) == 1 and runs[0]["info"]["run_name"] == "ui-run"
+        assert runs[0]["data"]["metrics"][0]["key"] == "reward/mean"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

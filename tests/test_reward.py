@@ -1,0 +1,107 @@
+"""The power-law reward, its degenerate cases, shaping, and GAE."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lhopt_dsl.env import OuterStep
+from lhopt_dsl.reward import R_MIN, PowerLawReward, ShapedReward, envelope, fit_power_law
+from lhopt_dsl.rollout import gae
+
+STEPS = np.arange(0, 1001, 25, dtype=np.float64)
+
+
+@pytest.mark.parametrize("l_inf,a,alpha", [(0.3, 2.0, 0.7), (0.0, 5.0, 0.3), (1.5, 0.5, 1.5), (0.01, 1.0, 0.1)])
+def test_fit_recovers_known_power_laws(l_inf, a, alpha):
+    losses = l_inf + a * (STEPS + 1) ** -alpha
+    law = fit_power_law(STEPS, losses)
+    assert law is not None
+    assert np.allclose(law(STEPS), losses, rtol=1e-4)
+    assert law.alpha == pytest.approx(alpha, rel=0.05)
+
+
+def test_reward_zero_at_worst_one_at_best_and_log_steps_beyond():
+    losses = 0.3 + 2.0 * (STEPS + 1) ** -0.7
+    r = PowerLawReward(STEPS, losses)
+    assert r(losses[0]) == pytest.approx(0.0, abs=1e-6)
+    assert r(losses[-1]) == pytest.approx(1.0, abs=1e-6)
+    # The loss the same curve reaches at 2T is worth log(2T+1)/log(T+1) "log steps".
+    at_2t = 0.3 + 2.0 * (2 * 1000 + 1) ** -0.7
+    assert r(at_2t) == pytest.approx(math.log(2001) / math.log(1001), rel=1e-3)
+    mid = 0.3 + 2.0 * (100 + 1) ** -0.7
+    assert r(mid) == pytest.approx(math.log(101) / math.log(1001), rel=1e-3)
+    assert r(0.3) == r.r_max and r(0.0) == r.r_max  # at or below the asymptote: capped
+    assert R_MIN < r(50.0) < 0 and r(1e9) == R_MIN  # worse than the start: negative, floored at -1
+    assert r(float("nan")) == R_MIN and r(float("inf")) == R_MIN
+    # monotone: lower loss, higher reward
+    grid = np.linspace(0.31, 2.5, 50)
+    rewards = [r(x) for x in grid]
+    assert all(b <= a for a, b in zip(rewards, rewards[1:]))
+
+
+def test_non_monotone_curve_uses_its_best_so_far_envelope():
+    rng = np.random.default_rng(0)
+    clean = 0.2 + (STEPS + 1) ** -0.5
+    noisy = clean * np.exp(rng.normal(0, 0.05, len(STEPS)))
+    steps, env = envelope(STEPS, noisy)
+    assert np.all(np.diff(env) <= 0)
+    r = PowerLawReward(STEPS, noisy)
+    assert r(env[-1]) == pytest.approx(1.0, abs=1e-6) and r(env[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_flat_baseline():
+    r = PowerLawReward(STEPS, np.full(len(STEPS), 0.7))
+    assert r.flat
+    assert r(0.5) == 1.0 and r(0.7) == 0.0 and r(0.9) == R_MIN and r(float("nan")) == R_MIN
+
+
+def test_diverged_baseline_is_judged_by_its_finite_prefix():
+    losses = 0.3 + 2.0 * (STEPS + 1) ** -0.7
+    broken = losses.copy()
+    broken[20:] = np.nan
+    r = PowerLawReward(STEPS, broken)
+    assert r(losses[19]) == pytest.approx(1.0, abs=1e-6)
+    assert r(losses[-1]) > 1.0  # better than the baseline ever got
+    assert PowerLawReward(STEPS[:2], [float("nan"), float("nan")])(0.1) == R_MIN  # nothing finite at all
+
+
+def test_fallback_interpolation_when_the_fit_is_unusable(monkeypatch):
+    import lhopt_dsl.reward as reward_module
+
+    monkeypatch.setattr(reward_module, "fit_power_law", lambda s, y: None)
+    losses = 0.3 + 2.0 * (STEPS + 1) ** -0.7
+    r = reward_module.PowerLawReward(STEPS, losses)
+    assert r.law is None
+    assert r(losses[0]) == pytest.approx(0.0, abs=1e-9) and r(losses[-1]) == pytest.approx(1.0, abs=1e-9)
+    assert 0 < r(losses[10]) < 1 and r(losses[-1] * 0.99) > 1
+
+
+@given(st.lists(st.floats(0.01, 10.0), min_size=2, max_size=40), st.integers(0, 10**6))
+@settings(max_examples=60, deadline=None)
+def test_shaped_rewards_telescope_to_the_final_reward(valid_losses, seed):
+    losses = 0.3 + 2.0 * (STEPS + 1) ** -0.7
+    reward = PowerLawReward(STEPS, losses)
+    shaped = ShapedReward(reward)
+    total = 0.0
+    for k, v in enumerate(valid_losses, 1):
+        total += shaped(OuterStep(k, k / len(valid_losses), v, v, 0.0, k == len(valid_losses), None))
+    assert total == pytest.approx(reward(valid_losses[-1]), abs=1e-9)
+
+
+def test_gae_by_hand():
+    rewards = np.array([1.0, 0.0, 2.0])
+    values = np.array([0.5, 1.0, 1.5])
+    lam = 0.9
+    # gamma = 1: delta_t = r_t + V_{t+1} - V_t with V_3 = 0
+    d = [1.0 + 1.0 - 0.5, 0.0 + 1.5 - 1.0, 2.0 + 0.0 - 1.5]
+    a2 = d[2]
+    a1 = d[1] + lam * a2
+    a0 = d[0] + lam * a1
+    adv, ret = gae(rewards, values, 1.0, lam)
+    assert np.allclose(adv, [a0, a1, a2])
+    assert np.allclose(ret, adv + values)
+    adv1, _ = gae(rewards, values, 1.0, 1.0)
+    assert np.allclose(adv1 + values, [3.0, 2.0, 2.0])  # lambda 1: Monte-Carlo returns
