@@ -1,47 +1,53 @@
 """CIAO's cost: its optimizer step against AdamW, and the share of an inner run spent on features.
 
-    LHOPT_DATA_DIR=/work/shared/data python bench/optim_bench.py \\
-        [--part a|b|both] [--sizes 512x4,2048x6] [--block 4] [--seconds-a 25] [--min-rounds 8] \\
-        [--spec task_specs/default.yaml] [--families mlp,cnn,rnn,text_rnn,transformer,nqm] \\
-        [--max-inner 300] [--reps 3] [--stats-every 4] [--split] [--threads N]
+    LHOPT_DATA_DIR=/work/shared/data .venv/bin/python bench/optim_bench.py \\
+        [--part a|b|both] [--threads N]
+        (a) [--sizes 512x4,2048x6] [--block 4] [--seconds-a 25] [--min-rounds 8]
+        (b) [--spec task_specs/default.yaml] [--families mlp,cnn,rnn,text_rnn,transformer,nqm]
+            [--max-inner 300] [--stats-every 4] [--reps 3] [--seconds-b 4] [--max-reps 15] [--no-split]
 
-Every figure is a ratio of two contenders measured side by side in one process, interleaved and
-repeated, so that a shared, noisy machine slows both alike; medians are reported.
+Every figure is a ratio of contenders measured side by side in one process, interleaved (the order
+rotates from round to round) and repeated; medians are reported, so that a shared, noisy machine
+slows all contenders alike. The load average is printed at the start and the end: CIAO runs many
+more (short, multi-threaded) kernels than AdamW, so its ratio grows when other processes compete
+for the cores.
 
-(a) Optimizer step only, on CPU, for MLPs of square Linear layers (``WIDTHxDEPTH``, with biases;
-    the defaults have 1,050,624 and 25,178,112 parameters). Gradients are set once to fixed random
-    tensors and reused. All optimizers step the same parameters. A round times one block of
-    ``--block`` consecutive steps of each contender (the order rotates from round to round):
-    ``torch.optim.AdamW(foreach=True)``; CIAO with its defaults (foreach, no statistics); CIAO with
-    statistics on every step (``step(stats=True, loss=...)``); CIAO with statistics on the last
-    step of each block (every 4th step, as in training). The CIAO contenders share one CIAO
-    instance (same state; statistics only add reductions). Reported: AdamW's median ms/step and,
-    per CIAO contender, the median over rounds of (CIAO block time / AdamW block time in the same
-    round). Goal: CIAO step <= 1.5x AdamW.
+(a) Optimizer ``step()`` only, on CPU, for MLPs of square Linear layers (``WIDTHxDEPTH``, with
+    biases; the defaults have 1,050,624 and 25,178,112 parameters). Gradients are set once to fixed
+    random tensors and reused; all optimizers step the same parameters. A round times one block of
+    ``--block`` consecutive steps of each contender: ``torch.optim.AdamW(foreach=True)``; CIAO with
+    its defaults (foreach, adamax, clipping and LAMB on, no statistics); CIAO with statistics on
+    every step (``step(stats=True, loss=...)``); CIAO with statistics on the last step of each
+    block (every 4th step, as in training). The CIAO contenders share one CIAO instance (same
+    state). Printed: AdamW's median ms/step and, per CIAO contender, the median over rounds of
+    (CIAO block time / AdamW block time of the same round) with its quartiles.
+    Goal: CIAO step <= 1.5x AdamW. (With fixed gradients every step is clipped: the moving maximum
+    equals |g| and the threshold is a fraction of it, so the clipping path is always taken.)
 
-(b) Per family, the first sampled task of that family from the spec (seeds 0, 1, 2, ...), with
-    inner steps capped at ``--max-inner`` (outer steps capped to match). Two contenders, run in
-    alternating order ``--reps`` times each:
+(b) Per family, the first sampled task of that family from the spec (seeds 0, 1, 2, ...), inner
+    steps capped at ``--max-inner`` (outer steps capped to match). Contenders, run in rotating
+    order at least ``--reps`` times and until the family has taken ``--seconds-b``:
     (1) a full ``InnerTrainingEnv`` episode: ``reset`` (compiles the task, first validation pass,
         first observation) and ``step(env.actions.identity())`` until done, statistics every
         ``--stats-every`` inner steps, observations built at every outer step;
     (2) the same run without features: compile, CIAO from ``ciao_kwargs(cfg.hparams)``, the first
         validation pass, then per segment of ``segment_bounds`` the same (identity) action applied
-        with ``apply_action``, ``train_segment(..., stats_every=0)`` and the validation pass.
-    Feature share = (t1 - t2) / t1, the median over the paired repetitions. With ``--split`` a
-    third contender (3) is (2) with ``stats_every`` statistics (no environment), which splits the
-    share into optimizer statistics (t3 - t2) and the environment's own work (t1 - t3):
-    observation vectors, parameter-norm features, bookkeeping.
+        with ``apply_action``, ``train_segment(..., stats_every=0)`` and the validation pass;
+    (3) unless ``--no-split``: (2) with statistics every ``--stats-every`` steps, which splits the
+        share into optimizer statistics (t3 - t2) and the environment's own work (t1 - t3):
+        observation vectors, parameter-norm features, bookkeeping.
+    Feature share = (t1 - t2) / t1, the median over the paired repetitions [min, max].
     Goal: features <= 10% of run time on the transformer family (the paper reports up to 20%).
 
-Default settings take about 3 minutes on 2 CPU cores; raise ``--seconds-a`` / ``--reps`` /
-``--max-inner`` to run longer.
+Defaults take about 2.5-3 minutes on 2 idle CPU cores; raise ``--seconds-a``, ``--seconds-b``,
+``--reps`` or ``--max-inner`` to run longer.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -62,6 +68,20 @@ FEATURE_GOAL = 0.10
 
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float]:
+    if len(xs) < 2:
+        return (xs[0], xs[0]) if xs else (float("nan"), float("nan"))
+    q = statistics.quantiles(xs, n=4)
+    return q[0], q[2]
+
+
+def _load() -> str:
+    try:
+        return "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "load average unknown"
 
 
 # --------------------------------------------------------------------------- (a) optimizer step
@@ -113,7 +133,8 @@ def bench_step(width: int, depth: int, block: int, seconds: float, min_rounds: i
             contenders[name]()
             times[name].append((time.perf_counter() - t0) / block)
         r += 1
-    ratios = {n: _median([c / a for c, a in zip(times[n], times["adamw"])]) for n in names if n != "adamw"}
+    per_round = {n: [c / a for c, a in zip(times[n], times["adamw"])] for n in names if n != "adamw"}
+    ratios = {n: _median(v) for n, v in per_round.items()}
     out = {
         "params": sum(p.numel() for p in params),
         "tensors": len(params),
@@ -121,6 +142,7 @@ def bench_step(width: int, depth: int, block: int, seconds: float, min_rounds: i
         "adamw_ms": 1e3 * _median(times["adamw"]),
         "ms": {n: 1e3 * _median(times[n]) for n in names},
         "ratio": ratios,
+        "iqr": {n: _quartiles(v) for n, v in per_round.items()},
     }
     del adamw, ciao, model, params
     gc.collect()
@@ -135,12 +157,13 @@ def part_a(args: argparse.Namespace) -> None:
           f"| CIAO stats every {args.block}th |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for w, d, res in results:
-        ratio, ms = res["ratio"], res["ms"]
-        cells = [f"{ratio[n]:.2f}x ({ms[n]:.2f} ms)" for n in ("ciao", "ciao_stats", "ciao_amortised")]
+        ratio, ms, iqr = res["ratio"], res["ms"], res["iqr"]
+        cells = [f"**{ratio[n]:.2f}x** [{iqr[n][0]:.2f}, {iqr[n][1]:.2f}] ({ms[n]:.2f} ms)"
+                 for n in ("ciao", "ciao_stats", "ciao_amortised")]
         print(f"| {d}x Linear({w},{w}) | {res['params']:,} | {res['tensors']} | {res['rounds']} "
               f"| {res['adamw_ms']:.2f} | " + " | ".join(cells) + " |")
-    print(f"\nRatios: median over rounds of CIAO / AdamW block time ({args.block} steps each, same round); "
-          f"ms in brackets: median per-step time. Goal: CIAO step <= {STEP_GOAL}x AdamW.")
+    print(f"\nRatios: median over rounds of CIAO / AdamW block time ({args.block} steps each, same round), "
+          f"[quartiles]; (median ms per step). Goal: CIAO step <= {STEP_GOAL}x AdamW.")
     for w, d, res in results:
         ok = res["ratio"]["ciao"] <= STEP_GOAL
         am = res["ratio"]["ciao_amortised"] <= STEP_GOAL
@@ -205,7 +228,9 @@ def warm_up(cfg: TaskConfig, stats_every: int) -> None:
     task.valid_loss()
 
 
-def bench_family(cfg: TaskConfig, reps: int, stats_every: int, split: bool) -> dict[str, Any]:
+def bench_family(
+    cfg: TaskConfig, reps: int, seconds: float, max_reps: int, stats_every: int, split: bool
+) -> dict[str, Any]:  # fmt: skip
     env = InnerTrainingEnv(stats_every=stats_every)
     warm_up(cfg, stats_every)
     contenders: dict[str, Callable[[], float]] = {
@@ -216,11 +241,14 @@ def bench_family(cfg: TaskConfig, reps: int, stats_every: int, split: bool) -> d
         contenders["stats"] = lambda: run_plain(env, cfg, stats_every)
     names = list(contenders)
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(reps):
+    start = time.perf_counter()
+    r = 0
+    while r < reps or (time.perf_counter() - start < seconds and r < max_reps):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             gc.collect()
             times[name].append(contenders[name]())
+        r += 1
     share = [(e - p) / e for e, p in zip(times["env"], times["plain"])]
     out = {
         "env_s": _median(times["env"]),
@@ -228,6 +256,7 @@ def bench_family(cfg: TaskConfig, reps: int, stats_every: int, split: bool) -> d
         "share": _median(share),
         "share_lo": min(share),
         "share_hi": max(share),
+        "reps": r,
     }
     if split:
         out["stats_share"] = _median([(s - p) / e for e, p, s in zip(times["env"], times["plain"], times["stats"])])
@@ -241,8 +270,8 @@ def part_b(args: argparse.Namespace) -> None:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     tasks = typical_tasks(args.spec, families, args.max_inner)
     print(f"## (b) Share of an inner run's time spent on features (statistics every {args.stats_every} steps)\n")
-    head = "| family | seed | params | T x K | run with env s (1) | run without features s (2) | feature share |"
-    sep = "|---|---:|---:|---:|---:|---:|---:|"
+    head = "| family | seed | params | T x K | reps | with env s (1) | without features s (2) | feature share |"
+    sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
     if args.split:
         head += " of which opt. statistics | of which env/observations |"
         sep += "---:|---:|"
@@ -250,15 +279,16 @@ def part_b(args: argparse.Namespace) -> None:
     print(sep)
     results = {}
     for family, cfg in tasks.items():
-        res = bench_family(cfg, args.reps, args.stats_every, args.split)
+        res = bench_family(cfg, args.reps, args.seconds_b, args.max_reps, args.stats_every, args.split)
         results[family] = res
-        line = (f"| {family} | {cfg.seed} | {res['params']:,} | {cfg.task.inner_steps} x {cfg.task.outer_steps} "
+        t = cfg.task
+        line = (f"| {family} | {cfg.seed} | {res['params']:,} | {t.inner_steps} x {t.outer_steps} | {res['reps']} "
                 f"| {res['env_s']:.2f} | {res['plain_s']:.2f} "
-                f"| {100 * res['share']:.1f}% [{100 * res['share_lo']:.1f}, {100 * res['share_hi']:.1f}] |")
+                f"| **{100 * res['share']:.1f}%** [{100 * res['share_lo']:.1f}, {100 * res['share_hi']:.1f}] |")
         if args.split:
             line += f" {100 * res['stats_share']:.1f}% | {100 * res['envwork_share']:.1f}% |"
         print(line, flush=True)
-    print(f"\nShare = (t1 - t2) / t1, median over {args.reps} paired repetitions [min, max]; times are medians. "
+    print(f"\nShare = (t1 - t2) / t1, median over the paired repetitions [min, max]; times are medians. "
           f"T x K: inner x outer steps (inner capped at {args.max_inner}).")
     if "transformer" in results:
         s = results["transformer"]["share"]
@@ -272,26 +302,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=("a", "b", "both"), default="both")
     ap.add_argument("--sizes", default="512x4,2048x6", help="MLPs for (a), WIDTHxDEPTH, comma-separated")
-    ap.add_argument("--block", type=int, default=4, help="(a) steps per timed block; statistics period when amortised")
+    ap.add_argument("--block", type=int, default=4, help="(a) steps per timed block (the amortised statistics period)")
     ap.add_argument("--seconds-a", type=float, default=25.0, help="(a) seconds of timed rounds per model")
     ap.add_argument("--min-rounds", type=int, default=8, help="(a) at least this many rounds per model")
     ap.add_argument("--spec", default="task_specs/default.yaml")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--max-inner", type=int, default=300, help="(b) cap on a task's inner steps")
-    ap.add_argument("--reps", type=int, default=3, help="(b) repetitions of each contender")
+    ap.add_argument("--reps", type=int, default=3, help="(b) at least this many repetitions of each contender")
+    ap.add_argument("--seconds-b", type=float, default=4.0, help="(b) repeat until a family has taken this long")
+    ap.add_argument("--max-reps", type=int, default=15, help="(b) at most this many repetitions")
     ap.add_argument("--stats-every", type=int, default=4, help="(b) statistics every this many inner steps")
-    ap.add_argument("--split", action="store_true", help="(b) also run (2) with statistics to split the share")
+    ap.add_argument("--no-split", dest="split", action="store_false",
+                    help="(b) skip contender (3), which splits the share into statistics and environment work")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch={torch.__version__} threads={torch.get_num_threads()} device=cpu\n")
+    print(f"torch={torch.__version__} threads={torch.get_num_threads()} device=cpu, {_load()}\n")
     t0 = time.perf_counter()
     if args.part in ("a", "both"):
         part_a(args)
     if args.part in ("b", "both"):
         part_b(args)
-    print(f"(total {time.perf_counter() - t0:.0f} s)")
+    print(f"(total {time.perf_counter() - t0:.0f} s; at the end: {_load()})")
 
 
 if __name__ == "__main__":

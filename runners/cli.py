@@ -160,6 +160,41 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
+def _policy_path(policy: str, tracking_uri: str | None) -> Path:
+    """A checkpoint path, or an MLflow model URI (models:/NAME/VERSION, runs:/ID/policy) to download."""
+    if "://" in policy or policy.startswith(("models:", "runs:")):
+        from .tracking import load_policy_uri
+
+        return load_policy_uri(policy, tracking_uri)
+    return Path(policy)
+
+
+def cmd_schedule_export(args: argparse.Namespace) -> int:
+    import yaml
+
+    from lhopt_dsl import TaskConfig
+    from lhopt_dsl.controller import load_policy, save_schedule, schedule_from_history
+    from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
+    from lhopt_dsl.rollout import run_episode
+
+    path = _policy_path(args.policy, args.tracking_uri)
+    policy, space = load_policy(path)
+    docs = [d for d in yaml.safe_load_all(Path(args.task).read_text()) if d]
+    if not docs:
+        print(f"error: {args.task} holds no task", file=sys.stderr)
+        return 2
+    cfg = TaskConfig.model_validate(docs[0])
+    env = InnerTrainingEnv(space, device=args.device)
+    episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True)
+    k = len(episode)
+    history = [{"progress": i / k, **h} for i, h in enumerate(episode.hparams)]
+    save_schedule(schedule_from_history(history), args.output,
+                  meta={"policy": str(path), "task_id": cfg.task_id, "outer_steps": k,
+                        "final_valid_loss": episode.valid_curve[-1]})  # fmt: skip
+    print(f"wrote {args.output}: {k} decisions on task {cfg.task_id} (final valid loss {episode.valid_curve[-1]:.4g})")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = json.dumps(ExperimentSpec.model_json_schema(), indent=2) + "\n"
     _write(text, args.output)
@@ -233,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("schedule", help="fixed schedules: export the hyperparameters a policy chooses on a task")
+    ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+    e = ssub.add_parser("export", help="run a policy on one task and write the schedule it chose (YAML)")
+    e.add_argument("--policy", required=True, help="policy checkpoint (policy.pt) or MLflow model URI")
+    e.add_argument("--task", required=True, help="a task YAML, e.g. from `lhopt sample SPEC --seed N`")
+    e.add_argument("-o", "--output", default="schedule.yaml", help="output file (default: schedule.yaml)")
+    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
+    e.set_defaults(func=cmd_schedule_export)
 
     p = sub.add_parser("schema", help="print the JSON schema of experiment specs (for editors)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
