@@ -24,6 +24,9 @@ run: install
 	$(BIN)/lhopt compile task_specs/smoke.yaml --seed 3 --steps 100
 	# A short meta-training on tiny tasks (a few minutes on two cores); results go to runs/ and mlflow.db.
 	$(BIN)/lhopt train task_specs/smoke.yaml --iterations 20
+	# ...then a short evaluation against the 35 AdamW baselines (plus Schedule-Free and Prodigy).
+	$(BIN)/lhopt eval task_specs/smoke.yaml --policy runs/smoke/policy.pt --tasks 2
+	@echo "Results are in runs/ and mlflow.db; browse them with: $(BIN)/lhopt ui  (http://127.0.0.1:5000)"
 
 test: install
 	$(BIN)/python -m pytest

@@ -1,16 +1,19 @@
 """CIAO's cost: its optimizer step against AdamW, and the share of an inner run spent on features.
 
     LHOPT_DATA_DIR=/work/shared/data .venv/bin/python bench/optim_bench.py \\
-        [--part a|b|both] [--threads N]
-        (a) [--sizes 512x4,2048x6] [--block 4] [--seconds-a 25] [--min-rounds 8]
+        [--part a|b|both] [--threads 1] [--clock cpu|wall]
+        (a) [--sizes 512x4,2048x6] [--block 4] [--seconds-a 15] [--min-rounds 8]
         (b) [--spec task_specs/default.yaml] [--families mlp,cnn,rnn,text_rnn,transformer,nqm]
             [--max-inner 300] [--stats-every 4] [--reps 3] [--seconds-b 4] [--max-reps 15] [--no-split]
 
 Every figure is a ratio of contenders measured side by side in one process, interleaved (the order
 rotates from round to round) and repeated; medians are reported, so that a shared, noisy machine
-slows all contenders alike. The load average is printed at the start and the end: CIAO runs many
-more (short, multi-threaded) kernels than AdamW, so its ratio grows when other processes compete
-for the cores.
+slows all contenders alike. By default contenders run on one torch thread and are timed by this
+process's CPU time (``--threads 1 --clock cpu``), which stays meaningful while other processes
+time-slice the cores: with two threads on a busy machine every parallel region can stall for a
+scheduler quantum, and CIAO runs many more short kernels than AdamW, so wall-clock ratios swing
+wildly. On a quiet machine, ``--threads 0 --clock wall`` measures torch's default threading. The
+load average is printed at the start and the end.
 
 (a) Optimizer ``step()`` only, on CPU, for MLPs of square Linear layers (``WIDTHxDEPTH``, with
     biases; the defaults have 1,050,624 and 25,178,112 parameters). Gradients are set once to fixed
@@ -22,7 +25,10 @@ for the cores.
     state). Printed: AdamW's median ms/step and, per CIAO contender, the median over rounds of
     (CIAO block time / AdamW block time of the same round) with its quartiles.
     Goal: CIAO step <= 1.5x AdamW. (With fixed gradients every step is clipped: the moving maximum
-    equals |g| and the threshold is a fraction of it, so the clipping path is always taken.)
+    equals |g| and the threshold is a fraction of it, so the clipping path is always taken.) CIAO's
+    foreach path allocates several model-sized temporaries per step where AdamW allocates one, so
+    its ratio also depends on whether the allocator reuses memory or hands out fresh pages (page
+    faults: system time, which ``--clock cpu`` counts too).
 
 (b) Per family, the first sampled task of that family from the spec (seeds 0, 1, 2, ...), inner
     steps capped at ``--max-inner`` (outer steps capped to match). Contenders, run in rotating
@@ -36,10 +42,11 @@ for the cores.
     (3) unless ``--no-split``: (2) with statistics every ``--stats-every`` steps, which splits the
         share into optimizer statistics (t3 - t2) and the environment's own work (t1 - t3):
         observation vectors, parameter-norm features, bookkeeping.
-    Feature share = (t1 - t2) / t1, the median over the paired repetitions [min, max].
+    Feature share = (t1 - t2) / t1, the median over the paired repetitions [min, max]; the split
+    columns are medians of their own per-repetition values, so they need not add up to it.
     Goal: features <= 10% of run time on the transformer family (the paper reports up to 20%).
 
-Defaults take about 2.5-3 minutes on 2 idle CPU cores; raise ``--seconds-a``, ``--seconds-b``,
+Defaults take about 3 minutes (one thread, so about the same on a busy machine); raise ``--seconds-a``, ``--seconds-b``,
 ``--reps`` or ``--max-inner`` to run longer.
 """
 
@@ -64,6 +71,8 @@ from lhopt_dsl.optim import CIAO
 FAMILIES = ("mlp", "cnn", "rnn", "text_rnn", "transformer", "nqm")
 STEP_GOAL = 1.5
 FEATURE_GOAL = 0.10
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["cpu"]  # what the contenders are timed with (set by --clock)
 
 
 def _median(xs: list[float]) -> float:
@@ -129,9 +138,9 @@ def bench_step(width: int, depth: int, block: int, seconds: float, min_rounds: i
     while r < min_rounds or time.perf_counter() - start < seconds:
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
-            t0 = time.perf_counter()
+            t0 = clock()
             contenders[name]()
-            times[name].append((time.perf_counter() - t0) / block)
+            times[name].append((clock() - t0) / block)
         r += 1
     per_round = {n: [c / a for c, a in zip(times[n], times["adamw"])] for n in names if n != "adamw"}
     ratios = {n: _median(v) for n, v in per_round.items()}
@@ -196,18 +205,18 @@ def cap_steps(cfg: TaskConfig, max_inner: int) -> TaskConfig:
 
 
 def run_env(env: InnerTrainingEnv, cfg: TaskConfig) -> float:
-    t0 = time.perf_counter()
+    t0 = clock()
     env.reset(options={"config": cfg})
     action = env.actions.identity()
     done = False
     while not done:
         _, _, done, _, _ = env.step(action)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def run_plain(env: InnerTrainingEnv, cfg: TaskConfig, stats_every: int) -> float:
     """The same inner run without the environment; ``env`` only lends its action space."""
-    t0 = time.perf_counter()
+    t0 = clock()
     task = compile_task(cfg, "cpu", None, max_valid=env.max_valid)
     opt = CIAO(task.params, **ciao_kwargs(cfg.hparams))
     task.valid_loss()
@@ -217,22 +226,20 @@ def run_plain(env: InnerTrainingEnv, cfg: TaskConfig, stats_every: int) -> float
         apply_action(opt, env.actions, action)
         train_segment(task, opt, b - a, a, stats_every)
         task.valid_loss()
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
-def warm_up(cfg: TaskConfig, stats_every: int) -> None:
-    """Load the dataset into the in-process cache and run both step kinds once."""
-    task = compile_task(cfg, "cpu", None)
-    opt = CIAO(task.params, **ciao_kwargs(cfg.hparams))
-    train_segment(task, opt, min(2 * stats_every, cfg.task.inner_steps), 0, stats_every)
-    task.valid_loss()
+def warm_up(env: InnerTrainingEnv, cfg: TaskConfig) -> None:
+    """Load the dataset into the in-process cache and run every code path once (one outer step)."""
+    env.reset(options={"config": cfg})
+    env.step(env.actions.identity())
 
 
 def bench_family(
     cfg: TaskConfig, reps: int, seconds: float, max_reps: int, stats_every: int, split: bool
 ) -> dict[str, Any]:  # fmt: skip
     env = InnerTrainingEnv(stats_every=stats_every)
-    warm_up(cfg, stats_every)
+    warm_up(env, cfg)
     contenders: dict[str, Callable[[], float]] = {
         "env": lambda: run_env(env, cfg),
         "plain": lambda: run_plain(env, cfg, 0),
@@ -261,8 +268,7 @@ def bench_family(
     if split:
         out["stats_share"] = _median([(s - p) / e for e, p, s in zip(times["env"], times["plain"], times["stats"])])
         out["envwork_share"] = _median([(e - s) / e for e, s in zip(times["env"], times["stats"])])
-    with torch.no_grad():
-        out["params"] = sum(p.numel() for p in env.task.params)
+    out["params"] = sum(p.numel() for p in env.task.params)
     return out
 
 
@@ -303,7 +309,7 @@ def main() -> None:
     ap.add_argument("--part", choices=("a", "b", "both"), default="both")
     ap.add_argument("--sizes", default="512x4,2048x6", help="MLPs for (a), WIDTHxDEPTH, comma-separated")
     ap.add_argument("--block", type=int, default=4, help="(a) steps per timed block (the amortised statistics period)")
-    ap.add_argument("--seconds-a", type=float, default=25.0, help="(a) seconds of timed rounds per model")
+    ap.add_argument("--seconds-a", type=float, default=15.0, help="(a) seconds of timed rounds per model")
     ap.add_argument("--min-rounds", type=int, default=8, help="(a) at least this many rounds per model")
     ap.add_argument("--spec", default="task_specs/default.yaml")
     ap.add_argument("--families", default=",".join(FAMILIES))
@@ -314,11 +320,16 @@ def main() -> None:
     ap.add_argument("--stats-every", type=int, default=4, help="(b) statistics every this many inner steps")
     ap.add_argument("--no-split", dest="split", action="store_false",
                     help="(b) skip contender (3), which splits the share into statistics and environment work")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
+                    help="time contenders by this process's CPU time (default; with one thread it is robust to "
+                         "other processes time-slicing the cores) or by wall clock (quiet machines only)")
     args = ap.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch={torch.__version__} threads={torch.get_num_threads()} device=cpu, {_load()}\n")
+    print(f"torch={torch.__version__} threads={torch.get_num_threads()} clock={args.clock} device=cpu, {_load()}\n")
     t0 = time.perf_counter()
     if args.part in ("a", "both"):
         part_a(args)

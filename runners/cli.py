@@ -18,6 +18,9 @@ EPILOG = """examples:
   lhopt space task_specs/default.yaml
   lhopt sample task_specs/default.yaml --seed 7 --count 3
   lhopt compile task_specs/smoke.yaml --seed 1 --steps 100
+  lhopt train task_specs/smoke.yaml --iterations 20
+  lhopt eval task_specs/smoke.yaml --policy runs/smoke/policy.pt --tasks 5
+  lhopt ui
   lhopt schema -o lhopt.schema.json
 
 Run `lhopt COMMAND --help` for a command's options. The DSL reference is docs/dsl.md."""
@@ -195,6 +198,49 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import run
+
+    spec = load_spec(args.spec)
+    policy = _policy_path(args.policy, args.tracking_uri)
+    out = Path(args.out or Path(spec.meta_train.run_dir) / f"{spec.name}-eval")
+    run(spec, policy, num_tasks=args.tasks or spec.evaluation.num_tasks, storage=args.storage, out=out,
+        tracking_uri=args.tracking_uri)  # fmt: skip
+    uri = args.tracking_uri or spec.tracking.uri
+    print(f"\nresults, table and plots: {out}")
+    print("browse them: lhopt ui" + (f" --backend-store-uri {uri}" if uri else "") + "  (then open http://127.0.0.1:5000)")
+    return 0
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    print(f"{'run':<40}{'iterations':>11}{'first ' + str(args.window):>12}{'last ' + str(args.window):>12}")
+    for run in args.runs:
+        rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        steps = np.asarray([r["step"] for r in rows])
+        values = np.asarray([r.get(args.metric, np.nan) for r in rows], dtype=float)
+        w = max(1, min(args.window, len(values)))
+        smooth = np.convolve(values, np.ones(w) / w, mode="valid")
+        ax.plot(steps, values, alpha=0.2)
+        ax.plot(steps[w - 1 :], smooth, label=run, color=ax.lines[-1].get_color())
+        print(f"{run:<40}{len(values):>11}{np.nanmean(values[:w]):>12.3f}{np.nanmean(values[-w:]):>12.3f}")
+    ax.set_xlabel("PPO iteration")
+    ax.set_ylabel(args.metric)
+    ax.set_title(f"{args.metric} (moving average over {args.window} iterations)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=110)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = json.dumps(ExperimentSpec.model_json_schema(), indent=2) + "\n"
     _write(text, args.output)
@@ -249,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="AdamW steps to take, at most the task's T (default: 50)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument("--device", help="torch device (default: the spec's)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("train", help="meta-train a policy with PPO (checkpoints every iteration; --resume continues)")
@@ -260,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="checkpoint directory (default: <meta_train.run_dir>/<spec name>)")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
     p.add_argument("--max-minutes", type=float, help="stop after the iteration that passes this much wall time")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 with lean settings")
@@ -269,6 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     p.set_defaults(func=cmd_ui)
 
+    p = sub.add_parser("eval", help="evaluate a policy on held-out tasks against 35 tuned AdamW baselines")
+    p.add_argument("spec", metavar="SPEC", help="YAML spec file (its evaluation section)")
+    p.add_argument("--policy", required=True, help="policy checkpoint (policy.pt) or MLflow model URI")
+    p.add_argument("--tasks", type=int, help="held-out tasks (default: the spec's evaluation.num_tasks)")
+    p.add_argument("--storage", help="Optuna RDB storage URL of the baseline grid (default: SQLite in --out)")
+    p.add_argument("--out", help="output directory (default: <run_dir>/<spec name>-eval)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("curves", help="plot and summarise a metric over iterations for training run directories")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories with a metrics.jsonl")
+    p.add_argument("--metric", default="reward/vs_initial_hparams", help="metric name (default: %(default)s)")
+    p.add_argument("--window", type=int, default=25, help="moving-average window (default: 25)")
+    p.add_argument("-o", "--output", default="curves.png", help="PNG file (default: curves.png)")
+    p.set_defaults(func=cmd_curves)
+
     p = sub.add_parser("schedule", help="fixed schedules: export the hyperparameters a policy chooses on a task")
     ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
     e = ssub.add_parser("export", help="run a policy on one task and write the schedule it chose (YAML)")
@@ -277,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", default="schedule.yaml", help="output file (default: schedule.yaml)")
     e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
+    e.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     e.set_defaults(func=cmd_schedule_export)
 
     p = sub.add_parser("schema", help="print the JSON schema of experiment specs (for editors)")
@@ -292,6 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        # Small inner models run fastest on one thread; more threads oversubscribe shared cores.
+        torch.set_num_threads(args.threads)
     if getattr(args, "count", 1) < 1:
         parser.error("--count must be >= 1")
     if getattr(args, "seed", 0) < 0:

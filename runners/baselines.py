@@ -1,0 +1,428 @@
+"""The baselines of paper Section 4.1, run as a resumable, shareable Optuna grid per task.
+
+Baselines: AdamW with 5 learning rates (1e-4 ... 1e-2) x the 7 schedule shapes of
+:data:`lhopt_dsl.env.SHAPES` (35, named by :attr:`Schedule.name`, e.g. ``adamw-cosine-lr0.001``),
+plus two optimizers users pick to avoid tuning: Schedule-Free AdamW (``schedulefree``) and Prodigy
+(``prodigy``). Each runs on exactly the task a policy sees (same initial weights, data order and
+validation set) for ``horizon x T`` inner steps, horizon 1 and 2 (a schedule is stretched over its
+run), with validation losses at evenly spaced points as in :func:`lhopt_dsl.env.run_schedule`.
+
+The grid of one task is an Optuna study (``baselines-<task_id>``) in an RDB storage: a
+:class:`~optuna.samplers.GridSampler` over categorical ``baseline`` x ``horizon``. Each trial stores
+its curve as user attributes and returns its final validation loss (``inf`` when it diverged, so the
+trial is COMPLETE and never re-run). The storage is therefore the cache keyed by
+(task id, baseline, steps) that evaluation and meta-training reuse (:func:`cached_curve`).
+
+Resuming and sharing: a pair is "done" when some trial of it is COMPLETE and "taken" while a trial
+of it is RUNNING. The sampler hands out only pairs that are neither (a subclass of GridSampler that
+looks at parameter values rather than grid ids, so interrupted or failed trials are re-run), and a
+trial that finds its pair done or taken by an earlier trial (a race between workers) is PRUNED
+without running. RUNNING trials of a killed worker are failed by Optuna's heartbeat after
+:data:`GRACE_PERIOD` seconds and then re-run. :func:`run_grid` returns when every pair is COMPLETE
+(waiting for other workers' running trials) and reads each pair from its earliest COMPLETE trial.
+
+Tuning-free settings (our choices): Schedule-Free AdamW with its documented defaults (lr 2.5e-3,
+betas (0.9, 0.999)) plus the linear warmup its README recommends (5% of the run); Prodigy with
+``lr=1.0`` as its README recommends, no schedule. Both use the AdamW baselines' weight decay 1e-2
+(both libraries default to 0) so that the three optimizers differ only in step sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import io
+import math
+import os
+import re
+import socket
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from lhopt_dsl.compile import compile_task
+from lhopt_dsl.compile.task import InnerTask
+from lhopt_dsl.env import SHAPES, LearningCurve, Schedule, run_schedule, segment_bounds, train_segment
+
+LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+ADAMW_BASELINES: list[str] = [Schedule(lr=lr, shape=shape).name for lr in LEARNING_RATES for shape in SHAPES]
+TUNING_FREE: tuple[str, ...] = ("schedulefree", "prodigy")
+BASELINES: list[str] = [*ADAMW_BASELINES, *TUNING_FREE]
+HORIZONS: tuple[int, ...] = (1, 2)
+
+WEIGHT_DECAY = 1e-2  # of the tuning-free optimizers, as Schedule's AdamW default
+SCHEDULEFREE_LR = 2.5e-3
+SCHEDULEFREE_WARMUP = 0.05  # fraction of the run
+PRODIGY_LR = 1.0
+BN_CALIBRATION_BATCHES = 8  # Schedule-Free: BatchNorm statistics recomputed at the evaluated weights
+
+HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats
+GRACE_PERIOD = 120  # a RUNNING trial without a heartbeat for this long is failed (its worker died)
+POLL_INTERVAL = 2.0  # seconds between checks while other workers finish the last pairs
+
+_PAIR = "pair"  # trial system attribute: the (baseline, horizon) a trial was handed
+Pair = tuple[str, int]
+Progress = Callable[[int, int, Pair, LearningCurve], None]
+
+
+# --- one baseline run -----------------------------------------------------------------------------
+
+
+_ADAMW_NAME = re.compile(r"adamw-(?P<shape>.+)-lr(?P<lr>[0-9.eE+-]+)")
+
+
+def schedule_of(name: str) -> Schedule:
+    """The AdamW :class:`Schedule` of a baseline name such as ``adamw-cosine_0.1-lr0.0003``."""
+    m = _ADAMW_NAME.fullmatch(name)
+    if m is None or m["shape"] not in SHAPES:
+        raise ValueError(f"unknown baseline '{name}'; known: adamw-<shape>-lr<lr> with shape in "
+                         f"{', '.join(SHAPES)}, or {', '.join(TUNING_FREE)}")  # fmt: skip
+    return Schedule(optimizer="adamw", lr=float(m["lr"]), shape=m["shape"])
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def _recalibrate_batchnorm(task: InnerTask, batches: int = BN_CALIBRATION_BATCHES) -> None:
+    """Recompute BatchNorm running statistics at the current weights (Schedule-Free's README caveat).
+
+    Uses a copy of the training sampler with its own fixed generator, so the training data order is
+    untouched; the statistics are the plain average over ``batches`` training batches.
+    """
+    bns = _batchnorms(task.model)
+    if not bns:
+        return
+    side = copy.copy(task.sampler)  # shares the data tensors; own random stream below
+    side.generator = torch.Generator().manual_seed(0x5EED)
+    if hasattr(side, "perm"):
+        side.perm, side.pos = None, 0
+    momenta = [m.momentum for m in bns]
+    was_training = task.model.training
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        task.model.train()
+        for _ in range(batches):
+            task.loss_fn(task.model, side())
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        task.model.train(was_training)
+
+
+def _tuning_free_optimizer(name: str, params: list[nn.Parameter], steps: int) -> torch.optim.Optimizer:
+    if name == "schedulefree":
+        from schedulefree import AdamWScheduleFree
+
+        return AdamWScheduleFree(params, lr=SCHEDULEFREE_LR, weight_decay=WEIGHT_DECAY,
+                                 warmup_steps=round(SCHEDULEFREE_WARMUP * steps))  # fmt: skip
+    if name == "prodigy":
+        from prodigyopt import Prodigy
+
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Using decoupled weight decay"
+            return Prodigy(params, lr=PRODIGY_LR, weight_decay=WEIGHT_DECAY)
+    raise ValueError(f"unknown tuning-free optimizer '{name}'; known: {', '.join(TUNING_FREE)}")
+
+
+def run_tuning_free(
+    cfg: Any, name: str, steps: int | None = None, *, device: str | torch.device = "cpu",
+    data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
+) -> LearningCurve:  # fmt: skip
+    """Train ``cfg``'s task with Schedule-Free AdamW or Prodigy, measured like ``run_schedule``.
+
+    Schedule-Free trains at its interpolated point y and is evaluated at its averaged point x:
+    ``optimizer.train()`` before each segment, ``optimizer.eval()`` (and BatchNorm recalibration)
+    before each validation and the final test loss.
+    """
+    task = compile_task(cfg, device, data_dir, max_valid=max_valid)
+    total = steps or task.steps
+    k = evaluations or max(1, round(task.outer_steps * total / task.steps))
+    opt = _tuning_free_optimizer(name, task.params, total)
+    two_points = hasattr(opt, "eval") and hasattr(opt, "train")
+
+    def evaluate(fn: Callable[[], float]) -> float:
+        if two_points:
+            opt.eval()
+            _recalibrate_batchnorm(task)
+        return fn()
+
+    bounds = segment_bounds(total, k)
+    curve = LearningCurve([0], [task.valid_loss()])  # untrained: x = y, BatchNorm as initialised
+    for a, b in zip(bounds, bounds[1:]):
+        if two_points:
+            opt.train()
+        seg = train_segment(task, opt, b - a, a, stats_every=0)
+        curve.steps.append(b)
+        curve.valid_loss.append(evaluate(task.valid_loss))
+        curve.train_loss.append(seg.train_loss)
+    curve.test_loss = evaluate(task.test_loss)
+    return curve
+
+
+def run_baseline(
+    cfg: Any, name: str, steps: int | None = None, device: str | torch.device = "cpu",
+    data_dir: str | None = None, max_valid: int = 512,
+) -> LearningCurve:  # fmt: skip
+    """One baseline run of ``steps`` inner steps (default T) on ``cfg``'s task."""
+    if name in TUNING_FREE:
+        return run_tuning_free(cfg, name, steps, device=device, data_dir=data_dir, max_valid=max_valid)
+    return run_schedule(cfg, schedule_of(name), steps=steps, device=device, data_dir=data_dir, max_valid=max_valid)
+
+
+# --- curves as trial attributes -------------------------------------------------------------------
+
+
+def _json_floats(xs: Iterable[float]) -> list[float | None]:
+    """Strict JSON: non-finite values are stored as null."""
+    return [float(x) if math.isfinite(x) else None for x in xs]
+
+
+def _floats(xs: Iterable[float | None]) -> list[float]:
+    return [math.nan if x is None else float(x) for x in xs]
+
+
+def curve_to_attrs(curve: LearningCurve) -> dict[str, Any]:
+    return {
+        "steps": [int(s) for s in curve.steps],
+        "valid_loss": _json_floats(curve.valid_loss),
+        "train_loss": _json_floats(curve.train_loss),
+        "test_loss": _json_floats([curve.test_loss])[0],
+    }
+
+
+def curve_from_attrs(data: dict[str, Any]) -> LearningCurve:
+    test = _floats([data.get("test_loss")])[0]
+    return LearningCurve(list(data["steps"]), _floats(data["valid_loss"]), _floats(data["train_loss"]), test)
+
+
+# --- the study ------------------------------------------------------------------------------------
+
+
+def default_storage(directory: str | os.PathLike[str] = ".") -> str:
+    return f"sqlite:///{Path(directory).resolve() / 'baselines.db'}"
+
+
+def study_name(cfg: Any) -> str:
+    return f"baselines-{cfg.task_id}"
+
+
+@functools.lru_cache(maxsize=16)
+def _storage(url: str, pid: int, heartbeat: bool = True) -> optuna.storages.RDBStorage:
+    """One storage per URL and process (``pid`` keys the cache so forked children make their own)."""
+    kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    hb = {"heartbeat_interval": HEARTBEAT_INTERVAL, "grace_period": GRACE_PERIOD} if heartbeat else {}
+    for attempt in range(5):  # concurrent first use of a new SQLite file can race on the schema
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **hb)
+        except Exception:  # noqa: BLE001
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _pair(t: FrozenTrial) -> Pair | None:
+    if "baseline" in t.params and "horizon" in t.params:
+        return str(t.params["baseline"]), int(t.params["horizon"])
+    p = t.system_attrs.get(_PAIR)
+    return (str(p[0]), int(p[1])) if p else None
+
+
+def _status(study: optuna.Study) -> tuple[dict[Pair, FrozenTrial], dict[Pair, FrozenTrial]]:
+    """Earliest COMPLETE and earliest RUNNING trial of every pair."""
+    complete: dict[Pair, FrozenTrial] = {}
+    running: dict[Pair, FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        p = _pair(t)
+        if p is not None and not t.user_attrs.get("skipped"):
+            target = complete if t.state == TrialState.COMPLETE else running
+            if p not in target or t.number < target[p].number:
+                target[p] = t
+    return complete, running
+
+
+class PairGridSampler(optuna.samplers.GridSampler):
+    """GridSampler over ``baseline`` x ``horizon`` that hands out pairs neither COMPLETE nor RUNNING.
+
+    Optuna's GridSampler counts a grid point as visited once any trial of it finished (failed ones
+    included) and matches trials by grid id of one search space; this subclass matches by parameter
+    values, so failed or interrupted pairs are handed out again and studies run with different
+    subsets of baselines share their work. Trial numbers below the grid size keep the parent's
+    collision-free assignment (trial n gets grid point n) when that point is still free.
+    """
+
+    def __init__(self, names: Sequence[str], horizons: Sequence[int]):
+        super().__init__({"baseline": list(names), "horizon": [int(h) for h in horizons]}, seed=0)
+        self._choice = np.random.default_rng()  # per worker, so concurrent workers rarely collide
+
+    def pair_of(self, grid_id: int) -> Pair:
+        values = dict(zip(self._param_names, self._all_grids[grid_id]))
+        return str(values["baseline"]), int(values["horizon"])
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return [self.pair_of(i) for i in range(len(self._all_grids))]
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
+            return
+        complete, running = _status(study)
+        running = {p: t for p, t in running.items() if t.number != trial.number}
+        ids = range(len(self._all_grids))
+        free = [i for i in ids if self.pair_of(i) not in complete and self.pair_of(i) not in running]
+        # Nothing free: take an unfinished pair; the objective skips it if an earlier trial runs it.
+        candidates = free or [i for i in ids if self.pair_of(i) not in complete] or list(ids)
+        grid_id = trial.number if trial.number in candidates else int(self._choice.choice(candidates))
+        storage = study._storage
+        storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+        storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
+        storage.set_trial_system_attr(trial._trial_id, _PAIR, list(self.pair_of(grid_id)))
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        """No ``study.stop()`` here: :func:`run_grid` decides when the grid is done."""
+
+
+def _taken(study: optuna.Study, trial: optuna.Trial, pair: Pair) -> bool:
+    """Whether another trial has completed ``pair``, or an earlier trial is running it."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+        if t.number == trial.number or _pair(t) != pair or t.user_attrs.get("skipped"):
+            continue
+        if t.state == TrialState.COMPLETE or t.number < trial.number:
+            return True
+    return False
+
+
+def _open_study(
+    storage_url: str, cfg: Any, names: Sequence[str], horizons: Sequence[int]
+) -> tuple[optuna.Study, dict[str, list]]:
+    """Load or create the task's study; returns it with the categorical choices fixed for it.
+
+    Optuna requires a categorical parameter's choices to be the same in every trial of a study, so
+    they are fixed when the study is created (all of :data:`BASELINES` and horizons 1, 2, plus any
+    others asked for then) and kept as a study user attribute; later runs may use any subset.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(storage_url, os.getpid())
+    study = optuna.create_study(storage=storage, study_name=study_name(cfg), direction="minimize",
+                                sampler=PairGridSampler(names, horizons), load_if_exists=True)  # fmt: skip
+    choices = study.user_attrs.get("choices")
+    if choices is None:
+        choices = {"baseline": list(dict.fromkeys([*BASELINES, *names])),
+                   "horizon": sorted({*HORIZONS, *(int(h) for h in horizons)})}  # fmt: skip
+        study.set_user_attr("choices", choices)
+        study.set_user_attr("task_id", cfg.task_id)
+        study.set_user_attr("inner_steps", int(cfg.task.inner_steps))
+        study.set_user_attr("config", cfg.to_yaml() if hasattr(cfg, "to_yaml") else str(cfg))
+    extra = sorted(set(names) - set(choices["baseline"])) + sorted({int(h) for h in horizons} - set(choices["horizon"]))
+    if extra:
+        raise ValueError(f"study {study.study_name} in {storage_url} was created for other baselines/horizons; "
+                         f"{extra} are not among its choices: use another storage")  # fmt: skip
+    return study, choices
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_grid(
+    cfg: Any,
+    storage_url: str,
+    names: Sequence[str] = BASELINES,
+    horizons: Sequence[int] = HORIZONS,
+    device: str | torch.device = "cpu",
+    data_dir: str | None = None,
+    max_valid: int = 512,
+    n_jobs: int = 1,
+    progress: Progress | None = None,
+    wait: bool = True,
+) -> dict[Pair, LearningCurve]:
+    """Run (or resume, or help finish) the baseline grid of one task; return every pair's curve.
+
+    Pairs already COMPLETE in the storage are read back, not re-run. ``progress(done, total, pair,
+    curve)`` is called after each pair this worker completes (an exception it raises stops the run;
+    the pair stays recorded). With ``wait`` (default) the call returns only when every pair is
+    complete, waiting for other workers' running trials; otherwise it returns the pairs done so far.
+    """
+    names = list(dict.fromkeys(names))
+    horizons = [int(h) for h in dict.fromkeys(horizons)]
+    study, choices = _open_study(storage_url, cfg, names, horizons)
+    sampler = study.sampler
+    assert isinstance(sampler, PairGridSampler)
+    grid = sampler.pairs
+    T = int(cfg.task.inner_steps)
+
+    def objective(trial: optuna.Trial) -> float:
+        name = trial.suggest_categorical("baseline", choices["baseline"])
+        horizon = int(trial.suggest_categorical("horizon", choices["horizon"]))
+        trial.set_user_attr("worker", _worker_id())
+        if _taken(study, trial, (name, horizon)):
+            trial.set_user_attr("skipped", "duplicate")
+            raise optuna.TrialPruned(f"({name}, {horizon}) is done or running elsewhere")
+        steps = horizon * T
+        t0 = time.time()
+        curve = run_baseline(cfg, name, steps, device=device, data_dir=data_dir, max_valid=max_valid)
+        trial.set_user_attr("curve", curve_to_attrs(curve))
+        trial.set_user_attr("run", {"steps": steps, "seconds": round(time.time() - t0, 3),
+                                    "device": str(device), "max_valid": max_valid})  # fmt: skip
+        trial.set_user_attr("steps", steps)
+        if _taken(study, trial, (name, horizon)):  # another worker finished it meanwhile (a race)
+            trial.set_user_attr("skipped", "duplicate")
+            raise optuna.TrialPruned(f"({name}, {horizon}) was completed elsewhere meanwhile")
+        final = curve.valid_loss[-1]
+        return float(final) if math.isfinite(final) else math.inf
+
+    wanted = set(grid)
+
+    def after(study_: optuna.Study, trial: FrozenTrial) -> None:
+        complete, running = _status(study_)
+        if progress is not None and trial.state == TrialState.COMPLETE and _pair(trial) in wanted:
+            done = sum(p in complete for p in grid)
+            progress(done, len(grid), _pair(trial), curve_from_attrs(trial.user_attrs["curve"]))
+        if all(p in complete or p in running for p in grid):
+            study_.stop()  # nothing left to hand out
+
+    while True:
+        complete, running = _status(study)
+        missing = [p for p in grid if p not in complete]
+        if not missing:
+            break
+        free = [p for p in missing if p not in running]
+        if free:
+            study.optimize(objective, n_trials=len(free), n_jobs=n_jobs, callbacks=[after], gc_after_trial=False)
+        elif not wait:
+            break
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trials become free again
+            time.sleep(POLL_INTERVAL)
+    complete, _ = _status(study)
+    return {p: curve_from_attrs(complete[p].user_attrs["curve"]) for p in grid if p in complete}
+
+
+def cached_curve(storage_url: str, cfg: Any, name: str, steps: int) -> LearningCurve | None:
+    """The stored curve of baseline ``name`` run for ``steps`` inner steps on ``cfg``'s task, if any."""
+    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).exists():
+        return None  # do not create an empty database just to look
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name(cfg), storage=_storage(storage_url, os.getpid(), False))
+    except KeyError:
+        return None
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+        if t.params.get("baseline") == name and t.user_attrs.get("steps") == steps and "curve" in t.user_attrs:
+            return curve_from_attrs(t.user_attrs["curve"])
+    return None
