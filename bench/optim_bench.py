@@ -46,8 +46,8 @@ load average is printed at the start and the end.
     columns are medians of their own per-repetition values, so they need not add up to it.
     Goal: features <= 10% of run time on the transformer family (the paper reports up to 20%).
 
-Defaults take about 3 minutes (one thread, so about the same on a busy machine); raise ``--seconds-a``, ``--seconds-b``,
-``--reps`` or ``--max-inner`` to run longer.
+Defaults take about 3 minutes (one thread, so about the same on a busy machine); raise
+``--seconds-a``, ``--seconds-b``, ``--reps`` or ``--max-inner`` to run longer.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ the same progress and at its end, when a baseline curve is given.
 
 from __future__ import annotations
 
+import functools
 import math
 import typing
 from typing import Any, Sequence
@@ -68,6 +69,7 @@ def _encode_field(annotation: Any, value: Any) -> list[float]:
     return [math.log(float(value)) if float(value) > 0 else 0.0]
 
 
+@functools.lru_cache(maxsize=512)  # tasks are frozen and hashable; the vector never changes in a run
 def task_vector(task: Any) -> np.ndarray:
     """Fixed-size encoding of a concrete task: family one-hot, then one block per family.
 
@@ -81,7 +83,9 @@ def task_vector(task: Any) -> np.ndarray:
                 continue
             zero = _encode_field(field.annotation, getattr(task, name) if isinstance(task, cls) else _blank(field))
             out += zero if isinstance(task, cls) else [0.0] * len(zero)
-    return np.asarray(out, dtype=np.float32)
+    vec = np.asarray(out, dtype=np.float32)
+    vec.setflags(write=False)  # cached: shared between callers
+    return vec
 
 
 def _blank(field: Any) -> Any:

@@ -20,6 +20,7 @@ clipping off and the Adam denominator this is exactly AdamW. Two implementations
 maths: ``_step_reference`` (a loop over tensors: the specification) and ``_step_foreach`` (torch's
 multi-tensor kernels: the fast path); a test keeps them equal. A non-finite gradient norm leaves
 the moving maximum unchanged; the step itself proceeds, so a diverged run shows up in its losses.
+Like ``torch.nn.utils.clip_grad_norm_``, clipping scales the ``.grad`` tensors in place.
 
 Statistics for the policy's features are computed only on steps that ask for them
 (``step(stats=True)``); see :mod:`lhopt_dsl.optim.stats`.
@@ -180,7 +181,7 @@ class CIAO(Optimizer):
         param_sq = grad_dot_param = torch.zeros((), dtype=torch.float64, device=params[0].device)
         for p in params:
             state = self._init_state(p)
-            g = p.grad * scale
+            g = p.grad.mul_(scale) if group["use_clip"] else p.grad
             m, v = state["exp_avg"], state["exp_avg_sq"]
             m.mul_(b1).add_(g, alpha=1.0 - b1)
             if group["denominator"] == "adam":
@@ -220,36 +221,38 @@ class CIAO(Optimizer):
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         scale = self._clip_scale(group, gs, grad_norm)
         if group["use_clip"]:
-            grads = torch._foreach_mul(grads, scale)
+            torch._foreach_mul_(grads, scale)  # in place, like torch.nn.utils.clip_grad_norm_
         torch._foreach_lerp_(ms, grads, 1.0 - b1)
         torch._foreach_mul_(vs, b2)
         if group["denominator"] == "adam":
             torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
             denom = torch._foreach_sqrt(vs)
             torch._foreach_div_(denom, math.sqrt(bc2))
+            torch._foreach_add_(denom, group["eps"])
         else:
             torch._foreach_maximum_(vs, torch._foreach_abs(grads))
-            denom = torch._foreach_add(vs, 0.0)
-        torch._foreach_add_(denom, group["eps"])
+            denom = torch._foreach_add(vs, group["eps"])
+        # Work with bc1 * update and fold 1/bc1 into the trust ratio or the learning rate: one pass fewer.
         updates = torch._foreach_div(ms, denom)
-        torch._foreach_div_(updates, bc1)
         if group["weight_decay"] != 0:
-            torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+            torch._foreach_add_(updates, params, alpha=group["weight_decay"] * bc1)
         trust = torch.ones(len(params), device=params[0].device, dtype=params[0].dtype)
+        factor = 1.0 / bc1  # what still multiplies ``updates``
         if group["use_lamb"]:
             emas = torch.stack([s["update_norm_ema"] for s in states])
-            emas = emas * bl + torch.stack(torch._foreach_norm(updates)) * (1.0 - bl)
-            for s, e in zip(states, emas.unbind()):
-                s["update_norm_ema"].copy_(e)
+            emas = emas * bl + torch.stack(torch._foreach_norm(updates)) * (factor * (1.0 - bl))
+            torch._foreach_copy_([s["update_norm_ema"] for s in states], list(emas.unbind()))
             trust = self._trust(group, gs, torch.stack(torch._foreach_norm(params)), emas)
-            torch._foreach_mul_(updates, list(trust.unbind()))
+            torch._foreach_mul_(updates, list((trust * factor).unbind()))
+            factor = 1.0
         if want:
             param_sq = sum(torch.linalg.vector_norm(p, dtype=torch.float64) ** 2 for p in params)
             grad_dot_param = sum((g * p).sum(dtype=torch.float64) for g, p in zip(grads, params))
+            true_updates = updates if factor == 1.0 else torch._foreach_mul(updates, factor)
             stats_inputs = self._stats_inputs(
-                group, gs, params, grads, updates, list(trust.unbind()), param_sq, grad_dot_param
+                group, gs, params, grads, true_updates, list(trust.unbind()), param_sq, grad_dot_param
             )
-        torch._foreach_add_(params, updates, alpha=-group["lr"])
+        torch._foreach_add_(params, updates, alpha=-group["lr"] * factor)
         return stats_inputs if want else None
 
     def _stats_inputs(self, group, gs, params, grads, updates, trusts, param_sq, grad_dot_param) -> dict[str, Any]:

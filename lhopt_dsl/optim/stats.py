@@ -103,10 +103,11 @@ def compute_stats(parts: list[dict[str, Any]], loss: float | None) -> StepStats:
     m = [x for p in parts for x in p["momenta"]]
     u = [x for p in parts for x in p["updates"]]
     numel = sum(x.numel() for x in g)
-    g2, m2, u2 = (float(_sq(t)) for t in (g, m, u))
+    part_u2 = [float(_sq(p["updates"])) for p in parts]
+    g2, m2, u2 = float(_sq(g)), float(_sq(m)), sum(part_u2)
     w2 = float(sum(p["param_sq"] for p in parts))
     gw = sum(p["grad_dot_param"] for p in parts)
-    lr_u2 = sum(p["group"]["lr"] ** 2 * float(_sq(p["updates"])) for p in parts)
+    lr_u2 = sum(p["group"]["lr"] ** 2 * x for p, x in zip(parts, part_u2))
 
     big_enough = 0
     for p in parts:
