@@ -143,10 +143,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir=Path(args.run_dir) if args.run_dir else None,
     )
     path = train(spec, settings, spec_path=args.spec)
-    uri = args.tracking_uri or spec.tracking.uri
     print(f"\npolicy: {path}\nlocal metrics and checkpoints: {path.parent}")
-    print("browse the runs: lhopt ui" + (f" --backend-store-uri {uri}" if uri else "") + "  (then open http://127.0.0.1:5000)")
+    print(_ui_hint(args.tracking_uri or spec.tracking.uri))
     return 0
+
+
+def _ui_hint(uri: str | None) -> str:
+    if uri and uri.startswith(("http://", "https://")):
+        return f"browse the runs: open {uri}"
+    store = f" --backend-store-uri {uri}" if uri else ""
+    return f"browse the runs: lhopt ui{store}  (then open http://127.0.0.1:5000)"
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -206,9 +212,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(spec.meta_train.run_dir) / f"{spec.name}-eval")
     run(spec, policy, num_tasks=args.tasks or spec.evaluation.num_tasks, storage=args.storage, out=out,
         tracking_uri=args.tracking_uri)  # fmt: skip
-    uri = args.tracking_uri or spec.tracking.uri
     print(f"\nresults, table and plots: {out}")
-    print("browse them: lhopt ui" + (f" --backend-store-uri {uri}" if uri else "") + "  (then open http://127.0.0.1:5000)")
+    print(_ui_hint(args.tracking_uri or spec.tracking.uri))
     return 0
 
 
@@ -363,9 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # Small inner models run fastest on one thread; more threads oversubscribe shared cores.
         torch.set_num_threads(args.threads)
-    if getattr(args, "count", 1) < 1:
-        parser.error("--count must be >= 1")
-    if getattr(args, "seed", 0) < 0:
+    for flag in ("count", "iterations", "tasks", "steps"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            parser.error(f"--{flag} must be >= 1")
+    if (getattr(args, "seed", None) or 0) < 0:
         parser.error("--seed must be >= 0")
     try:
         return args.func(args)

@@ -150,6 +150,17 @@ def _plots(results: list[TaskEval], summary: dict[str, Any], out: Path) -> list[
     paths.append(out / "hparams.png")
     fig.savefig(paths[-1], dpi=100)
 
+    fig, ax = plt.subplots(figsize=(6, 4))
+    values = [v["speedup"] for v in summary["speedups"].values()]
+    ax.hist(values, bins=np.linspace(0, 2, 21), color="tab:blue", alpha=0.8)
+    ax.axvline(1.0, color="k", ls=":")
+    ax.set_xlabel("speedup vs the task's best AdamW baseline (capped at 2)")
+    ax.set_ylabel("tasks")
+    ax.set_title(f"median {summary['speedup_median']:.2f}x over {len(values)} tasks")
+    fig.tight_layout()
+    paths.append(out / "speedups.png")
+    fig.savefig(paths[-1], dpi=100)
+
     taus = np.logspace(0, 1, 60)
     fig = plot_performance_profile(performance_profile(summary["final_losses"], taus), taus)
     paths.append(out / "performance_profile.png")

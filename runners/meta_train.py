@@ -30,9 +30,10 @@ from tqdm import tqdm
 from lhopt_dsl import ExperimentSpec, sample
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.observation import FeatureBuilder
-from lhopt_dsl.policy import ActorCritic, PolicyShape
+from lhopt_dsl.policy import PRESETS, ActorCritic, PolicyShape
 from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.sample import train_seed
+from lhopt_dsl.spec.loader import spec_files
 from lhopt_dsl.spec.hparams import HPARAM_NAMES
 
 from .tracking import Tracker
@@ -53,7 +54,8 @@ def policy_shape(spec: ExperimentSpec) -> PolicyShape:
     actions = ActionSpace(spec.hparams)
     features = FeatureBuilder(actions, spec.hparams)
     mt = spec.meta_train
-    return PolicyShape(features.policy_size, features.value_size, tuple(actions.nvec), mt.hidden_size, mt.num_layers)
+    hidden, layers = PRESETS[mt.preset] if mt.preset else (mt.hidden_size, mt.num_layers)
+    return PolicyShape(features.policy_size, features.value_size, tuple(actions.nvec), hidden, layers)
 
 
 # --- rollout workers -----------------------------------------------------------------------------
@@ -179,7 +181,8 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
     if run_id is None:
         tracker.log_params(spec.model_dump(mode="json"))
         if spec_path:
-            tracker.log_artifact(spec_path, "spec")
+            for path in spec_files(spec_path):  # the spec and every file it includes
+                tracker.log_artifact(path, "spec")
     spec_json = spec.model_dump_json()
     pool = mp.get_context("spawn").Pool(settings.workers) if settings.workers > 1 else None
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="meta-train",

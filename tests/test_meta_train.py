@@ -179,3 +179,52 @@ def test_ui_serves_the_run_over_its_rest_api(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+TINY = """\
+name: tiny
+seed: 3
+tasks:
+  families:
+    - family: nqm
+      dim: 10
+      spectrum_decay: 1.0
+      noise_scale: 0.5
+      batch_size: 4
+      inner_steps: 30
+      outer_steps: {dist: choice, values: [3, 5]}
+meta_train:
+  iterations: 200
+  workers: 0
+  tasks_per_iteration: 1
+  rollouts_per_task: 2
+  hidden_size: 8
+"""
+
+
+def test_kill_9_loses_at_most_the_iteration_in_progress(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "runners.cli", "train", str(spec), "--run-dir", str(run),
+           "--tracking-uri", "http://127.0.0.1:9"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoint.pt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if ckpt.exists() and torch.load(ckpt, weights_only=False)["iteration"] >= 3:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.kill()  # SIGKILL, mid-iteration
+        proc.wait()
+    done = torch.load(ckpt, weights_only=False)["iteration"]  # the checkpoint is whole, never half-written
+    assert 3 <= done < 200
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) >= done
+    out = subprocess.run(cmd + ["--resume", "--iterations", str(done + 2)], cwd=Path(__file__).parents[1],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    state = torch.load(ckpt, weights_only=False)
+    assert state["iteration"] == done + 2 and len(state["history"]) == done + 2

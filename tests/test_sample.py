@@ -152,3 +152,18 @@ def test_sample_initial_hparams_is_pure():
     space = HyperparameterSpace()
     assert sample_initial_hparams(space, 5) == sample_initial_hparams(space, 5)
     assert sample_initial_hparams(space, 5) != sample_initial_hparams(space, 6)
+
+
+def test_training_and_evaluation_seeds_are_disjoint():
+    from lhopt_dsl.sample import EVAL_SEEDS, TRAIN_SEEDS, eval_seed, train_seed
+    from runners.evaluate import eval_config
+
+    assert TRAIN_SEEDS.stop <= EVAL_SEEDS.start
+    train = {train_seed(root, it, j) for root in range(3) for it in range(50) for j in range(4)}
+    evals = {eval_seed(root, i) for root in range(3) for i in range(200)}
+    assert all(s in TRAIN_SEEDS for s in train) and all(s in EVAL_SEEDS for s in evals)
+    assert not train & evals
+    spec = load_spec(SPECS / "smoke.yaml")
+    cfgs = [eval_config(spec, i) for i in range(5)]
+    assert all(c.seed in EVAL_SEEDS for c in cfgs) and len({c.task_id for c in cfgs}) == 5
+    assert eval_config(spec, 3) == eval_config(spec, 3)

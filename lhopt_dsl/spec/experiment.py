@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -72,6 +72,10 @@ class MetaTrainSpec(StrictModel):
             description="self_play: an EMA of the policy being trained; fixed: CIAO at its initial hyperparameters.",
         ),
     ] = "self_play"
+    preset: Annotated[
+        Literal["default", "large"] | None,
+        Field(description="Policy size preset: default = 1 x 256 LSTM, large = 2 x 512; overrides the two below."),
+    ] = None
     hidden_size: Annotated[int, Field(ge=1, description="LSTM units of actor and critic (paper: 256; large: 512).")] = 256
     num_layers: Annotated[int, Field(ge=1, description="LSTM layers of actor and critic (paper: 1; large: 2).")] = 1
     learning_rate: Annotated[float, Field(gt=0, description="Adam learning rate of actor and critic.")] = 3e-4

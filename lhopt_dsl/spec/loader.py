@@ -104,6 +104,7 @@ class _Reader:
 
     def __init__(self) -> None:
         self.marks: dict[PathT, Location] = {}
+        self.files: list[Path] = []  # every file read, in order
 
     def read(self, file: Path, at: PathT, stack: tuple[Path, ...], origin: Location | None) -> Any:
         file = file.resolve()
@@ -112,6 +113,8 @@ class _Reader:
             raise SpecError([SpecProblem(origin, format_path(at), f"include cycle: {chain}")])
         try:
             text = file.read_text(encoding="utf-8")
+            if file not in self.files:
+                self.files.append(file)
         except FileNotFoundError:
             what = "included file" if stack else "spec file"
             raise SpecError(
@@ -203,6 +206,21 @@ def _message(err: dict[str, Any]) -> str:
     return msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
 
 
+def _read_spec(file: Path) -> tuple[_Reader, Any]:
+    """Read a spec and its includes, ``tasks: path.yaml`` included."""
+    reader = _Reader()
+    data = reader.read(file, (), (), None)
+    if isinstance(data, dict) and isinstance(data.get("tasks"), str):
+        at = ("tasks",)
+        data["tasks"] = reader.read(file.parent / data["tasks"], at, (file.resolve(),), reader.marks.get(at))
+    return reader, data
+
+
+def spec_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The spec file and every file it includes (for archiving a run's exact inputs)."""
+    return _read_spec(Path(path))[0].files
+
+
 def load_spec(path: str | os.PathLike[str]) -> ExperimentSpec:
     """Load and validate an experiment spec from a YAML file.
 
@@ -210,8 +228,7 @@ def load_spec(path: str | os.PathLike[str]) -> ExperimentSpec:
     (top-level ``family:``) loads as an experiment named after the file, with default settings.
     """
     file = Path(path)
-    reader = _Reader()
-    data = reader.read(file, (), (), None)
+    reader, data = _read_spec(file)
     top = Location(_display(file.resolve()), 1, 1)
     if not isinstance(data, dict):
         raise SpecError([SpecProblem(top, "", "the top level must be a mapping (key: value lines)")])
@@ -221,9 +238,6 @@ def load_spec(path: str | os.PathLike[str]) -> ExperimentSpec:
         prefix: PathT = ("tasks",) if "families" in data else ("tasks", "families", 0)
         data = {"name": file.stem, "tasks": data if "families" in data else {"families": [data]}}
         marks = {(*prefix, *k): v for k, v in marks.items()} | {(): top}
-    elif isinstance(data.get("tasks"), str):
-        at = ("tasks",)
-        data["tasks"] = reader.read(file.parent / data["tasks"], at, (file.resolve(),), marks.get(at))
     if isinstance(data.get("data_dir"), str):
         data["data_dir"] = str((file.parent / os.path.expanduser(data["data_dir"])).resolve())
     try:
