@@ -297,6 +297,41 @@ class LearningCurve:
         return np.asarray(self.steps, dtype=np.float64) / max(self.steps[-1], 1)
 
 
+def evaluation_count(task: InnerTask, total_steps: int) -> int:
+    """Validation measurements of a fixed run: as many as the task's outer steps, scaled by length."""
+    return max(1, round(task.outer_steps * total_steps / task.steps))
+
+
+def train_and_measure(
+    task: InnerTask, optimizer: torch.optim.Optimizer, total_steps: int, evaluations: int, *,
+    before_step: Callable[[int], None] | None = None, before_train: Callable[[], None] | None = None,
+    before_eval: Callable[[], None] | None = None,
+) -> LearningCurve:  # fmt: skip
+    """Train for ``total_steps`` with a fixed optimizer, measuring the validation loss at
+    ``evaluations`` evenly spaced points (and the untrained model first) and the test loss at the end.
+
+    ``before_train`` / ``before_eval`` let optimizers with separate train and eval points
+    (Schedule-Free) switch between them.
+    """
+
+    def measure(fn: Callable[[], float]) -> float:
+        if before_eval is not None:
+            before_eval()
+        return fn()
+
+    bounds = segment_bounds(total_steps, evaluations)
+    curve = LearningCurve([0], [task.valid_loss()])
+    for a, b in zip(bounds, bounds[1:]):
+        if before_train is not None:
+            before_train()
+        seg = train_segment(task, optimizer, b - a, a, stats_every=0, before_step=before_step)
+        curve.steps.append(b)
+        curve.valid_loss.append(measure(task.valid_loss))
+        curve.train_loss.append(seg.train_loss)
+    curve.test_loss = measure(task.test_loss)
+    return curve
+
+
 def run_schedule(
     cfg: Any, schedule: Schedule, *, steps: int | None = None, device: str | torch.device = "cpu",
     data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
@@ -309,7 +344,6 @@ def run_schedule(
     """
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
     total = steps or task.steps
-    k = evaluations or max(1, round(task.outer_steps * total / task.steps))
     if schedule.optimizer == "adamw":
         opt: torch.optim.Optimizer = torch.optim.AdamW(task.params, lr=schedule.lr, betas=schedule.betas,
                                                        eps=schedule.eps, weight_decay=schedule.weight_decay)  # fmt: skip
@@ -321,12 +355,4 @@ def run_schedule(
         for g in opt.param_groups:
             g["lr"] = base_lr * shape_factor(schedule.shape, i / total)
 
-    bounds = segment_bounds(total, k)
-    curve = LearningCurve([0], [task.valid_loss()])
-    for a, b in zip(bounds, bounds[1:]):
-        seg = train_segment(task, opt, b - a, a, stats_every=0, before_step=set_lr)
-        curve.steps.append(b)
-        curve.valid_loss.append(task.valid_loss())
-        curve.train_loss.append(seg.train_loss)
-    curve.test_loss = task.test_loss()
-    return curve
+    return train_and_measure(task, opt, total, evaluations or evaluation_count(task, total), before_step=set_lr)

@@ -50,7 +50,7 @@ from torch import nn
 
 from lhopt_dsl.compile import compile_task
 from lhopt_dsl.compile.task import InnerTask
-from lhopt_dsl.env import SHAPES, LearningCurve, Schedule, run_schedule, segment_bounds, train_segment
+from lhopt_dsl.env import SHAPES, LearningCurve, Schedule, evaluation_count, run_schedule, train_and_measure
 
 LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 ADAMW_BASELINES: list[str] = [Schedule(lr=lr, shape=shape).name for lr in LEARNING_RATES for shape in SHAPES]
@@ -147,27 +147,17 @@ def run_tuning_free(
     """
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
     total = steps or task.steps
-    k = evaluations or max(1, round(task.outer_steps * total / task.steps))
     opt = _tuning_free_optimizer(name, task.params, total)
-    two_points = hasattr(opt, "eval") and hasattr(opt, "train")
+    if not (hasattr(opt, "eval") and hasattr(opt, "train")):
+        return train_and_measure(task, opt, total, evaluations or evaluation_count(task, total))
 
-    def evaluate(fn: Callable[[], float]) -> float:
-        if two_points:
-            opt.eval()
-            _recalibrate_batchnorm(task)
-        return fn()
+    def to_eval_point() -> None:
+        opt.eval()
+        _recalibrate_batchnorm(task)
 
-    bounds = segment_bounds(total, k)
-    curve = LearningCurve([0], [task.valid_loss()])  # untrained: x = y, BatchNorm as initialised
-    for a, b in zip(bounds, bounds[1:]):
-        if two_points:
-            opt.train()
-        seg = train_segment(task, opt, b - a, a, stats_every=0)
-        curve.steps.append(b)
-        curve.valid_loss.append(evaluate(task.valid_loss))
-        curve.train_loss.append(seg.train_loss)
-    curve.test_loss = evaluate(task.test_loss)
-    return curve
+    # The untrained model is measured as is (x = y, BatchNorm as initialised).
+    return train_and_measure(task, opt, total, evaluations or evaluation_count(task, total),
+                             before_train=opt.train, before_eval=to_eval_point)  # fmt: skip
 
 
 def run_baseline(

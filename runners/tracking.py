@@ -9,6 +9,7 @@ remote server works by its URI. Every call is guarded: if the tracking server ca
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -138,15 +139,22 @@ class Tracker:
             import mlflow
 
             mlflow.set_tracking_uri(self.uri)
-            with warnings.catch_warnings(), mlflow.start_run(run_id=self.run_id):
-                warnings.simplefilter("ignore", UserWarning)  # predict's type hints are deliberately absent
-                mlflow.pyfunc.log_model(
-                    name="policy",
-                    python_model=PolicyModel(),
-                    artifacts={"checkpoint": str(checkpoint)},
-                    pip_requirements=["torch", "numpy", "lhopt"],
-                    registered_model_name=registered_name,
-                )
+            # The wrapper class is pickled by reference to runners.tracking (importable wherever lhopt is
+            # installed), so MLflow's generic warning about pickled Python objects does not apply.
+            pyfunc_log = logging.getLogger("mlflow.pyfunc")
+            level = pyfunc_log.level
+            pyfunc_log.setLevel(logging.ERROR)
+            try:
+                with mlflow.start_run(run_id=self.run_id):
+                    mlflow.pyfunc.log_model(
+                        name="policy",
+                        python_model=PolicyModel(),
+                        artifacts={"checkpoint": str(checkpoint)},
+                        pip_requirements=["torch", "numpy", "lhopt"],
+                        registered_model_name=registered_name,
+                    )
+            finally:
+                pyfunc_log.setLevel(level)
 
         self._guard(log)
 
@@ -161,31 +169,30 @@ def _pyfunc_base() -> type:
     return mlflow.pyfunc.PythonModel
 
 
-with warnings.catch_warnings():  # MLflow nags about predict's (deliberately absent) type hints
-    warnings.simplefilter("ignore", UserWarning)
+class PolicyModel(_pyfunc_base()):  # type: ignore[misc]
+    """Pyfunc wrapper: ``predict`` maps rows of policy features to greedy actions.
 
-    class PolicyModel(_pyfunc_base()):  # type: ignore[misc]
-        """Pyfunc wrapper: ``predict`` maps rows of policy features to greedy actions.
+    For training loops, load the checkpoint with :func:`load_policy_uri` and use
+    ``lhopt_dsl.controller`` instead; this wrapper makes the model browsable and servable.
+    """
 
-        For training loops, load the checkpoint with :func:`load_policy_uri` and use
-        ``lhopt_dsl.controller`` instead; this wrapper makes the model browsable and servable.
-        """
+    _skip_type_hint_validation = True  # predict takes arrays; no MLflow schema (and no warning about it)
 
-        def load_context(self, context: Any) -> None:
-            import torch
+    def load_context(self, context: Any) -> None:
+        import torch
 
-            from lhopt_dsl.policy import ActorCritic
+        from lhopt_dsl.policy import ActorCritic
 
-            self.policy = ActorCritic.from_checkpoint(torch.load(context.artifacts["checkpoint"], weights_only=False)["policy"])
+        self.policy = ActorCritic.from_checkpoint(torch.load(context.artifacts["checkpoint"], weights_only=False)["policy"])
 
-        def predict(self, context, model_input, params=None):  # noqa: ANN001 (MLflow reads type hints as a schema)
-            import numpy as np
-            import torch
+    def predict(self, context, model_input, params=None):  # noqa: ANN001
+        import numpy as np
+        import torch
 
-            x = np.asarray(model_input, dtype=np.float32)
-            x = self.policy.policy_norm(x, update=False)
-            logits, _ = self.policy.actor_forward(torch.as_tensor(x).unsqueeze(1))
-            return np.stack([d.probs.argmax(-1).numpy() for d in self.policy.dists(logits[:, 0])], axis=-1)
+        x = np.asarray(model_input, dtype=np.float32)
+        x = self.policy.policy_norm(x, update=False)
+        logits, _ = self.policy.actor_forward(torch.as_tensor(x).unsqueeze(1))
+        return np.stack([d.probs.argmax(-1).numpy() for d in self.policy.dists(logits[:, 0])], axis=-1)
 
 
 def load_policy_uri(uri: str, tracking_uri: str | None = None) -> Path:
