@@ -50,6 +50,7 @@ from torch import nn
 
 from lhopt_dsl.compile import compile_task
 from lhopt_dsl.compile.task import InnerTask
+from lhopt_dsl.population import run_population
 from lhopt_dsl.env import SHAPES, LearningCurve, Schedule, evaluation_count, run_schedule, train_and_measure
 
 LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -338,6 +339,7 @@ def run_grid(
     n_jobs: int = 1,
     progress: Progress | None = None,
     wait: bool = True,
+    population: bool = True,
 ) -> dict[Pair, LearningCurve]:
     """Run (or resume, or help finish) the baseline grid of one task; return every pair's curve.
 
@@ -363,16 +365,38 @@ def run_grid(
             raise optuna.TrialPruned(f"({name}, {horizon}) is done or running elsewhere")
         steps = horizon * T
         t0 = time.time()
-        curve = run_baseline(cfg, name, steps, device=device, data_dir=data_dir, max_valid=max_valid)
+        from_population = (name, horizon) in batched
+        if from_population:
+            curve, seconds = batched.pop((name, horizon))  # seconds: its share of the population's time
+        else:
+            curve = run_baseline(cfg, name, steps, device=device, data_dir=data_dir, max_valid=max_valid)
+            seconds = time.time() - t0
         trial.set_user_attr("curve", curve_to_attrs(curve))
-        trial.set_user_attr("run", {"steps": steps, "seconds": round(time.time() - t0, 3),
-                                    "device": str(device), "max_valid": max_valid})  # fmt: skip
+        trial.set_user_attr("run", {"steps": steps, "seconds": round(seconds, 3), "device": str(device),
+                                    "max_valid": max_valid, "population": from_population})  # fmt: skip
         trial.set_user_attr("steps", steps)
         if _taken(study, trial, (name, horizon)):  # another worker finished it meanwhile (a race)
             trial.set_user_attr("skipped", "duplicate")
             raise optuna.TrialPruned(f"({name}, {horizon}) was completed elsewhere meanwhile")
         final = curve.valid_loss[-1]
         return float(final) if math.isfinite(final) else math.inf
+
+    # AdamW pairs of one horizon share the task: train them together as one batched population.
+    batched: dict[Pair, tuple[LearningCurve, float]] = {}
+    if population:
+        complete, running = _status(study)
+        for horizon in horizons:
+            todo = [n for n in names if n in ADAMW_BASELINES and (n, horizon) not in complete
+                    and (n, horizon) not in running]  # fmt: skip
+            if len(todo) < 2:
+                continue
+            t0 = time.time()
+            curves = run_population(cfg, [schedule_of(n) for n in todo], steps=horizon * T, device=device,
+                                    data_dir=data_dir, max_valid=max_valid)  # fmt: skip
+            if curves is None:  # the task's model cannot be batched: sequential runs below
+                break
+            share = (time.time() - t0) / len(todo)
+            batched.update({(n, horizon): (c, share) for n, c in zip(todo, curves)})
 
     wanted = set(grid)
 
