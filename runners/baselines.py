@@ -65,6 +65,10 @@ SCHEDULEFREE_WARMUP = 0.05  # fraction of the run
 PRODIGY_LR = 1.0
 BN_CALIBRATION_BATCHES = 8  # Schedule-Free: BatchNorm statistics recomputed at the evaluated weights
 
+#: Families whose baseline grid runs as one batched population by default. On CPUs batching pays
+#: only where per-step overhead dominates (bench/population_bench.py: NQM about 11x; MLPs about 1x;
+#: convolutions and attention slower under vmap), so only these.
+POPULATION_FAMILIES = frozenset({"nqm", "mlp"})
 HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 120  # a RUNNING trial without a heartbeat for this long is failed (its worker died)
 POLL_INTERVAL = 2.0  # seconds between checks while other workers finish the last pairs
@@ -339,7 +343,7 @@ def run_grid(
     n_jobs: int = 1,
     progress: Progress | None = None,
     wait: bool = True,
-    population: bool = True,
+    population: bool | None = None,
 ) -> dict[Pair, LearningCurve]:
     """Run (or resume, or help finish) the baseline grid of one task; return every pair's curve.
 
@@ -381,8 +385,11 @@ def run_grid(
         final = curve.valid_loss[-1]
         return float(final) if math.isfinite(final) else math.inf
 
-    # AdamW pairs of one horizon share the task: train them together as one batched population.
+    # AdamW pairs of one horizon share the task: train them together as one batched population
+    # where that pays (``population=None``: the families of POPULATION_FAMILIES; see PERFORMANCE.md).
     batched: dict[Pair, tuple[LearningCurve, float]] = {}
+    if population is None:
+        population = cfg.task.family in POPULATION_FAMILIES
     if population:
         complete, running = _status(study)
         for horizon in horizons:

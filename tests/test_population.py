@@ -48,3 +48,20 @@ def test_unbatchable_tasks_fall_back():
     assert run_population(bn, SCHEDULES) is None  # BatchNorm's running statistics update in place
     with pytest.raises(ValueError, match="AdamW"):
         run_population(smoke("nqm"), [Schedule(optimizer="ciao")])
+
+
+def test_baseline_grid_uses_the_population_and_records_every_member(tmp_path):
+    import optuna
+
+    from runners.baselines import run_grid, study_name
+
+    cfg = smoke("nqm")
+    names = [f"adamw-{shape}-lr0.001" for shape in SHAPES[:3]]
+    storage = f"sqlite:///{tmp_path / 'grid.db'}"
+    curves = run_grid(cfg, storage, names=names, horizons=(1,), population=True)
+    study = optuna.load_study(study_name=study_name(cfg), storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3 and all(t.user_attrs["run"]["population"] for t in done)
+    for name in names:
+        ref = run_schedule(cfg, Schedule(lr=1e-3, shape=name.split("-")[1]))
+        assert curves[(name, 1)].valid_loss == pytest.approx(ref.valid_loss, rel=1e-4, abs=1e-6)
