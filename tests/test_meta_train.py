@@ -228,3 +228,16 @@ def test_kill_9_loses_at_most_the_iteration_in_progress(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     state = torch.load(ckpt, weights_only=False)
     assert state["iteration"] == done + 2 and len(state["history"]) == done + 2
+
+
+def test_worker_processes_give_the_same_run_as_in_process(tmp_path):
+    spec = _tiny_spec(tmp_path)
+    offline = "http://127.0.0.1:9"
+    with pytest.warns(UserWarning):
+        train(spec, Settings(iterations=2, workers=0, tracking_uri=offline, run_dir=tmp_path / "w0", quiet=True))
+    with pytest.warns(UserWarning):
+        train(spec, Settings(iterations=2, workers=2, tracking_uri=offline, run_dir=tmp_path / "w2", quiet=True))
+    a = torch.load(tmp_path / "w0" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "w2" / "checkpoint.pt", weights_only=False)
+    for k, v in a["policy"]["weights"].items():
+        assert torch.equal(v, b["policy"]["weights"][k]), k
