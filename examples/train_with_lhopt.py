@@ -45,12 +45,12 @@ def train(opt_name: str, steps: int, policy: str | None) -> float:
         loss = F.cross_entropy(net(xt[idx]), yt[idx])
         opt.zero_grad()
         loss.backward()
-        opt.step()
         if opt_name == "lhopt":
-            opt.observe(train_loss=loss.item())
+            opt.observe(train_loss=loss.item())  # before step(): the policy's statistics use it
             if step % 50 == 0:
                 with torch.no_grad():
                     opt.observe(valid_loss=F.cross_entropy(net(xv), yv).item())
+        opt.step()
     with torch.no_grad():
         valid = F.cross_entropy(net(xv), yv).item()
     if opt_name == "lhopt":

@@ -8,8 +8,9 @@ the validation loss, given with ``observe()`` whenever you have them::
     opt = LHOPT(model.parameters(), total_steps=10_000)          # the shipped default policy
     for step in range(10_000):
         loss = loss_fn(model(x), y)
-        opt.zero_grad(); loss.backward(); opt.step()
-        opt.observe(train_loss=loss.item())
+        opt.zero_grad(); loss.backward()
+        opt.observe(train_loss=loss.item())                      # before step(): its statistics use it
+        opt.step()
         if step % 500 == 0:
             opt.observe(valid_loss=evaluate(model))
 
@@ -151,7 +152,9 @@ class LHOPT(CIAO):
         applied = apply_action(self, self.actions, action)
         self._prev_action = action
         self.decisions += 1
-        self.history.append({"progress": progress, **applied, "restart": kind})
+        # Exact fraction of the run at which these values take effect (what ScheduleReplay switches on).
+        at = self.bounds[self.decisions - 1] / self.total_steps
+        self.history.append({"progress": at, **applied, "restart": kind})
 
     @torch.no_grad()
     def step(self, closure=None, *, stats: bool | None = None, loss: float | None = None):  # noqa: ANN001

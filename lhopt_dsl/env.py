@@ -55,11 +55,12 @@ def log_improvement_reward(step: OuterStep) -> float:
     A non-finite loss pays ``-DIVERGED_PENALTY``; each step's payment is clipped to that range.
     """
     prev, cur = step.prev_valid_loss, step.valid_loss
-    if not (math.isfinite(cur) and cur > 0):
+    if not math.isfinite(cur):
         return -DIVERGED_PENALTY
-    if not (math.isfinite(prev) and prev > 0):
+    if not math.isfinite(prev):
         return 0.0
-    return float(np.clip(math.log(prev) - math.log(cur), -DIVERGED_PENALTY, DIVERGED_PENALTY))
+    tiny = 1e-30  # a loss of exactly 0 is the best possible, not a divergence
+    return float(np.clip(math.log(max(prev, tiny)) - math.log(max(cur, tiny)), -DIVERGED_PENALTY, DIVERGED_PENALTY))
 
 
 def segment_bounds(inner_steps: int, outer_steps: int) -> list[int]:
@@ -183,12 +184,14 @@ class InnerTrainingEnv(gym.Env):
         a = self.actions.check(action)
         progress = self.k / self.task.outer_steps
         kind, slot = self.actions.restart(a) if self.features.slots else ("none", -1)
+        # The reward compares with the loss the run had before any restart: a load that jumps back
+        # to a better checkpoint must not be paid for twice (rewards telescope over the episode).
+        prev_valid = self.valid_loss
         self.valid_loss = self.bank.apply(kind, slot, self.task.model, self.optimizer, progress, self.valid_loss)
         applied = apply_action(self.optimizer, self.actions, a)
         start, stop = self.bounds[self.k], self.bounds[self.k + 1]
         seg = train_segment(self.task, self.optimizer, stop - start, start, self.stats_every)
         self.stats = seg.stats or self.stats  # keep the latest statistics when a segment had none
-        prev_valid = self.valid_loss
         self.train_loss = seg.train_loss
         self.valid_loss = self.task.valid_loss()
         self.curve.append(self.valid_loss)

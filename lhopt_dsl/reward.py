@@ -40,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 R_MIN = -1.0
+LOSS_FLOOR = 1e-12
 EXTRAPOLATION_CAP = 100.0  # the reward saturates at needing 100x the baseline's steps
 _FLAT_TOL = 1e-6
 
@@ -67,7 +68,8 @@ def envelope(steps: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarra
     y = np.asarray(losses, dtype=np.float64)
     finite = np.isfinite(y)
     n = len(y) if finite.all() else int(np.argmin(finite))
-    return s[:n], np.minimum.accumulate(y[:n]) if n else y[:0]
+    # Losses are floored at a tiny positive value so that a curve reaching 0 stays fit in log space.
+    return s[:n], np.maximum(np.minimum.accumulate(y[:n]), LOSS_FLOOR) if n else y[:0]
 
 
 def fit_power_law(steps: np.ndarray, losses: np.ndarray) -> PowerLaw | None:
@@ -135,6 +137,7 @@ class PowerLawReward:
     def __call__(self, loss: float) -> float:
         if not math.isfinite(loss) or not math.isfinite(self.worst):
             return R_MIN
+        loss = max(loss, LOSS_FLOOR)
         if self.flat:
             if loss < self.best * (1 - _FLAT_TOL):
                 return 1.0

@@ -183,7 +183,7 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
 
     from lhopt_dsl import TaskConfig
     from lhopt_dsl.controller import load_policy, save_schedule, schedule_from_history
-    from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
+    from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward, segment_bounds
     from lhopt_dsl.rollout import run_episode
 
     path = _policy_path(args.policy, args.tracking_uri)
@@ -196,7 +196,8 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
     env = InnerTrainingEnv(space, device=args.device)
     episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True)
     k = len(episode)
-    history = [{"progress": i / k, **h} for i, h in enumerate(episode.hparams)]
+    bounds = segment_bounds(cfg.task.inner_steps, k)  # each decision takes effect at an inner step
+    history = [{"progress": bounds[i] / cfg.task.inner_steps, **h} for i, h in enumerate(episode.hparams)]
     save_schedule(schedule_from_history(history), args.output,
                   meta={"policy": str(path), "task_id": cfg.task_id, "outer_steps": k,
                         "final_valid_loss": episode.valid_curve[-1]})  # fmt: skip

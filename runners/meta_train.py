@@ -63,7 +63,6 @@ def policy_shape(spec: ExperimentSpec) -> PolicyShape:
 
 def _job(args: tuple) -> TaskResult:
     cfg, policy_ckpt, ema_ckpt, spec_json, rollouts, seed, device, data_dir = args
-    torch.set_num_threads(1)
     spec = ExperimentSpec.model_validate_json(spec_json)
     policy = ActorCritic.from_checkpoint(policy_ckpt)
     ema = ActorCritic.from_checkpoint(ema_ckpt) if ema_ckpt is not None else None
@@ -184,7 +183,8 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
             for path in spec_files(spec_path):  # the spec and every file it includes
                 tracker.log_artifact(path, "spec")
     spec_json = spec.model_dump_json()
-    pool = mp.get_context("spawn").Pool(settings.workers) if settings.workers > 1 else None
+    pool = mp.get_context("spawn").Pool(settings.workers, initializer=torch.set_num_threads, initargs=(1,)) \
+        if settings.workers > 1 else None  # fmt: skip
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="meta-train",
                unit="it", disable=settings.quiet)  # fmt: skip
     started = time.perf_counter()

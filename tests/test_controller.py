@@ -1,5 +1,6 @@
 """The drop-in LHOPT optimizer and fixed schedules (export, replay)."""
 
+import math
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import yaml
 
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, ScheduleReplay, load_schedule
+from lhopt_dsl.env import segment_bounds
 from lhopt_dsl.policy import ActorCritic, PolicyShape
 from runners.cli import main as cli
 from runners.meta_train import policy_shape
@@ -50,10 +52,10 @@ def test_drop_in_trains_a_model_and_calls_the_policy_the_expected_number_of_time
         loss = F.mse_loss(net(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
-        opt.step()
         opt.observe(train_loss=loss.item())
         if step % 20 == 0:
             opt.observe(valid_loss=F.mse_loss(net(x), y).item())
+        opt.step()
     assert len(calls) == opt.decisions == 10
     assert [round(h["progress"], 3) for h in opt.history] == [k / 10 for k in range(10)]
     assert F.mse_loss(net(x), y).item() < first
@@ -78,8 +80,8 @@ def test_export_then_replay_reproduces_the_exported_sequence(policy_file, tmp_pa
     out = tmp_path / "schedule.yaml"
     assert cli(["schedule", "export", "--policy", str(policy_file), "--task", str(task), "-o", str(out)]) == 0
     schedule = load_schedule(out)
-    k = cfg.task.outer_steps
-    assert schedule["progress"] == [i / k for i in range(k)]
+    k, T = cfg.task.outer_steps, cfg.task.inner_steps
+    assert schedule["progress"] == [b / T for b in segment_bounds(T, k)[:-1]]  # where each decision took effect
     meta = yaml.safe_load(out.read_text())["meta"]
     assert meta["task_id"] == cfg.task_id
     for total in (cfg.task.inner_steps, 3 * cfg.task.inner_steps):  # replayed as recorded, then stretched
@@ -93,7 +95,7 @@ def test_export_then_replay_reproduces_the_exported_sequence(policy_file, tmp_pa
             p.grad = torch.ones(2)
             adamw.step()
             replay.step()
-        boundaries = [round(i * total / k) for i in range(k)]
+        boundaries = [math.ceil(p * total - 1e-9) for p in schedule["progress"]]
         for i, t in enumerate(boundaries):
             expected = tuple(schedule[n][i] for n in ("lr", "eps", "one_minus_beta2", "weight_decay"))
             assert seen[t] == pytest.approx(expected, rel=1e-12), (total, i)
@@ -119,8 +121,8 @@ def test_shipped_default_policy_works_out_of_the_box():
         loss = F.mse_loss(net(x), y)
         opt.zero_grad()
         loss.backward()
-        opt.step()
         opt.observe(train_loss=loss.item())
+        opt.step()
     assert opt.decisions == 20  # outer_steps defaults to min(32, total_steps)
     record = DEFAULT_POLICY.parent
     assert (record / "spec.yaml").exists() and (record / "metrics.jsonl").exists()

@@ -267,3 +267,18 @@ def test_log_improvement_reward():
     step = OuterStep(1, 0.5, 1.0, 0.5, 1.0, False, None)
     assert log_improvement_reward(step) == pytest.approx(math.log(2))
     assert log_improvement_reward(OuterStep(1, 0.5, 1.0, float("nan"), 1.0, False, None)) == -10.0
+
+
+def test_default_reward_telescopes_across_restarts():
+    """A load that jumps back to a better checkpoint is not paid for twice."""
+    cfg = smoke_cfg("mlp")
+    env = InnerTrainingEnv(SMOKE.hparams)
+    _, info = env.reset(options={"config": cfg})
+    v0, total = info["valid_loss"], 0.0
+    for restart in [1, 0, 2, 0, 2, 0, 2, 0][: cfg.task.outer_steps]:  # save, then load again and again
+        action = env.actions.identity()
+        action[-1] = restart
+        _, reward, done, _, info = env.step(action)
+        total += reward
+    assert done
+    assert math.isclose(total, math.log(v0) - math.log(info["valid_loss"]), rel_tol=1e-9, abs_tol=1e-12)

@@ -105,3 +105,16 @@ def test_gae_by_hand():
     assert np.allclose(ret, adv + values)
     adv1, _ = gae(rewards, values, 1.0, 1.0)
     assert np.allclose(adv1 + values, [3.0, 2.0, 2.0])  # lambda 1: Monte-Carlo returns
+
+
+def test_a_baseline_that_reaches_zero_loss():
+    r = PowerLawReward(STEPS[:5], [2.0, 1.5, 0.0, 0.0, 0.0])
+    assert r(2.0) == pytest.approx(0.0, abs=1e-6)
+    assert r(0.0) >= 1.0  # matching the baseline's best
+    assert 0.0 < r(0.5) < 1.0
+
+
+def test_log_improvement_reward_treats_zero_loss_as_best_not_diverged():
+    from lhopt_dsl.env import DIVERGED_PENALTY, log_improvement_reward
+
+    assert log_improvement_reward(OuterStep(1, 1.0, 0.0, 0.0, 1.0, True, None)) == DIVERGED_PENALTY
