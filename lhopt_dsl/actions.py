@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .spec.hparams import HyperparameterSpace
+from .spec.hparams import HPARAM_NAMES, HyperparameterSpace
 
 RESTART_KINDS = ("none", "save", "load", "swap")
 
@@ -71,6 +71,11 @@ class ActionSpace:
             values = np.asarray(hp.action.values)
             idx.append(int(np.argmin(np.abs(values - neutral))))
         return np.asarray(idx + [0], dtype=np.int64)
+
+
+def current_hparams(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The controlled hyperparameters as the optimizer holds them now (first param group)."""
+    return {n: float(optimizer.param_groups[0][n]) for n in HPARAM_NAMES}
 
 
 def apply_action(optimizer: torch.optim.Optimizer, actions: ActionSpace, action: Sequence[int]) -> dict[str, float]:

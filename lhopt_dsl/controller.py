@@ -31,10 +31,11 @@ import torch
 import yaml
 from torch import nn
 
-from .actions import ActionSpace, CheckpointBank, apply_action
+from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .env import segment_bounds
-from .observation import FeatureBuilder
-from .optim import CIAO, STAT_NAMES
+from .observation import FeatureBuilder, flatten, norm_ratios
+from .optim import CIAO
+from .optim.stats import mean_stats
 from .policy import ActorCritic
 from .spec.hparams import HPARAM_NAMES, HyperparameterSpace
 
@@ -99,10 +100,10 @@ class LHOPT(CIAO):
         self.bounds = segment_bounds(total_steps, self.outer_steps)
         self.stats_every, self.deterministic = stats_every, deterministic
         self.generator = torch.Generator().manual_seed(seed)
-        all_params = [p for g in self.param_groups for p in g["params"]]
-        self._module = model if model is not None else _Params(all_params)
+        self._all_params = [p for g in self.param_groups for p in g["params"]]
+        self._module = model if model is not None else _Params(self._all_params)
         self.bank = CheckpointBank(self.features.slots, HPARAM_NAMES)
-        self.initial = {n: float(self.param_groups[0][n]) for n in HPARAM_NAMES}
+        self.initial = current_hparams(self)
         self.step_count, self.decisions = 0, 0
         self._state: tuple = (None, None)
         self._prev_action: np.ndarray | None = None
@@ -110,7 +111,7 @@ class LHOPT(CIAO):
         self._valid_loss = math.nan
         self._stats: list[dict[str, float]] = []
         self._last_stats: dict[str, float] = {}
-        self._prev_flat = self._flat()
+        self._prev_flat = flatten(self._all_params)
         self.history: list[dict[str, Any]] = []  # hyperparameters chosen at each decision
 
     def observe(self, *, train_loss: float | None = None, valid_loss: float | None = None) -> None:
@@ -121,28 +122,17 @@ class LHOPT(CIAO):
         if valid_loss is not None:
             self._valid_loss = float(valid_loss)
 
-    def _flat(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for g in self.param_groups for p in g["params"]])
-
     def _decide(self) -> None:
         progress = self.decisions / self.outer_steps
-        now = self._flat()
-        prev_norm = float(self._prev_flat.norm())
-        if self.decisions == 0 or prev_norm == 0:
-            ratios = (1.0, math.nan) if self.decisions == 0 else (math.nan, math.nan)
-        else:
-            ratios = (float(now.norm()) / prev_norm, float((now - self._prev_flat).norm()) / prev_norm)
+        now = flatten(self._all_params)
+        ratios = (1.0, math.nan) if self.decisions == 0 else norm_ratios(self._prev_flat, now)  # as the env's reset
         self._prev_flat = now
-        stats = {}
-        for name in STAT_NAMES:
-            vals = [s[name] for s in self._stats if math.isfinite(s[name])]
-            stats[name] = float(np.mean(vals)) if vals else math.nan
-        stats = stats if self._stats else self._last_stats
+        stats = mean_stats(self._stats) or self._last_stats  # the latest statistics when a segment had none
         self._last_stats, self._stats = stats, []
         train = float(np.mean(self._train_losses)) if self._train_losses else math.nan
         self._train_losses = []
-        hparams = {n: float(self.param_groups[0][n]) for n in HPARAM_NAMES}
-        x = self.features.policy(progress, self._prev_action, train, self._valid_loss, self.bank.slots, hparams,
+        x = self.features.policy(progress, self._prev_action, train, self._valid_loss, self.bank.slots,
+                                 current_hparams(self),
                                  self.initial, ratios[0], ratios[1], stats)  # fmt: skip
         x = self.policy.policy_norm(x, update=False)
         v = np.zeros(self.policy.shape.value_size, dtype=np.float32)  # the critic is not needed to act

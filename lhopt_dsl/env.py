@@ -22,12 +22,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from .actions import ActionSpace, CheckpointBank, apply_action
+from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .compile import compile_task
 from .compile.task import InnerTask
-from .observation import FeatureBuilder
+from .observation import FeatureBuilder, flatten, norm_ratios
 from .optim import CIAO
-from .optim.stats import STAT_NAMES
+from .optim.stats import mean_stats
 from .spec.hparams import HPARAM_NAMES, HyperparameterSpace, InitialHParams
 
 DIVERGED_PENALTY = 10.0
@@ -73,10 +73,6 @@ def ciao_kwargs(h: InitialHParams) -> dict[str, Any]:
             "use_lamb": h.use_lamb, "lamb_min_trust": h.lamb_min_trust}  # fmt: skip
 
 
-def flat_params(task: InnerTask) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in task.params])
-
-
 @dataclass
 class SegmentResult:
     train_loss: float  # mean over the segment's steps (NaN if any was NaN)
@@ -107,11 +103,7 @@ def train_segment(
             optimizer.step()
         losses.append(loss.detach())
     mean_loss = float(torch.stack(losses).double().mean()) if losses else float("nan")
-    stats = {}
-    for name in STAT_NAMES:
-        values = [s[name] for s in collected if math.isfinite(s[name])]
-        stats[name] = float(np.mean(values)) if values else float("nan")
-    return SegmentResult(mean_loss, stats if collected else {}, steps)
+    return SegmentResult(mean_loss, mean_stats(collected), steps)
 
 
 class InnerTrainingEnv(gym.Env):
@@ -171,10 +163,10 @@ class InnerTrainingEnv(gym.Env):
         self.features.reset()
         self.valid_loss = self.task.valid_loss()
         self.train_loss = float("nan")
-        self.prev_params = flat_params(self.task)
+        self.prev_params = flatten(self.task.params)
         self.curve = [self.valid_loss]
         obs = self._observe(param_norm_ratio=1.0, update_ratio=float("nan"))
-        return obs, self._info(applied=self._hparams(), restart=("none", -1))
+        return obs, self._info(applied=current_hparams(self.optimizer), restart=("none", -1))
 
     def step(self, action: Sequence[int]):
         if self.task is None:
@@ -201,23 +193,18 @@ class InnerTrainingEnv(gym.Env):
                                                 self.valid_loss, prev_valid, done, self.config)))  # fmt: skip
         self.reward_so_far += reward
         self.prev_action = a
-        now = flat_params(self.task)
-        prev_norm = float(self.prev_params.norm())
-        ratios = (float(now.norm()) / prev_norm, float((now - self.prev_params).norm()) / prev_norm) if prev_norm > 0 \
-            else (float("nan"), float("nan"))  # fmt: skip
+        now = flatten(self.task.params)
+        ratios = norm_ratios(self.prev_params, now)
         self.prev_params = now
         obs = self._observe(*ratios)
         return obs, reward, done, False, self._info(applied=applied, restart=(kind, slot))
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _hparams(self) -> dict[str, float]:
-        return {n: float(self.optimizer.param_groups[0][n]) for n in HPARAM_NAMES}
-
     def _observe(self, param_norm_ratio: float, update_ratio: float) -> dict[str, np.ndarray]:
         progress = self.k / self.task.outer_steps
         policy = self.features.policy(
-            progress, self.prev_action, self.train_loss, self.valid_loss, self.bank.slots, self._hparams(),
+            progress, self.prev_action, self.train_loss, self.valid_loss, self.bank.slots, current_hparams(self.optimizer),
             self.initial, param_norm_ratio, update_ratio, self.stats,
         )  # fmt: skip
         base_now = base_final = float("nan")

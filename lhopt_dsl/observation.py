@@ -30,9 +30,10 @@ from __future__ import annotations
 import functools
 import math
 import typing
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+import torch
 
 from .actions import ActionSpace, Checkpoint
 from .features import IntegralCDF, sanitize
@@ -67,6 +68,19 @@ def _encode_field(annotation: Any, value: Any) -> list[float]:
     if typing.get_origin(annotation) is tuple:
         return [math.log(len(value)), math.log(float(np.mean(value)))] if value else [0.0, 0.0]
     return [math.log(float(value)) if float(value) > 0 else 0.0]
+
+
+def flatten(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """All parameters as one detached vector (for the parameter-norm features)."""
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def norm_ratios(prev: torch.Tensor, now: torch.Tensor) -> tuple[float, float]:
+    """(|now| / |prev|, |now - prev| / |prev|) between two outer steps; NaN when |prev| is 0."""
+    prev_norm = float(prev.norm())
+    if prev_norm == 0:
+        return math.nan, math.nan
+    return float(now.norm()) / prev_norm, float((now - prev).norm()) / prev_norm
 
 
 @functools.lru_cache(maxsize=512)  # tasks are frozen and hashable; the vector never changes in a run

@@ -48,6 +48,17 @@ STAT_NAMES: tuple[str, ...] = (
 StepStats = dict[str, float]
 
 
+def mean_stats(samples: list[StepStats]) -> StepStats:
+    """Average of several steps' statistics, ignoring non-finite values ({} for no samples)."""
+    if not samples:
+        return {}
+    out = {}
+    for name in STAT_NAMES:
+        values = [s[name] for s in samples if math.isfinite(s[name])]
+        out[name] = sum(values) / len(values) if values else float("nan")
+    return out
+
+
 def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     return sum((x * y).sum(dtype=torch.float64) for x, y in zip(a, b))  # type: ignore[return-value]
 
