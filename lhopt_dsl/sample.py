@@ -118,11 +118,10 @@ def sample_initial_hparams(space: HyperparameterSpace, seed: int) -> InitialHPar
     return sample_hparams(space, _rng(seed, _HPARAM_STREAM))
 
 
-def sample(spec: ExperimentSpec, seed: int) -> TaskConfig:
-    """Sample one concrete task of the spec's training distribution."""
-    return TaskConfig(
-        seed=seed, task=sample_task(spec.tasks, seed), hparams=sample_initial_hparams(spec.hparams, seed)
-    )
+def sample(spec: ExperimentSpec, seed: int, tasks: TaskDistribution | None = None) -> TaskConfig:
+    """Sample one concrete task of ``tasks`` (default: the spec's training distribution)."""
+    tasks = tasks or spec.tasks
+    return TaskConfig(seed=seed, task=sample_task(tasks, seed), hparams=sample_initial_hparams(spec.hparams, seed))
 
 
 @dataclass(frozen=True)

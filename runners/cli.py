@@ -276,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Small inner models run fastest on one thread; more threads oversubscribe shared cores.
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
 
     p = sub.add_parser("validate", help="check spec files and report every problem with file:line:col")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="YAML spec files")
@@ -295,16 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format (default: yaml)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("compile", help="sample one task, build it as a torch model with data, and train it briefly")
+    p = sub.add_parser("compile", parents=[threads], help="sample one task, build it as a torch model with data, and train it briefly")
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
     p.add_argument("--seed", type=int, default=0, help="task seed (default: 0)")
     p.add_argument("--steps", type=int, default=50, help="AdamW steps to take, at most the task's T (default: 50)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument("--device", help="torch device (default: the spec's)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("train", help="meta-train a policy with PPO (checkpoints every iteration; --resume continues)")
+    p = sub.add_parser("train", parents=[threads], help="meta-train a policy with PPO (checkpoints every iteration; --resume continues)")
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
     p.add_argument("--iterations", type=int, help="PPO iterations in total (default: the spec's meta_train.iterations)")
     p.add_argument("--workers", type=int, help="rollout worker processes (default: the spec's; 0 runs in-process)")
@@ -313,7 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="checkpoint directory (default: <meta_train.run_dir>/<spec name>)")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
     p.add_argument("--max-minutes", type=float, help="stop after the iteration that passes this much wall time")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 with lean settings")
@@ -323,14 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("eval", help="evaluate a policy on held-out tasks against 35 tuned AdamW baselines")
+    p = sub.add_parser("eval", parents=[threads], help="evaluate a policy on held-out tasks against 35 tuned AdamW baselines")
     p.add_argument("spec", metavar="SPEC", help="YAML spec file (its evaluation section)")
     p.add_argument("--policy", required=True, help="policy checkpoint (policy.pt) or MLflow model URI")
     p.add_argument("--tasks", type=int, help="held-out tasks (default: the spec's evaluation.num_tasks)")
     p.add_argument("--storage", help="Optuna RDB storage URL of the baseline grid (default: SQLite in --out)")
     p.add_argument("--out", help="output directory (default: <run_dir>/<spec name>-eval)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("curves", help="plot and summarise a metric over iterations for training run directories")
@@ -342,13 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schedule", help="fixed schedules: export the hyperparameters a policy chooses on a task")
     ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
-    e = ssub.add_parser("export", help="run a policy on one task and write the schedule it chose (YAML)")
+    e = ssub.add_parser("export", parents=[threads], help="run a policy on one task and write the schedule it chose (YAML)")
     e.add_argument("--policy", required=True, help="policy checkpoint (policy.pt) or MLflow model URI")
     e.add_argument("--task", required=True, help="a task YAML, e.g. from `lhopt sample SPEC --seed N`")
     e.add_argument("-o", "--output", default="schedule.yaml", help="output file (default: schedule.yaml)")
     e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
-    e.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     e.set_defaults(func=cmd_schedule_export)
 
     p = sub.add_parser("schema", help="print the JSON schema of experiment specs (for editors)")
@@ -367,7 +366,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "threads", None):
         import torch
 
-        # Small inner models run fastest on one thread; more threads oversubscribe shared cores.
         torch.set_num_threads(args.threads)
     for flag in ("count", "iterations", "tasks", "steps"):
         value = getattr(args, flag, None)

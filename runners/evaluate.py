@@ -34,7 +34,7 @@ from lhopt_dsl.metrics import (
     table1,
 )
 from lhopt_dsl.rollout import run_episode
-from lhopt_dsl.sample import EVAL_SEEDS, eval_seed, sample_initial_hparams, sample_task
+from lhopt_dsl.sample import EVAL_SEEDS, eval_seed, sample
 
 from .baselines import BASELINES, run_grid
 from .tracking import Tracker
@@ -47,8 +47,7 @@ def eval_config(spec: ExperimentSpec, index: int) -> TaskConfig:
     seed = eval_seed(spec.seed, index)
     if seed not in EVAL_SEEDS:
         raise AssertionError(f"evaluation seed {seed} outside the evaluation namespace")
-    tasks = spec.evaluation.tasks or spec.tasks
-    return TaskConfig(seed=seed, task=sample_task(tasks, seed), hparams=sample_initial_hparams(spec.hparams, seed))
+    return sample(spec, seed, spec.evaluation.tasks)
 
 
 @dataclass

@@ -179,11 +179,9 @@ class PolicyModel(_pyfunc_base()):  # type: ignore[misc]
     _skip_type_hint_validation = True  # predict takes arrays; no MLflow schema (and no warning about it)
 
     def load_context(self, context: Any) -> None:
-        import torch
+        from lhopt_dsl.controller import load_policy
 
-        from lhopt_dsl.policy import ActorCritic
-
-        self.policy = ActorCritic.from_checkpoint(torch.load(context.artifacts["checkpoint"], weights_only=False)["policy"])
+        self.policy, _ = load_policy(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001
         import numpy as np
