@@ -160,21 +160,18 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
     run_dir = settings.run_dir or Path(mt.run_dir) / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
+    state = torch.load(ckpt_path, weights_only=False) if settings.resume and ckpt_path.exists() else None
+    if settings.resume and state is None:
+        print(f"no checkpoint at {ckpt_path}; starting a new run")
     torch.manual_seed(spec.seed)
-    model = ActorCritic(policy_shape(spec))
+    model = ActorCritic.from_checkpoint(state["policy"]) if state else ActorCritic(policy_shape(spec))
+    ema = ActorCritic.from_checkpoint(state["ema"]) if state else copy.deepcopy(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=mt.learning_rate, eps=1e-5)
-    ema = copy.deepcopy(model)
     start, history, run_id = 0, [], None
-    if settings.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        model = ActorCritic.from_checkpoint(state["policy"])
-        ema = ActorCritic.from_checkpoint(state["ema"])
-        optimizer = torch.optim.Adam(model.parameters(), lr=mt.learning_rate, eps=1e-5)
+    if state:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start, history, run_id = state["iteration"], state["history"], state.get("run_id")
-    elif settings.resume:
-        print(f"no checkpoint at {ckpt_path}; starting a new run")
 
     tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, spec.name, run_dir, run_id)
     if run_id is None:
