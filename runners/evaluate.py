@@ -36,10 +36,9 @@ from lhopt_dsl.metrics import (
 from lhopt_dsl.rollout import run_episode
 from lhopt_dsl.sample import EVAL_SEEDS, eval_seed, sample
 
-from .baselines import BASELINES, run_grid
+from .baselines import ADAMW_BASELINES, BASELINES, TUNING_FREE, run_grid
 from .tracking import Tracker
 
-TUNING_FREE = ("schedulefree", "prodigy")
 
 
 def eval_config(spec: ExperimentSpec, index: int) -> TaskConfig:
@@ -77,7 +76,7 @@ def _final(curve: Any) -> float:
 
 def summarise(results: list[TaskEval]) -> dict[str, Any]:
     """Table 1, speedups against each task's best baseline, and the performance profile."""
-    adamw = [n for n in BASELINES if n not in TUNING_FREE]
+    adamw = ADAMW_BASELINES
     policy_final = {r.cfg.task_id: float(r.policy_curve[-1]) for r in results}
     at_t = {r.cfg.task_id: {n: _final(r.curves[(n, 1)]) for n in adamw} for r in results}
     at_2t = {r.cfg.task_id: {n: _final(r.curves[(n, 2)]) for n in adamw} for r in results}
@@ -115,7 +114,7 @@ def _plots(results: list[TaskEval], summary: dict[str, Any], out: Path) -> list[
     import matplotlib.pyplot as plt
 
     paths = []
-    adamw = [n for n in BASELINES if n not in TUNING_FREE]
+    adamw = ADAMW_BASELINES
     shown = results[:6]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
     for ax, r in zip(axes.flat, shown):
