@@ -1,20 +1,25 @@
-"""Populations: K AdamW baselines of one task trained as ONE batched model with ``torch.func``.
+"""Populations: K members of one task trained as ONE batched model with ``torch.func``.
 
-The 35 baselines of an evaluation task share the architecture, the initial weights and the data
-order; they differ only in their learning-rate schedules. Instead of K sequential runs, the
-parameters are stacked along a leading member axis, gradients come from ``vmap(grad(loss))`` over
-that axis with the same batch for every member, and AdamW is applied to the stacked tensors with
-one learning rate per member. The curves equal the one-at-a-time path (``run_schedule``) within
-float tolerance (a test).
+Members share the task's architecture, initial weights and data order (the 35 AdamW baselines of
+an evaluation task; the policy rollouts, self-play baseline and initial-hyperparameter run of a
+meta-training task) and differ in their hyperparameters. Their parameters live in one flat
+``(K, N)`` buffer whose per-tensor views are handed to ``functional_call``; gradients come from
+``vmap(grad(loss))`` over the member axis with the same batch for every member, and CIAO's update
+is applied to the flat buffers with one value of every hyperparameter per member
+(:class:`CIAOPopulation`). AdamW is CIAO with the Adam denominator, clipping and LAMB off, so the
+AdamW baselines run on the same code. The statistics for the policy's features come from the
+same pass, per member, through the formulas the one-model optimizer uses
+(:func:`lhopt_dsl.optim.stats.stats_from_sums`).
 
-Tasks whose modules cannot be batched this way (BatchNorm's in-place running statistics, the
-packed sequences of text RNNs, recurrent kernels without a vmap rule) are detected with a
-one-step probe and reported as ``None``, so callers fall back to sequential runs.
+Results equal the one-member-at-a-time path within float tolerance (tests). Tasks whose modules
+cannot be batched this way (BatchNorm's in-place running statistics, packed sequences, recurrent
+kernels without a vmap rule) are found by a one-step probe (:func:`batchable`); callers then run
+their members one at a time.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 from typing import Any, Sequence
 
 import torch
@@ -22,8 +27,16 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from .compile import compile_task
+from .compile.models import Block, SequenceTagger
 from .compile.task import InnerTask
-from .env import LearningCurve, Schedule, evaluation_count, segment_bounds, shape_factor
+from .env import LearningCurve, Schedule, ciao_kwargs, evaluation_count, segment_bounds, shape_factor
+from .optim.ciao import DEFAULTS, check_hyperparameters
+from .optim.stats import NOISE_BETA, StepStats, noise_ratio, stats_from_sums
+
+#: CIAO's hyperparameters that may differ between members (the rest are shared by all).
+MEMBER_HPARAMS = ("lr", "weight_decay", "eps", "one_minus_beta1", "one_minus_beta2", "grad_clip_fraction",
+                  "one_minus_beta_gradclip", "one_minus_beta_lamb")  # fmt: skip
+SHARED_HPARAMS = ("denominator", "use_clip", "use_lamb", "lamb_min_trust")
 
 
 class _Member(nn.Module):
@@ -37,29 +50,63 @@ class _Member(nn.Module):
         return functional_call(self._model, self._params, args)
 
 
-def _eligible(model: nn.Module) -> bool:
-    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+def adamw_settings(s: Schedule) -> dict[str, Any]:
+    """CIAO's hyperparameters that make it AdamW with ``s``'s betas, eps and weight decay."""
+    return {"lr": s.lr, "weight_decay": s.weight_decay, "eps": s.eps, "one_minus_beta1": 1.0 - s.betas[0],
+            "one_minus_beta2": 1.0 - s.betas[1], "denominator": "adam", "use_clip": False, "use_lamb": False}  # fmt: skip
 
 
-class AdamWPopulation:
-    """K AdamW runs of one task (same betas, eps, weight decay; per-member lr schedules)."""
+class CIAOPopulation:
+    """K CIAO runs of one task as one batched model; ``settings[k]`` are member k's hyperparameters.
 
-    def __init__(self, task: InnerTask, schedules: Sequence[Schedule], total_steps: int):
-        if not schedules or any(s.optimizer != "adamw" for s in schedules):
-            raise ValueError("a population needs AdamW schedules")
-        first = schedules[0]
-        if any((s.betas, s.eps, s.weight_decay) != (first.betas, first.eps, first.weight_decay) for s in schedules):
-            raise ValueError("population members must share betas, eps and weight decay")
-        self.task, self.schedules, self.total = task, list(schedules), total_steps
-        self.k = len(schedules)
+    Member hyperparameters (:data:`MEMBER_HPARAMS`) are (K,) float64 tensors in ``self.hp`` that
+    may be changed between steps; :data:`SHARED_HPARAMS` must agree between members.
+    """
+
+    def __init__(self, task: InnerTask, settings: Sequence[dict[str, Any]]):
+        if not settings:
+            raise ValueError("a population needs at least one member")
+        full = [{**DEFAULTS, **s} for s in settings]
+        for s in full:
+            check_hyperparameters(s)
+        shared = {n: full[0][n] for n in SHARED_HPARAMS}
+        if any(s[n] != shared[n] for s in full for n in SHARED_HPARAMS):
+            raise ValueError(f"population members must share {', '.join(SHARED_HPARAMS)}")
+        self.task, self.k = task, len(full)
+        self.denominator, self.use_clip, self.use_lamb = shared["denominator"], shared["use_clip"], shared["use_lamb"]
+        self.lamb_min_trust = float(shared["lamb_min_trust"])
+        self.hp = {n: torch.tensor([float(s[n]) for s in full], dtype=torch.float64) for n in MEMBER_HPARAMS}
+
         model = task.model
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        base = dict(model.named_parameters())
-        self.params = {n: base[n].detach().unsqueeze(0).repeat(self.k, *[1] * base[n].dim()) for n in self.names}
-        self.exp_avg = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in self.params.items()}
-        self.step_count = 0
-        self.base_lr = torch.tensor([s.lr for s in schedules], dtype=torch.float64)
+        for module in model.modules():  # vmap-friendly forms of fused kernels (same maths)
+            if isinstance(module, SequenceTagger):
+                module.unrolled = True
+            if isinstance(module, Block):
+                module.explicit_attention = True
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.shapes = [p.shape for _, p in named]
+        self.numels = [p.numel() for _, p in named]
+        self.offsets = [0]
+        for n in self.numels:
+            self.offsets.append(self.offsets[-1] + n)
+        self.numel = self.offsets[-1]
+        ref = named[0][1]
+        self.device, self.dtype = ref.device, ref.dtype
+        flat = torch.cat([p.detach().reshape(-1) for _, p in named])
+        self.flat = flat.unsqueeze(0).repeat(self.k, 1).contiguous()  # (K, N)
+        zeros = lambda *shape: torch.zeros(*shape, device=self.device, dtype=self.dtype)  # noqa: E731
+        self.exp_avg, self.exp_avg_sq, self.noise_ema = zeros(self.k, self.numel), zeros(self.k, self.numel), zeros(self.k, self.numel)
+        self.lamb_ema = zeros(self.k, len(self.names))  # per member and tensor: EMA of the update norm
+        self.grad_max = zeros(self.k)
+        self.clipped = zeros(self.k)
+        f64 = lambda v: torch.full((self.k,), v, dtype=torch.float64)  # noqa: E731
+        self.beta1_prod, self.beta2_prod, self.lamb_prod = f64(1.0), f64(1.0), f64(1.0)
+        self.noise_sq_ema, self.noise_count = f64(0.0), f64(0.0)
+        self.steps_since_stats = f64(0.0)
+        self.segments = torch.repeat_interleave(
+            torch.arange(len(self.names), device=self.device), torch.tensor(self.numels, device=self.device)
+        )
         model.train()
 
         def loss(params: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -68,77 +115,202 @@ class AdamWPopulation:
         self._grad = vmap(grad_and_value(loss), in_dims=(0, None))
         self._loss = vmap(loss, in_dims=(0, None))
 
-    def lrs(self, step: int) -> torch.Tensor:
-        """(K,) learning rates at inner step ``step``."""
-        factors = torch.tensor([shape_factor(s.shape, step / self.total) for s in self.schedules], dtype=torch.float64)
-        return self.base_lr * factors
+    # --- views -----------------------------------------------------------------------------------
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Per-tensor (K, *shape) views of the flat parameters."""
+        return {n: self.flat[:, a:b].view(self.k, *s)
+                for n, s, a, b in zip(self.names, self.shapes, self.offsets, self.offsets[1:])}  # fmt: skip
+
+    def _per_tensor_norms(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, tensors) norms of each tensor's slice of ``x`` (K, N)."""
+        return torch.stack([torch.linalg.vector_norm(x[:, a:b], dim=1) for a, b in zip(self.offsets, self.offsets[1:])], 1)
+
+    def hparams(self, k: int) -> dict[str, float]:
+        return {n: float(self.hp[n][k]) for n in MEMBER_HPARAMS}
+
+    def set_hparams(self, k: int, values: dict[str, float]) -> None:
+        for n, v in values.items():
+            self.hp[n][k] = float(v)
+
+    # --- training ------------------------------------------------------------------------------
+
+    def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, N) gradients and (K,) training losses of every member on the task's next batch."""
+        grads, losses = self._grad(self.params(), self.task.next_batch())
+        return torch.cat([grads[n].reshape(self.k, -1) for n in self.names], 1), losses.detach()
+
+    def train_step(self, stats: bool = False) -> tuple[torch.Tensor, list[StepStats] | None]:
+        """One inner step of every member; returns (K,) losses and, if asked, each member's statistics."""
+        grads, losses = self.gradients()
+        return losses, self.step(grads, stats=stats, losses=losses)
 
     @torch.no_grad()
-    def _adamw(self, grads: dict[str, torch.Tensor], lrs: torch.Tensor) -> None:
-        s = self.schedules[0]
-        b1, b2 = s.betas
-        self.step_count += 1
-        bc1, bc2 = 1 - b1**self.step_count, 1 - b2**self.step_count
-        for n, p in self.params.items():
-            shape = (self.k,) + (1,) * (p.dim() - 1)
-            lr = lrs.to(p.dtype).to(p.device).view(shape)
-            g = grads[n]
-            p.mul_(1 - lr * s.weight_decay)
-            self.exp_avg[n].lerp_(g, 1 - b1)
-            self.exp_avg_sq[n].mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (self.exp_avg_sq[n].sqrt() / math.sqrt(bc2)).add_(s.eps)
-            p.addcdiv_(self.exp_avg[n] * (lr / bc1), denom, value=-1.0)
+    def step(self, grads: torch.Tensor, *, stats: bool = False, losses: torch.Tensor | None = None) -> list[StepStats] | None:
+        """CIAO's update (see :mod:`lhopt_dsl.optim.ciao`) of all members; ``grads`` is (K, N) and is clipped in place."""
+        hp = self.hp
+        b1, b2, bl = 1.0 - hp["one_minus_beta1"], 1.0 - hp["one_minus_beta2"], 1.0 - hp["one_minus_beta_lamb"]
+        self.beta1_prod *= b1
+        self.beta2_prod *= b2
+        self.lamb_prod *= bl
+        self.steps_since_stats += 1
+        bc1, bc2 = 1.0 - self.beta1_prod, 1.0 - self.beta2_prod
+        # Per-member scalars go to the device in one transfer, as (K, 1) columns.
+        host = torch.stack([1.0 - b1, b2, 1.0 - b2, bc2.sqrt(), hp["eps"], hp["weight_decay"] * bc1, 1.0 / bc1,
+                            hp["lr"], bl, 1.0 - bl, 1.0 - hp["one_minus_beta_gradclip"], hp["grad_clip_fraction"],
+                            1.0 - self.lamb_prod], 1)  # fmt: skip
+        cols = host.to(self.device, self.dtype).unbind(1)
+        w1, b2c, w2, sbc2, eps, wd_bc1, inv_bc1, lr, blc, wl, gclip_decay, gclip_frac, lamb_bc = (c.unsqueeze(1) for c in cols)
+        p, m, v, g = self.flat, self.exp_avg, self.exp_avg_sq, grads
 
-    def train_step(self, step: int) -> torch.Tensor:
-        """One inner step of every member on the same batch; returns the (K,) training losses."""
-        batch = self.task.next_batch()
-        grads, losses = self._grad(self.params, batch)
-        self._adamw(grads, self.lrs(step))
-        return losses.detach()
+        if self.use_clip:
+            grad_norm = torch.linalg.vector_norm(g, dim=1)
+            finite = torch.isfinite(grad_norm)
+            self.grad_max = torch.where(finite, torch.maximum(self.grad_max * gclip_decay[:, 0], grad_norm), self.grad_max)
+            threshold = gclip_frac[:, 0] * self.grad_max
+            clip = finite & (grad_norm > threshold)
+            self.clipped += clip.to(self.dtype)
+            g.mul_(torch.where(clip, threshold / grad_norm, torch.ones_like(grad_norm)).unsqueeze(1))
+        m.lerp_(g, w1)
+        v.mul_(b2c)
+        if self.denominator == "adam":
+            v.addcmul_(g * w2, g)
+            denom = v.sqrt().div_(sbc2).add_(eps)
+        else:
+            torch.maximum(v, g.abs(), out=v)
+            denom = v + eps
+        update = m / denom  # bc1 x the update; 1/bc1 is folded into the trust ratio or the step size
+        update.add_(p * wd_bc1)
+        factor = inv_bc1
+        trust = torch.ones_like(self.lamb_ema)
+        if self.use_lamb:
+            self.lamb_ema.mul_(blc).add_(self._per_tensor_norms(update) * (factor * wl))
+            ema_hat = self.lamb_ema / lamb_bc
+            p_norm = self._per_tensor_norms(p)
+            ok = (p_norm > 0) & (ema_hat > 0)
+            trust = torch.where(ok, p_norm / torch.where(ok, ema_hat, torch.ones_like(ema_hat)), torch.ones_like(p_norm))
+            trust = trust.clamp(min=self.lamb_min_trust)
+            update.mul_((trust * factor)[:, self.segments])
+            factor = torch.ones_like(factor)
+        out = self._stats(g, update * factor, trust, losses) if stats else None
+        p.addcmul_(update, -(lr * factor))
+        return out
+
+    def _stats(self, g: torch.Tensor, u: torch.Tensor, trust: torch.Tensor, losses: torch.Tensor | None) -> list[StepStats]:
+        """Per-member statistics; parameters are read before this step's update."""
+        f64 = torch.float64
+        p, m, v = self.flat, self.exp_avg, self.exp_avg_sq
+        sq = lambda x: torch.linalg.vector_norm(x, dim=1, dtype=f64) ** 2  # noqa: E731
+        dot = lambda x, y: (x * y).sum(1, dtype=f64)  # noqa: E731
+        eps = self.hp["eps"].to(self.device, self.dtype).unsqueeze(1)
+        if self.denominator == "adam":
+            bc2 = (1.0 - self.beta2_prod).to(self.device, self.dtype).unsqueeze(1)
+            big = ((v / bc2).sqrt() >= eps).sum(1)
+        else:
+            big = (v >= eps).sum(1)
+        self.noise_ema.lerp_(g, 1.0 - NOISE_BETA)
+        numels = torch.tensor(self.numels, device=self.device, dtype=f64)
+        g2, u2 = sq(g), sq(u)
+        reductions = torch.stack([
+            g2, sq(m), u2, sq(p), dot(g, m), dot(g, u), dot(g, p), u.abs().sum(1, dtype=f64), big.to(f64),
+            (torch.log(trust.to(f64)) * numels).sum(1), self.clipped.to(f64), sq(self.noise_ema),
+        ]).cpu()  # fmt: skip
+        g2, m2, u2, w2, gm, gu, gw, abs_u, big, log_trust, clipped, noise_m2 = reductions.unbind()
+        self.noise_sq_ema = self.noise_sq_ema * NOISE_BETA + (1.0 - NOISE_BETA) * g2
+        self.noise_count += 1
+        steps, self.steps_since_stats = self.steps_since_stats.clone(), torch.zeros_like(self.steps_since_stats)
+        self.clipped.zero_()
+        return stats_from_sums(
+            numel=self.numel, g2=g2, m2=m2, u2=u2, w2=w2, gm=gm, gu=gu, gw=gw, abs_u=abs_u,
+            lr_u2=self.hp["lr"] ** 2 * u2, big_enough=big, log_trust=log_trust, clipped=clipped, steps=steps,
+            noise=noise_ratio(self.noise_sq_ema, noise_m2, self.noise_count),
+            loss=None if losses is None else losses.detach().double().cpu(),
+        )  # fmt: skip
+
+    # --- evaluation and member state -------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self, batches: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
-        """(K,) mean losses over ``batches`` in evaluation mode."""
+        """(K,) mean losses over ``batches`` (weighted by batch size) in evaluation mode."""
         self.task.model.eval()
         try:
-            total = torch.zeros(self.k, dtype=torch.float64, device=self.task.device)
+            total = torch.zeros(self.k, dtype=torch.float64, device=self.device)
             count = 0
+            params = self.params()
             for batch in batches:
                 n = len(batch[0])
-                total += self._loss(self.params, batch).double() * n
+                total += self._loss(params, batch).double() * n
                 count += n
-            return total / max(count, 1)
+            return (total / max(count, 1)).cpu()
         finally:
             self.task.model.train()
+
+    _ROWS = ("flat", "exp_avg", "exp_avg_sq", "noise_ema", "lamb_ema", "grad_max", "clipped",
+             "beta1_prod", "beta2_prod", "lamb_prod", "noise_sq_ema", "noise_count", "steps_since_stats")  # fmt: skip
+
+    def member_state(self, k: int) -> dict[str, torch.Tensor]:
+        """A copy of member k's weights and optimizer state (not its hyperparameters): a checkpoint."""
+        return {name: getattr(self, name)[k].clone() for name in self._ROWS}
+
+    def load_member_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
+        """Put a :meth:`member_state` copy back into slot k; the hyperparameters stay as they are."""
+        for name in self._ROWS:
+            getattr(self, name)[k].copy_(state[name])
+
+
+def _eligible(model: nn.Module) -> bool:
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@functools.lru_cache(maxsize=256)
+def _probe(cfg: Any, device: str, data_dir: str | None, max_valid: int) -> bool:
+    task = compile_task(cfg, device, data_dir, max_valid=max_valid)
+    if not _eligible(task.model):
+        return False
+    try:  # some ops (recurrent kernels) have no vmap rule; a throwaway two-member step finds out
+        pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * 2)
+        pop.train_step(stats=True)
+        pop.evaluate(task.valid_batches[:1])
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def batchable(cfg: Any, device: str | torch.device = "cpu", data_dir: str | None = None, max_valid: int = 512) -> bool:
+    """Whether ``cfg``'s task can run as a population (cached per task and device)."""
+    return _probe(cfg, str(device), data_dir, max_valid)
 
 
 def run_population(
     cfg: Any, schedules: Sequence[Schedule], *, steps: int | None = None, device: str | torch.device = "cpu",
     data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
 ) -> list[LearningCurve] | None:  # fmt: skip
-    """Curves of ``schedules`` on ``cfg``'s task, trained together; None if the task can't be batched."""
+    """Curves of AdamW ``schedules`` on ``cfg``'s task, trained together; None if the task can't be batched."""
+    if not schedules or any(s.optimizer != "adamw" for s in schedules):
+        raise ValueError("a population of baselines needs AdamW schedules")
+    first = schedules[0]
+    if any((s.betas, s.eps, s.weight_decay) != (first.betas, first.eps, first.weight_decay) for s in schedules):
+        raise ValueError("population members must share betas, eps and weight decay")
+    if not batchable(cfg, device, data_dir, max_valid):
+        return None
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
-    if not _eligible(task.model):
-        return None
+    pop = CIAOPopulation(task, [adamw_settings(s) for s in schedules])
     total = steps or task.steps
-    try:  # probe on a throwaway copy: some ops (e.g. recurrent kernels) have no vmap rule
-        probe = AdamWPopulation(compile_task(cfg, device, data_dir, max_valid=max_valid), schedules[:2], total)
-        probe.train_step(0)
-        probe.evaluate(probe.task.valid_batches[:1])
-    except (RuntimeError, NotImplementedError):
-        return None
-    pop = AdamWPopulation(task, schedules, total)
+    base_lr = torch.tensor([s.lr for s in schedules], dtype=torch.float64)
     k = evaluations or evaluation_count(task, total)
     bounds = segment_bounds(total, k)
-    first = pop.evaluate(task.valid_batches)
-    curves = [LearningCurve([0], [float(v)]) for v in first]
+    curves = [LearningCurve([0], [float(v)]) for v in pop.evaluate(task.valid_batches)]
     for a, b in zip(bounds, bounds[1:]):
-        losses = torch.stack([pop.train_step(i) for i in range(a, b)]).double().mean(0)
-        valid = pop.evaluate(task.valid_batches)
-        for c, v, t in zip(curves, valid.tolist(), losses.tolist()):
+        losses = []
+        for i in range(a, b):
+            pop.hp["lr"] = base_lr * torch.tensor([shape_factor(s.shape, i / total) for s in schedules], dtype=torch.float64)
+            losses.append(pop.train_step()[0])
+        mean = torch.stack(losses).double().mean(0).tolist()
+        for c, v, t in zip(curves, pop.evaluate(task.valid_batches).tolist(), mean):
             c.steps.append(b)
             c.valid_loss.append(v)
             c.train_loss.append(t)
     for c, t in zip(curves, pop.evaluate(task.test_batches).tolist()):
         c.test_loss = t
     return curves
+

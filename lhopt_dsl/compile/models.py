@@ -108,8 +108,47 @@ class SequenceTagger(nn.Module):
         self.head = nn.Linear(task.hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, F) -> (B, L, C)
-        out, _ = self.rnn(x)
+        out = unrolled_rnn(self.rnn, x) if self.unrolled else self.rnn(x)[0]
         return self.head(out)
+
+    #: Step through time with explicit cell equations instead of torch's fused recurrent kernel:
+    #: slower for one model, but batchable with ``torch.func.vmap`` (populations switch it on).
+    unrolled = False
+
+
+def unrolled_rnn(rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
+    """Output (B, L, H) of a unidirectional, batch-first ``nn.RNN``/``nn.GRU``/``nn.LSTM`` over ``x``.
+
+    The cell equations of torch's documentation (gate order r, z, n for GRU and i, f, g, o for
+    LSTM), written with plain ops on the module's own parameters, from a zero initial state.
+    """
+    if rnn.bidirectional or not rnn.batch_first or getattr(rnn, "proj_size", 0):
+        raise ValueError("unrolled_rnn supports unidirectional, batch-first recurrent layers without projections")
+    b, length, _ = x.shape
+    for layer in range(rnn.num_layers):
+        w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
+        b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}", None), getattr(rnn, f"bias_hh_l{layer}", None)
+        gates_x = F.linear(x, w_ih, b_ih)  # (B, L, G*H) for every step at once
+        h = x.new_zeros(b, rnn.hidden_size)
+        c = x.new_zeros(b, rnn.hidden_size)
+        outputs = []
+        for t in range(length):
+            gx, gh = gates_x[:, t], F.linear(h, w_hh, b_hh)
+            if isinstance(rnn, nn.GRU):
+                xr, xz, xn = gx.chunk(3, 1)
+                hr, hz, hn = gh.chunk(3, 1)
+                r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                n = torch.tanh(xn + r * hn)
+                h = (1 - z) * n + z * h
+            elif isinstance(rnn, nn.LSTM):
+                i, f, g, o = (gx + gh).chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                h = torch.tanh(gx + gh) if rnn.nonlinearity == "tanh" else torch.relu(gx + gh)
+            outputs.append(h)
+        x = torch.stack(outputs, 1)
+    return x
 
 
 class SentenceClassifier(nn.Module):
@@ -146,10 +185,19 @@ class Block(nn.Module):
         self.ff = nn.Sequential(nn.Linear(d_model, ff_mult * d_model), nn.GELU(), nn.Linear(ff_mult * d_model, d_model))
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
 
+    #: Attention as plain matrix products instead of the fused kernel: the same maths, and
+    #: batchable with ``torch.func.vmap`` on every device (populations switch it on).
+    explicit_attention = False
+
     def attention(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, D)
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D/H)
+        if self.explicit_attention:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.num_heads)
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            y = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D/H)
         return self.proj(y.transpose(1, 2).reshape(b, t, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

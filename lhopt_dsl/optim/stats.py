@@ -59,19 +59,6 @@ def mean_stats(samples: list[StepStats]) -> StepStats:
     return out
 
 
-def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    return sum((x * y).sum(dtype=torch.float64) for x, y in zip(a, b))  # type: ignore[return-value]
-
-
-def _sq(a: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([torch.linalg.vector_norm(x, dtype=torch.float64) ** 2 for x in a]).sum()
-
-
-def _cos(dot: torch.Tensor, na2: torch.Tensor, nb2: torch.Tensor) -> float:
-    den = math.sqrt(float(na2) * float(nb2))
-    return float(dot) / den if den > 0 else float("nan")
-
-
 def logit_cdf(x: float) -> float:
     """logit(Phi(x)), accurate for large |x|."""
     t = torch.tensor(x, dtype=torch.float64)
@@ -82,28 +69,92 @@ def cdf(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-def _log(x: float) -> float:
-    return math.log(x) if x > 0 else (float("-inf") if x == 0 else float("nan"))
+def noise_ratio(sq_ema: torch.Tensor, m2: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """tr(Sigma_B) / |G|^2 per member from the moving averages (module docstring).
+
+    ``sq_ema``: EMA of |g|^2; ``m2``: |EMA of g|^2; ``count``: draws so far (all (K,) tensors).
+    NaN until the second draw or when an average is not finite.
+    """
+    n = count.double()
+    corr = 1.0 - NOISE_BETA**n
+    a = sq_ema / corr
+    m2 = m2 / corr**2
+    k = (1.0 - NOISE_BETA) * (1.0 + NOISE_BETA**n) / ((1.0 + NOISE_BETA) * corr)
+    floor = 1e-8 * torch.clamp(a, min=1e-30)
+    safe = torch.where(n >= 2, 1.0 - k, torch.ones_like(k))
+    trace = torch.maximum((a - m2) / safe, floor)
+    signal = torch.maximum((m2 - k * a) / safe, floor)
+    ok = (n >= 2) & torch.isfinite(a) & torch.isfinite(m2)
+    return torch.where(ok, trace / signal, torch.full_like(a, math.nan))
 
 
-def _noise_ratio(parts: list[dict[str, Any]], g2: float) -> float:
-    """tr(Sigma_B) / |G|^2 from moving averages updated at statistics steps (module docstring)."""
+def stats_from_sums(
+    *, numel: int, g2: torch.Tensor, m2: torch.Tensor, u2: torch.Tensor, w2: torch.Tensor, gm: torch.Tensor,
+    gu: torch.Tensor, gw: torch.Tensor, abs_u: torch.Tensor, lr_u2: torch.Tensor, big_enough: torch.Tensor,
+    log_trust: torch.Tensor, clipped: torch.Tensor, steps: torch.Tensor, noise: torch.Tensor,
+    loss: torch.Tensor | None,
+) -> list[StepStats]:  # fmt: skip
+    """The named statistics of K members from their reductions, each a (K,) float64 tensor.
+
+    ``g2``, ``m2``, ``u2``, ``w2``: squared norms of gradient, momentum, update and parameters;
+    ``gm``, ``gu``, ``gw``: dot products of the gradient with them; ``abs_u``: sum of |update|;
+    ``lr_u2``: sum over tensors of (lr |update|)^2; ``big_enough``: elements with sqrt(v) >= eps;
+    ``log_trust``: sum over tensors of numel * log(trust); ``noise``: :func:`noise_ratio`.
+    The one-model path (:func:`compute_stats`) and populations share these formulas.
+    """
+    nan = torch.full_like(g2, math.nan)
+    root_d = math.sqrt(numel)
+
+    def cos(dot: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+        den = torch.sqrt(a2 * b2)
+        return torch.where(den > 0, dot / torch.where(den > 0, den, torch.ones_like(den)), nan)
+
+    def logit_cdf_t(x: torch.Tensor) -> torch.Tensor:
+        return torch.special.log_ndtr(x) - torch.special.log_ndtr(-x)
+
+    cos_gm, cos_gu, cos_gp = cos(gm, g2, m2), cos(gu, g2, u2), cos(gw, g2, w2)
+    if loss is None:
+        log_scale = nan
+    else:
+        loss = loss.double()
+        log_scale = torch.where(loss != 0, torch.log(torch.sqrt(g2 * w2) / loss.abs()), nan)
+    columns = {
+        "frac_clipped": clipped.double() / torch.clamp(steps.double(), min=1),
+        "frac_sqrt_v_ge_eps": big_enough.double() / numel,
+        "update_magnitude": abs_u / numel,
+        "log_scale": log_scale,
+        "log_update_param_ratio": 0.5 * (torch.log(lr_u2) - torch.log(w2)),
+        "log_noise_scale": torch.log(noise),
+        "log_lamb_trust": log_trust / numel,
+        "cos_grad_momentum": cos_gm,
+        "logit_cdf_cos_grad_momentum": logit_cdf_t(cos_gm * root_d),
+        "cos_grad_update": cos_gu,
+        "logit_cdf_cos_grad_update": logit_cdf_t(cos_gu * root_d),
+        "cos_grad_param": cos_gp,
+        "cdf_cos_grad_param": torch.special.ndtr(cos_gp * root_d),
+    }
+    rows = torch.stack([columns[name].double().reshape(-1) for name in STAT_NAMES], 1).tolist()
+    return [dict(zip(STAT_NAMES, row)) for row in rows]
+
+
+def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    return sum((x * y).sum(dtype=torch.float64) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+def _sq(a: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack([torch.linalg.vector_norm(x, dtype=torch.float64) ** 2 for x in a]).sum()
+
+
+def _noise_update(parts: list[dict[str, Any]], g2: torch.Tensor) -> torch.Tensor:
+    """Advance the noise-scale moving averages kept in the optimizer's state; return the ratio."""
     emas = [e for p in parts for e in p["noise_state"]]
     grads = [g for p in parts for g in p["grads"]]
     gs = parts[0]["gs"]
     torch._foreach_lerp_(emas, grads, 1.0 - NOISE_BETA)
-    gs["noise_sq_ema"] = gs.get("noise_sq_ema", 0.0) * NOISE_BETA + (1.0 - NOISE_BETA) * g2
+    gs["noise_sq_ema"] = gs.get("noise_sq_ema", 0.0) * NOISE_BETA + (1.0 - NOISE_BETA) * float(g2)
     gs["noise_count"] = gs.get("noise_count", 0) + 1
-    n = gs["noise_count"]
-    corr = 1.0 - NOISE_BETA**n
-    a = gs["noise_sq_ema"] / corr
-    m2 = float(_sq(emas)) / corr**2
-    k = (1.0 - NOISE_BETA) * (1.0 + NOISE_BETA**n) / ((1.0 + NOISE_BETA) * corr)
-    if n < 2 or not (math.isfinite(a) and math.isfinite(m2)):
-        return float("nan")
-    trace = max((a - m2) / (1.0 - k), 1e-8 * max(a, 1e-30))
-    signal = max((m2 - k * a) / (1.0 - k), 1e-8 * max(a, 1e-30))
-    return trace / signal
+    one = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
+    return noise_ratio(one(gs["noise_sq_ema"]), _sq(emas).cpu().reshape(1), one(gs["noise_count"]))
 
 
 def compute_stats(parts: list[dict[str, Any]], loss: float | None) -> StepStats:
@@ -114,11 +165,8 @@ def compute_stats(parts: list[dict[str, Any]], loss: float | None) -> StepStats:
     m = [x for p in parts for x in p["momenta"]]
     u = [x for p in parts for x in p["updates"]]
     numel = sum(x.numel() for x in g)
-    part_u2 = [float(_sq(p["updates"])) for p in parts]
-    g2, m2, u2 = float(_sq(g)), float(_sq(m)), sum(part_u2)
-    w2 = float(sum(p["param_sq"] for p in parts))
-    gw = sum(p["grad_dot_param"] for p in parts)
-    lr_u2 = sum(p["group"]["lr"] ** 2 * x for p, x in zip(parts, part_u2))
+    part_u2 = [_sq(p["updates"]) for p in parts]
+    g2 = _sq(g)
 
     big_enough = 0
     for p in parts:
@@ -127,23 +175,13 @@ def compute_stats(parts: list[dict[str, Any]], loss: float | None) -> StepStats:
             root = (v / p["bc2"]).sqrt() if adam else v
             big_enough += int((root >= eps).sum())
     log_trust = sum(float(torch.log(t.double())) * n for p in parts for t, n in zip(p["trusts"], p["numels"]))
-
-    root_d = math.sqrt(numel)
-    cos_gm, cos_gu, cos_gp = _cos(_dot(g, m), g2, m2), _cos(_dot(g, u), g2, u2), _cos(gw, g2, w2)
-    steps = sum(p["steps"] for p in parts)
-    clipped = sum(float(p["clipped"]) for p in parts)
-    return {
-        "frac_clipped": clipped / max(steps, 1),
-        "frac_sqrt_v_ge_eps": big_enough / numel,
-        "update_magnitude": sum(float(x.abs().sum(dtype=torch.float64)) for x in u) / numel,
-        "log_scale": _log(math.sqrt(g2 * w2) / abs(loss)) if loss else float("nan"),
-        "log_update_param_ratio": 0.5 * (_log(lr_u2) - _log(w2)),
-        "log_noise_scale": _log(_noise_ratio(parts, g2)),
-        "log_lamb_trust": log_trust / numel,
-        "cos_grad_momentum": cos_gm,
-        "logit_cdf_cos_grad_momentum": logit_cdf(cos_gm * root_d) if math.isfinite(cos_gm) else float("nan"),
-        "cos_grad_update": cos_gu,
-        "logit_cdf_cos_grad_update": logit_cdf(cos_gu * root_d) if math.isfinite(cos_gu) else float("nan"),
-        "cos_grad_param": cos_gp,
-        "cdf_cos_grad_param": cdf(cos_gp * root_d) if math.isfinite(cos_gp) else float("nan"),
-    }
+    one = lambda x: torch.as_tensor(x, dtype=torch.float64).detach().cpu().reshape(1)  # noqa: E731
+    return stats_from_sums(
+        numel=numel, g2=one(g2), m2=one(_sq(m)), u2=one(sum(part_u2)), w2=one(sum(p["param_sq"] for p in parts)),
+        gm=one(_dot(g, m)), gu=one(_dot(g, u)), gw=one(sum(p["grad_dot_param"] for p in parts)),
+        abs_u=one(sum(x.abs().sum(dtype=torch.float64) for x in u)),
+        lr_u2=one(sum(p["group"]["lr"] ** 2 * x for p, x in zip(parts, part_u2))),
+        big_enough=one(big_enough), log_trust=one(log_trust), clipped=one(sum(float(p["clipped"]) for p in parts)),
+        steps=one(sum(p["steps"] for p in parts)), noise=_noise_update(parts, g2),
+        loss=None if loss is None else one(loss),
+    )[0]
