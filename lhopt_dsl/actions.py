@@ -78,16 +78,18 @@ def current_hparams(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {n: float(optimizer.param_groups[0][n]) for n in HPARAM_NAMES}
 
 
+def act_on_values(actions: ActionSpace, action: Sequence[int], current: dict[str, Any]) -> dict[str, float]:
+    """The controlled hyperparameters after the hyperparameter part of ``action``, clamped to bounds."""
+    a = actions.check(action)
+    return {name: hp.apply(float(current[name]), hp.action.values[int(a[i])])
+            for i, (name, hp) in enumerate(actions.hparams.items())}  # fmt: skip
+
+
 def apply_action(optimizer: torch.optim.Optimizer, actions: ActionSpace, action: Sequence[int]) -> dict[str, float]:
     """Apply the hyperparameter part of ``action`` to every param group; return the values applied."""
-    a = actions.check(action)
-    applied: dict[str, float] = {}
-    for i, (name, hp) in enumerate(actions.hparams.items()):
-        amount = hp.action.values[int(a[i])]
-        for group in optimizer.param_groups:
-            group[name] = hp.apply(float(group[name]), amount)
-        applied[name] = float(optimizer.param_groups[0][name])
-    return applied
+    for group in optimizer.param_groups:
+        group.update(act_on_values(actions, action, group))
+    return {name: float(optimizer.param_groups[0][name]) for name in actions.hparams}
 
 
 @dataclass

@@ -102,15 +102,37 @@ class ActorCritic(nn.Module):
         vt = torch.as_tensor(v, dtype=torch.float32).view(1, 1, -1)
         logits, a_state = self.actor_forward(xt, state[0])
         value, c_state = self.critic_forward(xt, vt, state[1])
+        actions, logprob = self._choose(logits[0, 0], generator, deterministic)
+        return actions, logprob, float(value), (a_state, c_state)
+
+    def _choose(self, logits: torch.Tensor, generator: torch.Generator | None, deterministic: bool) -> tuple[np.ndarray, float]:
+        """One action from one row of logits: argmax, or one draw per dimension from ``generator``."""
         actions, logprob = [], 0.0
-        for d in self.dists(logits[0, 0]):
+        for d in self.dists(logits):
             if deterministic:
                 a = int(torch.argmax(d.probs))
             else:
                 a = int(torch.multinomial(d.probs, 1, generator=generator))
             actions.append(a)
             logprob += float(d.log_prob(torch.tensor(a)))
-        return np.asarray(actions, dtype=np.int64), logprob, float(value), (a_state, c_state)
+        return np.asarray(actions, dtype=np.int64), logprob
+
+    @torch.no_grad()
+    def act_batch(
+        self,
+        x: np.ndarray,
+        state: LSTMState | None,
+        generators: list[torch.Generator | None],
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, LSTMState]:
+        """One outer step of the actor for B environments at once: normalised (B, Fp) features in,
+        (actions (B, D), logprobs (B,), actor state) out. Row b draws from ``generators[b]`` exactly
+        as :meth:`act` would, so batched and one-at-a-time episodes take the same actions.
+        Values are left to :meth:`critic_forward` over the finished sequences.
+        """
+        logits, state = self.actor_forward(torch.as_tensor(x, dtype=torch.float32).unsqueeze(0), state)
+        chosen = [self._choose(row, gen, deterministic) for row, gen in zip(logits[0], generators)]
+        return np.stack([a for a, _ in chosen]), np.asarray([lp for _, lp in chosen]), state
 
     # --- saving --------------------------------------------------------------------------------
 

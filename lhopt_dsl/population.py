@@ -32,10 +32,10 @@ from .compile.task import InnerTask
 from .env import LearningCurve, Schedule, ciao_kwargs, evaluation_count, segment_bounds, shape_factor
 from .optim.ciao import DEFAULTS, check_hyperparameters
 from .optim.stats import NOISE_BETA, StepStats, noise_ratio, stats_from_sums
+from .spec.hparams import HPARAM_NAMES
 
 #: CIAO's hyperparameters that may differ between members (the rest are shared by all).
-MEMBER_HPARAMS = ("lr", "weight_decay", "eps", "one_minus_beta1", "one_minus_beta2", "grad_clip_fraction",
-                  "one_minus_beta_gradclip", "one_minus_beta_lamb")  # fmt: skip
+MEMBER_HPARAMS = HPARAM_NAMES
 SHARED_HPARAMS = ("denominator", "use_clip", "use_lamb", "lamb_min_trust")
 
 

@@ -134,6 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.seed is not None:
         spec = spec.model_copy(update={"seed": args.seed})
+    if args.no_population:
+        spec = spec.model_copy(update={"meta_train": spec.meta_train.model_copy(update={"population": False})})
     settings = Settings(
         max_minutes=args.max_minutes,
         iterations=args.iterations or spec.meta_train.iterations,
@@ -315,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="checkpoint directory (default: <meta_train.run_dir>/<spec name>)")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
     p.add_argument("--max-minutes", type=float, help="stop after the iteration that passes this much wall time")
+    p.add_argument("--no-population", action="store_true",
+                   help="run each task's runs one after another instead of as one batched population")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 with lean settings")

@@ -67,7 +67,8 @@ def _job(args: tuple) -> TaskResult:
     policy = ActorCritic.from_checkpoint(policy_ckpt)
     ema = ActorCritic.from_checkpoint(ema_ckpt) if ema_ckpt is not None else None
     return task_rollouts(cfg, policy, ema, spec.hparams, rollouts=rollouts, seed=seed, device=device,
-                         data_dir=data_dir, max_valid=spec.meta_train.max_valid)  # fmt: skip
+                         data_dir=data_dir, max_valid=spec.meta_train.max_valid,
+                         population=spec.meta_train.population)  # fmt: skip
 
 
 def _pad(episodes: list[Episode], key: str) -> torch.Tensor:
@@ -232,6 +233,7 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
                 "speed/episodes_per_s": len(episodes) / elapsed,
                 "speed/inner_steps_per_s": inner / elapsed,
                 "speed/rollout_share": rollout_time / elapsed,
+                "speed/population_share": float(np.mean([r.population for r in results])),
             }
             for fam in sorted({e.family for e in episodes}):
                 metrics[f"reward_by_family/{fam}"] = float(np.mean([e.reward_vs_initial for e in episodes if e.family == fam]))

@@ -92,6 +92,11 @@ class MetaTrainSpec(StrictModel):
         float, Field(ge=0, lt=1, description="Decay of the EMA of policy weights used as the self-play baseline.")
     ] = 0.9
     max_valid: Annotated[int, Field(ge=1, description="Validation examples evaluated at each outer step.")] = 512
+    population: Annotated[
+        bool,
+        Field(description="Train each task's runs (initial hyperparameters, self-play baseline, rollouts) as one "
+              "batched population where the task allows it; false runs them one after another."),
+    ] = True
     run_dir: Annotated[
         str, Field(description="Where checkpoints and local metrics go (relative to the working directory).")
     ] = "runs"
