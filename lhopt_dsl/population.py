@@ -20,6 +20,7 @@ their members one at a time.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -56,6 +57,53 @@ def adamw_settings(s: Schedule) -> dict[str, Any]:
             "one_minus_beta2": 1.0 - s.betas[1], "denominator": "adam", "use_clip": False, "use_lamb": False}  # fmt: skip
 
 
+def _ciao_update(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lamb_ema: torch.Tensor, grad_max: torch.Tensor,
+    clipped: torch.Tensor, cols: torch.Tensor, offsets: list[int], segments: torch.Tensor, use_clip: bool, adam: bool,
+    use_lamb: bool, lamb_min_trust: float,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """CIAO's update of K members on flat (K, N) tensors, in place except for the parameters.
+
+    Returns the update (K, N) to subtract times each member's learning rate, and the (K, tensors)
+    trust ratios. ``cols`` holds the per-member scalars that :meth:`CIAOPopulation.step` computes.
+    """
+    w1, b2, w2, sbc2, eps, wd_bc1, inv_bc1, bl, wl, gclip_decay, gclip_frac, lamb_bc = (
+        c.unsqueeze(1) for c in cols.unbind(1)
+    )
+    if use_clip:
+        grad_norm = torch.linalg.vector_norm(g, dim=1)
+        finite = torch.isfinite(grad_norm)
+        grad_max.copy_(torch.where(finite, torch.maximum(grad_max * gclip_decay[:, 0], grad_norm), grad_max))
+        threshold = gclip_frac[:, 0] * grad_max
+        clip = finite & (grad_norm > threshold)
+        clipped.add_(clip.to(clipped.dtype))
+        g.mul_(torch.where(clip, threshold / grad_norm, torch.ones_like(grad_norm)).unsqueeze(1))
+    m.lerp_(g, w1)
+    v.mul_(b2)
+    if adam:
+        v.addcmul_(g * w2, g)
+        denom = v.sqrt().div_(sbc2).add_(eps)
+    else:
+        torch.maximum(v, g.abs(), out=v)
+        denom = v + eps
+    update = m / denom  # bc1 x the update; 1/bc1 is folded into the trust ratio or applied at the end
+    update.add_(p * wd_bc1)
+    trust = torch.ones_like(lamb_ema)
+    if not use_lamb:
+        return update * inv_bc1, trust
+
+    def norms(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.linalg.vector_norm(x[:, a:b], dim=1) for a, b in zip(offsets, offsets[1:])], 1)
+
+    lamb_ema.mul_(bl).add_(norms(update) * (inv_bc1 * wl))
+    ema_hat = lamb_ema / lamb_bc
+    p_norm = norms(p)
+    ok = (p_norm > 0) & (ema_hat > 0)
+    trust = torch.where(ok, p_norm / torch.where(ok, ema_hat, torch.ones_like(ema_hat)), torch.ones_like(p_norm))
+    trust = trust.clamp(min=lamb_min_trust)
+    return update * (trust * inv_bc1)[:, segments], trust
+
+
 class CIAOPopulation:
     """K CIAO runs of one task as one batched model; ``settings[k]`` are member k's hyperparameters.
 
@@ -63,7 +111,7 @@ class CIAOPopulation:
     may be changed between steps; :data:`SHARED_HPARAMS` must agree between members.
     """
 
-    def __init__(self, task: InnerTask, settings: Sequence[dict[str, Any]]):
+    def __init__(self, task: InnerTask, settings: Sequence[dict[str, Any]], *, compile: bool = False):
         if not settings:
             raise ValueError("a population needs at least one member")
         full = [{**DEFAULTS, **s} for s in settings]
@@ -108,12 +156,10 @@ class CIAOPopulation:
             torch.arange(len(self.names), device=self.device), torch.tensor(self.numels, device=self.device)
         )
         model.train()
-
-        def loss(params: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            return task.loss_fn(_Member(model, params), batch)
-
-        self._grad = vmap(grad_and_value(loss), in_dims=(0, None))
-        self._loss = vmap(loss, in_dims=(0, None))
+        self.buffers = dict(model.named_buffers())
+        self.compiled = compile
+        self._grad, self._loss = _kernels(task, self.k, compile)
+        self._update = _compiled_update() if compile else _ciao_update
 
     # --- views -----------------------------------------------------------------------------------
 
@@ -121,10 +167,6 @@ class CIAOPopulation:
         """Per-tensor (K, *shape) views of the flat parameters."""
         return {n: self.flat[:, a:b].view(self.k, *s)
                 for n, s, a, b in zip(self.names, self.shapes, self.offsets, self.offsets[1:])}  # fmt: skip
-
-    def _per_tensor_norms(self, x: torch.Tensor) -> torch.Tensor:
-        """(K, tensors) norms of each tensor's slice of ``x`` (K, N)."""
-        return torch.stack([torch.linalg.vector_norm(x[:, a:b], dim=1) for a, b in zip(self.offsets, self.offsets[1:])], 1)
 
     def hparams(self, k: int) -> dict[str, float]:
         return {n: float(self.hp[n][k]) for n in MEMBER_HPARAMS}
@@ -137,7 +179,7 @@ class CIAOPopulation:
 
     def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, N) gradients and (K,) training losses of every member on the task's next batch."""
-        grads, losses = self._grad(self.params(), self.task.next_batch())
+        grads, losses = self._grad(self.params(), self.buffers, self.task.next_batch())
         return torch.cat([grads[n].reshape(self.k, -1) for n in self.names], 1), losses.detach()
 
     def train_step(self, stats: bool = False) -> tuple[torch.Tensor, list[StepStats] | None]:
@@ -155,45 +197,17 @@ class CIAOPopulation:
         self.lamb_prod *= bl
         self.steps_since_stats += 1
         bc1, bc2 = 1.0 - self.beta1_prod, 1.0 - self.beta2_prod
-        # Per-member scalars go to the device in one transfer, as (K, 1) columns.
+        # Per-member scalars go to the device in one transfer.
         host = torch.stack([1.0 - b1, b2, 1.0 - b2, bc2.sqrt(), hp["eps"], hp["weight_decay"] * bc1, 1.0 / bc1,
-                            hp["lr"], bl, 1.0 - bl, 1.0 - hp["one_minus_beta_gradclip"], hp["grad_clip_fraction"],
+                            bl, 1.0 - bl, 1.0 - hp["one_minus_beta_gradclip"], hp["grad_clip_fraction"],
                             1.0 - self.lamb_prod], 1)  # fmt: skip
-        cols = host.to(self.device, self.dtype).unbind(1)
-        w1, b2c, w2, sbc2, eps, wd_bc1, inv_bc1, lr, blc, wl, gclip_decay, gclip_frac, lamb_bc = (c.unsqueeze(1) for c in cols)
-        p, m, v, g = self.flat, self.exp_avg, self.exp_avg_sq, grads
-
-        if self.use_clip:
-            grad_norm = torch.linalg.vector_norm(g, dim=1)
-            finite = torch.isfinite(grad_norm)
-            self.grad_max = torch.where(finite, torch.maximum(self.grad_max * gclip_decay[:, 0], grad_norm), self.grad_max)
-            threshold = gclip_frac[:, 0] * self.grad_max
-            clip = finite & (grad_norm > threshold)
-            self.clipped += clip.to(self.dtype)
-            g.mul_(torch.where(clip, threshold / grad_norm, torch.ones_like(grad_norm)).unsqueeze(1))
-        m.lerp_(g, w1)
-        v.mul_(b2c)
-        if self.denominator == "adam":
-            v.addcmul_(g * w2, g)
-            denom = v.sqrt().div_(sbc2).add_(eps)
-        else:
-            torch.maximum(v, g.abs(), out=v)
-            denom = v + eps
-        update = m / denom  # bc1 x the update; 1/bc1 is folded into the trust ratio or the step size
-        update.add_(p * wd_bc1)
-        factor = inv_bc1
-        trust = torch.ones_like(self.lamb_ema)
-        if self.use_lamb:
-            self.lamb_ema.mul_(blc).add_(self._per_tensor_norms(update) * (factor * wl))
-            ema_hat = self.lamb_ema / lamb_bc
-            p_norm = self._per_tensor_norms(p)
-            ok = (p_norm > 0) & (ema_hat > 0)
-            trust = torch.where(ok, p_norm / torch.where(ok, ema_hat, torch.ones_like(ema_hat)), torch.ones_like(p_norm))
-            trust = trust.clamp(min=self.lamb_min_trust)
-            update.mul_((trust * factor)[:, self.segments])
-            factor = torch.ones_like(factor)
-        out = self._stats(g, update * factor, trust, losses) if stats else None
-        p.addcmul_(update, -(lr * factor))
+        update, trust = self._update(
+            self.flat, grads, self.exp_avg, self.exp_avg_sq, self.lamb_ema, self.grad_max, self.clipped,
+            host.to(self.device, self.dtype), self.offsets, self.segments, self.use_clip, self.denominator == "adam",
+            self.use_lamb, self.lamb_min_trust,
+        )  # fmt: skip
+        out = self._stats(grads, update, trust, losses) if stats else None
+        self.flat.addcmul_(update, hp["lr"].to(self.device, self.dtype).unsqueeze(1), value=-1.0)
         return out
 
     def _stats(self, g: torch.Tensor, u: torch.Tensor, trust: torch.Tensor, losses: torch.Tensor | None) -> list[StepStats]:
@@ -239,7 +253,7 @@ class CIAOPopulation:
             params = self.params()
             for batch in batches:
                 n = len(batch[0])
-                total += self._loss(params, batch).double() * n
+                total += self._loss(params, self.buffers, batch).double() * n
                 count += n
             return (total / max(count, 1)).cpu()
         finally:
@@ -258,11 +272,69 @@ class CIAOPopulation:
             getattr(self, name)[k].copy_(state[name])
 
 
+#: Compiled kernels shared by the populations of one architecture: (K, device, dtype, task spec
+#: without its run length) -> (grad, loss). Parameters, buffers and batches are inputs, so any task
+#: with that key may use them; compiling once per architecture is what makes compiling pay.
+_COMPILED: dict[Any, tuple[Any, Any]] = {}
+
+
+def _architecture(cfg: Any) -> Any:
+    """What fixes a task's model, loss and batch shapes: its family and spec without the run length."""
+    spec = cfg.task.model_dump(mode="json", exclude={"inner_steps", "outer_steps"})
+    return (cfg.family, repr(sorted(spec.items())))
+
+
+def _kernels(task: InnerTask, k: int, compile: bool) -> tuple[Any, Any]:
+    """vmapped (grad_and_value, loss) of ``task``'s loss over the member axis; with ``compile``,
+    ``torch.compile``d and cached per architecture (the first task's module is the skeleton)."""
+    key = (_architecture(task.config), k, str(task.device), compile)
+    if compile and key in _COMPILED:
+        return _COMPILED[key]
+    model, loss_fn = task.model, task.loss_fn
+
+    def loss(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...]):
+        return loss_fn(_Member(model, {**params, **buffers}), batch)
+
+    kernels = vmap(grad_and_value(loss), in_dims=(0, None, None)), vmap(loss, in_dims=(0, None, None))
+    if compile:
+        # Each architecture adds guarded entries for the same code objects; allow many.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
+        torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4096)
+        kernels = tuple(_Compiled(f) for f in kernels)
+        _COMPILED[key] = kernels
+    return kernels
+
+
+class _Compiled:
+    """``torch.compile(fn)`` with static shapes (vmap does not trace with symbolic ones) that falls
+    back to ``fn``, with one warning, if compiling fails: a run never dies of its speed-up."""
+
+    def __init__(self, fn: Any):
+        self.eager, self.compiled, self.failed = fn, torch.compile(fn, dynamic=False), False
+
+    def __call__(self, *args: Any) -> Any:
+        if not self.failed:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # compilation errors come in many types (dynamo, inductor, C++ toolchain)
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {first[:200]}); running this step eagerly")
+                self.failed = True
+        return self.eager(*args)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_update() -> Any:
+    return _Compiled(_ciao_update)
+
+
 def _eligible(model: nn.Module) -> bool:
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-@functools.lru_cache(maxsize=256)
+_BATCHABLE: dict[Any, bool] = {}
+
+
 def _probe(cfg: Any, device: str, data_dir: str | None, max_valid: int) -> bool:
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
     if not _eligible(task.model):
@@ -277,15 +349,21 @@ def _probe(cfg: Any, device: str, data_dir: str | None, max_valid: int) -> bool:
 
 
 def batchable(cfg: Any, device: str | torch.device = "cpu", data_dir: str | None = None, max_valid: int = 512) -> bool:
-    """Whether ``cfg``'s task can run as a population (cached per task and device)."""
-    return _probe(cfg, str(device), data_dir, max_valid)
+    """Whether ``cfg``'s task can run as a population (probed once per architecture and device)."""
+    key = (_architecture(cfg), str(device))
+    if key not in _BATCHABLE:
+        _BATCHABLE[key] = _probe(cfg, str(device), data_dir, max_valid)
+    return _BATCHABLE[key]
 
 
 def run_population(
     cfg: Any, schedules: Sequence[Schedule], *, steps: int | None = None, device: str | torch.device = "cpu",
-    data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
+    data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None, compile: bool = False,
 ) -> list[LearningCurve] | None:  # fmt: skip
-    """Curves of AdamW ``schedules`` on ``cfg``'s task, trained together; None if the task can't be batched."""
+    """Curves of AdamW ``schedules`` on ``cfg``'s task, trained together; None if the task can't be batched.
+
+    ``compile``: ``torch.compile`` the population's step (see :class:`CIAOPopulation`).
+    """
     if not schedules or any(s.optimizer != "adamw" for s in schedules):
         raise ValueError("a population of baselines needs AdamW schedules")
     first = schedules[0]
@@ -294,7 +372,7 @@ def run_population(
     if not batchable(cfg, device, data_dir, max_valid):
         return None
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
-    pop = CIAOPopulation(task, [adamw_settings(s) for s in schedules])
+    pop = CIAOPopulation(task, [adamw_settings(s) for s in schedules], compile=compile)
     total = steps or task.steps
     base_lr = torch.tensor([s.lr for s in schedules], dtype=torch.float64)
     k = evaluations or evaluation_count(task, total)

@@ -87,10 +87,20 @@ def fit_power_law(steps: np.ndarray, losses: np.ndarray) -> PowerLaw | None:
     def residuals(x: np.ndarray) -> np.ndarray:
         return np.log(unpack(x)(steps)) - log_y
 
+    log_s1 = np.log(steps + 1.0)
+
+    def jacobian(x: np.ndarray) -> np.ndarray:
+        """Exact derivatives of the residuals (a third of the cost of finite differences)."""
+        sig = 1.0 / (1.0 + math.exp(-x[0]))
+        a, alpha = math.exp(x[1]), math.exp(x[2])
+        decay = a * np.exp(-alpha * log_s1)  # A (s + 1)^-alpha
+        inv = 1.0 / (y_min * sig + decay)
+        return np.stack([inv * y_min * sig * (1.0 - sig), inv * decay, -inv * decay * log_s1 * alpha], 1)
+
     start = np.asarray([0.0, math.log(max(losses[0] - 0.5 * y_min, 1e-12)), math.log(0.5)])
     bounds = ([-30.0, -50.0, math.log(1e-3)], [30.0, 50.0, math.log(10.0)])
     try:
-        result = least_squares(residuals, start, bounds=bounds, method="trf")
+        result = least_squares(residuals, start, jac=jacobian, bounds=bounds, method="trf")
     except (ValueError, FloatingPointError):
         return None
     law = unpack(result.x)

@@ -111,6 +111,7 @@ def task_rollouts(
     data_dir: str | None = None,
     max_valid: int = 512,
     population: bool = True,
+    compile: bool = False,
 ) -> TaskResult:
     """Baseline run(s) and ``rollouts`` policy episodes on one task.
 
@@ -118,11 +119,12 @@ def task_rollouts(
     the task's initial hyperparameters; the latter is always run too, for the
     ``reward/vs_initial_hparams`` metric. With ``population`` (the default) all of these runs
     train together as one batched model where the task allows it (:func:`population_rollouts`);
-    otherwise, and for tasks that can't be batched, one after another.
+    otherwise, and for tasks that can't be batched, one after another. ``compile``: ``torch.compile``
+    the population's step (compiled once per architecture and process).
     """
     if population and batchable(cfg, device, data_dir, max_valid):
         return population_rollouts(cfg, policy, ema_policy, space, rollouts=rollouts, seed=seed, device=device,
-                                   data_dir=data_dir, max_valid=max_valid)  # fmt: skip
+                                   data_dir=data_dir, max_valid=max_valid, compile=compile)  # fmt: skip
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     steps = segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps)
     initial = run_schedule(cfg, Schedule(optimizer="ciao"), device=device, data_dir=data_dir, max_valid=max_valid)
@@ -184,6 +186,7 @@ def population_rollouts(
     data_dir: str | None = None,
     max_valid: int = 512,
     stats_every: int = 4,
+    compile: bool = False,
 ) -> TaskResult:
     """:func:`task_rollouts` with every run of the task in one :class:`CIAOPopulation`.
 
@@ -202,7 +205,7 @@ def population_rollouts(
     if ema_policy is not None:
         plan.append((ema_policy, None, True))
     plan += [(policy, torch.Generator().manual_seed(seed * 1000 + r), False) for r in range(rollouts)]
-    pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * (1 + len(plan)))  # row 0: initial hyperparameters
+    pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * (1 + len(plan)), compile=compile)  # row 0: initial hyperparameters
     initial = {n: float(getattr(cfg.hparams, n)) for n in HPARAM_NAMES}
     actors = []
     for i, (pol, gen, greedy) in enumerate(plan):

@@ -344,6 +344,7 @@ def run_grid(
     progress: Progress | None = None,
     wait: bool = True,
     population: bool | None = None,
+    compile: bool = False,
 ) -> dict[Pair, LearningCurve]:
     """Run (or resume, or help finish) the baseline grid of one task; return every pair's curve.
 
@@ -399,7 +400,7 @@ def run_grid(
                 continue
             t0 = time.time()
             curves = run_population(cfg, [schedule_of(n) for n in todo], steps=horizon * T, device=device,
-                                    data_dir=data_dir, max_valid=max_valid)  # fmt: skip
+                                    data_dir=data_dir, max_valid=max_valid, compile=compile)  # fmt: skip
             if curves is None:  # the task's model cannot be batched: sequential runs below
                 break
             share = (time.time() - t0) / len(todo)

@@ -134,8 +134,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.seed is not None:
         spec = spec.model_copy(update={"seed": args.seed})
-    if args.no_population:
-        spec = spec.model_copy(update={"meta_train": spec.meta_train.model_copy(update={"population": False})})
+    if args.no_population or args.compile:
+        update = {"population": False} if args.no_population else {"compile": True}
+        spec = spec.model_copy(update={"meta_train": spec.meta_train.model_copy(update=update)})
     settings = Settings(
         max_minutes=args.max_minutes,
         iterations=args.iterations or spec.meta_train.iterations,
@@ -211,6 +212,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import run
 
     spec = load_spec(args.spec)
+    if args.compile:
+        spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"compile": True})})
     policy = _policy_path(args.policy, args.tracking_uri)
     out = Path(args.out or Path(spec.meta_train.run_dir) / f"{spec.name}-eval")
     run(spec, policy, num_tasks=args.tasks or spec.evaluation.num_tasks, storage=args.storage, out=out,
@@ -319,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop after the iteration that passes this much wall time")
     p.add_argument("--no-population", action="store_true",
                    help="run each task's runs one after another instead of as one batched population")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the populations' steps (once per architecture; pays on long runs)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 with lean settings")
@@ -335,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna RDB storage URL of the baseline grid (default: SQLite in --out)")
     p.add_argument("--out", help="output directory (default: <run_dir>/<spec name>-eval)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the baseline populations' steps (once per task; pays on long runs)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("curves", help="plot and summarise a metric over iterations for training run directories")

@@ -62,11 +62,11 @@ class TaskEval:
 
 
 def evaluate_task(cfg: TaskConfig, policy: Any, space: Any, storage: str, device: str, data_dir: str | None,
-                  max_valid: int) -> TaskEval:  # fmt: skip
+                  max_valid: int, compile: bool = False) -> TaskEval:  # fmt: skip
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True)
     curves = run_grid(cfg, storage, names=BASELINES, horizons=(1, 2), device=device, data_dir=data_dir,
-                      max_valid=max_valid)  # fmt: skip
+                      max_valid=max_valid, compile=compile)  # fmt: skip
     return TaskEval(cfg, episode.valid_curve, episode.hparams, curves)
 
 
@@ -179,7 +179,7 @@ def run(spec: ExperimentSpec, policy_path: Path, *, num_tasks: int, storage: str
     for i in tqdm(range(num_tasks), desc="evaluate", unit="task", disable=quiet):
         cfg = eval_config(spec, i)
         results.append(evaluate_task(cfg, policy, space, storage, spec.device, spec.data_dir,
-                                     spec.meta_train.max_valid))  # fmt: skip
+                                     spec.meta_train.max_valid, spec.evaluation.compile))  # fmt: skip
     summary = summarise(results)
     text = format_table1(summary["table1"])
     markdown = format_table1(summary["table1"], markdown=True)

@@ -68,7 +68,7 @@ def _job(args: tuple) -> TaskResult:
     ema = ActorCritic.from_checkpoint(ema_ckpt) if ema_ckpt is not None else None
     return task_rollouts(cfg, policy, ema, spec.hparams, rollouts=rollouts, seed=seed, device=device,
                          data_dir=data_dir, max_valid=spec.meta_train.max_valid,
-                         population=spec.meta_train.population)  # fmt: skip
+                         population=spec.meta_train.population, compile=spec.meta_train.compile)  # fmt: skip
 
 
 def _pad(episodes: list[Episode], key: str) -> torch.Tensor:

@@ -204,3 +204,22 @@ def test_population_rollouts_equal_one_at_a_time_rollouts(family):
         for hp, hs in zip(p.hparams, s.hparams):
             assert hp == pytest.approx(hs, rel=1e-9)
     assert restarts > 0  # the random policy saves, loads and swaps checkpoints
+
+
+def test_compiled_population_equals_eager_and_is_shared_per_architecture():
+    from lhopt_dsl import population
+
+    cfg = smoke("mlp")
+    settings = _members(cfg, "adamax", True)
+    eager, compiled = (CIAOPopulation(compile_task(cfg), settings, compile=c) for c in (False, True))
+    for i in range(6):
+        le, se = eager.train_step(stats=i % 3 == 2)
+        lc, sc = compiled.train_step(stats=i % 3 == 2)
+        assert torch.allclose(le, lc, rtol=1e-4, atol=1e-6)
+        for a, b in zip(se or [], sc or []):
+            assert all(close(a[n], b[n], rel=2e-3, abs_=2e-4) for n in STAT_NAMES)
+    assert torch.allclose(eager.evaluate(eager.task.valid_batches), compiled.evaluate(compiled.task.valid_batches),
+                          rtol=1e-4, atol=1e-6)  # fmt: skip
+    kernels = compiled._grad
+    again = CIAOPopulation(compile_task(smoke("mlp")), settings, compile=True)  # same architecture: no recompile
+    assert again._grad is kernels and len(population._COMPILED) >= 1

@@ -97,6 +97,11 @@ class MetaTrainSpec(StrictModel):
         Field(description="Train each task's runs (initial hyperparameters, self-play baseline, rollouts) as one "
               "batched population where the task allows it; false runs them one after another."),
     ] = True
+    compile: Annotated[
+        bool,
+        Field(description="torch.compile the batched populations' steps (compiled once per architecture and "
+              "process: pays on long runs and on distributions with few architectures)."),
+    ] = False
     run_dir: Annotated[
         str, Field(description="Where checkpoints and local metrics go (relative to the working directory).")
     ] = "runs"
@@ -110,6 +115,11 @@ class EvaluationSpec(StrictModel):
         TaskDistribution | None,
         Field(description="Evaluation distribution (may use out-of-distribution datasets); default: the training one."),
     ] = None
+    compile: Annotated[
+        bool,
+        Field(description="torch.compile the batched populations' steps (compiled once per architecture and "
+              "process: pays on long runs and on distributions with few architectures)."),
+    ] = False
 
 
 class TrackingSpec(StrictModel):
