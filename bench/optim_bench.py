@@ -304,7 +304,7 @@ def part_b(args: argparse.Namespace) -> None:
     print()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=("a", "b", "both"), default="both")
     ap.add_argument("--sizes", default="512x4,2048x6", help="MLPs for (a), WIDTHxDEPTH, comma-separated")
@@ -324,7 +324,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
                     help="time contenders by this process's CPU time (default; with one thread it is robust to "
                          "other processes time-slicing the cores) or by wall clock (quiet machines only)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     global clock
     clock = CLOCKS[args.clock]
     if args.threads:

@@ -156,7 +156,8 @@ class CIAOPopulation:
             torch.arange(len(self.names), device=self.device), torch.tensor(self.numels, device=self.device)
         )
         model.train()
-        self.buffers = dict(model.named_buffers())
+        # Copies: a compiled kernel shared by populations must not specialise on one task's own buffer objects.
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         self.compiled = compile
         self._grad, self._loss = _kernels(task, self.k, compile)
         self._update = _compiled_update() if compile else _ciao_update
@@ -180,7 +181,8 @@ class CIAOPopulation:
     def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, N) gradients and (K,) training losses of every member on the task's next batch."""
         grads, losses = self._grad(self.params(), self.buffers, self.task.next_batch())
-        return torch.cat([grads[n].reshape(self.k, -1) for n in self.names], 1), losses.detach()
+        # Copies (cat, clone): a CUDA-graph kernel's outputs are overwritten by its next replay.
+        return torch.cat([grads[n].reshape(self.k, -1) for n in self.names], 1), losses.detach().clone()
 
     def train_step(self, stats: bool = False) -> tuple[torch.Tensor, list[StepStats] | None]:
         """One inner step of every member; returns (K,) losses and, if asked, each member's statistics."""
@@ -253,7 +255,7 @@ class CIAOPopulation:
             params = self.params()
             for batch in batches:
                 n = len(batch[0])
-                total += self._loss(params, self.buffers, batch).double() * n
+                total += self._loss(params, self.buffers, batch).double() * n  # .double() copies
                 count += n
             return (total / max(count, 1)).cpu()
         finally:
@@ -300,17 +302,27 @@ def _kernels(task: InnerTask, k: int, compile: bool) -> tuple[Any, Any]:
         # Each architecture adds guarded entries for the same code objects; allow many.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
         torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4096)
-        kernels = tuple(_Compiled(f) for f in kernels)
+        # Dynamo refuses to trace code that touches nn.RNN/GRU/LSTM modules unless allowed; populations only
+        # read their parameters (``unrolled_rnn``), never call their fused kernels.
+        torch._dynamo.config.allow_rnn = True
+        # On CUDA the gradient and loss kernels (which mutate no inputs) replay as CUDA graphs.
+        kernels = tuple(_Compiled(f, cuda_graphs=task.device.type == "cuda") for f in kernels)
         _COMPILED[key] = kernels
     return kernels
 
 
 class _Compiled:
     """``torch.compile(fn)`` with static shapes (vmap does not trace with symbolic ones) that falls
-    back to ``fn``, with one warning, if compiling fails: a run never dies of its speed-up."""
+    back to ``fn``, with one warning, if compiling fails: a run never dies of its speed-up.
 
-    def __init__(self, fn: Any):
-        self.eager, self.compiled, self.failed = fn, torch.compile(fn, dynamic=False), False
+    ``cuda_graphs``: compile with ``mode="reduce-overhead"``, which on CUDA captures the compiled
+    step in a CUDA graph and replays it (shapes are static). Its outputs live in the graph's memory
+    pool and are overwritten by the next replay, so callers copy what they keep.
+    """
+
+    def __init__(self, fn: Any, cuda_graphs: bool = False):
+        mode = "reduce-overhead" if cuda_graphs else None
+        self.eager, self.compiled, self.failed = fn, torch.compile(fn, dynamic=False, mode=mode), False
 
     def __call__(self, *args: Any) -> Any:
         if not self.failed:

@@ -389,8 +389,8 @@ def run_grid(
     # AdamW pairs of one horizon share the task: train them together as one batched population
     # where that pays (``population=None``: the families of POPULATION_FAMILIES; see PERFORMANCE.md).
     batched: dict[Pair, tuple[LearningCurve, float]] = {}
-    if population is None:
-        population = cfg.task.family in POPULATION_FAMILIES
+    if population is None:  # compiled populations pay for every batchable family (PERFORMANCE.md, row c)
+        population = compile or cfg.task.family in POPULATION_FAMILIES
     if population:
         complete, running = _status(study)
         for horizon in horizons:

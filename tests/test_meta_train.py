@@ -241,3 +241,21 @@ def test_worker_processes_give_the_same_run_as_in_process(tmp_path):
     b = torch.load(tmp_path / "w2" / "checkpoint.pt", weights_only=False)
     for k, v in a["policy"]["weights"].items():
         assert torch.equal(v, b["policy"]["weights"][k]), k
+
+
+@pytest.mark.parametrize("flag,share", [("--no-population", 0.0), (None, None), ("--compile", None)])
+def test_train_cli_population_switch(tmp_path, flag, share):
+    """Populations are the default where tasks allow it; --no-population runs members one at a time."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "runners.cli", "train", str(spec), "--run-dir", str(run), "--iterations", "2",
+           "--tracking-uri", "http://127.0.0.1:9"] + ([flag] if flag else [])  # fmt: skip
+    out = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    history = torch.load(run / "checkpoint.pt", weights_only=False)["history"]
+    shares = [h["speed/population_share"] for h in history]
+    if share is not None:
+        assert shares == [share, share]
+    else:
+        assert all(s > 0 for s in shares)

@@ -140,15 +140,17 @@ def test_population_members_must_share_the_switches():
         CIAOPopulation(compile_task(cfg), [{**base, "lr": -1.0}])
 
 
-def test_baseline_grid_uses_the_population_and_records_every_member(tmp_path):
+@pytest.mark.parametrize("family,compile", [("nqm", False), ("rnn", True)])
+def test_baseline_grid_uses_the_population_and_records_every_member(tmp_path, family, compile):
     import optuna
 
     from runners.baselines import run_grid, study_name
 
-    cfg = smoke("nqm")
+    cfg = smoke(family)
     names = [f"adamw-{shape}-lr0.001" for shape in SHAPES[:3]]
     storage = f"sqlite:///{tmp_path / 'grid.db'}"
-    curves = run_grid(cfg, storage, names=names, horizons=(1,), population=True)
+    # population=None: the default, which batches nqm eagerly and every batchable family when compiling
+    curves = run_grid(cfg, storage, names=names, horizons=(1,), population=None, compile=compile)
     study = optuna.load_study(study_name=study_name(cfg), storage=storage)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 3 and all(t.user_attrs["run"]["population"] for t in done)
