@@ -225,3 +225,22 @@ def test_compiled_population_equals_eager_and_is_shared_per_architecture():
     kernels = compiled._grad
     again = CIAOPopulation(compile_task(smoke("mlp")), settings, compile=True)  # same architecture: no recompile
     assert again._grad is kernels and len(population._COMPILED) >= 1
+
+
+def test_a_diverging_member_leaves_the_others_alone():
+    cfg = smoke("mlp")
+    base = ciao_kwargs(cfg.hparams)
+    pop = CIAOPopulation(compile_task(cfg), [base, {**base, "lr": 1e6, "use_lamb": True}])
+    pop.hp["lr"][1] = 1e6  # far past stability: this member's weights overflow
+    task = compile_task(cfg)
+    opt = CIAO(task.params, **base)
+    for i in range(30):
+        losses, stats = pop.train_step(stats=i % 4 == 3)
+        loss = task.train_loss(task.next_batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert close(float(loss.detach()), float(losses[0]))
+    valid = pop.evaluate(pop.task.valid_batches)
+    assert not math.isfinite(float(valid[1])) or float(valid[1]) > 10 * float(valid[0])
+    assert close(float(valid[0]), task.valid_loss())
