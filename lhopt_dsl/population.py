@@ -104,6 +104,24 @@ def _ciao_update(
     return update * (trust * inv_bc1)[:, segments], trust
 
 
+def _stat_sums(
+    g: torch.Tensor, u: torch.Tensor, trust: torch.Tensor, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+    noise_ema: torch.Tensor, clipped: torch.Tensor, eps: torch.Tensor, bc2: torch.Tensor, numels: torch.Tensor,
+    adam: bool,
+) -> torch.Tensor:  # fmt: skip
+    """The (12, K) per-member reductions that :func:`stats_from_sums` turns into statistics, in one
+    pass over the step's tensors (parameters before the update); advances the noise-scale EMA."""
+    f64 = torch.float64
+    sq = lambda x: torch.linalg.vector_norm(x, dim=1, dtype=f64) ** 2  # noqa: E731
+    dot = lambda x, y: (x * y).sum(1, dtype=f64)  # noqa: E731
+    big = ((v / bc2).sqrt() >= eps).sum(1) if adam else (v >= eps).sum(1)
+    noise_ema.lerp_(g, 1.0 - NOISE_BETA)
+    return torch.stack([
+        sq(g), sq(m), sq(u), sq(p), dot(g, m), dot(g, u), dot(g, p), u.abs().sum(1, dtype=f64), big.to(f64),
+        (torch.log(trust.to(f64)) * numels).sum(1), clipped.to(f64), sq(noise_ema),
+    ])  # fmt: skip
+
+
 class CIAOPopulation:
     """K CIAO runs of one task as one batched model; ``settings[k]`` are member k's hyperparameters.
 
@@ -160,7 +178,9 @@ class CIAOPopulation:
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         self.compiled = compile
         self._grad, self._loss = _kernels(task, self.k, compile)
-        self._update = _compiled_update() if compile else _ciao_update
+        self._update = _compiled("update") if compile else _ciao_update
+        self._stat_sums = _compiled("stat_sums") if compile else _stat_sums
+        self.numel_tensor = torch.tensor(self.numels, device=self.device, dtype=torch.float64)
 
     # --- views -----------------------------------------------------------------------------------
 
@@ -214,23 +234,10 @@ class CIAOPopulation:
 
     def _stats(self, g: torch.Tensor, u: torch.Tensor, trust: torch.Tensor, losses: torch.Tensor | None) -> list[StepStats]:
         """Per-member statistics; parameters are read before this step's update."""
-        f64 = torch.float64
-        p, m, v = self.flat, self.exp_avg, self.exp_avg_sq
-        sq = lambda x: torch.linalg.vector_norm(x, dim=1, dtype=f64) ** 2  # noqa: E731
-        dot = lambda x, y: (x * y).sum(1, dtype=f64)  # noqa: E731
         eps = self.hp["eps"].to(self.device, self.dtype).unsqueeze(1)
-        if self.denominator == "adam":
-            bc2 = (1.0 - self.beta2_prod).to(self.device, self.dtype).unsqueeze(1)
-            big = ((v / bc2).sqrt() >= eps).sum(1)
-        else:
-            big = (v >= eps).sum(1)
-        self.noise_ema.lerp_(g, 1.0 - NOISE_BETA)
-        numels = torch.tensor(self.numels, device=self.device, dtype=f64)
-        g2, u2 = sq(g), sq(u)
-        reductions = torch.stack([
-            g2, sq(m), u2, sq(p), dot(g, m), dot(g, u), dot(g, p), u.abs().sum(1, dtype=f64), big.to(f64),
-            (torch.log(trust.to(f64)) * numels).sum(1), self.clipped.to(f64), sq(self.noise_ema),
-        ]).cpu()  # fmt: skip
+        bc2 = (1.0 - self.beta2_prod).to(self.device, self.dtype).unsqueeze(1)
+        reductions = self._stat_sums(g, u, trust, self.flat, self.exp_avg, self.exp_avg_sq, self.noise_ema,
+                                     self.clipped, eps, bc2, self.numel_tensor, self.denominator == "adam").cpu()  # fmt: skip
         g2, m2, u2, w2, gm, gu, gw, abs_u, big, log_trust, clipped, noise_m2 = reductions.unbind()
         self.noise_sq_ema = self.noise_sq_ema * NOISE_BETA + (1.0 - NOISE_BETA) * g2
         self.noise_count += 1
@@ -335,9 +342,9 @@ class _Compiled:
         return self.eager(*args)
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_update() -> Any:
-    return _Compiled(_ciao_update)
+@functools.lru_cache(maxsize=None)
+def _compiled(name: str) -> Any:
+    return _Compiled({"update": _ciao_update, "stat_sums": _stat_sums}[name])
 
 
 def _eligible(model: nn.Module) -> bool:
