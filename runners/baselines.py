@@ -48,7 +48,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from lhopt_dsl.compile import compile_task
+from lhopt_dsl.compile import compile_task, estimate_cost
 from lhopt_dsl.compile.task import InnerTask
 from lhopt_dsl.population import run_population
 from lhopt_dsl.env import SHAPES, LearningCurve, Schedule, evaluation_count, run_schedule, train_and_measure
@@ -65,10 +65,11 @@ SCHEDULEFREE_WARMUP = 0.05  # fraction of the run
 PRODIGY_LR = 1.0
 BN_CALIBRATION_BATCHES = 8  # Schedule-Free: BatchNorm statistics recomputed at the evaluated weights
 
-#: Families whose baseline grid runs as one batched population by default. On CPUs batching pays
-#: only where per-step overhead dominates (bench/population_bench.py: NQM about 11x; MLPs about 1x;
-#: convolutions and attention slower under vmap), so only these.
-POPULATION_FAMILIES = frozenset({"nqm", "mlp"})
+#: Eager (uncompiled) populations run a task's baseline grid by default only for tasks of at most
+#: this many FLOPs per training step: on CPUs batching pays where per-step overhead dominates (bench row
+#: (c): tiny NQM, MLP and RNN tasks 3-9x) and not where compute does (a 28-MFLOP MLP 0.87x, a
+#: 17-MFLOP Transformer 0.54x, convolutions 0.5x). Compiled populations pay for every batchable task.
+EAGER_POPULATION_MAX_FLOPS = 2e6
 HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 120  # a RUNNING trial without a heartbeat for this long is failed (its worker died)
 POLL_INTERVAL = 2.0  # seconds between checks while other workers finish the last pairs
@@ -387,10 +388,10 @@ def run_grid(
         return float(final) if math.isfinite(final) else math.inf
 
     # AdamW pairs of one horizon share the task: train them together as one batched population
-    # where that pays (``population=None``: the families of POPULATION_FAMILIES; see PERFORMANCE.md).
+    # where that pays (``population=None``; see EAGER_POPULATION_MAX_FLOPS and PERFORMANCE.md).
     batched: dict[Pair, tuple[LearningCurve, float]] = {}
-    if population is None:  # compiled populations pay for every batchable family (PERFORMANCE.md, row c)
-        population = compile or cfg.task.family in POPULATION_FAMILIES
+    if population is None:
+        population = compile or estimate_cost(cfg).flops_per_step <= EAGER_POPULATION_MAX_FLOPS
     if population:
         complete, running = _status(study)
         for horizon in horizons:
