@@ -162,7 +162,8 @@ class CIAOPopulation:
         flat = torch.cat([p.detach().reshape(-1) for _, p in named])
         self.flat = flat.unsqueeze(0).repeat(self.k, 1).contiguous()  # (K, N)
         zeros = lambda *shape: torch.zeros(*shape, device=self.device, dtype=self.dtype)  # noqa: E731
-        self.exp_avg, self.exp_avg_sq, self.noise_ema = zeros(self.k, self.numel), zeros(self.k, self.numel), zeros(self.k, self.numel)
+        self.exp_avg, self.exp_avg_sq = zeros(self.k, self.numel), zeros(self.k, self.numel)
+        self._noise_ema: torch.Tensor | None = None  # allocated at the first statistics step
         self.lamb_ema = zeros(self.k, len(self.names))  # per member and tensor: EMA of the update norm
         self.grad_max = zeros(self.k)
         self.clipped = zeros(self.k)
@@ -193,8 +194,20 @@ class CIAOPopulation:
         return {n: float(self.hp[n][k]) for n in MEMBER_HPARAMS}
 
     def set_hparams(self, k: int, values: dict[str, float]) -> None:
+        """Change member k's hyperparameters (checked by CIAO's rules) from the next step on."""
+        unknown = set(values) - set(MEMBER_HPARAMS)
+        if unknown:
+            raise KeyError(f"not a per-member hyperparameter: {sorted(unknown)}; those are {list(MEMBER_HPARAMS)}")
+        check_hyperparameters({**DEFAULTS, **self.hparams(k), **{n: float(v) for n, v in values.items()}})
         for n, v in values.items():
             self.hp[n][k] = float(v)
+
+    @property
+    def noise_ema(self) -> torch.Tensor:
+        """(K, N) moving average of the gradient for the noise-scale statistic."""
+        if self._noise_ema is None:
+            self._noise_ema = torch.zeros_like(self.flat)
+        return self._noise_ema
 
     # --- training ------------------------------------------------------------------------------
 

@@ -244,3 +244,14 @@ def test_a_diverging_member_leaves_the_others_alone():
     valid = pop.evaluate(pop.task.valid_batches)
     assert not math.isfinite(float(valid[1])) or float(valid[1]) > 10 * float(valid[0])
     assert close(float(valid[0]), task.valid_loss())
+
+
+def test_set_hparams_checks_values():
+    cfg = smoke("nqm")
+    pop = CIAOPopulation(compile_task(cfg), [ciao_kwargs(cfg.hparams)] * 2)
+    with pytest.raises(ValueError, match="one_minus_beta1"):
+        pop.set_hparams(0, {"one_minus_beta1": 1.5})
+    with pytest.raises(KeyError, match="denominator"):
+        pop.set_hparams(0, {"denominator": 1.0})
+    pop.set_hparams(1, {"lr": 0.5})
+    assert pop.hparams(1)["lr"] == 0.5 and pop.hparams(0)["lr"] == cfg.hparams.lr
