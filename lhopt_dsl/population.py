@@ -20,6 +20,7 @@ their members one at a time.
 from __future__ import annotations
 
 import functools
+import itertools
 import warnings
 from typing import Any, Sequence
 
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from .compile import compile_task
+from .compile import compile_task, estimate_cost
 from .compile.models import Block, SequenceTagger
 from .compile.task import InnerTask
 from .env import LearningCurve, Schedule, ciao_kwargs, evaluation_count, segment_bounds, shape_factor
@@ -178,9 +179,7 @@ class CIAOPopulation:
         # Copies: a compiled kernel shared by populations must not specialise on one task's own buffer objects.
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         self.compiled = compile
-        self._grad, self._loss = _kernels(task, self.k, compile)
-        self._update = _compiled("update") if compile else _ciao_update
-        self._stat_sums = _compiled("stat_sums") if compile else _stat_sums
+        self._grad, self._loss, self._update, self._stat_sums = _kernels(task, self.k, compile)
         self.numel_tensor = torch.tensor(self.numels, device=self.device, dtype=torch.float64)
 
     # --- views -----------------------------------------------------------------------------------
@@ -294,10 +293,12 @@ class CIAOPopulation:
             getattr(self, name)[k].copy_(state[name])
 
 
-#: Compiled kernels shared by the populations of one architecture: (K, device, dtype, task spec
-#: without its run length) -> (grad, loss). Parameters, buffers and batches are inputs, so any task
-#: with that key may use them; compiling once per architecture is what makes compiling pay.
-_COMPILED: dict[Any, tuple[Any, Any]] = {}
+#: Compiled kernels shared by the populations of one architecture: (task spec without its run
+#: length, K, device) -> (grad, loss, update, statistics). Parameters, buffers and batches are
+#: inputs, so any task with that key may use them; compiling once per architecture is what makes
+#: compiling pay.
+_COMPILED: dict[Any, tuple[Any, Any, Any, Any]] = {}
+_SERIAL = itertools.count()
 
 
 def _architecture(cfg: Any) -> Any:
@@ -306,10 +307,11 @@ def _architecture(cfg: Any) -> Any:
     return (cfg.family, repr(sorted(spec.items())))
 
 
-def _kernels(task: InnerTask, k: int, compile: bool) -> tuple[Any, Any]:
-    """vmapped (grad_and_value, loss) of ``task``'s loss over the member axis; with ``compile``,
-    ``torch.compile``d and cached per architecture (the first task's module is the skeleton)."""
-    key = (_architecture(task.config), k, str(task.device), compile)
+def _kernels(task: InnerTask, k: int, compile: bool) -> tuple[Any, Any, Any, Any]:
+    """(vmapped grad_and_value, vmapped loss, CIAO update, statistics reductions) for ``task``'s
+    population; with ``compile``, ``torch.compile``d and cached per architecture (the first task's
+    module is the skeleton)."""
+    key = (_architecture(task.config), k, str(task.device))
     if compile and key in _COMPILED:
         return _COMPILED[key]
     model, loss_fn = task.model, task.loss_fn
@@ -317,17 +319,16 @@ def _kernels(task: InnerTask, k: int, compile: bool) -> tuple[Any, Any]:
     def loss(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...]):
         return loss_fn(_Member(model, {**params, **buffers}), batch)
 
-    kernels = vmap(grad_and_value(loss), in_dims=(0, None, None)), vmap(loss, in_dims=(0, None, None))
-    if compile:
-        # Each architecture adds guarded entries for the same code objects; allow many.
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
-        torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 4096)
-        # Dynamo refuses to trace code that touches nn.RNN/GRU/LSTM modules unless allowed; populations only
-        # read their parameters (``unrolled_rnn``), never call their fused kernels.
-        torch._dynamo.config.allow_rnn = True
-        # On CUDA the gradient and loss kernels (which mutate no inputs) replay as CUDA graphs.
-        kernels = tuple(_Compiled(f, cuda_graphs=task.device.type == "cuda") for f in kernels)
-        _COMPILED[key] = kernels
+    grad, value = vmap(grad_and_value(loss), in_dims=(0, None, None)), vmap(loss, in_dims=(0, None, None))
+    if not compile:
+        return grad, value, _ciao_update, _stat_sums
+    # Dynamo refuses to trace code that touches nn.RNN/GRU/LSTM modules unless allowed; populations only
+    # read their parameters (``unrolled_rnn``), never call their fused kernels.
+    torch._dynamo.config.allow_rnn = True
+    # On CUDA the gradient and loss kernels (which mutate no inputs) replay as CUDA graphs.
+    graphs = task.device.type == "cuda"
+    kernels = (_Compiled(grad, graphs), _Compiled(value, graphs), _Compiled(_ciao_update), _Compiled(_stat_sums))
+    _COMPILED[key] = kernels
     return kernels
 
 
@@ -341,8 +342,15 @@ class _Compiled:
     """
 
     def __init__(self, fn: Any, cuda_graphs: bool = False):
+        def entry(*args: Any) -> Any:
+            return fn(*args)
+
+        # Dynamo keeps its compiled graphs per code object and checks their guards one after another on
+        # every call; a code object of its own per architecture keeps that list one entry long however
+        # many architectures a process meets (shared code objects made later calls measurably slower).
+        entry.__code__ = entry.__code__.replace(co_name=f"population_kernel_{next(_SERIAL)}")
         mode = "reduce-overhead" if cuda_graphs else None
-        self.eager, self.compiled, self.failed = fn, torch.compile(fn, dynamic=False, mode=mode), False
+        self.eager, self.compiled, self.failed = fn, torch.compile(entry, dynamic=False, mode=mode), False
 
     def __call__(self, *args: Any) -> Any:
         if not self.failed:
@@ -353,11 +361,6 @@ class _Compiled:
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {first[:200]}); running this step eagerly")
                 self.failed = True
         return self.eager(*args)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(name: str) -> Any:
-    return _Compiled({"update": _ciao_update, "stat_sums": _stat_sums}[name])
 
 
 def _eligible(model: nn.Module) -> bool:
@@ -378,6 +381,24 @@ def _probe(cfg: Any, device: str, data_dir: str | None, max_valid: int) -> bool:
     except (RuntimeError, NotImplementedError):
         return False
     return True
+
+
+#: Per-step FLOPs up to which populations beat one-at-a-time runs on a CPU, measured (bench rows (c)
+#: and (d), docs/PERFORMANCE.md): compiled populations pay up to about 50 MFLOP (MLPs, RNNs, small
+#: Transformers 1.5-2.7x; larger Transformers and convolutions 0.8-1.2x); eager ones pay up to 50 MFLOP
+#: for a handful of members (meta-training: 1.2-1.5x) but only up to 2 MFLOP for the 35 baselines
+#: (tiny tasks 3-9x; a 28-MFLOP MLP 0.87x), where vmap's batched matmuls and copies cost more than
+#: the per-step overhead they save. On GPUs populations always pay.
+CPU_POPULATION_MAX_FLOPS = {"compiled": 5e7, "eager, few members": 5e7, "eager, many members": 2e6}
+FEW_MEMBERS = 8
+
+
+def population_pays(cfg: Any, members: int, device: str | torch.device = "cpu", compile: bool = False) -> bool:
+    """Whether ``members`` runs of ``cfg``'s task are faster as a population (by the measured rule above)."""
+    if torch.device(device).type != "cpu":
+        return True
+    kind = "compiled" if compile else ("eager, few members" if members <= FEW_MEMBERS else "eager, many members")
+    return estimate_cost(cfg).flops_per_step <= CPU_POPULATION_MAX_FLOPS[kind]
 
 
 def batchable(cfg: Any, device: str | torch.device = "cpu", data_dir: str | None = None, max_valid: int = 512) -> bool:

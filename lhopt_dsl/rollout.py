@@ -22,7 +22,7 @@ from .env import (InnerTrainingEnv, OuterStep, RewardFn, Schedule, ciao_kwargs, 
 from .observation import FeatureBuilder, norm_ratios
 from .optim.stats import mean_stats
 from .policy import ActorCritic
-from .population import CIAOPopulation, batchable
+from .population import CIAOPopulation, batchable, population_pays
 from .reward import PowerLawReward, ShapedReward
 from .spec.hparams import HPARAM_NAMES, HyperparameterSpace
 
@@ -118,11 +118,13 @@ def task_rollouts(
     The reward baseline is ``ema_policy`` run greedily (self-play) or, when it is None, CIAO at
     the task's initial hyperparameters; the latter is always run too, for the
     ``reward/vs_initial_hparams`` metric. With ``population`` (the default) all of these runs
-    train together as one batched model where the task allows it (:func:`population_rollouts`);
-    otherwise, and for tasks that can't be batched, one after another. ``compile``: ``torch.compile``
-    the population's step (compiled once per architecture and process).
+    train together as one batched model where the task allows it and that pays
+    (:func:`population_rollouts`, :func:`~lhopt_dsl.population.population_pays`); otherwise one
+    after another. ``compile``: ``torch.compile`` the population's step (compiled once per
+    architecture and process).
     """
-    if population and batchable(cfg, device, data_dir, max_valid):
+    members = rollouts + 1 + (ema_policy is not None)
+    if population and population_pays(cfg, members, device, compile) and batchable(cfg, device, data_dir, max_valid):
         return population_rollouts(cfg, policy, ema_policy, space, rollouts=rollouts, seed=seed, device=device,
                                    data_dir=data_dir, max_valid=max_valid, compile=compile)  # fmt: skip
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)

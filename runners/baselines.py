@@ -48,9 +48,9 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from lhopt_dsl.compile import compile_task, estimate_cost
+from lhopt_dsl.compile import compile_task
 from lhopt_dsl.compile.task import InnerTask
-from lhopt_dsl.population import run_population
+from lhopt_dsl.population import population_pays, run_population
 from lhopt_dsl.env import SHAPES, LearningCurve, Schedule, evaluation_count, run_schedule, train_and_measure
 
 LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
@@ -65,11 +65,6 @@ SCHEDULEFREE_WARMUP = 0.05  # fraction of the run
 PRODIGY_LR = 1.0
 BN_CALIBRATION_BATCHES = 8  # Schedule-Free: BatchNorm statistics recomputed at the evaluated weights
 
-#: Eager (uncompiled) populations run a task's baseline grid by default only for tasks of at most
-#: this many FLOPs per training step: on CPUs batching pays where per-step overhead dominates (bench row
-#: (c): tiny NQM, MLP and RNN tasks 3-9x) and not where compute does (a 28-MFLOP MLP 0.87x, a
-#: 17-MFLOP Transformer 0.54x, convolutions 0.5x). Compiled populations pay for every batchable task.
-EAGER_POPULATION_MAX_FLOPS = 2e6
 HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 120  # a RUNNING trial without a heartbeat for this long is failed (its worker died)
 POLL_INTERVAL = 2.0  # seconds between checks while other workers finish the last pairs
@@ -388,10 +383,10 @@ def run_grid(
         return float(final) if math.isfinite(final) else math.inf
 
     # AdamW pairs of one horizon share the task: train them together as one batched population
-    # where that pays (``population=None``; see EAGER_POPULATION_MAX_FLOPS and PERFORMANCE.md).
+    # where that pays (``population=None``: lhopt_dsl.population.population_pays; PERFORMANCE.md).
     batched: dict[Pair, tuple[LearningCurve, float]] = {}
     if population is None:
-        population = compile or estimate_cost(cfg).flops_per_step <= EAGER_POPULATION_MAX_FLOPS
+        population = population_pays(cfg, len(ADAMW_BASELINES), device, compile)
     if population:
         complete, running = _status(study)
         for horizon in horizons:

@@ -186,6 +186,7 @@ def test_population_rollouts_equal_one_at_a_time_rollouts(family):
     args = dict(rollouts=3, seed=11)
     seq = task_rollouts(cfg, policy, ema, SMOKE.hparams, population=False, **args)
     pop = task_rollouts(cfg, policy, ema, SMOKE.hparams, population=True, **args)
+    assert pop.population and not seq.population
     assert pop.baseline_curve == pytest.approx(seq.baseline_curve, rel=1e-4, abs=1e-6)
     assert pop.initial_curve == pytest.approx(seq.initial_curve, rel=1e-4, abs=1e-6)
     assert len(pop.episodes) == len(seq.episodes) == 3
@@ -255,3 +256,17 @@ def test_set_hparams_checks_values():
         pop.set_hparams(0, {"denominator": 1.0})
     pop.set_hparams(1, {"lr": 0.5})
     assert pop.hparams(1)["lr"] == 0.5 and pop.hparams(0)["lr"] == cfg.hparams.lr
+
+
+def test_population_pays_follows_the_measured_rule():
+    from lhopt_dsl.population import population_pays
+
+    tiny, mid = smoke("mlp"), smoke("transformer")  # about 0.16 and 17 MFLOP per step
+    assert population_pays(tiny, 35) and population_pays(tiny, 6)
+    assert not population_pays(mid, 35) and population_pays(mid, 35, compile=True) and population_pays(mid, 6)
+    from lhopt_dsl.compile import estimate_cost
+
+    big = next(c for c in (sample(load_spec(SPECS / "families" / "cnn.yaml"), s) for s in range(50))
+               if estimate_cost(c).flops_per_step > 1e8)  # fmt: skip
+    assert not population_pays(big, 6, compile=True) and not population_pays(big, 6)
+    assert population_pays(big, 35, device="cuda")  # on GPUs populations always pay
