@@ -244,8 +244,8 @@ def population_rollouts(
                 valid[a.k] = a.bank.apply(kind, slot, None, None, progress, valid[a.k])
                 applied = act_on_values(actions, act, pop.hparams(a.k))
                 pop.set_hparams(a.k, applied)
-                for key, val in (("rp", r), ("p", x), ("a", act), ("lp", lp), ("hp", applied), ("rs", (kind, slot))):
-                    a.rows[key].append(val)
+                for name, val in (("rp", r), ("p", x), ("a", act), ("lp", lp), ("hp", applied), ("rs", (kind, slot))):
+                    a.rows[name].append(val)
                 a.prev_action = act
         losses, collected = [], [[] for _ in range(pop.k)]
         for i in range(bounds[t], bounds[t + 1]):
