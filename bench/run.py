@@ -14,7 +14,7 @@
 
 Every row prints ratios of contenders run in the same process, interleaved, so that a shared
 machine slows them alike; each module's docstring says exactly what it times. ``--quick`` runs
-shorter versions (minutes instead of about half an hour on two cores); docs/PERFORMANCE.md
+shorter versions (minutes instead of about an hour on two cores); docs/PERFORMANCE.md
 holds the full table. Run from the repository root.
 """
 
@@ -35,7 +35,7 @@ import population_bench  # noqa: E402
 FULL = {
     "a": (optim_bench.main, ["--part", "a"]),
     "b": (optim_bench.main, ["--part", "b"]),
-    "c": (population_bench.main, ["--spec", "task_specs/default.yaml"]),
+    "c": (population_bench.main, ["--spec", "task_specs/default.yaml", "--reps", "1"]),
     "d": (meta_bench.main, ["--iterations", "6", "--rounds", "2"]),
     "e": (gpu_bench.main, []),
 }
