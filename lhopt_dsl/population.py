@@ -178,7 +178,6 @@ class CIAOPopulation:
         model.train()
         # Copies: a compiled kernel shared by populations must not specialise on one task's own buffer objects.
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        self.compiled = compile
         self._grad, self._loss, self._update, self._stat_sums = _kernels(task, self.k, compile)
         self.numel_tensor = torch.tensor(self.numels, device=self.device, dtype=torch.float64)
 
