@@ -233,14 +233,14 @@ class CIAOPopulation:
         # Per-member scalars go to the device in one transfer.
         host = torch.stack([1.0 - b1, b2, 1.0 - b2, bc2.sqrt(), hp["eps"], hp["weight_decay"] * bc1, 1.0 / bc1,
                             bl, 1.0 - bl, 1.0 - hp["one_minus_beta_gradclip"], hp["grad_clip_fraction"],
-                            1.0 - self.lamb_prod], 1)  # fmt: skip
+                            1.0 - self.lamb_prod, hp["lr"]], 1).to(self.device, self.dtype)  # fmt: skip
         update, trust = self._update(
             self.flat, grads, self.exp_avg, self.exp_avg_sq, self.lamb_ema, self.grad_max, self.clipped,
-            host.to(self.device, self.dtype), self.offsets, self.segments, self.use_clip, self.denominator == "adam",
+            host[:, :-1], self.offsets, self.segments, self.use_clip, self.denominator == "adam",
             self.use_lamb, self.lamb_min_trust,
         )  # fmt: skip
         out = self._stats(grads, update, trust, losses) if stats else None
-        self.flat.addcmul_(update, hp["lr"].to(self.device, self.dtype).unsqueeze(1), value=-1.0)
+        self.flat.addcmul_(update, host[:, -1:], value=-1.0)
         return out
 
     def _stats(self, g: torch.Tensor, u: torch.Tensor, trust: torch.Tensor, losses: torch.Tensor | None) -> list[StepStats]:

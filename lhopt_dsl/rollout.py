@@ -221,13 +221,12 @@ def population_rollouts(
     prev_flat = pop.flat.clone()
     ratios = [(1.0, math.nan)] * pop.k
     states: dict[tuple[int, bool], Any] = {}  # actor LSTM state of each batch
-    for a in actors:
+    groups: dict[tuple[int, bool], list[_Actor]] = {}
+    for a in actors:  # members that act alike (same policy, both greedy or both sampling) form a batch
+        groups.setdefault((id(a.policy), a.deterministic), []).append(a)
         a.obs_losses.append((math.nan, valid[a.k]))
     for t in range(outer):
         progress = t / outer
-        groups: dict[tuple[int, bool], list[_Actor]] = {}
-        for a in actors:  # members that act alike (same policy, both greedy or both sampling) form a batch
-            groups.setdefault((id(a.policy), a.deterministic), []).append(a)
         for key, group in groups.items():
             pol = group[0].policy
             raw = []

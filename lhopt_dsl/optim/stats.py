@@ -145,6 +145,11 @@ def _sq(a: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.linalg.vector_norm(x, dtype=torch.float64) ** 2 for x in a]).sum()
 
 
+def _one(x: Any) -> torch.Tensor:
+    """A number or scalar tensor as a (1,) float64 CPU tensor: one member for :func:`stats_from_sums`."""
+    return torch.as_tensor(x, dtype=torch.float64).detach().cpu().reshape(1)
+
+
 def _noise_update(parts: list[dict[str, Any]], g2: torch.Tensor) -> torch.Tensor:
     """Advance the noise-scale moving averages kept in the optimizer's state; return the ratio."""
     emas = [e for p in parts for e in p["noise_state"]]
@@ -153,8 +158,7 @@ def _noise_update(parts: list[dict[str, Any]], g2: torch.Tensor) -> torch.Tensor
     torch._foreach_lerp_(emas, grads, 1.0 - NOISE_BETA)
     gs["noise_sq_ema"] = gs.get("noise_sq_ema", 0.0) * NOISE_BETA + (1.0 - NOISE_BETA) * float(g2)
     gs["noise_count"] = gs.get("noise_count", 0) + 1
-    one = lambda x: torch.tensor([x], dtype=torch.float64)  # noqa: E731
-    return noise_ratio(one(gs["noise_sq_ema"]), _sq(emas).cpu().reshape(1), one(gs["noise_count"]))
+    return noise_ratio(_one(gs["noise_sq_ema"]), _one(_sq(emas)), _one(gs["noise_count"]))
 
 
 def compute_stats(parts: list[dict[str, Any]], loss: float | None) -> StepStats:
@@ -175,13 +179,12 @@ def compute_stats(parts: list[dict[str, Any]], loss: float | None) -> StepStats:
             root = (v / p["bc2"]).sqrt() if adam else v
             big_enough += int((root >= eps).sum())
     log_trust = sum(float(torch.log(t.double())) * n for p in parts for t, n in zip(p["trusts"], p["numels"]))
-    one = lambda x: torch.as_tensor(x, dtype=torch.float64).detach().cpu().reshape(1)  # noqa: E731
     return stats_from_sums(
-        numel=numel, g2=one(g2), m2=one(_sq(m)), u2=one(sum(part_u2)), w2=one(sum(p["param_sq"] for p in parts)),
-        gm=one(_dot(g, m)), gu=one(_dot(g, u)), gw=one(sum(p["grad_dot_param"] for p in parts)),
-        abs_u=one(sum(x.abs().sum(dtype=torch.float64) for x in u)),
-        lr_u2=one(sum(p["group"]["lr"] ** 2 * x for p, x in zip(parts, part_u2))),
-        big_enough=one(big_enough), log_trust=one(log_trust), clipped=one(sum(float(p["clipped"]) for p in parts)),
-        steps=one(sum(p["steps"] for p in parts)), noise=_noise_update(parts, g2),
-        loss=None if loss is None else one(loss),
+        numel=numel, g2=_one(g2), m2=_one(_sq(m)), u2=_one(sum(part_u2)), w2=_one(sum(p["param_sq"] for p in parts)),
+        gm=_one(_dot(g, m)), gu=_one(_dot(g, u)), gw=_one(sum(p["grad_dot_param"] for p in parts)),
+        abs_u=_one(sum(x.abs().sum(dtype=torch.float64) for x in u)),
+        lr_u2=_one(sum(p["group"]["lr"] ** 2 * x for p, x in zip(parts, part_u2))),
+        big_enough=_one(big_enough), log_trust=_one(log_trust), clipped=_one(sum(float(p["clipped"]) for p in parts)),
+        steps=_one(sum(p["steps"] for p in parts)), noise=_noise_update(parts, g2),
+        loss=None if loss is None else _one(loss),
     )[0]
