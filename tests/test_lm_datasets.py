@@ -7,6 +7,7 @@ standard library.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import subprocess
@@ -25,6 +26,7 @@ from lhopt_dsl.compile.lm_datasets import (
     MARKOV_SYMBOLS,
     MODULUS,
     PAD,
+    WORD_LEXICON,
     LMData,
     _char_corpus,
     _word_corpus,
@@ -33,12 +35,20 @@ from lhopt_dsl.compile.lm_datasets import (
     load_corpus,
     markov_transition_table,
     split_bounds,
+    vocab_size,
 )
-from lhopt_dsl.spec.families import LM_OOD_DATASETS, LM_TRAIN_DATASETS
+from lhopt_dsl.spec.families import (
+    LM_ALGO_DATASETS,
+    LM_DATASETS,
+    LM_OOD_DATASETS,
+    LM_TEXT_DATASETS,
+    LM_TRAIN_DATASETS,
+)
 
-ALL = sorted(set(LM_TRAIN_DATASETS) | set(LM_OOD_DATASETS))
+ALL = sorted(LM_DATASETS)
 CORPORA = ["sst2_chars", "sst2_words", "stdlib_docstrings", "stdlib_source", "tinyshakespeare"]
 SYNTHETIC = [n for n in ALL if n not in CORPORA]
+TEXT_SYNTHETIC = [n for n in LM_TEXT_DATASETS if n not in CORPORA]
 SMALL = dict(n_train=256, n_valid=64, n_test=64)
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +73,24 @@ def instance(text: str) -> str:
 
 
 def test_registry_is_exactly_the_dsl_names():
-    assert set(LM_BUILDERS) == set(LM_TRAIN_DATASETS) | set(LM_OOD_DATASETS)
-    assert len(SYNTHETIC) == 28 and set(CORPORA) <= set(LM_BUILDERS)
+    assert set(LM_BUILDERS) == set(LM_DATASETS) and len(LM_DATASETS) == len(set(LM_DATASETS))
+    assert len(SYNTHETIC) == 51 and set(CORPORA) <= set(LM_BUILDERS)
+
+
+def test_text_and_algorithmic_groups_split_the_datasets():
+    text, algo, ood = set(LM_TEXT_DATASETS), set(LM_ALGO_DATASETS), set(LM_OOD_DATASETS)
+    assert len(LM_TEXT_DATASETS) >= 31  # the paper's count of Text + Transformer datasets
+    assert len(text) == len(LM_TEXT_DATASETS) and len(algo) == len(LM_ALGO_DATASETS)
+    assert not text & algo and not text & ood and not algo & ood
+    assert text | algo | ood == set(LM_DATASETS) == set(LM_BUILDERS)
+    assert LM_TRAIN_DATASETS == LM_TEXT_DATASETS
+    deterministic_rules = {
+        "copy", "reverse", "sort", "count", "addition", "multiplication", "modular_addition", "cumulative_sum",
+        "parity_stream", "dyck1", "dyck2", "anbn", "palindrome", "duplicate", "interleave", "caesar", "successor",
+        "fibonacci", "periodic", "associative_recall", "majority", "histogram", "arithmetic_expressions",
+    }  # fmt: skip
+    assert algo == deterministic_rules
+    assert {"sst2_chars", "sst2_words", "stdlib_docstrings", "stdlib_source"} <= text
 
 
 def test_unknown_name_lists_known_datasets():
@@ -101,6 +127,12 @@ def test_every_dataset_is_well_formed_and_deterministic(name):
     if name in SYNTHETIC:
         assert not torch.equal(data.valid, other.valid)
         assert not torch.equal(data.train[:64], data.valid)  # independent streams per split
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_vocabulary_size_is_known_without_building(name):
+    built = build(name, 8, n_train=8, n_valid=8, n_test=8).vocab_size
+    assert vocab_size(name) == built if name in SYNTHETIC else vocab_size(name) >= built
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -256,9 +288,13 @@ def test_parity_stream():
         assert list(parities) == expected[: len(parities)]
 
 
-def test_streams_fill_the_window():
-    for name in ["successor", "fibonacci", "random_walk", "periodic", "markov2", "bigram_grammar", "parity_stream"]:
-        assert int((build(name, 33).train == PAD).sum()) == 0, name
+@pytest.mark.parametrize("seq_len", [1, 7, 33])
+def test_streams_fill_the_window(seq_len):
+    for name in ["successor", "fibonacci", "periodic", "parity_stream", *TEXT_SYNTHETIC]:
+        assert int((build(name, seq_len).train == PAD).sum()) == 0, name
+
+
+def test_streams_are_what_they_say():
     for text in texts("successor"):
         numbers = text.split(";")[:-1]
         assert [int(v) - int(numbers[0]) for v in numbers] == list(range(len(numbers)))
@@ -284,7 +320,7 @@ def test_associative_recall_answers_the_queried_key():
             assert memory[key] == value
 
 
-@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("order", [1, 2, 3, 4])
 def test_markov_chains_follow_their_seeded_table(order):
     name = f"markov{order}"
     table = markov_transition_table(order, seed=3)
@@ -309,6 +345,138 @@ def test_bigram_grammar_sentences():
             assert first in {"the", "a", "every", "some"} and rest
         words = (words or set()) | set(decode("bigram_grammar", row).split())
     assert "." in words and "_" not in words and ";" not in words
+
+
+# --- text-like languages ---------------------------------------------------------------------------
+
+
+def conditional_entropy(x: np.ndarray, k: int, vocab: int) -> float:
+    """Plug-in estimate (nats) of H(x_t | the k previous tokens) over the rows of ``x``."""
+    windows = np.lib.stride_tricks.sliding_window_view(x, k + 1, axis=1).reshape(-1, k + 1)
+    codes = windows @ (vocab ** np.arange(k, -1, -1))  # (context, next) as one integer
+
+    def entropy(ids: np.ndarray) -> float:
+        p = np.unique(ids, return_counts=True)[1] / len(ids)
+        return float(-(p * np.log(p)).sum())
+
+    return entropy(codes) - entropy(codes // vocab)
+
+
+def fingerprint(name: str) -> tuple[int, float, float, float]:
+    """Vocabulary size and H(x_t | 0, 1 and 2 previous tokens): what a language model would see."""
+    data = build(name, 64, n_train=512)
+    x = data.train.numpy()
+    return (data.vocab_size, *(conditional_entropy(x, k, data.vocab_size) for k in range(3)))
+
+
+def test_text_languages_are_stochastic():
+    for name in TEXT_SYNTHETIC:
+        x = build(name, 32).train
+        assert len(torch.unique(x, dim=0)) == len(x), f"{name}: two training windows are identical"
+        assert conditional_entropy(x.numpy(), 1, build(name, 32).vocab_size) > 0.5, name
+
+
+def test_text_languages_differ_from_each_other():
+    prints = {name: fingerprint(name) for name in TEXT_SYNTHETIC}
+    for a, b in itertools.combinations(TEXT_SYNTHETIC, 2):
+        same_vocab = prints[a][0] == prints[b][0]
+        gap = max(abs(u - v) for u, v in zip(prints[a][1:], prints[b][1:]))
+        assert not same_vocab or gap > 0.05, f"{a} and {b} have the same token statistics: {prints[a]} {prints[b]}"
+
+
+def test_unigram_zipf_follows_zipf():
+    x = build("unigram_zipf", 64, n_train=512).train
+    top = int(torch.bincount(x.ravel()).max()) / x.numel()
+    assert top == pytest.approx(1 / np.sum(np.arange(1, 27) ** -1.2), abs=0.01)
+
+
+def test_noisy_periodic_is_periodic_up_to_noise():
+    x = build("noisy_periodic", 64).train.numpy()
+    agreement = np.array([max(np.mean(r[p:] == r[:-p]) for p in range(2, 9)) for r in x])
+    assert agreement.mean() > 0.65 and (agreement < 1).mean() > 0.95
+
+
+def test_pcfg_sentences_agree_and_recurse():
+    plural_nouns = {"cats", "dogs", "children", "teachers", "farmers", "kings", "birds", "rivers"}
+    plural_verbs = {"see", "like", "know", "find", "follow", "sleep"}
+    nouns = plural_nouns | {"cat", "dog", "child", "teacher", "farmer", "king", "bird", "river"}
+    verbs = plural_verbs | {"sees", "likes", "knows", "finds", "follows", "sleeps"}
+    simple = nested = 0
+    for row in build("pcfg", 64).train:
+        for sentence in decode("pcfg", row).split(" . ")[1:-1]:  # whole sentences only
+            words = sentence.split()
+            if "that" in words or {"near", "with", "behind", "under"} & set(words):
+                nested += 1
+                continue
+            simple += 1
+            noun = next(w for w in words if w in nouns)
+            verb = next(w for w in words if w in verbs)
+            assert (noun in plural_nouns) == (verb in plural_verbs), sentence
+    assert simple > 100 and nested > 100
+
+
+def test_records_are_well_formed():
+    for text in texts("records"):
+        records = text.split(";")[:-1]
+        assert records
+        for record in records:
+            m = re.fullmatch(r"([a-z]+) (\d+) ([a-z]+) (ok|fail)", record)
+            assert m and 18 <= int(m[2]) <= 90, record
+
+
+def test_morphology_endings_follow_the_stem_and_agree():
+    # Stems are consonant-vowel syllables and every ending starts with a vowel, so a word splits
+    # after its last consonant-vowel pair. Endings by [class][case], as in the generator.
+    inflections = {"a": (0, 0), "as": (0, 1), "am": (0, 2), "o": (1, 0), "is": (1, 1), "om": (1, 2),
+                   "e": (2, 0), "en": (2, 1), "em": (2, 2)}  # fmt: skip
+    class_of_stem: dict[str, int] = {}
+    same_case = pairs = 0
+    for text in texts("morphology"):
+        cases = []
+        for word in text.split()[:-1]:  # the last word may be cut
+            i = 0
+            while i + 1 < len(word) and word[i] not in "aeiou" and word[i + 1] in "aeiou":
+                i += 2
+            stem, ending = word[:i], word[i:]
+            assert stem and ending in inflections, word
+            cls, case = inflections[ending]
+            assert class_of_stem.setdefault(stem, cls) == cls, word
+            cases.append(case)
+        same_case += sum(a == b for a, b in zip(cases, cases[1:]))
+        pairs += len(cases) - 1
+    assert len(class_of_stem) > 50
+    assert same_case / pairs == pytest.approx(0.6 + 0.4 / 3, abs=0.03)  # keeps the case, or draws it again
+
+
+def test_word_languages_share_one_lexicon():
+    assert len(set(WORD_LEXICON)) == len(WORD_LEXICON) == 512
+    for name in ["bigram_words", "trigram_words", "class_hmm", "lda_topics", "pitman_yor_words", "phrase_repetition"]:
+        data = build(name, 16)
+        assert data.vocab_size == FIRST + 512
+        assert set(decode(name, data.train[0]).split()) <= set(WORD_LEXICON)
+
+
+def test_pitman_yor_words_reuse_words_as_the_process_says():
+    x = build("pitman_yor_words", 32, n_train=2000).train.numpy()
+    distinct = np.mean([len(set(row)) for row in x.tolist()])
+    # Expected tables after 33 words, averaged over the concentration; tables can share a word.
+    concentration, tables = np.linspace(1, 10, 2001), 0.0
+    for t in range(33):
+        tables = tables + (concentration + 0.5 * tables) / (concentration + t)
+    assert 0.5 * tables.mean() < distinct < tables.mean()
+
+
+def test_phrase_repetition_repeats_phrases():
+    def repeated_trigrams(name: str) -> float:
+        hits = total = 0
+        for row in build(name, 64).train.tolist():
+            seen: set[tuple[int, ...]] = set()
+            for t in range(len(row) - 2):
+                hits, total = hits + (tuple(row[t : t + 3]) in seen), total + 1
+                seen.add(tuple(row[t : t + 3]))
+        return hits / total
+
+    assert repeated_trigrams("phrase_repetition") > 0.2 > 0.01 > repeated_trigrams("lda_topics")
 
 
 def test_decode_rejects_real_corpora():

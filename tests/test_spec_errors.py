@@ -77,6 +77,15 @@ CASES = [
      9, "tasks.families[0].hidden.width", "one weight per value"),
     ("duplicate key", _replace("norm: none", "norm: none\n      norm: batch"), 12, "tasks.families[0].norm", "duplicate key"),
     ("bad device", GOOD_MLP.replace("name: t", "name: t\ndevice: gpu0"), 2, "device", "pattern"),
+    ("hyperparameter of another space", GOOD_MLP + "hparams:\n  space: adamw\n  grad_clip_fraction: {init: 0.5}\n",
+     16, "hparams", "'grad_clip_fraction' belongs to the ciao space, not to the adamw space"),
+    ("setting of another space", GOOD_MLP + "hparams:\n  space: adamw\n  denominator: adam\n",
+     16, "hparams", "set `space: ciao`"),
+    ("unknown space", GOOD_MLP + "hparams:\n  space: sgd\n", 16, "hparams", "`space: adamw`"),
+    ("bad value in the adamw space", GOOD_MLP + "hparams:\n  space: adamw\n  eps:\n    init: 1.0\n",
+     18, "hparams.eps", "outside bounds [1e-12, 0.1]"),
+    ("bad value in the ciao space", GOOD_MLP + "hparams:\n  eps:\n    init: 1.0\n",
+     17, "hparams.eps", "outside bounds [1e-10, 0.1]"),
 ]
 
 
@@ -142,26 +151,87 @@ def test_include_overrides_and_tasks_path(write):
     assert fam.weight == 3 and fam.dim.values == [10, 20]
 
 
+TRANSFORMER = """\
+family: transformer
+dataset: markov1
+d_model: 16
+num_layers: 1
+num_heads: 2
+ff_mult: 1
+seq_len: 8
+norm_position: pre
+positional: learned
+batch_size: 4
+inner_steps: 10
+outer_steps: 2
+"""
+
+
+def _entry(family: str, indent: str) -> str:
+    """A family's YAML as one list entry at ``indent``."""
+    return indent + "- " + family.replace("\n", "\n" + indent + "  ").rstrip() + "\n"
+
+
+def _experiment(training: str, evaluation: str | None = None) -> str:
+    """An experiment whose training (and evaluation) distribution is one family entry."""
+    text = "name: t\ntasks:\n  families:\n" + _entry(training, "    ")
+    if evaluation is not None:
+        text += "evaluation:\n  tasks:\n    families:\n" + _entry(evaluation, "      ")
+    return text
+
+
 def test_ood_dataset_rejected_in_training(write):
-    text = (
-        "name: t\ntasks:\n  families:\n    - family: transformer\n      dataset: tinyshakespeare\n"
-        "      d_model: 16\n      num_layers: 1\n      num_heads: 2\n      ff_mult: 1\n      seq_len: 8\n"
-        "      norm_position: pre\n      positional: learned\n      batch_size: 4\n      inner_steps: 10\n"
-        "      outer_steps: 2\n"
-    )
+    text = _experiment(TRANSFORMER.replace("markov1", "tinyshakespeare"))
     err = _error(write, text)
-    assert err.problems[0].path == "tasks" and "out-of-distribution" in str(err)
+    problem = err.problems[0]
+    assert problem.path == "tasks.families[0].dataset" and problem.location.line == 5
+    assert "out-of-distribution" in str(err) and "evaluation.tasks" in str(err)
     # ...but it is welcome in an evaluation distribution.
-    ok = text.replace("dataset: tinyshakespeare", "dataset: copy") + "evaluation:\n  tasks:\n    families:\n" + "\n".join(
-        "  " + line for line in text.split("  families:\n")[1].splitlines()
-    ) + "\n"
-    spec = load_spec(write("ok.yaml", ok))
+    spec = load_spec(write("ok.yaml", _experiment(TRANSFORMER, TRANSFORMER.replace("markov1", "tinyshakespeare"))))
     assert spec.evaluation.tasks.families[0].dataset == "tinyshakespeare"
+
+
+def test_algorithmic_dataset_rejected_in_training_at_its_line(write):
+    err = _error(write, _experiment(TRANSFORMER.replace("markov1", "copy")))
+    problem = err.problems[0]
+    assert problem.location.file.endswith("spec.yaml") and problem.location.line == 5
+    assert problem.path == "tasks.families[0].dataset"
+    assert "spec.yaml:5:" in str(err)
+    assert "'copy' is algorithmic" in problem.message and "Algo+Transformer" in problem.message
+    assert "evaluation.tasks" in problem.message
+
+
+def test_algorithmic_choice_value_is_located_in_the_list(write):
+    choice = "dataset:\n  dist: choice\n  values:\n    - markov1\n    - sort\n    - addition\n"
+    err = _error(write, _experiment(TRANSFORMER.replace("dataset: markov1\n", choice)))
+    problem = err.problems[0]
+    assert problem.path == "tasks.families[0].dataset.values[1]" and problem.location.line == 9
+    assert "'sort' is algorithmic" in problem.message and "also held out here: addition" in problem.message
+    # A zero weight means the value is never drawn: nothing held out is trained on.
+    weighted = choice + "  weights: [1, 0, 0]\n"
+    assert load_spec(write("w.yaml", _experiment(TRANSFORMER.replace("dataset: markov1\n", weighted))))
+
+
+def test_algorithmic_dataset_in_an_include_points_into_the_right_file(write):
+    write("fam/algo.yaml", TRANSFORMER.replace("markov1", "dyck2"))
+    err = _error(write, "name: t\ntasks:\n  families:\n    - {include: fam/algo.yaml}\n")
+    assert err.problems[0].location.file.endswith("algo.yaml") and err.problems[0].location.line == 2
+    # An override in the including file is reported where it is written, not in the included file.
+    write("fam/text.yaml", TRANSFORMER)
+    text = "name: t\ntasks:\n  families:\n    - include: fam/text.yaml\n      dataset: reverse\n"
+    problem = _error(write, text).problems[0]
+    assert problem.location.file.endswith("spec.yaml") and problem.location.line == 5, str(problem)
+
+
+def test_algorithmic_datasets_are_welcome_in_evaluation(write):
+    spec = load_spec(write("ok.yaml", _experiment(TRANSFORMER, TRANSFORMER.replace("markov1", "copy"))))
+    assert spec.evaluation.tasks.families[0].dataset == "copy"
+    assert spec.tasks.held_out_datasets() == [] and len(spec.evaluation.tasks.held_out_datasets()) == 1
 
 
 def test_heads_must_divide_width(write):
     text = (
-        "name: t\ntasks:\n  families:\n    - family: transformer\n      dataset: copy\n"
+        "name: t\ntasks:\n  families:\n    - family: transformer\n      dataset: markov1\n"
         "      d_model: {dist: choice, values: [16, 24]}\n      num_layers: 1\n"
         "      num_heads: {dist: choice, values: [1, 16]}\n      ff_mult: 1\n      seq_len: 8\n"
         "      norm_position: pre\n      positional: learned\n      batch_size: 4\n      inner_steps: 10\n"

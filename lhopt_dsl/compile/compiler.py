@@ -207,12 +207,9 @@ class TaskCost:
 
 
 def _lm_vocab(dataset: str) -> int:
-    # Estimates without building the data: words, characters, or a small synthetic alphabet.
-    if dataset == "sst2_words":
-        return 2002
-    if dataset in ("sst2_chars", "stdlib_docstrings", "stdlib_source", "tinyshakespeare"):
-        return 257
-    return 64
+    from .lm_datasets import vocab_size  # without building the data: exact, or a corpus's cap
+
+    return vocab_size(dataset)
 
 
 def _meta_problem(task: Any) -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor], int]:

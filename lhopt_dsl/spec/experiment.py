@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple, Union
 
 from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from .distributions import StrictModel, support_of
-from .families import LM_OOD_DATASETS, Family, TransformerSpec
-from .hparams import HyperparameterSpace
+from .distributions import Choice, StrictModel, support_of
+from .families import LM_ALGO_DATASETS, LM_OOD_DATASETS, Family, TransformerSpec
+from .hparams import CIAOSpace, HyperparameterSpace
+
+#: Key of a validation error's context that locates the problem below the validated field: a path
+#: within it, which :func:`lhopt_dsl.spec.loader.load_spec` follows to the offending line.
+ERROR_PATH = "path_within"
+
+
+class HeldOutDataset(NamedTuple):
+    """A dataset held out of training that a task distribution can draw, and where it names it."""
+
+    dataset: str
+    path: tuple[Union[str, int], ...]  # within the distribution, e.g. ("families", 5, "dataset", "values", 3)
 
 
 class Budget(StrictModel):
@@ -47,12 +59,18 @@ class TaskDistribution(StrictModel):
         total = sum(f.weight for f in self.families)
         return [f.weight / total for f in self.families]
 
-    def ood_datasets(self) -> list[str]:
-        """Datasets reserved for out-of-distribution evaluation that this mixture uses."""
+    def held_out_datasets(self) -> list[HeldOutDataset]:
+        """Datasets held out of training that this mixture can draw: the algorithmic ones of the
+        Algo + Transformer row and the out-of-distribution corpora (zero-weight choices excluded)."""
         found = []
-        for fam in self.families:
-            if isinstance(fam, TransformerSpec):
-                found += [d for d in support_of(fam.dataset) if d in LM_OOD_DATASETS]
+        for i, fam in enumerate(self.families):
+            if not isinstance(fam, TransformerSpec):
+                continue
+            drawn = set(support_of(fam.dataset))
+            choice = isinstance(fam.dataset, Choice)
+            for j, name in enumerate(fam.dataset.values if choice else [fam.dataset]):
+                if name in drawn and (name in LM_ALGO_DATASETS or name in LM_OOD_DATASETS):
+                    found.append(HeldOutDataset(name, ("families", i, "dataset", *(("values", j) if choice else ()))))
         return found
 
 
@@ -154,19 +172,33 @@ class ExperimentSpec(StrictModel):
         Field(description="The training task distribution, inline or the path of a YAML file holding one."),
     ]
     hparams: Annotated[
-        HyperparameterSpace, Field(description="Inner optimizer hyperparameters (defaults: paper Tables 7, 8).")
-    ] = HyperparameterSpace()
+        HyperparameterSpace,
+        Field(description="Inner optimizer hyperparameters: `space: ciao` (default; paper Tables 7, 8) or `space: adamw`."),
+    ] = CIAOSpace()
     meta_train: Annotated[MetaTrainSpec, Field(description="PPO meta-training settings.")] = MetaTrainSpec()
     evaluation: Annotated[EvaluationSpec, Field(description="Evaluation against tuned baselines.")] = EvaluationSpec()
     tracking: Annotated[TrackingSpec, Field(description="MLflow tracking.")] = TrackingSpec()
 
     @field_validator("tasks")
     @classmethod
-    def _no_ood_in_training(cls, tasks: TaskDistribution) -> TaskDistribution:
-        ood = tasks.ood_datasets()
-        if ood:
-            raise ValueError(
-                f"dataset '{ood[0]}' is reserved for out-of-distribution evaluation and may not be part of "
+    def _no_held_out_in_training(cls, tasks: TaskDistribution) -> TaskDistribution:
+        held_out = tasks.held_out_datasets()
+        if not held_out:
+            return tasks
+        first = held_out[0]
+        if first.dataset in LM_ALGO_DATASETS:
+            why = (
+                f"dataset '{first.dataset}' is algorithmic: it is held out of training for the Algo+Transformer "
+                "row of Table 1 and may not be part of the training distribution `tasks`; train on the text-like "
+                "datasets and put it under `evaluation.tasks`"
+            )
+        else:
+            why = (
+                f"dataset '{first.dataset}' is reserved for out-of-distribution evaluation and may not be part of "
                 "the training distribution `tasks`; use it under `evaluation.tasks`"
             )
-        return tasks
+        others = [h.dataset for h in held_out[1:]]
+        if others:
+            more = f", and {len(others) - 3} more" if len(others) > 3 else ""
+            why += f" (also held out here: {', '.join(others[:3])}{more})"
+        raise PydanticCustomError("held_out_dataset", why, {ERROR_PATH: first.path})

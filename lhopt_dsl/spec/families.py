@@ -45,21 +45,37 @@ TextDataset = Literal["sst2"]
 NormPosition = Literal["pre", "post"]
 Positional = Literal["learned", "sinusoidal"]
 
-#: Language-modelling datasets for the transformer family: synthetic sequence tasks generated on
-#: the fly, and small real corpora available offline.
-LM_TRAIN_DATASETS: tuple[str, ...] = (
-    # synthetic
-    "copy", "reverse", "sort", "count", "addition", "multiplication", "modular_addition",
-    "cumulative_sum", "parity_stream", "dyck1", "dyck2", "anbn", "palindrome", "duplicate",
-    "interleave", "caesar", "successor", "fibonacci", "random_walk", "markov1", "markov2",
-    "markov3", "periodic", "associative_recall", "majority", "histogram",
-    "arithmetic_expressions", "bigram_grammar",
+#: Text-like language-modelling datasets of the transformer family, the ones training distributions
+#: draw from (paper Appendix H: "language modeling over 31 different simple datasets"): stochastic
+#: languages generated on the fly, and small real corpora available offline.
+LM_TEXT_DATASETS: tuple[str, ...] = (
+    # stochastic symbol streams
+    "markov1", "markov2", "markov3", "markov4", "markov_dense", "markov_mixture", "lagged_markov",
+    "hmm", "pfa", "random_walk", "ar_series", "noisy_periodic", "runs", "unigram_zipf",
+    "unigram_dirichlet",
+    # words and sentences
+    "zipf_words", "noisy_words", "syllable_words", "morphology", "records", "bigram_grammar", "pcfg",
+    "bigram_words", "trigram_words", "class_hmm", "lda_topics", "pitman_yor_words",
+    "phrase_repetition",
     # small real corpora
     "sst2_chars", "sst2_words", "stdlib_docstrings", "stdlib_source",
 )  # fmt: skip
-#: Reserved for out-of-distribution evaluation: never part of a training distribution.
+#: Algorithmic datasets: sequences that follow a deterministic rule (transductions, arithmetic,
+#: formal languages, counting). Held out of every training distribution: they make the paper's
+#: "Algo + Transformer" row of Table 1, on which the policy is evaluated but never trained.
+LM_ALGO_DATASETS: tuple[str, ...] = (
+    "copy", "reverse", "sort", "count", "addition", "multiplication", "modular_addition",
+    "cumulative_sum", "parity_stream", "dyck1", "dyck2", "anbn", "palindrome", "duplicate",
+    "interleave", "caesar", "successor", "fibonacci", "periodic", "associative_recall", "majority",
+    "histogram", "arithmetic_expressions",
+)  # fmt: skip
+#: Datasets a training distribution may use: the text-like ones.
+LM_TRAIN_DATASETS: tuple[str, ...] = LM_TEXT_DATASETS
+#: Real corpora reserved for out-of-distribution evaluation: never part of a training distribution.
 LM_OOD_DATASETS: tuple[str, ...] = ("tinyshakespeare",)
-LMDataset = Literal[LM_TRAIN_DATASETS + LM_OOD_DATASETS]  # type: ignore[valid-type]
+#: Every language-modelling dataset the DSL knows: text, algorithmic, out-of-distribution.
+LM_DATASETS: tuple[str, ...] = LM_TEXT_DATASETS + LM_ALGO_DATASETS + LM_OOD_DATASETS
+LMDataset = Literal[LM_DATASETS]  # type: ignore[valid-type]
 
 MAX_OUTER_STEPS = 128
 MIN_OUTER_STEPS = 2
@@ -341,7 +357,11 @@ class TextRNNSpec(FamilySpec):
 
 
 class TransformerSpec(FamilySpec):
-    """Causal Transformer language model on a simple dataset (Appendix H: Text + Transformer)."""
+    """Causal Transformer language model on a simple dataset (Appendix H: Text + Transformer).
+
+    Training distributions use the text-like datasets only; the algorithmic ones make the held-out
+    Algo + Transformer row of Table 1 and may only appear in an evaluation distribution.
+    """
 
     task_cls: ClassVar[type[TaskBase]] = TransformerTask
     LIMITS = {
@@ -355,7 +375,12 @@ class TransformerSpec(FamilySpec):
     family: Literal["transformer"] = "transformer"
     dataset: Annotated[
         choice_dist(LMDataset),  # type: ignore[valid-type]
-        Field(description=f"Language-modelling dataset; training distributions use: {', '.join(LM_TRAIN_DATASETS)}."),
+        Field(
+            description=f"Language-modelling dataset. Text-like, for training: {', '.join(LM_TEXT_DATASETS)}. "
+            "Algorithmic, held out of training for the Algo+Transformer row of Table 1 (allowed only under "
+            f"`evaluation.tasks`): {', '.join(LM_ALGO_DATASETS)}. Out-of-distribution, evaluation only: "
+            f"{', '.join(LM_OOD_DATASETS)}."
+        ),
     ]
     d_model: Annotated[int_dist(), Field(description="Model width; divisible by every num_heads value.")]  # type: ignore[valid-type]
     num_layers: Annotated[int_dist(), Field(description="Transformer blocks.")]  # type: ignore[valid-type]

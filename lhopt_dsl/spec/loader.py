@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .experiment import ExperimentSpec
+from .experiment import ERROR_PATH, ExperimentSpec
 
 PathT = tuple[Any, ...]
 
@@ -160,9 +160,14 @@ class _Reader:
                 out[key] = self._convert(value_node, file, (*at, key), stack, loader)
             if include is None:
                 return out
+            overrides = self._marks_below(at, out)
             base = self.read(include[0], at, stack, include[1])
             if not out:
                 return base
+            # The including file's keys win over the included file's, and so do their locations.
+            for path in self._marks_below(at, out):
+                del self.marks[path]
+            self.marks.update(overrides)
             if not isinstance(base, dict):
                 raise SpecError(
                     [SpecProblem(include[1], format_path(at), "an include with extra keys must name a mapping")]
@@ -171,6 +176,10 @@ class _Reader:
         if isinstance(node, yaml.SequenceNode):
             return [self._convert(item, file, (*at, i), stack, loader) for i, item in enumerate(node.value)]
         return loader.construct_object(node, deep=True)
+
+    def _marks_below(self, at: PathT, keys: dict[Any, Any]) -> dict[PathT, Location]:
+        """Locations recorded under ``at`` for any of ``keys`` (and everything below them)."""
+        return {p: loc for p, loc in self.marks.items() if len(p) > len(at) and p[: len(at)] == at and p[len(at)] in keys}
 
 
 def _nearest_location(marks: dict[PathT, Location], data: Any, loc: tuple[Any, ...]) -> tuple[PathT, Location | None]:
@@ -181,7 +190,7 @@ def _nearest_location(marks: dict[PathT, Location], data: Any, loc: tuple[Any, .
         if isinstance(current, dict):
             if part in current:
                 path, current = (*path, part), current[part]
-            elif part not in (current.get("family"), current.get("dist"), "fixed"):
+            elif part not in (current.get("family"), current.get("dist"), current.get("space", "ciao"), "fixed"):
                 # Not a union tag: a missing or unknown key, reported at its parent's location.
                 path, current = (*path, part), None
         elif isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current):
@@ -245,6 +254,8 @@ def load_spec(path: str | os.PathLike[str]) -> ExperimentSpec:
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            p, where = _nearest_location(marks, data, err["loc"])
+            # A validator may point below the field it validates (see ERROR_PATH).
+            loc = (*err["loc"], *err.get("ctx", {}).get(ERROR_PATH, ()))
+            p, where = _nearest_location(marks, data, loc)
             problems.append(SpecProblem(where, format_path(p), _message(err)))
         raise SpecError(problems) from None
