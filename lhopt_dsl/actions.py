@@ -28,7 +28,8 @@ RESTART_KINDS = ("none", "save", "load", "swap")
 
 
 class ActionSpace:
-    """The discrete action dimensions derived from a hyperparameter space."""
+    """The discrete action dimensions derived from a hyperparameter space: one per hyperparameter
+    its policy controls (``names``), then the restart dimension."""
 
     def __init__(self, space: HyperparameterSpace):
         self.space = space
@@ -74,7 +75,8 @@ class ActionSpace:
 
 
 def current_hparams(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """The controlled hyperparameters as the optimizer holds them now (first param group)."""
+    """CIAO's continuous hyperparameters as the optimizer holds them now (first param group); a
+    space's policy controls some of them."""
     return {n: float(optimizer.param_groups[0][n]) for n in HPARAM_NAMES}
 
 

@@ -16,7 +16,9 @@ the validation loss, given with ``observe()`` whenever you have them::
 
 ``ScheduleReplay`` plays a recorded schedule (learning rate, eps, beta2, weight decay over
 progress) on a standard ``torch.optim.AdamW``, stretched to any number of updates, like a
-learning-rate scheduler (paper Section 4.5, Appendix B).
+learning-rate scheduler (paper Section 4.5, Appendix B). Only schedules of a policy meta-trained in
+the AdamW space (``hparams: {space: adamw}``), where CIAO is exactly AdamW, mean the same thing
+on AdamW; schedules from any other space are refused.
 """
 
 from __future__ import annotations
@@ -37,21 +39,23 @@ from .observation import FeatureBuilder, flatten, norm_ratios
 from .optim import CIAO
 from .optim.stats import mean_stats
 from .policy import ActorCritic
-from .spec.hparams import HPARAM_NAMES, HyperparameterSpace
+from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
 
 
 def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[ActorCritic, HyperparameterSpace]:
     """A policy object, a checkpoint path (``policy.pt`` or a training ``checkpoint.pt``), or None
-    for the shipped default; returns it with the hyperparameter space it was trained with."""
+    for the shipped default; returns it with the hyperparameter space it was trained with (the
+    checkpoint's spec records it; the CIAO space for a policy object and for checkpoints that
+    record none, as those saved before spaces existed)."""
     if isinstance(policy, ActorCritic):
-        return policy, HyperparameterSpace()
+        return policy, CIAOSpace()
     path = Path(policy) if policy is not None else DEFAULT_POLICY
     if not path.exists():
         raise FileNotFoundError(f"policy checkpoint not found: {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
-    space = HyperparameterSpace.model_validate(state.get("spec", {}).get("hparams", {}))
+    space = validate_space(state.get("spec", {}).get("hparams", {}))
     return ActorCritic.from_checkpoint(state["policy"]), space
 
 
@@ -68,7 +72,9 @@ class LHOPT(CIAO):
 
     ``outer_steps`` is how many times the policy acts over ``total_steps`` (default: 32, at most
     ``total_steps``); ``model`` (optional) lets restart actions include buffers such as BatchNorm
-    statistics, otherwise restarts cover the parameters and optimizer state.
+    statistics, otherwise restarts cover the parameters and optimizer state; ``initial`` sets the
+    starting values of the hyperparameters the policy controls (default: its space's ``init``). A
+    policy of the AdamW space runs CIAO as exactly ``torch.optim.AdamW``.
     """
 
     def __init__(
@@ -87,14 +93,11 @@ class LHOPT(CIAO):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.policy, self.space = load_policy(policy)
-        defaults = {n: hp.init for n, hp in self.space.controlled().items()}
-        defaults.update(denominator=self.space.denominator, use_lamb=self.space.use_lamb,
-                        lamb_min_trust=self.space.lamb_min_trust)  # fmt: skip
-        defaults.update(initial or {})
-        super().__init__(params, **defaults)
+        start = {n: hp.init for n, hp in self.space.controlled().items()} | (initial or {})
+        super().__init__(params, **self.space.initial(start).ciao_kwargs())
         self.actions = ActionSpace(self.space)
         self.features = FeatureBuilder(self.actions, self.space)
-        self.policy.check_compatible(self.features.policy_size, self.features.value_size, self.actions.nvec)
+        self.policy.check_compatible(self.features.policy_size, None, self.actions.nvec)  # acting: no critic
         self.total_steps = total_steps
         self.outer_steps = min(outer_steps or 32, total_steps)
         self.bounds = segment_bounds(total_steps, self.outer_steps)
@@ -161,48 +164,92 @@ class LHOPT(CIAO):
         return out
 
     def schedule(self) -> dict[str, Any]:
-        """The hyperparameters chosen so far, in the format :class:`ScheduleReplay` reads."""
-        return schedule_from_history(self.history)
+        """The hyperparameters chosen so far, as a schedule document (see :func:`schedule_from_history`)."""
+        return schedule_from_history(self.history, self.space.space)
 
 
 # --- fixed schedules -----------------------------------------------------------------------------
+#
+# A schedule document is plain data, as saved in YAML: ``{"meta": {"space": ..., ...}, "schedule":
+# {"progress": [...], "<hyperparameter>": [...], ...}}``, one column per hyperparameter the policy
+# controls, one row per decision, ``progress`` in [0, 1) being where the row takes effect.
 
 
-def schedule_from_history(history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Columns of the hyperparameters applied at each decision (progress in [0, 1))."""
-    return {
-        "progress": [float(h["progress"]) for h in history],
-        **{n: [float(h[n]) for h in history] for n in HPARAM_NAMES if history and n in history[0]},
-    }
+def schedule_from_history(history: list[dict[str, Any]], space: str) -> dict[str, Any]:
+    """A schedule document of the hyperparameters applied at each decision of a ``space`` policy."""
+    columns = {n: [float(h[n]) for h in history] for n in SPACES[space].hparam_names()}
+    return {"meta": {"space": space}, "schedule": {"progress": [float(h["progress"]) for h in history], **columns}}
 
 
 def save_schedule(schedule: dict[str, Any], path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
-    Path(path).write_text(yaml.safe_dump({"meta": meta or {}, "schedule": schedule}, sort_keys=False))
+    """Write a schedule document as YAML, with ``meta`` added to its metadata."""
+    document = {"meta": {**schedule.get("meta", {}), **(meta or {})}, "schedule": schedule["schedule"]}
+    Path(path).write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def _document(data: Any, source: str) -> dict[str, Any]:
+    """A schedule document from loaded data; a bare mapping of columns has no metadata."""
+    document = data if isinstance(data, dict) and "schedule" in data else {"meta": {}, "schedule": data}
+    columns = document["schedule"]
+    if not isinstance(columns, dict) or "progress" not in columns or "lr" not in columns:
+        raise ValueError(f"{source}: not a schedule (needs 'progress' and 'lr' columns)")
+    return {"meta": document.get("meta") or {}, "schedule": columns}
 
 
 def load_schedule(path: str | os.PathLike[str]) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text())
-    schedule = data.get("schedule", data)
-    if "progress" not in schedule or "lr" not in schedule:
-        raise ValueError(f"{path}: not a schedule (needs 'progress' and 'lr' columns)")
-    return schedule
+    """Read a schedule document written by :func:`save_schedule` (or `lhopt schedule export`)."""
+    return _document(yaml.safe_load(Path(path).read_text()), str(path))
+
+
+def require_adamw_space(space: str | None, what: str) -> None:
+    """Raise ValueError unless ``space`` is the AdamW space, the only one whose values mean the
+    same thing on ``torch.optim.AdamW``; ``what`` names the policy or schedule in the message."""
+    if space == "adamw":
+        return
+    if space:
+        source = f"comes from the {space} space"
+    else:  # schedules exported before spaces were recorded all come from CIAO-space policies
+        source = "records no hyperparameter space, so it comes from the ciao space"
+    raise ValueError(
+        f"{what} {source}, whose values are in CIAO's units, not torch.optim.AdamW's: CIAO scales its weight decay "
+        "and steps by the LAMB trust ratio, its beta2 decays an Adamax maximum and it clips gradients, so on AdamW "
+        "those values would not reproduce the run. Meta-train a policy with `hparams: {space: adamw}` in its spec "
+        "(as task_specs/smoke_adamw.yaml does) and export the schedule from it with `lhopt schedule export`."
+    )
 
 
 class ScheduleReplay:
-    """Replays a recorded schedule on ``torch.optim.AdamW`` like a learning-rate scheduler.
+    """Replays a schedule of an AdamW-space policy on ``torch.optim.AdamW``, like a learning-rate
+    scheduler.
 
     Call ``step()`` after each ``optimizer.step()`` (as with torch's schedulers); the values in
     force at update ``t`` are those recorded at the last progress <= t / total_steps, so the
-    schedule stretches to any number of updates. Sets ``lr``, ``eps``, ``betas[1]`` (from
-    ``one_minus_beta2``) and ``weight_decay``; beta1 stays as configured (Appendix B).
+    schedule stretches to any number of updates. ``schedule`` is a schedule document or its YAML
+    file. The values are AdamW's own: ``lr``, ``eps``, ``weight_decay`` and
+    ``betas[1] = 1 - one_minus_beta2``; beta1 stays as configured (the AdamW space keeps it at
+    AdamW's default 0.9; paper Appendix B). Replayed with the run's weights and data order, the
+    schedule reproduces the run it was exported from.
     """
 
-    KEYS = ("lr", "eps", "one_minus_beta2", "weight_decay")
+    COLUMNS = AdamWSpace.hparam_names()
 
     def __init__(self, optimizer: torch.optim.Optimizer, schedule: dict[str, Any] | str | os.PathLike[str],
                  total_steps: int):  # fmt: skip
+        if isinstance(schedule, dict):
+            document = _document(schedule, "schedule")
+            what = "the schedule"
+        else:
+            document = load_schedule(schedule)
+            what = f"schedule {schedule}"
+        require_adamw_space(document["meta"].get("space"), what)
+        self.schedule = document["schedule"]
+        missing = [c for c in self.COLUMNS if c not in self.schedule]
+        if missing:
+            raise ValueError(f"{what} lacks the column(s) {', '.join(missing)} of an AdamW-space schedule")
+        if any(not {"lr", "betas", "eps", "weight_decay"} <= set(g) for g in optimizer.param_groups):
+            raise ValueError("ScheduleReplay drives torch.optim.AdamW: its param groups need lr, betas, eps and "
+                             "weight_decay")
         self.optimizer = optimizer
-        self.schedule = schedule if isinstance(schedule, dict) else load_schedule(schedule)
         self.progress = np.asarray(self.schedule["progress"], dtype=np.float64)
         if len(self.progress) == 0 or np.any(np.diff(self.progress) < 0):
             raise ValueError("a schedule needs at least one row, in increasing progress")
@@ -212,19 +259,13 @@ class ScheduleReplay:
 
     def values_at(self, step: int) -> dict[str, float]:
         i = max(int(np.searchsorted(self.progress, step / self.total_steps, side="right")) - 1, 0)
-        return {k: float(self.schedule[k][i]) for k in self.KEYS if k in self.schedule}
+        return {c: float(self.schedule[c][i]) for c in self.COLUMNS}
 
     def _apply(self, step: int) -> None:
-        values = self.values_at(step)
+        v = self.values_at(step)
         for group in self.optimizer.param_groups:
-            if "lr" in values:
-                group["lr"] = values["lr"]
-            if "eps" in values:
-                group["eps"] = values["eps"]
-            if "weight_decay" in values:
-                group["weight_decay"] = values["weight_decay"]
-            if "one_minus_beta2" in values and "betas" in group:
-                group["betas"] = (group["betas"][0], 1.0 - values["one_minus_beta2"])
+            group.update(lr=v["lr"], eps=v["eps"], weight_decay=v["weight_decay"],
+                         betas=(group["betas"][0], 1.0 - v["one_minus_beta2"]))  # fmt: skip
 
     def step(self) -> None:
         self.last_step += 1

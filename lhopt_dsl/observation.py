@@ -13,7 +13,7 @@ Policy features (J.1), per outer step:
 4. log train loss: is_nan, is_inf, CDF features;  5. log valid loss: the same;
 6./7. per checkpoint slot: is_empty, the percentile of its validation loss among all validation
    losses seen so far, and the progress when it was saved;
-8. per controlled hyperparameter: log(current / initial value);
+8. per hyperparameter the policy controls (those of the spec's space): log(current / initial value);
 9. log(|theta_k| / |theta_{k-1}|): tanh, CDF features;
 10. log(|theta_k - theta_{k-1}| / |theta_{k-1}|): tanh, CDF features;
 and for each optimizer statistic of :data:`lhopt_dsl.optim.STAT_NAMES` (averaged over the
@@ -39,7 +39,7 @@ from .actions import ActionSpace, Checkpoint
 from .features import IntegralCDF, sanitize
 from .optim.stats import STAT_NAMES
 from .spec.families import CNNTask, MLPTask, NQMTask, RNNTask, TextRNNTask, TransformerTask
-from .spec.hparams import HPARAM_NAMES, HyperparameterSpace
+from .spec.hparams import HyperparameterSpace
 
 NB = 5  # values of b for the integral CDF features
 TASK_CLASSES = (MLPTask, CNNTask, RNNTask, TextRNNTask, TransformerTask, NQMTask)
@@ -127,7 +127,7 @@ class FeatureBuilder:
         self.valid_history: list[float] = []
         blank = self.policy(0.0, None, math.nan, math.nan, [None] * self.slots, {}, {}, math.nan, math.nan, {}, False)
         self.policy_size = len(blank)
-        self.value_size = self.policy_size + TASK_VECTOR_SIZE + len(HPARAM_NAMES) + 5 * 3 + 2
+        self.value_size = self.policy_size + TASK_VECTOR_SIZE + len(self.actions.names) + 5 * 3 + 2
 
     def reset(self) -> None:
         self.cdf = IntegralCDF(len(CDF_SERIES))
@@ -174,7 +174,7 @@ class FeatureBuilder:
             else:
                 pct = float(np.mean(history <= ckpt.valid_loss)) if math.isfinite(ckpt.valid_loss) else 1.0
                 out += [0.0, pct, ckpt.progress]
-        for name in HPARAM_NAMES:
+        for name in self.actions.names:
             cur, ini = hparams.get(name, 1.0), initial.get(name, 1.0)
             out.append(math.log(cur / ini) if cur > 0 and ini > 0 else 0.0)
         for i, x in ((3, log_pn), (4, log_up)):
@@ -198,7 +198,7 @@ class FeatureBuilder:
     ) -> np.ndarray:
         """The value function's vector: the policy vector plus non-robust features (J.2)."""
         defaults = self.space.controlled()
-        extra = [math.log(initial[n] / defaults[n].init) for n in HPARAM_NAMES]
+        extra = [math.log(initial[n] / defaults[n].init) for n in self.actions.names]
         for x in (reward_so_far, _log(train_loss), _log(valid_loss), _log(baseline_now), _log(baseline_final)):
             v, nan, inf = _flagged(x)
             extra += [float(np.clip(v, -1e3, 1e3)), nan, inf]

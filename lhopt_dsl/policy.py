@@ -153,9 +153,16 @@ class ActorCritic(nn.Module):
         model.value_norm.load_state_dict(ckpt["value_norm"])
         return model
 
-    def check_compatible(self, policy_size: int, value_size: int, nvec: list[int] | tuple[int, ...]) -> None:
-        """Fail with a clear message when feature or action spaces differ from the policy's."""
-        mine = (self.shape.policy_size, self.shape.value_size, tuple(self.shape.nvec))
+    def check_compatible(
+        self, policy_size: int, value_size: int | None, nvec: list[int] | tuple[int, ...]
+    ) -> None:  # fmt: skip
+        """Fail with a clear message when feature or action spaces differ from the policy's.
+
+        ``value_size=None`` checks only what acting needs (the actor's features and actions): the
+        value features encode the task with the DSL's vocabularies, which grow between versions,
+        and only the critic, which only training uses, reads them.
+        """
+        mine = (self.shape.policy_size, self.shape.value_size if value_size is not None else None, tuple(self.shape.nvec))
         theirs = (policy_size, value_size, tuple(nvec))
         if mine != theirs:
             raise ValueError(

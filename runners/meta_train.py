@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,6 @@ from lhopt_dsl.policy import PRESETS, ActorCritic, PolicyShape
 from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec.loader import spec_files
-from lhopt_dsl.spec.hparams import HPARAM_NAMES
 
 from .tracking import Tracker
 
@@ -135,14 +134,14 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _hparam_figure(episodes: list[Episode]):
+def _hparam_figure(episodes: list[Episode], names: Sequence[str]):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(HPARAM_NAMES)
-    fig, axes = plt.subplots(2, 4, figsize=(14, 6))
+    cols = (len(names) + 1) // 2
+    fig, axes = plt.subplots(2, cols, figsize=(3.5 * cols, 6))
     for ax, name in zip(axes.flat, names):
         for e in episodes[:12]:
             progress = (np.arange(len(e)) + 1) / len(e)
@@ -254,7 +253,7 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
             )
             bar.set_postfix(episodes=len(episodes) * (iteration + 1), reward=f"{metrics['reward/vs_initial_hparams']:.3f}")
             if (iteration + 1) % 10 == 0 or iteration + 1 == settings.iterations:
-                tracker.log_figure(_hparam_figure(episodes), "hparams.png")
+                tracker.log_figure(_hparam_figure(episodes, spec.hparams.hparam_names()), "hparams.png")
                 import matplotlib.pyplot as plt
 
                 plt.close("all")

@@ -14,11 +14,11 @@ from lhopt_dsl.compile import DataNotFoundError, compile_task, estimate_cost, fi
 from lhopt_dsl.compile import datafiles
 from lhopt_dsl.compile.datasets import image_data, read_idx, sst2_data
 from lhopt_dsl.sample import sample_initial_hparams
-from lhopt_dsl.spec import HyperparameterSpace
+from lhopt_dsl.spec import CIAOSpace
 
 from .conftest import SPECS
 
-HP = sample_initial_hparams(HyperparameterSpace(), 0).model_dump()
+HP = sample_initial_hparams(CIAOSpace(), 0).model_dump()
 COMMON = {"batch_size": 32, "inner_steps": 100, "outer_steps": 4}
 SMALL_TASKS = {
     "mlp": {"family": "mlp", "dataset": "digits", "hidden": [32, 16], "activation": "prelu", "norm": "batch",

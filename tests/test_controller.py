@@ -1,5 +1,6 @@
 """The drop-in LHOPT optimizer and fixed schedules (export, replay)."""
 
+import copy
 import math
 import subprocess
 import sys
@@ -10,24 +11,43 @@ import torch.nn.functional as F
 import yaml
 
 from lhopt_dsl import load_spec, sample
-from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, ScheduleReplay, load_schedule
-from lhopt_dsl.env import segment_bounds
+from lhopt_dsl.compile import compile_task
+from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, ScheduleReplay, load_policy, load_schedule
+from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward, segment_bounds
 from lhopt_dsl.policy import ActorCritic, PolicyShape
+from lhopt_dsl.rollout import run_episode
 from runners.cli import main as cli
 from runners.meta_train import policy_shape
 
 from .conftest import ROOT, SPECS
 
 SMOKE = load_spec(SPECS / "smoke.yaml")
+SMOKE_ADAMW = load_spec(SPECS / "smoke_adamw.yaml")
+ADAMW_COLUMNS = ("lr", "eps", "one_minus_beta2", "weight_decay")
+
+
+def _policy_file(spec, path):
+    """An untrained policy with a fixed seed, saved as meta-training saves one (with its spec)."""
+    torch.manual_seed(0)
+    model = ActorCritic(policy_shape(spec))
+    torch.save({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json")}, path)
+    return path
 
 
 @pytest.fixture
 def policy_file(tmp_path):
-    torch.manual_seed(0)
-    model = ActorCritic(policy_shape(SMOKE))
-    path = tmp_path / "policy.pt"
-    torch.save({"policy": model.to_checkpoint(), "spec": SMOKE.model_dump(mode="json")}, path)
-    return path
+    return _policy_file(SMOKE, tmp_path / "policy.pt")
+
+
+@pytest.fixture
+def adamw_policy_file(tmp_path):
+    return _policy_file(SMOKE_ADAMW, tmp_path / "adamw_policy.pt")
+
+
+def _task_file(spec, family, path):
+    cfg = next(c for c in (sample(spec, s) for s in range(50)) if c.family == family)
+    path.write_text(cfg.to_yaml())
+    return cfg, path
 
 
 def _regression():
@@ -58,7 +78,7 @@ def test_drop_in_trains_a_model_and_calls_the_policy_the_expected_number_of_time
     assert len(calls) == opt.decisions == 10
     assert [round(h["progress"], 3) for h in opt.history] == [k / 10 for k in range(10)]
     assert F.mse_loss(net(x), y).item() < first
-    assert opt.schedule()["lr"] == [h["lr"] for h in opt.history]
+    assert opt.schedule()["schedule"]["lr"] == [h["lr"] for h in opt.history]
 
 
 def test_a_policy_for_another_space_is_refused_with_a_clear_message(tmp_path):
@@ -72,17 +92,15 @@ def test_a_policy_for_another_space_is_refused_with_a_clear_message(tmp_path):
         LHOPT(net.parameters(), policy=tmp_path / "absent.pt", total_steps=10)
 
 
-def test_export_then_replay_reproduces_the_exported_sequence(policy_file, tmp_path):
-    cfg = next(c for c in (sample(SMOKE, s) for s in range(50)) if c.family == "nqm")
-    task = tmp_path / "task.yaml"
-    task.write_text(cfg.to_yaml())
+def test_export_then_replay_reproduces_the_exported_sequence(adamw_policy_file, tmp_path):
+    cfg, task = _task_file(SMOKE_ADAMW, "nqm", tmp_path / "task.yaml")
     out = tmp_path / "schedule.yaml"
-    assert cli(["schedule", "export", "--policy", str(policy_file), "--task", str(task), "-o", str(out)]) == 0
-    schedule = load_schedule(out)
+    assert cli(["schedule", "export", "--policy", str(adamw_policy_file), "--task", str(task), "-o", str(out)]) == 0
+    schedule = load_schedule(out)["schedule"]
     k, T = cfg.task.outer_steps, cfg.task.inner_steps
     assert schedule["progress"] == [b / T for b in segment_bounds(T, k)[:-1]]  # where each decision took effect
     meta = yaml.safe_load(out.read_text())["meta"]
-    assert meta["task_id"] == cfg.task_id
+    assert meta["task_id"] == cfg.task_id and meta["space"] == "adamw" and meta["restarts"] == 0
     for total in (cfg.task.inner_steps, 3 * cfg.task.inner_steps):  # replayed as recorded, then stretched
         p = torch.nn.Parameter(torch.zeros(2))
         adamw = torch.optim.AdamW([p])
@@ -96,9 +114,121 @@ def test_export_then_replay_reproduces_the_exported_sequence(policy_file, tmp_pa
             replay.step()
         boundaries = [math.ceil(p * total - 1e-9) for p in schedule["progress"]]
         for i, t in enumerate(boundaries):
-            expected = tuple(schedule[n][i] for n in ("lr", "eps", "one_minus_beta2", "weight_decay"))
+            expected = tuple(schedule[n][i] for n in ADAMW_COLUMNS)
             assert seen[t] == pytest.approx(expected, rel=1e-12), (total, i)
         assert adamw.param_groups[0]["betas"][0] == 0.9  # beta1 stays
+
+
+class _RecordingEnv(InnerTrainingEnv):
+    """The environment, keeping every inner step's training loss of its run."""
+
+    def reset(self, **kwargs):
+        out = super().reset(**kwargs)
+        self.train_losses, train_loss = [], self.task.train_loss
+
+        def recorded(batch):
+            loss = train_loss(batch)
+            self.train_losses.append(float(loss.detach()))
+            return loss
+
+        self.task.train_loss = recorded
+        return out
+
+
+@pytest.mark.parametrize("family", ["mlp", "rnn"])
+def test_exported_adamw_space_schedule_replayed_on_adamw_reproduces_the_run(adamw_policy_file, tmp_path, family):
+    """The policy's run (CIAO in the AdamW space, hyperparameters changed at every decision) and
+    torch.optim.AdamW driven by the exported schedule, from the same weights and data order, give
+    the same training loss at every inner step and the same validation losses."""
+    cfg, task_file = _task_file(SMOKE_ADAMW, family, tmp_path / "task.yaml")
+    out = tmp_path / "schedule.yaml"
+    assert cli(["schedule", "export", "--policy", str(adamw_policy_file), "--task", str(task_file), "-o", str(out)]) == 0
+    document = load_schedule(out)
+    schedule = document["schedule"]
+    assert all(len(set(schedule[c])) > 1 for c in ("eps", "one_minus_beta2", "weight_decay"))  # it acts
+
+    policy, space = load_policy(adamw_policy_file)
+    env = _RecordingEnv(space)
+    episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True)  # the exported run
+    assert episode.valid_curve[-1] == document["meta"]["final_valid_loss"]
+
+    task = compile_task(cfg)
+    adamw = torch.optim.AdamW(task.params)
+    replay = ScheduleReplay(adamw, out, total_steps=task.steps)
+    losses, valid = [], [task.valid_loss()]
+    bounds = segment_bounds(task.steps, task.outer_steps)
+    for a, b in zip(bounds, bounds[1:]):
+        for _ in range(a, b):
+            loss = task.train_loss(task.next_batch())
+            adamw.zero_grad()
+            loss.backward()
+            adamw.step()
+            replay.step()
+            losses.append(float(loss.detach()))
+        valid.append(task.valid_loss())
+    assert len(losses) == len(env.train_losses) == task.steps
+    for step, (mine, theirs) in enumerate(zip(losses, env.train_losses)):
+        assert mine == pytest.approx(theirs, rel=1e-4), step
+    assert valid == pytest.approx(episode.valid_curve, rel=1e-4)
+
+
+def test_drop_in_adamw_space_policy_runs_adamw_and_its_schedule_replays_the_run(adamw_policy_file):
+    x, y, net = _regression()
+    replayed = copy.deepcopy(net)
+    opt = LHOPT(net.parameters(), policy=adamw_policy_file, total_steps=120, outer_steps=6)
+    g = opt.param_groups[0]
+    assert (g["denominator"], g["use_clip"], g["use_lamb"], g["bias_correction"]) == ("adam", False, False, "power")
+    assert (g["lr"], g["eps"], g["one_minus_beta2"], g["weight_decay"]) == (1e-3, 1e-8, 1e-3, 1e-2)  # AdamW's defaults
+
+    def run(model, step):
+        losses = []
+        for i in range(120):
+            idx = torch.arange(i * 32, i * 32 + 32) % 512
+            loss = F.mse_loss(model(x[idx]), y[idx])
+            model.zero_grad()
+            loss.backward()
+            step(loss)
+            losses.append(loss.item())
+        return losses
+
+    def lhopt_step(loss):
+        opt.observe(train_loss=loss.item())
+        opt.step()
+
+    mine = run(net, lhopt_step)
+    schedule = opt.schedule()
+    assert schedule["meta"]["space"] == "adamw" and len(schedule["schedule"]["lr"]) == 6
+    adamw = torch.optim.AdamW(replayed.parameters())
+    replay = ScheduleReplay(adamw, schedule, total_steps=120)
+    theirs = run(replayed, lambda loss: (adamw.step(), replay.step()))
+    assert theirs == pytest.approx(mine, rel=1e-4)
+
+
+def test_ciao_space_policies_and_schedules_are_refused_for_adamw(policy_file, tmp_path, capsys):
+    cfg, task = _task_file(SMOKE, "nqm", tmp_path / "task.yaml")
+    out = tmp_path / "schedule.yaml"
+    assert cli(["schedule", "export", "--policy", str(policy_file), "--task", str(task), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "comes from the ciao space" in err and "LAMB trust ratio" in err and "hparams: {space: adamw}" in err
+    assert not out.exists()
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    columns = {"progress": [0.0], **{c: [1e-3] for c in ADAMW_COLUMNS}}
+    for schedule, why in [({"meta": {"space": "ciao"}, "schedule": columns}, "comes from the ciao space"),
+                          (columns, "records no hyperparameter space")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why) as info:
+            ScheduleReplay(torch.optim.AdamW([p]), schedule, total_steps=10)
+        assert "not torch.optim.AdamW's" in str(info.value) and "`hparams: {space: adamw}`" in str(info.value)
+    _, _, net = _regression()
+    ciao = LHOPT(net.parameters(), total_steps=10)  # the shipped default: a CIAO-space policy
+    with pytest.raises(ValueError, match="ciao space"):
+        ScheduleReplay(torch.optim.AdamW([p]), ciao.schedule(), total_steps=10)
+
+
+def test_export_refuses_a_task_of_another_space(adamw_policy_file, tmp_path, capsys):
+    _, task = _task_file(SMOKE, "nqm", tmp_path / "task.yaml")
+    assert cli(["schedule", "export", "--policy", str(adamw_policy_file), "--task", str(task)]) == 2
+    assert "sample the task from a spec with `hparams: {space: adamw}`" in capsys.readouterr().err
 
 
 def test_schedule_replay_validates_its_input(tmp_path):
@@ -107,8 +237,14 @@ def test_schedule_replay_validates_its_input(tmp_path):
     with pytest.raises(ValueError, match="not a schedule"):
         load_schedule(bad)
     p = torch.nn.Parameter(torch.zeros(1))
+    rows = {"progress": [0.5, 0.1], **{c: [1e-3, 1e-3] for c in ADAMW_COLUMNS}}
     with pytest.raises(ValueError, match="increasing progress"):
-        ScheduleReplay(torch.optim.AdamW([p]), {"progress": [0.5, 0.1], "lr": [1, 2]}, 10)
+        ScheduleReplay(torch.optim.AdamW([p]), {"meta": {"space": "adamw"}, "schedule": rows}, 10)
+    partial = {"meta": {"space": "adamw"}, "schedule": {"progress": [0.0], "lr": [1e-3]}}
+    with pytest.raises(ValueError, match="lacks the column"):
+        ScheduleReplay(torch.optim.AdamW([p]), partial, 10)
+    with pytest.raises(ValueError, match="drives torch.optim.AdamW"):
+        ScheduleReplay(torch.optim.SGD([p], lr=0.1), {"meta": {"space": "adamw"}, "schedule": {**rows, "progress": [0.0, 0.5]}}, 10)
 
 
 def test_shipped_default_policy_works_out_of_the_box():
@@ -123,6 +259,7 @@ def test_shipped_default_policy_works_out_of_the_box():
         opt.observe(train_loss=loss.item())
         opt.step()
     assert opt.decisions == 20  # outer_steps defaults to min(32, total_steps)
+    assert opt.space.space == "ciao"  # it records no space: a policy from before spaces existed
     record = DEFAULT_POLICY.parent
     assert (record / "spec.yaml").exists() and (record / "metrics.jsonl").exists()
 

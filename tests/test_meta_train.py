@@ -75,6 +75,23 @@ def _tiny_spec(tmp_path: Path):
     return spec.model_copy(update={"meta_train": mt, "tasks": tasks})
 
 
+def test_adamw_space_meta_training_saves_a_policy_that_records_its_space(tmp_path):
+    from lhopt_dsl.controller import LHOPT, load_policy
+
+    spec = load_spec(SPECS / "smoke_adamw.yaml")
+    mt = spec.meta_train.model_copy(update={"tasks_per_iteration": 2, "rollouts_per_task": 2, "hidden_size": 16})
+    tasks = spec.tasks.model_copy(update={"families": [f for f in spec.tasks.families if f.family in ("nqm", "mlp")]})
+    spec = spec.model_copy(update={"meta_train": mt, "tasks": tasks})
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        path = train(spec, Settings(iterations=1, workers=0, tracking_uri="http://127.0.0.1:9", run_dir=tmp_path,
+                                    quiet=True))  # fmt: skip
+    policy, space = load_policy(path)
+    assert space.space == "adamw" and torch.load(path, weights_only=False)["spec"]["hparams"]["space"] == "adamw"
+    assert list(policy.shape.nvec) == [7, 2, 2, 2, 1]
+    net = torch.nn.Linear(3, 1)
+    assert LHOPT(net.parameters(), policy=path, total_steps=8).param_groups[0]["denominator"] == "adam"
+
+
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     spec = _tiny_spec(tmp_path)
     offline = "http://127.0.0.1:9"  # nothing listens there: tracking is skipped quickly

@@ -6,19 +6,49 @@ import math
 import numpy as np
 import pytest
 
-from lhopt_dsl import TaskConfig, enumerate_settings, load_spec, sample, sample_initial_hparams, space_size
-from lhopt_dsl.spec import HyperparameterSpace
+from lhopt_dsl import (
+    ExperimentSpec,
+    SpecError,
+    TaskConfig,
+    TaskDistribution,
+    enumerate_settings,
+    load_spec,
+    sample,
+    sample_initial_hparams,
+    space_size,
+)
+from lhopt_dsl.spec import AdamWSpace, CIAOSpace
 
 from .conftest import SPECS
 
 ALL_SPECS = sorted(SPECS.glob("*.yaml")) + sorted((SPECS / "families").glob("*.yaml"))
+#: Family files held out of training (the Algo + Transformer row of Table 1): on their own they
+#: would be a training distribution, which is an error, so they are checked as evaluation ones.
+EVALUATION_ONLY = {SPECS / "families" / "transformer_algo.yaml"}
+
+
+def load_shipped(path, tmp_path) -> tuple[ExperimentSpec, TaskDistribution]:
+    """A shipped spec and the distribution to sample: its training one or, for an evaluation-only
+    family file, the evaluation distribution of an experiment that includes it."""
+    if path not in EVALUATION_ONLY:
+        spec = load_spec(path)
+        return spec, spec.tasks
+    with pytest.raises(SpecError, match="held out of training"):
+        load_spec(path)
+    wrapper = tmp_path / "wrapper.yaml"
+    wrapper.write_text(
+        f"name: w\ntasks: {{families: [{{include: {SPECS / 'families' / 'transformer.yaml'}}}]}}\n"
+        f"evaluation: {{tasks: {{families: [{{include: {path}}}]}}}}\n"
+    )
+    spec = load_spec(wrapper)
+    return spec, spec.evaluation.tasks
 
 
 @pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.relative_to(SPECS).as_posix())
-def test_every_shipped_spec_validates_and_samples(path):
-    spec = load_spec(path)
+def test_every_shipped_spec_validates_and_samples(path, tmp_path):
+    spec, tasks = load_shipped(path, tmp_path)
     for seed in range(20):
-        cfg = sample(spec, seed)
+        cfg = sample(spec, seed, tasks)
         assert cfg.task.outer_steps <= cfg.task.inner_steps
 
 
@@ -35,10 +65,10 @@ def test_default_reproduces_paper_table_6_weights():
 
 
 @pytest.mark.parametrize("path", ALL_SPECS, ids=lambda p: p.relative_to(SPECS).as_posix())
-def test_round_trip_through_yaml(path):
-    spec = load_spec(path)
+def test_round_trip_through_yaml(path, tmp_path):
+    spec, tasks = load_shipped(path, tmp_path)
     for seed in (0, 1, 12345):
-        cfg = sample(spec, seed)
+        cfg = sample(spec, seed, tasks)
         again = TaskConfig.from_yaml(cfg.to_yaml())
         assert again == cfg
         assert again.task_id == cfg.task_id
@@ -131,7 +161,7 @@ def test_exhaustive_sampling_hits_exactly_the_counted_settings(write):
 
 
 def test_sample_initial_hparams_defaults_follow_tables_7_and_8():
-    space = HyperparameterSpace()
+    space = CIAOSpace()
     assert space.lr.init == 1e-3 and space.one_minus_beta1.init == 0.1 and space.one_minus_beta2.init == 1e-2
     assert space.eps.init == 1e-6 and space.weight_decay.init == 1e-2 and space.grad_clip_fraction.init == 0.8
     assert space.one_minus_beta_gradclip.init == 1e-2 and space.one_minus_beta_lamb.init == 0.05
@@ -148,8 +178,20 @@ def test_sample_initial_hparams_defaults_follow_tables_7_and_8():
     assert np.all(np.abs(logit - math.log(0.8 / 0.2)) <= 1 + 1e-9)
 
 
+def test_adamw_space_defaults_and_task_configs():
+    space = AdamWSpace()
+    assert (space.lr.init, space.eps.init, space.one_minus_beta2.init, space.weight_decay.init) == (1e-3, 1e-8, 1e-3, 1e-2)
+    assert space.lr.action.values == CIAOSpace().lr.action.values and not space.restarts.enabled
+    ciao, adamw = sample(load_spec(SPECS / "smoke.yaml"), 3), sample(load_spec(SPECS / "smoke_adamw.yaml"), 3)
+    assert adamw.task == ciao.task and adamw.task_id != ciao.task_id  # the same task, in another space
+    assert "space" not in ciao.model_dump()["hparams"]  # CIAO configs (and task ids) are as before spaces existed
+    assert TaskConfig.from_yaml(adamw.to_yaml()) == adamw and "space: adamw" in adamw.to_yaml()
+    assert TaskConfig.from_yaml(ciao.to_yaml()).hparams.space == "ciao"
+    assert set(adamw.hparams.model_dump()) == {"space", *AdamWSpace.hparam_names()}
+
+
 def test_sample_initial_hparams_is_pure():
-    space = HyperparameterSpace()
+    space = CIAOSpace()
     assert sample_initial_hparams(space, 5) == sample_initial_hparams(space, 5)
     assert sample_initial_hparams(space, 5) != sample_initial_hparams(space, 6)
 

@@ -5,8 +5,11 @@ policy. Every hyperparameter lives in ``param_groups`` and is read at every step
 
 * ``lr``, ``weight_decay`` (decoupled, AdamW-style), ``eps``;
 * ``one_minus_beta1`` / ``one_minus_beta2``: moving-average rates stored as 1 - beta so that
-  multiplicative actions apply naturally; bias correction uses the running product of the betas
-  actually used, so it stays exact when a policy changes them mid-run;
+  multiplicative actions apply naturally;
+* ``bias_correction``: ``"product"`` (default) divides by 1 - the running product of the betas
+  actually used, which stays exact when a policy changes them mid-run; ``"power"`` divides by
+  ``1 - beta**t`` with the current beta, as ``torch.optim.Adam``/``AdamW`` do (the two agree
+  while the betas stay fixed);
 * ``denominator``: ``"adamax"`` (default: u = max(beta2 * u, |g|)) or ``"adam"`` (EMA of g^2);
 * ``use_clip``, ``grad_clip_fraction``, ``one_minus_beta_gradclip``: the gradient's global norm is
   clipped to a fraction of its exponentially decaying moving maximum
@@ -16,9 +19,11 @@ policy. Every hyperparameter lives in ``param_groups`` and is read at every step
   rather than the current one (Appendix I.1), and never below ``lamb_min_trust``.
 
 The update of a tensor is ``p -= lr * trust * (m_hat / denom + weight_decay * p)``; with LAMB and
-clipping off and the Adam denominator this is exactly AdamW. Two implementations share the
-maths: ``_step_reference`` (a loop over tensors: the specification) and ``_step_foreach`` (torch's
-multi-tensor kernels: the fast path); a test keeps them equal. A non-finite gradient norm leaves
+clipping off, the Adam denominator and ``bias_correction="power"`` this is exactly
+``torch.optim.AdamW``, also when its hyperparameters change between steps (the AdamW space of
+:mod:`lhopt_dsl.spec.hparams`). Two implementations share the maths: ``_step_reference`` (a loop
+over tensors: the specification) and ``_step_foreach`` (torch's multi-tensor kernels: the fast
+path); a test keeps them equal. A non-finite gradient norm leaves
 the moving maximum unchanged; the step itself proceeds, so a diverged run shows up in its losses.
 Like ``torch.nn.utils.clip_grad_norm_``, clipping scales the ``.grad`` tensors in place.
 
@@ -43,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "eps": 1e-6,
     "one_minus_beta1": 0.1,
     "one_minus_beta2": 1e-2,
+    "bias_correction": "product",
     "denominator": "adamax",
     "use_clip": True,
     "grad_clip_fraction": 0.8,
@@ -71,6 +77,7 @@ def check_hyperparameters(group: dict[str, Any]) -> None:
     v = group["grad_clip_fraction"]
     need(isinstance(v, (int, float)) and 0 < v <= 1, "grad_clip_fraction", "must be in (0, 1]")
     need(group["denominator"] in ("adam", "adamax"), "denominator", "must be 'adam' or 'adamax'")
+    need(group["bias_correction"] in ("product", "power"), "bias_correction", "must be 'product' or 'power'")
     for name in ("use_clip", "use_lamb"):
         need(isinstance(group[name], bool), name, "must be true or false")
 
@@ -101,7 +108,7 @@ class CIAO(Optimizer):
         if "_ciao" not in group:
             group["_ciao"] = {
                 "step": 0,
-                "beta1_prod": 1.0,
+                "beta1_prod": 1.0,  # what 1 - beta_prod corrects the moments' bias with (see bias_correction)
                 "beta2_prod": 1.0,
                 "lamb_prod": 1.0,
                 "grad_max": torch.zeros((), device=device),  # G_t, the moving maximum of |g|
@@ -129,8 +136,12 @@ class CIAO(Optimizer):
                 raise RuntimeError("CIAO does not support sparse gradients")
             gs = self._group_state(group, params[0].device)
             gs["step"] += 1
-            gs["beta1_prod"] *= 1.0 - group["one_minus_beta1"]
-            gs["beta2_prod"] *= 1.0 - group["one_minus_beta2"]
+            b1, b2 = 1.0 - group["one_minus_beta1"], 1.0 - group["one_minus_beta2"]
+            if group["bias_correction"] == "power":  # torch's Adam: 1 - beta**t with the current betas
+                gs["beta1_prod"], gs["beta2_prod"] = b1 ** gs["step"], b2 ** gs["step"]
+            else:
+                gs["beta1_prod"] *= b1
+                gs["beta2_prod"] *= b2
             gs["lamb_prod"] *= 1.0 - group["one_minus_beta_lamb"]
             gs["steps_since_stats"] += 1
             impl = self._step_foreach if self.foreach else self._step_reference

@@ -4,7 +4,10 @@ from .distributions import Choice, IntRange, LogIntRange, LogUniform, Uniform
 from .experiment import EvaluationSpec, ExperimentSpec, MetaTrainSpec, TaskDistribution, TrackingSpec
 from .families import (
     FAMILY_SPECS,
+    LM_ALGO_DATASETS,
+    LM_DATASETS,
     LM_OOD_DATASETS,
+    LM_TEXT_DATASETS,
     LM_TRAIN_DATASETS,
     CNNSpec,
     CNNTask,
@@ -20,15 +23,27 @@ from .families import (
     TransformerSpec,
     TransformerTask,
 )
-from .hparams import HPARAM_NAMES, HParam, HyperparameterSpace, InitialHParams
+from .hparams import (
+    HPARAM_NAMES,
+    AdamWInitial,
+    AdamWSpace,
+    CIAOInitial,
+    CIAOSpace,
+    HParam,
+    HyperparameterSpace,
+    InitialHParams,
+    validate_space,
+)
 from .loader import SpecError, load_spec
 
 __all__ = [
     "Choice", "IntRange", "LogIntRange", "LogUniform", "Uniform",
     "EvaluationSpec", "ExperimentSpec", "MetaTrainSpec", "TaskDistribution", "TrackingSpec",
-    "FAMILY_SPECS", "LM_OOD_DATASETS", "LM_TRAIN_DATASETS", "Layers",
+    "FAMILY_SPECS", "LM_ALGO_DATASETS", "LM_DATASETS", "LM_OOD_DATASETS", "LM_TEXT_DATASETS", "LM_TRAIN_DATASETS",
+    "Layers",
     "CNNSpec", "CNNTask", "MLPSpec", "MLPTask", "NQMSpec", "NQMTask", "RNNSpec", "RNNTask",
     "TextRNNSpec", "TextRNNTask", "TransformerSpec", "TransformerTask",
-    "HPARAM_NAMES", "HParam", "HyperparameterSpace", "InitialHParams",
+    "HPARAM_NAMES", "AdamWInitial", "AdamWSpace", "CIAOInitial", "CIAOSpace", "HParam", "HyperparameterSpace",
+    "InitialHParams", "validate_space",
     "SpecError", "load_spec",
 ]  # fmt: skip

@@ -22,7 +22,7 @@ SECTIONS: list[tuple[str, list[type[BaseModel]]]] = [
     ("Experiment", [e.ExperimentSpec, e.TaskDistribution, e.Budget, e.MetaTrainSpec, e.EvaluationSpec, e.TrackingSpec]),
     ("Task families", [f.MLPSpec, f.CNNSpec, f.RNNSpec, f.TextRNNSpec, f.TransformerSpec, f.NQMSpec, f.Layers]),
     ("Distributions", [d.Choice, d.IntRange, d.LogIntRange, d.Uniform, d.LogUniform]),
-    ("Hyperparameters", [h.HyperparameterSpace, h.HParam, h.Action, h.Noise, h.Restarts]),
+    ("Hyperparameters", [h.CIAOSpace, h.AdamWSpace, h.HParam, h.Action, h.Noise, h.Restarts]),
 ]
 _DIST_NAMES = {"choice", "int_range", "log_int_range", "uniform", "log_uniform"}
 
@@ -40,6 +40,8 @@ def type_name(tp: Any) -> str:
         inner = typing.get_args(args[0])
         if disc is not None and inner:
             tags = [typing.get_args(a)[1].tag for a in inner]
+            if not set(tags) & _DIST_NAMES:  # models told apart by a tag (the hyperparameter spaces)
+                return " or ".join(type_name(typing.get_args(a)[0]) for a in inner)
             fixed = type_name(typing.get_args(inner[0])[0])
             dists = [t for t in tags if t in _DIST_NAMES]
             return f"{fixed} or dist: {' / '.join(dists)}"
