@@ -28,7 +28,7 @@ from .compile.task import InnerTask
 from .observation import FeatureBuilder, flatten, norm_ratios
 from .optim import CIAO
 from .optim.stats import mean_stats
-from .spec.hparams import HPARAM_NAMES, HyperparameterSpace, InitialHParams
+from .spec.hparams import HPARAM_NAMES, CIAOSpace, HyperparameterSpace, InitialHParams
 
 DIVERGED_PENALTY = 10.0
 
@@ -69,8 +69,8 @@ def segment_bounds(inner_steps: int, outer_steps: int) -> list[int]:
 
 
 def ciao_kwargs(h: InitialHParams) -> dict[str, Any]:
-    return {**{n: getattr(h, n) for n in HPARAM_NAMES}, "denominator": h.denominator,
-            "use_lamb": h.use_lamb, "lamb_min_trust": h.lamb_min_trust}  # fmt: skip
+    """CIAO's keyword arguments that start a run from a task's initial hyperparameters (in its space)."""
+    return h.ciao_kwargs()
 
 
 @dataclass
@@ -127,7 +127,7 @@ class InnerTrainingEnv(gym.Env):
         stats_every: int = 4,
         max_valid: int = 512,
     ):
-        self.space = hparams or HyperparameterSpace()
+        self.space = hparams or CIAOSpace()
         self.actions = ActionSpace(self.space)
         self.features = FeatureBuilder(self.actions, self.space)
         self.reward_fn = reward_fn
@@ -149,11 +149,12 @@ class InnerTrainingEnv(gym.Env):
         cfg = options.get("config", self.default_config)
         if cfg is None:
             raise ValueError("reset needs a task: pass options={'config': TaskConfig} or InnerTrainingEnv(config=...)")
+        self.space.check_initial(cfg.hparams)
         self.config = cfg
         self.baseline = np.asarray(options["baseline"], dtype=np.float64) if options.get("baseline") is not None else None
         self.task = compile_task(cfg, self.device, self.data_dir, max_valid=self.max_valid)
         self.optimizer = CIAO(self.task.params, **ciao_kwargs(cfg.hparams))
-        self.initial = {n: float(getattr(cfg.hparams, n)) for n in HPARAM_NAMES}
+        self.initial = cfg.hparams.controlled()
         self.bank = CheckpointBank(self.features.slots, HPARAM_NAMES)
         self.bounds = segment_bounds(self.task.steps, self.task.outer_steps)
         self.k = 0
@@ -165,6 +166,7 @@ class InnerTrainingEnv(gym.Env):
         self.train_loss = float("nan")
         self.prev_params = flatten(self.task.params)
         self.curve = [self.valid_loss]
+        self.test_loss = float("nan")
         obs = self._observe(param_norm_ratio=1.0, update_ratio=float("nan"))
         return obs, self._info(applied=current_hparams(self.optimizer), restart=("none", -1))
 
@@ -189,6 +191,8 @@ class InnerTrainingEnv(gym.Env):
         self.curve.append(self.valid_loss)
         self.k += 1
         done = self.k == self.task.outer_steps
+        if done:  # the score of evaluations: measured once the run is over, never observed
+            self.test_loss = self.task.test_loss()
         reward = float(self.reward_fn(OuterStep(self.k, self.k / self.task.outer_steps, self.train_loss,
                                                 self.valid_loss, prev_valid, done, self.config)))  # fmt: skip
         self.reward_so_far += reward
@@ -197,7 +201,10 @@ class InnerTrainingEnv(gym.Env):
         ratios = norm_ratios(self.prev_params, now)
         self.prev_params = now
         obs = self._observe(*ratios)
-        return obs, reward, done, False, self._info(applied=applied, restart=(kind, slot))
+        info = self._info(applied=applied, restart=(kind, slot))
+        if done:
+            info["test_loss"] = self.test_loss  # the run's score; the policy never sees it
+        return obs, reward, done, False, info
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -277,10 +284,25 @@ class Schedule:
 
 @dataclass
 class LearningCurve:
-    steps: list[int]  # inner steps at which the validation loss was measured (0 first)
+    """Losses of a fixed run, measured at ``steps``; the test split is measured at the same points.
+
+    The test loss is the score of evaluations (no run sees it: nothing decides on it), and its
+    curve is what speedups are read from; ``test_loss`` is its last value.
+    """
+
+    steps: list[int]  # inner steps at which the losses were measured (0 first)
     valid_loss: list[float]
     train_loss: list[float] = field(default_factory=list)  # mean training loss of each segment
     test_loss: float = float("nan")
+    test_curve: list[float] = field(default_factory=list)  # test loss at each of ``steps``
+
+    def losses(self, score: str) -> list[float]:
+        """The curve used to score: ``"test"`` (the test curve) or ``"valid"``."""
+        if score == "test":
+            return self.test_curve
+        if score == "valid":
+            return self.valid_loss
+        raise ValueError(f"unknown score '{score}'; use 'test' or 'valid'")
 
     @property
     def progress(self) -> np.ndarray:
@@ -297,8 +319,8 @@ def train_and_measure(
     before_step: Callable[[int], None] | None = None, before_train: Callable[[], None] | None = None,
     before_eval: Callable[[], None] | None = None,
 ) -> LearningCurve:  # fmt: skip
-    """Train for ``total_steps`` with a fixed optimizer, measuring the validation loss at
-    ``evaluations`` evenly spaced points (and the untrained model first) and the test loss at the end.
+    """Train for ``total_steps`` with a fixed optimizer, measuring the validation and test losses at
+    ``evaluations`` evenly spaced points (and the untrained model first).
 
     ``before_train`` / ``before_eval`` let optimizers with separate train and eval points
     (Schedule-Free) switch between them.
@@ -310,15 +332,16 @@ def train_and_measure(
         return fn()
 
     bounds = segment_bounds(total_steps, evaluations)
-    curve = LearningCurve([0], [task.valid_loss()])
+    curve = LearningCurve([0], [task.valid_loss()], test_curve=[task.test_loss()])
     for a, b in zip(bounds, bounds[1:]):
         if before_train is not None:
             before_train()
         seg = train_segment(task, optimizer, b - a, a, stats_every=0, before_step=before_step)
         curve.steps.append(b)
         curve.valid_loss.append(measure(task.valid_loss))
+        curve.test_curve.append(measure(task.test_loss))
         curve.train_loss.append(seg.train_loss)
-    curve.test_loss = measure(task.test_loss)
+    curve.test_loss = curve.test_curve[-1]
     return curve
 
 

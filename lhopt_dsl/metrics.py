@@ -1,28 +1,30 @@
-"""Evaluation metrics against baselines: paper Table 1, per-task speedups, performance profiles.
+"""Evaluation metrics against baselines: paper Table 1, per-task comparisons, speedups, profiles.
 
 Pure functions of numbers (numpy only; matplotlib is imported lazily by the one plotting helper).
-The inputs are final validation losses of a policy and of baselines run on exactly the same tasks
-(see ``runners/baselines.py``), keyed by :attr:`~lhopt_dsl.sample.TaskConfig.task_id`.
+The inputs are final losses of a policy and of baselines run on exactly the same tasks (see
+``runners/baselines.py``) on the scoring split: the test split by default, which no run observes
+(the policy sees training and validation losses, and may return to checkpoints chosen on them).
 
 Our reading of the paper (Section 4.1) and of the unstated details:
 
 * *Table 1*: "the fraction of tasks where the model gets a >=2x speedup" is computed "by running
   each baseline with twice as many updates, and compare the model's performance on every task to
   that of every baseline on that task". So the unit is a (task, baseline) pair: the policy, run for
-  T steps, "gets a >=2x speedup" over a baseline when its final validation loss is at most that of
-  the baseline run for 2T steps (its schedule stretched over 2T), and ">=1x" when it is at most
-  that of the baseline run for T steps. Ties count for the policy.
+  T steps, "gets a >=2x speedup" over a baseline when its final loss is at most that of the
+  baseline run for 2T steps (its schedule stretched over 2T), and ">=1x" when it is at most that of
+  the baseline run for T steps. Ties count for the policy.
+* *Per task*, a user's question: is the policy at least as good as the *best* of the 35 tuned
+  baselines (at T, and at 2T)? And how many steps would that best baseline need to match it
+  (:func:`speedup`)? Both with bootstrap intervals over tasks (:func:`evaluation_summary`).
 * *Failures*: a NaN (or infinite) policy loss never beats anything; a NaN baseline loss (a diverged
   baseline) is beaten by any finite policy loss.
-* *Speedup* (:func:`speedup`): an honest per-task number against the single best baseline, read off
-  the best baseline's 2T curve (its best-so-far envelope, interpolated linearly in
-  (step, log loss)); it is censored at the length of that run and flagged when censored.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = [
-    "best_baseline", "format_table1", "loss_at", "performance_profile", "plot_performance_profile",
-    "speedup", "steps_to_reach", "table1",
+    "SPEEDUP_FLOOR", "TaskScores", "bootstrap_interval", "compare_task", "evaluation_summary", "format_summary",
+    "geometric_mean", "performance_profile", "plot_performance_profile", "speedup", "steps_to_reach",
 ]  # fmt: skip
 
 
@@ -79,115 +81,288 @@ def steps_to_reach(steps: Sequence[float], losses: Sequence[float], target: floa
     return float(s[i - 1] + frac * (s[i] - s[i - 1]))
 
 
-def loss_at(steps: Sequence[float], losses: Sequence[float], at: float) -> float:
-    """The last measured loss at a step <= ``at`` (NaN if there is none)."""
-    s = np.asarray(steps, dtype=np.float64)
-    y = np.asarray(losses, dtype=np.float64)
-    idx = np.flatnonzero(s <= at)
-    return float(y[idx[-1]]) if len(idx) else math.nan
-
-
-def best_baseline(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], T: float) -> str:
-    """Name of the baseline with the lowest validation loss at step ``T``.
-
-    ``curves`` maps names to ``(steps, losses)``; the loss "at T" is the last measurement at a step
-    <= T, i.e. the final loss of a run of T steps (pass the T-step runs here, then use the chosen
-    baseline's 2T run in :func:`speedup`). Non-finite losses rank last; ties go to the first name.
-    """
-    if not curves:
-        raise ValueError("no baseline curves")
-    scores = {name: loss_at(s, y, T) for name, (s, y) in curves.items()}
-    return min(scores, key=lambda n: scores[n] if math.isfinite(scores[n]) else math.inf)
-
-
 def speedup(
     policy_final: float,
     T: float,
-    best_curve_steps: Sequence[float],
-    best_curve_losses: Sequence[float],
-    cap: float = 2.0,
+    final_T: float,
+    final_2T: float,
+    curve_steps: Sequence[float],
+    curve_losses: Sequence[float],
+    horizon: float = 2.0,
 ) -> tuple[float, bool]:
-    """Speedup of a policy run of ``T`` steps over the best baseline's (2T-step) curve.
+    """Speedup of a policy run of ``T`` steps over a baseline run for ``T`` and for ``horizon * T`` steps.
 
-    = (steps the baseline curve needs to reach the policy's final validation loss) / T. When the
-    baseline never reaches it within its run, or would need more than ``cap * T`` steps, the value
-    is censored: ``(cap, True)``; otherwise ``(value, False)``. A non-finite policy loss is no
-    speedup at all: ``(0.0, False)``.
+    = (steps the baseline needs to reach the policy's final loss) / T, read as follows:
+
+    * ``L1 = final_T`` is the baseline's final loss after a run of T steps and
+      ``L2 = min(L1, final_2T)`` the best it reaches within ``horizon * T`` steps (a user with that
+      budget may also stop at T). Non-finite finals (diverged runs) count as ``inf``.
+    * policy <= L2: the baseline needs more than ``horizon * T`` steps: censored, ``(horizon, True)``.
+    * L2 < policy <= L1: between T and ``horizon * T`` steps, interpolated between the two run ends
+      linearly in (log steps, log loss) (in loss where a loss is not positive): no intermediate
+      point of a run is used, so the baseline's schedule is always complete where it is measured.
+    * policy > L1: fewer than T steps, read off the T run's curve (``curve_steps``, ``curve_losses``;
+      its best-so-far envelope, see :func:`steps_to_reach`). These points are mid-schedule, so this
+      reading can only overstate the steps a baseline tuned for the shorter budget would need: values
+      below 1 flatter the policy slightly; values >= 1 do not.
+    * A non-finite policy loss is no speedup at all: ``(0.0, False)``.
     """
     if not _finite(policy_final):
         return 0.0, False
     if T <= 0:
         raise ValueError(f"T must be positive, got {T}")
-    needed = steps_to_reach(best_curve_steps, best_curve_losses, float(policy_final))
-    ratio = needed / T
-    if not math.isfinite(ratio) or ratio > cap:
-        return float(cap), True
-    return float(ratio), False
+    p = float(policy_final)
+    l1 = float(final_T) if _finite(final_T) else math.inf
+    l2 = min(l1, float(final_2T) if _finite(final_2T) else math.inf)
+    if p <= l2:
+        return float(horizon), True
+    if p <= l1:  # l2 < p <= l1 < inf
+        if p > 0 and l2 > 0:
+            frac = (math.log(l1) - math.log(p)) / (math.log(l1) - math.log(l2))
+        else:
+            frac = (l1 - p) / (l1 - l2)
+        return float(horizon**frac), False
+    needed = steps_to_reach(curve_steps, curve_losses, p)
+    return float(min(needed, T) / T), False
 
 
-# --- Table 1 ---------------------------------------------------------------------------------------
+def geometric_mean(values: Sequence[float] | np.ndarray, floor: float = 0.0, axis: int = -1) -> np.ndarray | float:
+    """exp(mean(log(max(v, floor)))) along ``axis``; ``floor`` keeps zeros (failed runs) finite."""
+    v = np.maximum(np.asarray(values, dtype=np.float64), floor)
+    with np.errstate(divide="ignore"):
+        out = np.exp(np.log(v).mean(axis=axis))
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def bootstrap_interval(
+    values: Sequence | np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over tasks.
+
+    ``values`` has one row per task (any trailing shape); ``statistic`` maps a stack of resamples
+    of shape ``(resamples, n, ...)`` to ``(resamples,)`` (so it must reduce over axis 1). Tasks are
+    the resampling unit, also for the pairs fraction, whose pairs within a task are not independent.
+    Returns ``(nan, nan)`` without tasks. Reproducible: the resamples come from ``seed``.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(resamples, len(v)))
+    stats = np.asarray(statistic(v[idx]), dtype=np.float64)
+    alpha = (1.0 - level) / 2
+    lo, hi = np.nanquantile(stats, [alpha, 1.0 - alpha]) if np.isfinite(stats).any() else (math.nan, math.nan)
+    return float(lo), float(hi)
+
+
+# --- Table 1 and per-task comparisons ----------------------------------------------------------------
 
 
 def _beats(policy: float, baseline: float) -> bool:
     """The policy's loss is at most the baseline's; NaN policy loses, NaN baseline is beaten."""
     if not _finite(policy):
         return False
-    if baseline is None or math.isnan(float(baseline)):
+    if baseline is None or not _finite(baseline):
         return True
     return float(policy) <= float(baseline)
 
 
-def _fractions(wins1: int, wins2: int, pairs: int, tasks: int) -> dict[str, float | int]:
-    frac = (lambda w: w / pairs) if pairs else (lambda w: math.nan)  # noqa: E731
-    return {"ge_1x": frac(wins1), "ge_2x": frac(wins2), "tasks": tasks, "pairs": pairs}
+def _best(losses: Mapping[str, float], names: Sequence[str]) -> tuple[str, float]:
+    """The name and loss of the lowest finite loss among ``names`` (``inf`` if none is finite)."""
+    finite = [(float(losses[n]), n) for n in names if _finite(losses[n])]
+    if not finite:
+        return names[0], math.inf
+    loss, name = min(finite)  # ties: the alphabetically first name
+    return name, loss
 
 
-def table1(
-    policy_final: Mapping[Hashable, float],
-    baselines_T: Mapping[Hashable, Mapping[str, float]],
-    baselines_2T: Mapping[Hashable, Mapping[str, float]],
-    families: Mapping[Hashable, str],
-) -> dict:
-    """Paper Table 1: fractions of (task, baseline) pairs where the policy gets a >=1x / >=2x speedup.
+@dataclass(frozen=True)
+class TaskScores:
+    """One evaluation task's final losses on the scoring split (the test split unless asked otherwise).
 
-    ``policy_final[task]`` is the policy's final validation loss after T steps,
-    ``baselines_T[task][name]`` / ``baselines_2T[task][name]`` the baseline's final validation
-    loss after T / 2T steps, ``families[task]`` the row the task belongs to. Every task of
-    ``policy_final`` must have both baseline dicts, with the same names.
-
-    Returns ``{"overall": row, "families": {family: row}}`` with
-    ``row = {"ge_1x": fraction, "ge_2x": fraction, "tasks": n_tasks, "pairs": n_pairs}``
-    (fractions are NaN for a row without pairs); families in order of first appearance.
+    ``at_T[m]`` / ``at_2T[m]`` are the final losses of method ``m``'s runs of T and 2T steps (its
+    schedule stretched over the run); ``curves_T[m] = (steps, losses)`` is the curve of its T run.
     """
-    counts: dict[str, list[int]] = {}  # family -> [wins1, wins2, pairs, tasks]
-    for task, p in policy_final.items():
-        if task not in baselines_T or task not in baselines_2T:
-            raise KeyError(f"task {task!r} has no baseline losses at T and 2T")
-        at_t, at_2t = baselines_T[task], baselines_2T[task]
-        if set(at_t) != set(at_2t):
-            raise ValueError(f"task {task!r}: baselines at T and 2T differ: {sorted(set(at_t) ^ set(at_2t))}")
-        c = counts.setdefault(families[task], [0, 0, 0, 0])
-        c[3] += 1
-        for name, loss_t in at_t.items():
-            c[0] += _beats(p, loss_t)
-            c[1] += _beats(p, at_2t[name])
-            c[2] += 1
-    total = [sum(c[i] for c in counts.values()) for i in range(4)]
-    return {"overall": _fractions(*total), "families": {f: _fractions(*c) for f, c in counts.items()}}
+
+    task_id: str
+    row: str
+    T: int
+    policy: float
+    at_T: Mapping[str, float]
+    at_2T: Mapping[str, float]
+    curves_T: Mapping[str, tuple[Sequence[float], Sequence[float]]]
 
 
-def format_table1(result: Mapping, markdown: bool = False) -> str:
-    """Table 1 as text: rows Overall then each family; columns >=1x, >=2x, tasks."""
-    rows = [("Overall", result["overall"])] + list(result["families"].items())
-    cells = [(name, f"{r['ge_1x']:.3f}", f"{r['ge_2x']:.3f}", str(r["tasks"])) for name, r in rows]
-    header = ("", ">=1x", ">=2x", "tasks")
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|"]
-        lines += ["| " + " | ".join(c) + " |" for c in cells]
-        return "\n".join(lines)
-    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(4)]
-    fmt = lambda r: "  ".join([r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, 4)])  # noqa: E731
-    return "\n".join(fmt(r).rstrip() for r in [header, *cells])
+def compare_task(task: TaskScores, adamw: Sequence[str], others: Sequence[str] = ()) -> dict[str, Any]:
+    """Every per-task number of the evaluation (see :func:`evaluation_summary`)."""
+    missing = [m for m in [*adamw, *others] if m not in task.at_T or m not in task.at_2T]
+    if missing:
+        raise KeyError(f"task {task.task_id}: no losses at T and 2T for {missing}")
+    p = task.policy
+    best_name, best_T = _best(task.at_T, adamw)
+    _, best_2T = _best(task.at_2T, adamw)
+    steps, losses = task.curves_T[best_name]
+    value, capped = speedup(p, task.T, best_T, best_2T, steps, losses)
+    out: dict[str, Any] = {
+        "task_id": task.task_id, "row": task.row, "T": task.T, "policy": p,
+        "pairs": len(adamw),
+        "pair_wins_1x": sum(_beats(p, task.at_T[n]) for n in adamw),
+        "pair_wins_2x": sum(_beats(p, task.at_2T[n]) for n in adamw),
+        "best_baseline": best_name, "best_T": best_T, "best_2T": best_2T,
+        "beats_best_1x": _beats(p, best_T), "beats_best_2x": _beats(p, best_2T),
+        "speedup": value, "capped": capped, "policy_failed": not _finite(p), "vs": {},
+    }  # fmt: skip
+    for m in others:
+        steps, losses = task.curves_T[m]
+        v, c = speedup(p, task.T, task.at_T[m], task.at_2T[m], steps, losses)
+        out["vs"][m] = {"T": task.at_T[m], "2T": task.at_2T[m], "beats_1x": _beats(p, task.at_T[m]),
+                        "beats_2x": _beats(p, task.at_2T[m]), "speedup": v, "capped": c}  # fmt: skip
+    return out
+
+
+#: Geometric means treat a speedup below this as this (a failed policy run has speedup 0).
+SPEEDUP_FLOOR = 1e-2
+
+
+def _estimate(values: np.ndarray, stat: Callable[[np.ndarray], np.ndarray], **boot: Any) -> dict[str, Any]:
+    if not len(values):
+        return {"value": math.nan, "ci": [math.nan, math.nan]}
+    value = float(stat(values[None])[0])
+    return {"value": value, "ci": list(bootstrap_interval(values, stat, **boot))}
+
+
+def _mean(v: np.ndarray) -> np.ndarray:
+    return v.mean(axis=1)
+
+
+def _ratio(v: np.ndarray) -> np.ndarray:
+    return v[..., 0].sum(axis=1) / np.maximum(v[..., 1].sum(axis=1), 1)
+
+
+def _median(v: np.ndarray) -> np.ndarray:
+    return np.median(v, axis=1)
+
+
+def _geomean(v: np.ndarray) -> np.ndarray:
+    return geometric_mean(v, SPEEDUP_FLOOR, axis=1)
+
+
+def _aggregate(per_task: list[dict[str, Any]], others: Sequence[str], **boot: Any) -> dict[str, Any]:
+    arr = lambda key: np.asarray([t[key] for t in per_task], dtype=np.float64)  # noqa: E731
+    pairs = arr("pairs")
+    row: dict[str, Any] = {
+        "tasks": len(per_task), "pairs": int(pairs.sum()),
+        "pairs_ge_1x": _estimate(np.stack([arr("pair_wins_1x"), pairs], -1).reshape(-1, 2), _ratio, **boot),
+        "pairs_ge_2x": _estimate(np.stack([arr("pair_wins_2x"), pairs], -1).reshape(-1, 2), _ratio, **boot),
+        "best_ge_1x": _estimate(arr("beats_best_1x"), _mean, **boot),
+        "best_ge_2x": _estimate(arr("beats_best_2x"), _mean, **boot),
+        "speedup_median": _estimate(arr("speedup"), _median, **boot),
+        "speedup_geomean": _estimate(arr("speedup"), _geomean, **boot),
+        "speedup_capped": float(arr("capped").mean()) if per_task else math.nan,
+        "policy_failed": int(arr("policy_failed").sum()),
+        "vs": {},
+    }  # fmt: skip
+    for m in others:
+        col = lambda key: np.asarray([t["vs"][m][key] for t in per_task], dtype=np.float64)  # noqa: E731
+        row["vs"][m] = {"ge_1x": _estimate(col("beats_1x"), _mean, **boot),
+                        "ge_2x": _estimate(col("beats_2x"), _mean, **boot),
+                        "speedup_median": _estimate(col("speedup"), _median, **boot)}  # fmt: skip
+    return row
+
+
+def evaluation_summary(
+    tasks: Sequence[TaskScores],
+    adamw: Sequence[str],
+    others: Sequence[str] = (),
+    rows: Sequence[str] = (),
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The evaluation's numbers, per Table 1 row and overall, each with a bootstrap interval.
+
+    Against the grid ``adamw`` (the 35 tuned AdamW baselines):
+
+    * ``pairs_ge_1x`` / ``pairs_ge_2x``: the paper's Table 1 (Section 4.1): over (task, baseline)
+      pairs, the fraction where the policy's loss at T is at most the baseline's at T / at 2T;
+    * ``best_ge_1x`` / ``best_ge_2x``: over tasks, the fraction where the policy at T is at least as
+      good as the *best* of the grid at T / the best of the grid at 2T (the best is picked on the
+      scoring split itself: the strongest baseline a tuning procedure could find). The 2x fraction
+      can exceed the 1x one, since a baseline can diverge over 2T and not over T;
+    * ``speedup_*``: the speedup against the grid's best (:func:`speedup` with the best final
+      losses at T and 2T, and the curve of the best T run), its median and geometric mean
+      (speedups floored at :data:`SPEEDUP_FLOOR`), and the fraction censored at 2x.
+
+    Against each method of ``others`` (Schedule-Free AdamW, Prodigy): the fractions of tasks where
+    the policy at T is at least as good at T / at 2T, and the median speedup.
+
+    Intervals: percentile bootstrap over tasks (``resamples``, ``seed``), ``level`` coverage.
+    ``rows`` fixes the order of rows (others follow in order of appearance). Ties count for the
+    policy; a non-finite policy loss never wins, a non-finite baseline loss is beaten by any finite one.
+    """
+    boot = {"level": level, "resamples": resamples, "seed": seed}
+    per_task = [compare_task(t, adamw, others) for t in tasks]
+    order = [r for r in rows if any(t["row"] == r for t in per_task)]
+    order += [r for r in dict.fromkeys(t["row"] for t in per_task) if r not in order]
+    return {
+        "overall": _aggregate(per_task, others, **boot),
+        "rows": {r: _aggregate([t for t in per_task if t["row"] == r], others, **boot) for r in order},
+        "tasks": per_task,
+        "level": level,
+    }
+
+
+def _cell(est: Mapping[str, Any], digits: int = 2, suffix: str = "") -> str:
+    lo, hi = est["ci"]
+    if not math.isfinite(est["value"]):
+        return "-"
+    return f"{est['value']:.{digits}f}{suffix} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def format_summary(summary: Mapping[str, Any], markdown: bool = False) -> str:
+    """The summary as two tables (vs the AdamW grid; vs the tuning-free optimizers), rows then Overall."""
+    rows = [*summary["rows"].items(), ("Overall", summary["overall"])]
+    header = ["row", "tasks", "pairs >=1x", "pairs >=2x", "<=best@T", "<=best@2T", "speedup median", "speedup geomean"]
+    cells = [[name, str(r["tasks"]), _cell(r["pairs_ge_1x"]), _cell(r["pairs_ge_2x"]), _cell(r["best_ge_1x"]),
+              _cell(r["best_ge_2x"]), _cell(r["speedup_median"], suffix="x"), _cell(r["speedup_geomean"], suffix="x")]
+             for name, r in rows]  # fmt: skip
+    tables = [(header, cells)]
+    others = list(summary["overall"]["vs"])
+    if others:
+        header2 = ["row", "tasks"]
+        for m in others:
+            header2 += [f"<={m}@T", f"<={m}@2T", f"{m} speedup"]
+        cells2 = []
+        for name, r in rows:
+            line = [name, str(r["tasks"])]
+            for m in others:
+                v = r["vs"][m]
+                line += [_cell(v["ge_1x"]), _cell(v["ge_2x"]), _cell(v["speedup_median"], suffix="x")]
+            cells2.append(line)
+        tables.append((header2, cells2))
+    out = []
+    for head, body in tables:
+        if markdown:
+            out.append("\n".join(["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|",
+                                  *("| " + " | ".join(c) + " |" for c in body)]))  # fmt: skip
+        else:
+            widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+            fmt = lambda r: "  ".join([r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, len(r))])  # noqa: E731
+            out.append("\n".join(fmt(r).rstrip() for r in [head, *body]))
+    failed = summary["overall"]["policy_failed"]
+    if failed:
+        out.append(f"{failed} of {summary['overall']['tasks']} policy runs ended with a non-finite loss (counted as losses).")
+    level = summary.get("level", 0.95)
+    note = (f"{level:.0%} bootstrap intervals over tasks. pairs: fraction of (task, AdamW baseline) pairs the policy "
+            "matches at T / at 2T (paper Table 1); <=best: fraction of tasks where the policy at T is at least as "
+            "good as the best of the 35 AdamW baselines at T / at 2T; speedup: steps the best baseline needs to "
+            "reach the policy's loss, over T (censored at 2x).")  # fmt: skip
+    return "\n\n".join(out) + "\n\n" + note
 
 
 # --- performance profiles -------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class Episode:
     final_reward: float = math.nan  # against the episode's baseline
     reward_vs_initial: float = math.nan  # against CIAO at the initial hyperparameters
     inner_steps: int = 0
+    test_loss: float = math.nan  # final test loss (measured by run_episode; the score of evaluations)
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -61,15 +62,25 @@ def run_episode(
     baseline: list[float] | None = None,
     generator: torch.Generator | None = None,
     deterministic: bool = False,
+    critic: bool = True,
 ) -> Episode:
-    """Run one episode with ``policy`` (normalisers frozen) and collect what PPO needs."""
+    """Run one episode with ``policy`` (normalisers frozen) and collect what PPO needs.
+
+    ``critic=False`` acts without the value features (zeros go to the critic, whose values are
+    then meaningless): evaluation and schedule export need only the actor, and so work with a
+    policy whose value features were built with an older version of the DSL's vocabularies.
+    """
     env.reward_fn = reward_fn
     obs, info = env.reset(options={"config": cfg, "baseline": baseline})
     state: tuple = (None, None)
     rows: dict[str, list] = {k: [] for k in ("p", "v", "rp", "rv", "a", "lp", "val", "r", "hp", "rs")}
     done = False
+    blank = np.zeros(policy.shape.value_size, dtype=np.float32)
     while not done:
-        p, v = policy.normalise(obs["policy"], obs["value"])
+        if critic:
+            p, v = policy.normalise(obs["policy"], obs["value"])
+        else:
+            p, v = policy.policy_norm(obs["policy"], update=False), blank
         action, logprob, value, state = policy.act(p, v, state, generator, deterministic)
         rows["p"].append(p)
         rows["v"].append(v)
@@ -84,6 +95,7 @@ def run_episode(
         np.stack(rows["p"]), np.stack(rows["v"]), np.stack(rows["rp"]), np.stack(rows["rv"]),
         np.stack(rows["a"]), np.asarray(rows["lp"]), np.asarray(rows["val"]), np.asarray(rows["r"], dtype=np.float64),
         list(env.curve), rows["hp"], rows["rs"], cfg.family, cfg.task_id, inner_steps=cfg.task.inner_steps,
+        test_loss=env.test_loss,
     )  # fmt: skip
 
 
@@ -123,6 +135,7 @@ def task_rollouts(
     after another. ``compile``: ``torch.compile`` the population's step (compiled once per
     architecture and process).
     """
+    space.check_initial(cfg.hparams)
     members = rollouts + 1 + (ema_policy is not None)
     if population and population_pays(cfg, members, device, compile) and batchable(cfg, device, data_dir, max_valid):
         return population_rollouts(cfg, policy, ema_policy, space, rollouts=rollouts, seed=seed, device=device,
@@ -208,7 +221,7 @@ def population_rollouts(
         plan.append((ema_policy, None, True))
     plan += [(policy, torch.Generator().manual_seed(seed * 1000 + r), False) for r in range(rollouts)]
     pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * (1 + len(plan)), compile=compile)  # row 0: initial hyperparameters
-    initial = {n: float(getattr(cfg.hparams, n)) for n in HPARAM_NAMES}
+    initial = cfg.hparams.controlled()
     actors = []
     for i, (pol, gen, greedy) in enumerate(plan):
         features = FeatureBuilder(actions, space)

@@ -118,10 +118,31 @@ def sample_initial_hparams(space: HyperparameterSpace, seed: int) -> InitialHPar
     return sample_hparams(space, _rng(seed, _HPARAM_STREAM))
 
 
-def sample(spec: ExperimentSpec, seed: int, tasks: TaskDistribution | None = None) -> TaskConfig:
-    """Sample one concrete task of ``tasks`` (default: the spec's training distribution)."""
+def default_initial_hparams(space: HyperparameterSpace) -> InitialHParams:
+    """The space's initial hyperparameters without noise (paper Table 7): what a user starts from."""
+    quiet = space.model_copy(update={n: hp.model_copy(update={"noise": None}) for n, hp in space.controlled().items()})
+    return sample_hparams(quiet, _rng(0, _HPARAM_STREAM))
+
+
+INITIAL_CHOICES: tuple[str, ...] = ("noisy", "default")
+
+
+def sample(
+    spec: ExperimentSpec, seed: int, tasks: TaskDistribution | None = None, initial: str = "noisy"
+) -> TaskConfig:
+    """Sample one concrete task of ``tasks`` (default: the spec's training distribution).
+
+    ``initial``: ``"noisy"`` initial hyperparameters (Table 8's noise, as in meta-training) or the
+    space's ``"default"`` values (Table 7, as a user starts; evaluations use these by default).
+    """
     tasks = tasks or spec.tasks
-    return TaskConfig(seed=seed, task=sample_task(tasks, seed), hparams=sample_initial_hparams(spec.hparams, seed))
+    if initial == "noisy":
+        hparams = sample_initial_hparams(spec.hparams, seed)
+    elif initial == "default":
+        hparams = default_initial_hparams(spec.hparams)
+    else:
+        raise ValueError(f"initial must be one of {', '.join(INITIAL_CHOICES)}; got '{initial}'")
+    return TaskConfig(seed=seed, task=sample_task(tasks, seed), hparams=hparams)
 
 
 @dataclass(frozen=True)

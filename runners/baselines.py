@@ -5,9 +5,9 @@ Baselines: AdamW with 5 learning rates (1e-4 ... 1e-2) x the 7 schedule shapes o
 plus two optimizers users pick to avoid tuning: Schedule-Free AdamW (``schedulefree``) and Prodigy
 (``prodigy``). Each runs on exactly the task a policy sees (same initial weights, data order and
 validation set) for ``horizon x T`` inner steps, horizon 1 and 2 (a schedule is stretched over its
-run), with validation losses at evenly spaced points as in :func:`lhopt_dsl.env.run_schedule`.
+run), with validation and test losses at evenly spaced points as in :func:`lhopt_dsl.env.run_schedule`.
 
-The grid of one task is an Optuna study (``baselines-<task_id>``) in an RDB storage: a
+The grid of one task is an Optuna study (``baselines-v<CURVE_VERSION>-<task_id>``) in an RDB storage: a
 :class:`~optuna.samplers.GridSampler` over categorical ``baseline`` x ``horizon``. Each trial stores
 its curve as user attributes and returns its final validation loss (``inf`` when it diverged, so the
 trial is COMPLETE and never re-run). The storage is therefore the cache keyed by
@@ -20,6 +20,8 @@ trial that finds its pair done or taken by an earlier trial (a race between work
 without running. RUNNING trials of a killed worker are failed by Optuna's heartbeat after
 :data:`GRACE_PERIOD` seconds and then re-run. :func:`run_grid` returns when every pair is COMPLETE
 (waiting for other workers' running trials) and reads each pair from its earliest COMPLETE trial.
+AdamW pairs that train together as one batched population are recorded at once as finished trials
+(``Study.add_trials``): one storage transaction instead of a trial's dozen round trips each.
 
 Tuning-free settings (our choices): Schedule-Free AdamW with its documented defaults (lr 2.5e-3,
 betas (0.9, 0.999)) plus the linear warmup its README recommends (5% of the run); Prodigy with
@@ -37,6 +39,7 @@ import math
 import os
 import re
 import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -45,6 +48,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import optuna
 import torch
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
@@ -58,6 +62,10 @@ ADAMW_BASELINES: list[str] = [Schedule(lr=lr, shape=shape).name for lr in LEARNI
 TUNING_FREE: tuple[str, ...] = ("schedulefree", "prodigy")
 BASELINES: list[str] = [*ADAMW_BASELINES, *TUNING_FREE]
 HORIZONS: tuple[int, ...] = (1, 2)
+#: Measurements of the validation and test losses per T steps of a grid run (16 over a 2T run).
+#: Final losses do not depend on it; speedups below 1x read the curve between these points.
+#: Evaluation passes cost as much as training on small tasks, so the grid measures sparsely.
+GRID_EVALUATIONS_PER_T = 8
 
 WEIGHT_DECAY = 1e-2  # of the tuning-free optimizers, as Schedule's AdamW default
 SCHEDULEFREE_LR = 2.5e-3
@@ -70,6 +78,7 @@ GRACE_PERIOD = 120  # a RUNNING trial without a heartbeat for this long is faile
 POLL_INTERVAL = 2.0  # seconds between checks while other workers finish the last pairs
 
 _PAIR = "pair"  # trial system attribute: the (baseline, horizon) a trial was handed
+_CLAIMS = "claims"  # system attribute of a population's claim: the pairs it reserves
 Pair = tuple[str, int]
 Progress = Callable[[int, int, Pair, LearningCurve], None]
 
@@ -163,12 +172,17 @@ def run_tuning_free(
 
 def run_baseline(
     cfg: Any, name: str, steps: int | None = None, device: str | torch.device = "cpu",
-    data_dir: str | None = None, max_valid: int = 512,
+    data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
 ) -> LearningCurve:  # fmt: skip
-    """One baseline run of ``steps`` inner steps (default T) on ``cfg``'s task."""
+    """One baseline run of ``steps`` inner steps (default T) on ``cfg``'s task.
+
+    ``evaluations``: measurements of the validation and test losses (default: as many as the
+    task's outer steps, scaled with ``steps / T``).
+    """
+    kwargs = {"device": device, "data_dir": data_dir, "max_valid": max_valid, "evaluations": evaluations}
     if name in TUNING_FREE:
-        return run_tuning_free(cfg, name, steps, device=device, data_dir=data_dir, max_valid=max_valid)
-    return run_schedule(cfg, schedule_of(name), steps=steps, device=device, data_dir=data_dir, max_valid=max_valid)
+        return run_tuning_free(cfg, name, steps, **kwargs)
+    return run_schedule(cfg, schedule_of(name), steps=steps, **kwargs)
 
 
 # --- curves as trial attributes -------------------------------------------------------------------
@@ -189,12 +203,14 @@ def curve_to_attrs(curve: LearningCurve) -> dict[str, Any]:
         "valid_loss": _json_floats(curve.valid_loss),
         "train_loss": _json_floats(curve.train_loss),
         "test_loss": _json_floats([curve.test_loss])[0],
+        "test_curve": _json_floats(curve.test_curve),
     }
 
 
 def curve_from_attrs(data: dict[str, Any]) -> LearningCurve:
     test = _floats([data.get("test_loss")])[0]
-    return LearningCurve(list(data["steps"]), _floats(data["valid_loss"]), _floats(data["train_loss"]), test)
+    return LearningCurve(list(data["steps"]), _floats(data["valid_loss"]), _floats(data["train_loss"]), test,
+                         _floats(data.get("test_curve", [])))  # fmt: skip
 
 
 # --- the study ------------------------------------------------------------------------------------
@@ -204,8 +220,33 @@ def default_storage(directory: str | os.PathLike[str] = ".") -> str:
     return f"sqlite:///{Path(directory).resolve() / 'baselines.db'}"
 
 
+#: Version of what a trial stores; bumped when curves gain a field (v2: the test loss at every
+#: measurement), so that a storage shared with older versions never serves an incomplete curve.
+CURVE_VERSION = 2
+
+
 def study_name(cfg: Any) -> str:
-    return f"baselines-{cfg.task_id}"
+    return f"baselines-v{CURVE_VERSION}-{cfg.task_id}"
+
+
+def _write_ahead_log(engine: Any) -> None:
+    """SQLite in write-ahead-log mode with normal sync: a commit costs no disk flush.
+
+    Optuna commits a dozen times per trial; with SQLite's default rollback journal and full sync
+    each commit waits for the disk (about 15 ms here), which made the bookkeeping of a grid of
+    tiny runs cost more than the runs. The log survives a killed process (a power loss may drop the
+    last commits, never corrupt the file), and several processes on one machine share it.
+    """
+    from sqlalchemy import event
+
+    def pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections opened before the listener reconnect with it
 
 
 @functools.lru_cache(maxsize=16)
@@ -217,7 +258,10 @@ def _storage(url: str, pid: int, heartbeat: bool = True) -> optuna.storages.RDBS
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **hb)
+                storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **hb)
+            if url.startswith("sqlite"):
+                _write_ahead_log(storage.engine)
+            return storage
         except Exception:  # noqa: BLE001
             if attempt == 4:
                 raise
@@ -232,17 +276,70 @@ def _pair(t: FrozenTrial) -> Pair | None:
     return (str(p[0]), int(p[1])) if p else None
 
 
+def _pairs_of(t: FrozenTrial) -> list[Pair]:
+    """The pairs a trial runs: its own, or every pair of a population's claim (RUNNING only)."""
+    if t.state == TrialState.RUNNING and _CLAIMS in t.system_attrs:
+        return [(str(n), int(h)) for n, h in t.system_attrs[_CLAIMS]]
+    p = _pair(t)
+    return [p] if p is not None else []
+
+
 def _status(study: optuna.Study) -> tuple[dict[Pair, FrozenTrial], dict[Pair, FrozenTrial]]:
-    """Earliest COMPLETE and earliest RUNNING trial of every pair."""
+    """Earliest COMPLETE and earliest RUNNING trial (or population claim) of every pair."""
     complete: dict[Pair, FrozenTrial] = {}
     running: dict[Pair, FrozenTrial] = {}
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        p = _pair(t)
-        if p is not None and not t.user_attrs.get("skipped"):
-            target = complete if t.state == TrialState.COMPLETE else running
+        if t.user_attrs.get("skipped"):
+            continue
+        target = complete if t.state == TrialState.COMPLETE else running
+        for p in _pairs_of(t):
             if p not in target or t.number < target[p].number:
                 target[p] = t
     return complete, running
+
+
+class _Claim:
+    """A RUNNING trial that reserves the pairs a worker trains as one population, kept alive by
+    heartbeats: while it runs, other workers leave its pairs alone; if its worker dies, Optuna's
+    stale-trial check fails it after :data:`GRACE_PERIOD` seconds and the pairs are free again.
+    Where two claims overlap, the earlier trial keeps the pairs they share.
+    """
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, pairs: list[Pair]):
+        self.study, self.storage = study, storage
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={_CLAIMS: [list(p) for p in pairs]},
+                                             user_attrs={"worker": _worker_id()})  # fmt: skip
+        study_id = storage.get_study_id_from_name(study.study_name)
+        self.trial_id = storage.create_new_trial(study_id, template_trial=template)
+        self.number = storage.get_trial_number_from_id(self.trial_id)
+        storage.record_heartbeat(self.trial_id)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL):
+            self.storage.record_heartbeat(self.trial_id)
+
+    def kept(self, pairs: list[Pair]) -> list[Pair]:
+        """The pairs no other trial has completed and no earlier trial is running."""
+        out = []
+        for pair in pairs:
+            taken = False
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+                if t.number == self.number or t.user_attrs.get("skipped") or pair not in _pairs_of(t):
+                    continue
+                taken = taken or t.state == TrialState.COMPLETE or t.number < self.number
+            if not taken:
+                out.append(pair)
+        return out
+
+    def release(self) -> None:
+        """End the claim (PRUNED: it holds no result; the population's trials are added apart)."""
+        self._stop.set()
+        self._thread.join()
+        self.storage.set_trial_user_attr(self.trial_id, "skipped", "claim")
+        self.storage.set_trial_state_values(self.trial_id, TrialState.PRUNED)
 
 
 class PairGridSampler(optuna.samplers.GridSampler):
@@ -289,7 +386,7 @@ class PairGridSampler(optuna.samplers.GridSampler):
 def _taken(study: optuna.Study, trial: optuna.Trial, pair: Pair) -> bool:
     """Whether another trial has completed ``pair``, or an earlier trial is running it."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
-        if t.number == trial.number or _pair(t) != pair or t.user_attrs.get("skipped"):
+        if t.number == trial.number or pair not in _pairs_of(t) or t.user_attrs.get("skipped"):
             continue
         if t.state == TrialState.COMPLETE or t.number < trial.number:
             return True
@@ -324,6 +421,12 @@ def _open_study(
     return study, choices
 
 
+def _value(curve: LearningCurve) -> float:
+    """A trial's objective: the final validation loss (``inf`` for a diverged run, still COMPLETE)."""
+    final = curve.valid_loss[-1]
+    return float(final) if math.isfinite(final) else math.inf
+
+
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -341,6 +444,7 @@ def run_grid(
     wait: bool = True,
     population: bool | None = None,
     compile: bool = False,
+    evaluations_per_T: int = GRID_EVALUATIONS_PER_T,
 ) -> dict[Pair, LearningCurve]:
     """Run (or resume, or help finish) the baseline grid of one task; return every pair's curve.
 
@@ -348,6 +452,7 @@ def run_grid(
     curve)`` is called after each pair this worker completes (an exception it raises stops the run;
     the pair stays recorded). With ``wait`` (default) the call returns only when every pair is
     complete, waiting for other workers' running trials; otherwise it returns the pairs done so far.
+    Each run measures its validation and test losses ``evaluations_per_T`` times per T steps.
     """
     names = list(dict.fromkeys(names))
     horizons = [int(h) for h in dict.fromkeys(horizons)]
@@ -364,43 +469,60 @@ def run_grid(
         if _taken(study, trial, (name, horizon)):
             trial.set_user_attr("skipped", "duplicate")
             raise optuna.TrialPruned(f"({name}, {horizon}) is done or running elsewhere")
-        steps = horizon * T
         t0 = time.time()
-        from_population = (name, horizon) in batched
-        if from_population:
-            curve, seconds = batched.pop((name, horizon))  # seconds: its share of the population's time
-        else:
-            curve = run_baseline(cfg, name, steps, device=device, data_dir=data_dir, max_valid=max_valid)
-            seconds = time.time() - t0
-        trial.set_user_attr("curve", curve_to_attrs(curve))
-        trial.set_user_attr("run", {"steps": steps, "seconds": round(seconds, 3), "device": str(device),
-                                    "max_valid": max_valid, "population": from_population})  # fmt: skip
-        trial.set_user_attr("steps", steps)
+        curve = run_baseline(cfg, name, horizon * T, device=device, data_dir=data_dir, max_valid=max_valid,
+                             evaluations=horizon * min(evaluations_per_T, T))  # fmt: skip
+        for key, value in _attrs(curve, horizon * T, time.time() - t0, False).items():
+            trial.set_user_attr(key, value)
         if _taken(study, trial, (name, horizon)):  # another worker finished it meanwhile (a race)
             trial.set_user_attr("skipped", "duplicate")
             raise optuna.TrialPruned(f"({name}, {horizon}) was completed elsewhere meanwhile")
-        final = curve.valid_loss[-1]
-        return float(final) if math.isfinite(final) else math.inf
+        return _value(curve)
+
+    def _attrs(curve: LearningCurve, steps: int, seconds: float, from_population: bool) -> dict[str, Any]:
+        run = {"steps": steps, "seconds": round(seconds, 3), "device": str(device), "max_valid": max_valid,
+               "population": from_population}  # fmt: skip
+        return {"worker": _worker_id(), "curve": curve_to_attrs(curve), "run": run, "steps": steps}
 
     # AdamW pairs of one horizon share the task: train them together as one batched population
     # where that pays (``population=None``: lhopt_dsl.population.population_pays; PERFORMANCE.md).
-    batched: dict[Pair, tuple[LearningCurve, float]] = {}
     if population is None:
         population = population_pays(cfg, len(ADAMW_BASELINES), device, compile)
-    if population:
+    dists = {"baseline": CategoricalDistribution(choices["baseline"]),
+             "horizon": CategoricalDistribution(choices["horizon"])}  # fmt: skip
+    for horizon in horizons if population else ():
         complete, running = _status(study)
-        for horizon in horizons:
-            todo = [n for n in names if n in ADAMW_BASELINES and (n, horizon) not in complete
-                    and (n, horizon) not in running]  # fmt: skip
-            if len(todo) < 2:
-                continue
+        todo = [(n, horizon) for n in names if n in ADAMW_BASELINES and (n, horizon) not in complete
+                and (n, horizon) not in running]  # fmt: skip
+        if len(todo) < 2:
+            continue
+        claim = _Claim(study, _storage(storage_url, os.getpid()), todo)
+        try:
+            todo = claim.kept(todo)
             t0 = time.time()
-            curves = run_population(cfg, [schedule_of(n) for n in todo], steps=horizon * T, device=device,
-                                    data_dir=data_dir, max_valid=max_valid, compile=compile)  # fmt: skip
+            curves = run_population(cfg, [schedule_of(n) for n, _ in todo], steps=horizon * T, device=device,
+                                    data_dir=data_dir, max_valid=max_valid, compile=compile,
+                                    evaluations=horizon * min(evaluations_per_T, T)) if len(todo) >= 2 else []  # fmt: skip
             if curves is None:  # the task's model cannot be batched: sequential runs below
                 break
-            share = (time.time() - t0) / len(todo)
-            batched.update({(n, horizon): (c, share) for n, c in zip(todo, curves)})
+            share = (time.time() - t0) / max(len(todo), 1)  # each member's share of the population's time
+            # The runs become finished trials in one transaction (public API; a trial per pair
+            # through ``optimize`` would cost a dozen round trips to the storage each).
+            study.add_trials([
+                optuna.trial.create_trial(
+                    params={"baseline": name, "horizon": h}, distributions=dists, value=_value(curve),
+                    user_attrs=_attrs(curve, h * T, share, True), system_attrs={_PAIR: [name, h]},
+                )
+                for (name, h), curve in zip(todo, curves)
+            ])  # fmt: skip
+        finally:
+            claim.release()
+        if progress is not None and curves:
+            complete, _ = _status(study)
+            done = sum(p in complete for p in grid)
+            for pair, curve in zip(todo, curves):
+                if pair in grid:
+                    progress(done, len(grid), pair, curve)
 
     wanted = set(grid)
 

@@ -185,7 +185,7 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
     import yaml
 
     from lhopt_dsl import TaskConfig
-    from lhopt_dsl.controller import load_policy, save_schedule, schedule_from_history
+    from lhopt_dsl.controller import load_policy, require_adamw_space, save_schedule, schedule_from_history
     from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward, segment_bounds
     from lhopt_dsl.rollout import run_episode
 
@@ -196,30 +196,63 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
         print(f"error: {args.task} holds no task", file=sys.stderr)
         return 2
     cfg = TaskConfig.model_validate(docs[0])
+    try:  # before any training: the schedule must mean the same thing on torch.optim.AdamW
+        require_adamw_space(space.space, f"policy {path}")
+        space.check_initial(cfg.hparams)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     env = InnerTrainingEnv(space, device=args.device)
-    episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True)
+    episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, critic=False)
     k = len(episode)
     bounds = segment_bounds(cfg.task.inner_steps, k)  # each decision takes effect at an inner step
     history = [{"progress": bounds[i] / cfg.task.inner_steps, **h} for i, h in enumerate(episode.hparams)]
-    save_schedule(schedule_from_history(history), args.output,
+    restarts = sum(kind in ("load", "swap") for kind, _ in episode.restarts)
+    save_schedule(schedule_from_history(history, space.space), args.output,
                   meta={"policy": str(path), "task_id": cfg.task_id, "outer_steps": k,
-                        "final_valid_loss": episode.valid_curve[-1]})  # fmt: skip
+                        "final_valid_loss": episode.valid_curve[-1], "restarts": restarts})  # fmt: skip
     print(f"wrote {args.output}: {k} decisions on task {cfg.task_id} (final valid loss {episode.valid_curve[-1]:.4g})")
+    if restarts:
+        print(f"warning: the run restarted from a checkpoint {restarts} time(s); a schedule cannot replay "
+              "restarts, so replaying it will not reproduce this run (train the policy with restarts off)",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import run
+    from .evaluate import EvaluationError, run
 
     spec = load_spec(args.spec)
     if args.compile:
         spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"compile": True})})
     policy = _policy_path(args.policy, args.tracking_uri)
-    out = Path(args.out or Path(spec.meta_train.run_dir) / f"{spec.name}-eval")
-    run(spec, policy, num_tasks=args.tasks or spec.evaluation.num_tasks, storage=args.storage, out=out,
-        tracking_uri=args.tracking_uri)  # fmt: skip
-    print(f"\nresults, table and plots: {out}")
+    try:
+        summary = run(spec, policy, num_tasks=args.tasks or spec.evaluation.num_tasks, storage=args.storage,
+                      out=Path(args.out) if args.out else None, tracking_uri=args.tracking_uri, score=args.score,
+                      initial=args.initial, workers=args.workers, threads=args.threads, fresh=args.fresh)  # fmt: skip
+    except (EvaluationError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nresults, table and plots: {summary['manifest']['out']}")
     print(_ui_hint(args.tracking_uri or spec.tracking.uri))
+    return 0
+
+
+def cmd_eval_ood(args: argparse.Namespace) -> int:
+    from .ood import run_suite
+
+    if args.steps_scale <= 0:
+        print(f"error: --steps-scale must be positive, got {args.steps_scale}", file=sys.stderr)
+        return 2
+    policy = _policy_path(args.policy, args.tracking_uri) if args.policy else None
+    try:
+        run_suite(args.programs or (), policy=policy, seed=args.seed, steps_scale=args.steps_scale,
+                  data_dir=args.data_dir, out=args.out, tracking_uri=args.tracking_uri, workers=args.workers)  # fmt: skip
+    except (FileNotFoundError, ValueError) as e:  # a missing data file, a policy that cannot drive LHOPT
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nresults, table and plots: {args.out}")
+    print(_ui_hint(args.tracking_uri))
     return 0
 
 
@@ -337,12 +370,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC", help="YAML spec file (its evaluation section)")
     p.add_argument("--policy", required=True, help="policy checkpoint (policy.pt) or MLflow model URI")
     p.add_argument("--tasks", type=int, help="held-out tasks (default: the spec's evaluation.num_tasks)")
-    p.add_argument("--storage", help="Optuna RDB storage URL of the baseline grid (default: SQLite in --out)")
-    p.add_argument("--out", help="output directory (default: <run_dir>/<spec name>-eval)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes the tasks are spread over, each with --threads torch threads (default: 1)")
+    p.add_argument("--score", choices=("test", "valid"), default="test",
+                   help="split the runs are scored on (default: test, which no run observes; both are stored)")
+    p.add_argument("--initial", choices=("default", "noisy"), default="default",
+                   help="initial hyperparameters: the space's defaults, as a user starts (default), or with "
+                        "meta-training's noise")
+    p.add_argument("--storage", help="Optuna RDB storage URL of the baseline cache, shared by every evaluation "
+                                     "(default: SQLite <run_dir>/baselines.db)")
+    p.add_argument("--out", help="output directory; finished tasks there are not re-run "
+                                 "(default: <run_dir>/eval-<spec name>-<policy hash>)")
+    p.add_argument("--fresh", action="store_true", help="discard finished tasks in --out (cached baselines are kept)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the baseline populations' steps (once per task; pays on long runs)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("eval-ood", parents=[threads],
+                       help="run a policy through the drop-in LHOPT on ordinary PyTorch programs no task family covers, "
+                            "against 35 AdamW baselines, Schedule-Free AdamW and Prodigy, scored on test loss")
+    p.add_argument("--policy", help="policy checkpoint (policy.pt) or MLflow model URI (default: the shipped policy)")
+    p.add_argument("--programs", nargs="+", metavar="PROGRAM",
+                   help="programs to run: wikitext2_lm, mnist_vit, fashion_autoencoder (default: all)")
+    p.add_argument("--steps-scale", type=float, default=1.0,
+                   help="multiply every program's T by this (e.g. 0.25 for a quick look; default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes the runs are spread over, each with --threads torch threads (default: 1)")
+    p.add_argument("--data-dir", help="dataset directory (default: $LHOPT_DATA_DIR, then the user cache)")
+    p.add_argument("--out", default="runs/ood", help="output directory (default: runs/ood)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
+    p.set_defaults(func=cmd_eval_ood)
 
     p = sub.add_parser("curves", help="plot and summarise a metric over iterations for training run directories")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories with a metrics.jsonl")
@@ -353,9 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schedule", help="fixed schedules: export the hyperparameters a policy chooses on a task")
     ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
-    e = ssub.add_parser("export", parents=[threads], help="run a policy on one task and write the schedule it chose (YAML)")
-    e.add_argument("--policy", required=True, help="policy checkpoint (policy.pt) or MLflow model URI")
-    e.add_argument("--task", required=True, help="a task YAML, e.g. from `lhopt sample SPEC --seed N`")
+    e = ssub.add_parser("export", parents=[threads],
+                        help="run an AdamW-space policy on one task and write the schedule it chose, for "
+                             "torch.optim.AdamW (YAML)")
+    e.add_argument("--policy", required=True,
+                   help="AdamW-space policy checkpoint (policy.pt) or MLflow model URI")
+    e.add_argument("--task", required=True,
+                   help="a task YAML sampled from the policy's spec, e.g. by `lhopt sample SPEC --seed N`")
     e.add_argument("-o", "--output", default="schedule.yaml", help="output file (default: schedule.yaml)")
     e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")

@@ -1,145 +1,317 @@
 """Evaluation of a policy against tuned baselines on held-out tasks (paper Section 4.1).
 
-    lhopt eval SPEC --policy P [--tasks N] [--storage URL] [--tracking-uri URI]
+    lhopt eval SPEC --policy P [--tasks N] [--workers W] [--score test|valid] [--initial default|noisy]
 
 Held-out tasks are sampled from the spec's evaluation distribution (``evaluation.tasks``, else the
 training one) with seeds from the evaluation namespace, which is disjoint from every training
-seed. On each task the policy runs for T steps (greedy actions), and the 35 AdamW baselines run at
-T and 2T steps on exactly the same task, weights and data order, plus Schedule-Free AdamW and
-Prodigy at their defaults. Baselines run as a resumable Optuna grid in an RDB storage, so an
-interrupted evaluation picks up where it stopped and a re-evaluation of another policy reuses
-every baseline curve.
+seed, and start from the space's default initial hyperparameters (``--initial noisy``: Table 8's
+noise, as in meta-training). On each task the policy runs for T steps (greedy actions), and the 35
+AdamW baselines run at T and 2T steps on exactly the same task, weights and data order, plus
+Schedule-Free AdamW and Prodigy at their defaults.
+
+Every run is *scored* on the task's test split, which nothing in a run observes (the policy sees
+training and validation losses and may restart from checkpoints chosen on them); validation scores
+are stored too (``--score valid`` reports them).
+
+Cost and resuming: the baselines do not depend on the policy, so they live in a cache that
+survives between evaluations (an Optuna RDB storage, by default ``<run_dir>/baselines.db``; see
+``runners/baselines.py``): evaluating a second policy on the same tasks runs only the policy. Each
+finished task is written to ``<out>/tasks/`` at once, so a killed evaluation resumes where it
+stopped; ``--workers N`` spreads the tasks over N processes.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import hashlib
 import json
 import math
-from dataclasses import dataclass
+import multiprocessing
+import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from lhopt_dsl import ExperimentSpec, TaskConfig
+from lhopt_dsl import TABLE1_ROWS, ExperimentSpec, TaskConfig, table1_row
 from lhopt_dsl.controller import load_policy
-from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward, segment_bounds
-from lhopt_dsl.metrics import (
-    best_baseline,
-    format_table1,
-    performance_profile,
-    plot_performance_profile,
-    speedup,
-    table1,
-)
+from lhopt_dsl.env import InnerTrainingEnv, LearningCurve, log_improvement_reward, segment_bounds
+from lhopt_dsl.metrics import TaskScores, evaluation_summary, format_summary, performance_profile, plot_performance_profile
 from lhopt_dsl.rollout import run_episode
-from lhopt_dsl.sample import EVAL_SEEDS, eval_seed, sample
+from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, eval_seed, sample
 
-from .baselines import ADAMW_BASELINES, BASELINES, TUNING_FREE, run_grid
+from .baselines import ADAMW_BASELINES, BASELINES, HORIZONS, TUNING_FREE, run_grid
 from .tracking import Tracker
 
+SCORES: tuple[str, ...] = ("test", "valid")
+RECORD_VERSION = 1  # of the per-task files under <out>/tasks/
 
 
-def eval_config(spec: ExperimentSpec, index: int) -> TaskConfig:
+class EvaluationError(ValueError):
+    """An evaluation that cannot go on as asked (the message says what to do)."""
+
+
+def eval_config(spec: ExperimentSpec, index: int, initial: str = "default") -> TaskConfig:
     """The ``index``-th held-out task; its seed is checked to lie in the evaluation namespace."""
     seed = eval_seed(spec.seed, index)
     if seed not in EVAL_SEEDS:
         raise AssertionError(f"evaluation seed {seed} outside the evaluation namespace")
-    return sample(spec, seed, spec.evaluation.tasks)
+    return sample(spec, seed, spec.evaluation.tasks, initial=initial)
 
 
-@dataclass
-class TaskEval:
-    cfg: TaskConfig
-    policy_curve: list[float]
-    policy_hparams: list[dict[str, float]]
-    curves: dict[tuple[str, int], Any]  # (baseline, horizon) -> LearningCurve
-
-    @property
-    def T(self) -> int:  # noqa: N802 (the paper's name)
-        return self.cfg.task.inner_steps
+# --- one task ---------------------------------------------------------------------------------------
 
 
-def evaluate_task(cfg: TaskConfig, policy: Any, space: Any, storage: str, device: str, data_dir: str | None,
-                  max_valid: int, compile: bool = False) -> TaskEval:  # fmt: skip
+def _unfloat(x: float | None) -> float:
+    """A float read back from strict JSON, where non-finite values were stored as null."""
+    return math.nan if x is None else float(x)
+
+
+def _curve(c: LearningCurve) -> dict[str, Any]:
+    return {"steps": [int(s) for s in c.steps], "valid": list(c.valid_loss), "test": list(c.test_curve)}
+
+
+def _final(c: LearningCurve, score: str) -> float:
+    losses = c.losses(score)
+    return float(losses[-1]) if losses else math.nan
+
+
+def _best_adamw(curves: dict[tuple[str, int], LearningCurve], score: str) -> str:
+    finals = {n: _final(curves[(n, 1)], score) for n in ADAMW_BASELINES}
+    return min(finals, key=lambda n: (finals[n] if math.isfinite(finals[n]) else math.inf, n))
+
+
+def evaluate_task(
+    cfg: TaskConfig, index: int, policy: Any, space: Any, *, storage: str, device: str, data_dir: str | None,
+    max_valid: int, compile: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Run the policy and the baseline grid on one task; return the task's record (plain JSON data).
+
+    The record holds every method's final validation and test losses at T and 2T, the T-run curves
+    that speedups read (the best AdamW baseline by each score, and the tuning-free optimizers),
+    the policy's validation curve and chosen hyperparameters, and what the task cost.
+    """
+    t0 = time.perf_counter()
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
-    episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True)
-    curves = run_grid(cfg, storage, names=BASELINES, horizons=(1, 2), device=device, data_dir=data_dir,
-                      max_valid=max_valid, compile=compile)  # fmt: skip
-    return TaskEval(cfg, episode.valid_curve, episode.hparams, curves)
-
-
-def _final(curve: Any) -> float:
-    return float(curve.valid_loss[-1])
-
-
-def summarise(results: list[TaskEval]) -> dict[str, Any]:
-    """Table 1, speedups against each task's best baseline, and the performance profile."""
-    adamw = ADAMW_BASELINES
-    policy_final = {r.cfg.task_id: float(r.policy_curve[-1]) for r in results}
-    at_t = {r.cfg.task_id: {n: _final(r.curves[(n, 1)]) for n in adamw} for r in results}
-    at_2t = {r.cfg.task_id: {n: _final(r.curves[(n, 2)]) for n in adamw} for r in results}
-    families = {r.cfg.task_id: r.cfg.family for r in results}
-    t1 = table1(policy_final, at_t, at_2t, families)
-
-    speedups = {}
-    for r in results:
-        best = best_baseline({n: (r.curves[(n, 1)].steps, r.curves[(n, 1)].valid_loss) for n in adamw}, r.T)
-        long = r.curves[(best, 2)]
-        value, capped = speedup(policy_final[r.cfg.task_id], r.T, long.steps, long.valid_loss)
-        speedups[r.cfg.task_id] = {"speedup": value, "capped": capped, "best_baseline": best, "family": r.cfg.family}
-
-    methods: dict[str, dict[str, float]] = {"policy": policy_final, "best baseline": {}, "median baseline": {}}
-    for name in TUNING_FREE:
-        methods[name] = {r.cfg.task_id: _final(r.curves[(name, 1)]) for r in results}
-    for tid, finals in at_t.items():
-        values = np.asarray([v if math.isfinite(v) else np.inf for v in finals.values()])
-        methods["best baseline"][tid] = float(values.min())
-        methods["median baseline"][tid] = float(np.median(values))
-    values = np.asarray([s["speedup"] for s in speedups.values()])
+    episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, critic=False)
+    t1 = time.perf_counter()
+    ran: list[tuple[str, int]] = []
+    curves = run_grid(cfg, storage, names=BASELINES, horizons=HORIZONS, device=device, data_dir=data_dir,
+                      max_valid=max_valid, compile=compile, progress=lambda d, n, pair, c: ran.append(pair))  # fmt: skip
+    t2 = time.perf_counter()
+    keep = dict.fromkeys([*(_best_adamw(curves, s) for s in SCORES), *TUNING_FREE])
     return {
-        "table1": t1,
-        "speedups": speedups,
-        "speedup_median": float(np.nanmedian(values)) if len(values) else math.nan,
-        "speedup_capped_fraction": float(np.mean([s["capped"] for s in speedups.values()])) if speedups else math.nan,
-        "final_losses": methods,
+        "version": RECORD_VERSION,
+        "index": index,
+        "task_id": cfg.task_id,
+        "row": table1_row(cfg),
+        "family": cfg.family,
+        "T": int(cfg.task.inner_steps),
+        "outer_steps": int(cfg.task.outer_steps),
+        "config": cfg.to_yaml(),
+        "policy": {
+            "valid": float(episode.valid_curve[-1]),
+            "test": episode.test_loss,
+            "valid_curve": list(episode.valid_curve),
+            "hparams": episode.hparams,
+            "restarts": [list(r) for r in episode.restarts],
+        },
+        "finals": {n: {str(h): {s: _final(curves[(n, h)], s) for s in SCORES} for h in HORIZONS} for n in BASELINES},
+        "curves_T": {n: _curve(curves[(n, 1)]) for n in keep},
+        "seconds": {"policy": round(t1 - t0, 3), "baselines": round(t2 - t1, 3)},
+        "pairs": {"run": len(ran), "cached": len(curves) - len(ran)},
     }
 
 
-def _plots(results: list[TaskEval], summary: dict[str, Any], out: Path) -> list[Path]:
+def task_scores(record: dict[str, Any], score: str) -> TaskScores:
+    """The metrics' view of a task record on one scoring split."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}; got '{score}'")
+    finals = record["finals"]
+    at = lambda h: {n: _unfloat(finals[n][h][score]) for n in finals}  # noqa: E731
+    curves = {n: (c["steps"], [_unfloat(x) for x in c[score]]) for n, c in record["curves_T"].items()}
+    return TaskScores(record["task_id"], record["row"], record["T"], _unfloat(record["policy"][score]),
+                      at("1"), at("2"), curves)  # fmt: skip
+
+
+def summarise(records: list[dict[str, Any]], score: str = "test", *, resamples: int = 2000) -> dict[str, Any]:
+    """Table 1 rows and per-task comparisons with intervals, plus the final losses of every method."""
+    scores = [task_scores(r, score) for r in records]
+    summary = evaluation_summary(scores, ADAMW_BASELINES, TUNING_FREE, TABLE1_ROWS, resamples=resamples)
+    methods: dict[str, dict[str, float]] = {"policy": {}, "best AdamW": {}, "median AdamW": {}}
+    methods.update({m: {} for m in TUNING_FREE})
+    for t in scores:
+        grid = np.asarray([t.at_T[n] if math.isfinite(t.at_T[n]) else np.inf for n in ADAMW_BASELINES])
+        methods["policy"][t.task_id] = t.policy
+        methods["best AdamW"][t.task_id] = float(grid.min())
+        methods["median AdamW"][t.task_id] = float(np.median(grid))
+        for m in TUNING_FREE:
+            methods[m][t.task_id] = t.at_T[m]
+    summary["final_losses"] = methods
+    summary["score"] = score
+    return summary
+
+
+# --- many tasks, resumably, over processes -------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(policy_path: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _WORKER["policy"] = load_policy(policy_path)
+
+
+def _work(job: dict[str, Any]) -> dict[str, Any]:
+    policy, space = _WORKER["policy"]
+    cfg = TaskConfig.from_yaml(job.pop("config"))
+    return evaluate_task(cfg, job.pop("index"), policy, space, **job)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _strict(obj: Any) -> Any:
+    """Plain JSON: non-finite floats become null (NaN is not JSON; other tools reject it)."""
+    if isinstance(obj, dict):
+        return {str(k): _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write strict JSON atomically: a reader (or a killed run) never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_strict(data), indent=1))
+    os.replace(tmp, path)
+
+
+def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
+    path = out / "manifest.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = [k for k in ("policy_sha256", "spec", "initial", "max_valid") if old.get(k) != manifest[k]]
+        if changed:
+            raise EvaluationError(
+                f"{out} holds an evaluation with another {', '.join(changed)} "
+                f"({', '.join(f'{k}: {old.get(k)!r} -> {manifest[k]!r}' for k in changed)}); "
+                "pass another --out, or --fresh to discard those results (cached baselines are kept)"
+            )
+    _write_json(path, manifest)
+
+
+def load_records(out: Path, configs: list[TaskConfig]) -> dict[int, dict[str, Any]]:
+    """The finished tasks under ``out/tasks`` that match ``configs`` (by index and task id)."""
+    done: dict[int, dict[str, Any]] = {}
+    for i, cfg in enumerate(configs):
+        path = out / "tasks" / f"{i:05d}.json"
+        if not path.exists():
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue  # a torn write of an older version: redo the task
+        if record.get("version") != RECORD_VERSION:
+            continue
+        if record.get("task_id") != cfg.task_id:
+            raise EvaluationError(f"{path} is task {record.get('task_id')}, but the spec's task {i} is {cfg.task_id}: "
+                                  "the evaluation distribution changed; pass another --out or --fresh")  # fmt: skip
+        done[i] = record
+    return done
+
+
+def evaluate_tasks(
+    configs: list[TaskConfig], policy_path: Path, out: Path, *, storage: str, device: str, data_dir: str | None,
+    max_valid: int, compile: bool, workers: int, threads: int, quiet: bool,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Evaluate every task not yet under ``out/tasks``; return all records in task order."""
+    (out / "tasks").mkdir(parents=True, exist_ok=True)
+    records = load_records(out, configs)
+    todo = [i for i in range(len(configs)) if i not in records]
+    jobs = [{"config": configs[i].to_yaml(), "index": i, "storage": storage, "device": device, "data_dir": data_dir,
+             "max_valid": max_valid, "compile": compile} for i in todo]  # fmt: skip
+    bar = tqdm(total=len(configs), initial=len(records), desc="evaluate", unit="task", disable=quiet)
+
+    def finished(record: dict[str, Any]) -> None:
+        _write_json(out / "tasks" / f"{record['index']:05d}.json", record)
+        records[record["index"]] = record
+        bar.set_postfix_str(f"{record['row']} {record['seconds']['policy'] + record['seconds']['baselines']:.0f}s")
+        bar.update()
+        if on_record is not None:
+            on_record(record)
+
+    try:
+        if workers <= 1 or len(jobs) <= 1:
+            _init_worker(str(policy_path), threads)
+            for job in jobs:
+                finished(_work(job))
+        else:
+            # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock)
+            ctx = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                        initargs=(str(policy_path), threads)) as pool:  # fmt: skip
+                futures = [pool.submit(_work, job) for job in jobs]
+                try:
+                    for fut in cf.as_completed(futures):
+                        finished(fut.result())
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+    finally:
+        bar.close()
+    return [records[i] for i in range(len(configs))]
+
+
+# --- reporting ------------------------------------------------------------------------------------------
+
+
+def _plots(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    adamw = ADAMW_BASELINES
-    shown = results[:6]
+    score = summary["score"]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
-    for ax, r in zip(axes.flat, shown):
-        finals = {n: _final(r.curves[(n, 1)]) for n in adamw}
-        ranked = sorted(finals, key=lambda n: finals[n] if math.isfinite(finals[n]) else math.inf)
-        for name, style in ((ranked[0], "-"), (ranked[-1], ":")):
-            c = r.curves[(name, 2)]
-            ax.plot(c.steps, c.valid_loss, style, label=f"{name} (2T)")
-        steps = segment_bounds(r.T, r.cfg.task.outer_steps)
-        ax.plot(steps, r.policy_curve, "k-", lw=2, label="policy")
+    for ax, r in zip(axes.flat, records[:6]):
+        finals = {n: _unfloat(r["finals"][n]["1"][score]) for n in r["curves_T"] if n in ADAMW_BASELINES}
+        best = min(finals, key=lambda n: finals[n] if math.isfinite(finals[n]) else math.inf)
+        c = r["curves_T"][best]
+        ax.plot(c["steps"], [_unfloat(x) for x in c["valid"]], "-", color="tab:blue", label=f"{best} (valid)")
+        ax.plot(c["steps"], [_unfloat(x) for x in c["test"]], ":", color="tab:blue", label=f"{best} (test)")
+        steps = segment_bounds(r["T"], len(r["policy"]["valid_curve"]) - 1)
+        ax.plot(steps, [_unfloat(x) for x in r["policy"]["valid_curve"]], "k-", lw=2, label="policy (valid)")
+        ax.plot([r["T"]], [_unfloat(r["policy"]["test"])], "k*", ms=12, label="policy (final test)")
         ax.set_yscale("log")
-        ax.set_title(f"{r.cfg.family} {r.cfg.task_id[:8]}")
+        ax.set_title(f"{r['row']} {r['task_id'][:8]}")
         ax.set_xlabel("inner step")
         ax.legend(fontsize=7)
-    fig.suptitle("Validation loss: policy vs best and worst AdamW baseline")
+    fig.suptitle(f"Policy vs the best AdamW baseline at T (best by {score} loss)")
     fig.tight_layout()
     paths.append(out / "curves.png")
     fig.savefig(paths[-1], dpi=100)
 
-    names = list(results[0].policy_hparams[0]) if results and results[0].policy_hparams else []
+    hps = [r["policy"]["hparams"] for r in records if r["policy"]["hparams"]]
+    names = list(hps[0][0]) if hps else []
     fig, axes = plt.subplots(2, 4, figsize=(15, 7), squeeze=False)
     for ax, name in zip(axes.flat, names):
-        for r in results:
-            k = len(r.policy_hparams)
-            ax.plot(np.arange(k) / k, [h[name] for h in r.policy_hparams], alpha=0.5)
+        for h in hps:
+            ax.plot(np.arange(len(h)) / len(h), [x[name] for x in h], alpha=0.5)
         ax.set_yscale("log")
         ax.set_title(name)
         ax.set_xlabel("progress")
@@ -148,13 +320,36 @@ def _plots(results: list[TaskEval], summary: dict[str, Any], out: Path) -> list[
     paths.append(out / "hparams.png")
     fig.savefig(paths[-1], dpi=100)
 
+    rows = [*summary["rows"].items(), ("Overall", summary["overall"])]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.5 * len(rows) + 2), sharey=True)
+    ys = np.arange(len(rows))[::-1]
+    for ax, keys, xlabel in ((ax1, [("best_ge_1x", "<= best AdamW at T"), ("best_ge_2x", "<= best AdamW at 2T"),
+                                    ("pairs_ge_1x", "pairs >=1x"), ("pairs_ge_2x", "pairs >=2x")], "fraction"),
+                             (ax2, [("speedup_median", "median"), ("speedup_geomean", "geometric mean")],
+                              "speedup vs the best AdamW baseline")):  # fmt: skip
+        for j, (key, label) in enumerate(keys):
+            v = np.asarray([r[key]["value"] for _, r in rows])
+            lo = np.asarray([r[key]["ci"][0] for _, r in rows])
+            hi = np.asarray([r[key]["ci"][1] for _, r in rows])
+            off = (j - (len(keys) - 1) / 2) * 0.15
+            ax.errorbar(v, ys + off, xerr=[v - lo, hi - v], fmt="o", capsize=3, label=label)
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    ax2.axvline(1.0, color="k", ls=":")
+    ax1.set_yticks(ys, [f"{name} ({r['tasks']})" for name, r in rows])
+    fig.suptitle(f"{summary['level']:.0%} bootstrap intervals over tasks ({score} loss)")
+    fig.tight_layout()
+    paths.append(out / "summary.png")
+    fig.savefig(paths[-1], dpi=100)
+
     fig, ax = plt.subplots(figsize=(6, 4))
-    values = [v["speedup"] for v in summary["speedups"].values()]
+    values = [t["speedup"] for t in summary["tasks"]]
     ax.hist(values, bins=np.linspace(0, 2, 21), color="tab:blue", alpha=0.8)
     ax.axvline(1.0, color="k", ls=":")
-    ax.set_xlabel("speedup vs the task's best AdamW baseline (capped at 2)")
+    ax.set_xlabel("speedup vs the task's best AdamW baseline (censored at 2)")
     ax.set_ylabel("tasks")
-    ax.set_title(f"median {summary['speedup_median']:.2f}x over {len(values)} tasks")
+    ax.set_title(f"median {summary['overall']['speedup_median']['value']:.2f}x over {len(values)} tasks")
     fig.tight_layout()
     paths.append(out / "speedups.png")
     fig.savefig(paths[-1], dpi=100)
@@ -167,34 +362,78 @@ def _plots(results: list[TaskEval], summary: dict[str, Any], out: Path) -> list[
     return paths
 
 
-def run(spec: ExperimentSpec, policy_path: Path, *, num_tasks: int, storage: str | None, out: Path,
-        tracking_uri: str | None, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Evaluate and report; returns the summary (also written to ``out/results.json``)."""
+def default_out(spec: ExperimentSpec, policy_path: Path) -> Path:
+    """``<run_dir>/eval-<spec name>-<first 8 hex digits of the policy file's sha256>``."""
+    return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-{_sha256(policy_path)[:8]}"
+
+
+def default_storage(spec: ExperimentSpec) -> str:
+    """The baseline cache shared by every evaluation from this working directory (created if needed)."""
+    run_dir = Path(spec.meta_train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(run_dir / 'baselines.db').resolve()}"
+
+
+def run(spec: ExperimentSpec, policy_path: Path, *, num_tasks: int, storage: str | None, out: Path | None,
+        tracking_uri: str | None, score: str = "test", initial: str = "default", workers: int = 1,
+        threads: int = 1, fresh: bool = False, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Evaluate (or resume) and report; returns the summary (also written to ``out/results.json``)."""
+    if score not in SCORES:
+        raise EvaluationError(f"--score must be one of {', '.join(SCORES)}; got '{score}'")
+    if initial not in INITIAL_CHOICES:
+        raise EvaluationError(f"--initial must be one of {', '.join(INITIAL_CHOICES)}; got '{initial}'")
+    policy_path = Path(policy_path)
+    load_policy(policy_path)  # fail here, not in a worker, on a missing or broken file
+    out = Path(out or default_out(spec, policy_path))
+    storage = storage or default_storage(spec)
+    if fresh and (out / "tasks").exists():
+        for f in (out / "tasks").glob("*.json"):
+            f.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{(out / 'baselines.db').resolve()}"
-    policy, space = load_policy(policy_path)
+    manifest = {"policy": str(policy_path), "policy_sha256": _sha256(policy_path), "spec": spec.name,
+                "initial": initial, "max_valid": spec.meta_train.max_valid, "device": spec.device,
+                "storage": storage, "out": str(out)}  # fmt: skip
+    _check_manifest(out, manifest)
+    configs = [eval_config(spec, i, initial) for i in range(num_tasks)]
+
     tracker = Tracker(tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"eval-{spec.name}", out)
-    tracker.log_params({"policy": str(policy_path), "num_tasks": num_tasks, "spec": spec.name, "storage": storage})
-    results = []
-    for i in tqdm(range(num_tasks), desc="evaluate", unit="task", disable=quiet):
-        cfg = eval_config(spec, i)
-        results.append(evaluate_task(cfg, policy, space, storage, spec.device, spec.data_dir,
-                                     spec.meta_train.max_valid, spec.evaluation.compile))  # fmt: skip
-    summary = summarise(results)
-    text = format_table1(summary["table1"])
-    markdown = format_table1(summary["table1"], markdown=True)
-    lines = [
-        text,
-        f"\nmedian speedup vs each task's best AdamW baseline: {summary['speedup_median']:.2f}x "
-        f"({summary['speedup_capped_fraction']:.0%} of tasks capped at 2x: the baseline never got there in 2T)",
-    ]
-    (out / "table1.md").write_text(markdown + "\n")
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=float))
-    overall = summary["table1"]["overall"]
-    tracker.log_metrics({"eval/frac_ge_1x": overall["ge_1x"], "eval/frac_ge_2x": overall["ge_2x"],
-                         "eval/speedup_median": summary["speedup_median"]}, step=0)  # fmt: skip
-    for path in [out / "table1.md", out / "results.json", *_plots(results, summary, out)]:
+    tracker.log_params({"policy": str(policy_path), "policy_sha256": manifest["policy_sha256"][:12],
+                        "num_tasks": num_tasks, "spec": spec.name, "storage": storage, "score": score,
+                        "initial": initial, "workers": workers})  # fmt: skip
+    t0 = time.perf_counter()
+    records = evaluate_tasks(configs, policy_path, out, storage=storage, device=spec.device, data_dir=spec.data_dir,
+                             max_valid=spec.meta_train.max_valid, compile=spec.evaluation.compile, workers=workers,
+                             threads=threads, quiet=quiet)  # fmt: skip
+    wall = time.perf_counter() - t0
+    summary = summarise(records, score)
+    summary["other_score"] = {k: v for k, v in summarise(records, SCORES[1 - SCORES.index(score)]).items()
+                              if k in ("overall", "rows", "score")}  # fmt: skip
+    cost = {
+        "wall_seconds_this_session": round(wall, 1),
+        "task_seconds": round(sum(r["seconds"]["policy"] + r["seconds"]["baselines"] for r in records), 1),
+        "policy_seconds": round(sum(r["seconds"]["policy"] for r in records), 1),
+        "baseline_seconds": round(sum(r["seconds"]["baselines"] for r in records), 1),
+        "pairs_run": sum(r["pairs"]["run"] for r in records),
+        "pairs_cached": sum(r["pairs"]["cached"] for r in records),
+        "workers": workers,
+    }
+    summary["cost"] = cost
+    summary["manifest"] = manifest
+    text, markdown = format_summary(summary), format_summary(summary, markdown=True)
+    (out / "table1.md").write_text(f"Scored on the {score} split; initial hyperparameters: {initial}.\n\n{markdown}\n")
+    _write_json(out / "results.json", summary)
+    o = summary["overall"]
+    metrics = {f"eval/{k}": o[k]["value"] for k in ("pairs_ge_1x", "pairs_ge_2x", "best_ge_1x", "best_ge_2x",
+                                                     "speedup_median", "speedup_geomean")}  # fmt: skip
+    for row, r in summary["rows"].items():
+        metrics.update({f"eval/{row}/{k}": r[k]["value"] for k in ("pairs_ge_2x", "best_ge_1x", "speedup_median")})
+    tracker.log_metrics({k.replace("+", "_"): v for k, v in metrics.items() if math.isfinite(v)}, step=0)
+    for path in [out / "table1.md", out / "results.json", *_plots(records, summary, out)]:
         tracker.log_artifact(path)
     tracker.end()
-    print("\n".join(lines))
+    print(f"\n{len(records)} held-out tasks, scored on the {score} split, initial hyperparameters: {initial}\n")
+    print(text)
+    print(f"\ncost: {cost['task_seconds']:.0f} s of task time ({cost['policy_seconds']:.0f} s policy, "
+          f"{cost['baseline_seconds']:.0f} s baselines: {cost['pairs_run']} runs, {cost['pairs_cached']} read from "
+          f"the cache); {wall:.0f} s wall time this session with {workers} worker(s)")  # fmt: skip
     return summary

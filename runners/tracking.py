@@ -86,8 +86,8 @@ class Tracker:
         self.enabled = False
         if not self._warned:
             warnings.warn(
-                f"MLflow tracking disabled: {why}. Training goes on; metrics are kept in "
-                f"{self.local_dir / 'metrics.jsonl'} and checkpoints in {self.local_dir}.",
+                f"MLflow tracking disabled: {why}. The run goes on; metrics are kept in "
+                f"{self.local_dir / 'metrics.jsonl'} and files in {self.local_dir}.",
                 stacklevel=3,
             )
             self._warned = True

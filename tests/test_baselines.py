@@ -66,7 +66,8 @@ def complete_pairs(url: str, cfg: TaskConfig) -> Counter:
 
 def same_curve(a, b) -> bool:
     return a.steps == b.steps and np.array_equal(a.valid_loss, b.valid_loss) and \
-        np.array_equal(a.train_loss, b.train_loss) and a.test_loss == b.test_loss  # fmt: skip
+        np.array_equal(a.train_loss, b.train_loss) and a.test_loss == b.test_loss and \
+        np.array_equal(a.test_curve, b.test_curve)  # fmt: skip
 
 
 # --- names and single runs ------------------------------------------------------------------------
@@ -184,8 +185,12 @@ def test_cached_curve_returns_the_runs_curve(tmp_path):
         for h in (1, 2):
             cached = cached_curve(url, NQM, name, h * T)
             assert cached is not None and same_curve(cached, result[(name, h)])
-    direct = run_schedule(NQM, Schedule(lr=3e-3, shape="cosine"), steps=2 * T)
-    assert same_curve(cached_curve(url, NQM, "adamw-cosine-lr0.003", 2 * T), direct)
+    # the grid measures each run GRID_EVALUATIONS_PER_T times per T steps, validation and test
+    direct = run_schedule(NQM, Schedule(lr=3e-3, shape="cosine"), steps=2 * T,
+                          evaluations=2 * bl.GRID_EVALUATIONS_PER_T)  # fmt: skip
+    stored = cached_curve(url, NQM, "adamw-cosine-lr0.003", 2 * T)
+    assert same_curve(stored, direct) and len(stored.steps) == 2 * bl.GRID_EVALUATIONS_PER_T + 1
+    assert stored.test_loss == stored.test_curve[-1]
     assert cached_curve(url, NQM, "prodigy", 3 * T) is None
     assert cached_curve(url, NQM, "schedulefree", T) is None
     assert cached_curve(url, smoke_cfg("nqm", dim=100), "prodigy", T) is None  # another task

@@ -20,13 +20,14 @@ from lhopt_dsl.env import (
     shape_factor,
 )
 from lhopt_dsl.features import RunningNormalizer
-from lhopt_dsl.observation import TASK_CLASSES, task_vector
+from lhopt_dsl.observation import TASK_CLASSES, FeatureBuilder, task_vector
 from lhopt_dsl.optim import CIAO
-from lhopt_dsl.spec import HyperparameterSpace
+from lhopt_dsl.spec import HPARAM_NAMES, AdamWSpace, CIAOSpace
 
 from .conftest import SPECS
 
 SMOKE = load_spec(SPECS / "smoke.yaml")
+SMOKE_ADAMW = load_spec(SPECS / "smoke_adamw.yaml")
 
 
 def smoke_cfg(family: str, seed: int = 0) -> TaskConfig:
@@ -38,7 +39,7 @@ def smoke_cfg(family: str, seed: int = 0) -> TaskConfig:
 
 
 def test_action_space_follows_table_8_and_restarts():
-    actions = ActionSpace(HyperparameterSpace())
+    actions = ActionSpace(CIAOSpace())
     assert actions.nvec == [7, 2, 2, 2, 2, 4, 3, 3, 10]
     assert actions.size == sum(actions.nvec)
     assert [actions.restart([0] * 8 + [r]) for r in (0, 1, 2, 3, 4, 9)] == [
@@ -51,8 +52,37 @@ def test_action_space_follows_table_8_and_restarts():
         actions.check([7, 0, 0, 0, 0, 0, 0, 0, 0])
 
 
+def test_adamw_space_actions_and_features_cover_adamws_four_hyperparameters():
+    ciao, adamw = ActionSpace(CIAOSpace()), ActionSpace(AdamWSpace())
+    assert adamw.names == ["lr", "weight_decay", "eps", "one_minus_beta2"] and set(adamw.names) < set(HPARAM_NAMES)
+    assert adamw.nvec == [7, 2, 2, 2, 1]  # restarts off by default: a schedule cannot replay them
+    fc, fa = FeatureBuilder(ciao, CIAOSpace()), FeatureBuilder(adamw, AdamWSpace())
+    # previous action one-hot, one log(current / initial) per controlled hyperparameter, 3 per checkpoint slot
+    fewer = (ciao.size - adamw.size) + (8 - 4) + 3 * 3
+    assert fc.policy_size - fa.policy_size == fewer
+    assert fc.value_size - fa.value_size == fewer + (8 - 4)  # and the initial hyperparameters' vector
+
+
+def test_adamw_space_env_runs_ciao_as_adamw_and_refuses_tasks_of_another_space():
+    cfg = next(c for c in (sample(SMOKE_ADAMW, s) for s in range(50)) if c.family == "nqm")
+    assert cfg.hparams.space == "adamw" and cfg.hparams.controlled() == cfg.hparams.model_dump(exclude={"space"})
+    env = InnerTrainingEnv(SMOKE_ADAMW.hparams)
+    obs, info = env.reset(options={"config": cfg})
+    g = env.optimizer.param_groups[0]
+    assert (g["denominator"], g["use_clip"], g["use_lamb"], g["bias_correction"]) == ("adam", False, False, "power")
+    assert g["one_minus_beta1"] == 0.1 and g["eps"] == cfg.hparams.eps
+    assert obs["policy"].shape == (env.features.policy_size,)
+    done = False
+    while not done:
+        obs, _, done, _, info = env.step(env.action_space.sample())
+        assert list(info["hparams"]) == ["lr", "weight_decay", "eps", "one_minus_beta2"]
+        assert np.isfinite(obs["policy"]).all() and np.isfinite(obs["value"]).all()
+    with pytest.raises(ValueError, match="in the ciao space, but the policy acts in the adamw space"):
+        env.reset(options={"config": smoke_cfg("nqm")})
+
+
 def test_apply_action_scales_shifts_and_clamps():
-    space = HyperparameterSpace()
+    space = CIAOSpace()
     actions = ActionSpace(space)
     p = torch.nn.Parameter(torch.zeros(3))
     opt = CIAO([p], lr=0.5, grad_clip_fraction=0.8)
@@ -249,9 +279,9 @@ def test_identity_policy_equals_ciao_at_fixed_values():
     """An episode whose actions change nothing trains exactly like CIAO at its initial values."""
     neutral = {
         name: {"action": {"type": hp.action.type, "values": [1.0 if hp.action.type == "scale" else 0.0]}}
-        for name, hp in HyperparameterSpace().controlled().items()
+        for name, hp in CIAOSpace().controlled().items()
     }
-    space = HyperparameterSpace.model_validate({**neutral, "restarts": {"enabled": False}})
+    space = CIAOSpace.model_validate({**neutral, "restarts": {"enabled": False}})
     for family in ("nqm", "mlp"):
         cfg = smoke_cfg(family)
         env = InnerTrainingEnv(space)

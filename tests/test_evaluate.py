@@ -1,30 +1,154 @@
-"""`lhopt eval` end to end on one small held-out task."""
+"""`lhopt eval` end to end on small held-out tasks: test scoring, the baseline cache, resuming, workers."""
 
 import json
+import math
+import shutil
 
 import pytest
 
-from lhopt_dsl import load_spec
+from lhopt_dsl import TABLE1_ROWS, load_spec
 from lhopt_dsl.controller import DEFAULT_POLICY
+from lhopt_dsl.sample import default_initial_hparams
+from runners.baselines import BASELINES
 from runners.cli import main
+from runners.evaluate import eval_config, summarise, task_scores
 
 from .conftest import SPECS
 
+SMOKE = str(SPECS / "smoke.yaml")
+#: Held-out tasks small enough that a grid of 74 baseline runs takes seconds.
+TINY = """
+name: tiny-eval
+tasks:
+  families:
+    - family: mlp
+      dataset: digits
+      hidden: {depth: 1, width: 16}
+      activation: relu
+      norm: none
+      loss: cross_entropy
+      batch_size: 32
+      inner_steps: {dist: choice, values: [24, 32]}
+      outer_steps: 4
+    - family: nqm
+      dim: 10
+      spectrum_decay: 1.0
+      noise_scale: 0.5
+      batch_size: 4
+      inner_steps: {dist: choice, values: [24, 32]}
+      outer_steps: 4
+"""
+OFFLINE = ["--tracking-uri", "http://127.0.0.1:9"]  # unreachable: tracking degrades to local files
 
-def test_eval_prints_table1_and_writes_results_and_plots(tmp_path, capsys):
-    spec = load_spec(SPECS / "smoke.yaml")
+
+def lhopt(*args):
     with pytest.warns(UserWarning, match="tracking disabled"):
-        code = main(["eval", str(SPECS / "smoke.yaml"), "--policy", str(DEFAULT_POLICY), "--tasks", "2",
-                     "--out", str(tmp_path), "--tracking-uri", "http://127.0.0.1:9"])  # fmt: skip
+        return main([*args, *OFFLINE])
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """One evaluation of 2 smoke tasks; its baseline cache is shared by the tests below."""
+    root = tmp_path_factory.mktemp("eval")
+    storage = f"sqlite:///{root / 'baselines.db'}"
+    (root / "tiny.yaml").write_text(TINY)
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        code = main(["eval", str(root / "tiny.yaml"), "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(root / "a"),
+                     "--storage", storage, *OFFLINE])  # fmt: skip
     assert code == 0
-    out = capsys.readouterr().out
-    assert ">=1x" in out and ">=2x" in out and "Overall" in out and "median speedup" in out
-    results = json.loads((tmp_path / "results.json").read_text())
-    overall = results["table1"]["overall"]
-    assert overall["tasks"] == 2 and 0 <= overall["ge_2x"] <= overall["ge_1x"] <= 1
-    assert len(results["speedups"]) == 2
-    for name in ("curves.png", "hparams.png", "performance_profile.png", "speedups.png", "table1.md"):
-        assert (tmp_path / name).stat().st_size > 0
-    # the baseline grid is kept in an Optuna storage beside the results, for later evaluations
-    assert (tmp_path / "baselines.db").exists()
-    assert spec.evaluation.num_tasks == 20
+    return root, storage, str(root / "tiny.yaml")
+
+
+def test_eval_scores_on_test_and_writes_results_and_plots(evaluated, capsys):
+    root, _, _ = evaluated
+    out = root / "a"
+    results = json.loads((out / "results.json").read_text())
+    assert results["score"] == "test" and results["manifest"]["initial"] == "default"
+    overall = results["overall"]
+    assert overall["tasks"] == 2 and overall["pairs"] == 70
+    for key in ("pairs_ge_1x", "pairs_ge_2x", "best_ge_1x", "best_ge_2x", "speedup_median", "speedup_geomean"):
+        lo, hi = overall[key]["ci"]
+        assert lo <= overall[key]["value"] <= hi
+    assert results["rows"] and set(results["rows"]) <= set(TABLE1_ROWS)
+    assert results["other_score"]["score"] == "valid"  # both splits are reported
+    assert results["cost"]["pairs_run"] == 2 * 2 * len(BASELINES) and results["cost"]["pairs_cached"] == 0
+    for i in range(2):
+        record = json.loads((out / "tasks" / f"{i:05d}.json").read_text())
+        assert math.isfinite(record["policy"]["test"]) and math.isfinite(record["policy"]["valid"])
+        if record["family"] != "nqm":  # an NQM's loss is exact: its "splits" are one and the same
+            assert record["policy"]["test"] != record["policy"]["valid"]  # two different splits
+        assert set(record["finals"]) == set(BASELINES)
+        for name in BASELINES:
+            for h in ("1", "2"):
+                assert set(record["finals"][name][h]) == {"test", "valid"}
+        assert {"schedulefree", "prodigy"} <= set(record["curves_T"])
+        for name, curve in record["curves_T"].items():
+            assert len(curve["steps"]) == len(curve["valid"]) == len(curve["test"])
+            assert curve["test"][-1] == record["finals"][name]["1"]["test"]  # the T run's final test loss
+    for name in ("curves.png", "hparams.png", "performance_profile.png", "speedups.png", "summary.png", "table1.md"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_a_second_policy_reuses_every_cached_baseline_and_a_rerun_resumes(evaluated, tmp_path, capsys):
+    root, storage, spec = evaluated
+    # Another output directory (as for another policy): only the policy runs, every baseline is cached.
+    assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(tmp_path / "b"),
+                 "--storage", storage) == 0  # fmt: skip
+    cost = json.loads((tmp_path / "b" / "results.json").read_text())["cost"]
+    assert cost["pairs_run"] == 0 and cost["pairs_cached"] == 2 * 2 * len(BASELINES)
+    a = json.loads((root / "a" / "tasks" / "00001.json").read_text())
+    b = json.loads((tmp_path / "b" / "tasks" / "00001.json").read_text())
+    assert a["policy"]["test"] == pytest.approx(b["policy"]["test"], rel=1e-6)
+    assert a["finals"] == b["finals"]
+    # A killed evaluation resumes: finished tasks are read back, not run again.
+    (tmp_path / "b" / "tasks" / "00001.json").unlink()
+    before = json.loads((tmp_path / "b" / "tasks" / "00000.json").read_text())
+    assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "3", "--out", str(tmp_path / "b"),
+                 "--storage", storage) == 0  # fmt: skip
+    assert json.loads((tmp_path / "b" / "tasks" / "00000.json").read_text()) == before
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["overall"]["tasks"] == 3
+    assert results["cost"]["pairs_run"] == 2 * len(BASELINES)  # only the new third task's grid
+
+
+def test_workers_give_the_same_records(evaluated, tmp_path):
+    root, storage, spec = evaluated
+    assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(tmp_path / "w"),
+                 "--storage", storage, "--workers", "2") == 0  # fmt: skip
+    for i in range(2):
+        a = json.loads((root / "a" / "tasks" / f"{i:05d}.json").read_text())
+        w = json.loads((tmp_path / "w" / "tasks" / f"{i:05d}.json").read_text())
+        assert w["task_id"] == a["task_id"] and w["finals"] == a["finals"]
+        assert w["policy"]["test"] == pytest.approx(a["policy"]["test"], rel=1e-6)
+
+
+def test_an_output_directory_of_another_evaluation_is_refused(evaluated, tmp_path, capsys):
+    root, storage, spec = evaluated
+    shutil.copytree(root / "a", tmp_path / "a")
+    code = main(["eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(tmp_path / "a"),
+                 "--storage", storage, "--initial", "noisy", *OFFLINE])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "another initial" in err and "--fresh" in err
+
+
+def test_valid_scores_differ_from_test_scores(evaluated):
+    root, _, _ = evaluated
+    records = [json.loads((root / "a" / "tasks" / f"{i:05d}.json").read_text()) for i in range(2)]
+    test, valid = summarise(records, "test", resamples=50), summarise(records, "valid", resamples=50)
+    assert test["score"] == "test" and valid["score"] == "valid"
+    t, v = task_scores(records[0], "test"), task_scores(records[0], "valid")
+    assert t.policy == records[0]["policy"]["test"] and v.policy == records[0]["policy"]["valid"]
+    assert t.at_T != v.at_T
+    with pytest.raises(ValueError, match="score"):
+        task_scores(records[0], "train")
+
+
+def test_evaluation_tasks_start_from_default_hyperparameters_unless_noisy():
+    spec = load_spec(SMOKE)
+    defaults = default_initial_hparams(spec.hparams)
+    assert eval_config(spec, 0).hparams == defaults == eval_config(spec, 1).hparams
+    assert eval_config(spec, 0).task == eval_config(spec, 0, "noisy").task
+    assert eval_config(spec, 0, "noisy").hparams != defaults
+    with pytest.raises(ValueError, match="initial"):
+        eval_config(spec, 0, "random")

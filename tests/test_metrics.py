@@ -8,14 +8,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lhopt_dsl.metrics import (
-    best_baseline,
-    format_table1,
-    loss_at,
+    SPEEDUP_FLOOR,
+    TaskScores,
+    bootstrap_interval,
+    compare_task,
+    evaluation_summary,
+    format_summary,
+    geometric_mean,
     performance_profile,
     plot_performance_profile,
     speedup,
     steps_to_reach,
-    table1,
 )
 
 NAN = math.nan
@@ -79,90 +82,135 @@ def test_steps_to_reach_is_consistent_with_the_envelope(losses, target):
         assert steps[max(first - 1, 0)] <= s <= steps[first]
 
 
-# --- Table 1 ---------------------------------------------------------------------------------------
-
-
-def test_table1_counts_pairs_at_t_and_2t():
-    policy = {"a": 1.0}
-    at_t = {"a": {"b1": 2.0, "b2": 1.5, "b3": 1.0, "b4": 0.5}}  # beats b1, b2, b3 (a tie counts)
-    at_2t = {"a": {"b1": 1.0, "b2": 0.9, "b3": 0.8, "b4": 0.4}}  # ties b1 only
-    res = table1(policy, at_t, at_2t, {"a": "mlp"})
-    assert res["overall"] == {"ge_1x": 0.75, "ge_2x": 0.25, "tasks": 1, "pairs": 4}
-    assert res["families"]["mlp"]["ge_1x"] == 0.75
-
-
-def test_table1_splits_by_family_and_handles_nan():
-    policy = {"a": 1.0, "b": 1.0, "c": NAN}
-    at_t = {"a": {"x": 2.0, "y": 2.0}, "b": {"x": 0.5, "y": NAN}, "c": {"x": NAN, "y": 9.0}}
-    at_2t = {"a": {"x": 0.5, "y": 2.0}, "b": {"x": 0.5, "y": 0.5}, "c": {"x": NAN, "y": 9.0}}
-    fam = {"a": "mlp", "b": "nqm", "c": "nqm"}
-    res = table1(policy, at_t, at_2t, fam)
-    assert res["families"]["mlp"] == {"ge_1x": 1.0, "ge_2x": 0.5, "tasks": 1, "pairs": 2}
-    # b: beats x? no; beats NaN y: yes. c: NaN policy never wins, even against a NaN baseline.
-    assert res["families"]["nqm"] == {"ge_1x": 0.25, "ge_2x": 0.0, "tasks": 2, "pairs": 4}
-    assert res["overall"]["ge_1x"] == pytest.approx(3 / 6) and res["overall"]["ge_2x"] == pytest.approx(1 / 6)
-    assert res["overall"]["tasks"] == 3
-    assert list(res["families"]) == ["mlp", "nqm"]
-
-
-def test_table1_rejects_missing_or_mismatched_baselines():
-    with pytest.raises(KeyError):
-        table1({"a": 1.0}, {}, {}, {"a": "f"})
-    with pytest.raises(ValueError, match="differ"):
-        table1({"a": 1.0}, {"a": {"x": 1.0}}, {"a": {"y": 1.0}}, {"a": "f"})
-
-
-def test_format_table1_plain_and_markdown():
-    res = table1({"a": 1.0, "b": 2.0}, {"a": {"x": 2.0}, "b": {"x": 1.0}}, {"a": {"x": 0.5}, "b": {"x": 0.5}},
-                 {"a": "MNISTs + MLP", "b": "Text + RNN"})  # fmt: skip
-    text = format_table1(res)
-    lines = text.splitlines()
-    assert lines[0].split() == [">=1x", ">=2x", "tasks"]
-    assert lines[1].split() == ["Overall", "0.500", "0.000", "2"]
-    assert lines[2].split() == ["MNISTs", "+", "MLP", "1.000", "0.000", "1"]
-    assert lines[3].startswith("Text + RNN")
-    md = format_table1(res, markdown=True).splitlines()
-    assert md[0] == "|  | >=1x | >=2x | tasks |" and md[1] == "|---|---:|---:|---:|"
-    assert md[2] == "| Overall | 0.500 | 0.000 | 2 |"
-    assert len(md) == 5
-
-
 # --- speedup ---------------------------------------------------------------------------------------
 
 
-def test_speedup_reads_the_best_baselines_2t_curve():
+def test_speedup_below_one_reads_the_t_run_curve():
+    T = 200  # the T run is STEPS/LOSSES: its final loss is LOSSES[-1]
+    target = 10.0 * math.exp(-1.5)  # the T run reaches it after 75 steps
+    assert speedup(target, T, LOSSES[-1], LOSSES[-1] / 4, STEPS, LOSSES) == (pytest.approx(75 / 200), False)
+    assert speedup(20.0, T, LOSSES[-1], LOSSES[-1], STEPS, LOSSES) == (0.0, False)  # worse than the start
+
+
+def test_speedup_between_one_and_two_interpolates_the_run_ends():
+    T, l1, l2 = 100, 1.0, 0.25
+    assert speedup(l1, T, l1, l2, STEPS, LOSSES) == (1.0, False)  # tie at T: exactly 1x
+    # log loss halfway between the two run ends: halfway in log steps, 2 ** 0.5
+    assert speedup(0.5, T, l1, l2, STEPS, LOSSES) == (pytest.approx(math.sqrt(2)), False)
+    assert speedup(0.25, T, l1, l2, STEPS, LOSSES) == (2.0, True)  # reached only at 2T: censored
+    assert speedup(0.1, T, l1, l2, STEPS, LOSSES) == (2.0, True)
+    # losses of zero fall back to interpolation in the loss itself
+    assert speedup(0.5, T, 1.0, 0.0, STEPS, LOSSES) == (pytest.approx(2**0.5), False)
+
+
+def test_speedup_with_failed_runs():
     T = 100
-    target = 10.0 * math.exp(-1.5)  # the baseline needs 75 steps
-    assert speedup(target, T, STEPS, LOSSES) == (pytest.approx(0.75), False)
-    assert speedup(LOSSES[-1], T, STEPS, LOSSES) == (pytest.approx(2.0), False)  # reached exactly at 2T
+    assert speedup(NAN, T, 1.0, 0.5, STEPS, LOSSES) == (0.0, False)  # the policy diverged
+    assert speedup(5.0, T, NAN, NAN, STEPS, LOSSES) == (2.0, True)  # the baseline diverged at both lengths
+    # diverged over 2T but not over T: a user with 2T steps can still stop at T
+    assert speedup(1.0, T, 1.0, NAN, STEPS, LOSSES) == (2.0, True)
+    assert speedup(0.9, T, 1.0, 2.0, STEPS, LOSSES) == (2.0, True)
 
 
-def test_speedup_is_capped_and_flagged():
-    T = 100
-    assert speedup(LOSSES[-1] / 2, T, STEPS, LOSSES) == (2.0, True)  # never reached in the 2T run
-    assert speedup(LOSSES[-1] / 2, T, STEPS, LOSSES, cap=3.0) == (3.0, True)
-    assert speedup(10.0 * math.exp(-3.0), T, STEPS, LOSSES, cap=1.0) == (1.0, True)  # 150 steps > cap
-    assert speedup(NAN, T, STEPS, LOSSES) == (0.0, False)
-    assert speedup(20.0, T, STEPS, LOSSES) == (0.0, False)  # worse than the baseline's start
-    nan_curve = np.full(len(STEPS), NAN)
-    assert speedup(1.0, T, STEPS, nan_curve) == (2.0, True)
+# --- summary statistics ----------------------------------------------------------------------------
 
 
-def test_best_baseline_and_loss_at():
-    curves = {
-        "slow": ([0, 50, 100], [5.0, 3.0, 2.0]),
-        "fast": ([0, 50, 100], [5.0, 1.0, 1.5]),
-        "nan": ([0, 50, 100], [5.0, NAN, NAN]),
-        "long": ([0, 100, 200], [5.0, 1.2, 0.1]),  # a 2T run: judged at step 100
-    }
-    assert best_baseline(curves, 100) == "long"
-    del curves["long"]
-    assert best_baseline(curves, 100) == "fast"
-    assert best_baseline(curves, 50) == "fast"
-    assert loss_at([0, 50, 100], [5.0, 1.0, 1.5], 75) == 1.0
-    assert math.isnan(loss_at([10], [1.0], 5))
-    with pytest.raises(ValueError):
-        best_baseline({}, 10)
+def test_geometric_mean_and_floor():
+    assert geometric_mean([1.0, 4.0]) == pytest.approx(2.0)
+    assert geometric_mean([0.0, 1.0], floor=0.01) == pytest.approx(0.1)
+    np.testing.assert_allclose(geometric_mean(np.array([[1.0, 4.0], [2.0, 8.0]]), axis=1), [2.0, 4.0])
+
+
+def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small, large = rng.normal(size=20), rng.normal(size=2000)
+    mean = lambda v: v.mean(axis=1)  # noqa: E731
+    lo_s, hi_s = bootstrap_interval(small, mean)
+    lo_l, hi_l = bootstrap_interval(large, mean)
+    assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 5  # ~ 1 / sqrt(100)
+    assert bootstrap_interval(small, mean, seed=3) == bootstrap_interval(small, mean, seed=3)
+    assert bootstrap_interval(np.ones(7), mean) == (1.0, 1.0)
+    assert all(math.isnan(x) for x in bootstrap_interval([], mean))
+
+
+# --- per-task comparisons and the summary ----------------------------------------------------------
+
+ADAMW = ["b1", "b2", "b3", "b4"]
+CURVE = ([0, 50, 100], [4.0, 2.0, 1.0])
+
+
+def task(tid, row, policy, at_t, at_2t, sf=(1.0, 1.0)):
+    names = [*ADAMW, "sf"]
+    at_T = dict(zip(ADAMW, at_t)) | {"sf": sf[0]}
+    at_2T = dict(zip(ADAMW, at_2t)) | {"sf": sf[1]}
+    return TaskScores(tid, row, 100, policy, at_T, at_2T, {n: CURVE for n in names})
+
+
+def test_compare_task_by_hand():
+    # policy 1.0; at T: beats b1, b2, ties b3, loses to b4 (0.5, the best at T)
+    t = task("a", "MNISTs+MLP", 1.0, [2.0, 1.5, 1.0, 0.5], [1.0, 0.9, 0.8, 0.4], sf=(3.0, 0.9))
+    c = compare_task(t, ADAMW, ["sf"])
+    assert (c["pair_wins_1x"], c["pair_wins_2x"], c["pairs"]) == (3, 1, 4)
+    assert c["best_baseline"] == "b4" and (c["best_T"], c["best_2T"]) == (0.5, 0.4)
+    assert not c["beats_best_1x"] and not c["beats_best_2x"]
+    # the policy's 1.0 is reached by b4's T curve (4, 2, 1 at 0, 50, 100) at step 100: speedup 1.0
+    assert c["speedup"] == pytest.approx(1.0) and not c["capped"]
+    assert c["vs"]["sf"] == {"T": 3.0, "2T": 0.9, "beats_1x": True, "beats_2x": False,
+                             "speedup": pytest.approx(2 ** (math.log(3.0) / math.log(3.0 / 0.9))), "capped": False}
+
+
+def test_per_task_two_x_can_exceed_one_x_when_baselines_diverge_over_2t():
+    t = task("a", "NQM", 1.0, [0.5, 0.9, 2.0, 3.0], [NAN, NAN, NAN, NAN])
+    c = compare_task(t, ADAMW)
+    assert not c["beats_best_1x"] and c["beats_best_2x"]
+    assert c["pair_wins_2x"] == 4 > c["pair_wins_1x"] == 2
+
+
+def test_compare_task_requires_every_method():
+    t = task("a", "NQM", 1.0, [1, 1, 1, 1], [1, 1, 1, 1])
+    with pytest.raises(KeyError, match="prodigy"):
+        compare_task(t, ADAMW, ["prodigy"])
+
+
+def test_evaluation_summary_rows_and_overall_by_hand():
+    tasks = [
+        task("a", "MNISTs+MLP", 1.0, [2.0, 1.5, 1.0, 0.5], [1.0, 0.9, 0.8, 0.4]),  # 3/4, 1/4; not best
+        task("b", "NQM", 0.1, [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.05]),  # 4/4, 3/4; best at T only
+        task("c", "NQM", NAN, [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]),  # a failed policy run: 0/4
+    ]
+    s = evaluation_summary(tasks, ADAMW, ["sf"], rows=["Algo+RNN", "NQM", "MNISTs+MLP"], resamples=500)
+    assert list(s["rows"]) == ["NQM", "MNISTs+MLP"]  # the given order; rows without tasks left out
+    o = s["overall"]
+    assert o["tasks"] == 3 and o["pairs"] == 12 and o["policy_failed"] == 1
+    assert o["pairs_ge_1x"]["value"] == pytest.approx(7 / 12) and o["pairs_ge_2x"]["value"] == pytest.approx(4 / 12)
+    assert o["best_ge_1x"]["value"] == pytest.approx(1 / 3) and o["best_ge_2x"]["value"] == pytest.approx(0.0)
+    speedups = sorted(t["speedup"] for t in s["tasks"])
+    # a: 1.0 (see above); b: between 1.0 and 0.05 at 0.1 -> 2 ** (log 10 / log 20); c: 0
+    assert speedups == pytest.approx([0.0, 1.0, 2 ** (math.log(10) / math.log(20))])
+    assert o["speedup_median"]["value"] == pytest.approx(1.0)
+    expected_geo = math.exp((math.log(SPEEDUP_FLOOR) + 0 + math.log(speedups[2])) / 3)
+    assert o["speedup_geomean"]["value"] == pytest.approx(expected_geo)
+    for key in ("pairs_ge_1x", "best_ge_1x", "speedup_median", "speedup_geomean"):
+        lo, hi = o[key]["ci"]
+        assert lo <= o[key]["value"] <= hi
+    nqm = s["rows"]["NQM"]
+    assert nqm["tasks"] == 2 and nqm["pairs_ge_1x"]["value"] == pytest.approx(4 / 8)
+    assert o["vs"]["sf"]["ge_1x"]["value"] == pytest.approx(2 / 3)  # a ties sf (1.0), b beats it, c fails
+
+
+def test_format_summary_plain_and_markdown():
+    tasks = [task("a", "NQM", 1.0, [2.0, 1.5, 1.0, 0.5], [1.0, 0.9, 0.8, 0.4])]
+    s = evaluation_summary(tasks, ADAMW, ["sf"], resamples=100)
+    text = format_summary(s)
+    assert "NQM" in text and "Overall" in text and "speedup median" in text and "<=sf@T" in text
+    overall = [line for line in text.splitlines() if line.startswith("Overall")][0]
+    assert "0.75 [0.75, 0.75]" in overall and "1.00x [1.00, 1.00]" in overall
+    assert "non-finite" not in text
+    failed = evaluation_summary([*tasks, task("b", "NQM", NAN, [1] * 4, [1] * 4)], ADAMW, ["sf"], resamples=10)
+    assert "1 of 2 policy runs ended with a non-finite loss" in format_summary(failed)
+    md = format_summary(s, markdown=True).splitlines()
+    assert md[0].startswith("| row | tasks | pairs >=1x") and md[1].startswith("|---|---:")
 
 
 # --- performance profiles -------------------------------------------------------------------------
