@@ -38,7 +38,7 @@ from .spec.hparams import HPARAM_NAMES
 
 #: CIAO's hyperparameters that may differ between members (the rest are shared by all).
 MEMBER_HPARAMS = HPARAM_NAMES
-SHARED_HPARAMS = ("denominator", "use_clip", "use_lamb", "lamb_min_trust")
+SHARED_HPARAMS = ("denominator", "use_clip", "use_lamb", "lamb_min_trust", "bias_correction")
 
 
 class _Member(nn.Module):
@@ -142,6 +142,7 @@ class CIAOPopulation:
         self.task, self.k = task, len(full)
         self.denominator, self.use_clip, self.use_lamb = shared["denominator"], shared["use_clip"], shared["use_lamb"]
         self.lamb_min_trust = float(shared["lamb_min_trust"])
+        self.bias_correction = shared["bias_correction"]
         self.hp = {n: torch.tensor([float(s[n]) for s in full], dtype=torch.float64) for n in MEMBER_HPARAMS}
 
         model = task.model
@@ -170,6 +171,7 @@ class CIAOPopulation:
         self.clipped = zeros(self.k)
         f64 = lambda v: torch.full((self.k,), v, dtype=torch.float64)  # noqa: E731
         self.beta1_prod, self.beta2_prod, self.lamb_prod = f64(1.0), f64(1.0), f64(1.0)
+        self.step_count = f64(0.0)
         self.noise_sq_ema, self.noise_count = f64(0.0), f64(0.0)
         self.steps_since_stats = f64(0.0)
         self.segments = torch.repeat_interleave(
@@ -225,8 +227,12 @@ class CIAOPopulation:
         """CIAO's update (see :mod:`lhopt_dsl.optim.ciao`) of all members; ``grads`` is (K, N) and is clipped in place."""
         hp = self.hp
         b1, b2, bl = 1.0 - hp["one_minus_beta1"], 1.0 - hp["one_minus_beta2"], 1.0 - hp["one_minus_beta_lamb"]
-        self.beta1_prod *= b1
-        self.beta2_prod *= b2
+        self.step_count += 1
+        if self.bias_correction == "power":  # as CIAO's option: torch's Adam, 1 - beta**t with the current betas
+            self.beta1_prod, self.beta2_prod = b1**self.step_count, b2**self.step_count
+        else:
+            self.beta1_prod *= b1
+            self.beta2_prod *= b2
         self.lamb_prod *= bl
         self.steps_since_stats += 1
         bc1, bc2 = 1.0 - self.beta1_prod, 1.0 - self.beta2_prod
@@ -280,7 +286,8 @@ class CIAOPopulation:
             self.task.model.train()
 
     _ROWS = ("flat", "exp_avg", "exp_avg_sq", "noise_ema", "lamb_ema", "grad_max", "clipped",
-             "beta1_prod", "beta2_prod", "lamb_prod", "noise_sq_ema", "noise_count", "steps_since_stats")  # fmt: skip
+             "beta1_prod", "beta2_prod", "lamb_prod", "step_count", "noise_sq_ema", "noise_count",
+             "steps_since_stats")  # fmt: skip
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """A copy of member k's weights and optimizer state (not its hyperparameters): a checkpoint."""
@@ -433,18 +440,21 @@ def run_population(
     base_lr = torch.tensor([s.lr for s in schedules], dtype=torch.float64)
     k = evaluations or evaluation_count(task, total)
     bounds = segment_bounds(total, k)
-    curves = [LearningCurve([0], [float(v)]) for v in pop.evaluate(task.valid_batches)]
+    curves = [LearningCurve([0], [float(v)], test_curve=[float(t)])
+              for v, t in zip(pop.evaluate(task.valid_batches), pop.evaluate(task.test_batches))]  # fmt: skip
     for a, b in zip(bounds, bounds[1:]):
         losses = []
         for i in range(a, b):
             pop.hp["lr"] = base_lr * torch.tensor([shape_factor(s.shape, i / total) for s in schedules], dtype=torch.float64)
             losses.append(pop.train_step()[0])
         mean = torch.stack(losses).double().mean(0).tolist()
-        for c, v, t in zip(curves, pop.evaluate(task.valid_batches).tolist(), mean):
+        valid, test = pop.evaluate(task.valid_batches).tolist(), pop.evaluate(task.test_batches).tolist()
+        for c, v, t, tr in zip(curves, valid, test, mean):
             c.steps.append(b)
             c.valid_loss.append(v)
-            c.train_loss.append(t)
-    for c, t in zip(curves, pop.evaluate(task.test_batches).tolist()):
-        c.test_loss = t
+            c.test_curve.append(t)
+            c.train_loss.append(tr)
+    for c in curves:
+        c.test_loss = c.test_curve[-1]
     return curves
 

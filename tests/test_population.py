@@ -11,7 +11,7 @@ from lhopt_dsl import TaskConfig, load_spec, sample
 from lhopt_dsl.compile import compile_task
 from lhopt_dsl.env import SHAPES, Schedule, ciao_kwargs, run_schedule
 from lhopt_dsl.optim import CIAO, STAT_NAMES
-from lhopt_dsl.population import CIAOPopulation, batchable, run_population
+from lhopt_dsl.population import CIAOPopulation, adamw_settings, batchable, run_population
 
 from .conftest import SPECS
 
@@ -62,21 +62,23 @@ def test_unbatchable_tasks_fall_back():
         run_population(smoke("nqm"), [Schedule(optimizer="ciao")])
 
 
-def _members(cfg: TaskConfig, denominator: str, use_lamb: bool) -> list[dict]:
-    base = {**ciao_kwargs(cfg.hparams), "denominator": denominator, "use_lamb": use_lamb}
+def _members(cfg: TaskConfig, denominator: str, use_lamb: bool, bias_correction: str = "product") -> list[dict]:
+    base = {**ciao_kwargs(cfg.hparams), "denominator": denominator, "use_lamb": use_lamb,
+            "bias_correction": bias_correction}  # fmt: skip
     # Without LAMB's trust ratio, larger steps make these tiny tasks chaotic (rounding is amplified).
     return [base, {**base, "lr": base["lr"] * (3 if use_lamb else 0.7), "one_minus_beta1": 0.3, "grad_clip_fraction": 0.5},
             {**base, "lr": base["lr"] / 2, "eps": 1e-3, "weight_decay": 0.1, "one_minus_beta_lamb": 0.2}]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "family,denominator,use_lamb",
-    [("mlp", "adamax", True), ("nqm", "adam", True), ("transformer", "adamax", False), ("rnn", "adam", False)],
+    "family,denominator,use_lamb,bias_correction",
+    [("mlp", "adamax", True, "product"), ("nqm", "adam", True, "product"), ("transformer", "adamax", False, "product"),
+     ("rnn", "adam", False, "product"), ("mlp", "adam", False, "power")],
 )
-def test_ciao_population_equals_ciao_member_by_member(family, denominator, use_lamb):
+def test_ciao_population_equals_ciao_member_by_member(family, denominator, use_lamb, bias_correction):
     """Per-member hyperparameters, changes between steps, statistics and restarts all agree."""
     cfg = smoke(family)
-    settings = _members(cfg, denominator, use_lamb)
+    settings = _members(cfg, denominator, use_lamb, bias_correction)
     steps, change, save, load = 24, 9, 6, 15
     pop = CIAOPopulation(compile_task(cfg), settings)
     pop_stats, pop_losses = [], []
@@ -154,9 +156,12 @@ def test_baseline_grid_uses_the_population_and_records_every_member(tmp_path, fa
     study = optuna.load_study(study_name=study_name(cfg), storage=storage)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 3 and all(t.user_attrs["run"]["population"] for t in done)
+    from runners.baselines import GRID_EVALUATIONS_PER_T
+
     for name in names:
-        ref = run_schedule(cfg, Schedule(lr=1e-3, shape=name.split("-")[1]))
+        ref = run_schedule(cfg, Schedule(lr=1e-3, shape=name.split("-")[1]), evaluations=GRID_EVALUATIONS_PER_T)
         assert curves[(name, 1)].valid_loss == pytest.approx(ref.valid_loss, rel=1e-4, abs=1e-6)
+        assert curves[(name, 1)].test_curve == pytest.approx(ref.test_curve, rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.parametrize("family", ["mlp", "nqm", "transformer", "rnn"])
@@ -207,6 +212,32 @@ def test_population_rollouts_equal_one_at_a_time_rollouts(family):
         for hp, hs in zip(p.hparams, s.hparams):
             assert hp == pytest.approx(hs, rel=1e-9)
     assert restarts > 0  # the random policy saves, loads and swaps checkpoints
+
+
+@pytest.mark.parametrize("family", ["mlp", "nqm"])
+def test_adamw_space_population_rollouts_equal_one_at_a_time_rollouts(family):
+    """In the AdamW space (AdamW's bias correction, four controlled hyperparameters, no restarts)
+    the batched rollouts of a task equal the one-by-one ones."""
+    from lhopt_dsl.policy import ActorCritic
+    from lhopt_dsl.rollout import task_rollouts
+    from runners.meta_train import policy_shape
+
+    spec = load_spec(SPECS / "smoke_adamw.yaml")
+    cfg = next(c for c in (sample(spec, s) for s in range(200)) if c.family == family)
+    torch.manual_seed(3)
+    policy, ema = ActorCritic(policy_shape(spec)), ActorCritic(policy_shape(spec))
+    args = dict(rollouts=2, seed=11)
+    seq = task_rollouts(cfg, policy, ema, spec.hparams, population=False, **args)
+    pop = task_rollouts(cfg, policy, ema, spec.hparams, population=True, **args)
+    assert pop.population and not seq.population
+    assert pop.baseline_curve == pytest.approx(seq.baseline_curve, rel=1e-4, abs=1e-6)
+    assert pop.initial_curve == pytest.approx(seq.initial_curve, rel=1e-4, abs=1e-6)
+    for p, s in zip(pop.episodes, seq.episodes):
+        assert (p.actions == s.actions).all() and p.actions.shape[1] == 5  # 4 hyperparameters + restarts
+        assert p.valid_curve == pytest.approx(s.valid_curve, rel=1e-4, abs=1e-6)
+        assert p.raw_value == pytest.approx(s.raw_value, rel=1e-3, abs=1e-3)
+        for hp, hs in zip(p.hparams, s.hparams):
+            assert list(hp) == ["lr", "weight_decay", "eps", "one_minus_beta2"] and hp == pytest.approx(hs, rel=1e-9)
 
 
 def test_compiled_population_equals_eager_and_is_shared_per_architecture():
