@@ -63,7 +63,9 @@ def test_every_dataset_has_the_row_of_its_group():
 def test_default_spec_trains_on_text_and_evaluates_every_row():
     spec = load_spec(SPECS / "default.yaml")
     evaluation = spec.evaluation.tasks
-    assert evaluation.budget == spec.tasks.budget
+    # Sized for CPUs: every evaluation task runs ~110 times (policy and baselines), so its cap is lower.
+    assert evaluation.budget is not None and spec.tasks.budget is not None
+    assert 0 < evaluation.budget.max_gflops_per_run <= spec.tasks.budget.max_gflops_per_run / 10
     # Table 6 weights, the Transformer's 0.31 split equally between its text and algorithmic rows.
     rows = collections.Counter()
     for entry in evaluation.families:  # every task of an entry is in the same row
