@@ -23,7 +23,7 @@ from .spec.distributions import StrictModel
 from .spec.experiment import ExperimentSpec, TaskDistribution
 from .spec.families import FamilySpec, Task, TaskBase
 from .spec.hparams import HyperparameterSpace, InitialHParams, sample_hparams
-from .spec.loader import _Loader
+from .spec.loader import parse_yaml
 from .spec.space import iter_settings, union_size
 
 _TASK_STREAM = 0
@@ -77,8 +77,10 @@ class TaskConfig(StrictModel):
         return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "TaskConfig":
-        return cls.model_validate(yaml.load(text, Loader=_Loader))
+    def from_yaml(cls, text: str, name: str = "<task config>") -> "TaskConfig":
+        """The config in ``text`` (from :meth:`to_yaml`); ``name`` says where it comes from in the
+        SpecError (file:line:col) that bad YAML raises. Read as specs are, so ``1e-3`` is a float."""
+        return cls.model_validate(parse_yaml(text, name))
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:

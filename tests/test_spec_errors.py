@@ -1,5 +1,8 @@
 """Every kind of bad input gives a SpecError naming file, line, column and field path."""
 
+import time
+from pathlib import Path
+
 import pytest
 
 from lhopt_dsl import SpecError, load_spec
@@ -246,3 +249,157 @@ def test_all_problems_are_reported_at_once(write):
     err = _error(write, text)
     paths = {p.path for p in err.problems}
     assert {"tasks.families[0].batch_size", "tasks.families[0].norm"} <= paths
+
+
+# --- hostile and broken YAML -----------------------------------------------------------------------
+
+
+YAML_ERRORS = [
+    # (what, spec text, expected line, expected column or None, words in the message)
+    ("NUL byte", "name: t\nseed: 1\x00\n", 2, 8, "U+0000"),
+    ("control character", "name: t\ntasks:\n  families: [\x1b]\n", 3, 14, "U+001B"),
+    ("tab indentation", "name: t\ntasks:\n\tfamilies: []\n", 3, 1, "'\\t'"),
+    ("unclosed quote", 'name: "t\nseed: 1\n', 3, None, "quoted scalar"),
+    ("bad indentation", "name: t\n  seed: 1\n", 2, 7, "mapping values"),
+    ("undefined alias", "name: *nothing\n", 1, 7, "undefined alias"),
+    ("unknown tag", "name: !!python/object:os.system echo\n", 1, 7, "constructor"),
+    ("bad int", "name: t\nseed: !!int abc\n", 2, 7, "not a valid int"),
+    ("bad date", "name: t\nseed: 2020-13-45\n", 2, 7, "not a valid timestamp"),
+    ("bad bool", "name: t\nseed: !!bool maybe\n", 2, 7, "not a valid bool"),
+    ("recursive alias", "name: t\nseed: &a [*a]\n", 2, 7, "recursive alias"),
+    ("deep nesting", "name: t\nseed: " + "[" * 2000 + "]" * 2000 + "\n", 2, None, "nested"),
+    ("merge key", "name: t\nbase: &b {seed: 1}\nx:\n  <<: *b\n", 4, 3, "merge keys"),
+    ("not UTF-8", "name: t\n", 2, 4, "not UTF-8"),  # the text gets a latin-1 byte below
+]
+
+
+@pytest.mark.parametrize("what,text,line,col,words", YAML_ERRORS, ids=[c[0] for c in YAML_ERRORS])
+def test_every_yaml_error_is_a_located_spec_error(write, tmp_path, what, text, line, col, words):
+    path = write("spec.yaml", text)
+    if what == "not UTF-8":
+        path.write_bytes(b"name: t\nx: \xe9t\xe9\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    problem = info.value.problems[0]
+    assert problem.location is not None and problem.location.file.endswith("spec.yaml"), str(info.value)
+    assert problem.location.line == line, str(info.value)
+    assert col is None or problem.location.column == col, str(info.value)
+    assert words in problem.message, str(info.value)
+    assert f"spec.yaml:{line}:" in str(info.value)
+
+
+def _bomb(levels: int = 9, width: int = 9) -> str:
+    """A "billion laughs" spec: each level is ``width`` aliases of the one below (width**levels values)."""
+    lines = ["name: bomb", "a0: &a0 [" + ", ".join(["lol"] * width) + "]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
+    return "\n".join([*lines, f"tasks: {{families: *a{levels - 1}}}"]) + "\n"
+
+
+def test_alias_bomb_is_refused_at_once(write):
+    text = _bomb()
+    assert len(text) < 1200
+    started = time.perf_counter()
+    err = _error(write, text)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0, f"took {elapsed:.2f}s"
+    assert "spec.yaml:" in str(err) and "expands to more than" in str(err) and "alias" in str(err)
+
+
+def test_alias_bomb_through_includes_is_refused(write):
+    write("fam.yaml", "family: nqm\ndim: 10\nspectrum_decay: 1.0\nnoise_scale: 1.0\nbatch_size: 4\n"
+          "inner_steps: 20\nouter_steps: 2\n")
+    text = "name: b\na0: &a0 [{include: fam.yaml}, {include: fam.yaml, weight: 2}, {include: fam.yaml}]\n"
+    # Small enough to pass the check of the file alone: the included files make it too big.
+    text += "".join(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}]\n" for i in range(1, 8))
+    started = time.perf_counter()
+    err = _error(write, text + "tasks: {families: *a7}\n")
+    assert time.perf_counter() - started < 10
+    assert "the spec " in str(err) and "spec.yaml expands to more than" in str(err)  # counted across files
+
+
+def test_a_few_aliases_still_work(write):
+    text = GOOD_MLP.replace("width: {dist: choice, values: [8, 16]}", "width: &w {dist: choice, values: [8, 16]}")
+    text += "    - family: mlp\n      dataset: digits\n      hidden: {depth: 2, width: *w}\n      activation: relu\n" \
+            "      norm: none\n      loss: mse\n      batch_size: 32\n      inner_steps: 50\n      outer_steps: 4\n"
+    spec = load_spec(write("spec.yaml", text))
+    assert spec.tasks.families[1].hidden.width.values == [8, 16]
+    # A small bomb (9**3 values) is not a bomb: only sizes beyond any spec's are refused.
+    assert "expands to more than" not in str(_error(write, _bomb(levels=3)))
+
+
+SECRET = "root:x:0:0:hunter2-SECRET:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n" * 40
+
+
+INCLUDES = ["tasks: {include: secret}", "tasks: secret", "tasks:\n  families:\n    - include: secret"]
+
+
+@pytest.mark.parametrize("how", INCLUDES)
+def test_include_of_a_non_spec_file_names_it_without_quoting_it(write, how):
+    write("secret", SECRET)
+    err = _error(write, f"name: t\n{how}\n")
+    assert "secret" in str(err) and "not a spec" in str(err)
+    assert "hunter2" not in str(err) and "root:x" not in str(err)
+
+
+@pytest.mark.skipif(not Path("/etc/passwd").is_file(), reason="no /etc/passwd here")
+def test_include_of_etc_passwd(write):
+    err = _error(write, "name: t\ntasks: {include: /etc/passwd}\n")
+    assert "passwd" in str(err) and "root:" not in str(err) and len(str(err)) < 300
+
+
+def test_long_values_of_an_included_file_are_not_quoted_whole(write):
+    secret = "hunter2" + "-SECRET" * 50
+    write("conf.yaml", f"families:\n  - family: '{secret}'\n  - {{dist: '{secret}'}}\n{secret}: 1\n")
+    err = _error(write, "name: t\ntasks: {include: conf.yaml}\n")
+    assert "conf.yaml:" in str(err) and "characters)" in str(err)
+    assert secret not in str(err) and secret[:60] not in str(err)
+
+
+def test_binary_directory_device_and_missing_includes(write, tmp_path):
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "adir").mkdir()
+    cases = {"blob.bin": "not UTF-8 text", "adir": "is a directory", "nothere.yaml": "not found"}
+    if Path("/dev/zero").exists():
+        cases["/dev/zero"] = "not a regular file"
+    for target, words in cases.items():
+        err = _error(write, f"name: t\ntasks: {{include: {target}}}\n")
+        problem = err.problems[0]
+        assert problem.location.file.endswith("spec.yaml") and problem.location.line == 2, str(err)
+        assert words in problem.message and Path(target).name in problem.message, str(err)
+        assert len(str(err)) < 400, str(err)
+
+
+def test_huge_file_is_refused(write):
+    err = _error(write, "name: t\n" + "# padding\n" * 120_000)
+    assert "too large" in str(err)
+
+
+def test_other_yaml_readers_give_located_errors(write):
+    from lhopt_dsl import TaskConfig
+    from lhopt_dsl.controller import load_schedule
+    from lhopt_dsl.spec.loader import load_yaml, parse_yaml
+
+    with pytest.raises(SpecError, match=r"task\.yaml:2:7: .*U\+0007"):
+        TaskConfig.from_yaml("seed: 1\ntask: \x07\n", "task.yaml")
+    with pytest.raises(SpecError, match=r"sched\.yaml:2:1: YAML syntax error"):
+        load_schedule(write("sched.yaml", "schedule: {progress: [0.0], lr: [1e-3\n"))
+    with pytest.raises(SpecError, match=r"tasks\.yaml:\d+:\d+: .*expands to more than"):
+        load_yaml(write("tasks.yaml", "seed: 1\n---\n" + _bomb()), documents=True)
+    with pytest.raises(SpecError, match=r"<string>:3:1: YAML syntax error"):
+        parse_yaml("a: 1\n---\n]\n", documents=True)
+    assert parse_yaml("a: 1e-3\n---\nb: [1, 2]\n", documents=True) == [{"a": 0.001}, {"b": [1, 2]}]
+    assert parse_yaml("") is None
+
+
+def test_schedule_export_reports_bad_task_yaml(write, capsys):
+    from lhopt_dsl.controller import DEFAULT_POLICY
+    from runners.cli import main
+
+    task = write("task.yaml", "# task_id: x\nseed: 1\n\ttask: {}\n")
+    assert main(["schedule", "export", "--policy", str(DEFAULT_POLICY), "--task", str(task)]) == 2
+    assert "task.yaml:3:1: YAML syntax error" in capsys.readouterr().err
+    # A task file that is YAML but no task: the field is named, the file's values are not quoted.
+    task = write("task.yaml", "seed: 1\ntask: {secret: hunter2}\nhparams: hunter2\n")
+    assert main(["schedule", "export", "--policy", str(DEFAULT_POLICY), "--task", str(task)]) == 2
+    err = capsys.readouterr().err
+    assert "task.yaml is not a task" in err and "hunter2" not in err and "Traceback" not in err

@@ -11,12 +11,20 @@ has ``families:``), resolves includes, and validates it. Includes:
 Paths are relative to the including file. Cycles and missing files are errors. Every YAML,
 include or validation problem becomes a :class:`SpecError` listing each problem as
 ``file:line:col: dotted.path: message``.
+
+Specs are shared and run unattended, so reading one is bounded: files over ``MAX_YAML_BYTES``,
+alias bombs (a few KB of nested ``*alias``es that expand to billions of values) and nesting
+deeper than ``MAX_YAML_DEPTH`` are errors, and messages never quote more than a few dozen
+characters of a value (an ``include:`` may name any file, ``/etc/passwd`` as well as a spec).
+:func:`load_yaml` and :func:`parse_yaml` read other YAML inputs (task configs, schedules) the
+same way.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,16 @@ from pydantic import ValidationError
 from .experiment import ERROR_PATH, ExperimentSpec
 
 PathT = tuple[Any, ...]
+
+#: Largest YAML file read (the shipped specs are about 2 KB); also stops ``include: /dev/zero``.
+MAX_YAML_BYTES = 1 << 20
+#: Most values a load may produce, each alias and include counted every time it is used (the
+#: shipped default.yaml makes about 1,000): nine levels of nine aliases in 1 KB would make 9**9.
+MAX_YAML_NODES = 100_000
+#: Deepest nesting of mappings and lists (specs use fewer than 10 levels); also ends recursive aliases.
+MAX_YAML_DEPTH = 64
+_MAX_ECHO = 60  # longest value quoted whole in a message; longer ones are shortened
+_MAX_MESSAGE = 600  # longest message; a validator may quote a whole list of values
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,11 @@ class SpecProblem:
     path: str
     message: str
 
+    def __post_init__(self) -> None:
+        # Messages quote values, and an include may name any file: never echo much of one.
+        object.__setattr__(self, "path", _clip(self.path, 200))
+        object.__setattr__(self, "message", _clip(self.message, _MAX_MESSAGE))
+
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location else ""
         field = f"{self.path}: " if self.path else ""
@@ -60,7 +83,24 @@ class SpecError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """Safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``), and
+    refuses nesting deeper than ``MAX_YAML_DEPTH`` as it scans: PyYAML's scanner is quadratic in
+    the depth and its composer recursive, so 2 KB of ``[[[[...`` would take seconds and then
+    overflow the stack."""
+
+    def _too_deep(self) -> None:
+        problem = f"nested more than {MAX_YAML_DEPTH} levels deep"
+        raise yaml.scanner.ScannerError(None, None, problem, self.get_mark())
+
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:  # PyYAML's argument name
+        if self.flow_level >= MAX_YAML_DEPTH:
+            self._too_deep()
+        super().fetch_flow_collection_start(TokenClass)  # type: ignore[misc]
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= MAX_YAML_DEPTH:
+            self._too_deep()
+        return super().add_indent(column)  # type: ignore[misc]
 
 
 _Loader.add_implicit_resolver(
@@ -85,8 +125,23 @@ def _display(path: Path) -> str:
     return str(path) if rel.startswith(os.pardir + os.sep + os.pardir) else rel
 
 
-def _loc(file: Path, mark: yaml.Mark) -> Location:
-    return Location(_display(file), mark.line + 1, mark.column + 1)
+def _loc(file: Path | str, mark: yaml.Mark) -> Location:
+    return Location(_display(file) if isinstance(file, Path) else file, mark.line + 1, mark.column + 1)
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
+def _shorten(value: str) -> str:
+    """A long value as quoted in messages: its start and its length, never all of it."""
+    return value if len(value) <= _MAX_ECHO else f"{value[:24]}... ({len(value):,} characters)"
+
+
+def _show(file: Path) -> str:
+    """A file as named in messages (an include target is data, and may be anything)."""
+    return _clip(_display(file), 200)
 
 
 def format_path(path: PathT) -> str:
@@ -95,8 +150,165 @@ def format_path(path: PathT) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            part = _shorten(str(part))
+            out += f".{part}" if out else part
     return out
+
+
+_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")  # what PyYAML counts as a line break
+
+
+def _position(name: str, text: str, index: int) -> Location:
+    """The location of character ``index`` of ``text``, counted as PyYAML counts its marks."""
+    line, start = 1, 0
+    for brk in _BREAK.finditer(text, 0, index):
+        line, start = line + 1, brk.end()
+    return Location(name, line, index - start + 1)
+
+
+def _yaml_problem(e: BaseException, name: str, text: str, loader: yaml.SafeLoader | None) -> SpecProblem:
+    """A PyYAML error (or the recursion error of a too deeply nested document) as a located problem."""
+    if isinstance(e, yaml.reader.ReaderError):  # raised before parsing: it has a position, not a mark
+        char = e.character if isinstance(e.character, int) else ord(e.character)
+        return SpecProblem(
+            _position(name, text, e.position),
+            "",
+            f"YAML error: non-printable character U+{char:04X} (a binary file? write control characters as "
+            'escapes in a "double-quoted" string)',
+        )
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = _loc(name, mark) if mark else Location(name, 1, 1)
+        kind = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+        return SpecProblem(where, "", _clip(f"{kind}: " + " ".join(x for x in (e.context, e.problem) if x), 300))
+    if isinstance(e, RecursionError):
+        where = _loc(name, loader.get_mark()) if loader is not None else Location(name, 1, 1)
+        return SpecProblem(where, "", f"YAML error: nested too deeply (at most {MAX_YAML_DEPTH} levels)")
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return SpecProblem(Location(name, 1, 1), "", _clip(f"YAML error: {first}", 300))
+
+
+def _limit_problem(where: Location, too_deep: bool, what: str = "") -> SpecProblem:
+    """The problem of a document (``what``, by default the file of ``where``) past a size limit."""
+    if too_deep:
+        problem = f"nested more than {MAX_YAML_DEPTH} levels deep (or a recursive alias, like &a [*a], nests forever)"
+        return SpecProblem(where, "", problem)
+    return SpecProblem(
+        where,
+        "",
+        f"{what or where.file} expands to more than {MAX_YAML_NODES:,} values: each alias (*name) and include "
+        "repeats its content, so nested aliases multiply (an alias bomb?)",
+    )
+
+
+def _check_size(root: yaml.Node, name: str, count: int = 0) -> int:
+    """Refuse a node graph that expands past ``MAX_YAML_NODES`` values (``count`` of them already
+    used by earlier documents) or ``MAX_YAML_DEPTH`` levels; return the values used.
+
+    PyYAML resolves an alias to the very node of its anchor, so the graph stays small while every
+    reader of the data (the converter below, pydantic, a sampler) walks each alias again. Walking
+    it as they will, counting, costs at most ``MAX_YAML_NODES`` steps (a fraction of a second).
+    """
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
+            raise SpecError([_limit_problem(_loc(name, node.start_mark), depth > MAX_YAML_DEPTH)])
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+    return count
+
+
+def _compose(text: str, name: str, documents: bool = False) -> tuple[list[yaml.Node], _Loader]:
+    """The node graphs of ``text`` (every document if ``documents``, else the only one; none if
+    empty), within the size limits; any PyYAML error becomes a SpecError located in ``name``."""
+    loader: _Loader | None = None
+    try:
+        loader = _Loader(text)  # checks the whole text for non-printable characters first
+        if documents:
+            nodes = []
+            while loader.check_node():
+                nodes.append(loader.get_node())
+        else:
+            node = loader.get_single_node()
+            nodes = [] if node is None else [node]
+    except (yaml.YAMLError, RecursionError) as e:
+        raise SpecError([_yaml_problem(e, name, text, loader)]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    count = 0
+    for node in nodes:
+        count = _check_size(node, name, count)
+    return nodes, loader
+
+
+def _construct(loader: _Loader, node: yaml.Node, name: Path | str) -> Any:
+    """The data of ``node``; a value its tag cannot hold (``!!int abc``, a date ``2020-13-45``) is a SpecError."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
+        name = _display(name) if isinstance(name, Path) else name
+        if isinstance(e, yaml.MarkedYAMLError):
+            raise SpecError([_yaml_problem(e, name, "", loader)]) from None
+        tag = node.tag.rsplit(":", 1)[-1] if node.tag.startswith("tag:yaml.org,2002:") else node.tag
+        bad = _failing_scalar(node)
+        raise SpecError([SpecProblem(_loc(name, bad.start_mark), "", f"YAML error: not a valid {_clip(tag, 60)}")])
+
+
+def _failing_scalar(root: yaml.Node) -> yaml.Node:
+    """The first scalar below ``root`` that cannot be constructed (where to point an error), else ``root``."""
+    probe = _Loader("")
+    stack = [root]
+    while stack:  # the graph passed _check_size, so this ends soon
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                probe.construct_object(node)
+            except Exception:  # noqa: BLE001 - any failure is the one being located
+                return node
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(child for pair in reversed(node.value) for child in reversed(pair))
+    return root
+
+
+def _read_text(file: Path, origin: Location | None, at: str, what: str) -> str:
+    """The text of ``file``: a regular UTF-8 file of at most ``MAX_YAML_BYTES``, else a SpecError
+    that names it and says what is wrong, never quoting it."""
+    problem: str | None = None
+    raw = b""
+    try:
+        info = file.stat()
+        if stat.S_ISDIR(info.st_mode):
+            problem = f"{what} {_show(file)} is a directory, not a YAML file"
+        elif not stat.S_ISREG(info.st_mode):  # a device or pipe may never end: /dev/zero, /dev/stdin
+            problem = f"{what} {_show(file)} is not a regular file"
+        elif info.st_size > MAX_YAML_BYTES:
+            problem = f"{what} {_show(file)} is too large ({info.st_size:,} bytes; at most {MAX_YAML_BYTES:,})"
+        else:
+            with open(file, "rb") as f:
+                raw = f.read(MAX_YAML_BYTES + 1)
+            if len(raw) > MAX_YAML_BYTES:  # it grew since stat()
+                problem = f"{what} {_show(file)} is too large (at most {MAX_YAML_BYTES:,} bytes)"
+    except FileNotFoundError:
+        problem = f"{what} not found: {_show(file)} (looked for {_clip(str(file), 200)})"
+    except (OSError, ValueError) as e:  # permissions, a name too long, a NUL in the name
+        problem = f"cannot read {_show(file)}: {getattr(e, 'strerror', None) or 'invalid file name'}"
+    if problem is not None:
+        raise SpecError([SpecProblem(origin, at, problem)])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = raw[: e.start].decode("utf-8", "replace")
+        bad = _position(_display(file), before, len(before))
+        problem = f"{what} {_show(file)} is not UTF-8 text (a binary file?): byte 0x{raw[e.start]:02x} "
+        problem += f"at line {bad.line}, column {bad.column} cannot be decoded"
+        raise SpecError([SpecProblem(origin or bad, at, problem)]) from None
 
 
 class _Reader:
@@ -105,53 +317,60 @@ class _Reader:
     def __init__(self) -> None:
         self.marks: dict[PathT, Location] = {}
         self.files: list[Path] = []  # every file read, in order
+        # Each file is parsed once, however often it is included (an alias may repeat an include).
+        self.parsed: dict[Path, tuple[yaml.Node | None, _Loader]] = {}
+        self.names: dict[Path, str] = {}  # each file as messages name it (relpath is slow, and runs per value)
+        self.values = 0  # values converted so far, in every file, each alias and include counted again
 
     def read(self, file: Path, at: PathT, stack: tuple[Path, ...], origin: Location | None) -> Any:
-        file = file.resolve()
+        what = "included file" if stack else "spec file"
+        try:
+            file = file.resolve()
+        except (OSError, ValueError):  # a NUL in the name, a loop of links
+            problem = f"{what} {_show(file)}: invalid file name"
+            raise SpecError([SpecProblem(origin, format_path(at), problem)]) from None
         if file in stack:
             chain = " -> ".join(_display(p) for p in (*stack, file))
-            raise SpecError([SpecProblem(origin, format_path(at), f"include cycle: {chain}")])
-        try:
-            text = file.read_text(encoding="utf-8")
+            raise SpecError([SpecProblem(origin, format_path(at), f"include cycle: {_clip(chain, 400)}")])
+        if file not in self.parsed:
+            text = _read_text(file, origin, format_path(at), what)
             if file not in self.files:
                 self.files.append(file)
-        except FileNotFoundError:
-            what = "included file" if stack else "spec file"
-            raise SpecError(
-                [SpecProblem(origin, format_path(at), f"{what} not found: {_display(file)} (looked for {file})")]
-            ) from None
-        except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-            raise SpecError([SpecProblem(origin, format_path(at), f"cannot read {_display(file)}: {e}")]) from None
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            loc = _loc(file, mark) if mark else Location(_display(file), 1, 1)
-            msg = " ".join(x for x in (e.context, e.problem) if x)
-            raise SpecError([SpecProblem(loc, "", f"YAML syntax error: {msg}")]) from None
-        except yaml.YAMLError as e:
-            raise SpecError([SpecProblem(Location(_display(file), 1, 1), "", f"YAML error: {e}")]) from None
-        finally:
-            loader.dispose()
+            self.names[file] = _display(file)
+            nodes, loader = _compose(text, self.names[file])
+            self.parsed[file] = (nodes[0] if nodes else None, loader)
+        node, loader = self.parsed[file]
         if node is None:
             raise SpecError([SpecProblem(Location(_display(file), 1, 1), "", "the file is empty")])
+        if stack and isinstance(node, yaml.ScalarNode):  # /etc/passwd reads as one long string
+            problem = f"{what} {_show(file)} is not a spec: it holds a single value, not key: value lines or a list"
+            raise SpecError([SpecProblem(origin, format_path(at), problem)])
         return self._convert(node, file, at, (*stack, file), loader)
 
     def _convert(self, node: yaml.Node, file: Path, at: PathT, stack: tuple[Path, ...], loader: _Loader) -> Any:
-        self.marks.setdefault(at, _loc(file, node.start_mark))
+        name = self.names[file]
+        self.values += 1
+        if self.values > MAX_YAML_NODES or len(at) >= MAX_YAML_DEPTH:  # includes can multiply, as aliases do
+            where = _loc(name, node.start_mark)
+            raise SpecError([_limit_problem(where, len(at) >= MAX_YAML_DEPTH, "the spec " + self.names[stack[0]])])
+        if at not in self.marks:
+            self.marks[at] = _loc(name, node.start_mark)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             include: tuple[Path, Location] | None = None
             for key_node, value_node in node.value:
-                key = loader.construct_object(key_node, deep=True)
-                key_loc = _loc(file, key_node.start_mark)
+                key_loc = _loc(name, key_node.start_mark)
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    problem = "YAML merge keys (<<) are not supported; use `include:` with keys to override"
+                    raise SpecError([SpecProblem(key_loc, format_path(at), problem)])
+                key = _construct(loader, key_node, name)
                 if not isinstance(key, (str, int, float, bool)):
                     raise SpecError([SpecProblem(key_loc, format_path(at), "mapping keys must be plain scalars")])
                 if key in out or (key == "include" and include):
-                    raise SpecError([SpecProblem(key_loc, format_path((*at, key)), f"duplicate key '{key}'")])
+                    problem = f"duplicate key '{_shorten(str(key))}'"
+                    raise SpecError([SpecProblem(key_loc, format_path((*at, key)), problem)])
                 if key == "include":
-                    target = loader.construct_object(value_node, deep=True)
+                    target = _construct(loader, value_node, name)
                     if not isinstance(target, str):
                         raise SpecError([SpecProblem(key_loc, format_path(at), "include: expects a file path")])
                     include = (file.parent / target, key_loc)
@@ -164,22 +383,37 @@ class _Reader:
             base = self.read(include[0], at, stack, include[1])
             if not out:
                 return base
-            # The including file's keys win over the included file's, and so do their locations.
-            for path in self._marks_below(at, out):
-                del self.marks[path]
-            self.marks.update(overrides)
             if not isinstance(base, dict):
                 raise SpecError(
                     [SpecProblem(include[1], format_path(at), "an include with extra keys must name a mapping")]
                 )
+            # The including file's keys win over the included file's, and so do their locations.
+            for path in [*self._marks_below(at, out), *self._marks_below(at, {k: base[k] for k in out if k in base})]:
+                self.marks.pop(path, None)
+            self.marks.update(overrides)
             return {**base, **out}
         if isinstance(node, yaml.SequenceNode):
             return [self._convert(item, file, (*at, i), stack, loader) for i, item in enumerate(node.value)]
-        return loader.construct_object(node, deep=True)
+        return _construct(loader, node, name)
 
-    def _marks_below(self, at: PathT, keys: dict[Any, Any]) -> dict[PathT, Location]:
-        """Locations recorded under ``at`` for any of ``keys`` (and everything below them)."""
-        return {p: loc for p, loc in self.marks.items() if len(p) > len(at) and p[: len(at)] == at and p[len(at)] in keys}
+    def _marks_below(self, at: PathT, data: dict[Any, Any]) -> dict[PathT, Location]:
+        """Locations recorded for the values of ``data`` (and everything below them), which lies at ``at``.
+
+        Marks are recorded only for paths into the data read, so walking ``data`` finds them all, in
+        time proportional to ``data`` rather than to every mark of the spec (an include repeated by
+        aliases would make that quadratic).
+        """
+        found: dict[PathT, Location] = {}
+        stack: list[tuple[PathT, Any]] = [((*at, k), v) for k, v in data.items()]
+        while stack:
+            path, value = stack.pop()
+            if path in self.marks:
+                found[path] = self.marks[path]
+            if isinstance(value, dict):
+                stack.extend(((*path, k), v) for k, v in value.items())
+            elif isinstance(value, list):
+                stack.extend(((*path, i), v) for i, v in enumerate(value))
+        return found
 
 
 def _nearest_location(marks: dict[PathT, Location], data: Any, loc: tuple[Any, ...]) -> tuple[PathT, Location | None]:
@@ -215,6 +449,34 @@ def _message(err: dict[str, Any]) -> str:
     return msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
 
 
+def _long_strings(data: Any) -> list[str]:
+    """The keys and string values of ``data`` too long to quote whole, longest first."""
+    found: set[str] = set()
+    stack = [data]
+    while stack:  # the data is bounded by MAX_YAML_NODES
+        value = stack.pop()
+        if isinstance(value, str) and len(value) > _MAX_ECHO:
+            found.add(value)
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return sorted(found, key=len, reverse=True)
+
+
+def _scrub(message: str, long: list[str]) -> str:
+    """``message`` with every long value it quotes (validators quote values, pydantic quotes tags) shortened."""
+    for value in long:
+        for quoted in {value, repr(value)[1:-1]}:
+            if quoted in message:
+                message = message.replace(quoted, _shorten(value))
+    return message
+
+
+_MAX_PROBLEMS = 50  # more only hide the first ones (a broken list of thousands of entries)
+
+
 def _read_spec(file: Path) -> tuple[_Reader, Any]:
     """Read a spec and its includes, ``tasks: path.yaml`` included."""
     reader = _Reader()
@@ -223,6 +485,24 @@ def _read_spec(file: Path) -> tuple[_Reader, Any]:
         at = ("tasks",)
         data["tasks"] = reader.read(file.parent / data["tasks"], at, (file.resolve(),), reader.marks.get(at))
     return reader, data
+
+
+def parse_yaml(text: str, name: str = "<string>", *, documents: bool = False) -> Any:
+    """Plain data from YAML ``text`` read as specs are (``1e-3`` is a float), within the same limits.
+
+    ``name`` says where the text comes from in messages. With ``documents`` the result is the list
+    of every ``---``-separated document, else the only one (None for an empty text). Any problem,
+    an alias bomb included, is a :class:`SpecError` located at ``name:line:col``.
+    """
+    nodes, loader = _compose(text, name, documents)
+    data = [_construct(loader, node, name) for node in nodes]
+    return data if documents else (data[0] if data else None)
+
+
+def load_yaml(path: str | os.PathLike[str], *, documents: bool = False) -> Any:
+    """:func:`parse_yaml` of a file (a sampled task, a schedule); a missing, binary or huge file is a SpecError too."""
+    file = Path(path)
+    return parse_yaml(_read_text(file, None, "", "YAML file"), _display(file), documents=documents)
 
 
 def spec_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -248,14 +528,21 @@ def load_spec(path: str | os.PathLike[str]) -> ExperimentSpec:
         data = {"name": file.stem, "tasks": data if "families" in data else {"families": [data]}}
         marks = {(*prefix, *k): v for k, v in marks.items()} | {(): top}
     if isinstance(data.get("data_dir"), str):
-        data["data_dir"] = str((file.parent / os.path.expanduser(data["data_dir"])).resolve())
+        try:
+            data["data_dir"] = str((file.parent / os.path.expanduser(data["data_dir"])).resolve())
+        except (OSError, ValueError):  # a NUL in the name, a loop of links
+            raise SpecError([SpecProblem(marks.get(("data_dir",), top), "data_dir", "not a valid path")]) from None
     try:
         return ExperimentSpec.model_validate(data)
     except ValidationError as e:
         problems = []
-        for err in e.errors():
+        errors = e.errors()
+        long = _long_strings(data)
+        for err in errors[:_MAX_PROBLEMS]:
             # A validator may point below the field it validates (see ERROR_PATH).
             loc = (*err["loc"], *err.get("ctx", {}).get(ERROR_PATH, ()))
             p, where = _nearest_location(marks, data, loc)
-            problems.append(SpecProblem(where, format_path(p), _message(err)))
+            problems.append(SpecProblem(where, format_path(p), _scrub(_message(err), long)))
+        if len(errors) > _MAX_PROBLEMS:
+            problems.append(SpecProblem(None, "", f"... and {len(errors) - _MAX_PROBLEMS:,} more problems"))
         raise SpecError(problems) from None
