@@ -9,11 +9,18 @@ statistics that are part of the policy's state (saved and loaded with it) and cl
 
 from __future__ import annotations
 
+import os
+import pickle
+import re
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import PurePath
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
 from torch.distributions import Categorical
 
@@ -137,20 +144,22 @@ class ActorCritic(nn.Module):
     # --- saving --------------------------------------------------------------------------------
 
     def to_checkpoint(self) -> dict[str, Any]:
-        return {
+        """Tensors and plain data only (the normalisers' numpy arrays become tensors), so the
+        result can be saved with ``torch.save`` and read back by :func:`load_checkpoint`."""
+        return to_plain({
             "shape": asdict(self.shape),
             "weights": self.state_dict(),
             "policy_norm": self.policy_norm.state_dict(),
             "value_norm": self.value_norm.state_dict(),
-        }
+        })  # fmt: skip
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> "ActorCritic":
         shape = PolicyShape(**{**ckpt["shape"], "nvec": tuple(ckpt["shape"]["nvec"])})
         model = cls(shape)
         model.load_state_dict(ckpt["weights"])
-        model.policy_norm.load_state_dict(ckpt["policy_norm"])
-        model.value_norm.load_state_dict(ckpt["value_norm"])
+        model.policy_norm.load_state_dict(_numpy_arrays(ckpt["policy_norm"]))
+        model.value_norm.load_state_dict(_numpy_arrays(ckpt["value_norm"]))
         return model
 
     def check_compatible(
@@ -171,3 +180,129 @@ class ActorCritic(nn.Module):
                 f"but here there are {theirs[0]}, {theirs[1]} and {list(theirs[2])}. "
                 "Use the hyperparameter space (and restarts setting) the policy was trained with."
             )
+
+
+# --- safe files ----------------------------------------------------------------------------------
+#
+# Policies and training checkpoints are ``torch.save`` files that hold only tensors and plain data,
+# and are read with ``torch.load(weights_only=True)``: torch's restricted unpickler, which builds
+# tensors and containers and calls nothing else. A full unpickler runs whatever callable a file
+# names, so a policy shared by someone else could otherwise run arbitrary code when it is loaded.
+
+PLAIN_DATA = "tensors and plain data (dicts, lists, strings, numbers, booleans, None)"
+
+
+def _numpy_arrays(state: dict[str, Any]) -> dict[str, Any]:
+    """A normaliser's state with the tensors a checkpoint holds back as the numpy arrays it keeps."""
+    return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+class UnsafeCheckpointError(ValueError):
+    """A policy or checkpoint that holds more than tensors and plain data; it is not loaded."""
+
+
+def to_plain(obj: Any, where: str = "") -> Any:
+    """``obj`` with everything that is not a tensor or plain data converted to plain data.
+
+    numpy arrays become tensors (dtype kept), numpy scalars Python numbers, tuples (``torch.Size``
+    too) lists, paths strings, enums their values, pydantic models their JSON dump; anything else raises TypeError
+    rather than being pickled as an object that only a full unpickler could rebuild.
+    """
+    if obj is None or type(obj) in (bool, int, float, str):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj if type(obj) is torch.Tensor else obj.detach()  # nn.Parameter -> its data
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise TypeError(f"cannot save a numpy array of Python objects at {where or 'the top level'}")
+        return torch.from_numpy(np.array(obj, copy=True, order="C"))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Enum):
+        return to_plain(obj.value, where)
+    for plain in (bool, int, float, str):  # other subclasses of them
+        if isinstance(obj, plain):
+            return plain(obj)
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(x, f"{where}[{i}]") for i, x in enumerate(obj)]
+    if isinstance(obj, dict):
+        out: dict[Any, Any] = OrderedDict() if isinstance(obj, OrderedDict) else {}
+        for k, v in obj.items():
+            key = k.item() if isinstance(k, np.generic) else k
+            if type(key) not in (str, int):
+                raise TypeError(f"cannot save a {type(k).__name__} dict key at {where or 'the top level'}")
+            out[key] = to_plain(v, f"{where}[{key!r}]")
+        if hasattr(obj, "_metadata"):  # module state dicts carry per-module versions
+            out._metadata = to_plain(obj._metadata, f"{where}._metadata")  # type: ignore[attr-defined]
+        return out
+    raise TypeError(f"cannot save a {type(obj).__module__}.{type(obj).__qualname__} at {where or 'the top level'}: "
+                    f"policies and checkpoints hold only {PLAIN_DATA}")  # fmt: skip
+
+
+def _plain_problem(obj: Any, where: str = "") -> str | None:
+    """Where and what the first value outside tensors and plain data is, or None (tuples pass:
+    the restricted unpickler builds them and they run nothing; files saved here have lists)."""
+    if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, torch.Tensor):
+        return None
+    if type(obj) in (list, tuple):
+        items = enumerate(obj)
+    elif type(obj) in (dict, OrderedDict):
+        for k in obj:
+            if type(k) not in (str, int):
+                return f"a {type(k).__name__} dict key at {where or 'the top level'}"
+        items = obj.items()  # type: ignore[assignment]
+    else:
+        return f"a {type(obj).__module__}.{type(obj).__qualname__} at {where or 'the top level'}"
+    return next((p for k, v in items if (p := _plain_problem(v, f"{where}[{k!r}]"))), None)
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Save ``obj`` (converted by :func:`to_plain`) atomically: a reader, or a run killed while
+    saving, sees the old file or the new one, never half of one."""
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.save(to_plain(obj), tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike[str], what: str = "policy", map_location: Any = None) -> Any:
+    """Read a file saved by :func:`save_checkpoint` without running any code from it.
+
+    Anything beyond tensors and plain data raises :class:`UnsafeCheckpointError` that names the
+    file, what it holds and what to do; ``what`` ("policy", "training checkpoint") says in that
+    message what the file was loaded as.
+    """
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global|unrecognized function (\S+)", str(e))
+        held = f"it refers to `{found.group(1) or found.group(2)}`" if found else "it holds Python objects"
+        raise UnsafeCheckpointError(_unsafe_message(path, what, held)) from None
+    if problem := _plain_problem(state):
+        raise UnsafeCheckpointError(_unsafe_message(path, what, f"it holds {problem}"))
+    return state
+
+
+def _unsafe_message(path: str | os.PathLike[str], what: str, held: str) -> str:
+    return (
+        f"{path} was not loaded as a {what}: {held}, and lhopt loads only {PLAIN_DATA}, "
+        "because unpickling anything else can run arbitrary code from the file. If you saved this file yourself "
+        "with an older lhopt (which stored numpy arrays), convert it once with\n"
+        f"    python -c \"from lhopt_dsl.policy import convert_legacy_checkpoint; "
+        f"convert_legacy_checkpoint({os.fspath(path)!r})\"\n"
+        "Otherwise do not convert it: ask whoever made it for a file saved by this version of lhopt."
+    )
+
+
+def convert_legacy_checkpoint(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> None:
+    """Rewrite a policy or checkpoint saved by an older lhopt (numpy arrays pickled as objects) in
+    the safe format, to ``out`` (default: in place).
+
+    This reads the file with torch's full unpickler, which runs any code the file names: use it
+    only on files you made yourself or otherwise trust, never on one just downloaded or sent.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the caller, as documented
+    save_checkpoint(state, path if out is None else out)

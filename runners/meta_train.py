@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import math
 import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from tqdm import tqdm
 from lhopt_dsl import ExperimentSpec, sample
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.observation import FeatureBuilder
-from lhopt_dsl.policy import PRESETS, ActorCritic, PolicyShape
+from lhopt_dsl.policy import PRESETS, ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec.loader import spec_files
@@ -67,7 +66,7 @@ def _job(args: tuple) -> TaskResult:
     ema = ActorCritic.from_checkpoint(ema_ckpt) if ema_ckpt is not None else None
     return task_rollouts(cfg, policy, ema, spec.hparams, rollouts=rollouts, seed=seed, device=device,
                          data_dir=data_dir, max_valid=spec.meta_train.max_valid,
-                         population=spec.meta_train.population, compile=spec.meta_train.compile)  # fmt: skip
+                         population=spec.meta_train.population, compiled=spec.meta_train.compile)  # fmt: skip
 
 
 def _pad(episodes: list[Episode], key: str) -> torch.Tensor:
@@ -129,9 +128,9 @@ def ppo_update(
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """Tensors and plain data only (see :func:`save_checkpoint`), so that resuming, and anyone given
+    the policy, loads it without unpickling code."""
+    save_checkpoint(obj, path)
 
 
 def _hparam_figure(episodes: list[Episode], names: Sequence[str]):
@@ -160,7 +159,7 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
     run_dir = settings.run_dir or Path(mt.run_dir) / spec.name
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
-    state = torch.load(ckpt_path, weights_only=False) if settings.resume and ckpt_path.exists() else None
+    state = load_checkpoint(ckpt_path, "training checkpoint") if settings.resume and ckpt_path.exists() else None
     if settings.resume and state is None:
         print(f"no checkpoint at {ckpt_path}; starting a new run")
     torch.manual_seed(spec.seed)

@@ -1,6 +1,7 @@
 """PPO on a toy problem, checkpoint/resume, MLflow tracking (local store, unreachable server, UI)."""
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -11,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from lhopt_dsl import load_spec
-from lhopt_dsl.policy import ActorCritic, PolicyShape
+from lhopt_dsl.controller import load_policy
+from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint
 from lhopt_dsl.rollout import Episode
 from runners.meta_train import Settings, policy_shape, ppo_update, train
-from runners.tracking import Tracker, default_uri, start_ui
+from runners.tracking import Tracker, default_uri, load_policy_uri, start_ui
 
 from .conftest import SPECS
 
@@ -59,9 +62,13 @@ def test_policy_checkpoint_round_trip():
     spec = load_spec(SPECS / "smoke.yaml")
     model = ActorCritic(policy_shape(spec))
     model.policy_norm(np.random.default_rng(0).normal(size=(5, model.shape.policy_size)))
+    model.value_norm(np.random.default_rng(2).normal(size=(5, model.shape.value_size)))
     again = ActorCritic.from_checkpoint(model.to_checkpoint())
     x = np.random.default_rng(1).normal(size=model.shape.policy_size)
+    v = np.random.default_rng(3).normal(size=model.shape.value_size)
     assert np.array_equal(model.policy_norm(x, update=False), again.policy_norm(x, update=False))
+    assert np.array_equal(model.value_norm(v, update=False), again.value_norm(v, update=False))
+    assert model.state_dict().keys() == again.state_dict().keys()  # zip below would stop at the shorter one
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), k
     with pytest.raises(ValueError, match="policy does not match"):
@@ -76,7 +83,7 @@ def _tiny_spec(tmp_path: Path):
 
 
 def test_adamw_space_meta_training_saves_a_policy_that_records_its_space(tmp_path):
-    from lhopt_dsl.controller import LHOPT, load_policy
+    from lhopt_dsl.controller import LHOPT
 
     spec = load_spec(SPECS / "smoke_adamw.yaml")
     mt = spec.meta_train.model_copy(update={"tasks_per_iteration": 2, "rollouts_per_task": 2, "hidden_size": 16})
@@ -86,10 +93,13 @@ def test_adamw_space_meta_training_saves_a_policy_that_records_its_space(tmp_pat
         path = train(spec, Settings(iterations=1, workers=0, tracking_uri="http://127.0.0.1:9", run_dir=tmp_path,
                                     quiet=True))  # fmt: skip
     policy, space = load_policy(path)
-    assert space.space == "adamw" and torch.load(path, weights_only=False)["spec"]["hparams"]["space"] == "adamw"
+    assert space.space == "adamw" and load_checkpoint(path)["spec"]["hparams"]["space"] == "adamw"
     assert list(policy.shape.nvec) == [7, 2, 2, 2, 1]
     net = torch.nn.Linear(3, 1)
     assert LHOPT(net.parameters(), policy=path, total_steps=8).param_groups[0]["denominator"] == "adam"
+
+
+WALL_CLOCK = {"speed/episodes_per_s", "speed/inner_steps_per_s", "speed/rollout_share"}  # differ run to run
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
@@ -102,14 +112,19 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     with pytest.warns(UserWarning):
         train(spec, Settings(iterations=3, workers=0, resume=True, tracking_uri=offline, run_dir=tmp_path / "b",
                              quiet=True))  # fmt: skip
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt", "training checkpoint")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt", "training checkpoint")
     assert a["iteration"] == b["iteration"] == 3
+    assert a["policy"]["weights"].keys() == b["policy"]["weights"].keys()
     for k, v in a["policy"]["weights"].items():
         assert torch.equal(v, b["policy"]["weights"][k]), k
-    assert a["history"] == b["history"] or [h["reward/mean"] for h in a["history"]] == [
-        h["reward/mean"] for h in b["history"]
-    ]
+    # Every metric of every iteration is the same, exactly, except the wall-clock ones listed here
+    # (they are in the history, so the list cannot go stale unnoticed); NaN equals NaN.
+    assert len(a["history"]) == len(b["history"]) == 3
+    for x, y in zip(a["history"], b["history"]):
+        assert x.keys() == y.keys() and WALL_CLOCK <= x.keys()
+        for key in x.keys() - WALL_CLOCK:
+            assert x[key] == y[key] or (math.isnan(x[key]) and math.isnan(y[key])), (x["iteration"], key)
     # the unreachable server cost nothing: metrics are in the local file
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and "ppo/approx_kl" in json.loads(lines[0])
@@ -123,8 +138,11 @@ def test_tracking_logs_to_sqlite_and_the_run_is_found_with_mlflows_client(tmp_pa
     spec = _tiny_spec(tmp_path)
     spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"registered_model": "smoke-policy",
                                                                                 "experiment": "test-exp"})})  # fmt: skip
+    spec_file = tmp_path / "tiny_smoke.yaml"  # the spec as run, from a file, so that the run archives it
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    assert load_spec(spec_file) == spec
     uri = default_uri(tmp_path)
-    path = train(spec, Settings(iterations=2, workers=0, tracking_uri=uri, quiet=True))
+    path = train(spec, Settings(iterations=2, workers=0, tracking_uri=uri, quiet=True), spec_path=str(spec_file))
     assert path.exists()
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("test-exp")
@@ -137,13 +155,21 @@ def test_tracking_logs_to_sqlite_and_the_run_is_found_with_mlflows_client(tmp_pa
         assert len(client.get_metric_history(run.info.run_id, key)) == 2, key
     assert run.data.params["meta_train.rollouts_per_task"] == "2"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"spec", "plots"} <= artifacts or "plots" in artifacts
+    assert {"spec", "plots"} <= artifacts, artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "spec")] == ["spec/tiny_smoke.yaml"]
+    archived = Path(client.download_artifacts(run.info.run_id, "spec/tiny_smoke.yaml", str(tmp_path / "dl")))
+    assert archived.read_bytes() == spec_file.read_bytes()
     versions = client.search_model_versions("name='smoke-policy'")
     assert len(versions) == 1
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model("models:/smoke-policy/1")
     feats = np.zeros((3, policy_shape(spec).policy_size), dtype=np.float32)
     assert model.predict(feats).shape == (3, len(policy_shape(spec).nvec))
+    # what the CLI does with `--policy models:/...`: download the checkpoint and load it as data
+    policy, _ = load_policy(load_policy_uri("models:/smoke-policy/1", uri))
+    trained, _ = load_policy(path)
+    for k, v in trained.state_dict().items():
+        assert torch.equal(v, policy.state_dict()[k]), k
 
 
 def test_tracker_survives_a_server_that_disappears(tmp_path):
@@ -230,20 +256,20 @@ def test_kill_9_loses_at_most_the_iteration_in_progress(tmp_path):
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
-            if ckpt.exists() and torch.load(ckpt, weights_only=False)["iteration"] >= 3:
+            if ckpt.exists() and load_checkpoint(ckpt, "training checkpoint")["iteration"] >= 3:
                 break
             time.sleep(0.2)
     finally:
         proc.kill()  # SIGKILL, mid-iteration
         proc.wait()
-    done = torch.load(ckpt, weights_only=False)["iteration"]  # the checkpoint is whole, never half-written
+    done = load_checkpoint(ckpt, "training checkpoint")["iteration"]  # the checkpoint is whole, never half-written
     assert 3 <= done < 200
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) >= done
     out = subprocess.run(cmd + ["--resume", "--iterations", str(done + 2)], cwd=Path(__file__).parents[1],
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    state = torch.load(ckpt, weights_only=False)
+    state = load_checkpoint(ckpt, "training checkpoint")
     assert state["iteration"] == done + 2 and len(state["history"]) == done + 2
 
 
@@ -254,8 +280,9 @@ def test_worker_processes_give_the_same_run_as_in_process(tmp_path):
         train(spec, Settings(iterations=2, workers=0, tracking_uri=offline, run_dir=tmp_path / "w0", quiet=True))
     with pytest.warns(UserWarning):
         train(spec, Settings(iterations=2, workers=2, tracking_uri=offline, run_dir=tmp_path / "w2", quiet=True))
-    a = torch.load(tmp_path / "w0" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "w2" / "checkpoint.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "w0" / "checkpoint.pt", "training checkpoint")
+    b = load_checkpoint(tmp_path / "w2" / "checkpoint.pt", "training checkpoint")
+    assert a["policy"]["weights"].keys() == b["policy"]["weights"].keys()
     for k, v in a["policy"]["weights"].items():
         assert torch.equal(v, b["policy"]["weights"][k]), k
 
@@ -270,8 +297,9 @@ def test_train_cli_population_switch(tmp_path, flag, share):
            "--tracking-uri", "http://127.0.0.1:9"] + ([flag] if flag else [])  # fmt: skip
     out = subprocess.run(cmd, cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    history = torch.load(run / "checkpoint.pt", weights_only=False)["history"]
+    history = load_checkpoint(run / "checkpoint.pt", "training checkpoint")["history"]
     shares = [h["speed/population_share"] for h in history]
+    assert len(shares) == 2  # all() below holds for an empty list
     if share is not None:
         assert shares == [share, share]
     else:
