@@ -213,6 +213,57 @@ def ui_command(backend_uri: str, artifacts: str, host: str = "127.0.0.1", port: 
     ]  # fmt: skip
 
 
-def start_ui(backend_uri: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000) -> subprocess.Popen:
+_GROUPS = hasattr(os, "killpg")  # POSIX: the server gets its own process group
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process took the id: the group we started is gone
+        return False
+    return True
+
+
+class UIServer(subprocess.Popen):
+    """The MLflow server, started in a session (and process group) of its own.
+
+    ``mlflow server`` forks a uvicorn worker, so signalling only the process we started can leave
+    the worker holding the port. Here ``send_signal``/``terminate``/``kill`` reach the whole group,
+    and ``stop`` ends it for sure: SIGTERM, a grace period, then SIGKILL.
+    """
+
+    def __init__(self, args: list[str], **kwargs: Any):
+        super().__init__(args, start_new_session=_GROUPS, **kwargs)
+
+    def send_signal(self, sig: int) -> None:
+        if not _GROUPS:
+            return super().send_signal(sig)
+        try:  # the group id is the leader's pid; it stays reserved while any member lives
+            os.killpg(self.pid, sig)
+        except (ProcessLookupError, PermissionError):  # the whole group is gone already
+            pass
+
+    def stop(self, grace: float = 5.0) -> int:
+        """Take the server and everything it started down; the leader's exit status."""
+        deadline = time.monotonic() + grace
+        self.terminate()
+        try:
+            self.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        while _GROUPS and _group_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.poll() is None or (_GROUPS and _group_alive(self.pid)):
+            self.kill()
+            self.wait()
+            deadline = time.monotonic() + 2.0
+            while _GROUPS and _group_alive(self.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return self.wait()  # reaped already: just the status
+
+
+def start_ui(backend_uri: str, artifacts: str, host: str = "127.0.0.1", port: int = 5000) -> UIServer:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    return subprocess.Popen(ui_command(backend_uri, artifacts, host, port), env=env)
+    return UIServer(ui_command(backend_uri, artifacts, host, port), env=env)

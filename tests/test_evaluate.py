@@ -72,11 +72,13 @@ def test_eval_scores_on_test_and_writes_results_and_plots(evaluated, capsys):
     assert results["rows"] and set(results["rows"]) <= set(TABLE1_ROWS)
     assert results["other_score"]["score"] == "valid"  # both splits are reported
     assert results["cost"]["pairs_run"] == 2 * 2 * len(BASELINES) and results["cost"]["pairs_cached"] == 0
+    split_checked = 0
     for i in range(2):
         record = json.loads((out / "tasks" / f"{i:05d}.json").read_text())
         assert math.isfinite(record["policy"]["test"]) and math.isfinite(record["policy"]["valid"])
         if record["family"] != "nqm":  # an NQM's loss is exact: its "splits" are one and the same
             assert record["policy"]["test"] != record["policy"]["valid"]  # two different splits
+            split_checked += 1
         assert set(record["finals"]) == set(BASELINES)
         for name in BASELINES:
             for h in ("1", "2"):
@@ -85,6 +87,7 @@ def test_eval_scores_on_test_and_writes_results_and_plots(evaluated, capsys):
         for name, curve in record["curves_T"].items():
             assert len(curve["steps"]) == len(curve["valid"]) == len(curve["test"])
             assert curve["test"][-1] == record["finals"][name]["1"]["test"]  # the T run's final test loss
+    assert split_checked > 0, "both tasks were NQMs: nothing showed the test split is not the validation one"
     for name in ("curves.png", "hparams.png", "performance_profile.png", "speedups.png", "summary.png", "table1.md"):
         assert (out / name).stat().st_size > 0
 
@@ -137,6 +140,10 @@ def test_valid_scores_differ_from_test_scores(evaluated):
     records = [json.loads((root / "a" / "tasks" / f"{i:05d}.json").read_text()) for i in range(2)]
     test, valid = summarise(records, "test", resamples=50), summarise(records, "valid", resamples=50)
     assert test["score"] == "test" and valid["score"] == "valid"
+    # the summaries are computed from their own split's losses, not merely labelled
+    assert test["final_losses"]["policy"] == {r["task_id"]: r["policy"]["test"] for r in records}
+    assert valid["final_losses"]["policy"] == {r["task_id"]: r["policy"]["valid"] for r in records}
+    assert test["final_losses"]["best AdamW"] != valid["final_losses"]["best AdamW"]
     t, v = task_scores(records[0], "test"), task_scores(records[0], "valid")
     assert t.policy == records[0]["policy"]["test"] and v.policy == records[0]["policy"]["valid"]
     assert t.at_T != v.at_T

@@ -129,7 +129,8 @@ def test_bootstrap_interval_contains_the_estimate_and_shrinks_with_n():
     lo_l, hi_l = bootstrap_interval(large, mean)
     assert lo_s <= small.mean() <= hi_s and lo_l <= large.mean() <= hi_l
     assert hi_l - lo_l < (hi_s - lo_s) / 5  # ~ 1 / sqrt(100)
-    assert bootstrap_interval(small, mean, seed=3) == bootstrap_interval(small, mean, seed=3)
+    assert bootstrap_interval(small, mean, seed=3) == bootstrap_interval(small, mean, seed=3)  # reproducible
+    assert bootstrap_interval(small, mean, seed=3) != bootstrap_interval(small, mean, seed=4)  # from its seed
     assert bootstrap_interval(np.ones(7), mean) == (1.0, 1.0)
     assert all(math.isnan(x) for x in bootstrap_interval([], mean))
 

@@ -2,6 +2,10 @@
 
 import collections
 import math
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -83,11 +87,19 @@ def test_same_seed_same_config_different_seeds_differ():
 
 
 def test_task_id_is_stable_across_processes():
-    # A content hash, not Python's salted hash(): pinned so an accidental change is noticed.
+    # A content hash, not Python's salted hash(): pinned so an accidental change is noticed
+    # (the pin is for task_specs/smoke.yaml's seed-0 task; editing that spec changes it legitimately).
     spec = load_spec(SPECS / "smoke.yaml")
     cfg = sample(spec, 0)
     assert cfg.task_id == TaskConfig.model_validate(cfg.model_dump()).task_id
-    assert len(cfg.task_id) == 16 and int(cfg.task_id, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{16}", cfg.task_id), cfg.task_id
+    assert cfg.task_id == "8666a8275adc3706"
+    code = "from lhopt_dsl import load_spec, sample; import sys; print(sample(load_spec(sys.argv[1]), 0).task_id)"
+    for hash_seed in ("1", "2"):  # two differently salted interpreters, and this one
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run([sys.executable, "-c", code, str(SPECS / "smoke.yaml")], capture_output=True,
+                             text=True, check=True, env=env, cwd=SPECS.parent)  # fmt: skip
+        assert out.stdout.strip().splitlines()[-1] == cfg.task_id, hash_seed
 
 
 def test_hparam_noise_does_not_depend_on_the_task_mixture():
