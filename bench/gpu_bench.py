@@ -31,7 +31,8 @@ from torch import nn
 
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.compile import compile_task
-from lhopt_dsl.env import SHAPES, Schedule, run_schedule
+from lhopt_dsl.schedule import SHAPES, Schedule
+from lhopt_dsl.training import run_schedule
 from lhopt_dsl.optim import CIAO
 from lhopt_dsl.population import CIAOPopulation, adamw_settings, run_population
 
@@ -89,14 +90,14 @@ def population_rows(members: list[int], seconds: float) -> None:
     for k in members:
         settings = [adamw_settings(schedules[i % len(schedules)]) for i in range(k)]
         eager = CIAOPopulation(compile_task(cfg, "cuda"), settings)
-        compiled = CIAOPopulation(compile_task(cfg, "cuda"), settings, compile=True)
+        compiled = CIAOPopulation(compile_task(cfg, "cuda"), settings, compiled=True)
         e = k / _timed(eager.train_step, seconds)
         c = k / _timed(compiled.train_step, seconds)
         grid = [schedules[i % len(schedules)] for i in range(k)]
-        run_population(cfg, grid, device="cuda", compile=True)  # compile and warm up
+        run_population(cfg, grid, device="cuda", compiled=True)  # compile and warm up
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        run_population(cfg, grid, device="cuda", compile=True)
+        run_population(cfg, grid, device="cuda", compiled=True)
         torch.cuda.synchronize()
         r = k * cfg.task.inner_steps / (time.perf_counter() - t0)
         print(f"| {k} | {e:,.0f} | {c:,.0f} | {r:,.0f} | {c / base:.1f}x |")
@@ -106,7 +107,7 @@ def population_rows(members: list[int], seconds: float) -> None:
     torch.cuda.synchronize()
     seq = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run_population(cfg, schedules, device="cuda", compile=True)
+    run_population(cfg, schedules, device="cuda", compiled=True)
     torch.cuda.synchronize()
     pop = time.perf_counter() - t0
     print(f"\n35 baselines (T = {cfg.task.inner_steps}): sequential {seq:.2f} s, population {pop:.2f} s: **{seq / pop:.1f}x**")

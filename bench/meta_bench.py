@@ -41,7 +41,7 @@ from lhopt_dsl.sample import train_seed
 from runners.meta_train import policy_shape, ppo_update
 
 CONTENDERS = {"one at a time": dict(population=False), "population": dict(population=True),
-              "population + compile": dict(population=True, compile=True)}  # fmt: skip
+              "population + compile": dict(population=True, compiled=True)}  # fmt: skip
 
 
 def _rollouts(spec: Any, cfgs: list, policy: ActorCritic, ema: ActorCritic, **kw: Any) -> tuple[float, list, int]:

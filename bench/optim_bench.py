@@ -65,7 +65,9 @@ from torch import nn
 from lhopt_dsl import TaskConfig, load_spec, sample
 from lhopt_dsl.actions import apply_action
 from lhopt_dsl.compile import compile_task
-from lhopt_dsl.env import InnerTrainingEnv, ciao_kwargs, segment_bounds, train_segment
+from lhopt_dsl.env import InnerTrainingEnv
+from lhopt_dsl.schedule import segment_bounds
+from lhopt_dsl.training import ciao_kwargs, train_segment
 from lhopt_dsl.optim import CIAO
 
 FAMILIES = ("mlp", "cnn", "rnn", "text_rnn", "transformer", "nqm")

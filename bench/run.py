@@ -5,8 +5,8 @@
 (a) CIAO's step against ``torch.optim.AdamW(foreach=True)``, CPU, 1M and 25M parameters
     (bench/optim_bench.py --part a);
 (b) the share of an inner run spent on features, per family (bench/optim_bench.py --part b);
-(c) the 35-baseline grid of one task: population (eager and compiled) against sequential runs
-    (bench/population_bench.py);
+(c) the 35-baseline grid of representative default tasks: an eager population against sequential
+    runs (bench/population_bench.py, which also times a compiled population unless --no-compile);
 (d) meta-training throughput on task_specs/smoke.yaml with populations off, on and compiled
     (bench/meta_bench.py);
 (e) on a GPU: CIAO against fused AdamW on 100M parameters, and population member-steps per second
@@ -14,7 +14,7 @@
 
 Every row prints ratios of contenders run in the same process, interleaved, so that a shared
 machine slows them alike; each module's docstring says exactly what it times. ``--quick`` runs
-shorter versions (minutes instead of about an hour on two cores); docs/PERFORMANCE.md
+shorter versions (minutes instead of a few hours on two cores); docs/PERFORMANCE.md
 holds the full table. Run from the repository root.
 """
 
@@ -35,7 +35,9 @@ import population_bench  # noqa: E402
 FULL = {
     "a": (optim_bench.main, ["--part", "a"]),
     "b": (optim_bench.main, ["--part", "b"]),
-    "c": (population_bench.main, ["--spec", "task_specs/default.yaml", "--reps", "1"]),
+    # Representative default tasks of every batchable family (sample seeds; docs/PERFORMANCE.md, row (c)).
+    "c": (population_bench.main, ["--spec", "task_specs/default.yaml", "--seeds", population_bench.DEFAULT_SEEDS,
+                                  "--reps", "1", "--no-compile"]),
     "d": (meta_bench.main, ["--iterations", "6", "--rounds", "2"]),
     "e": (gpu_bench.main, []),
 }

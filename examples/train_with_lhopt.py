@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from lhopt_dsl.controller import LHOPT
+from lhopt_dsl import LHOPT
 
 
 def data():

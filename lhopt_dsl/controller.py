@@ -34,11 +34,11 @@ import yaml
 from torch import nn
 
 from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
-from .env import segment_bounds
+from .schedule import segment_bounds
 from .observation import FeatureBuilder, flatten, norm_ratios
 from .optim import CIAO
 from .optim.stats import mean_stats
-from .policy import ActorCritic
+from .policy import ActorCritic, load_checkpoint
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
@@ -48,13 +48,14 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
     """A policy object, a checkpoint path (``policy.pt`` or a training ``checkpoint.pt``), or None
     for the shipped default; returns it with the hyperparameter space it was trained with (the
     checkpoint's spec records it; the CIAO space for a policy object and for checkpoints that
-    record none, as those saved before spaces existed)."""
+    record none, as those saved before spaces existed). Files are read with :func:`load_checkpoint`,
+    which runs no code from them: a policy someone shared is data, not a program."""
     if isinstance(policy, ActorCritic):
         return policy, CIAOSpace()
     path = Path(policy) if policy is not None else DEFAULT_POLICY
     if not path.exists():
         raise FileNotFoundError(f"policy checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, "policy", map_location="cpu")
     space = validate_space(state.get("spec", {}).get("hparams", {}))
     return ActorCritic.from_checkpoint(state["policy"]), space
 
@@ -197,8 +198,14 @@ def _document(data: Any, source: str) -> dict[str, Any]:
 
 
 def load_schedule(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a schedule document written by :func:`save_schedule` (or `lhopt schedule export`)."""
-    return _document(yaml.safe_load(Path(path).read_text()), str(path))
+    """Read a schedule document written by :func:`save_schedule` (or `lhopt schedule export`).
+
+    Read like a spec, so a broken, binary or alias-bomb file is a SpecError (a ValueError) naming
+    file:line:col rather than a PyYAML traceback or a hang.
+    """
+    from .spec.loader import load_yaml
+
+    return _document(load_yaml(path), str(path))
 
 
 def require_adamw_space(space: str | None, what: str) -> None:

@@ -1,4 +1,4 @@
-"""The inner training run as a gymnasium environment, and fixed-schedule training for baselines.
+"""The inner training run as a gymnasium environment.
 
 One episode is one inner training run of a :class:`~lhopt_dsl.sample.TaskConfig`: ``reset``
 compiles the task and returns the observation at progress 0; each ``step(action)`` applies a
@@ -15,8 +15,8 @@ restart from a checkpoint. The reward is a callable the environment is given; th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -26,9 +26,11 @@ from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .compile import compile_task
 from .compile.task import InnerTask
 from .observation import FeatureBuilder, flatten, norm_ratios
+from .sample import TaskConfig
 from .optim import CIAO
-from .optim.stats import mean_stats
-from .spec.hparams import HPARAM_NAMES, CIAOSpace, HyperparameterSpace, InitialHParams
+from .schedule import segment_bounds
+from .spec.hparams import HPARAM_NAMES, CIAOSpace, HyperparameterSpace
+from .training import ciao_kwargs, train_segment
 
 DIVERGED_PENALTY = 10.0
 
@@ -43,7 +45,7 @@ class OuterStep:
     valid_loss: float
     prev_valid_loss: float
     done: bool
-    config: Any
+    config: TaskConfig
 
 
 RewardFn = Callable[[OuterStep], float]
@@ -63,49 +65,6 @@ def log_improvement_reward(step: OuterStep) -> float:
     return float(np.clip(math.log(max(prev, tiny)) - math.log(max(cur, tiny)), -DIVERGED_PENALTY, DIVERGED_PENALTY))
 
 
-def segment_bounds(inner_steps: int, outer_steps: int) -> list[int]:
-    """Inner-step indices where outer steps happen: ``outer_steps + 1`` values from 0 to T."""
-    return [round(k * inner_steps / outer_steps) for k in range(outer_steps + 1)]
-
-
-def ciao_kwargs(h: InitialHParams) -> dict[str, Any]:
-    """CIAO's keyword arguments that start a run from a task's initial hyperparameters (in its space)."""
-    return h.ciao_kwargs()
-
-
-@dataclass
-class SegmentResult:
-    train_loss: float  # mean over the segment's steps (NaN if any was NaN)
-    stats: dict[str, float]  # statistics averaged over the segment's statistics steps
-    steps: int
-
-
-def train_segment(
-    task: InnerTask, optimizer: torch.optim.Optimizer, steps: int, first_step: int, stats_every: int,
-    before_step: Callable[[int], None] | None = None,
-) -> SegmentResult:  # fmt: skip
-    """Take ``steps`` inner steps; CIAO computes statistics on every ``stats_every``-th step."""
-    losses = []
-    collected: list[dict[str, float]] = []
-    is_ciao = isinstance(optimizer, CIAO)
-    for i in range(first_step, first_step + steps):
-        if before_step is not None:
-            before_step(i)
-        loss = task.train_loss(task.next_batch())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if is_ciao:
-            want = stats_every > 0 and (i + 1) % stats_every == 0
-            optimizer.step(stats=want, loss=float(loss.detach()) if want else None)
-            if want and optimizer.stats is not None:
-                collected.append(optimizer.stats)
-        else:
-            optimizer.step()
-        losses.append(loss.detach())
-    mean_loss = float(torch.stack(losses).double().mean()) if losses else float("nan")
-    return SegmentResult(mean_loss, mean_stats(collected), steps)
-
-
 class InnerTrainingEnv(gym.Env):
     """Gymnasium environment of one inner training run controlled by a policy.
 
@@ -121,7 +80,7 @@ class InnerTrainingEnv(gym.Env):
         hparams: HyperparameterSpace | None = None,
         reward_fn: RewardFn = log_improvement_reward,
         *,
-        config: Any = None,
+        config: TaskConfig | None = None,
         device: str | torch.device = "cpu",
         data_dir: str | None = None,
         stats_every: int = 4,
@@ -233,139 +192,3 @@ class InnerTrainingEnv(gym.Env):
             "hparams": applied,
             "restart": restart,
         }
-
-
-# --- fixed schedules (baselines) -------------------------------------------------------------------
-
-ScheduleShape = Literal["constant", "multi_step", "linear", "quadratic", "exponential", "cosine", "cosine_0.1"]
-SHAPES: tuple[str, ...] = ("constant", "multi_step", "linear", "quadratic", "exponential", "cosine", "cosine_0.1")
-
-
-def shape_factor(shape: str, p: float) -> float:
-    """Learning-rate multiplier at progress ``p`` in [0, 1] for the paper's seven schedules (4.1).
-
-    multi_step: x0.1 at 50% and x0.01 at 75% of the run; exponential: decays to 1% at the end.
-    """
-    if shape == "constant":
-        return 1.0
-    if shape == "multi_step":
-        return 1.0 if p < 0.5 else (0.1 if p < 0.75 else 0.01)
-    if shape == "linear":
-        return 1.0 - p
-    if shape == "quadratic":
-        return (1.0 - p) ** 2
-    if shape == "exponential":
-        return 0.01**p
-    if shape == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * p))
-    if shape == "cosine_0.1":
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * p))
-    raise ValueError(f"unknown schedule shape '{shape}'; known: {', '.join(SHAPES)}")
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """A fixed baseline: AdamW with a learning-rate shape, or CIAO at fixed hyperparameters.
-
-    ``optimizer="ciao"`` uses the task's initial hyperparameters (scaled by the shape over time).
-    """
-
-    optimizer: Literal["adamw", "ciao"] = "adamw"
-    lr: float = 1e-3
-    shape: str = "constant"
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-
-    @property
-    def name(self) -> str:
-        return f"{self.optimizer}-{self.shape}-lr{self.lr:g}" if self.optimizer == "adamw" else f"ciao-{self.shape}"
-
-
-@dataclass
-class LearningCurve:
-    """Losses of a fixed run, measured at ``steps``; the test split is measured at the same points.
-
-    The test loss is the score of evaluations (no run sees it: nothing decides on it), and its
-    curve is what speedups are read from; ``test_loss`` is its last value.
-    """
-
-    steps: list[int]  # inner steps at which the losses were measured (0 first)
-    valid_loss: list[float]
-    train_loss: list[float] = field(default_factory=list)  # mean training loss of each segment
-    test_loss: float = float("nan")
-    test_curve: list[float] = field(default_factory=list)  # test loss at each of ``steps``
-
-    def losses(self, score: str) -> list[float]:
-        """The curve used to score: ``"test"`` (the test curve) or ``"valid"``."""
-        if score == "test":
-            return self.test_curve
-        if score == "valid":
-            return self.valid_loss
-        raise ValueError(f"unknown score '{score}'; use 'test' or 'valid'")
-
-    @property
-    def progress(self) -> np.ndarray:
-        return np.asarray(self.steps, dtype=np.float64) / max(self.steps[-1], 1)
-
-
-def evaluation_count(task: InnerTask, total_steps: int) -> int:
-    """Validation measurements of a fixed run: as many as the task's outer steps, scaled by length."""
-    return max(1, round(task.outer_steps * total_steps / task.steps))
-
-
-def train_and_measure(
-    task: InnerTask, optimizer: torch.optim.Optimizer, total_steps: int, evaluations: int, *,
-    before_step: Callable[[int], None] | None = None, before_train: Callable[[], None] | None = None,
-    before_eval: Callable[[], None] | None = None,
-) -> LearningCurve:  # fmt: skip
-    """Train for ``total_steps`` with a fixed optimizer, measuring the validation and test losses at
-    ``evaluations`` evenly spaced points (and the untrained model first).
-
-    ``before_train`` / ``before_eval`` let optimizers with separate train and eval points
-    (Schedule-Free) switch between them.
-    """
-
-    def measure(fn: Callable[[], float]) -> float:
-        if before_eval is not None:
-            before_eval()
-        return fn()
-
-    bounds = segment_bounds(total_steps, evaluations)
-    curve = LearningCurve([0], [task.valid_loss()], test_curve=[task.test_loss()])
-    for a, b in zip(bounds, bounds[1:]):
-        if before_train is not None:
-            before_train()
-        seg = train_segment(task, optimizer, b - a, a, stats_every=0, before_step=before_step)
-        curve.steps.append(b)
-        curve.valid_loss.append(measure(task.valid_loss))
-        curve.test_curve.append(measure(task.test_loss))
-        curve.train_loss.append(seg.train_loss)
-    curve.test_loss = curve.test_curve[-1]
-    return curve
-
-
-def run_schedule(
-    cfg: Any, schedule: Schedule, *, steps: int | None = None, device: str | torch.device = "cpu",
-    data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
-) -> LearningCurve:  # fmt: skip
-    """Train ``cfg``'s task with a fixed schedule for ``steps`` (default T) and return its curve.
-
-    The validation loss is measured at ``evaluations`` evenly spaced points (default: as many as
-    the task's outer steps, scaled with ``steps / T``), on exactly the task (weights, data order)
-    that a policy would see.
-    """
-    task = compile_task(cfg, device, data_dir, max_valid=max_valid)
-    total = steps or task.steps
-    if schedule.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(task.params, lr=schedule.lr, betas=schedule.betas,
-                                                       eps=schedule.eps, weight_decay=schedule.weight_decay)  # fmt: skip
-    else:
-        opt = CIAO(task.params, **ciao_kwargs(cfg.hparams))
-    base_lr = opt.param_groups[0]["lr"]
-
-    def set_lr(i: int) -> None:
-        for g in opt.param_groups:
-            g["lr"] = base_lr * shape_factor(schedule.shape, i / total)
-
-    return train_and_measure(task, opt, total, evaluations or evaluation_count(task, total), before_step=set_lr)

@@ -15,25 +15,39 @@ Results equal the one-member-at-a-time path within float tolerance (tests). Task
 cannot be batched this way (BatchNorm's in-place running statistics, packed sequences, recurrent
 kernels without a vmap rule) are found by a one-step probe (:func:`batchable`); callers then run
 their members one at a time.
+
+How a population runs on its device is its :class:`Plan`, derived from the memory one member's
+training step works through (:func:`member_step_elements`): on a CPU, a batched step whose tensors
+outgrow the cache turns memory-bound and slower than the members' steps one after another, so the
+gradients are computed for groups of members whose tensors together stay within
+:data:`WORKING_SET` (on a GPU the same bound keeps memory in check). Evaluation passes hold many
+more examples than a training batch; they run in chunks of examples within the same bound, or, on
+a CPU for models with fused kernels (recurrent layers, attention), one member at a time through
+those kernels, as a one-model run evaluates: a forward pass gains nothing from batching there, and
+the explicit forms that ``vmap`` needs are slower than the fused kernels. Whether a population pays
+at all is :func:`population_pays`, measured (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import warnings
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from .compile import compile_task, estimate_cost
-from .compile.models import Block, SequenceTagger
-from .compile.task import InnerTask
-from .env import LearningCurve, Schedule, ciao_kwargs, evaluation_count, segment_bounds, shape_factor
+from .compile.compiler import _meta_problem
+from .compile.models import use_batchable_forms
+from .compile.task import Batch, InnerTask
+from .schedule import LearningCurve, Schedule, segment_bounds, shape_factor
+from .training import ciao_kwargs, evaluation_count
 from .optim.ciao import DEFAULTS, check_hyperparameters
 from .optim.stats import NOISE_BETA, StepStats, noise_ratio, stats_from_sums
+from .sample import TaskConfig
+from .spec.families import NQMTask
 from .spec.hparams import HPARAM_NAMES
 
 #: CIAO's hyperparameters that may differ between members (the rest are shared by all).
@@ -130,7 +144,7 @@ class CIAOPopulation:
     may be changed between steps; :data:`SHARED_HPARAMS` must agree between members.
     """
 
-    def __init__(self, task: InnerTask, settings: Sequence[dict[str, Any]], *, compile: bool = False):
+    def __init__(self, task: InnerTask, settings: Sequence[dict[str, Any]], *, compiled: bool = False):
         if not settings:
             raise ValueError("a population needs at least one member")
         full = [{**DEFAULTS, **s} for s in settings]
@@ -146,11 +160,7 @@ class CIAOPopulation:
         self.hp = {n: torch.tensor([float(s[n]) for s in full], dtype=torch.float64) for n in MEMBER_HPARAMS}
 
         model = task.model
-        for module in model.modules():  # vmap-friendly forms of fused kernels (same maths)
-            if isinstance(module, SequenceTagger):
-                module.unrolled = True
-            if isinstance(module, Block):
-                module.explicit_attention = True
+        fused = use_batchable_forms(model)  # vmap-friendly forms of fused kernels (the same maths)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
@@ -180,7 +190,10 @@ class CIAOPopulation:
         model.train()
         # Copies: a compiled kernel shared by populations must not specialise on one task's own buffer objects.
         self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        self._grad, self._loss, self._update, self._stat_sums = _kernels(task, self.k, compile)
+        self.plan = plan(task.config, self.k, self.device, fused_kernels=fused, params=self.numel)
+        whole = _kernels(task, self.k, compiled)  # kernels over all K members
+        self._loss, self._update, self._stat_sums = whole.loss, whole.update, whole.stat_sums
+        self._grads = [_kernels(task, b - a, compiled).grad for a, b in self.plan.groups]  # one per group
         self.numel_tensor = torch.tensor(self.numels, device=self.device, dtype=torch.float64)
 
     # --- views -----------------------------------------------------------------------------------
@@ -212,10 +225,17 @@ class CIAOPopulation:
     # --- training ------------------------------------------------------------------------------
 
     def gradients(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, N) gradients and (K,) training losses of every member on the task's next batch."""
-        grads, losses = self._grad(self.params(), self.buffers, self.task.next_batch())
-        # Copies (cat, clone): a CUDA-graph kernel's outputs are overwritten by its next replay.
-        return torch.cat([grads[n].reshape(self.k, -1) for n in self.names], 1), losses.detach().clone()
+        """(K, N) gradients and (K,) training losses of every member on the task's next batch,
+        computed for the plan's groups of members one after another (the same batch for all)."""
+        batch, params = self.task.next_batch(), self.params()
+        grads = torch.empty(self.k, self.numel, device=self.device, dtype=self.dtype)
+        losses = []
+        for (a, b), kernel in zip(self.plan.groups, self._grads):
+            g, loss = kernel({n: p[a:b] for n, p in params.items()}, self.buffers, batch)
+            # Copies (cat): a CUDA-graph kernel's outputs are overwritten by its next replay.
+            torch.cat([g[n].reshape(b - a, -1) for n in self.names], 1, out=grads[a:b])
+            losses.append(loss.detach())
+        return grads, torch.cat(losses)
 
     def train_step(self, stats: bool = False) -> tuple[torch.Tensor, list[StepStats] | None]:
         """One inner step of every member; returns (K,) losses and, if asked, each member's statistics."""
@@ -240,12 +260,22 @@ class CIAOPopulation:
         host = torch.stack([1.0 - b1, b2, 1.0 - b2, bc2.sqrt(), hp["eps"], hp["weight_decay"] * bc1, 1.0 / bc1,
                             bl, 1.0 - bl, 1.0 - hp["one_minus_beta_gradclip"], hp["grad_clip_fraction"],
                             1.0 - self.lamb_prod, hp["lr"]], 1).to(self.device, self.dtype)  # fmt: skip
-        update, trust = self._update(
-            self.flat, grads, self.exp_avg, self.exp_avg_sq, self.lamb_ema, self.grad_max, self.clipped,
-            host[:, :-1], self.offsets, self.segments, self.use_clip, self.denominator == "adam",
-            self.use_lamb, self.lamb_min_trust,
-        )  # fmt: skip
-        out = self._stats(grads, update, trust, losses) if stats else None
+        # Groups of members (rows) one after another: a group's arrays stay in the cache (plan.update_groups).
+        parts = []
+        for a, b in self.plan.update_groups:
+            update, trust = self._update(
+                self.flat[a:b], grads[a:b], self.exp_avg[a:b], self.exp_avg_sq[a:b], self.lamb_ema[a:b],
+                self.grad_max[a:b], self.clipped[a:b], host[a:b, :-1], self.offsets, self.segments, self.use_clip,
+                self.denominator == "adam", self.use_lamb, self.lamb_min_trust,
+            )  # fmt: skip
+            if stats:  # the statistics read every member's parameters before the update
+                parts.append((update, trust))
+            else:
+                self.flat[a:b].addcmul_(update, host[a:b, -1:], value=-1.0)
+        if not stats:
+            return None
+        update, trust = (torch.cat(x) for x in zip(*parts)) if len(parts) > 1 else parts[0]
+        out = self._stats(grads, update, trust, losses)
         self.flat.addcmul_(update, host[:, -1:], value=-1.0)
         return out
 
@@ -270,20 +300,40 @@ class CIAOPopulation:
     # --- evaluation and member state -------------------------------------------------------------
 
     @torch.no_grad()
-    def evaluate(self, batches: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    def evaluate(self, batches: list[Batch]) -> torch.Tensor:
         """(K,) mean losses over ``batches`` (weighted by batch size) in evaluation mode."""
         self.task.model.eval()
         try:
-            total = torch.zeros(self.k, dtype=torch.float64, device=self.device)
-            count = 0
-            params = self.params()
-            for batch in batches:
-                n = len(batch[0])
-                total += self._loss(params, self.buffers, batch).double() * n  # .double() copies
-                count += n
-            return (total / max(count, 1)).cpu()
+            totals = self._member_totals(batches) if self.plan.evaluate_members else self._batched_totals(batches)
+            return (totals / max(sum(len(b[0]) for b in batches), 1)).cpu()
         finally:
             self.task.model.train()
+
+    def _batched_totals(self, batches: list[Batch]) -> torch.Tensor:
+        """(K,) summed losses, all members at once in chunks of at most ``plan.eval_chunk`` examples."""
+        total = torch.zeros(self.k, dtype=torch.float64, device=self.device)
+        params = self.params()
+        for batch in batches:
+            n = len(batch[0])
+            size = self.plan.eval_chunk or n
+            for part in (batch,) if size >= n else (tuple(t[i : i + size] for t in batch) for i in range(0, n, size)):
+                total += self._loss(params, self.buffers, part).double() * len(part[0])  # .double() copies
+        return total
+
+    def _member_totals(self, batches: list[Batch]) -> torch.Tensor:
+        """(K,) summed losses, one member at a time through the model's fused kernels: the
+        computation of a one-model run's evaluation, on each member's weights."""
+        total = torch.zeros(self.k, dtype=torch.float64, device=self.device)
+        model, params = self.task.model, self.params()
+        use_batchable_forms(model, False)
+        try:
+            for k in range(self.k):
+                member = _Member(model, {**{n: p[k] for n, p in params.items()}, **self.buffers})
+                for batch in batches:
+                    total[k] += self.task.loss_fn(member, batch).double() * len(batch[0])
+        finally:
+            use_batchable_forms(model, True)
+        return total
 
     _ROWS = ("flat", "exp_avg", "exp_avg_sq", "noise_ema", "lamb_ema", "grad_max", "clipped",
              "beta1_prod", "beta2_prod", "lamb_prod", "step_count", "noise_sq_ema", "noise_count",
@@ -299,26 +349,34 @@ class CIAOPopulation:
             getattr(self, name)[k].copy_(state[name])
 
 
+class _Kernels(NamedTuple):
+    """The functions a population of K members calls, eager or compiled."""
+
+    grad: Any  # (params, buffers, batch) -> per-tensor (K, ...) gradients, (K,) losses
+    loss: Any  # (params, buffers, batch) -> (K,) losses
+    update: Any  # _ciao_update
+    stat_sums: Any  # _stat_sums
+
+
 #: Compiled kernels shared by the populations of one architecture: (task spec without its run
-#: length, K, device) -> (grad, loss, update, statistics). Parameters, buffers and batches are
-#: inputs, so any task with that key may use them; compiling once per architecture is what makes
-#: compiling pay.
-_COMPILED: dict[Any, tuple[Any, Any, Any, Any]] = {}
+#: length, K, device) -> kernels. Parameters, buffers and batches are inputs, so any task with that
+#: key may use them; compiling once per architecture is what makes compiling pay.
+_COMPILED: dict[Any, _Kernels] = {}
 _SERIAL = itertools.count()
 
 
-def _architecture(cfg: Any) -> Any:
+def _architecture(cfg: TaskConfig) -> Any:
     """What fixes a task's model, loss and batch shapes: its family and spec without the run length."""
     spec = cfg.task.model_dump(mode="json", exclude={"inner_steps", "outer_steps"})
     return (cfg.family, repr(sorted(spec.items())))
 
 
-def _kernels(task: InnerTask, k: int, compile: bool) -> tuple[Any, Any, Any, Any]:
-    """(vmapped grad_and_value, vmapped loss, CIAO update, statistics reductions) for ``task``'s
-    population; with ``compile``, ``torch.compile``d and cached per architecture (the first task's
-    module is the skeleton)."""
+def _kernels(task: InnerTask, k: int, compiled: bool) -> _Kernels:
+    """(vmapped grad_and_value, vmapped loss, CIAO update, statistics reductions) for ``k`` members
+    of ``task``'s population; with ``compile``, ``torch.compile``d and cached per architecture (the
+    first task's module is the skeleton). Compiling is lazy: a kernel never called costs nothing."""
     key = (_architecture(task.config), k, str(task.device))
-    if compile and key in _COMPILED:
+    if compiled and key in _COMPILED:
         return _COMPILED[key]
     model, loss_fn = task.model, task.loss_fn
 
@@ -326,14 +384,16 @@ def _kernels(task: InnerTask, k: int, compile: bool) -> tuple[Any, Any, Any, Any
         return loss_fn(_Member(model, {**params, **buffers}), batch)
 
     grad, value = vmap(grad_and_value(loss), in_dims=(0, None, None)), vmap(loss, in_dims=(0, None, None))
-    if not compile:
-        return grad, value, _ciao_update, _stat_sums
+    if not compiled:
+        return _Kernels(grad, value, _ciao_update, _stat_sums)
     # Dynamo refuses to trace code that touches nn.RNN/GRU/LSTM modules unless allowed; populations only
     # read their parameters (``unrolled_rnn``), never call their fused kernels.
     torch._dynamo.config.allow_rnn = True
     # On CUDA the gradient and loss kernels (which mutate no inputs) replay as CUDA graphs.
     graphs = task.device.type == "cuda"
-    kernels = (_Compiled(grad, graphs), _Compiled(value, graphs), _Compiled(_ciao_update), _Compiled(_stat_sums))
+    kernels = _Kernels(
+        _Compiled(grad, graphs), _Compiled(value, graphs), _Compiled(_ciao_update), _Compiled(_stat_sums)
+    )
     _COMPILED[key] = kernels
     return kernels
 
@@ -376,7 +436,7 @@ def _eligible(model: nn.Module) -> bool:
 _BATCHABLE: dict[Any, bool] = {}
 
 
-def _probe(cfg: Any, device: str, data_dir: str | None, max_valid: int) -> bool:
+def _probe(cfg: TaskConfig, device: str, data_dir: str | None, max_valid: int) -> bool:
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
     if not _eligible(task.model):
         return False
@@ -393,25 +453,133 @@ def _probe(cfg: Any, device: str, data_dir: str | None, max_valid: int) -> bool:
     return True
 
 
-#: Per-step FLOPs up to which populations beat one-at-a-time runs on a CPU, measured (bench rows (c)
-#: and (d), docs/PERFORMANCE.md): compiled populations pay up to about 50 MFLOP (MLPs, RNNs, small
-#: Transformers 1.5-2.7x; larger Transformers and convolutions 0.8-1.2x); eager ones pay up to 50 MFLOP
-#: for a handful of members (meta-training: 1.2-1.5x) but only up to 2 MFLOP for the 35 baselines
-#: (tiny tasks 3-9x; a 28-MFLOP MLP 0.87x), where vmap's batched matmuls and copies cost more than
-#: the per-step overhead they save. On GPUs populations always pay.
-CPU_POPULATION_MAX_FLOPS = {"compiled": 5e7, "eager, few members": 5e7, "eager, many members": 2e6}
+# --- how a population runs, and whether it pays ---------------------------------------------------
+
+_STEP_ELEMENTS: dict[Any, int] = {}
+
+
+def member_step_elements(cfg: TaskConfig) -> int:
+    """Elements of memory one member's training step works through: the activations its forward pass
+    keeps for the backward pass (in the batchable forms populations use), the model's output (which
+    the loss keeps), and the member's parameters and gradients.
+
+    Counted once per architecture on the meta device (shapes only, no data, no arithmetic) with the
+    models and batch shapes of the FLOP counts (:func:`~lhopt_dsl.compile.count_flops`).
+    """
+    key = _architecture(cfg)
+    if key not in _STEP_ELEMENTS:
+        _STEP_ELEMENTS[key] = _count_step_elements(cfg.task)
+    return _STEP_ELEMENTS[key]
+
+
+def _count_step_elements(task: Any) -> int:
+    if isinstance(task, NQMTask):
+        return 3 * task.dim  # parameters, gradients and the noise vector
+    with torch.device("meta"):
+        model, loss_of, _ = _meta_problem(task)
+        use_batchable_forms(model)
+        params = list(model.parameters())
+        own = {p.untyped_storage()._cdata for p in params}  # storages of parameters (and their views)
+        saved: dict[int, int] = {}  # activation storage -> elements, each storage counted once
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storage = t.untyped_storage()
+            if storage._cdata not in own:
+                saved[storage._cdata] = storage.nbytes() // t.element_size()
+            return t
+
+        outputs: list[int] = []
+        hook = model.register_forward_hook(lambda module, args, out: outputs.append(out.numel()))
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss_of(model)
+        finally:
+            hook.remove()
+    return sum(saved.values()) + sum(outputs) + 2 * sum(p.numel() for p in params)
+
+
+#: Elements (float32) that one batched call of a population may work through: its members' training
+#: steps (:func:`member_step_elements`), or the examples of an evaluation chunk. On a CPU about the
+#: last-level cache: measured (docs/PERFORMANCE.md), a step of many members turns memory-bound past
+#: roughly ten million elements (a 170-MFLOP Transformer step is fastest for groups of 12-16 members
+#: of 0.9M elements, a 520-MFLOP CNN for 4-8 members of 1.6M, and 35 members are slower than either).
+#: On other devices it only bounds memory (a gigabyte), so that a population of a large task fits.
+WORKING_SET = {"cpu": 12_000_000, "other": 250_000_000}
+#: Elements that one call of CIAO's update may stream on a CPU: its members' parameters, gradients,
+#: moments and temporaries, about :data:`UPDATE_ARRAYS` arrays of N elements per member. The update
+#: is memory-bound; in groups of members within about the L2 cache it runs 2-3x faster than over all
+#: 35 members of a 200k-parameter MLP at once (and as fast as 35 one-model AdamW steps).
+UPDATE_ELEMENTS = 2_000_000
+UPDATE_ARRAYS = 8
+
+
+class Plan(NamedTuple):
+    """How a population of K members runs on its device (:func:`plan`)."""
+
+    groups: tuple[tuple[int, int], ...]  # member ranges [a, b) whose gradients are one batched call
+    update_groups: tuple[tuple[int, int], ...]  # member ranges [a, b) whose update is one call
+    eval_chunk: int  # examples per batched evaluation call of all members; 0: batches as they come
+    evaluate_members: bool  # evaluate one member at a time through the model's fused kernels
+
+
+def _split(k: int, size: int) -> tuple[tuple[int, int], ...]:
+    """[0, k) as consecutive ranges of at most ``size`` (at least 1), sizes differing by at most one."""
+    count = -(-k // max(1, min(k, size)))
+    sizes = [k // count + (i < k % count) for i in range(count)]
+    starts = list(itertools.accumulate(sizes, initial=0))
+    return tuple(zip(starts, starts[1:]))
+
+
+def plan(cfg: TaskConfig, k: int, device: str | torch.device, *, fused_kernels: bool, params: int) -> Plan:
+    """The :class:`Plan` of ``k`` members of ``cfg``'s task (``params`` parameters each) on ``device``;
+    ``fused_kernels``: the model has fused kernels that populations replace by explicit forms
+    (recurrent layers, attention).
+
+    Gradient groups are as equal as possible and as large as :data:`WORKING_SET` allows (at least one
+    member); update groups likewise within :data:`UPDATE_ELEMENTS` on a CPU. Evaluation on a CPU goes
+    member by member where the model has fused kernels (the explicit forms are slower there and an
+    evaluation's forward pass gains nothing from batching); otherwise all members at once, in chunks
+    of examples within the working set. An NQM's one evaluation "batch" is the exact loss, not
+    examples, and is never split.
+    """
+    cpu = torch.device(device).type == "cpu"
+    budget = WORKING_SET["cpu" if cpu else "other"]
+    per_member = member_step_elements(cfg)
+    update = UPDATE_ELEMENTS // (UPDATE_ARRAYS * max(1, params)) if cpu else k
+    per_example = per_member / max(1, getattr(cfg.task, "batch_size", 1))
+    chunk = 0 if isinstance(cfg.task, NQMTask) else max(1, int(budget // (k * per_example)))
+    return Plan(_split(k, budget // per_member), _split(k, update), chunk, cpu and fused_kernels)
+
+
+#: When populations beat one-at-a-time runs on a CPU (measured: bench rows (c) and (d),
+#: docs/PERFORMANCE.md). A one-model step pays its per-operation overhead (Python, dispatch, small
+#: kernels) once per member; a population pays it once per group, so populations pay where that
+#: overhead is a large share of a member's step: where the step is small in arithmetic and in memory.
+#: The 35 baselines of a task pay up to MAX_FLOPS_MANY per step and MAX_STEP_ELEMENTS_MANY elements
+#: (:func:`member_step_elements`): beyond the first a one-model step runs near the machine's matmul
+#: rate already, beyond the second it is memory-bound, and batching saves nothing either way. A
+#: handful of members (meta-training) pay up to MAX_FLOPS_FEW; compiled populations also up to
+#: MAX_FLOPS_COMPILED. On GPUs populations always pay.
+MAX_FLOPS_MANY = 2e8
+MAX_STEP_ELEMENTS_MANY = 2_000_000
+MAX_FLOPS_FEW = 5e7
+MAX_FLOPS_COMPILED = 5e7
 FEW_MEMBERS = 8
 
 
-def population_pays(cfg: Any, members: int, device: str | torch.device = "cpu", compile: bool = False) -> bool:
+def population_pays(cfg: TaskConfig, members: int, device: str | torch.device = "cpu", compiled: bool = False) -> bool:
     """Whether ``members`` runs of ``cfg``'s task are faster as a population (by the measured rule above)."""
     if torch.device(device).type != "cpu":
         return True
-    kind = "compiled" if compile else ("eager, few members" if members <= FEW_MEMBERS else "eager, many members")
-    return estimate_cost(cfg).flops_per_step <= CPU_POPULATION_MAX_FLOPS[kind]
+    flops = estimate_cost(cfg).flops_per_step
+    if compiled and flops <= MAX_FLOPS_COMPILED:
+        return True
+    if members <= FEW_MEMBERS:
+        return flops <= MAX_FLOPS_FEW
+    return flops <= MAX_FLOPS_MANY and member_step_elements(cfg) <= MAX_STEP_ELEMENTS_MANY
 
 
-def batchable(cfg: Any, device: str | torch.device = "cpu", data_dir: str | None = None, max_valid: int = 512) -> bool:
+def batchable(cfg: TaskConfig, device: str | torch.device = "cpu", data_dir: str | None = None, max_valid: int = 512) -> bool:
     """Whether ``cfg``'s task can run as a population (probed once per architecture and device)."""
     key = (_architecture(cfg), str(device))
     if key not in _BATCHABLE:
@@ -420,8 +588,8 @@ def batchable(cfg: Any, device: str | torch.device = "cpu", data_dir: str | None
 
 
 def run_population(
-    cfg: Any, schedules: Sequence[Schedule], *, steps: int | None = None, device: str | torch.device = "cpu",
-    data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None, compile: bool = False,
+    cfg: TaskConfig, schedules: Sequence[Schedule], *, steps: int | None = None, device: str | torch.device = "cpu",
+    data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None, compiled: bool = False,
 ) -> list[LearningCurve] | None:  # fmt: skip
     """Curves of AdamW ``schedules`` on ``cfg``'s task, trained together; None if the task can't be batched.
 
@@ -435,7 +603,7 @@ def run_population(
     if not batchable(cfg, device, data_dir, max_valid):
         return None
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
-    pop = CIAOPopulation(task, [adamw_settings(s) for s in schedules], compile=compile)
+    pop = CIAOPopulation(task, [adamw_settings(s) for s in schedules], compiled=compiled)
     total = steps or task.steps
     base_lr = torch.tensor([s.lr for s in schedules], dtype=torch.float64)
     k = evaluations or evaluation_count(task, total)

@@ -17,14 +17,16 @@ import torch
 
 from .actions import ActionSpace, Checkpoint, CheckpointBank, act_on_values
 from .compile import compile_task
-from .env import (InnerTrainingEnv, OuterStep, RewardFn, Schedule, ciao_kwargs, log_improvement_reward, run_schedule,
-                  segment_bounds)  # fmt: skip
+from .env import InnerTrainingEnv, OuterStep, RewardFn, log_improvement_reward
 from .observation import FeatureBuilder, norm_ratios
 from .optim.stats import mean_stats
 from .policy import ActorCritic
 from .population import CIAOPopulation, batchable, population_pays
 from .reward import PowerLawReward, ShapedReward
+from .sample import TaskConfig
+from .schedule import Schedule, segment_bounds
 from .spec.hparams import HPARAM_NAMES, HyperparameterSpace
+from .training import ciao_kwargs, run_schedule
 
 
 @dataclass
@@ -55,7 +57,7 @@ class Episode:
 
 def run_episode(
     env: InnerTrainingEnv,
-    cfg: Any,
+    cfg: TaskConfig,
     policy: ActorCritic,
     reward_fn: RewardFn,
     *,
@@ -112,7 +114,7 @@ class TaskResult:
 
 
 def task_rollouts(
-    cfg: Any,
+    cfg: TaskConfig,
     policy: ActorCritic,
     ema_policy: ActorCritic | None,
     space: HyperparameterSpace,
@@ -123,7 +125,7 @@ def task_rollouts(
     data_dir: str | None = None,
     max_valid: int = 512,
     population: bool = True,
-    compile: bool = False,
+    compiled: bool = False,
 ) -> TaskResult:
     """Baseline run(s) and ``rollouts`` policy episodes on one task.
 
@@ -132,14 +134,14 @@ def task_rollouts(
     ``reward/vs_initial_hparams`` metric. With ``population`` (the default) all of these runs
     train together as one batched model where the task allows it and that pays
     (:func:`population_rollouts`, :func:`~lhopt_dsl.population.population_pays`); otherwise one
-    after another. ``compile``: ``torch.compile`` the population's step (compiled once per
+    after another. ``compiled``: ``torch.compile`` the population's step (compiled once per
     architecture and process).
     """
     space.check_initial(cfg.hparams)
     members = rollouts + 1 + (ema_policy is not None)
-    if population and population_pays(cfg, members, device, compile) and batchable(cfg, device, data_dir, max_valid):
+    if population and population_pays(cfg, members, device, compiled) and batchable(cfg, device, data_dir, max_valid):
         return population_rollouts(cfg, policy, ema_policy, space, rollouts=rollouts, seed=seed, device=device,
-                                   data_dir=data_dir, max_valid=max_valid, compile=compile)  # fmt: skip
+                                   data_dir=data_dir, max_valid=max_valid, compiled=compiled)  # fmt: skip
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     steps = segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps)
     initial = run_schedule(cfg, Schedule(optimizer="ciao"), device=device, data_dir=data_dir, max_valid=max_valid)
@@ -190,7 +192,7 @@ class _Actor:
 
 
 def population_rollouts(
-    cfg: Any,
+    cfg: TaskConfig,
     policy: ActorCritic,
     ema_policy: ActorCritic | None,
     space: HyperparameterSpace,
@@ -201,7 +203,7 @@ def population_rollouts(
     data_dir: str | None = None,
     max_valid: int = 512,
     stats_every: int = 4,
-    compile: bool = False,
+    compiled: bool = False,
 ) -> TaskResult:
     """:func:`task_rollouts` with every run of the task in one :class:`CIAOPopulation`.
 
@@ -220,7 +222,7 @@ def population_rollouts(
     if ema_policy is not None:
         plan.append((ema_policy, None, True))
     plan += [(policy, torch.Generator().manual_seed(seed * 1000 + r), False) for r in range(rollouts)]
-    pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * (1 + len(plan)), compile=compile)  # row 0: initial hyperparameters
+    pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * (1 + len(plan)), compiled=compiled)  # row 0: initial hyperparameters
     initial = cfg.hparams.controlled()
     actors = []
     for i, (pol, gen, greedy) in enumerate(plan):
@@ -288,7 +290,7 @@ def population_rollouts(
     return TaskResult(episodes, base, initial_curve, cfg.family, cfg.task_id, cfg.task.inner_steps, population=True)
 
 
-def _finish(a: _Actor, curve: list[float], cfg: Any, initial: dict[str, float], reward: PowerLawReward,
+def _finish(a: _Actor, curve: list[float], cfg: TaskConfig, initial: dict[str, float], reward: PowerLawReward,
             base: list[float]) -> Episode:  # fmt: skip
     """Rewards, value features and the critic's values of a finished population member."""
     shaped = ShapedReward(reward)

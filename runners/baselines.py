@@ -1,11 +1,11 @@
 """The baselines of paper Section 4.1, run as a resumable, shareable Optuna grid per task.
 
 Baselines: AdamW with 5 learning rates (1e-4 ... 1e-2) x the 7 schedule shapes of
-:data:`lhopt_dsl.env.SHAPES` (35, named by :attr:`Schedule.name`, e.g. ``adamw-cosine-lr0.001``),
+:data:`lhopt_dsl.schedule.SHAPES` (35, named by :attr:`Schedule.name`, e.g. ``adamw-cosine-lr0.001``),
 plus two optimizers users pick to avoid tuning: Schedule-Free AdamW (``schedulefree``) and Prodigy
 (``prodigy``). Each runs on exactly the task a policy sees (same initial weights, data order and
 validation set) for ``horizon x T`` inner steps, horizon 1 and 2 (a schedule is stretched over its
-run), with validation and test losses at evenly spaced points as in :func:`lhopt_dsl.env.run_schedule`.
+run), with validation and test losses at evenly spaced points as in :func:`lhopt_dsl.training.run_schedule`.
 
 The grid of one task is an Optuna study (``baselines-v<CURVE_VERSION>-<task_id>``) in an RDB storage: a
 :class:`~optuna.samplers.GridSampler` over categorical ``baseline`` x ``horizon``. Each trial stores
@@ -54,8 +54,10 @@ from torch import nn
 
 from lhopt_dsl.compile import compile_task
 from lhopt_dsl.compile.task import InnerTask
+from lhopt_dsl.sample import TaskConfig
 from lhopt_dsl.population import population_pays, run_population
-from lhopt_dsl.env import SHAPES, LearningCurve, Schedule, evaluation_count, run_schedule, train_and_measure
+from lhopt_dsl.schedule import SHAPES, LearningCurve, Schedule
+from lhopt_dsl.training import evaluation_count, run_schedule, train_and_measure
 
 LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 ADAMW_BASELINES: list[str] = [Schedule(lr=lr, shape=shape).name for lr in LEARNING_RATES for shape in SHAPES]
@@ -146,7 +148,7 @@ def _tuning_free_optimizer(name: str, params: list[nn.Parameter], steps: int) ->
 
 
 def run_tuning_free(
-    cfg: Any, name: str, steps: int | None = None, *, device: str | torch.device = "cpu",
+    cfg: TaskConfig, name: str, steps: int | None = None, *, device: str | torch.device = "cpu",
     data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
 ) -> LearningCurve:  # fmt: skip
     """Train ``cfg``'s task with Schedule-Free AdamW or Prodigy, measured like ``run_schedule``.
@@ -171,7 +173,7 @@ def run_tuning_free(
 
 
 def run_baseline(
-    cfg: Any, name: str, steps: int | None = None, device: str | torch.device = "cpu",
+    cfg: TaskConfig, name: str, steps: int | None = None, device: str | torch.device = "cpu",
     data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
 ) -> LearningCurve:  # fmt: skip
     """One baseline run of ``steps`` inner steps (default T) on ``cfg``'s task.
@@ -225,7 +227,7 @@ def default_storage(directory: str | os.PathLike[str] = ".") -> str:
 CURVE_VERSION = 2
 
 
-def study_name(cfg: Any) -> str:
+def study_name(cfg: TaskConfig) -> str:
     return f"baselines-v{CURVE_VERSION}-{cfg.task_id}"
 
 
@@ -394,7 +396,7 @@ def _taken(study: optuna.Study, trial: optuna.Trial, pair: Pair) -> bool:
 
 
 def _open_study(
-    storage_url: str, cfg: Any, names: Sequence[str], horizons: Sequence[int]
+    storage_url: str, cfg: TaskConfig, names: Sequence[str], horizons: Sequence[int]
 ) -> tuple[optuna.Study, dict[str, list]]:
     """Load or create the task's study; returns it with the categorical choices fixed for it.
 
@@ -432,7 +434,7 @@ def _worker_id() -> str:
 
 
 def run_grid(
-    cfg: Any,
+    cfg: TaskConfig,
     storage_url: str,
     names: Sequence[str] = BASELINES,
     horizons: Sequence[int] = HORIZONS,
@@ -443,7 +445,7 @@ def run_grid(
     progress: Progress | None = None,
     wait: bool = True,
     population: bool | None = None,
-    compile: bool = False,
+    compiled: bool = False,
     evaluations_per_T: int = GRID_EVALUATIONS_PER_T,
 ) -> dict[Pair, LearningCurve]:
     """Run (or resume, or help finish) the baseline grid of one task; return every pair's curve.
@@ -487,7 +489,7 @@ def run_grid(
     # AdamW pairs of one horizon share the task: train them together as one batched population
     # where that pays (``population=None``: lhopt_dsl.population.population_pays; PERFORMANCE.md).
     if population is None:
-        population = population_pays(cfg, len(ADAMW_BASELINES), device, compile)
+        population = population_pays(cfg, len(ADAMW_BASELINES), device, compiled)
     dists = {"baseline": CategoricalDistribution(choices["baseline"]),
              "horizon": CategoricalDistribution(choices["horizon"])}  # fmt: skip
     for horizon in horizons if population else ():
@@ -501,7 +503,7 @@ def run_grid(
             todo = claim.kept(todo)
             t0 = time.time()
             curves = run_population(cfg, [schedule_of(n) for n, _ in todo], steps=horizon * T, device=device,
-                                    data_dir=data_dir, max_valid=max_valid, compile=compile,
+                                    data_dir=data_dir, max_valid=max_valid, compiled=compiled,
                                     evaluations=horizon * min(evaluations_per_T, T)) if len(todo) >= 2 else []  # fmt: skip
             if curves is None:  # the task's model cannot be batched: sequential runs below
                 break
@@ -553,7 +555,7 @@ def run_grid(
     return {p: curve_from_attrs(complete[p].user_attrs["curve"]) for p in grid if p in complete}
 
 
-def cached_curve(storage_url: str, cfg: Any, name: str, steps: int) -> LearningCurve | None:
+def cached_curve(storage_url: str, cfg: TaskConfig, name: str, steps: int) -> LearningCurve | None:
     """The stored curve of baseline ``name`` run for ``steps`` inner steps on ``cfg``'s task, if any."""
     if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).exists():
         return None  # do not create an empty database just to look

@@ -159,17 +159,38 @@ def _ui_hint(uri: str | None) -> str:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """Run the MLflow server until it exits or we get SIGINT/SIGTERM/SIGHUP; either way its whole
+    process group (server and uvicorn worker) goes down with us. Exit status: 128 + the signal's
+    number when stopped by one, else the server's own."""
+    import signal
+    import subprocess
+
     from .tracking import default_uri, start_ui
 
-    backend = args.backend_store_uri or default_uri()
-    artifacts = args.artifacts or str(Path("mlartifacts").resolve())
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {backend}); Ctrl-C stops it")
-    proc = start_ui(backend, artifacts, args.host, args.port)
+    caught: list[int] = []
+    stops = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum)) for sig in stops}
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        return 0
+        backend = args.backend_store_uri or default_uri()
+        artifacts = args.artifacts or str(Path("mlartifacts").resolve())
+        print(f"MLflow UI on http://{args.host}:{args.port} (store {backend}); Ctrl-C stops it", flush=True)
+        proc = start_ui(backend, artifacts, args.host, args.port)
+        try:
+            while not caught:
+                try:
+                    proc.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            code = proc.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if caught:
+        print(f"stopped the MLflow UI ({signal.Signals(caught[0]).name})", file=sys.stderr)
+        return 128 + caught[0]
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 
 def _policy_path(policy: str, tracking_uri: str | None) -> Path:
@@ -182,20 +203,29 @@ def _policy_path(policy: str, tracking_uri: str | None) -> Path:
 
 
 def cmd_schedule_export(args: argparse.Namespace) -> int:
-    import yaml
+    from pydantic import ValidationError
 
     from lhopt_dsl import TaskConfig
     from lhopt_dsl.controller import load_policy, require_adamw_space, save_schedule, schedule_from_history
-    from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward, segment_bounds
+    from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
+    from lhopt_dsl.schedule import segment_bounds
     from lhopt_dsl.rollout import run_episode
+    from lhopt_dsl.spec.loader import load_yaml
 
     path = _policy_path(args.policy, args.tracking_uri)
     policy, space = load_policy(path)
-    docs = [d for d in yaml.safe_load_all(Path(args.task).read_text()) if d]
+    # Read like a spec: bad YAML, a binary file or an alias bomb is a SpecError with file:line:col (see main).
+    docs = [d for d in load_yaml(args.task, documents=True) if d]
     if not docs:
         print(f"error: {args.task} holds no task", file=sys.stderr)
         return 2
-    cfg = TaskConfig.model_validate(docs[0])
+    try:
+        cfg = TaskConfig.model_validate(docs[0])
+    except ValidationError as e:  # its str() would quote the file's values (input_value=...): name the field only
+        err = e.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
+        print(f"error: {args.task} is not a task of `lhopt sample`: {where}: {err['msg']}", file=sys.stderr)
+        return 2
     try:  # before any training: the schedule must mean the same thing on torch.optim.AdamW
         require_adamw_space(space.space, f"policy {path}")
         space.check_initial(cfg.hparams)

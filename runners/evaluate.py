@@ -37,7 +37,8 @@ from tqdm import tqdm
 
 from lhopt_dsl import TABLE1_ROWS, ExperimentSpec, TaskConfig, table1_row
 from lhopt_dsl.controller import load_policy
-from lhopt_dsl.env import InnerTrainingEnv, LearningCurve, log_improvement_reward, segment_bounds
+from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.schedule import LearningCurve, segment_bounds
 from lhopt_dsl.metrics import TaskScores, evaluation_summary, format_summary, performance_profile, plot_performance_profile
 from lhopt_dsl.rollout import run_episode
 from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, eval_seed, sample
@@ -85,7 +86,7 @@ def _best_adamw(curves: dict[tuple[str, int], LearningCurve], score: str) -> str
 
 def evaluate_task(
     cfg: TaskConfig, index: int, policy: Any, space: Any, *, storage: str, device: str, data_dir: str | None,
-    max_valid: int, compile: bool = False,
+    max_valid: int, compiled: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Run the policy and the baseline grid on one task; return the task's record (plain JSON data).
 
@@ -99,7 +100,7 @@ def evaluate_task(
     t1 = time.perf_counter()
     ran: list[tuple[str, int]] = []
     curves = run_grid(cfg, storage, names=BASELINES, horizons=HORIZONS, device=device, data_dir=data_dir,
-                      max_valid=max_valid, compile=compile, progress=lambda d, n, pair, c: ran.append(pair))  # fmt: skip
+                      max_valid=max_valid, compiled=compiled, progress=lambda d, n, pair, c: ran.append(pair))  # fmt: skip
     t2 = time.perf_counter()
     keep = dict.fromkeys([*(_best_adamw(curves, s) for s in SCORES), *TUNING_FREE])
     return {
@@ -234,7 +235,7 @@ def load_records(out: Path, configs: list[TaskConfig]) -> dict[int, dict[str, An
 
 def evaluate_tasks(
     configs: list[TaskConfig], policy_path: Path, out: Path, *, storage: str, device: str, data_dir: str | None,
-    max_valid: int, compile: bool, workers: int, threads: int, quiet: bool,
+    max_valid: int, compiled: bool, workers: int, threads: int, quiet: bool,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Evaluate every task not yet under ``out/tasks``; return all records in task order."""
@@ -242,7 +243,7 @@ def evaluate_tasks(
     records = load_records(out, configs)
     todo = [i for i in range(len(configs)) if i not in records]
     jobs = [{"config": configs[i].to_yaml(), "index": i, "storage": storage, "device": device, "data_dir": data_dir,
-             "max_valid": max_valid, "compile": compile} for i in todo]  # fmt: skip
+             "max_valid": max_valid, "compiled": compiled} for i in todo]  # fmt: skip
     bar = tqdm(total=len(configs), initial=len(records), desc="evaluate", unit="task", disable=quiet)
 
     def finished(record: dict[str, Any]) -> None:
@@ -402,7 +403,7 @@ def run(spec: ExperimentSpec, policy_path: Path, *, num_tasks: int, storage: str
                         "initial": initial, "workers": workers})  # fmt: skip
     t0 = time.perf_counter()
     records = evaluate_tasks(configs, policy_path, out, storage=storage, device=spec.device, data_dir=spec.data_dir,
-                             max_valid=spec.meta_train.max_valid, compile=spec.evaluation.compile, workers=workers,
+                             max_valid=spec.meta_train.max_valid, compiled=spec.evaluation.compile, workers=workers,
                              threads=threads, quiet=quiet)  # fmt: skip
     wall = time.perf_counter() - t0
     summary = summarise(records, score)

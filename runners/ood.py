@@ -9,7 +9,7 @@ for every optimizer):
 * the policy, through the public drop-in :class:`~lhopt_dsl.controller.LHOPT`, for T steps (its
   training loss reported every step, the validation loss every T/16 steps);
 * AdamW with each of the 5 learning rates of :data:`runners.baselines.LEARNING_RATES` x the 7
-  schedule shapes of :data:`lhopt_dsl.env.SHAPES` (a ``LambdaLR`` stretched over the run), and
+  schedule shapes of :data:`lhopt_dsl.schedule.SHAPES` (a ``LambdaLR`` stretched over the run), and
   Schedule-Free AdamW and Prodigy set as in ``runners/baselines.py``, each for T and for 2T steps.
 
 Scoring (our choices; the comparisons are :func:`lhopt_dsl.metrics.compare_task`'s, as in
@@ -49,7 +49,7 @@ import torch
 from tqdm import tqdm
 
 from lhopt_dsl.controller import LHOPT
-from lhopt_dsl.env import SHAPES, Schedule, shape_factor
+from lhopt_dsl.schedule import SHAPES, Schedule, shape_factor
 from lhopt_dsl.metrics import TaskScores, compare_task
 
 from . import ood_programs

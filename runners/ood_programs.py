@@ -46,7 +46,7 @@ from torch import nn
 from lhopt_dsl.compile.datafiles import REMOTES, Remote, find_file
 from lhopt_dsl.compile.datasets import read_idx
 from lhopt_dsl.controller import LHOPT
-from lhopt_dsl.env import Schedule, segment_bounds, shape_factor
+from lhopt_dsl.schedule import Schedule, segment_bounds, shape_factor
 
 from .baselines import _tuning_free_optimizer
 
@@ -412,7 +412,7 @@ OptimizerFactory = Callable[[nn.Module, int], Optimization]
 
 def adamw(lr: float, shape: str) -> OptimizerFactory:
     """AdamW at ``lr`` with the learning-rate ``shape`` stretched over the run (a ``LambdaLR``),
-    with the AdamW settings of the task baselines (:class:`lhopt_dsl.env.Schedule`)."""
+    with the AdamW settings of the task baselines (:class:`lhopt_dsl.schedule.Schedule`)."""
     s = Schedule(lr=lr, shape=shape)
     shape_factor(shape, 0.0)  # an unknown shape fails here, not inside the training loop
 

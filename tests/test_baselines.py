@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 import runners.baselines as bl
 from lhopt_dsl import TaskConfig, load_spec, sample
 from lhopt_dsl.compile import compile_task
-from lhopt_dsl.env import SHAPES, Schedule, run_schedule, segment_bounds
+from lhopt_dsl.schedule import SHAPES, Schedule, segment_bounds
+from lhopt_dsl.training import run_schedule
 from runners.baselines import BASELINES, cached_curve, run_baseline, run_grid, study_name
 
 from .conftest import SPECS

@@ -13,7 +13,8 @@ import yaml
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.compile import compile_task
 from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, ScheduleReplay, load_policy, load_schedule
-from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward, segment_bounds
+from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.schedule import segment_bounds
 from lhopt_dsl.policy import ActorCritic, PolicyShape
 from lhopt_dsl.rollout import run_episode
 from runners.cli import main as cli

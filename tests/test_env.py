@@ -9,19 +9,12 @@ from gymnasium.utils.env_checker import check_env
 
 from lhopt_dsl import TaskConfig, load_spec, sample
 from lhopt_dsl.actions import ActionSpace, CheckpointBank, apply_action
-from lhopt_dsl.env import (
-    SHAPES,
-    InnerTrainingEnv,
-    OuterStep,
-    Schedule,
-    log_improvement_reward,
-    run_schedule,
-    segment_bounds,
-    shape_factor,
-)
+from lhopt_dsl.env import InnerTrainingEnv, OuterStep, log_improvement_reward
+from lhopt_dsl.schedule import SHAPES, Schedule, segment_bounds, shape_factor
+from lhopt_dsl.training import run_schedule
 from lhopt_dsl.features import RunningNormalizer
-from lhopt_dsl.observation import TASK_CLASSES, FeatureBuilder, task_vector
-from lhopt_dsl.optim import CIAO
+from lhopt_dsl.observation import NB, TASK_CLASSES, FeatureBuilder, task_vector
+from lhopt_dsl.optim import CIAO, STAT_NAMES
 from lhopt_dsl.spec import HPARAM_NAMES, AdamWSpace, CIAOSpace
 
 from .conftest import SPECS
@@ -183,8 +176,8 @@ def test_full_episode_on_a_smoke_task(family):
         assert np.isfinite(obs["policy"]).all() and np.isfinite(obs["value"]).all()
         assert set(info["hparams"]) >= {"lr", "eps", "weight_decay"}
     assert steps == cfg.task.outer_steps and info["progress"] == 1.0 and info["inner_step"] == cfg.task.inner_steps
-    if not info["diverged"]:
-        assert math.isclose(sum(rewards), math.log(v0) - math.log(info["valid_loss"]), rel_tol=1e-6, abs_tol=1e-9)
+    assert not info["diverged"], "these seeded episodes stay finite; a divergence would skip the check below"
+    assert math.isclose(sum(rewards), math.log(v0) - math.log(info["valid_loss"]), rel_tol=1e-6, abs_tol=1e-9)
     with pytest.raises(RuntimeError, match="ended"):
         env.step(env.actions.identity())
 
@@ -216,19 +209,56 @@ def test_diverged_run_keeps_going_flags_nan_and_recovers_by_restart():
     assert info["restart"] == ("load", 0)
 
 
+def policy_layout(features: FeatureBuilder) -> dict[str, int]:
+    """Each named entry of FeatureBuilder.policy's vector -> its index, in the order
+    lhopt_dsl/observation.py writes them (checked against the vector's size)."""
+    cdf = [f"cdf{b}" for b in range(NB)]
+    names = ["progress", *(f"prev_action{i}" for i in range(features.actions.size))]
+    names += [f"loss_ratio/{n}" for n in ("is_nan", "tanh", *cdf)]
+    for series in ("log_train", "log_valid"):
+        names += [f"{series}/{n}" for n in ("is_nan", "is_inf", *cdf)]
+    for k in range(features.slots):
+        names += [f"checkpoint{k}/{n}" for n in ("is_empty", "percentile", "progress")]
+    names += [f"log_hparam/{n}" for n in features.actions.names]
+    for series in ("log_param_norm_ratio", "log_update_ratio"):
+        names += [f"{series}/{n}" for n in ("tanh", *cdf)]
+    for stat in STAT_NAMES:
+        names += [f"{stat}/{n}" for n in ("value", "is_nan_or_inf", *cdf)]
+    assert len(names) == features.policy_size, "the policy vector's layout changed: update policy_layout"
+    return {name: i for i, name in enumerate(names)}
+
+
+def test_policy_layout_names_the_flags_of_each_loss_series():
+    features = FeatureBuilder(ActionSpace(SMOKE.hparams), SMOKE.hparams)
+    at = policy_layout(features)
+    flags = ["loss_ratio/is_nan", "log_train/is_nan", "log_train/is_inf", "log_valid/is_nan", "log_valid/is_inf"]
+
+    def read(train: float, valid: float) -> list[float]:
+        features.reset()
+        vec = features.policy(0.5, None, train, valid, [None] * features.slots, {}, {}, 1.0, 1.0, {})
+        return [float(vec[at[f]]) for f in flags]
+
+    assert read(math.nan, 2.0) == [1, 1, 0, 0, 0]
+    assert read(2.0, 0.0) == [1, 0, 0, 0, 1]  # log 0 = -inf
+    assert read(2.0, 1.0) == [0, 0, 0, 0, 0]
+
+
 def test_nan_flags_are_set_in_the_policy_features():
     cfg = smoke_cfg("mlp")
     env = InnerTrainingEnv(SMOKE.hparams)
     env.reset(options={"config": cfg})
+    at = policy_layout(env.features)
     healthy, *_ = env.step(env.actions.identity())
     with torch.no_grad():
         env.task.params[0].fill_(float("nan"))
     sick, *_ = env.step(env.actions.identity())
-    # the is_nan flags of the loss ratio and the log train/valid losses switch on
-    differing = np.flatnonzero(healthy["policy"] != sick["policy"])
-    assert len(differing) > 0
-    flags = sick["policy"][(sick["policy"] == 1.0)]
-    assert len(flags) > len(healthy["policy"][healthy["policy"] == 1.0])
+    # NaN weights make the train and valid losses NaN (not inf), and so their log ratio
+    nan_flags = ["loss_ratio/is_nan", "log_train/is_nan", "log_valid/is_nan"]
+    inf_flags = ["log_train/is_inf", "log_valid/is_inf"]
+    assert [healthy["policy"][at[f]] for f in nan_flags + inf_flags] == [0.0] * 5
+    assert [sick["policy"][at[f]] for f in nan_flags] == [1.0] * 3
+    assert [sick["policy"][at[f]] for f in inf_flags] == [0.0] * 2
+    assert np.isfinite(sick["policy"]).all() and np.isfinite(sick["value"]).all()
 
 
 def test_task_vector_has_a_fixed_size_and_family_one_hot():

@@ -9,7 +9,8 @@ import torch
 
 from lhopt_dsl import TaskConfig, load_spec, sample
 from lhopt_dsl.compile import compile_task
-from lhopt_dsl.env import SHAPES, Schedule, ciao_kwargs, run_schedule
+from lhopt_dsl.schedule import SHAPES, Schedule
+from lhopt_dsl.training import ciao_kwargs, run_schedule
 from lhopt_dsl.optim import CIAO, STAT_NAMES
 from lhopt_dsl.population import CIAOPopulation, adamw_settings, batchable, run_population
 
@@ -38,6 +39,7 @@ def test_adamw_population_equals_sequential_runs(family):
     for schedule, curve in zip(SCHEDULES, curves):
         ref = run_schedule(cfg, schedule)
         assert curve.steps == ref.steps
+        assert len(curve.valid_loss) == len(ref.valid_loss) and len(curve.train_loss) == len(ref.train_loss) > 0
         for a, b in zip(curve.valid_loss, ref.valid_loss):
             assert close(a, b), (schedule.name, a, b)
         assert close(curve.test_loss, ref.test_loss)
@@ -142,8 +144,8 @@ def test_population_members_must_share_the_switches():
         CIAOPopulation(compile_task(cfg), [{**base, "lr": -1.0}])
 
 
-@pytest.mark.parametrize("family,compile", [("nqm", False), ("rnn", True)])
-def test_baseline_grid_uses_the_population_and_records_every_member(tmp_path, family, compile):
+@pytest.mark.parametrize("family,compiled", [("nqm", False), ("rnn", True)])
+def test_baseline_grid_uses_the_population_and_records_every_member(tmp_path, family, compiled):
     import optuna
 
     from runners.baselines import run_grid, study_name
@@ -152,7 +154,7 @@ def test_baseline_grid_uses_the_population_and_records_every_member(tmp_path, fa
     names = [f"adamw-{shape}-lr0.001" for shape in SHAPES[:3]]
     storage = f"sqlite:///{tmp_path / 'grid.db'}"
     # population=None: the default, which batches nqm eagerly and every batchable family when compiling
-    curves = run_grid(cfg, storage, names=names, horizons=(1,), population=None, compile=compile)
+    curves = run_grid(cfg, storage, names=names, horizons=(1,), population=None, compiled=compiled)
     study = optuna.load_study(study_name=study_name(cfg), storage=storage)
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 3 and all(t.user_attrs["run"]["population"] for t in done)
@@ -232,8 +234,10 @@ def test_adamw_space_population_rollouts_equal_one_at_a_time_rollouts(family):
     assert pop.population and not seq.population
     assert pop.baseline_curve == pytest.approx(seq.baseline_curve, rel=1e-4, abs=1e-6)
     assert pop.initial_curve == pytest.approx(seq.initial_curve, rel=1e-4, abs=1e-6)
+    assert len(pop.episodes) == len(seq.episodes) == 2
     for p, s in zip(pop.episodes, seq.episodes):
         assert (p.actions == s.actions).all() and p.actions.shape[1] == 5  # 4 hyperparameters + restarts
+        assert len(p.hparams) == len(s.hparams) > 0
         assert p.valid_curve == pytest.approx(s.valid_curve, rel=1e-4, abs=1e-6)
         assert p.raw_value == pytest.approx(s.raw_value, rel=1e-3, abs=1e-3)
         for hp, hs in zip(p.hparams, s.hparams):
@@ -245,18 +249,20 @@ def test_compiled_population_equals_eager_and_is_shared_per_architecture():
 
     cfg = smoke("mlp")
     settings = _members(cfg, "adamax", True)
-    eager, compiled = (CIAOPopulation(compile_task(cfg), settings, compile=c) for c in (False, True))
+    eager, compiled = (CIAOPopulation(compile_task(cfg), settings, compiled=c) for c in (False, True))
     for i in range(6):
         le, se = eager.train_step(stats=i % 3 == 2)
         lc, sc = compiled.train_step(stats=i % 3 == 2)
         assert torch.allclose(le, lc, rtol=1e-4, atol=1e-6)
+        if i % 3 == 2:  # statistics were asked for: one dict per member from both, or the loop checks nothing
+            assert len(se) == len(sc) == len(settings)
         for a, b in zip(se or [], sc or []):
             assert all(close(a[n], b[n], rel=2e-3, abs_=2e-4) for n in STAT_NAMES)
     assert torch.allclose(eager.evaluate(eager.task.valid_batches), compiled.evaluate(compiled.task.valid_batches),
                           rtol=1e-4, atol=1e-6)  # fmt: skip
-    kernels = compiled._grad
-    again = CIAOPopulation(compile_task(smoke("mlp")), settings, compile=True)  # same architecture: no recompile
-    assert again._grad is kernels and len(population._COMPILED) >= 1
+    kernels = compiled._grads
+    again = CIAOPopulation(compile_task(smoke("mlp")), settings, compiled=True)  # same architecture: no recompile
+    assert again._grads == kernels and len(population._COMPILED) >= 1
 
 
 def test_a_diverging_member_leaves_the_others_alone():
@@ -290,14 +296,165 @@ def test_set_hparams_checks_values():
 
 
 def test_population_pays_follows_the_measured_rule():
-    from lhopt_dsl.population import population_pays
-
-    tiny, mid = smoke("mlp"), smoke("transformer")  # about 0.16 and 17 MFLOP per step
-    assert population_pays(tiny, 35) and population_pays(tiny, 6)
-    assert not population_pays(mid, 35) and population_pays(mid, 35, compile=True) and population_pays(mid, 6)
     from lhopt_dsl.compile import estimate_cost
+    from lhopt_dsl.population import (
+        MAX_FLOPS_FEW, MAX_FLOPS_MANY, MAX_STEP_ELEMENTS_MANY, member_step_elements, population_pays,
+    )  # fmt: skip
 
-    big = next(c for c in (sample(load_spec(SPECS / "families" / "cnn.yaml"), s) for s in range(50))
-               if estimate_cost(c).flops_per_step > 1e8)  # fmt: skip
-    assert not population_pays(big, 6, compile=True) and not population_pays(big, 6)
+    tiny, mid = smoke("mlp"), smoke("transformer")  # about 0.16 and 17 MFLOP per step, small activations
+    assert population_pays(tiny, 35) and population_pays(tiny, 6)
+    assert population_pays(mid, 35) and population_pays(mid, 35, compiled=True) and population_pays(mid, 6)
+    cnns = [sample(load_spec(SPECS / "families" / "cnn.yaml"), s) for s in range(80)]
+    flops = lambda c: estimate_cost(c).flops_per_step  # noqa: E731
+    mid_flops = lambda c: MAX_FLOPS_FEW < flops(c) <= MAX_FLOPS_MANY  # noqa: E731
+    big = next(c for c in cnns if member_step_elements(c) > MAX_STEP_ELEMENTS_MANY and mid_flops(c))
+    assert not population_pays(big, 35) and not population_pays(big, 6, compiled=True) and not population_pays(big, 6)
     assert population_pays(big, 35, device="cuda")  # on GPUs populations always pay
+    small = next(c for c in cnns if member_step_elements(c) <= MAX_STEP_ELEMENTS_MANY and mid_flops(c))
+    assert population_pays(small, 35) and not population_pays(small, 6)
+    heavy = next(c for c in cnns if member_step_elements(c) <= MAX_STEP_ELEMENTS_MANY and flops(c) > MAX_FLOPS_MANY)
+    assert not population_pays(heavy, 35)
+
+
+# --- populations of Transformers and CNNs, their plans, and the batchable forms they use ------------
+
+
+def family_task(family: str, **task) -> TaskConfig:
+    """A task of ``family`` (from its spec under task_specs/families) with ``task``'s settings."""
+    cfg = sample(load_spec(SPECS / "families" / f"{family}.yaml"), 0)
+    return TaskConfig.model_validate({**cfg.model_dump(), "task": {**cfg.task.model_dump(), **task}})
+
+
+RUN = {"inner_steps": 30, "outer_steps": 3}
+TRANSFORMERS = {
+    "pre-learned": dict(dataset="markov1", d_model=32, num_layers=2, num_heads=2, ff_mult=2, seq_len=16,
+                        norm_position="pre", positional="learned", batch_size=8),
+    "post-sinusoidal": dict(dataset="pcfg", d_model=16, num_layers=1, num_heads=4, ff_mult=1, seq_len=32,
+                            norm_position="post", positional="sinusoidal", batch_size=4),
+}  # fmt: skip
+CNNS = {
+    "layer-prelu-stride": dict(dataset="digits", channels=(4, 8), kernel_size=3, pooling="stride", activation="prelu",
+                               norm="layer", batch_size=16),
+    "max-elu-k5": dict(dataset="digits", channels=(6,), kernel_size=5, pooling="max", activation="elu", norm="none",
+                       batch_size=16),
+    "avg-3-layers": dict(dataset="digits", channels=(4, 4, 4), kernel_size=3, pooling="avg",
+                         activation="very_leaky_relu", norm="layer", batch_size=8),
+}  # fmt: skip
+CASES = [("transformer", k, v) for k, v in TRANSFORMERS.items()] + [("cnn", k, v) for k, v in CNNS.items()]
+GRID = [Schedule(lr=lr, shape=shape) for lr in (1e-3, 1e-2) for shape in ("constant", "cosine")]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, whatever else shares the machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("family,name,task", CASES, ids=[f"{f}-{n}" for f, n, _ in CASES])
+def test_transformer_and_cnn_populations_equal_sequential_runs(one_thread, family, name, task):
+    """Each member's training, validation and test losses over a few dozen steps equal its own
+    one-model run (fused attention, torch's convolutions) to float32 reassociation."""
+    cfg = family_task(family, **task, **RUN)
+    curves = run_population(cfg, GRID, evaluations=3)
+    assert curves is not None
+    for schedule, curve in zip(GRID, curves):
+        ref = run_schedule(cfg, schedule, evaluations=3)
+        assert curve.steps == ref.steps
+        assert curve.train_loss == pytest.approx(ref.train_loss, rel=1e-4, abs=1e-6), schedule.name
+        assert curve.valid_loss == pytest.approx(ref.valid_loss, rel=1e-4, abs=1e-6), schedule.name
+        assert curve.test_curve == pytest.approx(ref.test_curve, rel=1e-4, abs=1e-6), schedule.name
+    assert len({round(c.valid_loss[-1], 6) for c in curves}) == len(GRID)  # the members really differ
+
+
+@pytest.mark.parametrize("family,name,task", [CASES[0], CASES[2]], ids=["transformer", "cnn"])
+def test_groups_and_evaluation_chunks_do_not_change_a_population(one_thread, monkeypatch, family, name, task):
+    """Gradients and CIAO's updates in uneven groups of members, and evaluation in chunks of examples
+    or member by member, give every member the losses and statistics of the population in one piece."""
+    from lhopt_dsl import population
+    from lhopt_dsl.population import Plan
+
+    cfg = family_task(family, **task, **RUN)
+    base = ciao_kwargs(cfg.hparams)  # LAMB and clipping on: per-tensor and per-member norms
+    factors, betas = (0.3, 0.5, 1, 1, 2, 3, 5), (0.1, 0.2, 0.1, 0.2, 0.1, 0.2, 0.1)
+    settings = [{**base, "lr": base["lr"] * f, "one_minus_beta1": b} for f, b in zip(factors, betas)]
+    whole = ((0, 7),)
+    plans = [Plan(whole, whole, 0, False), Plan(((0, 3), (3, 5), (5, 6), (6, 7)), ((0, 2), (2, 7)), 5, False),
+             Plan(((0, 1), (1, 7)), tuple((i, i + 1) for i in range(7)), 0, True)]  # fmt: skip
+    runs = []
+    for p in plans:
+        monkeypatch.setattr(population, "plan", lambda *args, p=p, **kwargs: p)
+        pop = CIAOPopulation(compile_task(cfg), settings)
+        steps = [pop.train_step(stats=i % 4 == 3) for i in range(12)]
+        losses = torch.stack([loss for loss, _ in steps])
+        stats = torch.tensor([[s[n] for s in st for n in STAT_NAMES] for _, st in steps if st], dtype=torch.float64)
+        runs.append((losses, stats, pop.evaluate(pop.task.valid_batches), pop.evaluate(pop.task.test_batches)))
+    for run in runs[1:]:
+        for got, want in zip(run, runs[0]):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, equal_nan=True)
+
+
+@pytest.mark.parametrize("family", ["transformer", "cnn", "mlp", "rnn", "nqm"])
+def test_plan_keeps_batched_calls_within_the_working_set(monkeypatch, family):
+    from lhopt_dsl import population
+    from lhopt_dsl.population import UPDATE_ARRAYS, UPDATE_ELEMENTS, member_step_elements, plan
+
+    settings = {"transformer": TRANSFORMERS["pre-learned"], "cnn": CNNS["avg-3-layers"]}.get(family, {})
+    cfg = family_task(family, **settings)
+    params = compile_task(cfg).num_params
+    per_member = member_step_elements(cfg)
+    assert per_member > 2 * params  # activations besides parameters and gradients
+
+    def contiguous(groups, k=35):
+        sizes = [b - a for a, b in groups]
+        assert groups[0][0] == 0 and groups[-1][1] == k and all(x[1] == y[0] for x, y in zip(groups, groups[1:]))
+        assert max(sizes) - min(sizes) <= 1
+        return max(sizes), len(groups)
+
+    for budget in (1, 3 * per_member, 10 * per_member, 10**12):
+        monkeypatch.setitem(population.WORKING_SET, "cpu", budget)
+        p = plan(cfg, 35, "cpu", fused_kernels=family in ("transformer", "rnn"), params=params)
+        size, count = contiguous(p.groups)
+        assert size == 1 or size * per_member <= budget
+        assert count == -(-35 // max(1, min(35, budget // per_member)))  # no more groups than needed
+        size, _ = contiguous(p.update_groups)
+        assert size == 1 or size * UPDATE_ARRAYS * params <= UPDATE_ELEMENTS
+        if family == "nqm":
+            assert p.eval_chunk == 0  # its evaluation batch is the exact loss, not examples
+        else:
+            assert p.eval_chunk == 1 or 35 * p.eval_chunk * per_member / cfg.task.batch_size <= budget
+        assert p.evaluate_members == (family in ("transformer", "rnn"))
+    gpu = plan(cfg, 35, "cuda", fused_kernels=True, params=params)
+    assert not gpu.evaluate_members and gpu.update_groups == ((0, 35),)  # GPUs batch evaluations and updates
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_unrolled_rnn_equals_torchs_fused_kernel(cell):
+    from lhopt_dsl.compile.models import unrolled_rnn
+
+    torch.manual_seed(0)
+    rnn = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](3, 8, 2, batch_first=True)
+    x = torch.randn(5, 7, 3)
+    fused = rnn(x)[0]
+    g_fused = torch.autograd.grad(fused.square().sum(), list(rnn.parameters()))
+    mine = unrolled_rnn(rnn, x)
+    g_mine = torch.autograd.grad(mine.square().sum(), list(rnn.parameters()))
+    torch.testing.assert_close(mine, fused, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_mine, g_fused):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_explicit_attention_equals_the_fused_kernel(pre_norm):
+    from lhopt_dsl.compile.models import Block, use_batchable_forms
+
+    torch.manual_seed(0)
+    block = Block(16, 4, 2, pre_norm)
+    x = torch.randn(3, 9, 16)
+    fused = block(x)
+    assert use_batchable_forms(block) and block.explicit_attention
+    torch.testing.assert_close(block(x), fused, rtol=1e-5, atol=1e-6)
+    assert use_batchable_forms(block, False) and not block.explicit_attention
+    assert not use_batchable_forms(torch.nn.Linear(2, 2))  # nothing to switch

@@ -4,9 +4,7 @@ from .compiler import TaskCost, compile_task, derive_seed, estimate_cost, resolv
 from .datafiles import DataNotFoundError, find_file, search_dirs
 from .task import InnerTask
 
-compile = compile_task  # the name used in the design: compile(cfg, device) -> InnerTask
-
 __all__ = [
-    "DataNotFoundError", "InnerTask", "TaskCost", "compile", "compile_task", "derive_seed",
+    "DataNotFoundError", "InnerTask", "TaskCost", "compile_task", "derive_seed",
     "estimate_cost", "find_file", "resolve_device", "search_dirs",
 ]  # fmt: skip

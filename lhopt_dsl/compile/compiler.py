@@ -12,7 +12,7 @@ import functools
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from . import models
 from .datasets import image_data, sst2_data
 from .synthetic import ALGO_TASKS, NoisyQuadratic, nqm_noise
 from .task import GeneratedSampler, IndexSampler, InnerTask, LossFn, chunks
+
+if TYPE_CHECKING:  # annotations only: the sampler's module needs nothing from here
+    from ..sample import TaskConfig
 
 EVAL_CHUNK = 512
 HUBER_DELTA = 0.1
@@ -108,7 +111,7 @@ def _split_batches(split: Any, limit: int, device: torch.device) -> list[tuple[t
     return chunks([t[:limit].to(device) for t in split], EVAL_CHUNK)
 
 
-def _image(cfg: Any, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
+def _image(cfg: TaskConfig, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
     task = cfg.task
     data = image_data(task.dataset, data_dir)
     in_shape = tuple(data.train.x.shape[1:])
@@ -120,7 +123,7 @@ def _image(cfg: Any, device: torch.device, data_dir: Any, max_valid: int, max_te
     return _Parts(model, loss, sampler, _split_batches(data.valid, max_valid, device), _split_batches(data.test, max_test, device))
 
 
-def _algorithmic(cfg: Any, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
+def _algorithmic(cfg: TaskConfig, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
     task: RNNTask = cfg.task
     make, features = ALGO_TASKS[task.task]
     model = _build(cfg.seed, lambda: models.SequenceTagger(task, features, 2), device)
@@ -135,7 +138,7 @@ def _algorithmic(cfg: Any, device: torch.device, data_dir: Any, max_valid: int, 
     return _Parts(model, classification_loss(), sampler, fixed(VALID, max_valid), fixed(TEST, max_test))
 
 
-def _text(cfg: Any, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
+def _text(cfg: TaskConfig, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
     task: TextRNNTask = cfg.task
     data = sst2_data(task.vocab_size, task.max_len, data_dir)
     model = _build(cfg.seed, lambda: models.SentenceClassifier(task, data.num_classes), device)
@@ -147,7 +150,7 @@ def _text(cfg: Any, device: torch.device, data_dir: Any, max_valid: int, max_tes
     )  # fmt: skip
 
 
-def _language(cfg: Any, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
+def _language(cfg: TaskConfig, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
     from .lm_datasets import build_lm_data
 
     task: TransformerTask = cfg.task
@@ -161,7 +164,7 @@ def _language(cfg: Any, device: torch.device, data_dir: Any, max_valid: int, max
     )
 
 
-def _nqm(cfg: Any, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
+def _nqm(cfg: TaskConfig, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
     task: NQMTask = cfg.task
     model = _build(cfg.seed, lambda: NoisyQuadratic(task), device)
     h = model.h.cpu()
@@ -176,7 +179,7 @@ _BUILDERS = {
 
 
 def compile_task(
-    cfg: Any,
+    cfg: TaskConfig,
     device: str | torch.device = "cpu",
     data_dir: str | os.PathLike[str] | None = None,
     *,
@@ -320,7 +323,7 @@ def _step_cost(task: Any) -> tuple[int, int, int]:
     return params, (3 * forward - no_input_grad) * task.batch_size, forward
 
 
-def estimate_cost(cfg: Any, max_valid: int = 512) -> TaskCost:
+def estimate_cost(cfg: TaskConfig, max_valid: int = 512) -> TaskCost:
     """Parameters and FLOPs of a config (or a bare task), without data or real tensors.
 
     FLOPs count matrix multiplications and convolutions (what dominates): a training step is taken

@@ -124,16 +124,19 @@ def unrolled_rnn(rnn: nn.RNNBase, x: torch.Tensor) -> torch.Tensor:
     """
     if rnn.bidirectional or not rnn.batch_first or getattr(rnn, "proj_size", 0):
         raise ValueError("unrolled_rnn supports unidirectional, batch-first recurrent layers without projections")
-    b, length, _ = x.shape
+    b = x.shape[0]
     for layer in range(rnn.num_layers):
         w_ih, w_hh = getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")
         b_ih, b_hh = getattr(rnn, f"bias_ih_l{layer}", None), getattr(rnn, f"bias_hh_l{layer}", None)
-        gates_x = F.linear(x, w_ih, b_ih)  # (B, L, G*H) for every step at once
+        # The input's share of the gates for every step at once, (B, G*H) per step. Unbinding (rather
+        # than indexing step t) keeps the backward pass linear in the length: the gradients of the
+        # steps are stacked once instead of each being scattered into a zero tensor of the whole input.
+        gates_x = F.linear(x, w_ih, b_ih).unbind(1)
         h = x.new_zeros(b, rnn.hidden_size)
         c = x.new_zeros(b, rnn.hidden_size)
         outputs = []
-        for t in range(length):
-            gx, gh = gates_x[:, t], F.linear(h, w_hh, b_hh)
+        for gx in gates_x:
+            gh = F.linear(h, w_hh, b_hh)
             if isinstance(rnn, nn.GRU):
                 xr, xz, xn = gx.chunk(3, 1)
                 hr, hz, hn = gh.chunk(3, 1)
@@ -238,3 +241,19 @@ class TransformerLM(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.final_norm(x))
+
+
+# --- forms for populations -----------------------------------------------------------------------
+
+
+def use_batchable_forms(model: nn.Module, on: bool = True) -> bool:
+    """Switch ``model``'s fused kernels (recurrent layers, attention) to their explicit forms, which
+    ``torch.func.vmap`` batches over a population's members, or (``on=False``) back to the fused
+    kernels a one-model run uses. The same maths either way; returns whether ``model`` has any."""
+    found = False
+    for module in model.modules():
+        if isinstance(module, SequenceTagger):
+            module.unrolled, found = on, True
+        elif isinstance(module, Block):
+            module.explicit_attention, found = on, True
+    return found
