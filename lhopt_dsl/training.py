@@ -2,7 +2,7 @@
 where wanted), and whole fixed-schedule runs with validation and test losses measured along the way.
 
 The policy's environment (:mod:`lhopt_dsl.env`) trains its segments with :func:`train_segment`; the
-baselines (:mod:`runners.baselines`) and the populations' reference runs use :func:`run_schedule`.
+baselines (:mod:`lhopt_dsl.baselines`) and the populations' reference runs use :func:`run_schedule`.
 """
 
 from __future__ import annotations

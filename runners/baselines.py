@@ -1,43 +1,34 @@
-"""The baselines of paper Section 4.1, run as a resumable, shareable Optuna grid per task.
+"""The baselines of paper Section 4.1 (:mod:`lhopt_dsl.baselines`), run as a resumable, shareable
+Optuna grid per task.
 
-Baselines: AdamW with 5 learning rates (1e-4 ... 1e-2) x the 7 schedule shapes of
-:data:`lhopt_dsl.schedule.SHAPES` (35, named by :attr:`Schedule.name`, e.g. ``adamw-cosine-lr0.001``),
-plus two optimizers users pick to avoid tuning: Schedule-Free AdamW (``schedulefree``) and Prodigy
-(``prodigy``). Each runs on exactly the task a policy sees (same initial weights, data order and
-validation set) for ``horizon x T`` inner steps, horizon 1 and 2 (a schedule is stretched over its
-run), with validation and test losses at evenly spaced points as in :func:`lhopt_dsl.training.run_schedule`.
-
-The grid of one task is an Optuna study (``baselines-v<CURVE_VERSION>-<task_id>``) in an RDB storage: a
-:class:`~optuna.samplers.GridSampler` over categorical ``baseline`` x ``horizon``. Each trial stores
-its curve as user attributes and returns its final validation loss (``inf`` when it diverged, so the
-trial is COMPLETE and never re-run). The storage is therefore the cache keyed by
-(task id, baseline, steps) that evaluation and meta-training reuse (:func:`cached_curve`).
+The grid of one task is an Optuna study (``baselines-v<CURVE_VERSION>-<task_id>``) in an RDB storage:
+a :class:`PairGridSampler` over categorical ``baseline`` x ``horizon``. Each trial stores its curve as
+user attributes and returns its final validation loss (``inf`` when it diverged, so the trial is
+COMPLETE and never re-run). The storage is therefore the cache keyed by (task id, baseline, steps)
+that evaluation and meta-training reuse (:func:`cached_curve`).
 
 Resuming and sharing: a pair is "done" when some trial of it is COMPLETE and "taken" while a trial
-of it is RUNNING. The sampler hands out only pairs that are neither (a subclass of GridSampler that
-looks at parameter values rather than grid ids, so interrupted or failed trials are re-run), and a
-trial that finds its pair done or taken by an earlier trial (a race between workers) is PRUNED
-without running. RUNNING trials of a killed worker are failed by Optuna's heartbeat after
-:data:`GRACE_PERIOD` seconds and then re-run. :func:`run_grid` returns when every pair is COMPLETE
-(waiting for other workers' running trials) and reads each pair from its earliest COMPLETE trial.
-AdamW pairs that train together as one batched population are recorded at once as finished trials
-(``Study.add_trials``): one storage transaction instead of a trial's dozen round trips each.
+of it is RUNNING. The sampler hands out only pairs that are neither (it looks at parameter values
+rather than grid ids, so interrupted or failed trials are re-run), and a trial that finds its pair
+done or taken by an earlier trial (a race between workers) is PRUNED without running. RUNNING trials
+of a killed worker are failed by Optuna's heartbeat after :data:`GRACE_PERIOD` seconds and then
+re-run. :func:`run_grid` returns when every pair is COMPLETE (waiting for other workers' running
+trials) and reads each pair from its earliest COMPLETE trial. AdamW pairs that train together as one
+batched population are recorded at once as finished trials (``Study.add_trials``): one storage
+transaction instead of a trial's dozen round trips each.
 
-Tuning-free settings (our choices): Schedule-Free AdamW with its documented defaults (lr 2.5e-3,
-betas (0.9, 0.999)) plus the linear warmup its README recommends (5% of the run); Prodigy with
-``lr=1.0`` as its README recommends, no schedule. Both use the AdamW baselines' weight decay 1e-2
-(both libraries default to 0) so that the three optimizers differ only in step sizes.
+Optuna's public API only. What ``Study`` and ``Trial`` do not offer, the grid does through the
+methods of the storage it opens itself (:class:`optuna.storages.RDBStorage`, addressed by trial id,
+see :func:`_trial_id`): a system attribute written before a trial's parameters are suggested (the
+pair the sampler handed out) and a RUNNING trial kept alive by heartbeats outside
+``Study.optimize`` (a population's claim).
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import functools
-import io
 import math
 import os
-import re
 import socket
 import threading
 import time
@@ -48,32 +39,18 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import optuna
 import torch
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
-from torch import nn
 
-from lhopt_dsl.compile import compile_task
-from lhopt_dsl.compile.task import InnerTask
-from lhopt_dsl.sample import TaskConfig
+from lhopt_dsl.baselines import ADAMW_BASELINES, BASELINES, HORIZONS, run_baseline, schedule_of
 from lhopt_dsl.population import population_pays, run_population
-from lhopt_dsl.schedule import SHAPES, LearningCurve, Schedule
-from lhopt_dsl.training import evaluation_count, run_schedule, train_and_measure
+from lhopt_dsl.sample import TaskConfig
+from lhopt_dsl.schedule import LearningCurve
 
-LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-ADAMW_BASELINES: list[str] = [Schedule(lr=lr, shape=shape).name for lr in LEARNING_RATES for shape in SHAPES]
-TUNING_FREE: tuple[str, ...] = ("schedulefree", "prodigy")
-BASELINES: list[str] = [*ADAMW_BASELINES, *TUNING_FREE]
-HORIZONS: tuple[int, ...] = (1, 2)
 #: Measurements of the validation and test losses per T steps of a grid run (16 over a 2T run).
 #: Final losses do not depend on it; speedups below 1x read the curve between these points.
 #: Evaluation passes cost as much as training on small tasks, so the grid measures sparsely.
 GRID_EVALUATIONS_PER_T = 8
-
-WEIGHT_DECAY = 1e-2  # of the tuning-free optimizers, as Schedule's AdamW default
-SCHEDULEFREE_LR = 2.5e-3
-SCHEDULEFREE_WARMUP = 0.05  # fraction of the run
-PRODIGY_LR = 1.0
-BN_CALIBRATION_BATCHES = 8  # Schedule-Free: BatchNorm statistics recomputed at the evaluated weights
 
 HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 120  # a RUNNING trial without a heartbeat for this long is failed (its worker died)
@@ -83,108 +60,6 @@ _PAIR = "pair"  # trial system attribute: the (baseline, horizon) a trial was ha
 _CLAIMS = "claims"  # system attribute of a population's claim: the pairs it reserves
 Pair = tuple[str, int]
 Progress = Callable[[int, int, Pair, LearningCurve], None]
-
-
-# --- one baseline run -----------------------------------------------------------------------------
-
-
-_ADAMW_NAME = re.compile(r"adamw-(?P<shape>.+)-lr(?P<lr>[0-9.eE+-]+)")
-
-
-def schedule_of(name: str) -> Schedule:
-    """The AdamW :class:`Schedule` of a baseline name such as ``adamw-cosine_0.1-lr0.0003``."""
-    m = _ADAMW_NAME.fullmatch(name)
-    if m is None or m["shape"] not in SHAPES:
-        raise ValueError(f"unknown baseline '{name}'; known: adamw-<shape>-lr<lr> with shape in "
-                         f"{', '.join(SHAPES)}, or {', '.join(TUNING_FREE)}")  # fmt: skip
-    return Schedule(optimizer="adamw", lr=float(m["lr"]), shape=m["shape"])
-
-
-def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def _recalibrate_batchnorm(task: InnerTask, batches: int = BN_CALIBRATION_BATCHES) -> None:
-    """Recompute BatchNorm running statistics at the current weights (Schedule-Free's README caveat).
-
-    Uses a copy of the training sampler with its own fixed generator, so the training data order is
-    untouched; the statistics are the plain average over ``batches`` training batches.
-    """
-    bns = _batchnorms(task.model)
-    if not bns:
-        return
-    side = copy.copy(task.sampler)  # shares the data tensors; own random stream below
-    side.generator = torch.Generator().manual_seed(0x5EED)
-    if hasattr(side, "perm"):
-        side.perm, side.pos = None, 0
-    momenta = [m.momentum for m in bns]
-    was_training = task.model.training
-    try:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-        task.model.train()
-        for _ in range(batches):
-            task.loss_fn(task.model, side())
-    finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        task.model.train(was_training)
-
-
-def _tuning_free_optimizer(name: str, params: list[nn.Parameter], steps: int) -> torch.optim.Optimizer:
-    if name == "schedulefree":
-        from schedulefree import AdamWScheduleFree
-
-        return AdamWScheduleFree(params, lr=SCHEDULEFREE_LR, weight_decay=WEIGHT_DECAY,
-                                 warmup_steps=round(SCHEDULEFREE_WARMUP * steps))  # fmt: skip
-    if name == "prodigy":
-        from prodigyopt import Prodigy
-
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Using decoupled weight decay"
-            return Prodigy(params, lr=PRODIGY_LR, weight_decay=WEIGHT_DECAY)
-    raise ValueError(f"unknown tuning-free optimizer '{name}'; known: {', '.join(TUNING_FREE)}")
-
-
-def run_tuning_free(
-    cfg: TaskConfig, name: str, steps: int | None = None, *, device: str | torch.device = "cpu",
-    data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
-) -> LearningCurve:  # fmt: skip
-    """Train ``cfg``'s task with Schedule-Free AdamW or Prodigy, measured like ``run_schedule``.
-
-    Schedule-Free trains at its interpolated point y and is evaluated at its averaged point x:
-    ``optimizer.train()`` before each segment, ``optimizer.eval()`` (and BatchNorm recalibration)
-    before each validation and the final test loss.
-    """
-    task = compile_task(cfg, device, data_dir, max_valid=max_valid)
-    total = steps or task.steps
-    opt = _tuning_free_optimizer(name, task.params, total)
-    if not (hasattr(opt, "eval") and hasattr(opt, "train")):
-        return train_and_measure(task, opt, total, evaluations or evaluation_count(task, total))
-
-    def to_eval_point() -> None:
-        opt.eval()
-        _recalibrate_batchnorm(task)
-
-    # The untrained model is measured as is (x = y, BatchNorm as initialised).
-    return train_and_measure(task, opt, total, evaluations or evaluation_count(task, total),
-                             before_train=opt.train, before_eval=to_eval_point)  # fmt: skip
-
-
-def run_baseline(
-    cfg: TaskConfig, name: str, steps: int | None = None, device: str | torch.device = "cpu",
-    data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None,
-) -> LearningCurve:  # fmt: skip
-    """One baseline run of ``steps`` inner steps (default T) on ``cfg``'s task.
-
-    ``evaluations``: measurements of the validation and test losses (default: as many as the
-    task's outer steps, scaled with ``steps / T``).
-    """
-    kwargs = {"device": device, "data_dir": data_dir, "max_valid": max_valid, "evaluations": evaluations}
-    if name in TUNING_FREE:
-        return run_tuning_free(cfg, name, steps, **kwargs)
-    return run_schedule(cfg, schedule_of(name), steps=steps, **kwargs)
 
 
 # --- curves as trial attributes -------------------------------------------------------------------
@@ -271,6 +146,12 @@ def _storage(url: str, pid: int, heartbeat: bool = True) -> optuna.storages.RDBS
     raise AssertionError("unreachable")
 
 
+def _trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of ``study``'s trial ``number``, which the storage's methods take (public
+    ``Study``, ``Trial`` and ``FrozenTrial`` objects expose only the number)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
 def _pair(t: FrozenTrial) -> Pair | None:
     if "baseline" in t.params and "horizon" in t.params:
         return str(t.params["baseline"]), int(t.params["horizon"])
@@ -344,42 +225,61 @@ class _Claim:
         self.storage.set_trial_state_values(self.trial_id, TrialState.PRUNED)
 
 
-class PairGridSampler(optuna.samplers.GridSampler):
-    """GridSampler over ``baseline`` x ``horizon`` that hands out pairs neither COMPLETE nor RUNNING.
+class PairGridSampler(optuna.samplers.BaseSampler):
+    """Sampler over ``baseline`` x ``horizon`` that hands each trial a pair neither COMPLETE nor RUNNING.
 
     Optuna's GridSampler counts a grid point as visited once any trial of it finished (failed ones
-    included) and matches trials by grid id of one search space; this subclass matches by parameter
+    included) and matches trials by grid id of one search space; this sampler matches by parameter
     values, so failed or interrupted pairs are handed out again and studies run with different
-    subsets of baselines share their work. Trial numbers below the grid size keep the parent's
-    collision-free assignment (trial n gets grid point n) when that point is still free.
+    subsets of baselines share their work. A trial whose number is a free grid position gets that
+    position's pair, which keeps concurrent workers collision-free while the grid is fresh.
+
+    The pair is written to the trial (system attribute ``pair``) before the objective runs, so other
+    workers see it as taken before its parameters are suggested, and :meth:`sample_independent`
+    reads it back. A sampler of its own on the public :class:`~optuna.samplers.BaseSampler`
+    interface: a GridSampler subclass could only change the hand-out through GridSampler's private
+    state.
     """
 
-    def __init__(self, names: Sequence[str], horizons: Sequence[int]):
-        super().__init__({"baseline": list(names), "horizon": [int(h) for h in horizons]}, seed=0)
+    def __init__(self, storage: optuna.storages.BaseStorage, names: Sequence[str], horizons: Sequence[int]):
+        self.storage = storage  # the study's storage (Study offers no public handle on it)
+        pairs = [(str(n), int(h)) for n in names for h in horizons]
+        # The grid order of GridSampler(seed=0), which earlier versions used: workers of either
+        # version that share a study hand out the same pair for the same trial number.
+        np.random.RandomState(0).shuffle(pairs)
+        self.pairs: list[Pair] = pairs
         self._choice = np.random.default_rng()  # per worker, so concurrent workers rarely collide
 
-    def pair_of(self, grid_id: int) -> Pair:
-        values = dict(zip(self._param_names, self._all_grids[grid_id]))
-        return str(values["baseline"]), int(values["horizon"])
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
 
-    @property
-    def pairs(self) -> list[Pair]:
-        return [self.pair_of(i) for i in range(len(self._all_grids))]
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
+        if _PAIR in trial.system_attrs or "fixed_params" in trial.system_attrs:  # enqueued: params given
             return
         complete, running = _status(study)
         running = {p: t for p, t in running.items() if t.number != trial.number}
-        ids = range(len(self._all_grids))
-        free = [i for i in ids if self.pair_of(i) not in complete and self.pair_of(i) not in running]
+        ids = range(len(self.pairs))
+        free = [i for i in ids if self.pairs[i] not in complete and self.pairs[i] not in running]
         # Nothing free: take an unfinished pair; the objective skips it if an earlier trial runs it.
-        candidates = free or [i for i in ids if self.pair_of(i) not in complete] or list(ids)
+        candidates = free or [i for i in ids if self.pairs[i] not in complete] or list(ids)
         grid_id = trial.number if trial.number in candidates else int(self._choice.choice(candidates))
-        storage = study._storage
-        storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
-        storage.set_trial_system_attr(trial._trial_id, "grid_id", grid_id)
-        storage.set_trial_system_attr(trial._trial_id, _PAIR, list(self.pair_of(grid_id)))
+        self.storage.set_trial_system_attr(_trial_id(self.storage, study, trial.number), _PAIR,
+                                           list(self.pairs[grid_id]))  # fmt: skip
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        """The handed-out pair's value (``trial.system_attrs`` is read from the storage when asked)."""
+        pair = trial.system_attrs.get(_PAIR)
+        if pair is None or param_name not in ("baseline", "horizon"):
+            raise ValueError(f"trial {trial.number} has no '{param_name}' from the baseline grid; "
+                             "only 'baseline' and 'horizon' are sampled, and enqueued trials give both")  # fmt: skip
+        return str(pair[0]) if param_name == "baseline" else int(pair[1])
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
         """No ``study.stop()`` here: :func:`run_grid` decides when the grid is done."""
@@ -401,13 +301,14 @@ def _open_study(
     """Load or create the task's study; returns it with the categorical choices fixed for it.
 
     Optuna requires a categorical parameter's choices to be the same in every trial of a study, so
-    they are fixed when the study is created (all of :data:`BASELINES` and horizons 1, 2, plus any
-    others asked for then) and kept as a study user attribute; later runs may use any subset.
+    they are fixed when the study is created (all of :data:`~lhopt_dsl.baselines.BASELINES` and
+    horizons 1, 2, plus any others asked for then) and kept as a study user attribute; later runs may
+    use any subset.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage(storage_url, os.getpid())
     study = optuna.create_study(storage=storage, study_name=study_name(cfg), direction="minimize",
-                                sampler=PairGridSampler(names, horizons), load_if_exists=True)  # fmt: skip
+                                sampler=PairGridSampler(storage, names, horizons), load_if_exists=True)  # fmt: skip
     choices = study.user_attrs.get("choices")
     if choices is None:
         choices = {"baseline": list(dict.fromkeys([*BASELINES, *names])),

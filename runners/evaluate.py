@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lhopt_dsl import TABLE1_ROWS, ExperimentSpec, TaskConfig, table1_row
+from lhopt_dsl.baselines import ADAMW_BASELINES, BASELINES, HORIZONS, TUNING_FREE
 from lhopt_dsl.controller import load_policy
 from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.schedule import LearningCurve, segment_bounds
@@ -43,7 +44,7 @@ from lhopt_dsl.metrics import TaskScores, evaluation_summary, format_summary, pe
 from lhopt_dsl.rollout import run_episode
 from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, eval_seed, sample
 
-from .baselines import ADAMW_BASELINES, BASELINES, HORIZONS, TUNING_FREE, run_grid
+from .baselines import run_grid
 from .tracking import Tracker
 
 SCORES: tuple[str, ...] = ("test", "valid")

@@ -8,9 +8,9 @@ for every optimizer):
 
 * the policy, through the public drop-in :class:`~lhopt_dsl.controller.LHOPT`, for T steps (its
   training loss reported every step, the validation loss every T/16 steps);
-* AdamW with each of the 5 learning rates of :data:`runners.baselines.LEARNING_RATES` x the 7
+* AdamW with each of the 5 learning rates of :data:`lhopt_dsl.baselines.LEARNING_RATES` x the 7
   schedule shapes of :data:`lhopt_dsl.schedule.SHAPES` (a ``LambdaLR`` stretched over the run), and
-  Schedule-Free AdamW and Prodigy set as in ``runners/baselines.py``, each for T and for 2T steps.
+  Schedule-Free AdamW and Prodigy set as in ``lhopt_dsl/baselines.py``, each for T and for 2T steps.
 
 Scoring (our choices; the comparisons are :func:`lhopt_dsl.metrics.compare_task`'s, as in
 ``lhopt eval``):
@@ -48,12 +48,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from lhopt_dsl.baselines import LEARNING_RATES, TUNING_FREE, schedule_of
 from lhopt_dsl.controller import LHOPT
 from lhopt_dsl.schedule import SHAPES, Schedule, shape_factor
 from lhopt_dsl.metrics import TaskScores, compare_task
 
 from . import ood_programs
-from .baselines import LEARNING_RATES, TUNING_FREE, schedule_of
 from .ood_programs import PROGRAMS, DataDir, OptimizerFactory, Run
 from .tracking import Tracker
 
@@ -65,7 +65,7 @@ RESTARTS = ("load", "swap")  # the restart actions that change the weights ("sav
 
 def baseline_names(learning_rates: Sequence[float] = LEARNING_RATES, shapes: Sequence[str] = SHAPES,
                    tuning_free: Sequence[str] = TUNING_FREE) -> list[str]:  # fmt: skip
-    """Baseline names as in runners/baselines.py: ``adamw-<shape>-lr<lr>``, then the tuning-free ones."""
+    """Baseline names as in lhopt_dsl/baselines.py: ``adamw-<shape>-lr<lr>``, then the tuning-free ones."""
     for shape in shapes:
         shape_factor(shape, 0.0)  # an unknown shape fails here, before anything runs
     unknown = [n for n in tuning_free if n not in TUNING_FREE]
@@ -410,7 +410,7 @@ def run_suite(
 
     ``programs`` (default: all) name entries of :data:`PROGRAMS`; ``sizes`` overrides a program's
     sizes (``steps_scale`` then does not apply to it); ``learning_rates``, ``shapes`` and
-    ``tuning_free`` choose the baselines (default: the full grid of runners/baselines.py). The runs
+    ``tuning_free`` choose the baselines (default: the full grid of lhopt_dsl/baselines.py). The runs
     are spread over ``workers`` processes, each with this process's torch thread count; they are
     deterministic, so the results do not depend on ``workers``.
     """

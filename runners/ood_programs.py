@@ -43,12 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lhopt_dsl.baselines import tuning_free_optimizer
 from lhopt_dsl.compile.datafiles import REMOTES, Remote, find_file
 from lhopt_dsl.compile.datasets import read_idx
 from lhopt_dsl.controller import LHOPT
 from lhopt_dsl.schedule import Schedule, segment_bounds, shape_factor
 
-from .baselines import _tuning_free_optimizer
 
 __all__ = [
     "AutoencoderSizes", "Batch", "EVALUATIONS", "LMSizes", "Optimization", "OptimizerFactory", "PROGRAMS",
@@ -424,8 +424,8 @@ def adamw(lr: float, shape: str) -> OptimizerFactory:
 
 
 def tuning_free(name: str) -> OptimizerFactory:
-    """Schedule-Free AdamW (``schedulefree``) or Prodigy (``prodigy``), set as in runners/baselines.py."""
-    return lambda model, steps: Optimization(_tuning_free_optimizer(name, list(model.parameters()), steps))
+    """Schedule-Free AdamW (``schedulefree``) or Prodigy (``prodigy``), set as in lhopt_dsl/baselines.py."""
+    return lambda model, steps: Optimization(tuning_free_optimizer(name, list(model.parameters()), steps))
 
 
 def policy(path: str | os.PathLike | None = None, seed: int = 0) -> OptimizerFactory:

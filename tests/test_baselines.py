@@ -1,7 +1,9 @@
-"""The Section 4.1 baselines: names, runs, and the resumable, shareable Optuna grid."""
+"""The Section 4.1 baselines: names and runs (lhopt_dsl.baselines), and the resumable, shareable Optuna grid
+(runners.baselines)."""
 
 import math
 import multiprocessing as mp
+import os
 from collections import Counter
 
 import numpy as np
@@ -10,12 +12,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+import lhopt_dsl.baselines as lb
 import runners.baselines as bl
 from lhopt_dsl import TaskConfig, load_spec, sample
+from lhopt_dsl.baselines import BASELINES, run_baseline
 from lhopt_dsl.compile import compile_task
 from lhopt_dsl.schedule import SHAPES, Schedule, segment_bounds
 from lhopt_dsl.training import run_schedule
-from runners.baselines import BASELINES, cached_curve, run_baseline, run_grid, study_name
+from runners.baselines import cached_curve, run_grid, study_name
 
 from .conftest import SPECS
 
@@ -78,13 +82,13 @@ def test_the_35_adamw_baselines_and_two_tuning_free_ones():
     assert len(BASELINES) == 37 and len(set(BASELINES)) == 37
     adamw = [n for n in BASELINES if n.startswith("adamw-")]
     assert len(adamw) == 35 and set(BASELINES) - set(adamw) == {"schedulefree", "prodigy"}
-    schedules = [bl.schedule_of(n) for n in adamw]
+    schedules = [lb.schedule_of(n) for n in adamw]
     assert {s.lr for s in schedules} == {1e-4, 3e-4, 1e-3, 3e-3, 1e-2}
     assert {s.shape for s in schedules} == set(SHAPES)
     assert all(s.name == n for s, n in zip(schedules, adamw))
-    assert bl.schedule_of("adamw-cosine_0.1-lr0.0003") == Schedule(lr=3e-4, shape="cosine_0.1")
+    assert lb.schedule_of("adamw-cosine_0.1-lr0.0003") == Schedule(lr=3e-4, shape="cosine_0.1")
     with pytest.raises(ValueError, match="unknown baseline"):
-        bl.schedule_of("adamw-sawtooth-lr0.1")
+        lb.schedule_of("adamw-sawtooth-lr0.1")
     with pytest.raises(ValueError, match="unknown baseline"):
         run_baseline(NQM, "sgd", 10)
 
@@ -120,10 +124,10 @@ def test_schedulefree_recalibrates_batchnorm_without_touching_the_data_order():
     a, b = compile_task(cfg), compile_task(cfg)
     a.next_batch()
     b.next_batch()
-    bl._recalibrate_batchnorm(b)
+    lb._recalibrate_batchnorm(b)
     assert all(torch.equal(x, y) for x, y in zip(a.next_batch(), b.next_batch()))
-    bn = bl._batchnorms(b.model)[0]
-    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == bl.BN_CALIBRATION_BATCHES
+    bn = lb._batchnorms(b.model)[0]
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == lb.BN_CALIBRATION_BATCHES
 
 
 # --- the grid ---------------------------------------------------------------------------------------
@@ -227,7 +231,8 @@ def test_a_dead_workers_running_trial_is_failed_by_heartbeat_and_rerun(tmp_path,
     dead = study.ask()  # a worker took a pair, sent one heartbeat and died
     dead.suggest_categorical("baseline", choices["baseline"])
     dead.suggest_categorical("horizon", choices["horizon"])
-    study._storage.record_heartbeat(dead._trial_id)
+    storage = bl._storage(url, os.getpid())
+    storage.record_heartbeat(bl._trial_id(storage, study, dead.number))
     dead_pair = (dead.params["baseline"], dead.params["horizon"])
     runs = CountingRuns()
     monkeypatch.setattr(bl, "run_baseline", runs)
@@ -235,7 +240,7 @@ def test_a_dead_workers_running_trial_is_failed_by_heartbeat_and_rerun(tmp_path,
     bl._storage.cache_clear()
     assert sorted(runs.calls) == sorted((n, h * NQM.task.inner_steps) for n in names for h in (1, 2))
     assert runs.calls[-1][1] == dead_pair[1] * NQM.task.inner_steps  # the free pair first, then the dead one
-    assert len(result) == 2 and study._storage.get_trial(dead._trial_id).state == TrialState.FAIL
+    assert len(result) == 2 and study.get_trials()[dead.number].state == TrialState.FAIL
 
 
 def _grid_worker(url: str, cfg_yaml: str, names: list[str], queue) -> None:

@@ -7,9 +7,9 @@ import shutil
 import pytest
 
 from lhopt_dsl import TABLE1_ROWS, load_spec
+from lhopt_dsl.baselines import BASELINES
 from lhopt_dsl.controller import DEFAULT_POLICY
 from lhopt_dsl.sample import default_initial_hparams
-from runners.baselines import BASELINES
 from runners.cli import main
 from runners.evaluate import eval_config, summarise, task_scores
 
