@@ -23,7 +23,6 @@ on AdamW; schedules from any other space are refused.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -35,9 +34,8 @@ from torch import nn
 
 from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .schedule import segment_bounds
-from .observation import FeatureBuilder, flatten, norm_ratios
+from .observation import FeatureBuilder, Observer, flatten
 from .optim import CIAO
-from .optim.stats import mean_stats
 from .policy import ActorCritic, load_checkpoint
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
 
@@ -108,43 +106,28 @@ class LHOPT(CIAO):
         self._module = model if model is not None else _Params(self._all_params)
         self.bank = CheckpointBank(self.features.slots, HPARAM_NAMES)
         self.initial = current_hparams(self)
+        # What the policy sees, as in meta-training; it also says what it sees of losses never reported.
+        self.observer = Observer(self.features, self.outer_steps, self.initial)
         self.step_count, self.decisions = 0, 0
         self._state: tuple = (None, None)
-        self._prev_action: np.ndarray | None = None
-        self._train_losses: list[float] = []
-        self._valid_loss = math.nan
-        self._stats: list[dict[str, float]] = []
-        self._last_stats: dict[str, float] = {}
-        self._prev_flat = flatten(self._all_params)
         self.history: list[dict[str, Any]] = []  # hyperparameters chosen at each decision
 
     def observe(self, *, train_loss: float | None = None, valid_loss: float | None = None) -> None:
         """Report losses; the policy sees the mean training loss since its last decision and the
-        latest validation loss."""
-        if train_loss is not None:
-            self._train_losses.append(float(train_loss))
-        if valid_loss is not None:
-            self._valid_loss = float(valid_loss)
+        latest validation loss (:class:`~lhopt_dsl.observation.Observer` says what it sees when you
+        report none)."""
+        self.observer.report(train_loss=train_loss, valid_loss=valid_loss)
 
     def _decide(self) -> None:
-        progress = self.decisions / self.outer_steps
-        now = flatten(self._all_params)
-        ratios = (1.0, math.nan) if self.decisions == 0 else norm_ratios(self._prev_flat, now)  # as the env's reset
-        self._prev_flat = now
-        stats = mean_stats(self._stats) or self._last_stats  # the latest statistics when a segment had none
-        self._last_stats, self._stats = stats, []
-        train = float(np.mean(self._train_losses)) if self._train_losses else math.nan
-        self._train_losses = []
-        x = self.features.policy(progress, self._prev_action, train, self._valid_loss, self.bank.slots,
-                                 current_hparams(self),
-                                 self.initial, ratios[0], ratios[1], stats)  # fmt: skip
+        x = self.observer.policy(current_hparams(self), self.bank.slots, flatten(self._all_params))
         x = self.policy.policy_norm(x, update=False)
         v = np.zeros(self.policy.shape.value_size, dtype=np.float32)  # the critic is not needed to act
         action, _, _, self._state = self.policy.act(x, v, self._state, self.generator, self.deterministic)
         kind, slot = self.actions.restart(action) if self.features.slots else ("none", -1)
-        self._valid_loss = self.bank.apply(kind, slot, self._module, self, progress, self._valid_loss)
+        valid = self.bank.apply(kind, slot, self._module, self, self.observer.progress, self.observer.valid_loss)
+        self.observer.restarted(valid)
         applied = apply_action(self, self.actions, action)
-        self._prev_action = action
+        self.observer.acted(action)
         self.decisions += 1
         # Exact fraction of the run at which these values take effect (what ScheduleReplay switches on).
         at = self.bounds[self.decisions - 1] / self.total_steps
@@ -156,11 +139,11 @@ class LHOPT(CIAO):
         if self.decisions < self.outer_steps and self.step_count >= self.bounds[self.decisions]:
             self._decide()
         want = (self.step_count + 1) % self.stats_every == 0 if stats is None else stats
-        if loss is None and self._train_losses:
-            loss = self._train_losses[-1]
+        if loss is None:
+            loss = self.observer.last_train_loss
         out = super().step(closure, stats=want, loss=loss)
         if want and self.stats is not None:
-            self._stats.append(self.stats)
+            self.observer.report(stats=self.stats)
         self.step_count += 1
         return out
 

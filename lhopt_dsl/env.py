@@ -25,7 +25,7 @@ import torch
 from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .compile import compile_task
 from .compile.task import InnerTask
-from .observation import FeatureBuilder, flatten, norm_ratios
+from .observation import FeatureBuilder, Observer, flatten
 from .sample import TaskConfig
 from .optim import CIAO
 from .schedule import segment_bounds
@@ -114,19 +114,17 @@ class InnerTrainingEnv(gym.Env):
         self.task = compile_task(cfg, self.device, self.data_dir, max_valid=self.max_valid)
         self.optimizer = CIAO(self.task.params, **ciao_kwargs(cfg.hparams))
         self.initial = cfg.hparams.controlled()
+        self.observer = Observer(self.features, self.task.outer_steps, self.initial)
         self.bank = CheckpointBank(self.features.slots, HPARAM_NAMES)
         self.bounds = segment_bounds(self.task.steps, self.task.outer_steps)
         self.k = 0
         self.reward_so_far = 0.0
-        self.prev_action: np.ndarray | None = None
-        self.stats: dict[str, float] = {}
-        self.features.reset()
         self.valid_loss = self.task.valid_loss()
-        self.train_loss = float("nan")
-        self.prev_params = flatten(self.task.params)
+        self.train_loss = float("nan")  # nothing trained yet
+        self.observer.report(valid_loss=self.valid_loss)
         self.curve = [self.valid_loss]
         self.test_loss = float("nan")
-        obs = self._observe(param_norm_ratio=1.0, update_ratio=float("nan"))
+        obs = self._observe()
         return obs, self._info(applied=current_hparams(self.optimizer), restart=("none", -1))
 
     def step(self, action: Sequence[int]):
@@ -135,18 +133,20 @@ class InnerTrainingEnv(gym.Env):
         if self.k >= self.task.outer_steps:
             raise RuntimeError("the episode has ended; call reset()")
         a = self.actions.check(action)
-        progress = self.k / self.task.outer_steps
         kind, slot = self.actions.restart(a) if self.features.slots else ("none", -1)
         # The reward compares with the loss the run had before any restart: a load that jumps back
         # to a better checkpoint must not be paid for twice (rewards telescope over the episode).
         prev_valid = self.valid_loss
-        self.valid_loss = self.bank.apply(kind, slot, self.task.model, self.optimizer, progress, self.valid_loss)
+        self.valid_loss = self.bank.apply(kind, slot, self.task.model, self.optimizer, self.observer.progress,
+                                          self.valid_loss)  # fmt: skip
+        self.observer.restarted(self.valid_loss)
         applied = apply_action(self.optimizer, self.actions, a)
+        self.observer.acted(a)
         start, stop = self.bounds[self.k], self.bounds[self.k + 1]
         seg = train_segment(self.task, self.optimizer, stop - start, start, self.stats_every)
-        self.stats = seg.stats or self.stats  # keep the latest statistics when a segment had none
         self.train_loss = seg.train_loss
         self.valid_loss = self.task.valid_loss()
+        self.observer.report(train_loss=seg.train_loss, valid_loss=self.valid_loss, stats=seg.stats)
         self.curve.append(self.valid_loss)
         self.k += 1
         done = self.k == self.task.outer_steps
@@ -155,11 +155,7 @@ class InnerTrainingEnv(gym.Env):
         reward = float(self.reward_fn(OuterStep(self.k, self.k / self.task.outer_steps, self.train_loss,
                                                 self.valid_loss, prev_valid, done, self.config)))  # fmt: skip
         self.reward_so_far += reward
-        self.prev_action = a
-        now = flatten(self.task.params)
-        ratios = norm_ratios(self.prev_params, now)
-        self.prev_params = now
-        obs = self._observe(*ratios)
+        obs = self._observe()
         info = self._info(applied=applied, restart=(kind, slot))
         if done:
             info["test_loss"] = self.test_loss  # the run's score; the policy never sees it
@@ -167,18 +163,9 @@ class InnerTrainingEnv(gym.Env):
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _observe(self, param_norm_ratio: float, update_ratio: float) -> dict[str, np.ndarray]:
-        progress = self.k / self.task.outer_steps
-        policy = self.features.policy(
-            progress, self.prev_action, self.train_loss, self.valid_loss, self.bank.slots, current_hparams(self.optimizer),
-            self.initial, param_norm_ratio, update_ratio, self.stats,
-        )  # fmt: skip
-        base_now = base_final = float("nan")
-        if self.baseline is not None and len(self.baseline):
-            idx = min(int(round(progress * (len(self.baseline) - 1))), len(self.baseline) - 1)
-            base_now, base_final = float(self.baseline[idx]), float(self.baseline[-1])
-        value = self.features.value(policy, self.config.task, self.initial, self.reward_so_far,
-                                    self.train_loss, self.valid_loss, base_now, base_final)  # fmt: skip
+    def _observe(self) -> dict[str, np.ndarray]:
+        policy = self.observer.policy(current_hparams(self.optimizer), self.bank.slots, flatten(self.task.params))
+        value = self.observer.value(policy, self.config.task, self.reward_so_far, self.baseline)
         return {"policy": policy, "value": value}
 
     def _info(self, applied: dict[str, float], restart: tuple[str, int]) -> dict[str, Any]:

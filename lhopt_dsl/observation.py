@@ -23,6 +23,10 @@ value, is_nan, and CDF features. Train loss is the mean over the last segment's 
 Value features (J.2): the policy features plus a vector encoding of the task's choices, the
 initial hyperparameters, the reward so far, raw log losses, and the baseline's validation loss at
 the same progress and at its end, when a baseline curve is given.
+
+:class:`FeatureBuilder` lays the vectors out from given values; :class:`Observer` owns the sequence
+of one run that those values come from (what was reported in each segment, what was seen before),
+and so defines what the policy sees of an observation nobody made.
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ from __future__ import annotations
 import functools
 import math
 import typing
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from .actions import ActionSpace, Checkpoint
 from .features import IntegralCDF, sanitize
-from .optim.stats import STAT_NAMES
+from .optim.stats import STAT_NAMES, mean_stats
 from .spec.families import CNNTask, MLPTask, NQMTask, RNNTask, TextRNNTask, TransformerTask
 from .spec.hparams import HyperparameterSpace
 
@@ -45,6 +49,9 @@ NB = 5  # values of b for the integral CDF features
 TASK_CLASSES = (MLPTask, CNNTask, RNNTask, TextRNNTask, TransformerTask, NQMTask)
 # Series that get integral CDF features, in order.
 CDF_SERIES = ("log_loss_ratio", "log_train", "log_valid", "log_param_norm_ratio", "log_update_ratio", *STAT_NAMES)
+# What the policy sees of an observation nobody made (Observer, which lists the cases).
+MISSING_LOSS = math.nan  # a training or validation loss that was not reported (cases 1 and 2)
+FIRST_RATIOS = (1.0, math.nan)  # (|theta| ratio, update ratio) of the first vector: no previous parameters (case 5)
 
 
 def _log(x: float) -> float:
@@ -207,3 +214,154 @@ class FeatureBuilder:
         v, nan, _ = _flagged(gap)
         extra += [math.tanh(v), nan]
         return np.concatenate([policy_vec, task_vector(task), np.asarray(extra, dtype=np.float32)])
+
+
+class Seen(NamedTuple):
+    """The losses one policy vector saw, at its progress (the value features reuse them)."""
+
+    progress: float
+    train_loss: float
+    valid_loss: float
+
+
+class Observer:
+    """What a policy sees of one run: told what happens, it gives the policy's vector at each decision.
+
+    Every driver of a policy keeps one per run: the environment of meta-training
+    (:class:`~lhopt_dsl.env.InnerTrainingEnv`), the batched population rollouts
+    (:func:`~lhopt_dsl.rollout.population_rollouts`) and the drop-in :class:`~lhopt_dsl.controller.LHOPT`.
+    They tell it what happens during a segment (:meth:`report` training losses, optimizer statistics
+    and validation losses; :meth:`restarted`; :meth:`acted`) and ask at each decision for the policy's
+    vector (:meth:`policy`, given the hyperparameters, checkpoints and parameters now) and, where a
+    critic needs it, the value vector (:meth:`value`). With this sequence state in one place, a
+    policy sees in a user's training loop what it saw in meta-training: equal reports give equal
+    vectors (tests/test_observer.py). The i-th vector (from 0) is at progress i / ``outer_steps`` and
+    summarises the segment since the previous one:
+
+    * train loss: the mean of the training losses reported in the segment;
+    * valid loss: the latest reported, or the restored checkpoint's after a restart that loads one;
+    * optimizer statistics: the mean (:func:`~lhopt_dsl.optim.stats.mean_stats`) of the samples
+      reported in the segment;
+    * parameter-norm ratios: between the parameters given to this vector and to the previous one;
+    * the previous action, and each controlled hyperparameter now against ``initial``.
+
+    Missing observations. What the policy sees when something was not reported is decided here and
+    nowhere else, in :meth:`_summarise` (and :data:`MISSING_LOSS`); meta-training produces only some
+    of these cases, noted below, so a policy has learnt nothing about the others:
+
+    1. no training loss in a segment: NaN (the train and loss-ratio features are flagged is_nan,
+       their CDF features are 0.5 and their history skips it). Training has none before its first
+       segment (progress 0); later, NaN there means a training loss went NaN (a diverged run), so a
+       policy reads a missing train loss mid-run as a divergence. The drop-in produces it whenever
+       no ``observe(train_loss=...)`` came between two decisions.
+    2. no validation loss reported yet: NaN (flagged as in 1.; with no validation loss in the
+       history, a saved checkpoint shows as an empty slot). Training measures one before its first
+       decision, so only the drop-in produces this, until its first ``observe(valid_loss=...)``.
+    3. no validation loss in a segment: the latest one, unchanged (and added to the percentile
+       history again). Training measures one after every segment.
+    4. no statistics in a segment: those of the latest segment that had some; before any, none, so
+       each statistic is NaN with its flag set. Training has none at progress 0 (and would carry
+       them over through a segment without a statistics step).
+    5. no previous parameters (the first vector): parameter-norm ratio 1 (unchanged), update ratio
+       NaN. No previous action (the first vector): an all-zero one-hot. Both as in training.
+    """
+
+    def __init__(self, features: FeatureBuilder, outer_steps: int, initial: dict[str, float]):
+        features.reset()  # one observer per run: the feature history starts with it
+        self.features = features
+        self.outer_steps = outer_steps
+        self.initial = dict(initial)  # the run's initial hyperparameters (log(current / initial) features)
+        self.seen: list[Seen] = []  # one entry per vector given, in order
+        self.prev_action: np.ndarray | None = None
+        self.valid_loss = MISSING_LOSS  # the latest validation loss
+        self._train: list[float] = []  # the current segment's reports
+        self._stats: list[dict[str, float]] = []
+        self._last_stats: dict[str, float] = {}  # of the latest segment that had some
+        self._prev_params: torch.Tensor | None = None  # given to the previous vector
+
+    # --- what happened ---------------------------------------------------------------------------
+
+    def report(
+        self, *, train_loss: float | None = None, valid_loss: float | None = None, stats: dict[str, float] | None = None
+    ) -> None:
+        """Something measured during the current segment: a training loss (one step's, or a segment's
+        mean as one report), the validation loss, one statistics step's optimizer statistics (or a
+        segment's mean). None or empty: not measured."""
+        if train_loss is not None:
+            self._train.append(float(train_loss))
+        if valid_loss is not None:
+            self.valid_loss = float(valid_loss)
+        if stats:
+            self._stats.append(stats)
+
+    def restarted(self, valid_loss: float) -> None:
+        """A restart action ran; ``valid_loss`` is that of the state now current (a loaded
+        checkpoint's, the same one otherwise): the policy sees it until a new one is reported."""
+        self.valid_loss = float(valid_loss)
+
+    def acted(self, action: np.ndarray) -> None:
+        """The action taken at this decision; the next vector shows it."""
+        self.prev_action = action
+
+    @property
+    def last_train_loss(self) -> float | None:
+        """The latest training loss reported since the last vector (None if none was)."""
+        return self._train[-1] if self._train else None
+
+    @property
+    def progress(self) -> float:
+        """Progress of the latest vector, that is of the decision it serves."""
+        return self.seen[-1].progress
+
+    # --- what the policy sees ------------------------------------------------------------------
+
+    def policy(
+        self, hparams: dict[str, float], checkpoints: Sequence[Checkpoint | None], params: torch.Tensor
+    ) -> np.ndarray:
+        """The policy's vector at the next decision, from what was reported since the last one.
+
+        ``params``: all parameters now as one vector (:func:`flatten`); it is kept for the next
+        vector's ratios, so must not change in place afterwards.
+        """
+        progress = len(self.seen) / self.outer_steps
+        train, stats, (norm_ratio, update_ratio) = self._summarise(params)
+        self.seen.append(Seen(progress, train, self.valid_loss))
+        return self.features.policy(progress, self.prev_action, train, self.valid_loss, checkpoints, hparams,
+                                    self.initial, norm_ratio, update_ratio, stats)  # fmt: skip
+
+    def value(
+        self,
+        policy_vec: np.ndarray,
+        task: Any,
+        reward_so_far: float,
+        baseline: Sequence[float] | None = None,
+        at: int = -1,
+    ) -> np.ndarray:
+        """The value function's vector beside ``policy_vec``, the ``at``-th policy vector (default: the latest).
+
+        ``baseline``: the baseline run's validation loss at its evenly spaced evaluations, read at
+        the vector's progress and at its end (NaN without one).
+        """
+        seen = self.seen[at]
+        now = final = math.nan
+        if baseline is not None and len(baseline):
+            idx = min(int(round(seen.progress * (len(baseline) - 1))), len(baseline) - 1)
+            now, final = float(baseline[idx]), float(baseline[-1])
+        return self.features.value(policy_vec, task, self.initial, reward_so_far, seen.train_loss, seen.valid_loss,
+                                   now, final)  # fmt: skip
+
+    def _summarise(self, params: torch.Tensor) -> tuple[float, dict[str, float], tuple[float, float]]:
+        """(train loss, statistics, parameter ratios) of the segment just ended; starts the next one.
+
+        The one place that decides what a missing observation looks like (the class docstring's
+        list; the validation loss is missing as the NaN it starts with, or stays at the latest).
+        """
+        train = float(np.mean(self._train)) if self._train else MISSING_LOSS  # 1.
+        stats = mean_stats(self._stats) or self._last_stats  # 4.: {} gives NaN for every statistic
+        if self._prev_params is None:  # 5.
+            ratios = FIRST_RATIOS
+        else:
+            ratios = norm_ratios(self._prev_params, params)
+        self._train, self._stats, self._last_stats, self._prev_params = [], [], stats, params
+        return train, stats, ratios
+

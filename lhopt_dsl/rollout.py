@@ -18,8 +18,7 @@ import torch
 from .actions import ActionSpace, Checkpoint, CheckpointBank, act_on_values
 from .compile import compile_task
 from .env import InnerTrainingEnv, OuterStep, RewardFn, log_improvement_reward
-from .observation import FeatureBuilder, norm_ratios
-from .optim.stats import mean_stats
+from .observation import FeatureBuilder, Observer
 from .policy import ActorCritic
 from .population import CIAOPopulation, batchable, population_pays
 from .reward import PowerLawReward, ShapedReward
@@ -55,6 +54,36 @@ class Episode:
         return len(self.rewards)
 
 
+@dataclass
+class _Record:
+    """An episode's rows as it is played, one per outer step (the fields of :class:`Episode`):
+    :func:`run_episode` adds the critic's rows as it goes, the population rollouts once their runs
+    are done (they need the finished baseline curve)."""
+
+    raw_policy: list[np.ndarray] = field(default_factory=list)
+    policy_obs: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    hparams: list[dict[str, float]] = field(default_factory=list)
+    restarts: list[tuple[str, int]] = field(default_factory=list)
+    raw_value: list[np.ndarray] = field(default_factory=list)
+    value_obs: list[np.ndarray] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+
+    def add(self, **row: Any) -> None:
+        for name, value in row.items():
+            getattr(self, name).append(value)
+
+    def episode(self, cfg: TaskConfig, curve: list[float], test_loss: float = math.nan) -> Episode:
+        return Episode(
+            np.stack(self.policy_obs), np.stack(self.value_obs), np.stack(self.raw_policy), np.stack(self.raw_value),
+            np.stack(self.actions), np.asarray(self.logprobs), np.asarray(self.values),
+            np.asarray(self.rewards, dtype=np.float64), list(curve), self.hparams, self.restarts, cfg.family,
+            cfg.task_id, inner_steps=cfg.task.inner_steps, test_loss=test_loss,
+        )  # fmt: skip
+
+
 def run_episode(
     env: InnerTrainingEnv,
     cfg: TaskConfig,
@@ -75,7 +104,7 @@ def run_episode(
     env.reward_fn = reward_fn
     obs, info = env.reset(options={"config": cfg, "baseline": baseline})
     state: tuple = (None, None)
-    rows: dict[str, list] = {k: [] for k in ("p", "v", "rp", "rv", "a", "lp", "val", "r", "hp", "rs")}
+    record = _Record()
     done = False
     blank = np.zeros(policy.shape.value_size, dtype=np.float32)
     while not done:
@@ -84,21 +113,11 @@ def run_episode(
         else:
             p, v = policy.policy_norm(obs["policy"], update=False), blank
         action, logprob, value, state = policy.act(p, v, state, generator, deterministic)
-        rows["p"].append(p)
-        rows["v"].append(v)
-        rows["rp"].append(obs["policy"])
-        rows["rv"].append(obs["value"])
+        record.add(policy_obs=p, value_obs=v, raw_policy=obs["policy"], raw_value=obs["value"])
         obs, reward, done, _, info = env.step(action)
-        for key, val in (("a", action), ("lp", logprob), ("val", value), ("r", reward)):
-            rows[key].append(val)
-        rows["hp"].append(info["hparams"])
-        rows["rs"].append(info["restart"])
-    return Episode(
-        np.stack(rows["p"]), np.stack(rows["v"]), np.stack(rows["rp"]), np.stack(rows["rv"]),
-        np.stack(rows["a"]), np.asarray(rows["lp"]), np.asarray(rows["val"]), np.asarray(rows["r"], dtype=np.float64),
-        list(env.curve), rows["hp"], rows["rs"], cfg.family, cfg.task_id, inner_steps=cfg.task.inner_steps,
-        test_loss=env.test_loss,
-    )  # fmt: skip
+        record.add(actions=action, logprobs=logprob, values=value, rewards=reward, hparams=info["hparams"],
+                   restarts=info["restart"])  # fmt: skip
+    return record.episode(cfg, env.curve, env.test_loss)
 
 
 @dataclass
@@ -183,12 +202,10 @@ class _Actor:
     policy: ActorCritic
     generator: torch.Generator | None
     deterministic: bool
-    features: FeatureBuilder
+    observer: Observer
     bank: _MemberBank
-    rows: dict[str, list] = field(default_factory=lambda: {k: [] for k in ("rp", "p", "a", "lp", "hp", "rs", "prev")})
-    obs_losses: list[tuple[float, float]] = field(default_factory=list)  # (train, valid) when each obs was made
-    prev_action: np.ndarray | None = None
-    stats: dict[str, float] = field(default_factory=dict)
+    record: _Record = field(default_factory=_Record)
+    prev_valid: list[float] = field(default_factory=list)  # the validation loss before each action, for its reward
 
 
 def population_rollouts(
@@ -224,97 +241,86 @@ def population_rollouts(
     plan += [(policy, torch.Generator().manual_seed(seed * 1000 + r), False) for r in range(rollouts)]
     pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * (1 + len(plan)), compiled=compiled)  # row 0: initial hyperparameters
     initial = cfg.hparams.controlled()
+    outer = task.outer_steps
     actors = []
     for i, (pol, gen, greedy) in enumerate(plan):
         features = FeatureBuilder(actions, space)
-        actors.append(_Actor(i + 1, pol, gen, greedy, features, _MemberBank(features.slots, pop, i + 1)))
+        actors.append(_Actor(i + 1, pol, gen, greedy, Observer(features, outer, initial),
+                             _MemberBank(features.slots, pop, i + 1)))  # fmt: skip
+    by_row = {a.k: a for a in actors}
     bounds = segment_bounds(task.steps, task.outer_steps)
-    outer = task.outer_steps
     valid = pop.evaluate(task.valid_batches).tolist()
     curves = [[v] for v in valid]
-    train = [math.nan] * pop.k
-    prev_flat = pop.flat.clone()
-    ratios = [(1.0, math.nan)] * pop.k
     states: dict[tuple[int, bool], Any] = {}  # actor LSTM state of each batch
     groups: dict[tuple[int, bool], list[_Actor]] = {}
     for a in actors:  # members that act alike (same policy, both greedy or both sampling) form a batch
         groups.setdefault((id(a.policy), a.deterministic), []).append(a)
-        a.obs_losses.append((math.nan, valid[a.k]))
-    for t in range(outer):
-        progress = t / outer
+        a.observer.report(valid_loss=valid[a.k])
+    for t in range(outer + 1):
+        flat = pop.flat.clone()  # the parameters now (the observers keep them for the next norm ratios)
+        raw = {a.k: a.observer.policy(pop.hparams(a.k), a.bank.slots, flat[a.k]) for a in actors}
+        if t == outer:  # as the environment's last observation: its losses pay the last rewards
+            break
         for key, group in groups.items():
             pol = group[0].policy
-            raw = []
-            for a in group:
-                raw.append(a.features.policy(progress, a.prev_action, train[a.k], valid[a.k], a.bank.slots,
-                                             pop.hparams(a.k), initial, *ratios[a.k], a.stats))  # fmt: skip
-            norm = pol.policy_norm(np.stack(raw), update=False)
+            norm = pol.policy_norm(np.stack([raw[a.k] for a in group]), update=False)
             chosen, logprobs, states[key] = pol.act_batch(
                 norm, states.get(key), [a.generator for a in group], group[0].deterministic
             )
-            for a, r, x, act, lp in zip(group, raw, norm, chosen, logprobs):
-                kind, slot = actions.restart(act) if a.features.slots else ("none", -1)
-                a.rows["prev"].append(valid[a.k])  # the reward compares with the loss before any restart
-                valid[a.k] = a.bank.apply(kind, slot, None, None, progress, valid[a.k])
+            for a, x, act, lp in zip(group, norm, chosen, logprobs):
+                kind, slot = actions.restart(act) if a.observer.features.slots else ("none", -1)
+                a.prev_valid.append(valid[a.k])  # the reward compares with the loss before any restart
+                valid[a.k] = a.bank.apply(kind, slot, None, None, a.observer.progress, valid[a.k])
+                a.observer.restarted(valid[a.k])
                 applied = act_on_values(actions, act, pop.hparams(a.k))
                 pop.set_hparams(a.k, applied)
-                for name, val in (("rp", r), ("p", x), ("a", act), ("lp", lp), ("hp", applied), ("rs", (kind, slot))):
-                    a.rows[name].append(val)
-                a.prev_action = act
-        losses, collected = [], [[] for _ in range(pop.k)]
+                a.observer.acted(act)
+                a.record.add(raw_policy=raw[a.k], policy_obs=x, actions=act, logprobs=lp, hparams=applied,
+                             restarts=(kind, slot))  # fmt: skip
+        losses = []
         for i in range(bounds[t], bounds[t + 1]):
             want = stats_every > 0 and (i + 1) % stats_every == 0
             loss, stats = pop.train_step(stats=want)
             losses.append(loss)
             for k, st in enumerate(stats or []):
-                collected[k].append(st)
+                if k in by_row:
+                    by_row[k].observer.report(stats=st)
         train = torch.stack(losses).double().mean(0).tolist() if losses else [math.nan] * pop.k
-        for a in actors:
-            a.stats = mean_stats(collected[a.k]) or a.stats
         valid = pop.evaluate(task.valid_batches).tolist()
         for curve, v in zip(curves, valid):
             curve.append(v)
-        ratios = [norm_ratios(prev_flat[k], pop.flat[k]) for k in range(pop.k)]
-        prev_flat = pop.flat.clone()
         for a in actors:
-            a.obs_losses.append((train[a.k], valid[a.k]))
+            a.observer.report(train_loss=train[a.k], valid_loss=valid[a.k])
 
     initial_curve = curves[0]
     base = curves[actors[0].k] if ema_policy is not None else initial_curve
     reward = PowerLawReward(bounds, base)
     vs_initial = PowerLawReward(bounds, initial_curve)
-    episodes = [_finish(a, curves[a.k], cfg, initial, reward, base) for a in actors if not a.deterministic]
+    episodes = [_finish(a, curves[a.k], cfg, reward, base) for a in actors if not a.deterministic]
     for ep in episodes:
         ep.final_reward = reward(ep.valid_curve[-1])
         ep.reward_vs_initial = vs_initial(ep.valid_curve[-1])
     return TaskResult(episodes, base, initial_curve, cfg.family, cfg.task_id, cfg.task.inner_steps, population=True)
 
 
-def _finish(a: _Actor, curve: list[float], cfg: TaskConfig, initial: dict[str, float], reward: PowerLawReward,
-            base: list[float]) -> Episode:  # fmt: skip
+def _finish(a: _Actor, curve: list[float], cfg: TaskConfig, reward: PowerLawReward, base: list[float]) -> Episode:
     """Rewards, value features and the critic's values of a finished population member."""
     shaped = ShapedReward(reward)
-    outer = len(a.rows["a"])
-    rewards, raw_value, so_far = [], [], 0.0
+    rec, seen = a.record, a.observer.seen  # seen: one more than the steps, the observation at the end
+    outer, so_far = len(rec.actions), 0.0
     for t in range(outer):
-        idx = min(int(round(t / outer * (len(base) - 1))), len(base) - 1)
-        tr, va = a.obs_losses[t]
-        raw_value.append(a.features.value(a.rows["rp"][t], cfg.task, initial, so_far, tr, va, float(base[idx]),
-                                          float(base[-1])))  # fmt: skip
-        tr_next, _ = a.obs_losses[t + 1]
-        r = float(shaped(OuterStep(t + 1, (t + 1) / outer, tr_next, curve[t + 1], a.rows["prev"][t], t + 1 == outer, cfg)))
-        rewards.append(r)
+        rec.raw_value.append(a.observer.value(rec.raw_policy[t], cfg.task, so_far, base, at=t))
+        r = float(shaped(OuterStep(t + 1, (t + 1) / outer, seen[t + 1].train_loss, curve[t + 1], a.prev_valid[t],
+                                   t + 1 == outer, cfg)))  # fmt: skip
+        rec.rewards.append(r)
         so_far += r
-    policy_obs = np.stack(a.rows["p"])
-    value_obs = a.policy.value_norm(np.stack(raw_value), update=False)
+    policy_obs = np.stack(rec.policy_obs)
+    value_obs = a.policy.value_norm(np.stack(rec.raw_value), update=False)
     with torch.no_grad():
         values, _ = a.policy.critic_forward(torch.as_tensor(policy_obs, dtype=torch.float32).unsqueeze(1),
                                             torch.as_tensor(value_obs, dtype=torch.float32).unsqueeze(1))  # fmt: skip
-    return Episode(
-        policy_obs, value_obs, np.stack(a.rows["rp"]), np.stack(raw_value), np.stack(a.rows["a"]),
-        np.asarray(a.rows["lp"]), values[:, 0].double().numpy(), np.asarray(rewards, dtype=np.float64), list(curve),
-        a.rows["hp"], a.rows["rs"], cfg.family, cfg.task_id, inner_steps=cfg.task.inner_steps,
-    )  # fmt: skip
+    rec.value_obs, rec.values = list(value_obs), values[:, 0].double().tolist()
+    return rec.episode(cfg, curve)
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, gamma: float = 1.0, lam: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,118 @@
+"""The observer: one definition of what a policy sees, shared by the environment, the population
+rollouts and the drop-in optimizer (the population's equality with the environment is in
+tests/test_population.py)."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lhopt_dsl import load_spec, sample
+from lhopt_dsl.actions import ActionSpace, Checkpoint
+from lhopt_dsl.compile import compile_task
+from lhopt_dsl.controller import LHOPT
+from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.observation import FIRST_RATIOS, MISSING_LOSS, FeatureBuilder, Observer, norm_ratios
+from lhopt_dsl.optim import STAT_NAMES
+from lhopt_dsl.policy import ActorCritic
+from lhopt_dsl.rollout import run_episode
+from lhopt_dsl.schedule import segment_bounds
+from runners.meta_train import policy_shape
+
+from .conftest import SPECS
+from .test_env import policy_layout
+
+SMOKE = load_spec(SPECS / "smoke.yaml")
+
+
+@pytest.mark.parametrize("family", ["nqm", "mlp"])
+def test_the_drop_in_and_the_environment_show_the_policy_the_same_vectors(family):
+    """Told the same things (a training loss and CIAO's statistics at each step, the validation loss
+    before the run and after each segment), LHOPT in a user's loop and the environment of
+    meta-training give the policy identical vectors, and so take the same actions and restarts."""
+    cfg = next(c for c in (sample(SMOKE, s) for s in range(200)) if c.family == family)
+    torch.manual_seed(0)
+    policy = ActorCritic(policy_shape(SMOKE))
+    policy.policy_norm(torch.randn(64, policy.shape.policy_size).numpy() * 3)  # non-trivial normaliser
+    env = InnerTrainingEnv(SMOKE.hparams)
+    episode = run_episode(env, cfg, policy, log_improvement_reward, generator=torch.Generator().manual_seed(5),
+                          critic=False)  # fmt: skip
+
+    task = compile_task(cfg)  # the same weights and data order as the environment's
+    opt = LHOPT(task.params, copy.deepcopy(policy), total_steps=task.steps, outer_steps=task.outer_steps,
+                initial=cfg.hparams.controlled(), model=task.model, deterministic=False, seed=5)  # fmt: skip
+    seen, normalise = [], opt.policy.policy_norm
+    opt.policy.policy_norm = lambda x, update=False: normalise(seen.append(x.copy()) or x, update=update)
+    opt.observe(valid_loss=task.valid_loss())
+    bounds = segment_bounds(task.steps, task.outer_steps)
+    for a, b in zip(bounds, bounds[1:]):
+        for _ in range(a, b):
+            loss = task.train_loss(task.next_batch())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step(loss=float(loss.detach()))  # as the environment: this step's statistics see its loss
+            opt.observe(train_loss=float(loss.detach()))  # counted in the segment it belongs to
+        opt.observe(valid_loss=task.valid_loss())
+
+    assert len(seen) == len(episode.raw_policy) == task.outer_steps
+    np.testing.assert_array_equal(np.stack(seen), episode.raw_policy)
+    assert [h["restart"] for h in opt.history] == [kind for kind, _ in episode.restarts]
+    assert any(kind != "none" for kind, _ in episode.restarts)  # the restart path is covered
+    for mine, theirs in zip(opt.history, episode.hparams):
+        assert {n: mine[n] for n in theirs} == theirs
+
+
+def test_missing_observations_look_as_the_observer_documents():
+    """The cases of Observer's docstring, against FeatureBuilder given the documented values by hand
+    (the same sequence, as its CDF history depends on the order)."""
+    actions = ActionSpace(SMOKE.hparams)
+    initial = {n: hp.init for n, hp in SMOKE.hparams.controlled().items()}
+    observer = Observer(FeatureBuilder(actions, SMOKE.hparams), outer_steps=4, initial=initial)
+    ref = FeatureBuilder(actions, SMOKE.hparams)
+    at = policy_layout(ref)
+    slots = [None] * ref.slots
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(50, generator=g) for _ in range(4)]
+    sample = lambda shift: {n: float(i + shift) for i, n in enumerate(STAT_NAMES)}  # noqa: E731
+
+    # Nothing reported yet, as the drop-in before any observe(): no losses (1., 2.), no statistics
+    # (4.), no previous parameters or action (5.); a saved checkpoint shows as empty (2.).
+    saved = [Checkpoint({}, {}, 0.0, math.nan), *slots[1:]]
+    first = observer.policy(initial, saved, params[0])
+    np.testing.assert_array_equal(first, ref.policy(0.0, None, math.nan, math.nan, saved, initial, initial, 1.0,
+                                                    math.nan, {}))  # fmt: skip
+    assert math.isnan(MISSING_LOSS) and FIRST_RATIOS[0] == 1.0 and math.isnan(FIRST_RATIOS[1])  # as documented
+    flags = ["loss_ratio/is_nan", "log_train/is_nan", "log_valid/is_nan", "checkpoint0/is_empty"]
+    assert [first[at[f]] for f in flags] == [1.0] * 4
+    assert all(first[at[f"{s}/is_nan_or_inf"]] == 1.0 for s in STAT_NAMES)
+    assert not first[at["prev_action0"] : at["loss_ratio/is_nan"]].any()  # no previous action
+    assert first[at["log_param_norm_ratio/tanh"]] == 0.0 and first[at["log_update_ratio/tanh"]] == 0.0
+
+    # A segment with everything reported: the means of its training losses and statistics.
+    action = actions.identity()
+    observer.acted(action)
+    for loss in (2.0, 4.0):
+        observer.report(train_loss=loss)
+    observer.report(stats=sample(1.0))
+    observer.report(stats=sample(3.0), valid_loss=5.0)
+    full = observer.policy(initial, slots, params[1])
+    stats = {n: float(i + 2.0) for i, n in enumerate(STAT_NAMES)}
+    np.testing.assert_array_equal(full, ref.policy(0.25, action, 3.0, 5.0, slots, initial, initial,
+                                                   *norm_ratios(params[0], params[1]), stats))  # fmt: skip
+
+    # A segment with nothing reported: NaN train loss (1.), the latest valid loss (3.), the latest
+    # statistics (4.).
+    empty = observer.policy(initial, slots, params[2])
+    np.testing.assert_array_equal(empty, ref.policy(0.5, action, math.nan, 5.0, slots, initial, initial,
+                                                    *norm_ratios(params[1], params[2]), stats))  # fmt: skip
+    assert empty[at["log_train/is_nan"]] == 1.0 and empty[at["log_valid/is_nan"]] == 0.0
+    assert math.isnan(observer.seen[2].train_loss) and observer.seen[2].valid_loss == 5.0
+
+    # A restart that loads a checkpoint: its validation loss, until a new one is reported.
+    observer.restarted(1.5)
+    restarted = observer.policy(initial, slots, params[3])
+    np.testing.assert_array_equal(restarted, ref.policy(0.75, action, math.nan, 1.5, slots, initial, initial,
+                                                        *norm_ratios(params[2], params[3]), stats))  # fmt: skip
+    assert [s.progress for s in observer.seen] == [0.0, 0.25, 0.5, 0.75] and observer.progress == 0.75
