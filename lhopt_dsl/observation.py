@@ -1,6 +1,6 @@
 """Assembling the policy's and the value function's feature vectors (paper Appendix J).
 
-:mod:`lhopt_dsl.features` holds the maths (integral CDF features, NaN handling, the running
+:mod:`lhopt_dsl.feature_transforms` holds the maths (integral CDF features, NaN handling, the running
 normaliser); this module decides *which* features exist and in which order. Vectors are raw but
 finite: every NaN or inf becomes a default value with an ``is_nan`` / ``is_inf`` flag beside it.
 Normalisation (EMA mean/std, clip to [-2, 2]) belongs to the policy, whose state it is.
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .actions import ActionSpace, Checkpoint
-from .features import IntegralCDF, sanitize
+from .feature_transforms import IntegralCDF, sanitize
 from .optim.stats import STAT_NAMES, mean_stats
 from .spec.families import CNNTask, MLPTask, NQMTask, RNNTask, TextRNNTask, TransformerTask
 from .spec.hparams import HyperparameterSpace

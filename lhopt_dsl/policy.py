@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from torch import nn
 from torch.distributions import Categorical
 
-from .features import RunningNormalizer
+from .feature_transforms import RunningNormalizer
 
 PRESETS = {"default": (256, 1), "large": (512, 2)}
 

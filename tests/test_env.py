@@ -12,7 +12,7 @@ from lhopt_dsl.actions import ActionSpace, CheckpointBank, apply_action
 from lhopt_dsl.env import InnerTrainingEnv, OuterStep, log_improvement_reward
 from lhopt_dsl.schedule import SHAPES, Schedule, segment_bounds, shape_factor
 from lhopt_dsl.training import run_schedule
-from lhopt_dsl.features import RunningNormalizer
+from lhopt_dsl.feature_transforms import RunningNormalizer
 from lhopt_dsl.observation import NB, TASK_CLASSES, FeatureBuilder, task_vector
 from lhopt_dsl.optim import CIAO, STAT_NAMES
 from lhopt_dsl.spec import HPARAM_NAMES, AdamWSpace, CIAOSpace
