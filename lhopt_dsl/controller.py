@@ -23,6 +23,7 @@ on AdamW; schedules from any other space are refused.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -74,6 +75,16 @@ class LHOPT(CIAO):
     statistics, otherwise restarts cover the parameters and optimizer state; ``initial`` sets the
     starting values of the hyperparameters the policy controls (default: its space's ``init``). A
     policy of the AdamW space runs CIAO as exactly ``torch.optim.AdamW``.
+
+    ``guard`` (on by default) keeps a policy's choices from ruining a run: at every decision where
+    the run looks healthy it keeps a copy of the parameters and optimizer state (and ``model``'s
+    buffers). When a step leaves a parameter non-finite, that step is undone; when a reported loss
+    is non-finite or more than ``guard_factor`` times the first one of its kind, the next step is
+    skipped. Either way the copy is restored and the learning rate multiplied by
+    ``guard_lr_factor``, before any forward pass sees the broken state. Each such event is a row of
+    :attr:`history` with ``restart: "guard"`` and the reason, so exported schedules replay the lowered
+    learning rate. It costs one parameter-norm reduction per step and one copy of the training
+    state in memory; ``guard=False`` turns it off.
     """
 
     def __init__(
@@ -88,9 +99,14 @@ class LHOPT(CIAO):
         deterministic: bool = True,
         seed: int = 0,
         stats_every: int = 4,
+        guard: bool = True,
+        guard_factor: float = 10.0,
+        guard_lr_factor: float = 0.1,
     ):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if guard_factor <= 1.0 or not 0.0 < guard_lr_factor < 1.0:
+            raise ValueError(f"need guard_factor > 1 and 0 < guard_lr_factor < 1, got {guard_factor}, {guard_lr_factor}")
         self.policy, self.space = load_policy(policy)
         start = {n: hp.init for n, hp in self.space.controlled().items()} | (initial or {})
         super().__init__(params, **self.space.initial(start).ciao_kwargs())
@@ -110,15 +126,52 @@ class LHOPT(CIAO):
         self.observer = Observer(self.features, self.outer_steps, self.initial)
         self.step_count, self.decisions = 0, 0
         self._state: tuple = (None, None)
-        self.history: list[dict[str, Any]] = []  # hyperparameters chosen at each decision
+        self.history: list[dict[str, Any]] = []  # hyperparameters chosen at each decision (and guard events)
+        self.guard, self.guard_factor, self.guard_lr_factor = guard, guard_factor, guard_lr_factor
+        self._first: dict[str, float] = {}  # first finite loss reported, per kind
+        self._bad: str | None = None  # why the next step must restore the safe copy instead of stepping
+        self._safe = self.bank.snapshot(self._module, self, 0.0, math.nan) if guard else None
 
     def observe(self, *, train_loss: float | None = None, valid_loss: float | None = None) -> None:
         """Report losses; the policy sees the mean training loss since its last decision and the
         latest validation loss (:class:`~lhopt_dsl.observation.Observer` says what it sees when you
-        report none)."""
-        self.observer.report(train_loss=train_loss, valid_loss=valid_loss)
+        report none).
+
+        With the guard on, a loss that is non-finite or ``guard_factor`` times the first of its kind
+        is not shown to the policy: the state that produced it is undone at the next step.
+        """
+        for kind, value in (("train_loss", train_loss), ("valid_loss", valid_loss)):
+            if value is None:
+                continue
+            value = float(value)
+            if self.guard and self._diverged(kind, value):
+                self._bad = self._bad or f"{kind} {value:.4g}"
+                continue
+            self.observer.report(**{kind: value})
+
+    def _diverged(self, kind: str, value: float) -> bool:
+        """Whether ``value`` (a loss of ``kind``) says the run is diverging; records the first finite one."""
+        if not math.isfinite(value):
+            return True
+        first = self._first.setdefault(kind, value)
+        return value > self.guard_factor * max(abs(first), 1e-12)
+
+    def _restore_safe(self, reason: str) -> None:
+        """Go back to the last healthy copy and lower the learning rate; recorded in the history."""
+        assert self._safe is not None
+        self.bank.restore(self._safe, self._module, self)
+        for group in self.param_groups:
+            group["lr"] *= self.guard_lr_factor
+        self.observer.restarted(self._safe.valid_loss)
+        hparams = {n: float(self.param_groups[0][n]) for n in self.actions.hparams}
+        self.history.append({"progress": self.step_count / self.total_steps, **hparams, "restart": "guard",
+                             "reason": reason})  # fmt: skip
+        self._bad = None
 
     def _decide(self) -> None:
+        if self.guard and self._bad is None and self.step_count > 0:  # healthy so far: the copy to go back to
+            self._safe = self.bank.snapshot(self._module, self, self.step_count / self.total_steps,
+                                            self.observer.valid_loss)  # fmt: skip
         x = self.observer.policy(current_hparams(self), self.bank.slots, flatten(self._all_params))
         x = self.policy.policy_norm(x, update=False)
         v = np.zeros(self.policy.shape.value_size, dtype=np.float32)  # the critic is not needed to act
@@ -135,7 +188,16 @@ class LHOPT(CIAO):
 
     @torch.no_grad()
     def step(self, closure=None, *, stats: bool | None = None, loss: float | None = None):  # noqa: ANN001
-        """An optimizer step; at an outer-step boundary the policy first sets the hyperparameters."""
+        """An optimizer step; at an outer-step boundary the policy first sets the hyperparameters.
+
+        With the guard on, a step that follows a diverging loss report is skipped and the last
+        healthy state restored instead, and a step that leaves a parameter non-finite (non-finite
+        gradients, an overflowing update) is undone the same way, before any forward pass sees it.
+        """
+        if self.guard and self._bad is not None:
+            self._restore_safe(self._bad)
+            self.step_count += 1
+            return None
         if self.decisions < self.outer_steps and self.step_count >= self.bounds[self.decisions]:
             self._decide()
         want = (self.step_count + 1) % self.stats_every == 0 if stats is None else stats
@@ -145,7 +207,13 @@ class LHOPT(CIAO):
         if want and self.stats is not None:
             self.observer.report(stats=self.stats)
         self.step_count += 1
+        if self.guard and not self._parameters_finite():
+            self._restore_safe("non-finite parameters")
         return out
+
+    def _parameters_finite(self) -> bool:
+        # One fused reduction: the norm of all parameters is finite exactly when every entry is.
+        return bool(torch.isfinite(torch.nn.utils.get_total_norm(self._all_params, foreach=True)))
 
     def schedule(self) -> dict[str, Any]:
         """The hyperparameters chosen so far, as a schedule document (see :func:`schedule_from_history`)."""
