@@ -7,9 +7,9 @@ meta-training task) and differ in their hyperparameters. Their parameters live i
 ``vmap(grad(loss))`` over the member axis with the same batch for every member, and CIAO's update
 is applied to the flat buffers with one value of every hyperparameter per member
 (:class:`CIAOPopulation`). AdamW is CIAO with the Adam denominator, clipping and LAMB off, so the
-AdamW baselines run on the same code. The statistics for the policy's features come from the
-same pass, per member, through the formulas the one-model optimizer uses
-(:func:`lhopt_dsl.optim.stats.stats_from_sums`).
+AdamW baselines run on the same code. The update and the statistics for the policy's features are
+the one-model optimizer's own functions (:mod:`lhopt_dsl.optim.functional`), run on the rows of
+the flat buffers; the statistics come from the same pass, per member.
 
 Results equal the one-member-at-a-time path within float tolerance (tests). Tasks whose modules
 cannot be batched this way (BatchNorm's in-place running statistics, packed sequences, recurrent
@@ -26,13 +26,19 @@ a CPU for models with fused kernels (recurrent layers, attention), one member at
 those kernels, as a one-model run evaluates: a forward pass gains nothing from batching there, and
 the explicit forms that ``vmap`` needs are slower than the fused kernels. Whether a population pays
 at all is :func:`population_pays`, measured (docs/PERFORMANCE.md).
+
+What a process learns once per architecture (compiled kernels, the batchability probe, the memory
+of a member's step) lives in a :class:`PopulationCache`: the callers' own, or the process's
+:data:`SHARED_CACHE`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import itertools
 import warnings
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -44,15 +50,17 @@ from .compile.models import use_batchable_forms
 from .compile.task import Batch, InnerTask
 from .schedule import LearningCurve, Schedule, segment_bounds, shape_factor
 from .training import ciao_kwargs, evaluation_count
-from .optim.ciao import DEFAULTS, check_hyperparameters
-from .optim.stats import NOISE_BETA, StepStats, noise_ratio, stats_from_sums
+from .optim.functional import COUNTERS, DEFAULTS, NUMBERS, SWITCHES, advance, check_hyperparameters, coefficients
+from .optim.functional import flat_step_
+from .optim.stats import SUM_NAMES, StepStats, statistics
 from .sample import TaskConfig
 from .spec.families import NQMTask
 from .spec.hparams import HPARAM_NAMES
 
-#: CIAO's hyperparameters that may differ between members (the rest are shared by all).
+#: CIAO's hyperparameters that the policy changes per member (:meth:`CIAOPopulation.set_hparams`);
+#: every hyperparameter that is a number may differ between members, the switches may not.
 MEMBER_HPARAMS = HPARAM_NAMES
-SHARED_HPARAMS = ("denominator", "use_clip", "use_lamb", "lamb_min_trust", "bias_correction")
+SHARED_HPARAMS = SWITCHES
 
 
 class _Member(nn.Module):
@@ -72,96 +80,39 @@ def adamw_settings(s: Schedule) -> dict[str, Any]:
             "one_minus_beta2": 1.0 - s.betas[1], "denominator": "adam", "use_clip": False, "use_lamb": False}  # fmt: skip
 
 
-def _ciao_update(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lamb_ema: torch.Tensor, grad_max: torch.Tensor,
-    clipped: torch.Tensor, cols: torch.Tensor, offsets: list[int], segments: torch.Tensor, use_clip: bool, adam: bool,
-    use_lamb: bool, lamb_min_trust: float,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """CIAO's update of K members on flat (K, N) tensors, in place except for the parameters.
-
-    Returns the update (K, N) to subtract times each member's learning rate, and the (K, tensors)
-    trust ratios. ``cols`` holds the per-member scalars that :meth:`CIAOPopulation.step` computes.
-    """
-    w1, b2, w2, sbc2, eps, wd_bc1, inv_bc1, bl, wl, gclip_decay, gclip_frac, lamb_bc = (
-        c.unsqueeze(1) for c in cols.unbind(1)
-    )
-    if use_clip:
-        grad_norm = torch.linalg.vector_norm(g, dim=1)
-        finite = torch.isfinite(grad_norm)
-        grad_max.copy_(torch.where(finite, torch.maximum(grad_max * gclip_decay[:, 0], grad_norm), grad_max))
-        threshold = gclip_frac[:, 0] * grad_max
-        clip = finite & (grad_norm > threshold)
-        clipped.add_(clip.to(clipped.dtype))
-        g.mul_(torch.where(clip, threshold / grad_norm, torch.ones_like(grad_norm)).unsqueeze(1))
-    m.lerp_(g, w1)
-    v.mul_(b2)
-    if adam:
-        v.addcmul_(g * w2, g)
-        denom = v.sqrt().div_(sbc2).add_(eps)
-    else:
-        torch.maximum(v, g.abs(), out=v)
-        denom = v + eps
-    update = m / denom  # bc1 x the update; 1/bc1 is folded into the trust ratio or applied at the end
-    update.add_(p * wd_bc1)
-    trust = torch.ones_like(lamb_ema)
-    if not use_lamb:
-        return update * inv_bc1, trust
-
-    def norms(x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.linalg.vector_norm(x[:, a:b], dim=1) for a, b in zip(offsets, offsets[1:])], 1)
-
-    lamb_ema.mul_(bl).add_(norms(update) * (inv_bc1 * wl))
-    ema_hat = lamb_ema / lamb_bc
-    p_norm = norms(p)
-    ok = (p_norm > 0) & (ema_hat > 0)
-    trust = torch.where(ok, p_norm / torch.where(ok, ema_hat, torch.ones_like(ema_hat)), torch.ones_like(p_norm))
-    trust = trust.clamp(min=lamb_min_trust)
-    return update * (trust * inv_bc1)[:, segments], trust
-
-
-def _stat_sums(
-    g: torch.Tensor, u: torch.Tensor, trust: torch.Tensor, p: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-    noise_ema: torch.Tensor, clipped: torch.Tensor, eps: torch.Tensor, bc2: torch.Tensor, numels: torch.Tensor,
-    adam: bool,
-) -> torch.Tensor:  # fmt: skip
-    """The (12, K) per-member reductions that :func:`stats_from_sums` turns into statistics, in one
-    pass over the step's tensors (parameters before the update); advances the noise-scale EMA."""
-    f64 = torch.float64
-    sq = lambda x: torch.linalg.vector_norm(x, dim=1, dtype=f64) ** 2  # noqa: E731
-    dot = lambda x, y: (x * y).sum(1, dtype=f64)  # noqa: E731
-    big = ((v / bc2).sqrt() >= eps).sum(1) if adam else (v >= eps).sum(1)
-    noise_ema.lerp_(g, 1.0 - NOISE_BETA)
-    return torch.stack([
-        sq(g), sq(m), sq(u), sq(p), dot(g, m), dot(g, u), dot(g, p), u.abs().sum(1, dtype=f64), big.to(f64),
-        (torch.log(trust.to(f64)) * numels).sum(1), clipped.to(f64), sq(noise_ema),
-    ])  # fmt: skip
-
-
 class CIAOPopulation:
     """K CIAO runs of one task as one batched model; ``settings[k]`` are member k's hyperparameters.
 
-    Member hyperparameters (:data:`MEMBER_HPARAMS`) are (K,) float64 tensors in ``self.hp`` that
-    may be changed between steps; :data:`SHARED_HPARAMS` must agree between members.
+    Every hyperparameter that is a number is a (K,) float64 tensor in ``self.hp``, read at every
+    step (the policy's, :data:`MEMBER_HPARAMS`, through :meth:`set_hparams`); the switches
+    (:data:`SHARED_HPARAMS`) must agree between members. The optimizer state has CIAO's names:
+    ``self.state`` on the device (per element ``exp_avg``, ``exp_avg_sq`` and, from the first
+    statistics step, ``grad_ema``; per tensor ``update_norm_ema``; per member ``grad_max`` and
+    ``clipped``), ``self.counters`` on the host (per member,
+    :data:`~lhopt_dsl.optim.functional.COUNTERS`).
+
+    The caller's model is only read: gradients and batched evaluations run a copy of it in the forms
+    ``vmap`` batches (``use_batchable_forms``), and evaluations member by member run it as it is.
+    ``compiled``: ``torch.compile`` the gradients, losses and update, once per architecture in
+    ``cache`` (default :data:`SHARED_CACHE`).
     """
 
-    def __init__(self, task: InnerTask, settings: Sequence[dict[str, Any]], *, compiled: bool = False):
+    def __init__(
+        self, task: InnerTask, settings: Sequence[dict[str, Any]], *, compiled: bool = False,
+        cache: PopulationCache | None = None,
+    ):  # fmt: skip
         if not settings:
             raise ValueError("a population needs at least one member")
         full = [{**DEFAULTS, **s} for s in settings]
         for s in full:
             check_hyperparameters(s)
-        shared = {n: full[0][n] for n in SHARED_HPARAMS}
-        if any(s[n] != shared[n] for s in full for n in SHARED_HPARAMS):
+        self.switches = {n: full[0][n] for n in SHARED_HPARAMS}
+        if any(s[n] != self.switches[n] for s in full for n in SHARED_HPARAMS):
             raise ValueError(f"population members must share {', '.join(SHARED_HPARAMS)}")
         self.task, self.k = task, len(full)
-        self.denominator, self.use_clip, self.use_lamb = shared["denominator"], shared["use_clip"], shared["use_lamb"]
-        self.lamb_min_trust = float(shared["lamb_min_trust"])
-        self.bias_correction = shared["bias_correction"]
-        self.hp = {n: torch.tensor([float(s[n]) for s in full], dtype=torch.float64) for n in MEMBER_HPARAMS}
+        self.hp = {n: torch.tensor([float(s[n]) for s in full], dtype=torch.float64) for n in NUMBERS}
 
-        model = task.model
-        fused = use_batchable_forms(model)  # vmap-friendly forms of fused kernels (the same maths)
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in task.model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.numels = [p.numel() for _, p in named]
@@ -174,27 +125,23 @@ class CIAOPopulation:
         flat = torch.cat([p.detach().reshape(-1) for _, p in named])
         self.flat = flat.unsqueeze(0).repeat(self.k, 1).contiguous()  # (K, N)
         zeros = lambda *shape: torch.zeros(*shape, device=self.device, dtype=self.dtype)  # noqa: E731
-        self.exp_avg, self.exp_avg_sq = zeros(self.k, self.numel), zeros(self.k, self.numel)
-        self._noise_ema: torch.Tensor | None = None  # allocated at the first statistics step
-        self.lamb_ema = zeros(self.k, len(self.names))  # per member and tensor: EMA of the update norm
-        self.grad_max = zeros(self.k)
-        self.clipped = zeros(self.k)
-        f64 = lambda v: torch.full((self.k,), v, dtype=torch.float64)  # noqa: E731
-        self.beta1_prod, self.beta2_prod, self.lamb_prod = f64(1.0), f64(1.0), f64(1.0)
-        self.step_count = f64(0.0)
-        self.noise_sq_ema, self.noise_count = f64(0.0), f64(0.0)
-        self.steps_since_stats = f64(0.0)
+        self.state = {"exp_avg": zeros(self.k, self.numel), "exp_avg_sq": zeros(self.k, self.numel),
+                      "update_norm_ema": zeros(self.k, len(self.names)), "grad_max": zeros(self.k, 1),
+                      "clipped": zeros(self.k, 1)}  # fmt: skip
+        self.counters = {n: torch.full((self.k,), float(v), dtype=torch.float64) for n, v in COUNTERS.items()}
         self.segments = torch.repeat_interleave(
             torch.arange(len(self.names), device=self.device), torch.tensor(self.numels, device=self.device)
         )
-        model.train()
-        # Copies: a compiled kernel shared by populations must not specialise on one task's own buffer objects.
-        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        self.plan = plan(task.config, self.k, self.device, fused_kernels=fused, params=self.numel)
-        whole = _kernels(task, self.k, compiled)  # kernels over all K members
-        self._loss, self._update, self._stat_sums = whole.loss, whole.update, whole.stat_sums
-        self._grads = [_kernels(task, b - a, compiled).grad for a, b in self.plan.groups]  # one per group
         self.numel_tensor = torch.tensor(self.numels, device=self.device, dtype=torch.float64)
+        # Copies: a compiled kernel shared by populations must not specialise on one task's own buffer objects.
+        self.buffers = {n: b.detach().clone() for n, b in task.model.named_buffers()}
+        cache = SHARED_CACHE if cache is None else cache
+        skeleton = copy.deepcopy(task.model)  # what the kernels run; parameters and buffers come with each call
+        fused = use_batchable_forms(skeleton)  # vmap-friendly forms of fused kernels (the same maths)
+        skeleton.train()
+        self.plan = plan(task.config, self.k, self.device, fused_kernels=fused, params=self.numel, cache=cache)
+        self._whole = _kernels(task, self.k, compiled, cache, skeleton)  # kernels over all K members
+        self._grads = [_kernels(task, b - a, compiled, cache, skeleton).grad for a, b in self.plan.groups]  # per group
 
     # --- views -----------------------------------------------------------------------------------
 
@@ -211,16 +158,17 @@ class CIAOPopulation:
         unknown = set(values) - set(MEMBER_HPARAMS)
         if unknown:
             raise KeyError(f"not a per-member hyperparameter: {sorted(unknown)}; those are {list(MEMBER_HPARAMS)}")
-        check_hyperparameters({**DEFAULTS, **self.hparams(k), **{n: float(v) for n, v in values.items()}})
+        current = {n: float(x[k]) for n, x in self.hp.items()}
+        check_hyperparameters({**self.switches, **current, **{n: float(v) for n, v in values.items()}})
         for n, v in values.items():
             self.hp[n][k] = float(v)
 
     @property
-    def noise_ema(self) -> torch.Tensor:
-        """(K, N) moving average of the gradient for the noise-scale statistic."""
-        if self._noise_ema is None:
-            self._noise_ema = torch.zeros_like(self.flat)
-        return self._noise_ema
+    def grad_ema(self) -> torch.Tensor:
+        """(K, N) moving average of the gradient for the noise-scale statistic (allocated when first needed)."""
+        if "grad_ema" not in self.state:
+            self.state["grad_ema"] = torch.zeros_like(self.flat)
+        return self.state["grad_ema"]
 
     # --- training ------------------------------------------------------------------------------
 
@@ -245,55 +193,27 @@ class CIAOPopulation:
     @torch.no_grad()
     def step(self, grads: torch.Tensor, *, stats: bool = False, losses: torch.Tensor | None = None) -> list[StepStats] | None:
         """CIAO's update (see :mod:`lhopt_dsl.optim.ciao`) of all members; ``grads`` is (K, N) and is clipped in place."""
-        hp = self.hp
-        b1, b2, bl = 1.0 - hp["one_minus_beta1"], 1.0 - hp["one_minus_beta2"], 1.0 - hp["one_minus_beta_lamb"]
-        self.step_count += 1
-        if self.bias_correction == "power":  # as CIAO's option: torch's Adam, 1 - beta**t with the current betas
-            self.beta1_prod, self.beta2_prod = b1**self.step_count, b2**self.step_count
-        else:
-            self.beta1_prod *= b1
-            self.beta2_prod *= b2
-        self.lamb_prod *= bl
-        self.steps_since_stats += 1
-        bc1, bc2 = 1.0 - self.beta1_prod, 1.0 - self.beta2_prod
-        # Per-member scalars go to the device in one transfer.
-        host = torch.stack([1.0 - b1, b2, 1.0 - b2, bc2.sqrt(), hp["eps"], hp["weight_decay"] * bc1, 1.0 / bc1,
-                            bl, 1.0 - bl, 1.0 - hp["one_minus_beta_gradclip"], hp["grad_clip_fraction"],
-                            1.0 - self.lamb_prod, hp["lr"]], 1).to(self.device, self.dtype)  # fmt: skip
+        advance(self.counters, self.hp, self.switches["bias_correction"])
+        # Per-member coefficients go to the device in one transfer, as (K, 1) columns by name.
+        host = coefficients(self.hp, self.counters)
+        columns = torch.stack(list(host.values()), 1).to(self.device, self.dtype).unsqueeze(2).unbind(1)
+        c = dict(zip(host, columns))
+        grad_ema = self.grad_ema if stats else None
+        small = {n: self.state[n] for n in ("grad_max", "clipped", "update_norm_ema")}
         # Groups of members (rows) one after another: a group's arrays stay in the cache (plan.update_groups).
-        parts = []
+        sums = []
         for a, b in self.plan.update_groups:
-            update, trust = self._update(
-                self.flat[a:b], grads[a:b], self.exp_avg[a:b], self.exp_avg_sq[a:b], self.lamb_ema[a:b],
-                self.grad_max[a:b], self.clipped[a:b], host[a:b, :-1], self.offsets, self.segments, self.use_clip,
-                self.denominator == "adam", self.use_lamb, self.lamb_min_trust,
-            )  # fmt: skip
-            if stats:  # the statistics read every member's parameters before the update
-                parts.append((update, trust))
-            else:
-                self.flat[a:b].addcmul_(update, host[a:b, -1:], value=-1.0)
+            sums.append(self._whole.step(
+                self.flat[a:b], grads[a:b], self.state["exp_avg"][a:b], self.state["exp_avg_sq"][a:b],
+                {n: x[a:b] for n, x in small.items()}, {n: x[a:b] for n, x in c.items()}, self.switches, self.offsets,
+                self.segments, self.numel_tensor, None if grad_ema is None else grad_ema[a:b],
+            ))  # fmt: skip
         if not stats:
             return None
-        update, trust = (torch.cat(x) for x in zip(*parts)) if len(parts) > 1 else parts[0]
-        out = self._stats(grads, update, trust, losses)
-        self.flat.addcmul_(update, host[:, -1:], value=-1.0)
-        return out
-
-    def _stats(self, g: torch.Tensor, u: torch.Tensor, trust: torch.Tensor, losses: torch.Tensor | None) -> list[StepStats]:
-        """Per-member statistics; parameters are read before this step's update."""
-        eps = self.hp["eps"].to(self.device, self.dtype).unsqueeze(1)
-        bc2 = (1.0 - self.beta2_prod).to(self.device, self.dtype).unsqueeze(1)
-        reductions = self._stat_sums(g, u, trust, self.flat, self.exp_avg, self.exp_avg_sq, self.noise_ema,
-                                     self.clipped, eps, bc2, self.numel_tensor, self.denominator == "adam").cpu()  # fmt: skip
-        g2, m2, u2, w2, gm, gu, gw, abs_u, big, log_trust, clipped, noise_m2 = reductions.unbind()
-        self.noise_sq_ema = self.noise_sq_ema * NOISE_BETA + (1.0 - NOISE_BETA) * g2
-        self.noise_count += 1
-        steps, self.steps_since_stats = self.steps_since_stats.clone(), torch.zeros_like(self.steps_since_stats)
-        self.clipped.zero_()
-        return stats_from_sums(
-            numel=self.numel, g2=g2, m2=m2, u2=u2, w2=w2, gm=gm, gu=gu, gw=gw, abs_u=abs_u,
-            lr_u2=self.hp["lr"] ** 2 * u2, big_enough=big, log_trust=log_trust, clipped=clipped, steps=steps,
-            noise=noise_ratio(self.noise_sq_ema, noise_m2, self.noise_count),
+        steps = self.counters["steps_since_stats"].clone()
+        self.counters["steps_since_stats"].zero_()
+        return statistics(
+            dict(zip(SUM_NAMES, torch.cat(sums, 1).cpu().unbind())), self.counters, steps=steps, numel=self.numel,
             loss=None if losses is None else losses.detach().double().cpu(),
         )  # fmt: skip
 
@@ -302,66 +222,98 @@ class CIAOPopulation:
     @torch.no_grad()
     def evaluate(self, batches: list[Batch]) -> torch.Tensor:
         """(K,) mean losses over ``batches`` (weighted by batch size) in evaluation mode."""
-        self.task.model.eval()
-        try:
-            totals = self._member_totals(batches) if self.plan.evaluate_members else self._batched_totals(batches)
-            return (totals / max(sum(len(b[0]) for b in batches), 1)).cpu()
-        finally:
-            self.task.model.train()
+        totals = self._member_totals(batches) if self.plan.evaluate_members else self._batched_totals(batches)
+        return (totals / max(sum(len(b[0]) for b in batches), 1)).cpu()
 
     def _batched_totals(self, batches: list[Batch]) -> torch.Tensor:
         """(K,) summed losses, all members at once in chunks of at most ``plan.eval_chunk`` examples."""
         total = torch.zeros(self.k, dtype=torch.float64, device=self.device)
         params = self.params()
-        for batch in batches:
-            n = len(batch[0])
-            size = self.plan.eval_chunk or n
-            for part in (batch,) if size >= n else (tuple(t[i : i + size] for t in batch) for i in range(0, n, size)):
-                total += self._loss(params, self.buffers, part).double() * len(part[0])  # .double() copies
+        with _evaluation_mode(self._whole.model):
+            for batch in batches:
+                n = len(batch[0])
+                size = self.plan.eval_chunk or n
+                parts = (batch,) if size >= n else (tuple(t[i : i + size] for t in batch) for i in range(0, n, size))
+                for part in parts:
+                    total += self._whole.loss(params, self.buffers, part).double() * len(part[0])  # .double() copies
         return total
 
     def _member_totals(self, batches: list[Batch]) -> torch.Tensor:
-        """(K,) summed losses, one member at a time through the model's fused kernels: the
-        computation of a one-model run's evaluation, on each member's weights."""
+        """(K,) summed losses, one member at a time through the caller's model as it is (with its fused
+        kernels): the computation of a one-model run's evaluation, on each member's weights."""
         total = torch.zeros(self.k, dtype=torch.float64, device=self.device)
         model, params = self.task.model, self.params()
-        use_batchable_forms(model, False)
-        try:
+        with _evaluation_mode(model):
             for k in range(self.k):
                 member = _Member(model, {**{n: p[k] for n, p in params.items()}, **self.buffers})
                 for batch in batches:
                     total[k] += self.task.loss_fn(member, batch).double() * len(batch[0])
-        finally:
-            use_batchable_forms(model, True)
         return total
 
-    _ROWS = ("flat", "exp_avg", "exp_avg_sq", "noise_ema", "lamb_ema", "grad_max", "clipped",
-             "beta1_prod", "beta2_prod", "lamb_prod", "step_count", "noise_sq_ema", "noise_count",
-             "steps_since_stats")  # fmt: skip
+    def _rows(self) -> dict[str, torch.Tensor]:
+        """Everything with a row per member but the hyperparameters: weights, optimizer state, counters."""
+        self.grad_ema  # noqa: B018 (allocates it: a checkpoint has every row)
+        return {"flat": self.flat, **self.state, **self.counters}
 
     def member_state(self, k: int) -> dict[str, torch.Tensor]:
         """A copy of member k's weights and optimizer state (not its hyperparameters): a checkpoint."""
-        return {name: getattr(self, name)[k].clone() for name in self._ROWS}
+        return {name: x[k].clone() for name, x in self._rows().items()}
 
     def load_member_state(self, k: int, state: dict[str, torch.Tensor]) -> None:
         """Put a :meth:`member_state` copy back into slot k; the hyperparameters stay as they are."""
-        for name in self._ROWS:
-            getattr(self, name)[k].copy_(state[name])
+        for name, x in self._rows().items():
+            x[k].copy_(state[name])
+
+
+@contextlib.contextmanager
+def _evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` for the duration, then the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class _Kernels(NamedTuple):
-    """The functions a population of K members calls, eager or compiled."""
+    """The functions a population of K members calls, eager or compiled, and the module they run."""
 
+    model: nn.Module  # a copy of a task's model in its batchable forms; every call brings parameters and buffers
     grad: Any  # (params, buffers, batch) -> per-tensor (K, ...) gradients, (K,) losses
     loss: Any  # (params, buffers, batch) -> (K,) losses
-    update: Any  # _ciao_update
-    stat_sums: Any  # _stat_sums
+    step: Any  # lhopt_dsl.optim.functional.flat_step_
 
 
-#: Compiled kernels shared by the populations of one architecture: (task spec without its run
-#: length, K, device) -> kernels. Parameters, buffers and batches are inputs, so any task with that
-#: key may use them; compiling once per architecture is what makes compiling pay.
-_COMPILED: dict[Any, _Kernels] = {}
+class PopulationCache:
+    """What populations learn once per architecture and device, for later populations to reuse:
+    compiled kernels (``kernels``: (task spec without its run length, K, device) -> :class:`_Kernels`;
+    parameters, buffers and batches are inputs, so any task with that key may use them, and compiling
+    once per architecture is what makes compiling pay), whether a task batches at all
+    (``batchable``: the probe trains two members a step) and the elements one member's step works
+    through (``step_elements``, :func:`member_step_elements`).
+
+    Functions and populations given none use :data:`SHARED_CACHE`; own one to scope what is learnt
+    (a test, a long-lived runner) and :meth:`clear` it.
+    """
+
+    def __init__(self) -> None:
+        self.kernels: dict[Any, _Kernels] = {}
+        self.batchable: dict[Any, bool] = {}
+        self.step_elements: dict[Any, int] = {}
+
+    def clear(self) -> None:
+        """Forget everything (compiled kernels included: the next compiled population compiles again)."""
+        self.kernels.clear()
+        self.batchable.clear()
+        self.step_elements.clear()
+
+
+#: The cache of callers that bring none. Kept per process because those callers (meta-training's
+#: rollouts, the baseline grid) make a population per task and hold nothing that outlives it, while a
+#: compiled kernel pays only when reused by the next tasks of its architecture; a cache owned by each
+#: call would compile every time. Callers that can hold one pass their own PopulationCache.
+SHARED_CACHE = PopulationCache()
 _SERIAL = itertools.count()
 
 
@@ -371,30 +323,27 @@ def _architecture(cfg: TaskConfig) -> Any:
     return (cfg.family, repr(sorted(spec.items())))
 
 
-def _kernels(task: InnerTask, k: int, compiled: bool) -> _Kernels:
-    """(vmapped grad_and_value, vmapped loss, CIAO update, statistics reductions) for ``k`` members
-    of ``task``'s population; with ``compile``, ``torch.compile``d and cached per architecture (the
-    first task's module is the skeleton). Compiling is lazy: a kernel never called costs nothing."""
+def _kernels(task: InnerTask, k: int, compiled: bool, cache: PopulationCache, skeleton: nn.Module) -> _Kernels:
+    """(vmapped grad_and_value, vmapped loss, CIAO's step on flat rows) for ``k`` members of
+    ``task``'s population, running ``skeleton`` (a copy of the task's model in its batchable forms);
+    with ``compile``, ``torch.compile``d and kept in ``cache`` per architecture (the first
+    population's skeleton serves them all). Compiling is lazy: a kernel never called costs nothing."""
     key = (_architecture(task.config), k, str(task.device))
-    if compiled and key in _COMPILED:
-        return _COMPILED[key]
-    model, loss_fn = task.model, task.loss_fn
+    if compiled and key in cache.kernels:
+        return cache.kernels[key]
+    loss_fn = task.loss_fn
 
     def loss(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], batch: tuple[torch.Tensor, ...]):
-        return loss_fn(_Member(model, {**params, **buffers}), batch)
+        return loss_fn(_Member(skeleton, {**params, **buffers}), batch)
 
     grad, value = vmap(grad_and_value(loss), in_dims=(0, None, None)), vmap(loss, in_dims=(0, None, None))
     if not compiled:
-        return _Kernels(grad, value, _ciao_update, _stat_sums)
-    # Dynamo refuses to trace code that touches nn.RNN/GRU/LSTM modules unless allowed; populations only
-    # read their parameters (``unrolled_rnn``), never call their fused kernels.
-    torch._dynamo.config.allow_rnn = True
+        return _Kernels(skeleton, grad, value, flat_step_)
     # On CUDA the gradient and loss kernels (which mutate no inputs) replay as CUDA graphs.
     graphs = task.device.type == "cuda"
-    kernels = _Kernels(
-        _Compiled(grad, graphs), _Compiled(value, graphs), _Compiled(_ciao_update), _Compiled(_stat_sums)
-    )
-    _COMPILED[key] = kernels
+    kernels = _Kernels(skeleton, _Compiled(grad, graphs, model=True), _Compiled(value, graphs, model=True),
+                       _Compiled(flat_step_))  # fmt: skip
+    cache.kernels[key] = kernels
     return kernels
 
 
@@ -405,9 +354,12 @@ class _Compiled:
     ``cuda_graphs``: compile with ``mode="reduce-overhead"``, which on CUDA captures the compiled
     step in a CUDA graph and replays it (shapes are static). Its outputs live in the graph's memory
     pool and are overwritten by the next replay, so callers copy what they keep.
+    ``model``: ``fn`` runs a model. Dynamo refuses to trace code that touches nn.RNN/GRU/LSTM modules
+    unless allowed; populations only read their parameters (``unrolled_rnn``), never call their fused
+    kernels, so these calls allow it, for their duration only (Dynamo traces during a call).
     """
 
-    def __init__(self, fn: Any, cuda_graphs: bool = False):
+    def __init__(self, fn: Any, cuda_graphs: bool = False, model: bool = False):
         def entry(*args: Any) -> Any:
             return fn(*args)
 
@@ -417,11 +369,13 @@ class _Compiled:
         entry.__code__ = entry.__code__.replace(co_name=f"population_kernel_{next(_SERIAL)}")
         mode = "reduce-overhead" if cuda_graphs else None
         self.eager, self.compiled, self.failed = fn, torch.compile(entry, dynamic=False, mode=mode), False
+        self.config = torch._dynamo.config.patch(allow_rnn=True) if model else contextlib.nullcontext()
 
     def __call__(self, *args: Any) -> Any:
         if not self.failed:
             try:
-                return self.compiled(*args)
+                with self.config:  # made once and reused: a patch's own setup costs more than setting it
+                    return self.compiled(*args)
             except Exception as e:  # compilation errors come in many types (dynamo, inductor, C++ toolchain)
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 warnings.warn(f"torch.compile failed ({type(e).__name__}: {first[:200]}); running this step eagerly")
@@ -433,10 +387,7 @@ def _eligible(model: nn.Module) -> bool:
     return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-_BATCHABLE: dict[Any, bool] = {}
-
-
-def _probe(cfg: TaskConfig, device: str, data_dir: str | None, max_valid: int) -> bool:
+def _probe(cfg: TaskConfig, device: str, data_dir: str | None, max_valid: int, cache: PopulationCache) -> bool:
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
     if not _eligible(task.model):
         return False
@@ -445,7 +396,7 @@ def _probe(cfg: TaskConfig, device: str, data_dir: str | None, max_valid: int) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:
-            pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * 2)
+            pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * 2, cache=cache)
             pop.train_step(stats=True)
             pop.evaluate(task.valid_batches[:1])
         except (RuntimeError, NotImplementedError):
@@ -455,21 +406,21 @@ def _probe(cfg: TaskConfig, device: str, data_dir: str | None, max_valid: int) -
 
 # --- how a population runs, and whether it pays ---------------------------------------------------
 
-_STEP_ELEMENTS: dict[Any, int] = {}
 
-
-def member_step_elements(cfg: TaskConfig) -> int:
+def member_step_elements(cfg: TaskConfig, cache: PopulationCache | None = None) -> int:
     """Elements of memory one member's training step works through: the activations its forward pass
     keeps for the backward pass (in the batchable forms populations use), the model's output (which
     the loss keeps), and the member's parameters and gradients.
 
     Counted once per architecture on the meta device (shapes only, no data, no arithmetic) with the
-    models and batch shapes of the FLOP counts (:func:`~lhopt_dsl.compile.count_flops`).
+    models and batch shapes of the FLOP counts (:func:`~lhopt_dsl.compile.count_flops`), and kept in
+    ``cache`` (default :data:`SHARED_CACHE`).
     """
+    known = (SHARED_CACHE if cache is None else cache).step_elements
     key = _architecture(cfg)
-    if key not in _STEP_ELEMENTS:
-        _STEP_ELEMENTS[key] = _count_step_elements(cfg.task)
-    return _STEP_ELEMENTS[key]
+    if key not in known:
+        known[key] = _count_step_elements(cfg.task)
+    return known[key]
 
 
 def _count_step_elements(task: Any) -> int:
@@ -530,7 +481,10 @@ def _split(k: int, size: int) -> tuple[tuple[int, int], ...]:
     return tuple(zip(starts, starts[1:]))
 
 
-def plan(cfg: TaskConfig, k: int, device: str | torch.device, *, fused_kernels: bool, params: int) -> Plan:
+def plan(
+    cfg: TaskConfig, k: int, device: str | torch.device, *, fused_kernels: bool, params: int,
+    cache: PopulationCache | None = None,
+) -> Plan:  # fmt: skip
     """The :class:`Plan` of ``k`` members of ``cfg``'s task (``params`` parameters each) on ``device``;
     ``fused_kernels``: the model has fused kernels that populations replace by explicit forms
     (recurrent layers, attention).
@@ -544,7 +498,7 @@ def plan(cfg: TaskConfig, k: int, device: str | torch.device, *, fused_kernels: 
     """
     cpu = torch.device(device).type == "cpu"
     budget = WORKING_SET["cpu" if cpu else "other"]
-    per_member = member_step_elements(cfg)
+    per_member = member_step_elements(cfg, cache)
     update = UPDATE_ELEMENTS // (UPDATE_ARRAYS * max(1, params)) if cpu else k
     per_example = per_member / max(1, getattr(cfg.task, "batch_size", 1))
     chunk = 0 if isinstance(cfg.task, NQMTask) else max(1, int(budget // (k * per_example)))
@@ -567,7 +521,10 @@ MAX_FLOPS_COMPILED = 5e7
 FEW_MEMBERS = 8
 
 
-def population_pays(cfg: TaskConfig, members: int, device: str | torch.device = "cpu", compiled: bool = False) -> bool:
+def population_pays(
+    cfg: TaskConfig, members: int, device: str | torch.device = "cpu", compiled: bool = False,
+    cache: PopulationCache | None = None,
+) -> bool:  # fmt: skip
     """Whether ``members`` runs of ``cfg``'s task are faster as a population (by the measured rule above)."""
     if torch.device(device).type != "cpu":
         return True
@@ -576,34 +533,41 @@ def population_pays(cfg: TaskConfig, members: int, device: str | torch.device = 
         return True
     if members <= FEW_MEMBERS:
         return flops <= MAX_FLOPS_FEW
-    return flops <= MAX_FLOPS_MANY and member_step_elements(cfg) <= MAX_STEP_ELEMENTS_MANY
+    return flops <= MAX_FLOPS_MANY and member_step_elements(cfg, cache) <= MAX_STEP_ELEMENTS_MANY
 
 
-def batchable(cfg: TaskConfig, device: str | torch.device = "cpu", data_dir: str | None = None, max_valid: int = 512) -> bool:
-    """Whether ``cfg``'s task can run as a population (probed once per architecture and device)."""
+def batchable(
+    cfg: TaskConfig, device: str | torch.device = "cpu", data_dir: str | None = None, max_valid: int = 512,
+    cache: PopulationCache | None = None,
+) -> bool:  # fmt: skip
+    """Whether ``cfg``'s task can run as a population (probed once per architecture and device, and
+    kept in ``cache``, default :data:`SHARED_CACHE`)."""
+    cache = SHARED_CACHE if cache is None else cache
     key = (_architecture(cfg), str(device))
-    if key not in _BATCHABLE:
-        _BATCHABLE[key] = _probe(cfg, str(device), data_dir, max_valid)
-    return _BATCHABLE[key]
+    if key not in cache.batchable:
+        cache.batchable[key] = _probe(cfg, str(device), data_dir, max_valid, cache)
+    return cache.batchable[key]
 
 
 def run_population(
     cfg: TaskConfig, schedules: Sequence[Schedule], *, steps: int | None = None, device: str | torch.device = "cpu",
     data_dir: str | None = None, max_valid: int = 512, evaluations: int | None = None, compiled: bool = False,
+    cache: PopulationCache | None = None,
 ) -> list[LearningCurve] | None:  # fmt: skip
     """Curves of AdamW ``schedules`` on ``cfg``'s task, trained together; None if the task can't be batched.
 
-    ``compile``: ``torch.compile`` the population's step (see :class:`CIAOPopulation`).
+    ``compile``: ``torch.compile`` the population's step (see :class:`CIAOPopulation`); ``cache``:
+    see :class:`PopulationCache`.
     """
     if not schedules or any(s.optimizer != "adamw" for s in schedules):
         raise ValueError("a population of baselines needs AdamW schedules")
     first = schedules[0]
     if any((s.betas, s.eps, s.weight_decay) != (first.betas, first.eps, first.weight_decay) for s in schedules):
         raise ValueError("population members must share betas, eps and weight decay")
-    if not batchable(cfg, device, data_dir, max_valid):
+    if not batchable(cfg, device, data_dir, max_valid, cache):
         return None
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
-    pop = CIAOPopulation(task, [adamw_settings(s) for s in schedules], compiled=compiled)
+    pop = CIAOPopulation(task, [adamw_settings(s) for s in schedules], compiled=compiled, cache=cache)
     total = steps or task.steps
     base_lr = torch.tensor([s.lr for s in schedules], dtype=torch.float64)
     k = evaluations or evaluation_count(task, total)

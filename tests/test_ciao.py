@@ -273,3 +273,50 @@ def test_nan_gradient_does_not_poison_the_moving_maximum():
     p.grad = torch.tensor([float("nan"), 1.0, 1.0])
     opt.step()
     assert torch.equal(opt.param_groups[0]["_ciao"]["grad_max"], before)
+
+
+@pytest.mark.parametrize("hp", CONFIGS, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()) or "defaults")
+def test_flat_rows_run_the_optimizers_maths(hp):
+    """The batched layout (K members' tensors in the rows of (K, N) buffers, (K, 1) coefficients,
+    as populations use it) steps each member as CIAO steps that member alone, statistics included."""
+    from lhopt_dsl.optim.functional import COUNTERS, DEFAULTS, NUMBERS, advance, coefficients, flat_step_
+    from lhopt_dsl.optim.stats import SUM_NAMES, statistics
+
+    members = [{**DEFAULTS, **hp}, {**DEFAULTS, **hp, "lr": 2 * DEFAULTS["lr"], "one_minus_beta1": 0.3, "eps": 1e-3}]
+    models = [make_model() for _ in members]
+    opts = [CIAO(m.parameters(), **s) for m, s in zip(models, members)]
+    params = list(models[0].parameters())
+    numels = [p.numel() for p in params]
+    offsets = [0, *torch.tensor(numels).cumsum(0).tolist()]
+    segments = torch.repeat_interleave(torch.arange(len(params)), torch.tensor(numels))
+    k = len(members)
+    flat = torch.cat([p.detach().reshape(-1) for p in params]).repeat(k, 1)
+    m, v = torch.zeros_like(flat), torch.zeros_like(flat)
+    state = {"grad_max": torch.zeros(k, 1), "clipped": torch.zeros(k, 1),
+             "update_norm_ema": torch.zeros(k, len(params))}  # fmt: skip
+    grad_ema = torch.zeros_like(flat)
+    hps = {n: torch.tensor([float(s[n]) for s in members], dtype=torch.float64) for n in NUMBERS}
+    counters = {n: torch.full((k,), float(x), dtype=torch.float64) for n, x in COUNTERS.items()}
+    gen = torch.Generator().manual_seed(0)
+    for step in range(12):
+        grads = [torch.randn(p.shape, generator=gen) * (1 + step % 3) for p in params]
+        want = step % 4 == 3
+        advance(counters, hps, members[0]["bias_correction"])
+        c = {n: x.float().unsqueeze(1) for n, x in coefficients(hps, counters).items()}
+        g = torch.cat([x.reshape(-1) for x in grads]).repeat(k, 1)
+        sums = flat_step_(flat, g, m, v, state, c, members[0], offsets, segments,
+                          torch.tensor(numels, dtype=torch.float64), grad_ema if want else None)  # fmt: skip
+        if want:
+            steps = counters["steps_since_stats"].clone()
+            counters["steps_since_stats"].zero_()
+            pop_stats = statistics(dict(zip(SUM_NAMES, sums.unbind())), counters, steps=steps, numel=sum(numels),
+                                   loss=torch.full((k,), 1.5, dtype=torch.float64))  # fmt: skip
+        for i, (model, opt) in enumerate(zip(models, opts)):
+            for p, x in zip(model.parameters(), grads):
+                p.grad = x.clone()
+            opt.step(stats=want, loss=1.5)
+            row = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+            torch.testing.assert_close(flat[i], row, rtol=1e-5, atol=1e-6)
+            for name in STAT_NAMES if want else ():
+                x, y = opt.stats[name], pop_stats[i][name]
+                assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), name

@@ -249,7 +249,8 @@ def test_compiled_population_equals_eager_and_is_shared_per_architecture():
 
     cfg = smoke("mlp")
     settings = _members(cfg, "adamax", True)
-    eager, compiled = (CIAOPopulation(compile_task(cfg), settings, compiled=c) for c in (False, True))
+    cache = population.PopulationCache()  # this test's own, so that it compiles what it checks
+    eager, compiled = (CIAOPopulation(compile_task(cfg), settings, compiled=c, cache=cache) for c in (False, True))
     for i in range(6):
         le, se = eager.train_step(stats=i % 3 == 2)
         lc, sc = compiled.train_step(stats=i % 3 == 2)
@@ -261,8 +262,31 @@ def test_compiled_population_equals_eager_and_is_shared_per_architecture():
     assert torch.allclose(eager.evaluate(eager.task.valid_batches), compiled.evaluate(compiled.task.valid_batches),
                           rtol=1e-4, atol=1e-6)  # fmt: skip
     kernels = compiled._grads
-    again = CIAOPopulation(compile_task(smoke("mlp")), settings, compiled=True)  # same architecture: no recompile
-    assert again._grads == kernels and len(population._COMPILED) >= 1
+    again = CIAOPopulation(compile_task(smoke("mlp")), settings, compiled=True, cache=cache)  # same architecture
+    assert again._grads == kernels and len(cache.kernels) >= 1  # ... and the same kernels: no recompile
+    shared = population.SHARED_CACHE.kernels.values()  # nothing of this test's leaks into the process:
+    assert not any(mine is theirs for mine in cache.kernels.values() for theirs in shared)  # its kernels,
+    assert not torch._dynamo.config.allow_rnn  # and the switch Dynamo needs for the models' recurrent layers
+
+
+@pytest.mark.parametrize("family", ["transformer", "rnn"])
+def test_population_leaves_the_callers_model_as_it_was(family):
+    """A population runs its own copy of the model in the forms vmap batches; the caller's model keeps
+    its fused kernels, its mode and its weights, and the population's results do not depend on them."""
+    from lhopt_dsl.compile.models import use_batchable_forms
+
+    cfg = smoke(family)
+    task = compile_task(cfg)
+    before = {n: p.detach().clone() for n, p in task.model.state_dict().items()}
+    task.model.eval()
+    pop = CIAOPopulation(task, _members(cfg, "adamax", True)[:2])
+    pop.train_step(stats=True)
+    pop.evaluate(task.valid_batches)
+    assert not task.model.training
+    for module in task.model.modules():  # its fused kernels were never switched to the explicit forms ...
+        assert not getattr(module, "unrolled", False) and not getattr(module, "explicit_attention", False)
+    assert use_batchable_forms(task.model, False)  # ... which it has
+    assert all(torch.equal(p, before[n]) for n, p in task.model.state_dict().items())
 
 
 def test_a_diverging_member_leaves_the_others_alone():

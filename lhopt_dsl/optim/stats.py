@@ -2,7 +2,10 @@
 
 Computed only on the steps that ask for them (every 4 inner steps by default), from the
 gradient, momentum, second moment, update and parameters CIAO used on that step. All are unitless:
-fractions, cosines, log-ratios.
+fractions, cosines, log-ratios. One model and a population of K share every formula: during the
+step, :func:`stat_sums` reduces the step's tensors to a few sums per member on whatever layout the
+step runs on (:mod:`lhopt_dsl.optim.functional`); on the host, :func:`statistics` advances the
+noise scale's averages and turns the sums into the named statistics (:func:`stats_from_sums`).
 
 Readings where the paper is terse, and why:
 
@@ -25,7 +28,7 @@ Readings where the paper is terse, and why:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, MutableMapping
 
 import torch
 
@@ -100,7 +103,6 @@ def stats_from_sums(
     ``gm``, ``gu``, ``gw``: dot products of the gradient with them; ``abs_u``: sum of |update|;
     ``lr_u2``: sum over tensors of (lr |update|)^2; ``big_enough``: elements with sqrt(v) >= eps;
     ``log_trust``: sum over tensors of numel * log(trust); ``noise``: :func:`noise_ratio`.
-    The one-model path (:func:`compute_stats`) and populations share these formulas.
     """
     nan = torch.full_like(g2, math.nan)
     root_d = math.sqrt(numel)
@@ -137,54 +139,48 @@ def stats_from_sums(
     return [dict(zip(STAT_NAMES, row)) for row in rows]
 
 
-def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    return sum((x * y).sum(dtype=torch.float64) for x, y in zip(a, b))  # type: ignore[return-value]
+#: The per-member reductions of one step that :func:`statistics` turns into the named statistics.
+SUM_NAMES: tuple[str, ...] = (
+    "g2", "m2", "u2", "w2", "gm", "gu", "gw", "abs_u", "lr_u2", "big_enough", "log_trust", "clipped", "noise_m2",
+)  # fmt: skip
 
 
-def _sq(a: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack([torch.linalg.vector_norm(x, dtype=torch.float64) ** 2 for x in a]).sum()
+def stat_sums(
+    ops: Any, g: Any, u: Any, trust: torch.Tensor | None, p: Any, m: Any, v: Any, grad_ema: Any, c: Any, *,
+    adam: bool, numels: torch.Tensor, clipped: torch.Tensor,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The reductions of :data:`SUM_NAMES` (float64, one per member) of one CIAO step, in one pass
+    over its tensors on layout ``ops`` (:mod:`lhopt_dsl.optim.functional`): gradient ``g`` (after
+    clipping), update ``u``, per-tensor ``trust`` (None: 1), parameters ``p`` before the update,
+    moments ``m`` and ``v``, coefficients ``c``; ``clipped``: clipped steps since the last statistics.
+    Advances ``grad_ema``, the moving average of the gradient behind the noise scale, in place (a
+    function that returns it is called here).
+    """
+    f64 = torch.float64
+    grad_ema = grad_ema() if callable(grad_ema) else grad_ema  # a function: allocated when first needed
+    ops.lerp_(grad_ema, g, 1.0 - NOISE_BETA)
+    root = ops.sqrt(ops.div(v, c["bc2"])) if adam else v  # sqrt(v_hat), Adamax's u as it is
+    u2 = ops.sq(u)
+    log_trust = torch.zeros_like(u2) if trust is None else ops.member_sum(torch.log(trust.to(f64)) * numels)
+    sums = {
+        "g2": ops.sq(g), "m2": ops.sq(m), "u2": u2, "w2": ops.sq(p), "gm": ops.dot(g, m), "gu": ops.dot(g, u),
+        "gw": ops.dot(g, p), "abs_u": ops.abs_sum(u), "lr_u2": c["lr"] ** 2 * u2,
+        "big_enough": ops.count_ge(root, c["eps"]), "log_trust": log_trust, "clipped": clipped,
+        "noise_m2": ops.sq(grad_ema),
+    }  # fmt: skip
+    return {name: sums[name].to(f64) for name in SUM_NAMES}
 
 
-def _one(x: Any) -> torch.Tensor:
-    """A number or scalar tensor as a (1,) float64 CPU tensor: one member for :func:`stats_from_sums`."""
-    return torch.as_tensor(x, dtype=torch.float64).detach().cpu().reshape(1)
-
-
-def _noise_update(parts: list[dict[str, Any]], g2: torch.Tensor) -> torch.Tensor:
-    """Advance the noise-scale moving averages kept in the optimizer's state; return the ratio."""
-    emas = [e for p in parts for e in p["noise_state"]]
-    grads = [g for p in parts for g in p["grads"]]
-    gs = parts[0]["gs"]
-    torch._foreach_lerp_(emas, grads, 1.0 - NOISE_BETA)
-    gs["noise_sq_ema"] = gs.get("noise_sq_ema", 0.0) * NOISE_BETA + (1.0 - NOISE_BETA) * float(g2)
-    gs["noise_count"] = gs.get("noise_count", 0) + 1
-    return noise_ratio(_one(gs["noise_sq_ema"]), _one(_sq(emas)), _one(gs["noise_count"]))
-
-
-def compute_stats(parts: list[dict[str, Any]], loss: float | None) -> StepStats:
-    """Reduce the per-group inputs gathered by CIAO into the named statistics."""
-    if not parts:
-        return {name: float("nan") for name in STAT_NAMES}
-    g = [x for p in parts for x in p["grads"]]
-    m = [x for p in parts for x in p["momenta"]]
-    u = [x for p in parts for x in p["updates"]]
-    numel = sum(x.numel() for x in g)
-    part_u2 = [_sq(p["updates"]) for p in parts]
-    g2 = _sq(g)
-
-    big_enough = 0
-    for p in parts:
-        eps, adam = p["group"]["eps"], p["group"]["denominator"] == "adam"
-        for v in p["second"]:
-            root = (v / p["bc2"]).sqrt() if adam else v
-            big_enough += int((root >= eps).sum())
-    log_trust = sum(float(torch.log(t.double())) * n for p in parts for t, n in zip(p["trusts"], p["numels"]))
-    return stats_from_sums(
-        numel=numel, g2=_one(g2), m2=_one(_sq(m)), u2=_one(sum(part_u2)), w2=_one(sum(p["param_sq"] for p in parts)),
-        gm=_one(_dot(g, m)), gu=_one(_dot(g, u)), gw=_one(sum(p["grad_dot_param"] for p in parts)),
-        abs_u=_one(sum(x.abs().sum(dtype=torch.float64) for x in u)),
-        lr_u2=_one(sum(p["group"]["lr"] ** 2 * x for p, x in zip(parts, part_u2))),
-        big_enough=_one(big_enough), log_trust=_one(log_trust), clipped=_one(sum(float(p["clipped"]) for p in parts)),
-        steps=_one(sum(p["steps"] for p in parts)), noise=_noise_update(parts, g2),
-        loss=None if loss is None else _one(loss),
-    )[0]
+def statistics(
+    sums: dict[str, torch.Tensor], noise: MutableMapping[str, Any], *, steps: Any, numel: int, loss: torch.Tensor | None
+) -> list[StepStats]:
+    """The named statistics of K members from :func:`stat_sums`'s reductions, each a (K,) float64
+    CPU tensor. Advances the noise scale's moving average of |g|^2 and its count, kept in ``noise``
+    (``noise_sq_ema``, ``noise_count``: numbers for one model, (K,) tensors for a population);
+    ``steps``: steps since the last statistics, ``numel``: elements of one member's parameters."""
+    noise["noise_sq_ema"] = noise["noise_sq_ema"] * NOISE_BETA + (1.0 - NOISE_BETA) * sums["g2"]
+    noise["noise_count"] = noise["noise_count"] + 1
+    f64 = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
+    ratio = noise_ratio(f64(noise["noise_sq_ema"]), sums["noise_m2"], f64(noise["noise_count"]))
+    named = {n: sums[n] for n in SUM_NAMES if n != "noise_m2"}
+    return stats_from_sums(numel=numel, **named, steps=f64(steps), noise=ratio, loss=loss)

@@ -1,0 +1,396 @@
+"""CIAO's maths, written once: its hyperparameters, running products, update and step statistics.
+
+One model (:class:`~lhopt_dsl.optim.ciao.CIAO`) and a population of K models trained as one
+(:class:`~lhopt_dsl.population.CIAOPopulation`) run the same functions here, as ``torch.optim.adamw``
+runs one update through its single-tensor, multi-tensor and fused paths. What differs between them
+is only where the numbers live, so the maths is written over NAMED state and coefficients and over
+a *layout*, which says how a handful of primitive operations run:
+
+* :class:`TensorLists`: a parameter group's tensors as lists, coefficients Python numbers; torch's
+  multi-tensor kernels (``foreach``, the fast path) or one tensor at a time (the reference);
+* :class:`FlatRows`: K members' tensors flattened into the rows of (K, N) buffers, coefficients
+  (K, 1) tensors, per-tensor norms over column ranges: plain tensor code over all members at once,
+  without ``vmap``, that ``torch.compile`` fuses (:func:`flat_step_`).
+
+The step is split where the kinds of numbers split. Host side (Python floats for a group, (K,)
+float64 tensors for a population, the same code for both): :func:`advance` moves the running
+products and step counts, :func:`coefficients` derives from them and the hyperparameters everything
+the update multiplies with, in float64 (bias corrections of ``1 - beta**t`` lose their digits in
+float32). Device side: :func:`ciao_step_` clips, updates the moments and parameters and, on the steps
+that ask, reduces what the statistics need (:func:`~lhopt_dsl.optim.stats.stat_sums`).
+
+Hyperparameters are declared once, in :data:`HYPERPARAMETER_TABLE`: default, validity rule and kind
+(a number, of which population members may hold different values, or a switch, a branch of the code).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, MutableMapping, NamedTuple, Sequence
+
+import torch
+
+from .stats import stat_sums
+
+Tensors = Any  # a tensor, or a list of tensors (one per parameter): whatever the layout works on
+
+
+# --- hyperparameters -----------------------------------------------------------------------------
+
+
+class Rule(NamedTuple):
+    """What a hyperparameter's value must satisfy, and how the error says so."""
+
+    ok: Callable[[Any], bool]
+    text: str
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float))
+
+
+NONNEGATIVE = Rule(lambda v: _number(v) and math.isfinite(v) and v >= 0, "must be a finite number >= 0")
+RATE = Rule(lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1] (it is 1 - beta)")
+FRACTION = Rule(lambda v: _number(v) and 0 < v <= 1, "must be in (0, 1]")
+FLAG = Rule(lambda v: isinstance(v, bool), "must be true or false")
+
+
+def one_of(*options: str) -> Rule:
+    return Rule(lambda v: v in options, "must be " + " or ".join(repr(o) for o in options))
+
+
+#: CIAO's hyperparameters, in the order of its keyword arguments: default (paper Table 7) and rule.
+#: A float default makes a number (read by the maths from the coefficients, one value per
+#: population member); any other default a switch (a branch of the code, shared by a population).
+#: Adding a hyperparameter: a row here and its use in :func:`coefficients` or :func:`ciao_step_`.
+HYPERPARAMETER_TABLE: dict[str, tuple[Any, Rule]] = {
+    "lr": (1e-3, NONNEGATIVE),
+    "weight_decay": (1e-2, NONNEGATIVE),
+    "eps": (1e-6, NONNEGATIVE),
+    "one_minus_beta1": (0.1, RATE),
+    "one_minus_beta2": (1e-2, RATE),
+    "bias_correction": ("product", one_of("product", "power")),
+    "denominator": ("adamax", one_of("adam", "adamax")),
+    "use_clip": (True, FLAG),
+    "grad_clip_fraction": (0.8, FRACTION),
+    "one_minus_beta_gradclip": (1e-2, RATE),
+    "use_lamb": (True, FLAG),
+    "one_minus_beta_lamb": (0.05, RATE),
+    "lamb_min_trust": (1e-3, NONNEGATIVE),
+}
+DEFAULTS: dict[str, Any] = {name: default for name, (default, _) in HYPERPARAMETER_TABLE.items()}
+#: Hyperparameters that are numbers: per-member (K,) tensors in a population.
+NUMBERS: tuple[str, ...] = tuple(n for n, d in DEFAULTS.items() if type(d) is float)
+#: Hyperparameters that choose code paths: one value for all members of a population.
+SWITCHES: tuple[str, ...] = tuple(n for n in DEFAULTS if n not in NUMBERS)
+
+
+def check_hyperparameters(values: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the offending value."""
+    for name, (_, rule) in HYPERPARAMETER_TABLE.items():
+        if not rule.ok(values[name]):
+            raise ValueError(f"CIAO: invalid {name}={values[name]!r}: {rule.text}")
+
+
+# --- host side: running products and coefficients ---------------------------------------------------
+
+#: Per group (one model) or per member (population) counters kept on the host, with their start.
+COUNTERS: dict[str, Any] = {
+    "step": 0,
+    "beta1_prod": 1.0,  # what 1 - beta_prod corrects the moments' bias with (see bias_correction)
+    "beta2_prod": 1.0,
+    "lamb_prod": 1.0,
+    "steps_since_stats": 0,
+    "noise_sq_ema": 0.0,  # the noise scale's moving average of |g|^2 (lhopt_dsl.optim.stats)
+    "noise_count": 0,
+}
+
+
+def advance(counters: MutableMapping[str, Any], hp: Mapping[str, Any], bias_correction: str) -> None:
+    """Count one more step taken with ``hp`` (floats or (K,) float64 tensors, updated in place).
+
+    ``bias_correction="product"`` multiplies the betas actually used into the products, which stays
+    exact when a policy changes them mid-run; ``"power"`` is torch's Adam: ``beta**t`` with the
+    current betas (the two agree while the betas stay fixed).
+    """
+    counters["step"] = step = counters["step"] + 1
+    b1, b2 = 1.0 - hp["one_minus_beta1"], 1.0 - hp["one_minus_beta2"]
+    if bias_correction == "power":
+        counters["beta1_prod"], counters["beta2_prod"] = b1**step, b2**step
+    else:
+        counters["beta1_prod"] = counters["beta1_prod"] * b1
+        counters["beta2_prod"] = counters["beta2_prod"] * b2
+    counters["lamb_prod"] = counters["lamb_prod"] * (1.0 - hp["one_minus_beta_lamb"])
+    counters["steps_since_stats"] = counters["steps_since_stats"] + 1
+
+
+def coefficients(hp: Mapping[str, Any], counters: Mapping[str, Any]) -> dict[str, Any]:
+    """Every number :func:`ciao_step_` reads, by name: the hyperparameters that are numbers and what
+    derives from them and the running products (all floats, or all (K,) float64 tensors)."""
+    bc1, bc2 = 1.0 - counters["beta1_prod"], 1.0 - counters["beta2_prod"]
+    return {
+        **{n: hp[n] for n in NUMBERS},
+        "beta2": 1.0 - hp["one_minus_beta2"],
+        "beta_lamb": 1.0 - hp["one_minus_beta_lamb"],
+        "beta_gradclip": 1.0 - hp["one_minus_beta_gradclip"],
+        "bc2": bc2,
+        "sqrt_bc2": bc2**0.5,
+        "inv_bc1": 1.0 / bc1,
+        "wd_bc1": hp["weight_decay"] * bc1,  # the update is computed times bc1 (see ciao_step_)
+        "lamb_bc": 1.0 - counters["lamb_prod"],
+    }
+
+
+# --- device side: the update ---------------------------------------------------------------------
+
+
+def ciao_step_(
+    ops: Any, p: Tensors, g: Tensors, m: Tensors, v: Tensors, state: Mapping[str, Any], c: Mapping[str, Any],
+    switches: Mapping[str, Any], *, grad_ema: Tensors | None = None, numels: torch.Tensor | None = None,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:  # fmt: skip
+    """One CIAO update (module docstring of :mod:`lhopt_dsl.optim.ciao`) on layout ``ops``, in place.
+
+    ``p``, ``g``, ``m``, ``v``: parameters, gradients (clipped in place, like
+    ``torch.nn.utils.clip_grad_norm_``), first and second moments. ``state``: ``grad_max`` (the
+    moving maximum of |g|) and ``clipped`` (clipped steps since the last statistics), one per member,
+    and ``update_norm_ema`` (LAMB's moving average of each tensor's update norm). ``c``:
+    :func:`coefficients`; ``switches``: the hyperparameters that are :data:`SWITCHES` (a mapping
+    that has them, such as a parameter group). Returns ``state``'s new values and, when ``grad_ema``
+    (the noise scale's moving average of the gradient, advanced here; or a function that returns it,
+    called where it is first needed) is given, the statistics' reductions
+    (:func:`~lhopt_dsl.optim.stats.stat_sums`, which need ``numels``: elements per tensor).
+    """
+    adam, use_clip, use_lamb = switches["denominator"] == "adam", switches["use_clip"], switches["use_lamb"]
+    grad_max, clipped, ema = state["grad_max"], state["clipped"], state["update_norm_ema"]
+    if use_clip:  # to a fraction of the moving maximum G_t = max(G_{t-1} beta, |g_t|); NaN leaves G alone
+        grad_norm = ops.total_norm(g)
+        finite = torch.isfinite(grad_norm)
+        grad_max = torch.where(finite, torch.maximum(grad_max * c["beta_gradclip"], grad_norm), grad_max)
+        threshold = c["grad_clip_fraction"] * grad_max
+        clip = finite & (grad_norm > threshold)
+        clipped = clipped + clip.to(clipped.dtype)
+        ops.mul_(g, torch.where(clip, threshold / grad_norm, torch.ones_like(grad_norm)))
+    ops.lerp_(m, g, c["one_minus_beta1"])
+    ops.mul_(v, c["beta2"])
+    if adam:
+        ops.addcmul_(v, g, g, c["one_minus_beta2"])
+        denom = ops.add_(ops.div_(ops.sqrt(v), c["sqrt_bc2"]), c["eps"])
+    else:  # Adamax: u = max(beta2 u, |g|)
+        ops.maximum_(v, ops.abs(g))
+        denom = ops.add(v, c["eps"])
+    # bc1 x the update (m_hat / denom + weight_decay p): 1/bc1 is folded into the trust ratio or the step.
+    u = ops.div(m, denom)
+    ops.add_scaled_(u, p, c["wd_bc1"])
+    trust = None
+    scale = c["inv_bc1"]  # what still multiplies u: per member, or per tensor with LAMB
+    if use_lamb:  # |p| / EMA(|update|), bias-corrected, never below lamb_min_trust (Appendix I.1)
+        ema = ema * c["beta_lamb"] + ops.norms(u) * (c["inv_bc1"] * c["one_minus_beta_lamb"])
+        ema_hat, p_norm = ema / c["lamb_bc"], ops.norms(p)
+        ok = (p_norm > 0) & (ema_hat > 0)
+        trust = torch.where(ok, p_norm / torch.where(ok, ema_hat, torch.ones_like(ema_hat)), torch.ones_like(p_norm))
+        trust = torch.clamp(trust, min=c["lamb_min_trust"])
+        scale = trust * c["inv_bc1"]
+    if grad_ema is None:
+        ops.step_(p, u, scale * c["lr"], per_tensor=use_lamb)
+        return {"grad_max": grad_max, "clipped": clipped, "update_norm_ema": ema}, None
+    update = ops.scale_(u, scale, per_tensor=use_lamb)
+    # The statistics read the parameters before they move.
+    sums = stat_sums(ops, g, update, trust, p, m, v, grad_ema, c, adam=adam, numels=numels, clipped=clipped)
+    ops.step_(p, update, c["lr"], per_tensor=False)
+    return {"grad_max": grad_max, "clipped": torch.zeros_like(clipped), "update_norm_ema": ema}, sums
+
+
+# --- layouts ---------------------------------------------------------------------------------------
+
+
+def _each(fused: Callable[..., Any], single: Callable[..., Any], foreach: bool, xs: list, *args: Any, **kw: Any) -> Any:
+    """``fused(xs, *args)`` (a ``torch._foreach_*`` kernel), or ``single`` on one tensor at a time,
+    taking the i-th element of list arguments."""
+    if foreach:
+        return fused(xs, *args, **kw)
+    return [single(x, *(a[i] if isinstance(a, list) else a for a in args), **kw) for i, x in enumerate(xs)]
+
+
+def _sum(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(values).sum()
+
+
+class TensorLists:
+    """A parameter group as lists of tensors, one per parameter; coefficients are Python numbers.
+
+    ``foreach``: torch's multi-tensor kernels (the fast path); otherwise one tensor at a time with the
+    same operations (the reference a test compares the kernels against). Reductions are 0-d tensors.
+    """
+
+    def __init__(self, foreach: bool = True):
+        self.foreach = foreach
+
+    def _in_place(self, fused: Callable[..., Any], single: Callable[..., Any], xs: list, *args: Any, **kw: Any) -> list:
+        _each(fused, single, self.foreach, xs, *args, **kw)
+        return xs
+
+    def lerp_(self, x: list, y: list, w: float) -> list:
+        return self._in_place(torch._foreach_lerp_, torch.Tensor.lerp_, x, y, w)
+
+    def mul_(self, x: list, s: Any) -> list:
+        return self._in_place(torch._foreach_mul_, torch.Tensor.mul_, x, s)
+
+    def addcmul_(self, x: list, a: list, b: list, w: float) -> list:
+        return self._in_place(torch._foreach_addcmul_, torch.Tensor.addcmul_, x, a, b, value=w)
+
+    def div_(self, x: list, s: float) -> list:
+        return self._in_place(torch._foreach_div_, torch.Tensor.div_, x, s)
+
+    def add_(self, x: list, s: float) -> list:
+        return self._in_place(torch._foreach_add_, torch.Tensor.add_, x, s)
+
+    def maximum_(self, x: list, y: list) -> list:
+        return self._in_place(torch._foreach_maximum_, lambda a, b: torch.maximum(a, b, out=a), x, y)
+
+    def add_scaled_(self, x: list, y: list, s: float) -> list:
+        return self._in_place(torch._foreach_add_, torch.Tensor.add_, x, y, alpha=s) if s != 0 else x
+
+    def sqrt(self, x: list) -> list:
+        return _each(torch._foreach_sqrt, torch.sqrt, self.foreach, x)
+
+    def abs(self, x: list) -> list:
+        return _each(torch._foreach_abs, torch.abs, self.foreach, x)
+
+    def add(self, x: list, s: float) -> list:
+        return _each(torch._foreach_add, torch.add, self.foreach, x, s)
+
+    def div(self, x: list, y: Any) -> list:
+        return _each(torch._foreach_div, torch.div, self.foreach, x, y)
+
+    def norms(self, x: list) -> torch.Tensor:
+        """(tensors,) norms."""
+        if self.foreach:
+            return torch.stack(torch._foreach_norm(x))
+        return torch.stack([torch.linalg.vector_norm(t) for t in x])
+
+    def total_norm(self, x: list) -> torch.Tensor:
+        return torch.linalg.vector_norm(self.norms(x))
+
+    def scale_(self, x: list, s: Any, *, per_tensor: bool) -> list:
+        """``x`` times ``s`` (per tensor, or one number), in place."""
+        return self.mul_(x, list(s.unbind()) if per_tensor else s)
+
+    def step_(self, p: list, u: list, s: Any, *, per_tensor: bool) -> None:
+        """``p -= s * u``; a per-tensor ``s`` scales ``u`` in place first."""
+        if per_tensor:
+            self.scale_(u, s, per_tensor=True)
+            s = 1.0
+        self._in_place(torch._foreach_add_, torch.Tensor.add_, p, u, alpha=-s)
+
+    # Reductions for the statistics, in float64.
+
+    def sq(self, x: list) -> torch.Tensor:
+        return _sum([torch.linalg.vector_norm(t, dtype=torch.float64) ** 2 for t in x])
+
+    def dot(self, x: list, y: list) -> torch.Tensor:
+        return _sum([(a * b).sum(dtype=torch.float64) for a, b in zip(x, y)])
+
+    def abs_sum(self, x: list) -> torch.Tensor:
+        return _sum([t.abs().sum(dtype=torch.float64) for t in x])
+
+    def count_ge(self, x: list, s: float) -> torch.Tensor:
+        return _sum([(t >= s).sum() for t in x])
+
+    def member_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of per-tensor values."""
+        return x.sum()
+
+
+class FlatRows:
+    """K members' tensors flattened into the rows of (K, N) tensors (tensor i in columns
+    ``offsets[i]:offsets[i+1]``; ``segments``: each column's tensor); coefficients are (K, 1)
+    tensors. Per-member values are (K, 1), per-tensor ones (K, tensors)."""
+
+    def __init__(self, offsets: Sequence[int], segments: torch.Tensor):
+        self.offsets, self.segments = offsets, segments
+
+    def lerp_(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x.lerp_(y, w)
+
+    def mul_(self, x: torch.Tensor, s: Any) -> torch.Tensor:
+        return x.mul_(s)
+
+    def addcmul_(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x.addcmul_(a * w, b)  # addcmul's value must be a number
+
+    def div_(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return x.div_(s)
+
+    def add_(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return x.add_(s)
+
+    def maximum_(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(x, y, out=x)
+
+    def add_scaled_(self, x: torch.Tensor, y: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return x.add_(y * s)
+
+    def sqrt(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sqrt()
+
+    def abs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs()
+
+    def add(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return x + s
+
+    def div(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x / y
+
+    def norms(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, tensors) norms."""
+        bounds = zip(self.offsets, self.offsets[1:])
+        return torch.stack([torch.linalg.vector_norm(x[:, a:b], dim=1) for a, b in bounds], 1)
+
+    def total_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(x, dim=1, keepdim=True)
+
+    def scale_(self, x: torch.Tensor, s: torch.Tensor, *, per_tensor: bool) -> torch.Tensor:
+        """``x`` times ``s`` (per tensor, or per member), as a new tensor."""
+        return x * (s[:, self.segments] if per_tensor else s)
+
+    def step_(self, p: torch.Tensor, u: torch.Tensor, s: torch.Tensor, *, per_tensor: bool) -> None:
+        """``p -= s * u``."""
+        p.addcmul_(u, s[:, self.segments] if per_tensor else s, value=-1.0)
+
+    # Reductions for the statistics, in float64, per member.
+
+    def sq(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.vector_norm(x, dim=1, dtype=torch.float64, keepdim=True) ** 2
+
+    def dot(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (x * y).sum(1, dtype=torch.float64, keepdim=True)
+
+    def abs_sum(self, x: torch.Tensor) -> torch.Tensor:
+        return x.abs().sum(1, dtype=torch.float64, keepdim=True)
+
+    def count_ge(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return (x >= s).sum(1, keepdim=True)
+
+    def member_sum(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(-1, keepdim=True)
+
+
+# --- the batched driver's kernel -------------------------------------------------------------------
+
+
+def flat_step_(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, state: dict[str, torch.Tensor],
+    c: dict[str, torch.Tensor], switches: dict[str, Any], offsets: list[int], segments: torch.Tensor,
+    numels: torch.Tensor, grad_ema: torch.Tensor | None = None,
+) -> torch.Tensor | None:  # fmt: skip
+    """:func:`ciao_step_` of K members on (K, N) rows, everything in place (``state``: ``grad_max``
+    and ``clipped`` (K, 1), ``update_norm_ema`` (K, tensors)); plain tensor code, so
+    ``torch.compile`` can fuse it. With ``grad_ema``, returns the (sums, K) float64 reductions of
+    :data:`~lhopt_dsl.optim.stats.SUM_NAMES`."""
+    ops = FlatRows(offsets, segments)
+    new, sums = ciao_step_(ops, p, g, m, v, state, c, switches, grad_ema=grad_ema, numels=numels)
+    for name, value in new.items():
+        if value is not state[name]:
+            state[name].copy_(value)
+    return None if sums is None else torch.cat(list(sums.values()), 1).T
