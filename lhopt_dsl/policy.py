@@ -144,14 +144,14 @@ class ActorCritic(nn.Module):
     # --- saving --------------------------------------------------------------------------------
 
     def to_checkpoint(self) -> dict[str, Any]:
-        """Tensors and plain data only (the normalisers' numpy arrays become tensors), so the
-        result can be saved with ``torch.save`` and read back by :func:`load_checkpoint`."""
-        return to_plain({
+        """The policy as data (weights, shape and the normalisers' states) for :meth:`from_checkpoint`;
+        :func:`save_checkpoint` writes it as tensors and plain data that :func:`load_checkpoint` reads."""
+        return {
             "shape": asdict(self.shape),
             "weights": self.state_dict(),
             "policy_norm": self.policy_norm.state_dict(),
             "value_norm": self.value_norm.state_dict(),
-        })  # fmt: skip
+        }
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> "ActorCritic":

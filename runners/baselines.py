@@ -146,10 +146,10 @@ def _storage(url: str, pid: int, heartbeat: bool = True) -> optuna.storages.RDBS
     raise AssertionError("unreachable")
 
 
-def _trial_id(storage: optuna.storages.BaseStorage, study: optuna.Study, number: int) -> int:
-    """The storage's id of ``study``'s trial ``number``, which the storage's methods take (public
-    ``Study``, ``Trial`` and ``FrozenTrial`` objects expose only the number)."""
-    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+def _trial_id(storage: optuna.storages.BaseStorage, study_id: int, number: int) -> int:
+    """The storage's id of trial ``number`` of the study ``study_id``, which the storage's methods
+    take (public ``Study``, ``Trial`` and ``FrozenTrial`` objects expose only the number)."""
+    return storage.get_trial_id_from_study_id_trial_number(study_id, number)
 
 
 def _pair(t: FrozenTrial) -> Pair | None:
@@ -249,6 +249,7 @@ class PairGridSampler(optuna.samplers.BaseSampler):
         np.random.RandomState(0).shuffle(pairs)
         self.pairs: list[Pair] = pairs
         self._choice = np.random.default_rng()  # per worker, so concurrent workers rarely collide
+        self._study_ids: dict[str, int] = {}
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
@@ -268,8 +269,11 @@ class PairGridSampler(optuna.samplers.BaseSampler):
         # Nothing free: take an unfinished pair; the objective skips it if an earlier trial runs it.
         candidates = free or [i for i in ids if self.pairs[i] not in complete] or list(ids)
         grid_id = trial.number if trial.number in candidates else int(self._choice.choice(candidates))
-        self.storage.set_trial_system_attr(_trial_id(self.storage, study, trial.number), _PAIR,
-                                           list(self.pairs[grid_id]))  # fmt: skip
+        name = study.study_name
+        if name not in self._study_ids:  # a study's id never changes: ask the storage once
+            self._study_ids[name] = self.storage.get_study_id_from_name(name)
+        trial_id = _trial_id(self.storage, self._study_ids[name], trial.number)
+        self.storage.set_trial_system_attr(trial_id, _PAIR, list(self.pairs[grid_id]))
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution

@@ -210,7 +210,7 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
     from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
     from lhopt_dsl.schedule import segment_bounds
     from lhopt_dsl.rollout import run_episode
-    from lhopt_dsl.spec.loader import load_yaml
+    from lhopt_dsl.spec.loader import describe_error, load_yaml
 
     path = _policy_path(args.policy, args.tracking_uri)
     policy, space = load_policy(path)
@@ -221,10 +221,9 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
         return 2
     try:
         cfg = TaskConfig.model_validate(docs[0])
-    except ValidationError as e:  # its str() would quote the file's values (input_value=...): name the field only
-        err = e.errors()[0]
-        where = ".".join(str(part) for part in err["loc"])
-        print(f"error: {args.task} is not a task of `lhopt sample`: {where}: {err['msg']}", file=sys.stderr)
+    except ValidationError as e:  # its str() would quote the file's values (input_value=...)
+        print(f"error: {args.task} is not a task of `lhopt sample`: {describe_error(e.errors()[0], docs[0])}",
+              file=sys.stderr)  # fmt: skip
         return 2
     try:  # before any training: the schedule must mean the same thing on torch.optim.AdamW
         require_adamw_space(space.space, f"policy {path}")

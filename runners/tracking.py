@@ -219,11 +219,15 @@ _GROUPS = hasattr(os, "killpg")  # POSIX: the server gets its own process group
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process took the id: the group we started is gone
+    except (ProcessLookupError, PermissionError):  # gone, or someone else's process took the id
         return False
     return True
+
+
+def _wait_group(pgid: int, until: float) -> None:
+    """Wait until process group ``pgid`` is empty or the monotonic clock passes ``until``."""
+    while _GROUPS and _group_alive(pgid) and time.monotonic() < until:
+        time.sleep(0.05)
 
 
 class UIServer(subprocess.Popen):
@@ -253,14 +257,11 @@ class UIServer(subprocess.Popen):
             self.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             pass
-        while _GROUPS and _group_alive(self.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_group(self.pid, deadline)
         if self.poll() is None or (_GROUPS and _group_alive(self.pid)):
             self.kill()
             self.wait()
-            deadline = time.monotonic() + 2.0
-            while _GROUPS and _group_alive(self.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            _wait_group(self.pid, time.monotonic() + 2.0)
         return self.wait()  # reaped already: just the status
 
 

@@ -232,7 +232,7 @@ def test_a_dead_workers_running_trial_is_failed_by_heartbeat_and_rerun(tmp_path,
     dead.suggest_categorical("baseline", choices["baseline"])
     dead.suggest_categorical("horizon", choices["horizon"])
     storage = bl._storage(url, os.getpid())
-    storage.record_heartbeat(bl._trial_id(storage, study, dead.number))
+    storage.record_heartbeat(bl._trial_id(storage, storage.get_study_id_from_name(study.study_name), dead.number))
     dead_pair = (dead.params["baseline"], dead.params["horizon"])
     runs = CountingRuns()
     monkeypatch.setattr(bl, "run_baseline", runs)

@@ -15,7 +15,7 @@ from lhopt_dsl.compile import compile_task
 from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, ScheduleReplay, load_policy, load_schedule
 from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.schedule import segment_bounds
-from lhopt_dsl.policy import ActorCritic, PolicyShape
+from lhopt_dsl.policy import ActorCritic, PolicyShape, save_checkpoint
 from lhopt_dsl.rollout import run_episode
 from runners.cli import main as cli
 from runners.meta_train import policy_shape
@@ -31,7 +31,7 @@ def _policy_file(spec, path):
     """An untrained policy with a fixed seed, saved as meta-training saves one (with its spec)."""
     torch.manual_seed(0)
     model = ActorCritic(policy_shape(spec))
-    torch.save({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json")}, path)
+    save_checkpoint({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json")}, path)
     return path
 
 
@@ -85,7 +85,7 @@ def test_drop_in_trains_a_model_and_calls_the_policy_the_expected_number_of_time
 def test_a_policy_for_another_space_is_refused_with_a_clear_message(tmp_path):
     wrong = ActorCritic(PolicyShape(policy_size=10, value_size=5, nvec=(3, 3)))
     path = tmp_path / "wrong.pt"
-    torch.save({"policy": wrong.to_checkpoint()}, path)
+    save_checkpoint({"policy": wrong.to_checkpoint()}, path)
     _, _, net = _regression()
     with pytest.raises(ValueError, match="policy does not match this optimizer"):
         LHOPT(net.parameters(), policy=path, total_steps=10)

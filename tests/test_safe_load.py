@@ -43,7 +43,7 @@ def _policy_state(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     model = ActorCritic(policy_shape(SMOKE))
     model.policy_norm(np.random.default_rng(seed).normal(size=(4, model.shape.policy_size)))
-    return {"policy": model.to_checkpoint(), "spec": SMOKE.model_dump(mode="json")}
+    return to_plain({"policy": model.to_checkpoint(), "spec": SMOKE.model_dump(mode="json")})
 
 
 def _armed(tmp_path: Path, state: dict, name: str) -> tuple[Path, Path]:

@@ -224,7 +224,8 @@ def _check_size(root: yaml.Node, name: str, count: int = 0) -> int:
 
 def _compose(text: str, name: str, documents: bool = False) -> tuple[list[yaml.Node], _Loader]:
     """The node graphs of ``text`` (every document if ``documents``, else the only one; none if
-    empty), within the size limits; any PyYAML error becomes a SpecError located in ``name``."""
+    empty); any PyYAML error becomes a SpecError located in ``name``. The graphs are small however
+    far their aliases expand: whoever walks them bounds the walk (:func:`_check_size`, ``_Reader``)."""
     loader: _Loader | None = None
     try:
         loader = _Loader(text)  # checks the whole text for non-printable characters first
@@ -240,9 +241,6 @@ def _compose(text: str, name: str, documents: bool = False) -> tuple[list[yaml.N
     finally:
         if loader is not None:
             loader.dispose()
-    count = 0
-    for node in nodes:
-        count = _check_size(node, name, count)
     return nodes, loader
 
 
@@ -316,11 +314,15 @@ class _Reader:
 
     def __init__(self) -> None:
         self.marks: dict[PathT, Location] = {}
-        self.files: list[Path] = []  # every file read, in order
         # Each file is parsed once, however often it is included (an alias may repeat an include).
         self.parsed: dict[Path, tuple[yaml.Node | None, _Loader]] = {}
         self.names: dict[Path, str] = {}  # each file as messages name it (relpath is slow, and runs per value)
         self.values = 0  # values converted so far, in every file, each alias and include counted again
+
+    @property
+    def files(self) -> list[Path]:
+        """Every file read, in the order first read."""
+        return list(self.parsed)
 
     def read(self, file: Path, at: PathT, stack: tuple[Path, ...], origin: Location | None) -> Any:
         what = "included file" if stack else "spec file"
@@ -334,9 +336,8 @@ class _Reader:
             raise SpecError([SpecProblem(origin, format_path(at), f"include cycle: {_clip(chain, 400)}")])
         if file not in self.parsed:
             text = _read_text(file, origin, format_path(at), what)
-            if file not in self.files:
-                self.files.append(file)
             self.names[file] = _display(file)
+            # The size limits are enforced by _convert, which counts values across every file read.
             nodes, loader = _compose(text, self.names[file])
             self.parsed[file] = (nodes[0] if nodes else None, loader)
         node, loader = self.parsed[file]
@@ -387,8 +388,9 @@ class _Reader:
                 raise SpecError(
                     [SpecProblem(include[1], format_path(at), "an include with extra keys must name a mapping")]
                 )
-            # The including file's keys win over the included file's, and so do their locations.
-            for path in [*self._marks_below(at, out), *self._marks_below(at, {k: base[k] for k in out if k in base})]:
+            # The including file's keys win over the included file's, and so do their locations:
+            # drop what the included file marked below the keys it loses, then restore ours.
+            for path in self._marks_below(at, {k: base[k] for k in out if k in base}):
                 self.marks.pop(path, None)
             self.marks.update(overrides)
             return {**base, **out}
@@ -449,6 +451,12 @@ def _message(err: dict[str, Any]) -> str:
     return msg[len("Value error, ") :] if msg.startswith("Value error, ") else msg
 
 
+def describe_error(err: dict[str, Any], data: Any) -> str:
+    """One pydantic error of validating ``data`` as ``path: message``, as spec errors word it,
+    with every long value of ``data`` it would quote shortened (a file's contents are never echoed)."""
+    return f"{format_path(tuple(err['loc']))}: {_scrub(_message(err), _long_strings(data))}"
+
+
 def _long_strings(data: Any) -> list[str]:
     """The keys and string values of ``data`` too long to quote whole, longest first."""
     found: set[str] = set()
@@ -495,6 +503,9 @@ def parse_yaml(text: str, name: str = "<string>", *, documents: bool = False) ->
     an alias bomb included, is a :class:`SpecError` located at ``name:line:col``.
     """
     nodes, loader = _compose(text, name, documents)
+    count = 0
+    for node in nodes:
+        count = _check_size(node, name, count)
     data = [_construct(loader, node, name) for node in nodes]
     return data if documents else (data[0] if data else None)
 
