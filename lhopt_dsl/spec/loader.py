@@ -337,8 +337,11 @@ class _Reader:
         if file not in self.parsed:
             text = _read_text(file, origin, format_path(at), what)
             self.names[file] = _display(file)
-            # The size limits are enforced by _convert, which counts values across every file read.
             nodes, loader = _compose(text, self.names[file])
+            # A bomb within one file is refused here, by a walk that only counts (a tenth of a
+            # second); _convert counts again across every file, as includes multiply too.
+            for node in nodes:
+                _check_size(node, self.names[file])
             self.parsed[file] = (nodes[0] if nodes else None, loader)
         node, loader = self.parsed[file]
         if node is None:
