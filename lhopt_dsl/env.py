@@ -25,7 +25,7 @@ import torch
 from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .compile import compile_task
 from .compile.task import InnerTask
-from .observation import FeatureBuilder, Observer, flatten
+from .observation import FULL_CADENCE, FeatureBuilder, Observer, flatten
 from .sample import TaskConfig
 from .optim import CIAO
 from .schedule import segment_bounds
@@ -114,6 +114,7 @@ class InnerTrainingEnv(gym.Env):
         self.task = compile_task(cfg, self.device, self.data_dir, max_valid=self.max_valid)
         self.optimizer = CIAO(self.task.params, **ciao_kwargs(cfg.hparams))
         self.initial = cfg.hparams.controlled()
+        self.cadence = options.get("cadence") or FULL_CADENCE  # what the policy is told (rewards use every loss)
         self.observer = Observer(self.features, self.task.outer_steps, self.initial)
         self.bank = CheckpointBank(self.features.slots, HPARAM_NAMES)
         self.bounds = segment_bounds(self.task.steps, self.task.outer_steps)
@@ -121,7 +122,8 @@ class InnerTrainingEnv(gym.Env):
         self.reward_so_far = 0.0
         self.valid_loss = self.task.valid_loss()
         self.train_loss = float("nan")  # nothing trained yet
-        self.observer.report(valid_loss=self.valid_loss)
+        if self.cadence.valid_every is not None:
+            self.observer.report(valid_loss=self.valid_loss)
         self.curve = [self.valid_loss]
         self.test_loss = float("nan")
         obs = self._observe()
@@ -137,16 +139,20 @@ class InnerTrainingEnv(gym.Env):
         # The reward compares with the loss the run had before any restart: a load that jumps back
         # to a better checkpoint must not be paid for twice (rewards telescope over the episode).
         prev_valid = self.valid_loss
-        self.valid_loss = self.bank.apply(kind, slot, self.task.model, self.optimizer, self.observer.progress,
-                                          self.valid_loss)  # fmt: skip
-        self.observer.restarted(self.valid_loss)
+        # Checkpoints keep the validation loss the policy was told (the drop-in knows no other);
+        # the measured one is measured again after the segment.
+        told = self.bank.apply(kind, slot, self.task.model, self.optimizer, self.observer.progress,
+                               self.observer.valid_loss)  # fmt: skip
+        self.observer.restarted(told)
         applied = apply_action(self.optimizer, self.actions, a)
         self.observer.acted(a)
         start, stop = self.bounds[self.k], self.bounds[self.k + 1]
-        seg = train_segment(self.task, self.optimizer, stop - start, start, self.stats_every)
+        reports = None if self.cadence.full else self.cadence.trains
+        seg = train_segment(self.task, self.optimizer, stop - start, start, self.stats_every, reports=reports)
         self.train_loss = seg.train_loss
         self.valid_loss = self.task.valid_loss()
-        self.observer.report(train_loss=seg.train_loss, valid_loss=self.valid_loss, stats=seg.stats)
+        self.observer.report(train_loss=seg.reported_loss, stats=seg.stats,
+                             valid_loss=self.valid_loss if self.cadence.validates(start, stop) else None)  # fmt: skip
         self.curve.append(self.valid_loss)
         self.k += 1
         done = self.k == self.task.outer_steps

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import math
 import typing
+from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -43,6 +44,7 @@ from .actions import ActionSpace, Checkpoint
 from .feature_transforms import IntegralCDF, sanitize
 from .optim.stats import STAT_NAMES, mean_stats
 from .spec.families import CNNTask, MLPTask, NQMTask, RNNTask, TextRNNTask, TransformerTask
+from .spec.experiment import ReportingSpec
 from .spec.hparams import HyperparameterSpace
 
 NB = 5  # values of b for the integral CDF features
@@ -216,6 +218,66 @@ class FeatureBuilder:
         return np.concatenate([policy_vec, task_vector(task), np.asarray(extra, dtype=np.float32)])
 
 
+@dataclass(frozen=True)
+class Cadence:
+    """When a run tells its policy the losses, in inner steps (counted from 0).
+
+    ``train_every``: the training loss of step ``i`` is reported when ``i % train_every == 0``
+    (1: every step; None: never). ``valid_every``: a validation loss is reported after a segment
+    that crosses a multiple of it, and before training starts (0: after every segment, as
+    evaluation does; None: never). This is what a user's ``if step % k == 0: opt.observe(...)``
+    does in the drop-in; meta-training draws one per task (:func:`draw_cadence`) so that the policy
+    learns what such reports look like (:class:`Observer`'s missing observations).
+    """
+
+    train_every: int | None = 1
+    valid_every: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.train_every is not None and self.train_every < 1:
+            raise ValueError(f"train_every must be >= 1 or None, got {self.train_every}")
+        if self.valid_every is not None and self.valid_every < 0:
+            raise ValueError(f"valid_every must be >= 0 or None, got {self.valid_every}")
+
+    @property
+    def full(self) -> bool:
+        return self.train_every == 1 and self.valid_every == 0
+
+    def trains(self, step: int) -> bool:
+        """Whether the training loss of inner step ``step`` is reported."""
+        return self.train_every is not None and step % self.train_every == 0
+
+    def validates(self, start: int, stop: int) -> bool:
+        """Whether a validation loss is reported after the segment of steps ``[start, stop)``."""
+        if self.valid_every is None:
+            return False
+        return self.valid_every == 0 or stop // self.valid_every > start // self.valid_every
+
+    def __str__(self) -> str:
+        train = "never" if self.train_every is None else f"every {self.train_every}"
+        valid = {None: "never", 0: "every decision"}.get(self.valid_every, f"every {self.valid_every}")
+        return f"train loss {train}, valid loss {valid}"
+
+
+FULL_CADENCE = Cadence()
+
+
+def draw_cadence(reporting: ReportingSpec, seed: int, steps: int) -> Cadence:
+    """The cadence of a task with ``steps`` inner steps drawn from ``reporting`` with ``seed``
+    (a task's own seed: every run of the task, baseline included, reports alike)."""
+    rng = np.random.default_rng([seed, 0x5E9])
+    if rng.random() < reporting.full:
+        return FULL_CADENCE
+
+    def log_uniform(low: float, high: float) -> float:
+        return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+    train = None if rng.random() < reporting.train_never else int(round(log_uniform(2, reporting.train_every_max)))
+    low, high = reporting.valid_every_fraction
+    valid = None if rng.random() < reporting.valid_never else max(1, int(round(steps * log_uniform(low, high))))
+    return Cadence(train, valid)
+
+
 class Seen(NamedTuple):
     """The losses one policy vector saw, at its progress (the value features reuse them)."""
 
@@ -246,24 +308,26 @@ class Observer:
     * the previous action, and each controlled hyperparameter now against ``initial``.
 
     Missing observations. What the policy sees when something was not reported is decided here and
-    nowhere else, in :meth:`_summarise` (and :data:`MISSING_LOSS`); meta-training produces only some
-    of these cases, noted below, so a policy has learnt nothing about the others:
+    nowhere else, in :meth:`_summarise` (and :data:`MISSING_LOSS`). Meta-training produces every
+    case below: it tells each task's runs their losses at a :class:`Cadence` drawn per task
+    (:func:`draw_cadence`; half of the tasks by default report everything, as evaluation does).
 
     1. no training loss in a segment: NaN (the train and loss-ratio features are flagged is_nan,
-       their CDF features are 0.5 and their history skips it). Training has none before its first
-       segment (progress 0); later, NaN there means a training loss went NaN (a diverged run), so a
-       policy reads a missing train loss mid-run as a divergence. The drop-in produces it whenever
-       no ``observe(train_loss=...)`` came between two decisions.
+       their CDF features are 0.5 and their history skips it). Always so before the first segment
+       (progress 0). Later it means either that no loss was reported (a sparse cadence) or that
+       the loss went NaN (a diverged run): the policy tells them apart by the rest of what it sees.
     2. no validation loss reported yet: NaN (flagged as in 1.; with no validation loss in the
-       history, a saved checkpoint shows as an empty slot). Training measures one before its first
-       decision, so only the drop-in produces this, until its first ``observe(valid_loss=...)``.
+       history, a saved checkpoint shows as an empty slot).
     3. no validation loss in a segment: the latest one, unchanged (and added to the percentile
-       history again). Training measures one after every segment.
+       history again).
     4. no statistics in a segment: those of the latest segment that had some; before any, none, so
-       each statistic is NaN with its flag set. Training has none at progress 0 (and would carry
-       them over through a segment without a statistics step).
+       each statistic is NaN with its flag set. Statistics are computed by the optimizer, so every
+       cadence has them; their log-scale statistic reads the latest training loss reported in the
+       segment (NaN without one).
     5. no previous parameters (the first vector): parameter-norm ratio 1 (unchanged), update ratio
-       NaN. No previous action (the first vector): an all-zero one-hot. Both as in training.
+       NaN. No previous action (the first vector): an all-zero one-hot.
+    6. after a restart that loads a checkpoint: the validation loss the run had reported when the
+       checkpoint was saved (drivers keep what was reported, not what was measured, in their banks).
     """
 
     def __init__(self, features: FeatureBuilder, outer_steps: int, initial: dict[str, float]):

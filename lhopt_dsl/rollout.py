@@ -18,7 +18,7 @@ import torch
 from .actions import ActionSpace, Checkpoint, CheckpointBank, act_on_values
 from .compile import compile_task
 from .env import InnerTrainingEnv, OuterStep, RewardFn, log_improvement_reward
-from .observation import FeatureBuilder, Observer
+from .observation import FULL_CADENCE, Cadence, FeatureBuilder, Observer
 from .policy import ActorCritic
 from .population import CIAOPopulation, batchable, population_pays
 from .reward import PowerLawReward, ShapedReward
@@ -94,15 +94,17 @@ def run_episode(
     generator: torch.Generator | None = None,
     deterministic: bool = False,
     critic: bool = True,
+    cadence: Cadence = FULL_CADENCE,
 ) -> Episode:
     """Run one episode with ``policy`` (normalisers frozen) and collect what PPO needs.
 
     ``critic=False`` acts without the value features (zeros go to the critic, whose values are
     then meaningless): evaluation and schedule export need only the actor, and so work with a
     policy whose value features were built with an older version of the DSL's vocabularies.
+    ``cadence``: which losses the policy is told (default: every one, as evaluation does).
     """
     env.reward_fn = reward_fn
-    obs, info = env.reset(options={"config": cfg, "baseline": baseline})
+    obs, info = env.reset(options={"config": cfg, "baseline": baseline, "cadence": cadence})
     state: tuple = (None, None)
     record = _Record()
     done = False
@@ -130,6 +132,7 @@ class TaskResult:
     inner_steps: int = 0
     notes: list[str] = field(default_factory=list)
     population: bool = False  # whether the task's runs trained as one batched population
+    cadence: Cadence = FULL_CADENCE  # which losses the task's runs told their policies
 
 
 def task_rollouts(
@@ -145,6 +148,7 @@ def task_rollouts(
     max_valid: int = 512,
     population: bool = True,
     compiled: bool = False,
+    cadence: Cadence = FULL_CADENCE,
 ) -> TaskResult:
     """Baseline run(s) and ``rollouts`` policy episodes on one task.
 
@@ -154,18 +158,19 @@ def task_rollouts(
     train together as one batched model where the task allows it and that pays
     (:func:`population_rollouts`, :func:`~lhopt_dsl.population.population_pays`); otherwise one
     after another. ``compiled``: ``torch.compile`` the population's step (compiled once per
-    architecture and process).
+    architecture and process). ``cadence``: which losses every run of the task tells its policy
+    (meta-training draws one per task, :func:`~lhopt_dsl.observation.draw_cadence`).
     """
     space.check_initial(cfg.hparams)
     members = rollouts + 1 + (ema_policy is not None)
     if population and population_pays(cfg, members, device, compiled) and batchable(cfg, device, data_dir, max_valid):
         return population_rollouts(cfg, policy, ema_policy, space, rollouts=rollouts, seed=seed, device=device,
-                                   data_dir=data_dir, max_valid=max_valid, compiled=compiled)  # fmt: skip
+                                   data_dir=data_dir, max_valid=max_valid, compiled=compiled, cadence=cadence)  # fmt: skip
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     steps = segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps)
     initial = run_schedule(cfg, Schedule(optimizer="ciao"), device=device, data_dir=data_dir, max_valid=max_valid)
     if ema_policy is not None:
-        base = run_episode(env, cfg, ema_policy, log_improvement_reward, deterministic=True).valid_curve
+        base = run_episode(env, cfg, ema_policy, log_improvement_reward, deterministic=True, cadence=cadence).valid_curve
     else:
         base = initial.valid_loss
     reward = PowerLawReward(steps, base)
@@ -173,11 +178,11 @@ def task_rollouts(
     episodes = []
     for r in range(rollouts):
         gen = torch.Generator().manual_seed(seed * 1000 + r)
-        ep = run_episode(env, cfg, policy, ShapedReward(reward), baseline=base, generator=gen)
+        ep = run_episode(env, cfg, policy, ShapedReward(reward), baseline=base, generator=gen, cadence=cadence)
         ep.final_reward = reward(ep.valid_curve[-1])
         ep.reward_vs_initial = vs_initial(ep.valid_curve[-1])
         episodes.append(ep)
-    return TaskResult(episodes, base, initial.valid_loss, cfg.family, cfg.task_id, cfg.task.inner_steps)
+    return TaskResult(episodes, base, initial.valid_loss, cfg.family, cfg.task_id, cfg.task.inner_steps, cadence=cadence)
 
 
 class _MemberBank(CheckpointBank):
@@ -221,6 +226,7 @@ def population_rollouts(
     max_valid: int = 512,
     stats_every: int = 4,
     compiled: bool = False,
+    cadence: Cadence = FULL_CADENCE,
 ) -> TaskResult:
     """:func:`task_rollouts` with every run of the task in one :class:`CIAOPopulation`.
 
@@ -255,7 +261,8 @@ def population_rollouts(
     groups: dict[tuple[int, bool], list[_Actor]] = {}
     for a in actors:  # members that act alike (same policy, both greedy or both sampling) form a batch
         groups.setdefault((id(a.policy), a.deterministic), []).append(a)
-        a.observer.report(valid_loss=valid[a.k])
+        if cadence.valid_every is not None:
+            a.observer.report(valid_loss=valid[a.k])
     for t in range(outer + 1):
         flat = pop.flat.clone()  # the parameters now (the observers keep them for the next norm ratios)
         raw = {a.k: a.observer.policy(pop.hparams(a.k), a.bank.slots, flat[a.k]) for a in actors}
@@ -270,27 +277,32 @@ def population_rollouts(
             for a, x, act, lp in zip(group, norm, chosen, logprobs):
                 kind, slot = actions.restart(act) if a.observer.features.slots else ("none", -1)
                 a.prev_valid.append(valid[a.k])  # the reward compares with the loss before any restart
-                valid[a.k] = a.bank.apply(kind, slot, None, None, a.observer.progress, valid[a.k])
-                a.observer.restarted(valid[a.k])
+                # Checkpoints keep the validation loss the policy was told, as the environment's do.
+                a.observer.restarted(a.bank.apply(kind, slot, None, None, a.observer.progress, a.observer.valid_loss))
                 applied = act_on_values(actions, act, pop.hparams(a.k))
                 pop.set_hparams(a.k, applied)
                 a.observer.acted(act)
                 a.record.add(raw_policy=raw[a.k], policy_obs=x, actions=act, logprobs=lp, hparams=applied,
                              restarts=(kind, slot))  # fmt: skip
-        losses = []
+        told = []  # the losses reported to the policies (all of them under the full cadence)
+        seen: torch.Tensor | None = None  # the latest reported, which the statistics read (see train_segment)
         for i in range(bounds[t], bounds[t + 1]):
             want = stats_every > 0 and (i + 1) % stats_every == 0
-            loss, stats = pop.train_step(stats=want)
-            losses.append(loss)
+            grads, loss = pop.gradients()
+            if cadence.trains(i):
+                seen = loss
+                told.append(loss)
+            stats = pop.step(grads, stats=want, losses=seen)
             for k, st in enumerate(stats or []):
                 if k in by_row:
                     by_row[k].observer.report(stats=st)
-        train = torch.stack(losses).double().mean(0).tolist() if losses else [math.nan] * pop.k
+        train = torch.stack(told).double().mean(0).tolist() if told else [None] * pop.k
         valid = pop.evaluate(task.valid_batches).tolist()
         for curve, v in zip(curves, valid):
             curve.append(v)
+        validates = cadence.validates(bounds[t], bounds[t + 1])
         for a in actors:
-            a.observer.report(train_loss=train[a.k], valid_loss=valid[a.k])
+            a.observer.report(train_loss=train[a.k], valid_loss=valid[a.k] if validates else None)
 
     initial_curve = curves[0]
     base = curves[actors[0].k] if ema_policy is not None else initial_curve
@@ -300,7 +312,7 @@ def population_rollouts(
     for ep in episodes:
         ep.final_reward = reward(ep.valid_curve[-1])
         ep.reward_vs_initial = vs_initial(ep.valid_curve[-1])
-    return TaskResult(episodes, base, initial_curve, cfg.family, cfg.task_id, cfg.task.inner_steps, population=True)
+    return TaskResult(episodes, base, initial_curve, cfg.family, cfg.task_id, cfg.task.inner_steps, population=True, cadence=cadence)
 
 
 def _finish(a: _Actor, curve: list[float], cfg: TaskConfig, reward: PowerLawReward, base: list[float]) -> Episode:

@@ -31,14 +31,21 @@ class SegmentResult:
     train_loss: float  # mean over the segment's steps (NaN if any was NaN)
     stats: dict[str, float]  # statistics averaged over the segment's statistics steps
     steps: int
+    reported_loss: float | None = None  # mean over the steps whose loss is reported (None: none was)
 
 
 def train_segment(
     task: InnerTask, optimizer: torch.optim.Optimizer, steps: int, first_step: int, stats_every: int,
-    before_step: Callable[[int], None] | None = None,
+    before_step: Callable[[int], None] | None = None, reports: Callable[[int], bool] | None = None,
 ) -> SegmentResult:  # fmt: skip
-    """Take ``steps`` inner steps; CIAO computes statistics on every ``stats_every``-th step."""
-    losses = []
+    """Take ``steps`` inner steps; CIAO computes statistics on every ``stats_every``-th step.
+
+    ``reports(i)`` says whether step ``i``'s training loss is reported to a policy (default: every
+    one): their mean is ``reported_loss``, and CIAO's statistics read the latest one reported in
+    the segment, as the drop-in optimizer's do.
+    """
+    losses, reported = [], []
+    seen: torch.Tensor | None = None  # the latest reported loss of the segment
     collected: list[dict[str, float]] = []
     is_ciao = isinstance(optimizer, CIAO)
     for i in range(first_step, first_step + steps):
@@ -47,16 +54,20 @@ def train_segment(
         loss = task.train_loss(task.next_batch())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if reports is None or reports(i):
+            seen = loss.detach()
+            reported.append(seen)
         if is_ciao:
             want = stats_every > 0 and (i + 1) % stats_every == 0
-            optimizer.step(stats=want, loss=float(loss.detach()) if want else None)
+            optimizer.step(stats=want, loss=float(seen) if want and seen is not None else None)
             if want and optimizer.stats is not None:
                 collected.append(optimizer.stats)
         else:
             optimizer.step()
         losses.append(loss.detach())
     mean_loss = float(torch.stack(losses).double().mean()) if losses else float("nan")
-    return SegmentResult(mean_loss, mean_stats(collected), steps)
+    told = float(torch.stack(reported).double().mean()) if reported else None
+    return SegmentResult(mean_loss, mean_stats(collected), steps, told)
 
 
 def evaluation_count(task: InnerTask, total_steps: int) -> int:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from lhopt_dsl import ExperimentSpec, sample
 from lhopt_dsl.actions import ActionSpace
-from lhopt_dsl.observation import FeatureBuilder
+from lhopt_dsl.observation import FeatureBuilder, draw_cadence
 from lhopt_dsl.policy import PRESETS, ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.sample import train_seed
@@ -64,9 +64,10 @@ def _job(args: tuple) -> TaskResult:
     spec = ExperimentSpec.model_validate_json(spec_json)
     policy = ActorCritic.from_checkpoint(policy_ckpt)
     ema = ActorCritic.from_checkpoint(ema_ckpt) if ema_ckpt is not None else None
+    cadence = draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
     return task_rollouts(cfg, policy, ema, spec.hparams, rollouts=rollouts, seed=seed, device=device,
-                         data_dir=data_dir, max_valid=spec.meta_train.max_valid,
-                         population=spec.meta_train.population, compiled=spec.meta_train.compile)  # fmt: skip
+                         data_dir=data_dir, max_valid=spec.meta_train.max_valid, population=spec.meta_train.population,
+                         compiled=spec.meta_train.compile, cadence=cadence)  # fmt: skip
 
 
 def _pad(episodes: list[Episode], key: str) -> torch.Tensor:
@@ -235,6 +236,10 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
             }
             for fam in sorted({e.family for e in episodes}):
                 metrics[f"reward_by_family/{fam}"] = float(np.mean([e.reward_vs_initial for e in episodes if e.family == fam]))
+            for told, kind in ((True, "full"), (False, "sparse")):  # the tasks whose runs were told every loss, or not
+                mine = [e.reward_vs_initial for r in results if r.cadence.full == told for e in r.episodes]
+                if mine:
+                    metrics[f"reward_by_reporting/{kind}"] = float(np.mean(mine))
             history.append({"iteration": iteration + 1, **metrics})
             tracker.log_metrics(metrics, step=iteration + 1)
             save_atomic(

@@ -14,7 +14,16 @@ from lhopt_dsl.actions import ActionSpace, Checkpoint
 from lhopt_dsl.compile import compile_task
 from lhopt_dsl.controller import LHOPT
 from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
-from lhopt_dsl.observation import FIRST_RATIOS, MISSING_LOSS, FeatureBuilder, Observer, norm_ratios
+from lhopt_dsl.observation import (
+    FIRST_RATIOS,
+    FULL_CADENCE,
+    MISSING_LOSS,
+    Cadence,
+    FeatureBuilder,
+    Observer,
+    draw_cadence,
+    norm_ratios,
+)
 from lhopt_dsl.optim import STAT_NAMES
 from lhopt_dsl.policy import ActorCritic
 from lhopt_dsl.rollout import run_episode
@@ -27,34 +36,47 @@ from .test_env import policy_layout
 SMOKE = load_spec(SPECS / "smoke.yaml")
 
 
-@pytest.mark.parametrize("family", ["nqm", "mlp"])
-def test_the_drop_in_and_the_environment_show_the_policy_the_same_vectors(family):
-    """Told the same things (a training loss and CIAO's statistics at each step, the validation loss
-    before the run and after each segment), LHOPT in a user's loop and the environment of
-    meta-training give the policy identical vectors, and so take the same actions and restarts."""
+@pytest.mark.parametrize(
+    "family,cadence",
+    [("nqm", FULL_CADENCE), ("mlp", FULL_CADENCE), ("mlp", Cadence(7, 45)), ("nqm", Cadence(None, None)),
+     ("mlp", Cadence(None, 30)), ("mlp", Cadence(3, None))],
+    ids=str,
+)  # fmt: skip
+def test_the_drop_in_and_the_environment_show_the_policy_the_same_vectors(family, cadence):
+    """Told the same things, LHOPT in a user's loop and the environment of meta-training give the
+    policy identical vectors, and so take the same actions and restarts: under the full cadence (a
+    training loss and CIAO's statistics at each step, the validation loss before the run and after
+    each segment) and under the sparse ones meta-training draws (a user who reports the training
+    loss every k steps or never, the validation loss every n steps or never)."""
     cfg = next(c for c in (sample(SMOKE, s) for s in range(200)) if c.family == family)
     torch.manual_seed(0)
     policy = ActorCritic(policy_shape(SMOKE))
     policy.policy_norm(torch.randn(64, policy.shape.policy_size).numpy() * 3)  # non-trivial normaliser
     env = InnerTrainingEnv(SMOKE.hparams)
     episode = run_episode(env, cfg, policy, log_improvement_reward, generator=torch.Generator().manual_seed(5),
-                          critic=False)  # fmt: skip
+                          critic=False, cadence=cadence)  # fmt: skip
 
     task = compile_task(cfg)  # the same weights and data order as the environment's
     opt = LHOPT(task.params, copy.deepcopy(policy), total_steps=task.steps, outer_steps=task.outer_steps,
                 initial=cfg.hparams.controlled(), model=task.model, deterministic=False, seed=5)  # fmt: skip
     seen, normalise = [], opt.policy.policy_norm
     opt.policy.policy_norm = lambda x, update=False: normalise(seen.append(x.copy()) or x, update=update)
-    opt.observe(valid_loss=task.valid_loss())
+    if cadence.valid_every is not None:
+        opt.observe(valid_loss=task.valid_loss())
     bounds = segment_bounds(task.steps, task.outer_steps)
     for a, b in zip(bounds, bounds[1:]):
-        for _ in range(a, b):
+        for i in range(a, b):
             loss = task.train_loss(task.next_batch())
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step(loss=float(loss.detach()))  # as the environment: this step's statistics see its loss
-            opt.observe(train_loss=float(loss.detach()))  # counted in the segment it belongs to
-        opt.observe(valid_loss=task.valid_loss())
+            told = float(loss.detach()) if cadence.trains(i) else None
+            opt.step(loss=told)  # this step's statistics see its loss; without one, the latest reported
+            if told is not None:
+                opt.observe(train_loss=told)  # counted in the segment it belongs to
+        if cadence.validates(a, b):
+            opt.observe(valid_loss=task.valid_loss())
+        else:
+            task.valid_loss()  # the environment measures it anyway (for its reward): keep the data order
 
     assert len(seen) == len(episode.raw_policy) == task.outer_steps
     np.testing.assert_array_equal(np.stack(seen), episode.raw_policy)
@@ -116,3 +138,40 @@ def test_missing_observations_look_as_the_observer_documents():
     np.testing.assert_array_equal(restarted, ref.policy(0.75, action, math.nan, 1.5, slots, initial, initial,
                                                         *norm_ratios(params[2], params[3]), stats))  # fmt: skip
     assert [s.progress for s in observer.seen] == [0.0, 0.25, 0.5, 0.75] and observer.progress == 0.75
+
+
+def test_a_cadence_reports_what_a_users_loop_would():
+    every3 = Cadence(3, 10)
+    assert [i for i in range(10) if every3.trains(i)] == [0, 3, 6, 9]
+    assert every3.validates(0, 10) and not every3.validates(0, 9) and every3.validates(9, 11)
+    assert every3.validates(5, 25) and not every3.validates(11, 19)
+    never = Cadence(None, None)
+    assert not any(never.trains(i) for i in range(100)) and not never.validates(0, 100)
+    assert FULL_CADENCE.full and all(FULL_CADENCE.trains(i) for i in range(5)) and FULL_CADENCE.validates(4, 5)
+    assert not every3.full and str(never) == "train loss never, valid loss never"
+    with pytest.raises(ValueError, match="train_every"):
+        Cadence(0, 0)
+    with pytest.raises(ValueError, match="valid_every"):
+        Cadence(1, -1)
+
+
+def test_meta_training_draws_every_kind_of_cadence_in_the_spec_s_proportions():
+    """Per task and from its seed (so every run of the task, baseline included, reports alike)."""
+    reporting = SMOKE.meta_train.reporting
+    steps = 400
+    drawn = [draw_cadence(reporting, seed, steps) for seed in range(4000)]
+    assert drawn == [draw_cadence(reporting, seed, steps) for seed in range(4000)]  # deterministic
+    full = np.mean([c.full for c in drawn])
+    assert abs(full - reporting.full) < 0.03
+    sparse = [c for c in drawn if not c.full]
+    assert abs(np.mean([c.train_every is None for c in sparse]) - reporting.train_never) < 0.03
+    assert abs(np.mean([c.valid_every is None for c in sparse]) - reporting.valid_never) < 0.03
+    ks = [c.train_every for c in sparse if c.train_every is not None]
+    ns = [c.valid_every for c in sparse if c.valid_every is not None]
+    low, high = reporting.valid_every_fraction
+    assert min(ks) == 2 and max(ks) == reporting.train_every_max
+    assert round(steps * low) <= min(ns) < 2 * steps * low and steps * high / 2 < max(ns) <= round(steps * high)
+    # log-uniform: as many k below the geometric middle as above it
+    middle = math.sqrt(2 * reporting.train_every_max)
+    assert abs(np.mean([k < middle for k in ks]) - 0.5) < 0.05
+    assert draw_cadence(reporting.model_copy(update={"full": 1.0}), 3, steps) == FULL_CADENCE

@@ -13,6 +13,7 @@ from lhopt_dsl.schedule import SHAPES, Schedule
 from lhopt_dsl.training import ciao_kwargs, run_schedule
 from lhopt_dsl.optim import CIAO, STAT_NAMES
 from lhopt_dsl.population import CIAOPopulation, adamw_settings, batchable, run_population
+from lhopt_dsl.observation import FULL_CADENCE, Cadence
 
 from .conftest import SPECS
 
@@ -166,10 +167,16 @@ def test_baseline_grid_uses_the_population_and_records_every_member(tmp_path, fa
         assert curves[(name, 1)].test_curve == pytest.approx(ref.test_curve, rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.parametrize("family", ["mlp", "nqm", "transformer", "rnn"])
-def test_population_rollouts_equal_one_at_a_time_rollouts(family):
+@pytest.mark.parametrize(
+    "family,cadence",
+    [("mlp", FULL_CADENCE), ("nqm", FULL_CADENCE), ("transformer", FULL_CADENCE), ("rnn", FULL_CADENCE),
+     ("mlp", Cadence(5, 40)), ("nqm", Cadence(None, None)), ("rnn", Cadence(3, None))],
+    ids=str,
+)  # fmt: skip
+def test_population_rollouts_equal_one_at_a_time_rollouts(family, cadence):
     """Meta-training's runs of a task (initial hyperparameters, self-play baseline, 3 sampled
-    episodes with restarts) give the same episodes batched as one by one."""
+    episodes with restarts) give the same episodes batched as one by one, under the full cadence
+    and under sparse ones (what a task's runs tell their policies)."""
     from lhopt_dsl.actions import ActionSpace
     from lhopt_dsl.policy import ActorCritic
     from lhopt_dsl.rollout import task_rollouts
@@ -190,10 +197,10 @@ def test_population_rollouts_equal_one_at_a_time_rollouts(family):
     with torch.no_grad():
         policy.actor.head.bias[torch.as_tensor(offsets[:-1] + identity[:-1])] += 1.0  # restarts stay random
         ema.actor.head.bias[torch.as_tensor(offsets + identity)] += 1.0
-    args = dict(rollouts=3, seed=11)
+    args = dict(rollouts=3, seed=11, cadence=cadence)
     seq = task_rollouts(cfg, policy, ema, SMOKE.hparams, population=False, **args)
     pop = task_rollouts(cfg, policy, ema, SMOKE.hparams, population=True, **args)
-    assert pop.population and not seq.population
+    assert pop.population and not seq.population and pop.cadence == seq.cadence == cadence
     assert pop.baseline_curve == pytest.approx(seq.baseline_curve, rel=1e-4, abs=1e-6)
     assert pop.initial_curve == pytest.approx(seq.initial_curve, rel=1e-4, abs=1e-6)
     assert len(pop.episodes) == len(seq.episodes) == 3

@@ -19,7 +19,7 @@ from . import families as f
 from . import hparams as h
 
 SECTIONS: list[tuple[str, list[type[BaseModel]]]] = [
-    ("Experiment", [e.ExperimentSpec, e.TaskDistribution, e.Budget, e.MetaTrainSpec, e.EvaluationSpec, e.TrackingSpec]),
+    ("Experiment", [e.ExperimentSpec, e.TaskDistribution, e.Budget, e.MetaTrainSpec, e.ReportingSpec, e.EvaluationSpec, e.TrackingSpec]),
     ("Task families", [f.MLPSpec, f.CNNSpec, f.RNNSpec, f.TextRNNSpec, f.TransformerSpec, f.NQMSpec, f.Layers]),
     ("Distributions", [d.Choice, d.IntRange, d.LogIntRange, d.Uniform, d.LogUniform]),
     ("Hyperparameters", [h.CIAOSpace, h.AdamWSpace, h.HParam, h.Action, h.Noise, h.Restarts]),

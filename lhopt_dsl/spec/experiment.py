@@ -74,6 +74,43 @@ class TaskDistribution(StrictModel):
         return found
 
 
+class ReportingSpec(StrictModel):
+    """How often meta-training's runs tell the policy their losses, drawn once per task.
+
+    A user of the drop-in optimizer reports losses when it suits them (every step, every k steps,
+    never); a policy that only ever saw every loss reads a missing one as a divergence. Each task
+    draws, from its seed, whether its runs report everything (as evaluation does) or follow a
+    random cadence: a training loss every ``k`` inner steps, ``k`` log-uniform in
+    ``[2, train_every_max]``, or never; a validation loss every ``n`` inner steps, ``n`` a
+    log-uniform fraction of the run in ``valid_every_fraction``, or never. Rewards always use the
+    losses measured, whatever the policy is told.
+    """
+
+    full: Annotated[
+        float, Field(ge=0, le=1, description="Probability that a task's runs report every loss (as evaluation does).")
+    ] = 0.5
+    train_never: Annotated[
+        float, Field(ge=0, le=1, description="Otherwise: probability of reporting no training loss at all.")
+    ] = 0.2
+    train_every_max: Annotated[
+        int, Field(ge=2, description="Otherwise: the most inner steps between training-loss reports.")
+    ] = 64
+    valid_never: Annotated[
+        float, Field(ge=0, le=1, description="Otherwise: probability of reporting no validation loss at all.")
+    ] = 0.2
+    valid_every_fraction: Annotated[
+        tuple[float, float],
+        Field(description="Otherwise: [low, high] fractions of the run between validation-loss reports."),
+    ] = (0.02, 0.5)
+
+    @field_validator("valid_every_fraction")
+    @classmethod
+    def _ordered_fractions(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"needs 0 < low <= high <= 1, got [{v[0]}, {v[1]}]")
+        return v
+
+
 class MetaTrainSpec(StrictModel):
     """Meta-training settings (PPO over inner runs, paper Section 3.6)."""
 
@@ -110,6 +147,10 @@ class MetaTrainSpec(StrictModel):
         float, Field(ge=0, lt=1, description="Decay of the EMA of policy weights used as the self-play baseline.")
     ] = 0.9
     max_valid: Annotated[int, Field(ge=1, description="Validation examples evaluated at each outer step.")] = 512
+    reporting: Annotated[
+        ReportingSpec,
+        Field(description="Randomised loss-reporting cadences, so the policy learns what a drop-in user reports."),
+    ] = ReportingSpec()
     population: Annotated[
         bool,
         Field(description="Train each task's runs (initial hyperparameters, self-play baseline, rollouts) as one "
