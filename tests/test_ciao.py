@@ -79,6 +79,40 @@ def test_foreach_matches_reference(hp, schedule):
         assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), name
 
 
+@pytest.mark.parametrize("hp", CONFIGS, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()) or "defaults")
+@pytest.mark.parametrize("foreach", [False, True], ids=["reference", "foreach"])
+def test_statistics_never_change_the_run(hp, foreach):
+    """Statistics are observations: a run that computes them at every step moves its parameters
+    bit for bit as one that never does, on the one-model layout and on the population's rows."""
+    a, b = make_model(), make_model()
+    oa, ob = CIAO(a.parameters(), foreach=foreach, **hp), CIAO(b.parameters(), foreach=foreach, **hp)
+    train(a, oa, schedule=changing_hparams, stats_every=1)
+    train(b, ob, schedule=changing_hparams, stats_every=10**9)
+    assert oa.stats is not None and ob.stats is None
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_statistics_never_change_a_populations_run():
+    from lhopt_dsl.compile import compile_task
+    from lhopt_dsl.population import CIAOPopulation
+    from lhopt_dsl.sample import sample
+    from lhopt_dsl.spec import load_spec
+    from lhopt_dsl.training import ciao_kwargs
+
+    from .conftest import SPECS
+
+    spec = load_spec(SPECS / "smoke.yaml")
+    cfg = next(c for c in (sample(spec, s) for s in range(50)) if c.family == "mlp")
+    runs = []
+    for every in (1, 10**9):
+        pop = CIAOPopulation(compile_task(cfg), [ciao_kwargs(cfg.hparams), {**ciao_kwargs(cfg.hparams), "lr": 3e-3}])
+        for i in range(12):
+            pop.train_step(stats=i % every == 0)
+        runs.append(pop.flat.clone())
+    assert torch.equal(runs[0], runs[1])
+
+
 def test_multiple_param_groups_match():
     a, b = make_model(), make_model()
     groups = lambda m: [{"params": m[0].parameters()}, {"params": m[3].parameters(), "lr": 3e-3, "use_lamb": False}]  # noqa: E731

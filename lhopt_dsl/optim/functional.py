@@ -193,10 +193,11 @@ def ciao_step_(
     if grad_ema is None:
         ops.step_(p, u, scale * c["lr"], per_tensor=use_lamb)
         return {"grad_max": grad_max, "clipped": clipped, "update_norm_ema": ema}, None
-    update = ops.scale_(u, scale, per_tensor=use_lamb)
-    # The statistics read the parameters before they move.
+    # The statistics read the update and the parameters before they move; the step is then taken
+    # exactly as without statistics, so computing them never changes a run (not even its rounding).
+    update = ops.scale(u, scale, per_tensor=use_lamb)
     sums = stat_sums(ops, g, update, trust, p, m, v, grad_ema, c, adam=adam, numels=numels, clipped=clipped)
-    ops.step_(p, update, c["lr"], per_tensor=False)
+    ops.step_(p, u, scale * c["lr"], per_tensor=use_lamb)
     return {"grad_max": grad_max, "clipped": torch.zeros_like(clipped), "update_norm_ema": ema}, sums
 
 
@@ -275,6 +276,10 @@ class TensorLists:
         """``x`` times ``s`` (per tensor, or one number), in place."""
         return self.mul_(x, list(s.unbind()) if per_tensor else s)
 
+    def scale(self, x: list, s: Any, *, per_tensor: bool) -> list:
+        """``x`` times ``s`` (per tensor, or one number), as new tensors."""
+        return _each(torch._foreach_mul, torch.mul, self.foreach, x, list(s.unbind()) if per_tensor else s)
+
     def step_(self, p: list, u: list, s: Any, *, per_tensor: bool) -> None:
         """``p -= s * u``; a per-tensor ``s`` scales ``u`` in place first."""
         if per_tensor:
@@ -350,7 +355,7 @@ class FlatRows:
     def total_norm(self, x: torch.Tensor) -> torch.Tensor:
         return torch.linalg.vector_norm(x, dim=1, keepdim=True)
 
-    def scale_(self, x: torch.Tensor, s: torch.Tensor, *, per_tensor: bool) -> torch.Tensor:
+    def scale(self, x: torch.Tensor, s: torch.Tensor, *, per_tensor: bool) -> torch.Tensor:
         """``x`` times ``s`` (per tensor, or per member), as a new tensor."""
         return x * (s[:, self.segments] if per_tensor else s)
 
