@@ -78,10 +78,10 @@ def test_apply_action_scales_shifts_and_clamps():
     space = CIAOSpace()
     actions = ActionSpace(space)
     p = torch.nn.Parameter(torch.zeros(3))
-    opt = CIAO([p], lr=0.5, grad_clip_fraction=0.8)
+    opt = CIAO([p], lr=0.05, grad_clip_fraction=0.8)
     up = [6, 1, 1, 1, 1, 3, 2, 2, 0]  # lr x2, other scales x2, clip fraction logit +1
     applied = apply_action(opt, actions, up)
-    assert applied["lr"] == 1.0  # 0.5 * 2, at the upper bound
+    assert applied["lr"] == 0.1  # 0.05 * 2, at the upper bound
     z = math.log(0.8 / 0.2) + 1.0
     assert math.isclose(applied["grad_clip_fraction"], 1 / (1 + math.exp(-z)))
     for _ in range(30):
@@ -90,7 +90,10 @@ def test_apply_action_scales_shifts_and_clamps():
         low, high = hp.bounds
         assert low <= applied[name] <= high, name
         assert opt.param_groups[0][name] == applied[name]
-    assert applied["lr"] == 1.0 and applied["one_minus_beta1"] == 1.0 and applied["grad_clip_fraction"] == 0.999
+    assert applied["lr"] == 0.1 and applied["grad_clip_fraction"] == 0.999
+    # No policy can leave the range where training makes sense (the default bounds): beta1 >= 0.5,
+    # beta2 >= 0.9, weight decay <= 0.1, however often it asks for more.
+    assert applied["one_minus_beta1"] == 0.5 and applied["one_minus_beta2"] == 0.1 and applied["weight_decay"] == 0.1
     down = [0, 0, 0, 0, 0, 0, 0, 0, 0]
     for _ in range(200):
         applied = apply_action(opt, actions, down)

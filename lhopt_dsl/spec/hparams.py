@@ -18,9 +18,13 @@ hyperparameter is multiplied by a factor drawn log-uniformly from ``[low, high]`
 draw treats symmetrically); a ``logit_shift`` hyperparameter has ``logit(x)`` shifted by an
 amount drawn uniformly from ``[low, high]``. The result is clamped to the bounds.
 
-Bounds are not given by the paper; ours keep every value meaningful (rates in (0, 1], a
-clip fraction strictly inside (0, 1)) and wide enough that no noisy initial value from Table 8
-touches them.
+Bounds are not given by the paper. Ours keep every value where training still makes sense, so
+that no policy, however undertrained, can take a user's run somewhere no tuned optimizer would
+go: learning rate and weight decay at most 0.1 (the largest noisy initial value of Table 8;
+CIAO's trust ratio makes its learning rate a relative step, so 0.1 moves every weight by up to
+10% per step), beta1 at least 0.5 and beta2 at least 0.9 (a policy that set beta1 to 0 or
+weight decay to 1 ended a user's run at NaN). Table 8's noise can draw 1 - beta1 up to 1; such a
+draw is clamped to 0.5. A spec may give other bounds.
 """
 
 from __future__ import annotations
@@ -127,8 +131,8 @@ class Restarts(StrictModel):
 
 
 #: Learning rate and weight decay: the same defaults in every space (Tables 7 and 8).
-_LR = _scale(1e-3, [0.5, 0.707, 0.9, 1.0, 1.1, 1.414, 2.0], (1e-2, 1e2), (1e-6, 1.0))
-_WEIGHT_DECAY = _scale(1e-2, [0.5, 2.0], (0.1, 10.0), (1e-6, 1.0))
+_LR = _scale(1e-3, [0.5, 0.707, 0.9, 1.0, 1.1, 1.414, 2.0], (1e-2, 1e2), (1e-6, 0.1))
+_WEIGHT_DECAY = _scale(1e-2, [0.5, 2.0], (0.1, 10.0), (1e-6, 0.1))
 
 
 class _Space(StrictModel):
@@ -212,10 +216,10 @@ class CIAOSpace(_Space):
         1e-6, [0.5, 2.0], (0.1, 10.0), (1e-10, 1e-1)
     )
     one_minus_beta1: Annotated[HParam, Field(description="1 - momentum rate.")] = _scale(
-        0.1, [0.5, 2.0], (0.1, 10.0), (1e-3, 1.0)
+        0.1, [0.5, 2.0], (0.1, 10.0), (1e-3, 0.5)
     )
     one_minus_beta2: Annotated[HParam, Field(description="1 - second-moment rate.")] = _scale(
-        1e-2, [0.5, 2.0], (0.1, 10.0), (1e-5, 1.0)
+        1e-2, [0.5, 2.0], (0.1, 10.0), (1e-5, 0.1)
     )
     grad_clip_fraction: Annotated[
         HParam, Field(description="Clip the gradient norm to this fraction of its moving maximum.")
@@ -271,7 +275,7 @@ class AdamWSpace(_Space):
         1e-8, [0.5, 2.0], (0.1, 10.0), (1e-12, 1e-1)
     )
     one_minus_beta2: Annotated[HParam, Field(description="1 - AdamW's beta2 (the second moment's rate).")] = _scale(
-        1e-3, [0.5, 2.0], (0.1, 10.0), (1e-5, 1.0)
+        1e-3, [0.5, 2.0], (0.1, 10.0), (1e-5, 0.1)
     )
     restarts: Annotated[
         Restarts,
