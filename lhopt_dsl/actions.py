@@ -73,6 +73,13 @@ class ActionSpace:
             idx.append(int(np.argmin(np.abs(values - neutral))))
         return np.asarray(idx + [0], dtype=np.int64)
 
+    def keeps(self) -> np.ndarray:
+        """Per action dimension, whether :meth:`identity` changes nothing there exactly (the restart
+        dimension's do-nothing always does; a hyperparameter whose values are only x0.5 and x2 has no
+        action that keeps it)."""
+        exact = [(1.0 if hp.action.type == "scale" else 0.0) in hp.action.values for hp in self.hparams.values()]
+        return np.asarray(exact + [True])
+
 
 def current_hparams(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """CIAO's continuous hyperparameters as the optimizer holds them now (first param group); a

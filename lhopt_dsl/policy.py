@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import PurePath
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -140,6 +140,17 @@ class ActorCritic(nn.Module):
         logits, state = self.actor_forward(torch.as_tensor(x, dtype=torch.float32).unsqueeze(0), state)
         chosen = [self._choose(row, gen, deterministic) for row, gen in zip(logits[0], generators)]
         return np.stack([a for a, _ in chosen]), np.asarray([lp for _, lp in chosen]), state
+
+    @torch.no_grad()
+    def favour(self, action: Sequence[int], dims: Sequence[bool], logit: float) -> None:
+        """Raise the actor's logit of ``action[d]`` by ``logit`` in every dimension ``d`` where
+        ``dims[d]`` (an untrained actor, whose logits are near 0, then picks it with probability
+        e^logit / (e^logit + n - 1) of its n choices)."""
+        start = 0
+        for d, n in enumerate(self.shape.nvec):
+            if dims[d]:
+                self.actor.head.bias[start + int(action[d])] += logit
+            start += n
 
     # --- saving --------------------------------------------------------------------------------
 

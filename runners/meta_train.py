@@ -165,6 +165,9 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
         print(f"no checkpoint at {ckpt_path}; starting a new run")
     torch.manual_seed(spec.seed)
     model = ActorCritic.from_checkpoint(state["policy"]) if state else ActorCritic(policy_shape(spec))
+    if not state and mt.keep_bias:
+        actions = ActionSpace(spec.hparams)
+        model.favour(actions.identity(), actions.keeps(), mt.keep_bias)
     ema = ActorCritic.from_checkpoint(state["ema"]) if state else copy.deepcopy(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=mt.learning_rate, eps=1e-5)
     start, history, run_id = 0, [], None

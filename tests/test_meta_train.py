@@ -304,3 +304,26 @@ def test_train_cli_population_switch(tmp_path, flag, share):
         assert shares == [share, share]
     else:
         assert all(s > 0 for s in shares)
+
+
+def test_keep_bias_starts_the_policy_near_keeping_the_hyperparameters(tmp_path):
+    """With meta_train.keep_bias, a new policy picks, in every dimension that has one, the action
+    that keeps its hyperparameter (and no restart) with the probability the bias gives."""
+    from lhopt_dsl.actions import ActionSpace
+
+    smoke = load_spec(SPECS / "smoke.yaml")
+    spec = smoke.model_copy(update={"meta_train": smoke.meta_train.model_copy(update={"keep_bias": 2.0})})
+    actions = ActionSpace(spec.hparams)
+    keep, exact = actions.identity(), actions.keeps()
+    assert exact[0] and exact[-1] and not exact[1]  # lr has x1.0, restarts "none"; weight decay only x0.5, x2
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = train(spec, Settings(iterations=0, workers=0, tracking_uri=uri, run_dir=tmp_path, quiet=True))
+    model = ActorCritic.from_checkpoint(load_checkpoint(path)["policy"])
+    with torch.no_grad():
+        logits, _ = model.actor_forward(torch.zeros(1, 1, model.shape.policy_size))
+    start = 0
+    for d, n in enumerate(model.shape.nvec):
+        probs = torch.softmax(logits[0, 0, start : start + n], -1)
+        want = math.exp(2.0) / (math.exp(2.0) + n - 1) if exact[d] else 1.0 / n
+        assert float(probs[keep[d]]) == pytest.approx(want, abs=0.02), d
+        start += n

@@ -134,6 +134,11 @@ class MetaTrainSpec(StrictModel):
     hidden_size: Annotated[int, Field(ge=1, description="LSTM units of actor and critic (paper: 256; large: 512).")] = 256
     num_layers: Annotated[int, Field(ge=1, description="LSTM layers of actor and critic (paper: 1; large: 2).")] = 1
     learning_rate: Annotated[float, Field(gt=0, description="Adam learning rate of actor and critic.")] = 3e-4
+    keep_bias: Annotated[
+        float,
+        Field(ge=0, description="Initial logit bonus of the action that keeps each hyperparameter (where one "
+              "exists) and of no restart: a new policy starts near 'keep the hyperparameters' (0: uniform)."),
+    ] = 0.0
     update_epochs: Annotated[
         int, Field(ge=1, le=4, description="Passes over each iteration's rollouts (paper: reuse at most 4).")
     ] = 4
