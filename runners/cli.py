@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -128,8 +130,25 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from .distributed import RankLost, launched, torchrun_command
     from .meta_train import Settings, train
+
+    if args.nproc is not None and args.nproc > 1 and not launched():
+        # Ranks on this machine: torchrun starts them, each running this command without --nproc.
+        return subprocess.call(torchrun_command(args.nproc, _without_nproc(args.argv)))
 
     spec = load_spec(args.spec)
     if args.seed is not None:
@@ -145,7 +164,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         run_dir=Path(args.run_dir) if args.run_dir else None,
     )
-    path = train(spec, settings, spec_path=args.spec)
+    try:
+        path = train(spec, settings, spec_path=args.spec)
+    except RankLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if launched() and int(os.environ.get("RANK", "0")) > 0:
+        return 0  # rank 0 reports for the job
     print(f"\npolicy: {path}\nlocal metrics and checkpoints: {path.parent}")
     print(_ui_hint(args.tracking_uri or spec.tracking.uri))
     return 0
@@ -386,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run each task's runs one after another instead of as one batched population")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the populations' steps (once per architecture; pays on long runs)")
+    p.add_argument("--nproc", type=int, metavar="M",
+                   help="run M ranks on this machine through torchrun (decentralised PPO; for several machines "
+                        "start torchrun yourself, see docs/CLUSTER.md)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 with lean settings")
@@ -466,11 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given (lhopt train --nproc re-runs it)
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
-    for flag in ("count", "iterations", "tasks", "steps"):
+    for flag in ("count", "iterations", "tasks", "steps", "nproc"):
         value = getattr(args, flag, None)
         if value is not None and value < 1:
             parser.error(f"--{flag} must be >= 1")

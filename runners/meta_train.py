@@ -34,7 +34,8 @@ from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec.loader import spec_files
 
-from .tracking import Tracker
+from .distributed import Group, grads_vector, set_grads, setup
+from .tracking import NullTracker, Tracker
 
 
 @dataclass
@@ -82,9 +83,21 @@ def _pad(episodes: list[Episode], key: str) -> torch.Tensor:
 
 
 def ppo_update(
-    model: ActorCritic, optimizer: torch.optim.Optimizer, episodes: list[Episode], mt: Any, rng: np.random.Generator
+    model: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    episodes: list[Episode],
+    mt: Any,
+    rng: np.random.Generator,
+    group: Group | None = None,
 ) -> dict[str, float]:
-    """GAE (discount 1) per episode, then clipped-PPO epochs over minibatches of whole episodes."""
+    """GAE (discount 1) per episode, then clipped-PPO epochs over minibatches of whole episodes.
+
+    With a ``group`` of several ranks (every rank holding the same ``episodes`` and ``rng``), each
+    rank computes the gradient of its share of every minibatch's loss and the gradients are summed
+    over the ranks before the step, so every rank takes the step one process would take.
+    """
+    group = group or Group()
+    params = list(model.parameters())
     for e in episodes:
         e.advantages, e.returns = gae(e.rewards, e.values, 1.0, mt.gae_lambda)
     all_adv = np.concatenate([e.advantages for e in episodes])
@@ -94,31 +107,37 @@ def ppo_update(
         order = rng.permutation(len(episodes))
         for k in range(0, len(order), mt.minibatch_episodes):
             batch = [episodes[i] for i in order[k : k + mt.minibatch_episodes]]
-            x, v = _pad(batch, "policy_obs").float(), _pad(batch, "value_obs").float()  # (T, B, F)
-            acts = _pad(batch, "actions").long()  # (T, B, D)
-            mask = _pad(batch, lambda e: np.ones(len(e), dtype=np.float32)).float()  # (T, B)
-            old_lp = _pad(batch, "logprobs").float()
-            adv = (_pad(batch, "advantages").float() - adv_mean) / adv_std
-            ret = _pad(batch, "returns").float()
-            new_lp, entropy, values = model.evaluate(x, v, acts)
-            log_ratio = new_lp - old_lp
-            ratio = log_ratio.exp()
-            n = mask.sum()
-            clipped = ratio.clamp(1 - mt.clip_coef, 1 + mt.clip_coef)
-            pg_loss = (torch.max(-adv * ratio, -adv * clipped) * mask).sum() / n
-            v_loss = 0.5 * (((values - ret) ** 2) * mask).sum() / n
-            ent = (entropy * mask).sum() / n
-            loss = pg_loss - mt.entropy_coef * ent + mt.value_coef * v_loss
+            # The minibatch's loss is a mean over all its steps; this rank adds its share's terms.
+            n = torch.tensor(float(sum(len(e) for e in batch)))
+            mine = [batch[i] for i in group.share(len(batch))]
             optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), mt.max_grad_norm)
+            sums = [0.0] * 5  # kl, clip fraction, entropy, policy loss, value loss: this share's terms
+            if mine:
+                x, v = _pad(mine, "policy_obs").float(), _pad(mine, "value_obs").float()  # (T, B, F)
+                acts = _pad(mine, "actions").long()  # (T, B, D)
+                mask = _pad(mine, lambda e: np.ones(len(e), dtype=np.float32)).float()  # (T, B)
+                old_lp = _pad(mine, "logprobs").float()
+                adv = (_pad(mine, "advantages").float() - adv_mean) / adv_std
+                ret = _pad(mine, "returns").float()
+                new_lp, entropy, values = model.evaluate(x, v, acts)
+                log_ratio = new_lp - old_lp
+                ratio = log_ratio.exp()
+                clipped = ratio.clamp(1 - mt.clip_coef, 1 + mt.clip_coef)
+                pg_loss = (torch.max(-adv * ratio, -adv * clipped) * mask).sum() / n
+                v_loss = 0.5 * (((values - ret) ** 2) * mask).sum() / n
+                ent = (entropy * mask).sum() / n
+                loss = pg_loss - mt.entropy_coef * ent + mt.value_coef * v_loss
+                loss.backward()
+                with torch.no_grad():
+                    sums = [float((((ratio - 1) - log_ratio) * mask).sum() / n),
+                            float((((ratio - 1).abs() > mt.clip_coef).float() * mask).sum() / n),
+                            float(ent), float(pg_loss), float(v_loss)]  # fmt: skip
+            if group.world > 1:  # one collective: the summed gradients and the summed metric terms
+                sums = set_grads(params, group.all_reduce(grads_vector(params, sums)))
+            torch.nn.utils.clip_grad_norm_(params, mt.max_grad_norm)
             optimizer.step()
-            with torch.no_grad():
-                kls.append(float((((ratio - 1) - log_ratio) * mask).sum() / n))
-                clips.append(float((((ratio - 1).abs() > mt.clip_coef).float() * mask).sum() / n))
-            entropies.append(float(ent.detach()))
-            pg_losses.append(float(pg_loss.detach()))
-            v_losses.append(float(v_loss.detach()))
+            for series, value in zip((kls, clips, entropies, pg_losses, v_losses), sums):
+                series.append(value)
     return {
         "ppo/approx_kl": float(np.mean(kls)),
         "ppo/clip_frac": float(np.mean(clips)),
@@ -157,12 +176,24 @@ def _hparam_figure(episodes: list[Episode], names: Sequence[str]):
 def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None) -> Path:
     """Meta-train a policy on ``spec``; return the path of the final checkpoint."""
     mt = spec.meta_train
+    group = setup(spec.device)  # one process, or one rank of a torchrun job (runners/distributed.py)
+    try:
+        return _train(spec, settings, spec_path, group)
+    finally:
+        group.close()
+
+
+def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, group: Group) -> Path:
+    mt = spec.meta_train
     run_dir = settings.run_dir or Path(mt.run_dir) / spec.name
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
-    state = load_checkpoint(ckpt_path, "training checkpoint") if settings.resume and ckpt_path.exists() else None
-    if settings.resume and state is None:
-        print(f"no checkpoint at {ckpt_path}; starting a new run")
+    state = None
+    if group.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = load_checkpoint(ckpt_path, "training checkpoint") if settings.resume and ckpt_path.exists() else None
+        if settings.resume and state is None:
+            print(f"no checkpoint at {ckpt_path}; starting a new run")
+    state = group.broadcast(state)  # the job's whole state, whatever number of ranks wrote it
     torch.manual_seed(spec.seed)
     model = ActorCritic.from_checkpoint(state["policy"]) if state else ActorCritic(policy_shape(spec))
     if not state and mt.keep_bias:
@@ -176,8 +207,12 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
         torch.set_rng_state(state["torch_rng"])
         start, history, run_id = state["iteration"], state["history"], state.get("run_id")
 
-    tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, spec.name, run_dir, run_id)
-    if run_id is None:
+    if not group.main:  # rank 0 alone logs and writes checkpoints
+        tracker: Tracker | NullTracker = NullTracker(run_id)
+    else:
+        tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, spec.name, run_dir,
+                          run_id)  # fmt: skip
+    if run_id is None and group.main:
         tracker.log_params(spec.model_dump(mode="json"))
         if spec_path:
             for path in spec_files(spec_path):  # the spec and every file it includes
@@ -186,28 +221,31 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
     pool = mp.get_context("spawn").Pool(settings.workers, initializer=torch.set_num_threads, initargs=(1,)) \
         if settings.workers > 1 else None  # fmt: skip
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="meta-train",
-               unit="it", disable=settings.quiet)  # fmt: skip
+               unit="it", disable=settings.quiet or not group.main)  # fmt: skip
     started = time.perf_counter()
     try:
         for iteration in bar:
-            if settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes:
-                print(f"time limit of {settings.max_minutes:g} min reached after {iteration} iterations")
+            late = settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes
+            if group.broadcast(late):  # rank 0's clock decides, so that every rank stops together
+                if group.main:
+                    print(f"time limit of {settings.max_minutes:g} min reached after {iteration} iterations")
                 break
-            t0 = time.perf_counter()
+            t0, comm0 = time.perf_counter(), group.comm_seconds
             # --- rollouts: sample tasks, run baselines and policy episodes ------------------------
             policy_ckpt = model.to_checkpoint()
             ema_ckpt = ema.to_checkpoint() if mt.baseline == "self_play" else None
             jobs = []
-            for j in range(mt.tasks_per_iteration):
+            for j in group.share(mt.tasks_per_iteration):  # this rank's tasks; the job's are those of one process
                 seed = train_seed(spec.seed, iteration, j)
                 jobs.append((sample(spec, seed), policy_ckpt, ema_ckpt, spec_json, mt.rollouts_per_task, seed,
                              spec.device, spec.data_dir))  # fmt: skip
             results = pool.map(_job, jobs) if pool else [_job(a) for a in jobs]
+            results = group.gather(results)  # every rank: every task's results, in task order
             episodes = [e for r in results for e in r.episodes]
             rollout_time = time.perf_counter() - t0
 
             # --- advantages and PPO update on minibatches of whole episodes -----------------------
-            ppo = ppo_update(model, optimizer, episodes, mt, np.random.default_rng([spec.seed, iteration]))
+            ppo = ppo_update(model, optimizer, episodes, mt, np.random.default_rng([spec.seed, iteration]), group)
 
             # --- normalisers and the self-play baseline ----------------------------------------
             model.policy_norm(np.concatenate([e.raw_policy for e in episodes]), update=True)
@@ -236,6 +274,8 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
                 "speed/inner_steps_per_s": inner / elapsed,
                 "speed/rollout_share": rollout_time / elapsed,
                 "speed/population_share": float(np.mean([r.population for r in results])),
+                "speed/ranks": group.world,
+                "speed/comm_share": (group.comm_seconds - comm0) / elapsed,  # gathering episodes, summing gradients
             }
             for fam in sorted({e.family for e in episodes}):
                 metrics[f"reward_by_family/{fam}"] = float(np.mean([e.reward_vs_initial for e in episodes if e.family == fam]))
@@ -245,6 +285,8 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
                     metrics[f"reward_by_reporting/{kind}"] = float(np.mean(mine))
             history.append({"iteration": iteration + 1, **metrics})
             tracker.log_metrics(metrics, step=iteration + 1)
+            if not group.main:
+                continue
             save_atomic(
                 {
                     "iteration": iteration + 1,
@@ -271,6 +313,8 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
         if pool:
             pool.terminate()
     policy_path = run_dir / "policy.pt"
+    if not group.main:
+        return policy_path  # written by rank 0
     save_atomic({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "history": history},
                 policy_path)  # fmt: skip
     tracker.log_policy(policy_path, spec.tracking.registered_model)

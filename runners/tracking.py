@@ -53,6 +53,20 @@ def reachable(uri: str, timeout: float = 3.0) -> bool:
         return False
 
 
+class NullTracker:
+    """What the ranks other than 0 of a distributed job log: nothing (rank 0 logs the job's run)."""
+
+    enabled = False
+
+    def __init__(self, run_id: str | None = None):
+        self.run_id = run_id
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("log_") or name == "end":
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
 class Tracker:
     """An MLflow run that degrades to local files when the server is unavailable."""
 
