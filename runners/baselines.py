@@ -328,6 +328,15 @@ def _open_study(
     return study, choices
 
 
+def prepare_studies(
+    storage_url: str, cfgs: Sequence[TaskConfig], names: Sequence[str] = BASELINES, horizons: Sequence[int] = HORIZONS
+) -> None:  # fmt: skip
+    """Create the storage's schema and every task's study, before workers start: concurrent
+    first-time creation races in Optuna's RDB storage (two workers creating the tables at once)."""
+    for cfg in cfgs:
+        _open_study(storage_url, cfg, names, horizons)
+
+
 def _value(curve: LearningCurve) -> float:
     """A trial's objective: the final validation loss (``inf`` for a diverged run, still COMPLETE)."""
     final = curve.valid_loss[-1]

@@ -44,7 +44,7 @@ from lhopt_dsl.metrics import TaskScores, evaluation_summary, format_summary, pe
 from lhopt_dsl.rollout import run_episode
 from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, eval_seed, sample
 
-from .baselines import run_grid
+from .baselines import prepare_studies, run_grid
 from .tracking import Tracker
 
 SCORES: tuple[str, ...] = ("test", "valid")
@@ -261,6 +261,8 @@ def evaluate_tasks(
             for job in jobs:
                 finished(_work(job))
         else:
+            # The schema and the studies first: workers creating them at once would race.
+            prepare_studies(storage, [configs[i] for i in todo])
             # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock)
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,

@@ -53,6 +53,24 @@ def reachable(uri: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created if missing. Processes that start at once on a new
+    experiment race to create it; the loser finds the winner's instead of failing (or logging to
+    "Default")."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 class NullTracker:
     """What the ranks other than 0 of a distributed job log: nothing (rank 0 logs the job's run)."""
 
@@ -88,8 +106,7 @@ class Tracker:
 
         self.client = MlflowClient(tracking_uri=self.uri)
         if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            exp_id = ensure_experiment(self.client, experiment)
             run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")

@@ -219,13 +219,21 @@ def test_diverged_run_is_recorded_and_not_rerun(tmp_path, monkeypatch):
     run_grid(NQM, url, names=["adamw-constant-lr0.01"], horizons=(1,))  # would raise if it re-ran
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_url(request, tmp_path):
+    """A fresh baseline storage: SQLite (one machine's workers) or PostgreSQL (several machines')."""
+    if request.param == "sqlite":
+        return bl.default_storage(tmp_path)
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
-def test_a_dead_workers_running_trial_is_failed_by_heartbeat_and_rerun(tmp_path, monkeypatch):
+def test_a_dead_workers_running_trial_is_failed_by_heartbeat_and_rerun(storage_url, monkeypatch):
     monkeypatch.setattr(bl, "HEARTBEAT_INTERVAL", 1)
     monkeypatch.setattr(bl, "GRACE_PERIOD", 1)
     monkeypatch.setattr(bl, "POLL_INTERVAL", 0.2)
     bl._storage.cache_clear()
-    url = bl.default_storage(tmp_path)
+    url = storage_url
     names = ["adamw-constant-lr0.01"]
     study, choices = bl._open_study(url, NQM, names, (1, 2))
     dead = study.ask()  # a worker took a pair, sent one heartbeat and died
@@ -249,11 +257,15 @@ def _grid_worker(url: str, cfg_yaml: str, names: list[str], queue) -> None:
     queue.put(sorted((name, h, curve.valid_loss[-1]) for (name, h), curve in result.items()))
 
 
-def test_two_processes_share_one_sqlite_study_without_duplicates(tmp_path, monkeypatch):
+def test_two_processes_share_one_study_without_duplicates(storage_url, monkeypatch):
+    """Two workers (processes; on PostgreSQL they could be on two machines) finish one grid: each
+    pair runs to completion once. The storage's schema and the study exist before they start."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    url = bl.default_storage(tmp_path)
+    url = storage_url
     names = ["adamw-constant-lr0.01", "adamw-cosine-lr0.001", "schedulefree", "prodigy"]
     grid = {(n, h) for n in names for h in (1, 2)}
+    bl.prepare_studies(url, [NQM], names)
+    bl._storage.cache_clear()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_grid_worker, args=(url, NQM.to_yaml(), names, queue)) for _ in range(2)]

@@ -327,3 +327,38 @@ def test_keep_bias_starts_the_policy_near_keeping_the_hyperparameters(tmp_path):
         want = math.exp(2.0) / (math.exp(2.0) + n - 1) if exact[d] else 1.0 / n
         assert float(probs[keep[d]]) == pytest.approx(want, abs=0.02), d
         start += n
+
+
+def _tracker_process(uri: str, experiment: str, name: str, local: str) -> None:
+    tracker = Tracker(uri, experiment, name, Path(local))
+    assert tracker.enabled
+    tracker.log_metrics({"x": 1.0}, step=1)
+    tracker.end()
+
+
+def test_tracking_on_postgresql_and_concurrent_runs_on_a_new_experiment(tmp_path, postgres_url):
+    """MLflow with a PostgreSQL backend store: meta-training logs its run there, and runs that start
+    at once on a new experiment all land in it (the loser of the race to create it finds it)."""
+    import multiprocessing as mp
+
+    from mlflow.tracking import MlflowClient
+
+    spec = _tiny_spec(tmp_path)
+    spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"experiment": "pg-exp"})})
+    train(spec, Settings(iterations=1, workers=0, tracking_uri=postgres_url, run_dir=tmp_path / "run", quiet=True))
+    client = MlflowClient(tracking_uri=postgres_url)
+    (run,) = client.search_runs([client.get_experiment_by_name("pg-exp").experiment_id])
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "reward/mean")) == 1
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_tracker_process, args=(postgres_url, "new-exp", f"r{i}", str(tmp_path / f"l{i}")))
+             for i in range(3)]  # fmt: skip
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    exp = client.get_experiment_by_name("new-exp")
+    assert sorted(r.info.run_name for r in client.search_runs([exp.experiment_id])) == ["r0", "r1", "r2"]
+    default = client.get_experiment_by_name("Default")
+    assert not client.search_runs([default.experiment_id])  # none strayed into "Default"
