@@ -169,6 +169,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except RankLost as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last finished iteration's checkpoint is intact
+        print("\ninterrupted: continue from the last checkpoint with --resume", file=sys.stderr)
+        return 130
     if launched() and int(os.environ.get("RANK", "0")) > 0:
         return 0  # rank 0 reports for the job
     print(f"\npolicy: {path}\nlocal metrics and checkpoints: {path.parent}")

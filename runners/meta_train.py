@@ -14,13 +14,16 @@ any moment loses at most the iteration in progress.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import multiprocessing as mp
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -178,9 +181,29 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
     mt = spec.meta_train
     group = setup(spec.device)  # one process, or one rank of a torchrun job (runners/distributed.py)
     try:
-        return _train(spec, settings, spec_path, group)
+        with _terminate_as_interrupt():
+            return _train(spec, settings, spec_path, group)
     finally:
         group.close()
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a scheduler's time limit, torchrun stopping a job) unwinds like Ctrl-C: the
+    worker pool is terminated (it would outlive a killed parent) and the MLflow run marked KILLED;
+    the checkpoint of the last finished iteration stays as it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, group: Group) -> Path:

@@ -362,3 +362,42 @@ def test_tracking_on_postgresql_and_concurrent_runs_on_a_new_experiment(tmp_path
     assert sorted(r.info.run_name for r in client.search_runs([exp.experiment_id])) == ["r0", "r1", "r2"]
     default = client.get_experiment_by_name("Default")
     assert not client.search_runs([default.experiment_id])  # none strayed into "Default"
+
+
+def test_sigterm_stops_training_with_its_worker_pool_and_keeps_the_checkpoint(tmp_path):
+    """A killed run (kill, a scheduler's time limit) takes its worker processes down with it and
+    loses at most the iteration in progress; --resume continues."""
+    import os
+    import signal
+
+    from .test_distributed import _descendants
+
+    spec = _tiny_spec(tmp_path)
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "runners.cli", "train", str(spec_file), "--iterations", "200", "--workers", "2",
+           "--run-dir", str(run_dir), "--tracking-uri", "http://127.0.0.1:9"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen(cmd, cwd=SPECS.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoint.pt").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "no iteration finished"
+        time.sleep(0.5)
+    workers = _descendants(proc.pid)
+    assert len(workers) >= 2  # the pool's processes
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "--resume" in err, err[-2000:]
+    time.sleep(1.0)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "(Z)" not in _state(pid)]
+    assert not alive, f"worker processes outlived the run: {alive}"
+    done = load_checkpoint(run_dir / "checkpoint.pt", "training checkpoint")["iteration"]
+    assert 1 <= done < 200
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0].join("()")
+    except OSError:
+        return "(gone)"
