@@ -78,9 +78,10 @@ class LHOPT(CIAO):
 
     ``guard`` (on by default) keeps a policy's choices from ruining a run: at every decision where
     the run looks healthy it keeps a copy of the parameters and optimizer state (and ``model``'s
-    buffers). When a step leaves a parameter non-finite, that step is undone; when a reported loss
-    is non-finite or more than ``guard_factor`` times the first one of its kind, the next step is
-    skipped. Either way the copy is restored and the learning rate multiplied by
+    buffers). When a step leaves a parameter non-finite, or the parameters' norm more than
+    ``guard_factor`` times its value after the first step (a diverging run, seen even when no loss
+    is reported), that step is undone; when a reported loss is non-finite or more than
+    ``guard_factor`` times the first one of its kind, the next step is skipped. Either way the copy is restored and the learning rate multiplied by
     ``guard_lr_factor``, before any forward pass sees the broken state. Each such event is a row of
     :attr:`history` with ``restart: "guard"`` and the reason, so exported schedules replay the lowered
     learning rate. It costs one parameter-norm reduction per step and one copy of the training
@@ -129,6 +130,7 @@ class LHOPT(CIAO):
         self.history: list[dict[str, Any]] = []  # hyperparameters chosen at each decision (and guard events)
         self.guard, self.guard_factor, self.guard_lr_factor = guard, guard_factor, guard_lr_factor
         self._first: dict[str, float] = {}  # first finite loss reported, per kind
+        self._first_norm: float | None = None  # the parameters' norm after the first step
         self._bad: str | None = None  # why the next step must restore the safe copy instead of stepping
         self._safe = self.bank.snapshot(self._module, self, 0.0, math.nan) if guard else None
 
@@ -207,13 +209,23 @@ class LHOPT(CIAO):
         if want and self.stats is not None:
             self.observer.report(stats=self.stats)
         self.step_count += 1
-        if self.guard and not self._parameters_finite():
-            self._restore_safe("non-finite parameters")
+        if self.guard and (problem := self._parameters_problem()):
+            self._restore_safe(problem)
         return out
 
-    def _parameters_finite(self) -> bool:
+    def _parameters_problem(self) -> str | None:
+        """Why the parameters say the run is diverging (None if they do not): a non-finite entry, or
+        a norm more than ``guard_factor`` times the initial one. The second needs no reported loss:
+        a run whose user reports none can still blow up (its weights grow without bound)."""
         # One fused reduction: the norm of all parameters is finite exactly when every entry is.
-        return bool(torch.isfinite(torch.nn.utils.get_total_norm(self._all_params, foreach=True)))
+        norm = float(torch.nn.utils.get_total_norm(self._all_params, foreach=True))
+        if not math.isfinite(norm):
+            return "non-finite parameters"
+        if self._first_norm is None:
+            self._first_norm = norm if norm > 0 else None  # all zeros: the first non-zero norm instead
+        elif norm > self.guard_factor * self._first_norm:
+            return f"parameter norm {norm:.4g}, over {self.guard_factor:g}x the initial {self._first_norm:.4g}"
+        return None
 
     def schedule(self) -> dict[str, Any]:
         """The hyperparameters chosen so far, as a schedule document (see :func:`schedule_from_history`)."""

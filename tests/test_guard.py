@@ -104,3 +104,27 @@ def test_guard_settings_are_checked():
     model, _, _ = regression()
     with pytest.raises(ValueError, match="guard_factor"):
         LHOPT(model.parameters(), total_steps=10, guard_factor=0.5)
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_run_that_reports_no_loss_is_still_kept_from_blowing_up(seed):
+    """With no loss reported the guard watches the parameters' norm: on these regressions the
+    shipped policy, unreported, drove the loss from about 3 to 1e16 (finite weights of 1e8)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g) * 0.7 + 0.1 * torch.randn(256, 1, generator=g)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = LHOPT(model.parameters(), total_steps=200, model=model)
+    with torch.no_grad():
+        first = float(nn.functional.mse_loss(model(x), y))
+    for step in range(200):
+        batch = slice((step * 32) % 256, (step * 32) % 256 + 32)
+        loss = nn.functional.mse_loss(model(x[batch]), y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()  # and never opt.observe(...)
+    with torch.no_grad():
+        last = float(nn.functional.mse_loss(model(x), y))
+    assert math.isfinite(last) and last < first, (first, last)
+    assert any(h["restart"] == "guard" and h["reason"].startswith("parameter norm") for h in opt.history)
