@@ -147,8 +147,7 @@ class InnerTrainingEnv(gym.Env):
         applied = apply_action(self.optimizer, self.actions, a)
         self.observer.acted(a)
         start, stop = self.bounds[self.k], self.bounds[self.k + 1]
-        reports = None if self.cadence.full else self.cadence.trains
-        seg = train_segment(self.task, self.optimizer, stop - start, start, self.stats_every, reports=reports)
+        seg = train_segment(self.task, self.optimizer, stop - start, start, self.stats_every, reports=self.cadence.trains)
         self.train_loss = seg.train_loss
         self.valid_loss = self.task.valid_loss()
         self.observer.report(train_loss=seg.reported_loss, stats=seg.stats,

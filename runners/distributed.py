@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -141,7 +142,5 @@ def set_grads(params: Sequence[torch.nn.Parameter], vector: torch.Tensor) -> lis
 
 def torchrun_command(nproc: int, argv: Sequence[str]) -> list[str]:
     """torchrun on this machine with ``nproc`` ranks, running ``python -m runners.cli`` with ``argv``."""
-    import sys
-
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             "-m", "runners.cli", *argv]  # fmt: skip

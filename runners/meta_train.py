@@ -248,8 +248,9 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     started = time.perf_counter()
     try:
         for iteration in bar:
+            # Rank 0's clock decides, so that every rank stops together (no message without a limit).
             late = settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes
-            if group.broadcast(late):  # rank 0's clock decides, so that every rank stops together
+            if settings.max_minutes is not None and group.broadcast(late):
                 if group.main:
                     print(f"time limit of {settings.max_minutes:g} min reached after {iteration} iterations")
                 break
