@@ -163,6 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         tracking_uri=args.tracking_uri,
         run_dir=Path(args.run_dir) if args.run_dir else None,
+        init=Path(args.init) if args.init else None,
     )
     try:
         path = train(spec, settings, spec_path=args.spec)
@@ -176,6 +177,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0  # rank 0 reports for the job
     print(f"\npolicy: {path}\nlocal metrics and checkpoints: {path.parent}")
     print(_ui_hint(args.tracking_uri or spec.tracking.uri))
+    return 0
+
+
+def cmd_imitate(args: argparse.Namespace) -> int:
+    from .imitate import ImitationSettings, imitate
+
+    spec = load_spec(args.spec)
+    if args.seed is not None:
+        spec = spec.model_copy(update={"seed": args.seed})
+    settings = ImitationSettings(
+        tasks=args.tasks,
+        workers=spec.meta_train.workers if args.workers is None else args.workers,
+        run_dir=Path(args.run_dir) if args.run_dir else None,
+        epochs=args.epochs,
+        tracking_uri=args.tracking_uri,
+    )
+    try:
+        path = imitate(spec, settings, spec_path=args.spec)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the finished demonstrations are kept; rerun the same command to go on", file=sys.stderr)
+        return 130
+    print(f"\nwarm-start policy: {path}\nstart PPO from it: lhopt train {args.spec} --init {path}")
     return 0
 
 
@@ -417,7 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, metavar="M",
                    help="run M ranks on this machine through torchrun (decentralised PPO; for several machines "
                         "start torchrun yourself, see docs/CLUSTER.md)")
+    p.add_argument("--init", metavar="POLICY",
+                   help="start a new run from this policy (e.g. lhopt imitate's imitation.pt) instead of a random one")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("imitate", parents=[threads],
+                       help="warm-start a policy: follow a grid of learning-rate schedules on training tasks "
+                            "and clone the best (resumable; then lhopt train --init)")
+    p.add_argument("spec", metavar="SPEC", help="YAML spec file")
+    p.add_argument("--tasks", type=int, default=100, help="training tasks to demonstrate on (default: 100)")
+    p.add_argument("--workers", type=int, help="worker processes (default: the spec's meta_train.workers)")
+    p.add_argument("--run-dir", help="directory of the demonstrations and the policy (default: <meta_train.run_dir>/<spec name>-imitation)")
+    p.add_argument("--epochs", type=int, default=300, help="cloning epochs; the best held-out epoch is kept (default: 300)")
+    p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
+    p.set_defaults(func=cmd_imitate)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 with lean settings")
     p.add_argument("--backend-store-uri", help="tracking store (default: sqlite:///mlflow.db in this directory)")

@@ -50,6 +50,7 @@ class Settings:
     run_dir: Path | None = None
     quiet: bool = False
     max_minutes: float | None = None  # stop (after a whole iteration) once this much time has passed
+    init: Path | None = None  # a new run starts from this policy (e.g. lhopt imitate's) instead of a random one
 
 
 def policy_shape(spec: ExperimentSpec) -> PolicyShape:
@@ -58,6 +59,20 @@ def policy_shape(spec: ExperimentSpec) -> PolicyShape:
     mt = spec.meta_train
     hidden, layers = PRESETS[mt.preset] if mt.preset else (mt.hidden_size, mt.num_layers)
     return PolicyShape(features.policy_size, features.value_size, tuple(actions.nvec), hidden, layers)
+
+
+def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: Any = "") -> ActorCritic:
+    """A new run's policy: a fresh one of the spec's shape, or the policy saved in ``init`` (the
+    contents of the file ``source``; it must have the spec's features, actions and size)."""
+    shape = policy_shape(spec)
+    if init is None:
+        return ActorCritic(shape)
+    model = ActorCritic.from_checkpoint(init["policy"])
+    model.check_compatible(shape.policy_size, shape.value_size, shape.nvec)
+    if (model.shape.hidden_size, model.shape.num_layers) != (shape.hidden_size, shape.num_layers):
+        raise ValueError(f"{source} has {model.shape.num_layers} x {model.shape.hidden_size} LSTM units, but the spec asks "
+                         f"for {shape.num_layers} x {shape.hidden_size}; start from a policy made with this spec")
+    return model
 
 
 # --- rollout workers -----------------------------------------------------------------------------
@@ -217,9 +232,12 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
         if settings.resume and state is None:
             print(f"no checkpoint at {ckpt_path}; starting a new run")
     state = group.broadcast(state)  # the job's whole state, whatever number of ranks wrote it
+    # A new run may start from a given policy, read by rank 0 (the others may not see the file).
+    init = load_checkpoint(settings.init) if group.main and settings.init and not state else None
+    init = group.broadcast(init) if settings.init and not state else None
     torch.manual_seed(spec.seed)
-    model = ActorCritic.from_checkpoint(state["policy"]) if state else ActorCritic(policy_shape(spec))
-    if not state and mt.keep_bias:
+    model = ActorCritic.from_checkpoint(state["policy"]) if state else initial_policy(spec, init, settings.init)
+    if not state and init is None and mt.keep_bias:
         actions = ActionSpace(spec.hparams)
         model.favour(actions.identity(), actions.keeps(), mt.keep_bias)
     ema = ActorCritic.from_checkpoint(state["ema"]) if state else copy.deepcopy(model)
@@ -237,6 +255,8 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
                           run_id)  # fmt: skip
     if run_id is None and group.main:
         tracker.log_params(spec.model_dump(mode="json"))
+        if settings.init:
+            tracker.log_params({"init_policy": str(settings.init)})
         if spec_path:
             for path in spec_files(spec_path):  # the spec and every file it includes
                 tracker.log_artifact(path, "spec")

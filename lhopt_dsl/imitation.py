@@ -1,0 +1,242 @@
+"""Imitation warm-start: demonstrations from a grid of learning-rate schedules, and behaviour cloning.
+
+PPO from scratch spends thousands of episodes discovering what a grid search finds in one: which
+learning rate, and which decay, suits a task. Here each training task is run by a population of
+*followers*, one per target schedule ``lr(p) = L * shape(p)`` (and one that keeps the initial
+value). A follower plays the policy's part through the policy's own action space: at each decision
+it takes the learning-rate action that brings the value nearest to its target, keeps every other
+hyperparameter and never restarts. Its episode therefore holds exactly what a policy would have
+seen and done, and the best follower of a task (lowest final validation loss, the reward's own
+criterion) is a demonstration: observations and action labels. :func:`clone` fits the actor to the
+demonstrations by maximum likelihood and the critic to their returns; PPO then starts from there
+(``lhopt train --init``) instead of from a random walk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .actions import ActionSpace
+from .observation import FULL_CADENCE, Cadence
+from .policy import ActorCritic
+from .rollout import Episode, task_rollouts
+from .sample import TaskConfig
+from .schedule import shape_factor
+from .spec.hparams import HyperparameterSpace
+
+#: The default grid: CIAO learning rates (a fraction of each layer's norm per step, under LAMB's
+#: trust ratio) from 1e-4 to the bound 0.1, in half-decades, times three decays.
+DEFAULT_LRS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+DEFAULT_SHAPES: tuple[str, ...] = ("constant", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A learning-rate schedule to follow: ``lr * shape(progress)``; ``lr=None`` keeps the initial value."""
+
+    lr: float | None
+    shape: str = "constant"
+
+    def at(self, progress: float) -> float | None:
+        return None if self.lr is None else self.lr * shape_factor(self.shape, progress)
+
+    @property
+    def name(self) -> str:
+        return "keep" if self.lr is None else f"{self.shape}-lr{self.lr:g}"
+
+
+def default_targets(lrs: Sequence[float] = DEFAULT_LRS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[Target]:
+    """``keep`` first, then every learning rate with every shape."""
+    for s in shapes:
+        shape_factor(s, 0.0)  # unknown shapes fail here, with the known ones listed
+    return [Target(None)] + [Target(lr, s) for lr in lrs for s in shapes]
+
+
+class ScheduleFollower:
+    """Acts in place of a policy in :func:`~lhopt_dsl.rollout.task_rollouts`: member ``r`` of a
+    task's rollouts follows ``targets[r]``.
+
+    It reads nothing from the run: actions change the learning rate deterministically (a scale,
+    then the bounds' clamp), so the follower tracks the value it has set. Episodes are handed out
+    in order: the population path asks for all members in one batch, the sequential path starts
+    one episode after another, each taking the next target. Normalisers and the critic are the
+    ``learner``'s, so the recorded episodes look as the learner's own would.
+    """
+
+    def __init__(self, learner: ActorCritic, space: HyperparameterSpace, targets: Sequence[Target], initial_lr: float,
+                 outer_steps: int):  # fmt: skip
+        self.actions = ActionSpace(space)  # every space's policy controls lr
+        self.learner, self.targets = learner, list(targets)
+        self.shape, self.policy_norm, self.value_norm = learner.shape, learner.policy_norm, learner.value_norm
+        self.critic_forward, self.normalise = learner.critic_forward, learner.normalise
+        self.initial_lr, self.outer = float(initial_lr), int(outer_steps)
+        self.lr_dim = self.actions.names.index("lr")
+        self.lr_param = self.actions.hparams["lr"]
+        self.keep = self.actions.identity()
+        self.started = 0  # episodes handed out so far
+
+    def choose(self, target: Target, current: float, t: int) -> tuple[np.ndarray, float]:
+        """The action at decision ``t`` for a member whose learning rate is ``current``, and the
+        learning rate it sets."""
+        action = self.keep.copy()
+        goal = target.at(t / self.outer)
+        if goal is None:
+            return action, current
+        applied = [self.lr_param.apply(current, v) for v in self.lr_param.action.values]
+        miss = [abs(math.log(a) - math.log(goal)) for a in applied]
+        best = min(range(len(miss)), key=lambda i: (round(miss[i], 9), i != self.keep[self.lr_dim]))
+        action[self.lr_dim] = best
+        return action, applied[best]
+
+    def _take(self, n: int) -> list[Target]:
+        if self.started + n > len(self.targets):
+            raise RuntimeError(f"{self.started + n} episodes asked of a follower of {len(self.targets)} targets")
+        taken = self.targets[self.started : self.started + n]
+        self.started += n
+        return taken
+
+    def act(self, x: np.ndarray, v: np.ndarray, state: tuple[Any, Any], generator: Any = None,
+            deterministic: bool = False) -> tuple[np.ndarray, float, float, tuple[Any, Any]]:  # fmt: skip
+        """One decision of one episode (the sequential path); a ``(None, None)`` state starts the next target."""
+        mine = state[0] if state[0] is not None else (self._take(1)[0], self.initial_lr, 0)
+        target, lr, t = mine
+        action, lr = self.choose(target, lr, t)
+        return action, 0.0, 0.0, ((target, lr, t + 1), None)
+
+    def act_batch(self, x: np.ndarray, state: Any, generators: list[Any], deterministic: bool = False):
+        """One decision of every member (the population path); a ``None`` state starts as many targets as rows."""
+        targets, lrs, t = state if state is not None else (self._take(len(x)), [self.initial_lr] * len(x), 0)
+        chosen = [self.choose(tg, lr, t) for tg, lr in zip(targets, lrs)]
+        return np.stack([a for a, _ in chosen]), np.zeros(len(x)), (targets, [lr for _, lr in chosen], t + 1)
+
+
+@dataclass
+class Demonstration:
+    """The best follower's episode on one task, and how it compares with keeping the initial values."""
+
+    task_id: str
+    family: str
+    target: str
+    raw_policy: np.ndarray  # (T, Fp)
+    raw_value: np.ndarray  # (T, Fv)
+    actions: np.ndarray  # (T, D)
+    rewards: np.ndarray  # (T,) shaped rewards against CIAO at the initial hyperparameters
+    final_valid: float
+    keep_valid: float  # final validation loss of keeping the initial hyperparameters
+    reward_vs_initial: float
+
+    def to_data(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "Demonstration":
+        arrays = {k: np.asarray(data[k]) for k in ("raw_policy", "raw_value", "actions", "rewards")}
+        return cls(**{**data, **arrays})
+
+
+def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpace, targets: Sequence[Target], *,
+                seed: int, device: str = "cpu", data_dir: str | None = None, max_valid: int = 512,
+                population: bool = True, compiled: bool = False,
+                cadence: Cadence = FULL_CADENCE) -> tuple[Demonstration, list[Episode]]:  # fmt: skip
+    """Run every target on ``cfg`` (as one population where that pays) and return the best one's
+    demonstration, with every follower's episode (in the order of ``targets``).
+
+    The best is the lowest final validation loss; a non-finite one never wins. ``cadence``: which
+    losses the runs report (the demonstrations then hold the observations a policy has under it).
+    """
+    follower = ScheduleFollower(learner, space, targets, cfg.hparams.lr, cfg.task.outer_steps)
+    result = task_rollouts(cfg, follower, None, space, rollouts=len(targets), seed=seed, device=device,  # type: ignore[arg-type]
+                           data_dir=data_dir, max_valid=max_valid, population=population, compiled=compiled,
+                           cadence=cadence)  # fmt: skip
+    finals = [e.valid_curve[-1] if math.isfinite(e.valid_curve[-1]) else math.inf for e in result.episodes]
+    best = int(np.argmin(finals))
+    ep = result.episodes[best]
+    demo = Demonstration(cfg.task_id, cfg.family, targets[best].name, ep.raw_policy, ep.raw_value, ep.actions,
+                         ep.rewards, ep.valid_curve[-1], result.initial_curve[-1], ep.reward_vs_initial)  # fmt: skip
+    return demo, result.episodes
+
+
+def _padded(rows: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+    longest = max(len(r) for r in rows)
+    out = np.zeros((longest, len(rows), *rows[0].shape[1:]), dtype=np.float64)
+    for b, r in enumerate(rows):
+        out[: len(r), b] = r
+    return torch.as_tensor(out, dtype=dtype)
+
+
+def returns_of(rewards: np.ndarray) -> np.ndarray:
+    """Undiscounted return from each step to the end of the episode."""
+    return np.cumsum(np.asarray(rewards, dtype=np.float64)[::-1])[::-1].copy()
+
+
+def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 300, lr: float = 3e-3,
+          holdout: float = 0.2, value_coef: float = 0.5, seed: int = 0, lr_dim: int = 0) -> dict[str, float]:  # fmt: skip
+    """Behaviour cloning: fit ``model``'s actor to the demonstrations' actions (every action
+    dimension's log-likelihood, over whole sequences from a zero state, as PPO evaluates them) and
+    its critic to their returns; the normalisers first take every observation, as meta-training's
+    do after each iteration.
+
+    A ``holdout`` fraction of the tasks is kept out of the fit; the weights of the epoch with the
+    lowest held-out loss are kept (early stopping), and the returned metrics are those of that
+    epoch: per-step negative log-likelihood, the learning-rate dimension's accuracy (greedy action
+    equals the label; ``lr_dim`` is its action dimension) on the fit and held-out tasks, and on the
+    held-out tasks the accuracy of always taking the fit's most frequent learning-rate action.
+    """
+    if not demos:
+        raise ValueError("no demonstrations to clone")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(demos))
+    n_hold = int(round(holdout * len(demos))) if len(demos) >= 5 else 0
+    held, fit = [demos[i] for i in order[:n_hold]], [demos[i] for i in order[n_hold:]]
+    model.policy_norm(np.concatenate([d.raw_policy for d in fit]), update=True)
+    model.value_norm(np.concatenate([d.raw_value for d in fit]), update=True)
+
+    def tensors(ds: Sequence[Demonstration]) -> tuple[torch.Tensor, ...]:
+        x = _padded([model.policy_norm(d.raw_policy, update=False) for d in ds], torch.float32)
+        v = _padded([model.value_norm(d.raw_value, update=False) for d in ds], torch.float32)
+        a = _padded([d.actions for d in ds], torch.float64).long()
+        mask = _padded([np.ones(len(d.actions)) for d in ds], torch.float32)
+        ret = _padded([returns_of(d.rewards) for d in ds], torch.float32)
+        return x, v, a, mask, ret
+
+    def losses(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+        x, v, a, mask, ret = batch
+        logprob, _, values = model.evaluate(x, v, a)
+        n = mask.sum()
+        nll = -(logprob * mask).sum() / n
+        v_loss = 0.5 * (((values - ret) ** 2) * mask).sum() / n
+        with torch.no_grad():
+            logits, _ = model.actor_forward(x)
+            greedy = logits[..., : model.shape.nvec[lr_dim]].argmax(-1)
+            acc = float(((greedy == a[..., lr_dim]).float() * mask).sum() / n)
+            keep_acc = float(((a[..., lr_dim] == majority).float() * mask).sum() / n)
+        return nll, v_loss, acc, keep_acc
+
+    majority = int(np.bincount(np.concatenate([d.actions[:, lr_dim] for d in fit])).argmax())
+    fit_t, held_t = tensors(fit), tensors(held) if held else None
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    best: tuple[float, dict[str, Any], dict[str, float]] | None = None
+    for epoch in range(epochs):
+        opt.zero_grad()
+        nll, v_loss, acc, keep_acc = losses(fit_t)
+        (nll + value_coef * v_loss).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        nll, v_loss = nll.detach(), v_loss.detach()
+        with torch.no_grad():
+            h_nll, h_v, h_acc, h_keep = losses(held_t) if held_t is not None else (nll, v_loss, acc, keep_acc)
+        score = float(h_nll)
+        if best is None or score < best[0]:
+            metrics = {"bc/epoch": float(epoch + 1), "bc/nll": float(nll), "bc/value_loss": float(v_loss),
+                       "bc/lr_accuracy": acc, "bc/holdout_nll": float(h_nll), "bc/holdout_value_loss": float(h_v),
+                       "bc/holdout_lr_accuracy": h_acc, "bc/holdout_majority_accuracy": h_keep,
+                       "bc/fit_tasks": float(len(fit)), "bc/holdout_tasks": float(len(held))}  # fmt: skip
+            best = (score, {k: t.detach().clone() for k, t in model.state_dict().items()}, metrics)
+    assert best is not None
+    model.load_state_dict(best[1])
+    return best[2]

@@ -1,0 +1,156 @@
+"""Imitation warm-start of a policy (``lhopt imitate``): demonstrations on training tasks, then cloning.
+
+    lhopt imitate SPEC --tasks N [--workers W] [--run-dir DIR] [--epochs E]
+
+Samples ``N`` tasks from the spec's training distribution (training seeds, in a namespace of their
+own: PPO's iterations never draw the same ones), runs the grid of learning-rate schedules of
+:mod:`lhopt_dsl.imitation` on each through the policy's actions, and keeps the best follower's
+episode as the task's demonstration (one file per task under ``DIR/demos``, written as it
+finishes, so a killed run resumes where it stopped). It then fits a fresh policy of the spec's
+shape to all of them and writes ``DIR/imitation.pt``, which ``lhopt train SPEC --init
+DIR/imitation.pt`` starts PPO from.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lhopt_dsl import ExperimentSpec, sample
+from lhopt_dsl.imitation import DEFAULT_LRS, DEFAULT_SHAPES, Demonstration, clone, default_targets, demonstrate
+from lhopt_dsl.observation import draw_cadence
+from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
+from lhopt_dsl.sample import train_seed
+
+from .meta_train import policy_shape
+from .tracking import Tracker
+
+#: Key of imitation's task seeds: ``train_seed(spec.seed, IMITATION_KEY, j)``; PPO's are
+#: ``train_seed(spec.seed, iteration, j)`` with iterations far below it.
+IMITATION_KEY = 2**31 - 1
+
+
+@dataclass
+class ImitationSettings:
+    tasks: int
+    workers: int = 1
+    run_dir: Path | None = None
+    epochs: int = 300
+    lrs: Sequence[float] = DEFAULT_LRS
+    shapes: Sequence[str] = DEFAULT_SHAPES
+    tracking_uri: str | None = None
+    quiet: bool = False
+
+
+def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
+    j, seed, spec_json, lrs, shapes = args
+    torch.set_num_threads(1)
+    spec = ExperimentSpec.model_validate_json(spec_json)
+    cfg = sample(spec, seed)
+    cadence = draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
+    learner = ActorCritic(policy_shape(spec))  # only its (empty) normalisers and critic are read
+    demo, _ = demonstrate(cfg, learner, spec.hparams, default_targets(lrs, shapes), seed=seed, device=spec.device,
+                          data_dir=spec.data_dir, max_valid=spec.meta_train.max_valid,
+                          population=spec.meta_train.population, cadence=cadence)  # fmt: skip
+    return j, {"seed": seed, "demo": demo.to_data()}
+
+
+def _load_demos(directory: Path, seeds: dict[int, int]) -> dict[int, Demonstration]:
+    """The finished demonstrations of this run's tasks; a file made for another seed is an error."""
+    found = {}
+    for j, seed in seeds.items():
+        path = directory / f"{j:05d}.pt"
+        if not path.exists():
+            continue
+        data = load_checkpoint(path, "demonstration")
+        if data.get("seed") != seed:
+            raise ValueError(f"{path} holds task seed {data.get('seed')}, not {seed}: it belongs to another spec "
+                             "or seed; use another --run-dir")  # fmt: skip
+        found[j] = Demonstration.from_data(data["demo"])
+    return found
+
+
+def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None = None) -> Path:
+    """Collect the demonstrations still missing, clone them into a new policy, return its path."""
+    run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
+    demo_dir = run_dir / "demos"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    seeds = {j: train_seed(spec.seed, IMITATION_KEY, j) for j in range(settings.tasks)}
+    demos = _load_demos(demo_dir, seeds)
+    todo = [j for j in seeds if j not in demos]
+    if demos:
+        print(f"{len(demos)} demonstrations already in {demo_dir}; {len(todo)} to run")
+    spec_json = spec.model_dump_json()
+    jobs = [(j, seeds[j], spec_json, tuple(settings.lrs), tuple(settings.shapes)) for j in todo]
+    bar = tqdm(total=len(jobs), desc="demonstrations", unit="task", disable=settings.quiet)
+    pool = mp.get_context("spawn").Pool(settings.workers) if settings.workers > 1 and len(jobs) > 1 else None
+    try:
+        for j, data in pool.imap_unordered(_demo_job, jobs) if pool else map(_demo_job, jobs):
+            save_checkpoint(data, demo_dir / f"{j:05d}.pt")  # kept as it finishes: a kill loses only running tasks
+            demos[j] = Demonstration.from_data(data["demo"])
+            bar.set_postfix_str(f"{demos[j].family} {demos[j].target}")
+            bar.update()
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+
+    ordered = [demos[j] for j in sorted(demos)]
+    torch.manual_seed(spec.seed)
+    model = ActorCritic(policy_shape(spec))
+    metrics = clone(model, ordered, epochs=settings.epochs, seed=spec.seed)
+    summary = summarise(ordered)
+    record = {"metrics": metrics, "summary": summary, "tasks": settings.tasks, "lrs": list(settings.lrs),
+              "shapes": list(settings.shapes), "epochs": settings.epochs}  # fmt: skip
+    path = run_dir / "imitation.pt"
+    save_checkpoint({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "imitation": record}, path)
+    tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-imitation",
+                      run_dir)  # fmt: skip
+    tracker.log_params({"spec": spec.model_dump(mode="json"), "imitation": {k: v for k, v in record.items()
+                                                                             if k in ("tasks", "lrs", "shapes", "epochs")}})  # fmt: skip
+    tracker.log_metrics({**metrics, **{f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}}, step=0)
+    if spec_path:
+        tracker.log_artifact(spec_path, "spec")
+    tracker.log_artifact(path)
+    tracker.end()
+    if not settings.quiet:
+        print(report(summary, metrics))
+    return path
+
+
+def summarise(demos: Sequence[Demonstration]) -> dict[str, Any]:
+    """What the demonstrations show: how much the best schedule gains over keeping the initial
+    values (the reward against CIAO at the initial hyperparameters: 1 equal, above 1 better), and
+    which schedules won."""
+    rewards = np.asarray([d.reward_vs_initial for d in demos], dtype=np.float64)
+    finite = rewards[np.isfinite(rewards)]
+    wins = Counter(d.target for d in demos)
+    return {
+        "tasks": float(len(demos)),
+        "reward_vs_initial_median": float(np.median(finite)) if len(finite) else math.nan,
+        "reward_vs_initial_mean": float(np.mean(finite)) if len(finite) else math.nan,
+        "keep_wins": float(wins.get("keep", 0) / len(demos)),
+        "winners": dict(wins.most_common()),
+        "families": dict(Counter(d.family for d in demos)),
+    }
+
+
+def report(summary: dict[str, Any], metrics: dict[str, float]) -> str:
+    lines = [
+        f"demonstrations: {int(summary['tasks'])} tasks; best schedule against keeping the initial values: "
+        f"reward median {summary['reward_vs_initial_median']:.3f}, mean {summary['reward_vs_initial_mean']:.3f} "
+        f"(1 = equal); keeping won on {summary['keep_wins']:.0%}",
+        "winning schedules: " + ", ".join(f"{k} {v}" for k, v in list(summary["winners"].items())[:8]),
+        f"cloning (epoch {int(metrics['bc/epoch'])}): learning-rate action accuracy {metrics['bc/lr_accuracy']:.1%} fit, "
+        f"{metrics['bc/holdout_lr_accuracy']:.1%} held out on {int(metrics['bc/holdout_tasks'])} tasks "
+        f"(most frequent action: {metrics['bc/holdout_majority_accuracy']:.1%}); held-out NLL {metrics['bc/holdout_nll']:.3f}",
+    ]
+    return "\n".join(lines)

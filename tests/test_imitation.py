@@ -1,0 +1,164 @@
+"""Imitation warm-start: schedule followers, demonstrations, behaviour cloning, `lhopt imitate`, `train --init`."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lhopt_dsl import load_spec
+from lhopt_dsl.actions import ActionSpace
+from lhopt_dsl.imitation import Demonstration, ScheduleFollower, Target, clone, default_targets, demonstrate
+from lhopt_dsl.observation import Cadence
+from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
+from runners.meta_train import initial_policy, policy_shape
+
+from .conftest import SPECS
+from .test_population import SMOKE, smoke
+
+
+def follower(targets, initial_lr=1e-5, outer=10):
+    return ScheduleFollower(ActorCritic(policy_shape(SMOKE)), SMOKE.hparams, targets, initial_lr, outer)
+
+
+def test_follower_reaches_its_target_with_the_policy_actions_and_keeps_the_rest():
+    f = follower([Target(1e-3, "constant"), Target(None), Target(3e-3, "linear")], outer=16)
+    actions = ActionSpace(SMOKE.hparams)
+    acts, state = [], None
+    lrs = []
+    for _ in range(16):
+        act, logprob, state = f.act_batch(np.zeros((3, 4)), state, [None] * 3)
+        acts.append(act)
+        lrs.append(state[1])
+    acts, lrs = np.stack(acts), np.asarray(lrs)
+    lr_param = actions.hparams["lr"]
+    # Every step moves by one of lr's action values and the others keep theirs; no restart.
+    assert (acts[..., 1:] == actions.identity()[1:]).all()
+    # Constant 1e-3 from 1e-5: x2 per decision until the nearest value, then held within one step's ratio.
+    assert lrs[0, 0] == pytest.approx(2e-5) and max(lr_param.action.values) == 2.0
+    assert abs(math.log(lrs[-1, 0] / 1e-3)) < math.log(1.1) / 2 + 1e-9
+    assert (lrs[:, 1] == 1e-5).all() and (acts[:, 1, 0] == actions.identity()[0]).all()
+    # Linear decay: after reaching the target the follower goes down with it.
+    assert lrs[-1, 2] < lrs[8, 2]
+    with pytest.raises(RuntimeError, match="episodes asked"):
+        f.act_batch(np.zeros((1, 4)), None, [None])
+
+
+@pytest.mark.parametrize("family,cadence", [("mlp", Cadence(None, None)), ("nqm", Cadence(3, None))], ids=str)
+def test_demonstration_is_the_best_follower_and_alike_batched_or_not(family, cadence):
+    cfg = smoke(family, outer_steps=8)
+    targets = [Target(None), Target(1e-4), Target(1e-2, "cosine"), Target(0.1)]
+    learner = ActorCritic(policy_shape(SMOKE))
+    demo, eps = demonstrate(cfg, learner, SMOKE.hparams, targets, seed=5, population=True, cadence=cadence)
+    seq_demo, seq_eps = demonstrate(cfg, learner, SMOKE.hparams, targets, seed=5, population=False, cadence=cadence)
+    assert len(eps) == len(seq_eps) == len(targets)
+    for p, s in zip(eps, seq_eps):
+        assert (p.actions == s.actions).all()
+        assert p.valid_curve == pytest.approx(s.valid_curve, rel=1e-4, abs=1e-6)
+    finals = [e.valid_curve[-1] for e in eps]
+    best = int(np.nanargmin(finals))
+    assert demo.target == seq_demo.target == targets[best].name
+    assert demo.final_valid == finals[best] and (demo.actions == eps[best].actions).all()
+    assert demo.raw_policy.shape == (8, learner.shape.policy_size) and len(demo.rewards) == 8
+    # The keep member's learning rate never moves; the others follow their own targets.
+    assert {h["lr"] for h in eps[0].hparams} == {cfg.hparams.lr}
+    assert len({round(h["lr"], 12) for h in eps[3].hparams}) > 1
+    # A round trip through a file keeps it.
+    again = Demonstration.from_data(demo.to_data())
+    assert (again.actions == demo.actions).all() and again.target == demo.target
+
+
+def synthetic_demos(n: int, length: int = 12, seed: int = 0) -> list[Demonstration]:
+    """The label of the first action dimension is 0, 3 or 6 as the first feature is low, middle, high;
+    the second feature is the progress, the rest are constant (features are not noise)."""
+    rng = np.random.default_rng(seed)
+    shape = policy_shape(SMOKE)
+    demos = []
+    for i in range(n):
+        x = np.zeros((length, shape.policy_size))
+        x[:, 0], x[:, 1] = rng.normal(size=length), np.arange(length) / length
+        actions = np.zeros((length, len(shape.nvec)), dtype=np.int64)
+        actions[:, 0] = np.where(x[:, 0] < -0.5, 0, np.where(x[:, 0] > 0.5, 6, 3))
+        v = np.zeros((length, shape.value_size))
+        v[:, 0] = x[:, 1]
+        demos.append(Demonstration(f"t{i}", "mlp", "x", x, v, actions,
+                                   np.full(length, 0.1), 1.0, 2.0, 1.5))  # fmt: skip
+    return demos
+
+
+def test_cloning_learns_the_labels_and_keeps_the_best_held_out_epoch():
+    torch.manual_seed(0)
+    model = ActorCritic(policy_shape(SMOKE))
+    demos = synthetic_demos(40)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metrics = clone(model, demos, epochs=150, lr=1e-2, seed=0)
+    assert metrics["bc/holdout_tasks"] == 8 and metrics["bc/fit_tasks"] == 32
+    assert metrics["bc/holdout_lr_accuracy"] > 0.85 > metrics["bc/holdout_majority_accuracy"] + 0.3
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.policy_norm.count > 0  # the normalisers took the observations
+    # The critic learned the returns (0.1 per remaining step).
+    assert metrics["bc/holdout_value_loss"] < 0.05
+    # Early stopping: with a huge step size the held-out loss gets worse, and the kept epoch is an early one.
+    torch.manual_seed(0)
+    wild = ActorCritic(policy_shape(SMOKE))
+    late = clone(wild, synthetic_demos(10, seed=1), epochs=60, lr=0.3, seed=0)
+    assert late["bc/epoch"] <= 60
+    with pytest.raises(ValueError, match="no demonstrations"):
+        clone(model, [])
+
+
+def test_lhopt_imitate_resumes_and_refuses_another_runs_files(tmp_path, monkeypatch, capsys):
+    from runners import imitate as imitate_mod
+
+    calls = []
+    real = imitate_mod._demo_job
+
+    def counted(args):
+        calls.append(args[0])
+        return real(args)
+
+    monkeypatch.setattr(imitate_mod, "_demo_job", counted)
+    spec = load_spec(SPECS / "smoke.yaml")
+    small = dict(lrs=(1e-3, 1e-2), shapes=("constant",), epochs=5, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run = tmp_path / "run"
+    path = imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=2, run_dir=run, quiet=True, **small))
+    assert sorted(calls) == [0, 1] and sorted(p.name for p in (run / "demos").iterdir()) == ["00000.pt", "00001.pt"]
+    saved = load_checkpoint(path)
+    assert saved["imitation"]["summary"]["tasks"] == 2
+    ActorCritic.from_checkpoint(saved["policy"])
+    calls.clear()
+    imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, **small))
+    assert calls == [2]  # the two finished tasks were not run again
+    # A demonstration made for another seed (another spec, or --seed) is not mixed in.
+    other = spec.model_copy(update={"seed": spec.seed + 1})
+    with pytest.raises(ValueError, match="another spec or seed"):
+        imitate_mod.imitate(other, imitate_mod.ImitationSettings(tasks=1, run_dir=run, quiet=True, **small))
+
+
+def test_train_init_starts_from_the_given_policy_and_checks_its_shape(tmp_path):
+    spec = load_spec(SPECS / "smoke.yaml")
+    torch.manual_seed(1)
+    given = ActorCritic(policy_shape(spec))
+    given.policy_norm(np.random.default_rng(0).normal(size=(5, given.shape.policy_size)), update=True)
+    save_checkpoint({"policy": given.to_checkpoint()}, tmp_path / "p.pt")
+    got = initial_policy(spec, load_checkpoint(tmp_path / "p.pt"), tmp_path / "p.pt")
+    for (k, a), b in zip(given.state_dict().items(), got.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert got.policy_norm.count == 5
+    s = given.shape
+    small = ActorCritic(PolicyShape(s.policy_size, s.value_size, s.nvec, hidden_size=s.hidden_size // 2))
+    with pytest.raises(ValueError, match="LSTM units"):
+        initial_policy(spec, {"policy": small.to_checkpoint()}, "small.pt")
+    wrong = ActorCritic(PolicyShape(s.policy_size + 1, s.value_size, s.nvec, s.hidden_size))
+    with pytest.raises(ValueError, match="does not match"):
+        initial_policy(spec, {"policy": wrong.to_checkpoint()}, "wrong.pt")
+    # Through meta-training: a new run saves the given policy untouched (no keep bias added on top).
+    biased = spec.model_copy(update={"meta_train": spec.meta_train.model_copy(update={"keep_bias": 2.0})})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    from runners.meta_train import Settings, train
+
+    path = train(biased, Settings(iterations=0, workers=0, tracking_uri=uri, run_dir=tmp_path / "r", quiet=True,
+                                  init=tmp_path / "p.pt"))  # fmt: skip
+    trained = ActorCritic.from_checkpoint(load_checkpoint(path)["policy"])
+    for (k, a), b in zip(given.state_dict().items(), trained.state_dict().values()):
+        assert torch.equal(a, b), k
