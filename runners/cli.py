@@ -253,42 +253,42 @@ def _policy_path(policy: str, tracking_uri: str | None) -> Path:
     return Path(policy)
 
 
-def cmd_schedule_export(args: argparse.Namespace) -> int:
+def _task_file(path: str) -> "TaskConfig":
+    """The first task of a `lhopt sample` YAML file; a file that holds none raises ValueError saying why."""
     from pydantic import ValidationError
 
     from lhopt_dsl import TaskConfig
-    from lhopt_dsl.controller import load_policy, require_adamw_space, save_schedule, schedule_from_history
-    from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
-    from lhopt_dsl.schedule import segment_bounds
-    from lhopt_dsl.rollout import run_episode
     from lhopt_dsl.spec.loader import describe_error, load_yaml
+
+    # Read like a spec: bad YAML, a binary file or an alias bomb is a SpecError with file:line:col (see main).
+    docs = [d for d in load_yaml(path, documents=True) if d]
+    if not docs:
+        raise ValueError(f"{path} holds no task")
+    try:
+        return TaskConfig.model_validate(docs[0])
+    except ValidationError as e:  # its str() would quote the file's values (input_value=...)
+        raise ValueError(f"{path} is not a task of `lhopt sample`: {describe_error(e.errors()[0], docs[0])}") from None
+
+
+def cmd_schedule_export(args: argparse.Namespace) -> int:
+    from lhopt_dsl.controller import load_policy, require_adamw_space, save_schedule
+
+    from .transfer import export_schedule, policy_run
 
     path = _policy_path(args.policy, args.tracking_uri)
     policy, space = load_policy(path)
-    # Read like a spec: bad YAML, a binary file or an alias bomb is a SpecError with file:line:col (see main).
-    docs = [d for d in load_yaml(args.task, documents=True) if d]
-    if not docs:
-        print(f"error: {args.task} holds no task", file=sys.stderr)
-        return 2
     try:
-        cfg = TaskConfig.model_validate(docs[0])
-    except ValidationError as e:  # its str() would quote the file's values (input_value=...)
-        print(f"error: {args.task} is not a task of `lhopt sample`: {describe_error(e.errors()[0], docs[0])}",
-              file=sys.stderr)  # fmt: skip
-        return 2
-    try:  # before any training: the schedule must mean the same thing on torch.optim.AdamW
+        cfg = _task_file(args.task)
+        # Before any training: the schedule must mean the same thing on torch.optim.AdamW.
         require_adamw_space(space.space, f"policy {path}")
         space.check_initial(cfg.hparams)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    env = InnerTrainingEnv(space, device=args.device)
-    episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, critic=False)
+    episode = policy_run(policy, space, cfg, args.device)
     k = len(episode)
-    bounds = segment_bounds(cfg.task.inner_steps, k)  # each decision takes effect at an inner step
-    history = [{"progress": bounds[i] / cfg.task.inner_steps, **h} for i, h in enumerate(episode.hparams)]
     restarts = sum(kind in ("load", "swap") for kind, _ in episode.restarts)
-    save_schedule(schedule_from_history(history, space.space), args.output,
+    save_schedule(export_schedule(episode, cfg, space), args.output,
                   meta={"policy": str(path), "task_id": cfg.task_id, "outer_steps": k,
                         "final_valid_loss": episode.valid_curve[-1], "restarts": restarts})  # fmt: skip
     print(f"wrote {args.output}: {k} decisions on task {cfg.task_id} (final valid loss {episode.valid_curve[-1]:.4g})")
@@ -296,6 +296,28 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
         print(f"warning: the run restarted from a checkpoint {restarts} time(s); a schedule cannot replay "
               "restarts, so replaying it will not reproduce this run (train the policy with restarts off)",
               file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def cmd_schedule_transfer(args: argparse.Namespace) -> int:
+    from lhopt_dsl.controller import load_policy
+
+    from .baselines import default_storage
+    from .transfer import format_record, save_record, transfer
+
+    path = _policy_path(args.policy, args.tracking_uri)
+    policy, space = load_policy(path)
+    try:
+        small, large = _task_file(args.small), _task_file(args.large)
+        record = transfer(policy, space, small, large, args.storage or default_storage(), device=args.device,
+                          data_dir=os.environ.get("LHOPT_DATA_DIR"))  # fmt: skip
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    record["policy"] = str(path)
+    if args.output:
+        save_record(record, Path(args.output))
+    print(format_record(record))
     return 0
 
 
@@ -520,6 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
     e.set_defaults(func=cmd_schedule_export)
+    e = ssub.add_parser("transfer", parents=[threads],
+                        help="replay an AdamW-space policy's schedule from a small task on torch.optim.AdamW for a "
+                             ">= 4x larger, >= 4x longer task, against its tuned AdamW grid (paper 4.5)")
+    e.add_argument("--policy", required=True, help="AdamW-space policy checkpoint (policy.pt) or MLflow model URI")
+    e.add_argument("--small", required=True, help="task YAML the schedule is exported from")
+    e.add_argument("--large", required=True, help="task YAML of the same family, >= 4x the parameters and steps")
+    e.add_argument("--storage", help="Optuna storage of the baseline grid cache (default: SQLite baselines.db here)")
+    e.add_argument("-o", "--output", help="write the full record (schedule, curves, grid) as JSON here")
+    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
+    e.set_defaults(func=cmd_schedule_transfer)
 
     p = sub.add_parser("schema", help="print the JSON schema of experiment specs (for editors)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
