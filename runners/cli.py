@@ -349,7 +349,8 @@ def cmd_eval_ood(args: argparse.Namespace) -> int:
     policy = _policy_path(args.policy, args.tracking_uri) if args.policy else None
     try:
         run_suite(args.programs or (), policy=policy, seed=args.seed, steps_scale=args.steps_scale,
-                  data_dir=args.data_dir, out=args.out, tracking_uri=args.tracking_uri, workers=args.workers)  # fmt: skip
+                  data_dir=args.data_dir, out=args.out, tracking_uri=args.tracking_uri, workers=args.workers,
+                  cache=None if args.no_cache else args.cache)  # fmt: skip
     except (FileNotFoundError, ValueError) as e:  # a missing data file, a policy that cannot drive LHOPT
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -519,6 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes the runs are spread over, each with --threads torch threads (default: 1)")
     p.add_argument("--data-dir", help="dataset directory (default: $LHOPT_DATA_DIR, then the user cache)")
     p.add_argument("--out", default="runs/ood", help="output directory (default: runs/ood)")
+    p.add_argument("--cache", default="runs/ood-baselines",
+                   help="directory of finished baseline runs, reused by later evaluations (default: runs/ood-baselines)")
+    p.add_argument("--no-cache", action="store_true", help="run every baseline, reading and writing no cache")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_eval_ood)
 

@@ -37,7 +37,9 @@ one MLflow run per invocation with the same numbers, curves and files.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
 import json
+import os
 import math
 import multiprocessing
 from dataclasses import asdict, dataclass
@@ -118,29 +120,91 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_jobs(jobs: Sequence[Job], workers: int, threads: int, quiet: bool) -> Iterator[tuple[Job, Run]]:
-    """Yield ``(job, run)`` as runs finish: in order in this process, or spread over ``workers`` processes."""
-    with tqdm(total=len(jobs), desc="eval-ood", unit="run", disable=quiet, dynamic_ncols=True) as bar:
-        if workers <= 1:
-            for job in jobs:
-                bar.set_postfix_str(f"{job.program} {job.optimizer} {job.horizon}T")
-                run = run_job(job)
-                bar.update()
-                yield job, run
+#: Version of the cached baseline runs; bump it when a program, the loop or a baseline changes.
+CACHE_VERSION = 1
+
+
+class BaselineCache:
+    """Finished baseline runs, one JSON file each under ``directory``, so that evaluating another
+    policy reruns only the policy: the baselines do not depend on it, and every run is
+    deterministic. A file is keyed by everything that decides its run (program, sizes, optimizer,
+    horizon, seed, data directory, torch version, :data:`CACHE_VERSION`); the policy's runs are
+    never cached. A file that cannot be read is ignored and rewritten."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None):
+        self.directory = Path(directory) if directory else None
+
+    def _path(self, job: Job) -> Path | None:
+        if self.directory is None or job.optimizer == "policy":
+            return None
+        key = json.dumps([CACHE_VERSION, job.program, asdict(job.sizes), job.optimizer, job.horizon, job.seed,
+                          str(Path(job.data_dir).resolve()) if job.data_dir else None, torch.__version__])  # fmt: skip
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        return self.directory / f"{job.program}-{job.optimizer}-{job.horizon}T-{digest}.json"
+
+    def get(self, job: Job) -> Run | None:
+        path = self._path(job)
+        if path is None or not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return Run(**{k: [math.nan if v is None else v for v in x] if k in _CURVES else x for k, x in data.items()})
+        except (ValueError, TypeError, OSError):
+            return None
+
+    def put(self, job: Job, run: Run) -> None:
+        path = self._path(job)
+        if path is None:
             return
-        # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock)
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(run_job, job): job for job in jobs}
-            try:
-                for fut in cf.as_completed(futures):
-                    job = futures[fut]
-                    bar.set_postfix_str(f"{job.program} {job.optimizer} {job.horizon}T")
-                    bar.update()
-                    yield job, fut.result()
-            finally:
-                for fut in futures:
-                    fut.cancel()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_json_value(asdict(run))))
+        os.replace(tmp, path)
+
+
+_CURVES = ("valid_loss", "test_loss", "train_loss")
+
+
+def run_jobs(jobs: Sequence[Job], workers: int, threads: int, quiet: bool,
+             cache: BaselineCache | None = None) -> Iterator[tuple[Job, Run]]:  # fmt: skip
+    """Yield ``(job, run)`` as runs finish: cached baselines first, then the rest in order in this
+    process, or spread over ``workers`` processes (each finished baseline is added to ``cache``)."""
+    cache = cache or BaselineCache(None)
+    with tqdm(total=len(jobs), desc="eval-ood", unit="run", disable=quiet, dynamic_ncols=True) as bar:
+        todo = []
+        for job in jobs:
+            if (hit := cache.get(job)) is not None:
+                bar.update()
+                yield job, hit
+            else:
+                todo.append(job)
+        for job, run in _run_fresh(todo, workers, threads, bar):
+            cache.put(job, run)
+            yield job, run
+
+
+def _run_fresh(jobs: Sequence[Job], workers: int, threads: int, bar: Any) -> Iterator[tuple[Job, Run]]:
+    """Run ``jobs`` as :func:`run_jobs` does, advancing ``bar``."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            bar.set_postfix_str(f"{job.program} {job.optimizer} {job.horizon}T")
+            run = run_job(job)
+            bar.update()
+            yield job, run
+        return
+    # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock)
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_job, job): job for job in jobs}
+        try:
+            for fut in cf.as_completed(futures):
+                job = futures[fut]
+                bar.set_postfix_str(f"{job.program} {job.optimizer} {job.horizon}T")
+                bar.update()
+                yield job, fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
 
 
 @dataclass
@@ -405,6 +469,7 @@ def run_suite(
     tracking_uri: str | None = None,
     workers: int = 1,
     quiet: bool = False,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the suite and write its reports; returns what ``results.json`` holds.
 
@@ -412,7 +477,8 @@ def run_suite(
     sizes (``steps_scale`` then does not apply to it); ``learning_rates``, ``shapes`` and
     ``tuning_free`` choose the baselines (default: the full grid of lhopt_dsl/baselines.py). The runs
     are spread over ``workers`` processes, each with this process's torch thread count; they are
-    deterministic, so the results do not depend on ``workers``.
+    deterministic, so the results do not depend on ``workers``. ``cache``: a directory of finished
+    baseline runs (:class:`BaselineCache`) that later invocations reuse; None runs every baseline.
     """
     if steps_scale <= 0:
         raise ValueError(f"steps_scale must be positive, got {steps_scale}")
@@ -458,7 +524,7 @@ def run_suite(
     summaries: dict[str, dict[str, Any]] = {}
     status = "FAILED"
     try:
-        for job, run in run_jobs(jobs, workers, threads, quiet):
+        for job, run in run_jobs(jobs, workers, threads, quiet, BaselineCache(cache)):
             runs[job.program][(job.optimizer, job.horizon)] = run
             pending[job.program] -= 1
             if pending[job.program]:

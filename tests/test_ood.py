@@ -252,6 +252,40 @@ def test_tiny_suite_writes_table_json_plot_and_metrics(tmp_path, capsys):
     assert any("ood/wikitext2_lm/hparams/lr" in row for row in logged)
 
 
+def test_baseline_cache_reruns_only_the_policy(tmp_path, monkeypatch):
+    """A second suite with the same cache runs the policy alone and reports the same baselines; a
+    broken cache file is run again and rewritten."""
+    ran = []
+    real = ood.run_job
+
+    def counted(job):
+        ran.append((job.optimizer, job.horizon))
+        return real(job)
+
+    monkeypatch.setattr(ood, "run_job", counted)
+    args = dict(sizes=TINY, learning_rates=(1e-3,), shapes=("constant",), tuning_free=(), tracking_uri=OFFLINE,
+                quiet=True, cache=tmp_path / "cache")  # fmt: skip
+    first = ood.run_suite(["wikitext2_lm"], out=tmp_path / "a", **args)
+    assert sorted(ran) == [("adamw-constant-lr0.001", 1), ("adamw-constant-lr0.001", 2), ("policy", 1)]
+    files = sorted((tmp_path / "cache").iterdir())
+    assert len(files) == 2  # the baselines, never the policy
+    ran.clear()
+    files[0].write_text("{not json")
+    second = ood.run_suite(["wikitext2_lm"], out=tmp_path / "b", **args)
+    broken = ("adamw-constant-lr0.001", 1 if "-1T-" in files[0].name else 2)
+    assert sorted(ran) == sorted([("policy", 1), broken])
+    json.loads(files[0].read_text())  # rewritten
+
+    def curves(report):  # what the runs measured (their wall times differ)
+        runs = report["programs"]["wikitext2_lm"]["baselines"]["adamw-constant-lr0.001"]
+        return {h: {k: v for k, v in r.items() if k != "seconds"} for h, r in runs.items()}
+
+    assert curves(first) == curves(second)
+    ran.clear()
+    ood.run_suite(["wikitext2_lm"], out=tmp_path / "c", **{**args, "seed": 1})  # another seed: other runs
+    assert len(ran) == 3
+
+
 def test_cli_help_and_bad_arguments(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["eval-ood", "--help"])
