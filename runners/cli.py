@@ -359,6 +359,25 @@ def cmd_eval_ood(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_dropin(args: argparse.Namespace) -> int:
+    from .dropin import PROGRAMS, check, format_table, write
+
+    policy = _policy_path(args.policy, args.tracking_uri) if args.policy else None
+    unknown = [p for p in args.programs or () if p not in PROGRAMS]
+    if unknown:
+        print(f"error: unknown program(s) {', '.join(unknown)}; known: {', '.join(PROGRAMS)}", file=sys.stderr)
+        return 2
+    try:
+        record = check(policy, programs=args.programs or tuple(PROGRAMS), seeds=args.seeds, steps=args.steps)
+    except (FileNotFoundError, ValueError) as e:  # a policy that cannot drive LHOPT
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write(record, Path(args.out))
+    print(format_table(record["summary"]))
+    print(f"\nevery run: {Path(args.out) / 'dropin.json'}")
+    return 0
+
+
 def cmd_curves(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -525,6 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="run every baseline, reading and writing no cache")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_eval_ood)
+
+    p = sub.add_parser("check-dropin", parents=[threads],
+                       help="does the policy hurt a user who drops LHOPT in? small programs x every reporting cadence "
+                            "against AdamW at its defaults, on test loss")
+    p.add_argument("--policy", help="policy checkpoint (policy.pt) or MLflow model URI (default: the shipped policy)")
+    p.add_argument("--programs", nargs="+", metavar="PROGRAM", help="regression, digits (default: both)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per program (default: 5)")
+    p.add_argument("--steps", type=int, default=200, help="training steps T (default: 200)")
+    p.add_argument("--out", default="runs/dropin", help="output directory (default: runs/dropin)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
+    p.set_defaults(func=cmd_check_dropin)
 
     p = sub.add_parser("curves", help="plot and summarise a metric over iterations for training run directories")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories with a metrics.jsonl")

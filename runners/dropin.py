@@ -1,0 +1,173 @@
+"""Does a policy hurt a user who drops it in? (``lhopt check-dropin``)
+
+    lhopt check-dropin [--policy P] [--seeds 5] [--steps 200] [--out runs/dropin]
+
+Small real training programs, trained the way a user first tries ``LHOPT``: a plain loop,
+``LHOPT(model.parameters(), total_steps=T, model=model)``, and losses reported with each of the
+reporting cadences of :data:`CADENCES` (training loss every step, every k steps or never;
+validation loss every N steps or never). The same program with the same initial weights and batch
+order trained by ``torch.optim.AdamW`` at its defaults is the bar: a user who drops the policy in
+should never end worse than that. Scored on a test split no run reports.
+
+The table gives, per cadence, the median and worst ratio of the policy's final test loss to
+AdamW's, how many runs end more than 10% worse than AdamW (*hurt*) and how many end non-finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from lhopt_dsl import LHOPT
+
+from .ood import _json_value
+
+#: (training loss every k steps, validation loss every n steps); None: never reported.
+CADENCES: tuple[tuple[int | None, int | None], ...] = (
+    (1, None), (1, 20), (20, 20), (20, None), (None, 20), (None, None), (7, 50),
+)  # fmt: skip
+HURT = 1.1  # a run is hurt when its final test loss exceeds AdamW's by more than this factor
+
+
+@dataclass
+class Program:
+    """A model and its data: ``batches(step)`` gives the step's training batch."""
+
+    model: nn.Module
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    train: tuple[torch.Tensor, torch.Tensor]
+    valid: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    batch: int
+
+    def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.train
+        start = (step * self.batch) % (len(x) - self.batch + 1)
+        return x[start : start + self.batch], y[start : start + self.batch]
+
+    @torch.no_grad()
+    def score(self, split: tuple[torch.Tensor, torch.Tensor]) -> float:
+        self.model.eval()
+        value = float(self.loss(self.model(split[0]), split[1]))
+        self.model.train()
+        return value
+
+
+def regression(seed: int) -> Program:
+    """A 2-layer tanh MLP fitting a noisy sine of a random projection (8 inputs)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(8, 1, generator=g)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(n, 8, generator=g)
+        return x, torch.sin(x @ w) + 0.1 * torch.randn(n, 1, generator=g)
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    return Program(model, nn.functional.mse_loss, split(512), split(256), split(256), 32)
+
+
+def digits(seed: int) -> Program:
+    """A 2-layer ReLU MLP classifying scikit-learn's 8x8 digits (1,257 / 270 / 270)."""
+    from lhopt_dsl.compile.datasets import image_data
+
+    data = image_data("digits")
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data.train.x), generator=g)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+    return Program(model, nn.functional.cross_entropy, (data.train.x[order], data.train.y[order]),
+                   (data.valid.x, data.valid.y), (data.test.x, data.test.y), 32)  # fmt: skip
+
+
+PROGRAMS: dict[str, Callable[[int], Program]] = {"regression": regression, "digits": digits}
+
+
+def run(program: str, seed: int, steps: int, cadence: tuple[int | None, int | None] | None,
+        policy: str | Path | None = None) -> float:  # fmt: skip
+    """Final test loss of one run: ``cadence`` None trains with AdamW at its defaults, otherwise
+    with LHOPT reporting losses at that cadence. A non-finite training loss ends the run (NaN)."""
+    p = PROGRAMS[program](seed)
+    if cadence is None:
+        opt: torch.optim.Optimizer = torch.optim.AdamW(p.model.parameters())
+    else:
+        opt = LHOPT(p.model.parameters(), policy, total_steps=steps, model=p.model)
+    train_every, valid_every = cadence or (None, None)
+    for step in range(steps):
+        x, y = p.batch_at(step)
+        loss = p.loss(p.model(x), y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            return math.nan
+        opt.zero_grad()
+        loss.backward()
+        if isinstance(opt, LHOPT):
+            if train_every and step % train_every == 0:
+                opt.observe(train_loss=value)
+            if valid_every and step % valid_every == 0:
+                opt.observe(valid_loss=p.score(p.valid))
+        opt.step()
+    return p.score(p.test)
+
+
+def check(policy: str | Path | None = None, *, programs: Sequence[str] = tuple(PROGRAMS), seeds: int = 5,
+          steps: int = 200, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Every program x seed with AdamW and with the policy at every cadence; the record and its summary."""
+    jobs = [(prog, s) for prog in programs for s in range(seeds)]
+    runs: list[dict[str, Any]] = []
+    for prog, s in tqdm(jobs, desc="check-dropin", unit="program", disable=quiet):
+        adamw = run(prog, s, steps, None)
+        for cadence in CADENCES:
+            loss = run(prog, s, steps, cadence, policy)
+            runs.append({"program": prog, "seed": s, "train_every": cadence[0], "valid_every": cadence[1],
+                         "adamw": adamw, "lhopt": loss})  # fmt: skip
+    return {"policy": str(policy) if policy else "default (shipped with lhopt)", "steps": steps, "seeds": seeds,
+            "runs": runs, "summary": summarise(runs)}  # fmt: skip
+
+
+def _ratio(r: dict[str, Any]) -> float:
+    if not math.isfinite(r["lhopt"]):
+        return math.inf
+    return r["lhopt"] / r["adamw"] if r["adamw"] > 0 else (1.0 if r["lhopt"] <= r["adamw"] else math.inf)
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for cadence in [*CADENCES, None]:
+        mine = [r for r in runs if cadence is None or (r["train_every"], r["valid_every"]) == cadence]
+        if not mine:
+            continue
+        ratios = np.asarray([_ratio(r) for r in mine])
+        rows.append({
+            "cadence": "all" if cadence is None else f"train {cadence[0] or 'never'}, valid {cadence[1] or 'never'}",
+            "runs": len(mine),
+            "median_ratio": float(np.median(ratios)),
+            "worst_ratio": float(np.max(ratios)),
+            "better": int(np.sum(ratios <= 1.0)),
+            "hurt": int(np.sum(ratios > HURT)),
+            "non_finite": int(sum(not math.isfinite(r["lhopt"]) for r in mine)),
+        })  # fmt: skip
+    return rows
+
+
+def format_table(summary: Sequence[dict[str, Any]]) -> str:
+    lines = ["| reporting | runs | median LHOPT / AdamW | worst | better | hurt (> 1.1x) | non-finite |",
+             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in summary:
+        lines.append(f"| {row['cadence']} | {row['runs']} | {row['median_ratio']:.3g} | {row['worst_ratio']:.3g} "
+                     f"| {row['better']} | {row['hurt']} | {row['non_finite']} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def write(record: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dropin.json").write_text(json.dumps(_json_value(record), indent=1))  # strict JSON: NaN is null
+    (out / "dropin.md").write_text(format_table(record["summary"]) + "\n")
