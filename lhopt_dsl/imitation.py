@@ -49,6 +49,15 @@ class Target:
     def name(self) -> str:
         return "keep" if self.lr is None else f"{self.shape}-lr{self.lr:g}"
 
+    @classmethod
+    def from_name(cls, name: str) -> "Target":
+        """The target of :attr:`name`."""
+        if name == "keep":
+            return cls(None)
+        shape, _, lr = name.rpartition("-lr")
+        shape_factor(shape, 0.0)  # an unknown shape fails here
+        return cls(float(lr), shape)
+
 
 def default_targets(lrs: Sequence[float] = DEFAULT_LRS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[Target]:
     """``keep`` first, then every learning rate with every shape."""
@@ -161,6 +170,29 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
     return demo, result.episodes
 
 
+def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, target: Target, *, device: str = "cpu",
+            data_dir: str | None = None, max_valid: int = 512,
+            cadence: Cadence = FULL_CADENCE) -> Demonstration:  # fmt: skip
+    """A DAgger demonstration: ``policy``'s own greedy episode on ``cfg``, each decision labelled
+    with the action the follower of ``target`` (the task's best schedule) takes from the learning
+    rate the policy had reached there. Cloning these teaches the way back from the states the
+    policy itself gets into, which the followers' episodes never visit. The episode's rewards are
+    not the demonstrations' (there is no baseline run here), so they are NaN and the critic does
+    not fit them."""
+    from .env import InnerTrainingEnv, log_improvement_reward
+    from .rollout import run_episode
+
+    env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
+    ep = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, cadence=cadence)
+    follower = ScheduleFollower(policy, space, [target], cfg.hparams.lr, cfg.task.outer_steps)
+    labels = []
+    for t in range(len(ep)):
+        before = cfg.hparams.lr if t == 0 else ep.hparams[t - 1]["lr"]
+        labels.append(follower.choose(target, before, t)[0])
+    return Demonstration(cfg.task_id, cfg.family, target.name, ep.raw_policy, ep.raw_value, np.stack(labels),
+                         np.full(len(ep), np.nan), ep.valid_curve[-1], math.nan, math.nan)  # fmt: skip
+
+
 def _padded(rows: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
     longest = max(len(r) for r in rows)
     out = np.zeros((longest, len(rows), *rows[0].shape[1:]), dtype=np.float64)
@@ -181,7 +213,7 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
     its critic to their returns; the normalisers first take every observation, as meta-training's
     do after each iteration.
 
-    A ``holdout`` fraction of the tasks is kept out of the fit; the weights of the epoch with the
+    A ``holdout`` fraction of the tasks (with all their demonstrations) is kept out of the fit; the weights of the epoch with the
     lowest held-out loss are kept (early stopping), and the returned metrics are those of that
     epoch: per-step negative log-likelihood, the learning-rate dimension's accuracy (greedy action
     equals the label; ``lr_dim`` is its action dimension) on the fit and held-out tasks, and on the
@@ -190,11 +222,15 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
     if not demos:
         raise ValueError("no demonstrations to clone")
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(demos))
-    n_hold = int(round(holdout * len(demos))) if len(demos) >= 5 else 0
-    held, fit = [demos[i] for i in order[:n_hold]], [demos[i] for i in order[n_hold:]]
+    tasks = sorted({d.task_id for d in demos})  # a task's demonstrations (first and relabelled) stay together
+    order = rng.permutation(len(tasks))
+    n_hold = int(round(holdout * len(tasks))) if len(tasks) >= 5 else 0
+    held_ids = {tasks[i] for i in order[:n_hold]}
+    held, fit = [d for d in demos if d.task_id in held_ids], [d for d in demos if d.task_id not in held_ids]
     model.policy_norm(np.concatenate([d.raw_policy for d in fit]), update=True)
     model.value_norm(np.concatenate([d.raw_value for d in fit]), update=True)
+    if all(np.isnan(d.rewards).all() for d in fit):
+        value_coef = 0.0  # nothing for the critic to fit
 
     def tensors(ds: Sequence[Demonstration]) -> tuple[torch.Tensor, ...]:
         x = _padded([model.policy_norm(d.raw_policy, update=False) for d in ds], torch.float32)
@@ -202,14 +238,15 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
         a = _padded([d.actions for d in ds], torch.float64).long()
         mask = _padded([np.ones(len(d.actions)) for d in ds], torch.float32)
         ret = _padded([returns_of(d.rewards) for d in ds], torch.float32)
-        return x, v, a, mask, ret
+        known = mask * torch.isfinite(ret)  # DAgger's relabelled episodes have no returns
+        return x, v, a, mask, torch.nan_to_num(ret), known
 
     def losses(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-        x, v, a, mask, ret = batch
+        x, v, a, mask, ret, known = batch
         logprob, _, values = model.evaluate(x, v, a)
         n = mask.sum()
         nll = -(logprob * mask).sum() / n
-        v_loss = 0.5 * (((values - ret) ** 2) * mask).sum() / n
+        v_loss = 0.5 * (((values - ret) ** 2) * known).sum() / known.sum().clamp(min=1)
         with torch.no_grad():
             logits, _ = model.actor_forward(x)
             greedy = logits[..., : model.shape.nvec[lr_dim]].argmax(-1)
@@ -235,7 +272,7 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
             metrics = {"bc/epoch": float(epoch + 1), "bc/nll": float(nll), "bc/value_loss": float(v_loss),
                        "bc/lr_accuracy": acc, "bc/holdout_nll": float(h_nll), "bc/holdout_value_loss": float(h_v),
                        "bc/holdout_lr_accuracy": h_acc, "bc/holdout_majority_accuracy": h_keep,
-                       "bc/fit_tasks": float(len(fit)), "bc/holdout_tasks": float(len(held))}  # fmt: skip
+                       "bc/fit_tasks": float(len(tasks) - n_hold), "bc/holdout_tasks": float(n_hold)}  # fmt: skip
             best = (score, {k: t.detach().clone() for k, t in model.state_dict().items()}, metrics)
     assert best is not None
     model.load_state_dict(best[1])

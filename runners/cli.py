@@ -192,6 +192,7 @@ def cmd_imitate(args: argparse.Namespace) -> int:
         run_dir=Path(args.run_dir) if args.run_dir else None,
         epochs=args.epochs,
         tracking_uri=args.tracking_uri,
+        dagger=args.dagger,
     )
     try:
         path = imitate(spec, settings, spec_path=args.spec)
@@ -494,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes (default: the spec's meta_train.workers)")
     p.add_argument("--run-dir", help="directory of the demonstrations and the policy (default: <meta_train.run_dir>/<spec name>-imitation)")
     p.add_argument("--epochs", type=int, default=300, help="cloning epochs; the best held-out epoch is kept (default: 300)")
+    p.add_argument("--dagger", type=int, default=0, metavar="R",
+                   help="rounds of DAgger: run the cloned policy on the same tasks, label its own decisions with "
+                        "each task's best schedule, clone again (one run per task and round; default: 0)")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_imitate)

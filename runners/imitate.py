@@ -25,7 +25,16 @@ import torch
 from tqdm import tqdm
 
 from lhopt_dsl import ExperimentSpec, sample
-from lhopt_dsl.imitation import DEFAULT_LRS, DEFAULT_SHAPES, Demonstration, clone, default_targets, demonstrate
+from lhopt_dsl.imitation import (
+    DEFAULT_LRS,
+    DEFAULT_SHAPES,
+    Demonstration,
+    Target,
+    clone,
+    default_targets,
+    demonstrate,
+    relabel,
+)
 from lhopt_dsl.observation import draw_cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.sample import train_seed
@@ -48,6 +57,7 @@ class ImitationSettings:
     shapes: Sequence[str] = DEFAULT_SHAPES
     tracking_uri: str | None = None
     quiet: bool = False
+    dagger: int = 0  # rounds of DAgger after the first cloning
 
 
 def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
@@ -61,6 +71,37 @@ def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
                           data_dir=spec.data_dir, max_valid=spec.meta_train.max_valid,
                           population=spec.meta_train.population, cadence=cadence)  # fmt: skip
     return j, {"seed": seed, "demo": demo.to_data()}
+
+
+def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
+    j, seed, spec_json, policy_ckpt, target = args
+    torch.set_num_threads(1)
+    spec = ExperimentSpec.model_validate_json(spec_json)
+    cfg = sample(spec, seed)
+    cadence = draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
+    demo = relabel(cfg, ActorCritic.from_checkpoint(policy_ckpt), spec.hparams, Target.from_name(target),
+                   device=spec.device, data_dir=spec.data_dir, max_valid=spec.meta_train.max_valid,
+                   cadence=cadence)  # fmt: skip
+    return j, {"seed": seed, "demo": demo.to_data()}
+
+
+def _run_jobs(fn: Any, jobs: list[tuple], directory: Path, workers: int, desc: str, quiet: bool,
+              found: dict[int, Demonstration]) -> None:  # fmt: skip
+    """Run ``fn`` over ``jobs`` (``(j, ...)`` tuples), saving each result as ``directory/j.pt`` as it
+    finishes (a kill loses only the running ones) and adding it to ``found``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(jobs), desc=desc, unit="task", disable=quiet)
+    pool = mp.get_context("spawn").Pool(workers) if workers > 1 and len(jobs) > 1 else None
+    try:
+        for j, data in pool.imap_unordered(fn, jobs) if pool else map(fn, jobs):
+            save_checkpoint(data, directory / f"{j:05d}.pt")
+            found[j] = Demonstration.from_data(data["demo"])
+            bar.set_postfix_str(f"{found[j].family} {found[j].target}")
+            bar.update()
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
 
 
 def _load_demos(directory: Path, seeds: dict[int, int]) -> dict[int, Demonstration]:
@@ -90,33 +131,36 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
         print(f"{len(demos)} demonstrations already in {demo_dir}; {len(todo)} to run")
     spec_json = spec.model_dump_json()
     jobs = [(j, seeds[j], spec_json, tuple(settings.lrs), tuple(settings.shapes)) for j in todo]
-    bar = tqdm(total=len(jobs), desc="demonstrations", unit="task", disable=settings.quiet)
-    pool = mp.get_context("spawn").Pool(settings.workers) if settings.workers > 1 and len(jobs) > 1 else None
-    try:
-        for j, data in pool.imap_unordered(_demo_job, jobs) if pool else map(_demo_job, jobs):
-            save_checkpoint(data, demo_dir / f"{j:05d}.pt")  # kept as it finishes: a kill loses only running tasks
-            demos[j] = Demonstration.from_data(data["demo"])
-            bar.set_postfix_str(f"{demos[j].family} {demos[j].target}")
-            bar.update()
-    finally:
-        bar.close()
-        if pool:
-            pool.terminate()
+    _run_jobs(_demo_job, jobs, demo_dir, settings.workers, "demonstrations", settings.quiet, demos)
 
     ordered = [demos[j] for j in sorted(demos)]
-    torch.manual_seed(spec.seed)
-    model = ActorCritic(policy_shape(spec))
-    metrics = clone(model, ordered, epochs=settings.epochs, seed=spec.seed)
+    model, metrics = _clone(spec, ordered, settings.epochs)
+    rounds = [metrics]
+    relabelled: list[Demonstration] = []
+    for r in range(1, settings.dagger + 1):
+        # DAgger: the policy's own episodes on the same tasks, labelled by each task's best schedule.
+        # Keyed by the number of tasks, whose demonstrations decide every round's policy.
+        round_dir = run_dir / f"dagger-{settings.tasks}" / f"round{r}"
+        done = _load_demos(round_dir, seeds) if round_dir.exists() else {}
+        ckpt = model.to_checkpoint()
+        jobs = [(j, seeds[j], spec_json, ckpt, demos[j].target) for j in sorted(demos) if j not in done]
+        _run_jobs(_relabel_job, jobs, round_dir, settings.workers, f"DAgger round {r}", settings.quiet, done)
+        relabelled += [done[j] for j in sorted(done)]
+        model, metrics = _clone(spec, ordered + relabelled, settings.epochs)
+        rounds.append(metrics)
     summary = summarise(ordered)
-    record = {"metrics": metrics, "summary": summary, "tasks": settings.tasks, "lrs": list(settings.lrs),
-              "shapes": list(settings.shapes), "epochs": settings.epochs}  # fmt: skip
+    record = {"metrics": metrics, "rounds": rounds, "summary": summary, "tasks": settings.tasks,
+              "lrs": list(settings.lrs), "shapes": list(settings.shapes), "epochs": settings.epochs,
+              "dagger": settings.dagger}  # fmt: skip
     path = run_dir / "imitation.pt"
     save_checkpoint({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "imitation": record}, path)
     tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-imitation",
                       run_dir)  # fmt: skip
     tracker.log_params({"spec": spec.model_dump(mode="json"), "imitation": {k: v for k, v in record.items()
-                                                                             if k in ("tasks", "lrs", "shapes", "epochs")}})  # fmt: skip
-    tracker.log_metrics({**metrics, **{f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}}, step=0)
+                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger")}})  # fmt: skip
+    for r, m in enumerate(rounds):  # step r: after r rounds of DAgger
+        tracker.log_metrics(m, step=r)
+    tracker.log_metrics({f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=0)
     if spec_path:
         tracker.log_artifact(spec_path, "spec")
     tracker.log_artifact(path)
@@ -124,6 +168,13 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
     if not settings.quiet:
         print(report(summary, metrics))
     return path
+
+
+def _clone(spec: ExperimentSpec, demos: list[Demonstration], epochs: int) -> tuple[ActorCritic, dict[str, float]]:
+    """A fresh policy of the spec's shape (seeded by the spec) fitted to ``demos``."""
+    torch.manual_seed(spec.seed)
+    model = ActorCritic(policy_shape(spec))
+    return model, clone(model, demos, epochs=epochs, seed=spec.seed)
 
 
 def summarise(demos: Sequence[Demonstration]) -> dict[str, Any]:

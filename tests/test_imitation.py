@@ -68,6 +68,22 @@ def test_demonstration_is_the_best_follower_and_alike_batched_or_not(family, cad
     assert (again.actions == demo.actions).all() and again.target == demo.target
 
 
+def test_relabelled_decisions_head_for_the_tasks_best_schedule_from_where_the_policy_is():
+    from lhopt_dsl.imitation import relabel
+
+    cfg = smoke("mlp", outer_steps=8)
+    cfg = cfg.model_copy(update={"hparams": cfg.hparams.model_copy(update={"lr": 1e-5})})
+    policy = ActorCritic(policy_shape(SMOKE))
+    demo = relabel(cfg, policy, SMOKE.hparams, Target(0.1), cadence=Cadence(None, None))
+    actions = ActionSpace(SMOKE.hparams)
+    up = actions.hparams["lr"].action.values.index(2.0)
+    assert demo.actions.shape == (8, len(actions.nvec)) and np.isnan(demo.rewards).all()
+    assert (demo.actions[:, 0] == up).all()  # from 1e-5, 0.1 is more than 8 doublings away whatever the policy did
+    assert (demo.actions[:, 1:] == actions.identity()[1:]).all()
+    assert Target.from_name(Target(0.03, "cosine").name) == Target(0.03, "cosine")
+    assert Target.from_name("keep") == Target(None)
+
+
 def synthetic_demos(n: int, length: int = 12, seed: int = 0) -> list[Demonstration]:
     """The label of the first action dimension is 0, 3 or 6 as the first feature is low, middle, high;
     the second feature is the progress, the rest are constant (features are not noise)."""
@@ -127,8 +143,11 @@ def test_lhopt_imitate_resumes_and_refuses_another_runs_files(tmp_path, monkeypa
     assert saved["imitation"]["summary"]["tasks"] == 2
     ActorCritic.from_checkpoint(saved["policy"])
     calls.clear()
-    imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, **small))
+    path = imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, dagger=1, **small))
     assert calls == [2]  # the two finished tasks were not run again
+    # DAgger: one relabelled episode per task and round, then a second cloning.
+    assert sorted(p.name for p in (run / "dagger-3" / "round1").iterdir()) == ["00000.pt", "00001.pt", "00002.pt"]
+    assert len(load_checkpoint(path)["imitation"]["rounds"]) == 2
     # A demonstration made for another seed (another spec, or --seed) is not mixed in.
     other = spec.model_copy(update={"seed": spec.seed + 1})
     with pytest.raises(ValueError, match="another spec or seed"):
