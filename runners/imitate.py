@@ -163,7 +163,7 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
     tracker.log_metrics({f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=0)
     if spec_path:
         tracker.log_artifact(spec_path, "spec")
-    tracker.log_artifact(path)
+    tracker.log_policy(path, spec.tracking.registered_model)  # registered like meta-training's policies
     tracker.end()
     if not settings.quiet:
         print(report(summary, metrics))

@@ -134,11 +134,16 @@ def test_lhopt_imitate_resumes_and_refuses_another_runs_files(tmp_path, monkeypa
         return real(args)
 
     monkeypatch.setattr(imitate_mod, "_demo_job", counted)
-    spec = load_spec(SPECS / "smoke.yaml")
-    small = dict(lrs=(1e-3, 1e-2), shapes=("constant",), epochs=5, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    smoke = load_spec(SPECS / "smoke.yaml")
+    spec = smoke.model_copy(update={"tracking": smoke.tracking.model_copy(update={"registered_model": "imitated"})})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    small = dict(lrs=(1e-3, 1e-2), shapes=("constant",), epochs=5, tracking_uri=uri)
     run = tmp_path / "run"
     path = imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=2, run_dir=run, quiet=True, **small))
     assert sorted(calls) == [0, 1] and sorted(p.name for p in (run / "demos").iterdir()) == ["00000.pt", "00001.pt"]
+    from mlflow import MlflowClient
+
+    assert len(MlflowClient(uri).search_model_versions("name='imitated'")) == 1  # registered as training's are
     saved = load_checkpoint(path)
     assert saved["imitation"]["summary"]["tasks"] == 2
     ActorCritic.from_checkpoint(saved["policy"])
