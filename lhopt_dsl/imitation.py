@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from .actions import ActionSpace
-from .observation import FULL_CADENCE, Cadence
-from .policy import ActorCritic
+from .observation import FULL_CADENCE, Cadence, FeatureBuilder
+from .policy import ActorCritic, PolicyShape
 from .rollout import Episode, task_rollouts
 from .sample import TaskConfig
 from .schedule import shape_factor
@@ -56,6 +56,8 @@ class Target:
             return cls(None)
         shape, _, lr = name.rpartition("-lr")
         shape_factor(shape, 0.0)  # an unknown shape fails here
+        if not float(lr) > 0:
+            raise ValueError(f"a target's learning rate must be positive, got {lr}")
         return cls(float(lr), shape)
 
 
@@ -77,12 +79,17 @@ class ScheduleFollower:
     ``learner``'s, so the recorded episodes look as the learner's own would.
     """
 
-    def __init__(self, learner: ActorCritic, space: HyperparameterSpace, targets: Sequence[Target], initial_lr: float,
-                 outer_steps: int):  # fmt: skip
+    def __init__(self, learner: ActorCritic | None, space: HyperparameterSpace, targets: Sequence[Target],
+                 initial_lr: float, outer_steps: int):  # fmt: skip
         self.actions = ActionSpace(space)  # every space's policy controls lr
         self.learner, self.targets = learner, list(targets)
-        self.shape, self.policy_norm, self.value_norm = learner.shape, learner.policy_norm, learner.value_norm
-        self.critic_forward, self.normalise = learner.critic_forward, learner.normalise
+        if learner is not None:
+            self.shape, self.policy_norm, self.value_norm = learner.shape, learner.policy_norm, learner.value_norm
+            self.critic_forward, self.normalise = learner.critic_forward, learner.normalise
+        else:  # acting alone (evaluation): the features are recorded as they come
+            features = FeatureBuilder(self.actions, space)
+            self.shape = PolicyShape(features.policy_size, features.value_size, tuple(self.actions.nvec))
+            self.policy_norm = lambda x, update=False: np.asarray(x, dtype=np.float32)
         self.initial_lr, self.outer = float(initial_lr), int(outer_steps)
         self.lr_dim = self.actions.names.index("lr")
         self.lr_param = self.actions.hparams["lr"]
@@ -122,6 +129,19 @@ class ScheduleFollower:
         targets, lrs, t = state if state is not None else (self._take(len(x)), [self.initial_lr] * len(x), 0)
         chosen = [self.choose(tg, lr, t) for tg, lr in zip(targets, lrs)]
         return np.stack([a for a, _ in chosen]), np.zeros(len(x)), (targets, [lr for _, lr in chosen], t + 1)
+
+
+@dataclass(frozen=True)
+class FixedSchedule:
+    """One learning-rate schedule followed through a space's actions from a task's initial values,
+    evaluated as if it were a policy (``lhopt eval --schedule``): the baseline a learned policy has
+    to beat to show that it learned more than a good schedule."""
+
+    target: Target
+    space: HyperparameterSpace
+
+    def follower(self, cfg: TaskConfig) -> ScheduleFollower:
+        return ScheduleFollower(None, self.space, [self.target], cfg.hparams.lr, cfg.task.outer_steps)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from lhopt_dsl import SpecError, load_spec, sample, space_size
 from lhopt_dsl.sample import budget_acceptance
@@ -328,7 +328,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.compile:
         spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"compile": True})})
-    policy = _policy_path(args.policy, args.tracking_uri)
+    if args.schedule:
+        from lhopt_dsl.imitation import FixedSchedule, Target
+
+        try:
+            policy: Any = FixedSchedule(Target.from_name(args.schedule), spec.hparams)
+        except ValueError as e:
+            print(f"error: --schedule {args.schedule}: {e} (names look like linear-lr0.03, cosine-lr0.01, keep)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    else:
+        policy = _policy_path(args.policy, args.tracking_uri)
     try:
         summary = run(spec, policy, num_tasks=args.tasks or spec.evaluation.num_tasks, storage=args.storage,
                       out=Path(args.out) if args.out else None, tracking_uri=args.tracking_uri, score=args.score,
@@ -511,7 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", parents=[threads], help="evaluate a policy on held-out tasks against 35 tuned AdamW baselines")
     p.add_argument("spec", metavar="SPEC", help="YAML spec file (its evaluation section)")
-    p.add_argument("--policy", required=True, help="policy checkpoint (policy.pt) or MLflow model URI")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--policy", help="policy checkpoint (policy.pt) or MLflow model URI")
+    which.add_argument("--schedule", metavar="NAME",
+                       help="evaluate a fixed learning-rate schedule instead, followed through the spec's actions from "
+                            "the default initial values (e.g. linear-lr0.03: the bar a learned policy must clear)")
     p.add_argument("--tasks", type=int, help="held-out tasks (default: the spec's evaluation.num_tasks)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes the tasks are spread over, each with --threads torch threads (default: 1)")

@@ -39,6 +39,7 @@ from lhopt_dsl import TABLE1_ROWS, ExperimentSpec, TaskConfig, table1_row
 from lhopt_dsl.baselines import ADAMW_BASELINES, BASELINES, HORIZONS, TUNING_FREE
 from lhopt_dsl.controller import load_policy
 from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.imitation import FixedSchedule
 from lhopt_dsl.schedule import LearningCurve, segment_bounds
 from lhopt_dsl.metrics import TaskScores, evaluation_summary, format_summary, performance_profile, plot_performance_profile
 from lhopt_dsl.rollout import run_episode
@@ -161,16 +162,18 @@ def summarise(records: list[dict[str, Any]], score: str = "test", *, resamples: 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(policy_path: str, threads: int) -> None:
+def _init_worker(source: str | FixedSchedule, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER["policy"] = load_policy(policy_path)
+    _WORKER["policy"] = (source, source.space) if isinstance(source, FixedSchedule) else load_policy(source)
 
 
 def _work(job: dict[str, Any]) -> dict[str, Any]:
     policy, space = _WORKER["policy"]
     cfg = TaskConfig.from_yaml(job.pop("config"))
+    if isinstance(policy, FixedSchedule):  # a follower per task: it starts from the task's initial values
+        policy = policy.follower(cfg)
     return evaluate_task(cfg, job.pop("index"), policy, space, **job)
 
 
@@ -235,7 +238,7 @@ def load_records(out: Path, configs: list[TaskConfig]) -> dict[int, dict[str, An
 
 
 def evaluate_tasks(
-    configs: list[TaskConfig], policy_path: Path, out: Path, *, storage: str, device: str, data_dir: str | None,
+    configs: list[TaskConfig], policy_path: Path | FixedSchedule, out: Path, *, storage: str, device: str, data_dir: str | None,
     max_valid: int, compiled: bool, workers: int, threads: int, quiet: bool,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
@@ -257,7 +260,7 @@ def evaluate_tasks(
 
     try:
         if workers <= 1 or len(jobs) <= 1:
-            _init_worker(str(policy_path), threads)
+            _init_worker(_source(policy_path), threads)
             for job in jobs:
                 finished(_work(job))
         else:
@@ -266,7 +269,7 @@ def evaluate_tasks(
             # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock)
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(str(policy_path), threads)) as pool:  # fmt: skip
+                                        initargs=(_source(policy_path), threads)) as pool:  # fmt: skip
                 futures = [pool.submit(_work, job) for job in jobs]
                 try:
                     for fut in cf.as_completed(futures):
@@ -366,8 +369,23 @@ def _plots(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) ->
     return paths
 
 
-def default_out(spec: ExperimentSpec, policy_path: Path) -> Path:
-    """``<run_dir>/eval-<spec name>-<first 8 hex digits of the policy file's sha256>``."""
+def _source(policy: Path | FixedSchedule) -> str | FixedSchedule:
+    return policy if isinstance(policy, FixedSchedule) else str(policy)
+
+
+def _identity(policy: Path | FixedSchedule) -> tuple[str, str]:
+    """What was evaluated and its digest: a policy file's sha256, or a fixed schedule's name."""
+    if isinstance(policy, FixedSchedule):
+        name = f"schedule:{policy.target.name}"
+        return name, hashlib.sha256(name.encode()).hexdigest()
+    return str(policy), _sha256(policy)
+
+
+def default_out(spec: ExperimentSpec, policy_path: Path | FixedSchedule) -> Path:
+    """``<run_dir>/eval-<spec name>-<first 8 hex digits of the policy file's sha256>``, or
+    ``eval-<spec name>-schedule-<name>`` for a fixed schedule."""
+    if isinstance(policy_path, FixedSchedule):
+        return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-schedule-{policy_path.target.name}"
     return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-{_sha256(policy_path)[:8]}"
 
 
@@ -378,30 +396,35 @@ def default_storage(spec: ExperimentSpec) -> str:
     return f"sqlite:///{(run_dir / 'baselines.db').resolve()}"
 
 
-def run(spec: ExperimentSpec, policy_path: Path, *, num_tasks: int, storage: str | None, out: Path | None,
+def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: int, storage: str | None, out: Path | None,
         tracking_uri: str | None, score: str = "test", initial: str = "default", workers: int = 1,
         threads: int = 1, fresh: bool = False, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Evaluate (or resume) and report; returns the summary (also written to ``out/results.json``)."""
+    """Evaluate (or resume) and report; returns the summary (also written to ``out/results.json``).
+
+    ``policy_path``: a policy file, or a :class:`~lhopt_dsl.imitation.FixedSchedule` evaluated in
+    its place (the baseline a learned policy must beat)."""
     if score not in SCORES:
         raise EvaluationError(f"--score must be one of {', '.join(SCORES)}; got '{score}'")
     if initial not in INITIAL_CHOICES:
         raise EvaluationError(f"--initial must be one of {', '.join(INITIAL_CHOICES)}; got '{initial}'")
-    policy_path = Path(policy_path)
-    load_policy(policy_path)  # fail here, not in a worker, on a missing or broken file
+    if not isinstance(policy_path, FixedSchedule):
+        policy_path = Path(policy_path)
+        load_policy(policy_path)  # fail here, not in a worker, on a missing or broken file
+    name, digest = _identity(policy_path)
     out = Path(out or default_out(spec, policy_path))
     storage = storage or default_storage(spec)
     if fresh and (out / "tasks").exists():
         for f in (out / "tasks").glob("*.json"):
             f.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"policy": str(policy_path), "policy_sha256": _sha256(policy_path), "spec": spec.name,
+    manifest = {"policy": name, "policy_sha256": digest, "spec": spec.name,
                 "initial": initial, "max_valid": spec.meta_train.max_valid, "device": spec.device,
                 "storage": storage, "out": str(out)}  # fmt: skip
     _check_manifest(out, manifest)
     configs = [eval_config(spec, i, initial) for i in range(num_tasks)]
 
     tracker = Tracker(tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"eval-{spec.name}", out)
-    tracker.log_params({"policy": str(policy_path), "policy_sha256": manifest["policy_sha256"][:12],
+    tracker.log_params({"policy": name, "policy_sha256": manifest["policy_sha256"][:12],
                         "num_tasks": num_tasks, "spec": spec.name, "storage": storage, "score": score,
                         "initial": initial, "workers": workers})  # fmt: skip
     t0 = time.perf_counter()

@@ -114,6 +114,25 @@ def test_a_second_policy_reuses_every_cached_baseline_and_a_rerun_resumes(evalua
     assert results["cost"]["pairs_run"] == 2 * len(BASELINES)  # only the new third task's grid
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_fixed_schedule_is_evaluated_in_a_policys_place(evaluated, tmp_path, capsys, workers):
+    """`--schedule linear-lr0.03`: from the default lr 1e-3 the follower doubles it each decision
+    until the target is near, then follows the decay; the cached baselines score it."""
+    root, storage, spec = evaluated
+    out = tmp_path / "s"
+    assert lhopt("eval", spec, "--schedule", "linear-lr0.03", "--tasks", "2", "--out", str(out), "--storage", storage,
+                 "--workers", workers) == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["manifest"]["policy"] == "schedule:linear-lr0.03" and results["cost"]["pairs_run"] == 0
+    for i in range(2):
+        record = json.loads((out / "tasks" / f"{i:05d}.json").read_text())
+        lrs = [h["lr"] for h in record["policy"]["hparams"]]
+        assert lrs[0] == pytest.approx(2e-3) and max(lrs) <= 0.03 * 1.42
+        assert all(kind == "none" for kind, _ in record["policy"]["restarts"])
+    assert main(["eval", spec, "--schedule", "zigzag-lr0.1", "--tasks", "1", *OFFLINE]) == 2
+    assert "zigzag" in capsys.readouterr().err
+
+
 def test_workers_give_the_same_records(evaluated, tmp_path):
     root, storage, spec = evaluated
     assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(tmp_path / "w"),
