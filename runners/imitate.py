@@ -39,7 +39,7 @@ from lhopt_dsl.observation import draw_cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.sample import train_seed
 
-from .meta_train import policy_shape
+from .meta_train import policy_shape, terminate_as_interrupt
 from .tracking import Tracker
 
 #: Key of imitation's task seeds: ``train_seed(spec.seed, IMITATION_KEY, j)``; PPO's are
@@ -120,7 +120,14 @@ def _load_demos(directory: Path, seeds: dict[int, int]) -> dict[int, Demonstrati
 
 
 def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None = None) -> Path:
-    """Collect the demonstrations still missing, clone them into a new policy, return its path."""
+    """Collect the demonstrations still missing, clone them into a new policy, return its path.
+
+    SIGTERM unwinds like Ctrl-C (the worker pool is terminated with it); finished demonstrations stay."""
+    with terminate_as_interrupt():
+        return _imitate(spec, settings, spec_path)
+
+
+def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None) -> Path:
     run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
     demo_dir = run_dir / "demos"
     demo_dir.mkdir(parents=True, exist_ok=True)

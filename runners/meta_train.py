@@ -196,14 +196,14 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
     mt = spec.meta_train
     group = setup(spec.device)  # one process, or one rank of a torchrun job (runners/distributed.py)
     try:
-        with _terminate_as_interrupt():
+        with terminate_as_interrupt():
             return _train(spec, settings, spec_path, group)
     finally:
         group.close()
 
 
 @contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a scheduler's time limit, torchrun stopping a job) unwinds like Ctrl-C: the
     worker pool is terminated (it would outlive a killed parent) and the MLflow run marked KILLED;
     the checkpoint of the last finished iteration stays as it was."""
