@@ -15,6 +15,7 @@ demonstrations by maximum likelihood and the critic to their returns; PPO then s
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -158,6 +159,7 @@ class Demonstration:
     final_valid: float
     keep_valid: float  # final validation loss of keeping the initial hyperparameters
     reward_vs_initial: float
+    seconds: float = math.nan  # what making it cost (all the followers' runs, or the relabelled run)
 
     def to_data(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -178,6 +180,7 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
     The best is the lowest final validation loss; a non-finite one never wins. ``cadence``: which
     losses the runs report (the demonstrations then hold the observations a policy has under it).
     """
+    t0 = time.perf_counter()
     follower = ScheduleFollower(learner, space, targets, cfg.hparams.lr, cfg.task.outer_steps)
     result = task_rollouts(cfg, follower, None, space, rollouts=len(targets), seed=seed, device=device,  # type: ignore[arg-type]
                            data_dir=data_dir, max_valid=max_valid, population=population, compiled=compiled,
@@ -186,7 +189,8 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
     best = int(np.argmin(finals))
     ep = result.episodes[best]
     demo = Demonstration(cfg.task_id, cfg.family, targets[best].name, ep.raw_policy, ep.raw_value, ep.actions,
-                         ep.rewards, ep.valid_curve[-1], result.initial_curve[-1], ep.reward_vs_initial)  # fmt: skip
+                         ep.rewards, ep.valid_curve[-1], result.initial_curve[-1], ep.reward_vs_initial,
+                         time.perf_counter() - t0)  # fmt: skip
     return demo, result.episodes
 
 
@@ -202,6 +206,7 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
     from .env import InnerTrainingEnv, log_improvement_reward
     from .rollout import run_episode
 
+    t0 = time.perf_counter()
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     ep = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, cadence=cadence)
     follower = ScheduleFollower(policy, space, [target], cfg.hparams.lr, cfg.task.outer_steps)
@@ -210,7 +215,8 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
         before = cfg.hparams.lr if t == 0 else ep.hparams[t - 1]["lr"]
         labels.append(follower.choose(target, before, t)[0])
     return Demonstration(cfg.task_id, cfg.family, target.name, ep.raw_policy, ep.raw_value, np.stack(labels),
-                         np.full(len(ep), np.nan), ep.valid_curve[-1], math.nan, math.nan)  # fmt: skip
+                         np.full(len(ep), np.nan), ep.valid_curve[-1], math.nan, math.nan,
+                         time.perf_counter() - t0)  # fmt: skip
 
 
 def _padded(rows: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:

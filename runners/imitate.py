@@ -156,6 +156,7 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
         model, metrics = _clone(spec, ordered + relabelled, settings.epochs)
         rounds.append(metrics)
     summary = summarise(ordered)
+    summary["dagger_seconds"] = float(sum(d.seconds for d in relabelled if math.isfinite(d.seconds)))
     record = {"metrics": metrics, "rounds": rounds, "summary": summary, "tasks": settings.tasks,
               "lrs": list(settings.lrs), "shapes": list(settings.shapes), "epochs": settings.epochs,
               "dagger": settings.dagger}  # fmt: skip
@@ -196,6 +197,8 @@ def summarise(demos: Sequence[Demonstration]) -> dict[str, Any]:
         "reward_vs_initial_median": float(np.median(finite)) if len(finite) else math.nan,
         "reward_vs_initial_mean": float(np.mean(finite)) if len(finite) else math.nan,
         "keep_wins": float(wins.get("keep", 0) / len(demos)),
+        # CPU time of the demonstrations that recorded it (one process each, one thread)
+        "demo_seconds": float(sum(d.seconds for d in demos if math.isfinite(d.seconds))),
         "winners": dict(wins.most_common()),
         "families": dict(Counter(d.family for d in demos)),
     }
