@@ -260,7 +260,7 @@ def test_shipped_default_policy_works_out_of_the_box():
         opt.observe(train_loss=loss.item())
         opt.step()
     assert opt.decisions == 20  # outer_steps defaults to min(32, total_steps)
-    assert opt.space.space == "ciao"  # it records no space: a policy from before spaces existed
+    assert opt.space.space == "ciao"  # made with task_specs/cpu.yaml, a CIAO-space spec
     record = DEFAULT_POLICY.parent
     assert (record / "spec.yaml").exists() and (record / "metrics.jsonl").exists()
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from lhopt_dsl import LHOPT
+from lhopt_dsl.actions import ActionSpace
+from lhopt_dsl.observation import FeatureBuilder
+from lhopt_dsl.policy import ActorCritic, PolicyShape
+from lhopt_dsl.spec.hparams import CIAOSpace
 
 
 def regression(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -106,25 +111,47 @@ def test_guard_settings_are_checked():
         LHOPT(model.parameters(), total_steps=10, guard_factor=0.5)
 
 
+def reckless_policy() -> ActorCritic:
+    """A CIAO-space policy that always raises the learning rate as far as it can and lowers weight
+    decay (what the policy shipped in 2026-11 did to runs that reported no loss)."""
+    space = CIAOSpace()
+    actions = ActionSpace(space)
+    features = FeatureBuilder(actions, space)
+    torch.manual_seed(0)
+    policy = ActorCritic(PolicyShape(features.policy_size, features.value_size, tuple(actions.nvec), 16))
+    act = actions.identity().copy()
+    act[actions.names.index("lr")] = int(np.argmax(actions.hparams["lr"].action.values))
+    act[actions.names.index("weight_decay")] = int(np.argmin(actions.hparams["weight_decay"].action.values))
+    policy.favour(act, [True] * len(act), 30.0)
+    return policy
+
+
 @pytest.mark.parametrize("seed", [1, 3])
 def test_a_run_that_reports_no_loss_is_still_kept_from_blowing_up(seed):
-    """With no loss reported the guard watches the parameters' norm: on these regressions the
-    shipped policy, unreported, drove the loss from about 3 to 1e16 (finite weights of 1e8)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(256, 8, generator=g)
-    y = x @ torch.randn(8, 1, generator=g) * 0.7 + 0.1 * torch.randn(256, 1, generator=g)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
-    opt = LHOPT(model.parameters(), total_steps=200, model=model)
-    with torch.no_grad():
-        first = float(nn.functional.mse_loss(model(x), y))
-    for step in range(200):
-        batch = slice((step * 32) % 256, (step * 32) % 256 + 32)
-        loss = nn.functional.mse_loss(model(x[batch]), y[batch])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()  # and never opt.observe(...)
-    with torch.no_grad():
-        last = float(nn.functional.mse_loss(model(x), y))
-    assert math.isfinite(last) and last < first, (first, last)
+    """With no loss reported the guard watches the parameters' norm: driven by a reckless policy and
+    never told a loss, the weights grow a thousandfold without the guard and stay within
+    guard_factor of their first norm with it, at a lower loss."""
+
+    def run(guard: bool) -> tuple[float, float, float, LHOPT]:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(256, 8, generator=g)
+        y = x @ torch.randn(8, 1, generator=g) * 0.7 + 0.1 * torch.randn(256, 1, generator=g)
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 1))
+        first = float(torch.nn.utils.get_total_norm(list(model.parameters())))
+        opt = LHOPT(model.parameters(), reckless_policy(), total_steps=200, model=model, guard=guard)
+        for step in range(200):
+            batch = slice((step * 32) % 256, (step * 32) % 256 + 32)
+            loss = nn.functional.mse_loss(model(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()  # and never opt.observe(...)
+        with torch.no_grad():
+            last = float(nn.functional.mse_loss(model(x), y))
+        return first, float(torch.nn.utils.get_total_norm(list(model.parameters()))), last, opt
+
+    first, wild_norm, wild_loss, _ = run(guard=False)
+    assert wild_norm > 100 * first
+    first, norm, loss, opt = run(guard=True)
+    assert norm <= 10 * first * 1.1 and math.isfinite(loss) and loss < wild_loss
     assert any(h["restart"] == "guard" and h["reason"].startswith("parameter norm") for h in opt.history)
