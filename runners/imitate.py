@@ -60,12 +60,17 @@ class ImitationSettings:
     dagger: int = 0  # rounds of DAgger after the first cloning
 
 
-def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
-    j, seed, spec_json, lrs, shapes = args
+def _task(seed: int, spec_json: str) -> tuple[ExperimentSpec, Any, Any]:
+    """In a worker: the spec, the task of ``seed`` and the reporting cadence its runs use (as PPO's)."""
     torch.set_num_threads(1)
     spec = ExperimentSpec.model_validate_json(spec_json)
     cfg = sample(spec, seed)
-    cadence = draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
+    return spec, cfg, draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
+
+
+def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
+    j, seed, spec_json, lrs, shapes = args
+    spec, cfg, cadence = _task(seed, spec_json)
     learner = ActorCritic(policy_shape(spec))  # only its (empty) normalisers and critic are read
     demo, _ = demonstrate(cfg, learner, spec.hparams, default_targets(lrs, shapes), seed=seed, device=spec.device,
                           data_dir=spec.data_dir, max_valid=spec.meta_train.max_valid,
@@ -75,10 +80,7 @@ def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
 
 def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
     j, seed, spec_json, policy_ckpt, target = args
-    torch.set_num_threads(1)
-    spec = ExperimentSpec.model_validate_json(spec_json)
-    cfg = sample(spec, seed)
-    cadence = draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
+    spec, cfg, cadence = _task(seed, spec_json)
     demo = relabel(cfg, ActorCritic.from_checkpoint(policy_ckpt), spec.hparams, Target.from_name(target),
                    device=spec.device, data_dir=spec.data_dir, max_valid=spec.meta_train.max_valid,
                    cadence=cadence)  # fmt: skip
