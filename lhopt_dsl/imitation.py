@@ -83,6 +83,13 @@ class ScheduleFollower:
     def __init__(self, learner: ActorCritic | None, space: HyperparameterSpace, targets: Sequence[Target],
                  initial_lr: float, outer_steps: int):  # fmt: skip
         self.actions = ActionSpace(space)  # every space's policy controls lr
+        if not self.actions.keeps().all():
+            lacking = [n for n, k in zip(self.actions.names, self.actions.keeps()) if not k]
+            raise ValueError(
+                f"a schedule follower keeps every hyperparameter but the learning rate, but this space has no action "
+                f"that keeps {', '.join(lacking)} (only scales away from 1 or shifts away from 0); add one (x1 for a "
+                "scale, +0 for a logit shift) to their action values, as task_specs/cpu.yaml does"
+            )
         self.learner, self.targets = learner, list(targets)
         if learner is not None:
             self.shape, self.policy_norm, self.value_norm = learner.shape, learner.policy_norm, learner.value_norm
@@ -140,6 +147,9 @@ class FixedSchedule:
 
     target: Target
     space: HyperparameterSpace
+
+    def __post_init__(self) -> None:
+        ScheduleFollower(None, self.space, [self.target], 1e-3, 1)  # a space it cannot follow in fails here
 
     def follower(self, cfg: TaskConfig) -> ScheduleFollower:
         return ScheduleFollower(None, self.space, [self.target], cfg.hparams.lr, cfg.task.outer_steps)

@@ -196,6 +196,9 @@ def cmd_imitate(args: argparse.Namespace) -> int:
     )
     try:
         path = imitate(spec, settings, spec_path=args.spec)
+    except ValueError as e:  # a space whose actions cannot keep a hyperparameter, files of another run
+        print(f"error: {args.spec}: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: the finished demonstrations are kept; rerun the same command to go on", file=sys.stderr)
         return 130
@@ -332,10 +335,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from lhopt_dsl.imitation import FixedSchedule, Target
 
         try:
-            policy: Any = FixedSchedule(Target.from_name(args.schedule), spec.hparams)
+            target = Target.from_name(args.schedule)
         except ValueError as e:
             print(f"error: --schedule {args.schedule}: {e} (names look like linear-lr0.03, cosine-lr0.01, keep)",
                   file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            policy: Any = FixedSchedule(target, spec.hparams)
+        except ValueError as e:
+            print(f"error: {args.spec}: {e}", file=sys.stderr)
             return 2
     else:
         policy = _policy_path(args.policy, args.tracking_uri)

@@ -29,6 +29,7 @@ from lhopt_dsl.imitation import (
     DEFAULT_LRS,
     DEFAULT_SHAPES,
     Demonstration,
+    ScheduleFollower,
     Target,
     clone,
     default_targets,
@@ -130,6 +131,7 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
 
 
 def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None) -> Path:
+    ScheduleFollower(None, spec.hparams, default_targets(settings.lrs, settings.shapes), 1e-3, 1)  # fails now, not in a worker
     run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
     demo_dir = run_dir / "demos"
     demo_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ import pytest
 from lhopt_dsl import TABLE1_ROWS, load_spec
 from lhopt_dsl.baselines import BASELINES
 from lhopt_dsl.controller import DEFAULT_POLICY
+
+from .test_imitation import KEEP_ACTIONS
 from lhopt_dsl.sample import default_initial_hparams
 from runners.cli import main
 from runners.evaluate import eval_config, summarise, task_scores
@@ -119,9 +121,14 @@ def test_a_fixed_schedule_is_evaluated_in_a_policys_place(evaluated, tmp_path, c
     """`--schedule linear-lr0.03`: from the default lr 1e-3 the follower doubles it each decision
     until the target is near, then follows the decay; the cached baselines score it."""
     root, storage, spec = evaluated
+    # A follower changes only the learning rate: the spec needs an action that keeps each other one.
+    assert main(["eval", spec, "--schedule", "linear-lr0.03", "--tasks", "1", *OFFLINE]) == 2
+    assert "no action that keeps weight_decay" in capsys.readouterr().err
+    keep = tmp_path / "tiny_keep.yaml"
+    keep.write_text(TINY + KEEP_ACTIONS)
     out = tmp_path / "s"
-    assert lhopt("eval", spec, "--schedule", "linear-lr0.03", "--tasks", "2", "--out", str(out), "--storage", storage,
-                 "--workers", workers) == 0  # fmt: skip
+    assert lhopt("eval", str(keep), "--schedule", "linear-lr0.03", "--tasks", "2", "--out", str(out), "--storage",
+                 storage, "--workers", workers) == 0  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["manifest"]["policy"] == "schedule:linear-lr0.03" and results["cost"]["pairs_run"] == 0
     for i in range(2):
@@ -129,7 +136,7 @@ def test_a_fixed_schedule_is_evaluated_in_a_policys_place(evaluated, tmp_path, c
         lrs = [h["lr"] for h in record["policy"]["hparams"]]
         assert lrs[0] == pytest.approx(2e-3) and max(lrs) <= 0.03 * 1.42
         assert all(kind == "none" for kind, _ in record["policy"]["restarts"])
-    assert main(["eval", spec, "--schedule", "zigzag-lr0.1", "--tasks", "1", *OFFLINE]) == 2
+    assert main(["eval", str(keep), "--schedule", "zigzag-lr0.1", "--tasks", "1", *OFFLINE]) == 2
     assert "zigzag" in capsys.readouterr().err
 
 

@@ -15,7 +15,29 @@ from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_che
 from runners.meta_train import initial_policy, policy_shape
 
 from .conftest import SPECS
-from .test_population import SMOKE, smoke
+from .test_population import smoke
+
+#: Table 8's actions plus one that keeps each hyperparameter (as task_specs/cpu.yaml): a follower
+#: changes only the learning rate, so every other dimension needs an action that keeps it.
+KEEP_ACTIONS = """
+hparams:
+  grad_clip_fraction: {action: {type: logit_shift, values: [-1.0, -0.3, 0.0, 0.3, 1.0]}}
+  weight_decay: {action: {type: scale, values: [0.5, 1.0, 2.0]}}
+  eps: {action: {type: scale, values: [0.5, 1.0, 2.0]}}
+  one_minus_beta1: {action: {type: scale, values: [0.5, 1.0, 2.0]}}
+  one_minus_beta2: {action: {type: scale, values: [0.5, 1.0, 2.0]}}
+"""
+
+
+def keep_spec_file(directory: Path) -> Path:
+    """The smoke spec with :data:`KEEP_ACTIONS` (cpu.yaml's hyperparameters, as :data:`SMOKE`), as a file."""
+    path = directory / "smoke_keep.yaml"
+    path.write_text(f"include: {SPECS / 'smoke.yaml'}\nname: smoke_keep\n{KEEP_ACTIONS}")
+    return path
+
+
+_SMOKE = load_spec(SPECS / "smoke.yaml")
+SMOKE = _SMOKE.model_copy(update={"name": "smoke_keep", "hparams": load_spec(SPECS / "cpu.yaml").hparams})
 
 
 def follower(targets, initial_lr=1e-5, outer=10):
@@ -43,6 +65,16 @@ def test_follower_reaches_its_target_with_the_policy_actions_and_keeps_the_rest(
     assert lrs[-1, 2] < lrs[8, 2]
     with pytest.raises(RuntimeError, match="episodes asked"):
         f.act_batch(np.zeros((1, 4)), None, [None])
+
+
+def test_a_space_without_keep_actions_is_refused():
+    from lhopt_dsl.spec.hparams import CIAOSpace
+
+    with pytest.raises(ValueError, match="no action that keeps weight_decay, eps"):
+        ScheduleFollower(None, CIAOSpace(), [Target(1e-3)], 1e-3, 4)  # Table 8's actions: x0.5 and x2 only
+    from runners.cli import main
+
+    assert main(["imitate", str(SPECS / "smoke.yaml"), "--tasks", "1"]) == 2  # the smoke spec has Table 8's
 
 
 @pytest.mark.parametrize("family,cadence", [("mlp", Cadence(None, None)), ("nqm", Cadence(3, None))], ids=str)
@@ -135,8 +167,7 @@ def test_lhopt_imitate_resumes_and_refuses_another_runs_files(tmp_path, monkeypa
         return real(args)
 
     monkeypatch.setattr(imitate_mod, "_demo_job", counted)
-    smoke = load_spec(SPECS / "smoke.yaml")
-    spec = smoke.model_copy(update={"tracking": smoke.tracking.model_copy(update={"registered_model": "imitated"})})
+    spec = SMOKE.model_copy(update={"tracking": SMOKE.tracking.model_copy(update={"registered_model": "imitated"})})
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     small = dict(lrs=(1e-3, 1e-2), shapes=("constant",), epochs=5, tracking_uri=uri)
     run = tmp_path / "run"
@@ -161,7 +192,7 @@ def test_lhopt_imitate_resumes_and_refuses_another_runs_files(tmp_path, monkeypa
 
 
 def test_train_init_starts_from_the_given_policy_and_checks_its_shape(tmp_path):
-    spec = load_spec(SPECS / "smoke.yaml")
+    spec = SMOKE
     torch.manual_seed(1)
     given = ActorCritic(policy_shape(spec))
     given.policy_norm(np.random.default_rng(0).normal(size=(5, given.shape.policy_size)), update=True)
@@ -200,7 +231,7 @@ def test_sigterm_stops_imitation_with_its_worker_pool_and_keeps_finished_demonst
     from .test_meta_train import _state
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "runners.cli", "imitate", str(SPECS / "smoke.yaml"), "--tasks", "40", "--workers", "2",
+    cmd = [sys.executable, "-m", "runners.cli", "imitate", str(keep_spec_file(tmp_path)), "--tasks", "40", "--workers", "2",
            "--run-dir", str(run), "--tracking-uri", "http://127.0.0.1:9"]  # fmt: skip
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(cmd, cwd=SPECS.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
