@@ -193,6 +193,7 @@ def cmd_imitate(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         tracking_uri=args.tracking_uri,
         dagger=args.dagger,
+        initial=args.initial,
     )
     try:
         path = imitate(spec, settings, spec_path=args.spec)
@@ -516,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dagger", type=int, default=0, metavar="R",
                    help="rounds of DAgger: run the cloned policy on the same tasks, label its own decisions with "
                         "each task's best schedule, clone again (one run per task and round; default: 0)")
+    p.add_argument("--initial", choices=("noisy", "default"), default="noisy",
+                   help="the tasks' initial hyperparameters: meta-training's noise (default), or the space's defaults "
+                        "as a user starts (and evaluation does); kept apart in demos-default/, imitation-default.pt")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_imitate)

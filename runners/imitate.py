@@ -38,7 +38,7 @@ from lhopt_dsl.imitation import (
 )
 from lhopt_dsl.observation import draw_cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.sample import train_seed
+from lhopt_dsl.sample import INITIAL_CHOICES, train_seed
 
 from .meta_train import policy_shape, terminate_as_interrupt
 from .tracking import Tracker
@@ -59,19 +59,20 @@ class ImitationSettings:
     tracking_uri: str | None = None
     quiet: bool = False
     dagger: int = 0  # rounds of DAgger after the first cloning
+    initial: str = "noisy"  # the tasks' initial hyperparameters: meta-training's noise, or the defaults
 
 
-def _task(seed: int, spec_json: str) -> tuple[ExperimentSpec, Any, Any]:
+def _task(seed: int, spec_json: str, initial: str) -> tuple[ExperimentSpec, Any, Any]:
     """In a worker: the spec, the task of ``seed`` and the reporting cadence its runs use (as PPO's)."""
     torch.set_num_threads(1)
     spec = ExperimentSpec.model_validate_json(spec_json)
-    cfg = sample(spec, seed)
+    cfg = sample(spec, seed, initial=initial)
     return spec, cfg, draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
 
 
 def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
-    j, seed, spec_json, lrs, shapes = args
-    spec, cfg, cadence = _task(seed, spec_json)
+    j, seed, spec_json, lrs, shapes, initial = args
+    spec, cfg, cadence = _task(seed, spec_json, initial)
     learner = ActorCritic(policy_shape(spec))  # only its (empty) normalisers and critic are read
     demo, _ = demonstrate(cfg, learner, spec.hparams, default_targets(lrs, shapes), seed=seed, device=spec.device,
                           data_dir=spec.data_dir, max_valid=spec.meta_train.max_valid,
@@ -80,8 +81,8 @@ def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
 
 
 def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
-    j, seed, spec_json, policy_ckpt, target = args
-    spec, cfg, cadence = _task(seed, spec_json)
+    j, seed, spec_json, policy_ckpt, target, initial = args
+    spec, cfg, cadence = _task(seed, spec_json, initial)
     demo = relabel(cfg, ActorCritic.from_checkpoint(policy_ckpt), spec.hparams, Target.from_name(target),
                    device=spec.device, data_dir=spec.data_dir, max_valid=spec.meta_train.max_valid,
                    cadence=cadence)  # fmt: skip
@@ -133,7 +134,10 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
 def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None) -> Path:
     ScheduleFollower(None, spec.hparams, default_targets(settings.lrs, settings.shapes), 1e-3, 1)  # fails now, not in a worker
     run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
-    demo_dir = run_dir / "demos"
+    if settings.initial not in INITIAL_CHOICES:
+        raise ValueError(f"initial must be one of {', '.join(INITIAL_CHOICES)}, got {settings.initial!r}")
+    suffix = "" if settings.initial == "noisy" else f"-{settings.initial}"  # the two kinds are never mixed
+    demo_dir = run_dir / f"demos{suffix}"
     demo_dir.mkdir(parents=True, exist_ok=True)
     seeds = {j: train_seed(spec.seed, IMITATION_KEY, j) for j in range(settings.tasks)}
     demos = _load_demos(demo_dir, seeds)
@@ -141,7 +145,7 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     if demos:
         print(f"{len(demos)} demonstrations already in {demo_dir}; {len(todo)} to run")
     spec_json = spec.model_dump_json()
-    jobs = [(j, seeds[j], spec_json, tuple(settings.lrs), tuple(settings.shapes)) for j in todo]
+    jobs = [(j, seeds[j], spec_json, tuple(settings.lrs), tuple(settings.shapes), settings.initial) for j in todo]
     _run_jobs(_demo_job, jobs, demo_dir, settings.workers, "demonstrations", settings.quiet, demos)
 
     ordered = [demos[j] for j in sorted(demos)]
@@ -151,10 +155,10 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     for r in range(1, settings.dagger + 1):
         # DAgger: the policy's own episodes on the same tasks, labelled by each task's best schedule.
         # Keyed by the number of tasks, whose demonstrations decide every round's policy.
-        round_dir = run_dir / f"dagger-{settings.tasks}" / f"round{r}"
+        round_dir = run_dir / f"dagger{suffix}-{settings.tasks}" / f"round{r}"
         done = _load_demos(round_dir, seeds) if round_dir.exists() else {}
         ckpt = model.to_checkpoint()
-        jobs = [(j, seeds[j], spec_json, ckpt, demos[j].target) for j in sorted(demos) if j not in done]
+        jobs = [(j, seeds[j], spec_json, ckpt, demos[j].target, settings.initial) for j in sorted(demos) if j not in done]
         _run_jobs(_relabel_job, jobs, round_dir, settings.workers, f"DAgger round {r}", settings.quiet, done)
         relabelled += [done[j] for j in sorted(done)]
         model, metrics = _clone(spec, ordered + relabelled, settings.epochs)
@@ -163,13 +167,13 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     summary["dagger_seconds"] = float(sum(d.seconds for d in relabelled if math.isfinite(d.seconds)))
     record = {"metrics": metrics, "rounds": rounds, "summary": summary, "tasks": settings.tasks,
               "lrs": list(settings.lrs), "shapes": list(settings.shapes), "epochs": settings.epochs,
-              "dagger": settings.dagger}  # fmt: skip
-    path = run_dir / "imitation.pt"
+              "dagger": settings.dagger, "initial": settings.initial}  # fmt: skip
+    path = run_dir / f"imitation{suffix}.pt"
     save_checkpoint({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "imitation": record}, path)
     tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-imitation",
                       run_dir)  # fmt: skip
     tracker.log_params({"spec": spec.model_dump(mode="json"), "imitation": {k: v for k, v in record.items()
-                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger")}})  # fmt: skip
+                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial")}})  # fmt: skip
     for r, m in enumerate(rounds):  # step r: after r rounds of DAgger
         tracker.log_metrics(m, step=r)
     tracker.log_metrics({f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lhopt_dsl import load_spec
+from lhopt_dsl import load_spec, sample
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.imitation import Demonstration, ScheduleFollower, Target, clone, default_targets, demonstrate
 from lhopt_dsl.observation import Cadence
@@ -185,6 +185,14 @@ def test_lhopt_imitate_resumes_and_refuses_another_runs_files(tmp_path, monkeypa
     # DAgger: one relabelled episode per task and round, then a second cloning.
     assert sorted(p.name for p in (run / "dagger-3" / "round1").iterdir()) == ["00000.pt", "00001.pt", "00002.pt"]
     assert len(load_checkpoint(path)["imitation"]["rounds"]) == 2
+    # From the default initial values: other tasks' demonstrations, kept apart.
+    calls.clear()
+    path = imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=1, run_dir=run, quiet=True, initial="default",
+                                                                   **small))  # fmt: skip
+    assert calls == [0] and path.name == "imitation-default.pt"
+    made = load_checkpoint(run / "demos-default" / "00000.pt")["demo"]["task_id"]
+    assert made == sample(spec, imitate_mod.train_seed(spec.seed, imitate_mod.IMITATION_KEY, 0), initial="default").task_id
+    assert made != load_checkpoint(run / "demos" / "00000.pt")["demo"]["task_id"]
     # A demonstration made for another seed (another spec, or --seed) is not mixed in.
     other = spec.model_copy(update={"seed": spec.seed + 1})
     with pytest.raises(ValueError, match="another spec or seed"):
