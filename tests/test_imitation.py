@@ -229,31 +229,14 @@ def test_train_init_starts_from_the_given_policy_and_checks_its_shape(tmp_path):
 
 
 def test_sigterm_stops_imitation_with_its_worker_pool_and_keeps_finished_demonstrations(tmp_path):
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
-    from .test_distributed import _descendants
-    from .test_meta_train import _state
+    from .test_meta_train import sigterm_after
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "runners.cli", "imitate", str(keep_spec_file(tmp_path)), "--tasks", "40", "--workers", "2",
            "--run-dir", str(run), "--tracking-uri", "http://127.0.0.1:9"]  # fmt: skip
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(cmd, cwd=SPECS.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (run / "demos").exists() or not any((run / "demos").glob("*.pt")):
-        assert time.monotonic() < deadline and proc.poll() is None, "no demonstration finished"
-        time.sleep(0.5)
-    workers = _descendants(proc.pid)
-    assert len(workers) >= 2
-    proc.send_signal(signal.SIGTERM)
-    err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 130 and "rerun the same command" in err, err[-2000:]
-    time.sleep(1.0)
-    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "(Z)" not in _state(pid)]
-    assert not alive, f"worker processes outlived the run: {alive}"
+    err = sigterm_after(cmd, lambda: (run / "demos").exists() and any((run / "demos").glob("*.pt")), "demonstration")
+    assert "rerun the same command" in err, err[-2000:]
     kept = list((run / "demos").glob("*.pt"))
     assert kept and all(load_checkpoint(p)["demo"]["task_id"] for p in kept)  # whole files only

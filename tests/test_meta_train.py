@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -364,34 +365,43 @@ def test_tracking_on_postgresql_and_concurrent_runs_on_a_new_experiment(tmp_path
     assert not client.search_runs([default.experiment_id])  # none strayed into "Default"
 
 
-def test_sigterm_stops_training_with_its_worker_pool_and_keeps_the_checkpoint(tmp_path):
-    """A killed run (kill, a scheduler's time limit) takes its worker processes down with it and
-    loses at most the iteration in progress; --resume continues."""
+def sigterm_after(cmd: list[str], ready: Any, what: str) -> str:
+    """Start the CLI command ``cmd``, wait (up to 240 s) until ``ready()`` (``what`` names it in the
+    failure), SIGTERM it, and check that it exits with 130 leaving none of its worker processes
+    (at least two) alive; returns its stderr."""
     import os
     import signal
 
     from .test_distributed import _descendants
 
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen(cmd, cwd=SPECS.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ready():
+        assert time.monotonic() < deadline and proc.poll() is None, f"no {what} finished"
+        time.sleep(0.5)
+    workers = _descendants(proc.pid)
+    assert len(workers) >= 2  # the pool's processes
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err[-2000:]
+    time.sleep(1.0)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "(Z)" not in _state(pid)]
+    assert not alive, f"worker processes outlived the run: {alive}"
+    return err
+
+
+def test_sigterm_stops_training_with_its_worker_pool_and_keeps_the_checkpoint(tmp_path):
+    """A killed run (kill, a scheduler's time limit) takes its worker processes down with it and
+    loses at most the iteration in progress; --resume continues."""
     spec = _tiny_spec(tmp_path)
     spec_file = tmp_path / "tiny.yaml"
     spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "runners.cli", "train", str(spec_file), "--iterations", "200", "--workers", "2",
            "--run-dir", str(run_dir), "--tracking-uri", "http://127.0.0.1:9"]  # fmt: skip
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen(cmd, cwd=SPECS.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoint.pt").exists():
-        assert time.monotonic() < deadline and proc.poll() is None, "no iteration finished"
-        time.sleep(0.5)
-    workers = _descendants(proc.pid)
-    assert len(workers) >= 2  # the pool's processes
-    proc.send_signal(signal.SIGTERM)
-    err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 130 and "--resume" in err, err[-2000:]
-    time.sleep(1.0)
-    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "(Z)" not in _state(pid)]
-    assert not alive, f"worker processes outlived the run: {alive}"
+    err = sigterm_after(cmd, (run_dir / "checkpoint.pt").exists, "iteration")
+    assert "--resume" in err, err[-2000:]
     done = load_checkpoint(run_dir / "checkpoint.pt", "training checkpoint")["iteration"]
     assert 1 <= done < 200
 
