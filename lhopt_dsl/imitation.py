@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -170,6 +170,9 @@ class Demonstration:
     keep_valid: float  # final validation loss of keeping the initial hyperparameters
     reward_vs_initial: float
     seconds: float = math.nan  # what making it cost (all the followers' runs, or the relabelled run)
+    #: every follower's final validation loss by target name (inf when it diverged); empty in a
+    #: relabelled episode and in files written before it was recorded
+    target_losses: dict[str, float] = field(default_factory=dict)
 
     def to_data(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -200,26 +203,30 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
     ep = result.episodes[best]
     demo = Demonstration(cfg.task_id, cfg.family, targets[best].name, ep.raw_policy, ep.raw_value, ep.actions,
                          ep.rewards, ep.valid_curve[-1], result.initial_curve[-1], ep.reward_vs_initial,
-                         time.perf_counter() - t0)  # fmt: skip
+                         time.perf_counter() - t0, {t.name: f for t, f in zip(targets, finals)})  # fmt: skip
     return demo, result.episodes
 
 
 def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, target: Target, *, device: str = "cpu",
-            data_dir: str | None = None, max_valid: int = 512,
-            cadence: Cadence = FULL_CADENCE) -> Demonstration:  # fmt: skip
+            data_dir: str | None = None, max_valid: int = 512, cadence: Cadence = FULL_CADENCE,
+            follow: Target | None = None) -> Demonstration:  # fmt: skip
     """A DAgger demonstration: ``policy``'s own greedy episode on ``cfg``, each decision labelled
     with the action the follower of ``target`` (the task's best schedule) takes from the learning
     rate the policy had reached there. Cloning these teaches the way back from the states the
     policy itself gets into, which the followers' episodes never visit. The episode's rewards are
     not the demonstrations' (there is no baseline run here), so they are NaN and the critic does
-    not fit them."""
+    not fit them.
+
+    ``follow``: the episode is run by the follower of this schedule instead (``policy`` lends it
+    only its normalisers): how a task gets a demonstration of a schedule other than its best."""
     from .env import InnerTrainingEnv, log_improvement_reward
     from .rollout import run_episode
 
     t0 = time.perf_counter()
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
-    ep = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, cadence=cadence)
     follower = ScheduleFollower(policy, space, [target], cfg.hparams.lr, cfg.task.outer_steps)
+    actor = policy if follow is None else ScheduleFollower(policy, space, [follow], cfg.hparams.lr, cfg.task.outer_steps)
+    ep = run_episode(env, cfg, actor, log_improvement_reward, deterministic=True, cadence=cadence)  # type: ignore[arg-type]
     labels = []
     for t in range(len(ep)):
         before = cfg.hparams.lr if t == 0 else ep.hparams[t - 1]["lr"]
@@ -227,6 +234,50 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
     return Demonstration(cfg.task_id, cfg.family, target.name, ep.raw_policy, ep.raw_value, np.stack(labels),
                          np.full(len(ep), np.nan), ep.valid_curve[-1], math.nan, math.nan,
                          time.perf_counter() - t0)  # fmt: skip
+
+
+#: A diverged follower's regret (log of its loss over the task's best) in :func:`consensus`: as if
+#: it had ended 10x worse than the best.
+DIVERGED_REGRET = math.log(10.0)
+
+
+def _regret(loss: float, best: float) -> float:
+    if not math.isfinite(loss):
+        return DIVERGED_REGRET
+    return min(math.log(max(loss, 1e-12) / max(best, 1e-12)), DIVERGED_REGRET)
+
+
+def consensus(demos: Sequence[Demonstration], margin: float) -> tuple[str, dict[str, str]]:
+    """Labels that trust one schedule unless a task clearly prefers another.
+
+    A task's best follower wins by a hair as often as by a mile: the final losses of neighbouring
+    schedules differ by run-to-run noise, so cloning each task's argmin teaches a policy to tell
+    apart what no observation can. Here the *consensus* schedule is the one with the least mean
+    regret over the tasks (regret: log of its final loss over the task's best; a diverged run
+    counts as :data:`DIVERGED_REGRET`), and a task keeps its own best only where that beats the
+    consensus by more than ``margin`` (relative; 0.05: a final loss 5% lower). ``margin=0`` is the
+    plain argmin (ties go to the consensus), ``inf`` clones the one schedule everywhere.
+
+    Returns the consensus target's name and each task's label (by task id). Every demonstration
+    must carry :attr:`Demonstration.target_losses` for the same targets.
+    """
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if not demos or any(not d.target_losses for d in demos):
+        raise ValueError("consensus labels need every follower's final loss, which demonstrations written before "
+                         "it was recorded lack: collect them again into a new --run-dir")  # fmt: skip
+    names = list(demos[0].target_losses)
+    if any(list(d.target_losses) != names for d in demos):
+        raise ValueError("the demonstrations were made with different schedule grids; use one --lrs/--shapes per run-dir")
+    bests = [min(d.target_losses.values()) for d in demos]
+    regrets = {n: float(np.mean([_regret(d.target_losses[n], b) for d, b in zip(demos, bests)])) for n in names}
+    agreed = min(names, key=lambda n: regrets[n])
+    labels = {}
+    for d, best in zip(demos, bests):
+        mine = d.target_losses[agreed]
+        clearly = math.isfinite(best) and (not math.isfinite(mine) or best < (1.0 - margin) * mine)
+        labels[d.task_id] = d.target if clearly and d.target != agreed else agreed
+    return agreed, labels
 
 
 def _padded(rows: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:

@@ -194,6 +194,7 @@ def cmd_imitate(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         dagger=args.dagger,
         initial=args.initial,
+        margin=args.margin,
     )
     try:
         path = imitate(spec, settings, spec_path=args.spec)
@@ -520,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial", choices=("noisy", "default"), default="noisy",
                    help="the tasks' initial hyperparameters: meta-training's noise (default), or the space's defaults "
                         "as a user starts (and evaluation does); kept apart in demos-default/, imitation-default.pt")
+    p.add_argument("--margin", type=float, metavar="M",
+                   help="consensus labels: every task follows the one schedule with the least mean regret over the "
+                        "tasks, unless its own best ends more than M lower (relative; 0.05 = 5%%); default: each "
+                        "task's best (kept apart in imitation-mM.pt)")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_imitate)

@@ -32,6 +32,7 @@ from lhopt_dsl.imitation import (
     ScheduleFollower,
     Target,
     clone,
+    consensus,
     default_targets,
     demonstrate,
     relabel,
@@ -60,6 +61,8 @@ class ImitationSettings:
     quiet: bool = False
     dagger: int = 0  # rounds of DAgger after the first cloning
     initial: str = "noisy"  # the tasks' initial hyperparameters: meta-training's noise, or the defaults
+    #: None: each task's best schedule is its label; a number: :func:`~lhopt_dsl.imitation.consensus`'s labels
+    margin: float | None = None
 
 
 def _task(seed: int, spec_json: str, initial: str) -> tuple[ExperimentSpec, Any, Any]:
@@ -81,11 +84,12 @@ def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
 
 
 def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
-    j, seed, spec_json, policy_ckpt, target, initial = args
+    j, seed, spec_json, policy_ckpt, target, initial, follow = args
     spec, cfg, cadence = _task(seed, spec_json, initial)
-    demo = relabel(cfg, ActorCritic.from_checkpoint(policy_ckpt), spec.hparams, Target.from_name(target),
-                   device=spec.device, data_dir=spec.data_dir, max_valid=spec.meta_train.max_valid,
-                   cadence=cadence)  # fmt: skip
+    policy = ActorCritic(policy_shape(spec)) if policy_ckpt is None else ActorCritic.from_checkpoint(policy_ckpt)
+    demo = relabel(cfg, policy, spec.hparams, Target.from_name(target), device=spec.device, data_dir=spec.data_dir,
+                   max_valid=spec.meta_train.max_valid, cadence=cadence,
+                   follow=None if follow is None else Target.from_name(follow))  # fmt: skip
     return j, {"seed": seed, "demo": demo.to_data()}
 
 
@@ -147,33 +151,50 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     spec_json = spec.model_dump_json()
     jobs = [(j, seeds[j], spec_json, tuple(settings.lrs), tuple(settings.shapes), settings.initial) for j in todo]
     _run_jobs(_demo_job, jobs, demo_dir, settings.workers, "demonstrations", settings.quiet, demos)
+    first = dict(demos)  # the best followers' episodes, which the summary describes
 
+    labels = {j: d.target for j, d in demos.items()}
+    agreed = None
+    # DAgger's rounds are keyed by the number of tasks and the labels, which decide every round's policy.
+    key = f"{suffix}-{settings.tasks}"
+    if settings.margin is not None:
+        agreed, by_task = consensus([demos[j] for j in sorted(demos)], settings.margin)
+        labels = {j: by_task[d.task_id] for j, d in demos.items()}
+        key += f"-m{settings.margin:g}"
+        # a task labelled with the consensus needs that follower's episode in place of its best one's
+        switch_dir = run_dir / f"consensus{key}"
+        switched = _load_demos(switch_dir, seeds) if switch_dir.exists() else {}
+        jobs = [(j, seeds[j], spec_json, None, labels[j], settings.initial, labels[j]) for j in sorted(demos)
+                if labels[j] != demos[j].target and j not in switched]  # fmt: skip
+        _run_jobs(_relabel_job, jobs, switch_dir, settings.workers, f"following {agreed}", settings.quiet, switched)
+        demos = {**demos, **{j: d for j, d in switched.items() if labels[j] != demos[j].target}}
     ordered = [demos[j] for j in sorted(demos)]
     model, metrics = _clone(spec, ordered, settings.epochs)
     rounds = [metrics]
     relabelled: list[Demonstration] = []
     for r in range(1, settings.dagger + 1):
-        # DAgger: the policy's own episodes on the same tasks, labelled by each task's best schedule.
-        # Keyed by the number of tasks, whose demonstrations decide every round's policy.
-        round_dir = run_dir / f"dagger{suffix}-{settings.tasks}" / f"round{r}"
+        # DAgger: the policy's own episodes on the same tasks, labelled by each task's schedule.
+        round_dir = run_dir / f"dagger{key}" / f"round{r}"
         done = _load_demos(round_dir, seeds) if round_dir.exists() else {}
         ckpt = model.to_checkpoint()
-        jobs = [(j, seeds[j], spec_json, ckpt, demos[j].target, settings.initial) for j in sorted(demos) if j not in done]
+        jobs = [(j, seeds[j], spec_json, ckpt, labels[j], settings.initial, None) for j in sorted(demos) if j not in done]
         _run_jobs(_relabel_job, jobs, round_dir, settings.workers, f"DAgger round {r}", settings.quiet, done)
         relabelled += [done[j] for j in sorted(done)]
         model, metrics = _clone(spec, ordered + relabelled, settings.epochs)
         rounds.append(metrics)
-    summary = summarise(ordered)
+    summary = summarise([first[j] for j in sorted(first)])
+    summary["consensus"] = agreed
+    summary["labels"] = dict(Counter(labels.values()).most_common())
     summary["dagger_seconds"] = float(sum(d.seconds for d in relabelled if math.isfinite(d.seconds)))
     record = {"metrics": metrics, "rounds": rounds, "summary": summary, "tasks": settings.tasks,
               "lrs": list(settings.lrs), "shapes": list(settings.shapes), "epochs": settings.epochs,
-              "dagger": settings.dagger, "initial": settings.initial}  # fmt: skip
-    path = run_dir / f"imitation{suffix}.pt"
+              "dagger": settings.dagger, "initial": settings.initial, "margin": settings.margin}  # fmt: skip
+    path = run_dir / (f"imitation{suffix}.pt" if settings.margin is None else f"imitation{suffix}-m{settings.margin:g}.pt")
     save_checkpoint({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "imitation": record}, path)
     tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-imitation",
                       run_dir)  # fmt: skip
     tracker.log_params({"spec": spec.model_dump(mode="json"), "imitation": {k: v for k, v in record.items()
-                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial")}})  # fmt: skip
+                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial", "margin")}})  # fmt: skip
     for r, m in enumerate(rounds):  # step r: after r rounds of DAgger
         tracker.log_metrics(m, step=r)
     tracker.log_metrics({f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=0)

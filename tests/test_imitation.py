@@ -9,7 +9,16 @@ import torch
 
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.actions import ActionSpace
-from lhopt_dsl.imitation import Demonstration, ScheduleFollower, Target, clone, default_targets, demonstrate
+from lhopt_dsl.imitation import (
+    DIVERGED_REGRET,
+    Demonstration,
+    ScheduleFollower,
+    Target,
+    clone,
+    consensus,
+    default_targets,
+    demonstrate,
+)
 from lhopt_dsl.observation import Cadence
 from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from runners.meta_train import initial_policy, policy_shape
@@ -96,9 +105,13 @@ def test_demonstration_is_the_best_follower_and_alike_batched_or_not(family, cad
     # The keep member's learning rate never moves; the others follow their own targets.
     assert {h["lr"] for h in eps[0].hparams} == {cfg.hparams.lr}
     assert len({round(h["lr"], 12) for h in eps[3].hparams}) > 1
+    # Every follower's final loss is kept (what consensus labels are made from).
+    assert list(demo.target_losses) == [t.name for t in targets]
+    assert [demo.target_losses[t.name] for t in targets] == [f if math.isfinite(f) else math.inf for f in finals]
     # A round trip through a file keeps it.
     again = Demonstration.from_data(demo.to_data())
     assert (again.actions == demo.actions).all() and again.target == demo.target
+    assert again.target_losses == demo.target_losses
 
 
 def test_relabelled_decisions_head_for_the_tasks_best_schedule_from_where_the_policy_is():
@@ -115,6 +128,52 @@ def test_relabelled_decisions_head_for_the_tasks_best_schedule_from_where_the_po
     assert (demo.actions[:, 1:] == actions.identity()[1:]).all()
     assert Target.from_name(Target(0.03, "cosine").name) == Target(0.03, "cosine")
     assert Target.from_name("keep") == Target(None)
+
+
+def test_following_another_schedule_records_that_followers_episode():
+    from lhopt_dsl.imitation import relabel
+
+    cfg = smoke("mlp", outer_steps=8)
+    cfg = cfg.model_copy(update={"hparams": cfg.hparams.model_copy(update={"lr": 1e-3})})
+    learner = ActorCritic(policy_shape(SMOKE))
+    target = Target(1e-2, "linear")
+    demo = relabel(cfg, learner, SMOKE.hparams, target, follow=target, cadence=Cadence(None, None))
+    _, eps = demonstrate(cfg, learner, SMOKE.hparams, [target], seed=0, population=False, cadence=Cadence(None, None))
+    # The same episode as the follower's own run, labelled with its own actions.
+    assert (demo.actions == eps[0].actions).all()
+    assert demo.final_valid == pytest.approx(eps[0].valid_curve[-1], rel=1e-5)
+    up = ActionSpace(SMOKE.hparams).hparams["lr"].action.values.index(2.0)
+    assert demo.actions[0, 0] == up  # 1e-3 heads up to 1e-2 first
+
+
+def _graded(task: str, losses: dict[str, float]) -> Demonstration:
+    best = min(losses, key=lambda n: losses[n])
+    z = np.zeros((2, 3))
+    return Demonstration(task, "mlp", best, z, z, np.zeros((2, 2), dtype=np.int64), np.zeros(2), losses[best],
+                         1.0, 1.0, target_losses=losses)  # fmt: skip
+
+
+def test_consensus_labels_trust_one_schedule_unless_a_task_clearly_prefers_another():
+    demos = [
+        _graded("a", {"keep": 2.0, "constant-lr0.01": 1.00, "linear-lr0.03": 1.01}),  # a hair: consensus
+        _graded("b", {"keep": 2.0, "constant-lr0.01": 1.20, "linear-lr0.03": 1.00}),
+        _graded("c", {"keep": 1.0, "constant-lr0.01": math.inf, "linear-lr0.03": 1.50}),  # clearly keep
+        _graded("d", {"keep": 3.0, "constant-lr0.01": 1.30, "linear-lr0.03": 1.00}),
+    ]
+    agreed, labels = consensus(demos, 0.05)
+    assert agreed == "linear-lr0.03"  # least mean regret; the diverged run counts as 10x worse
+    assert labels == {"a": "linear-lr0.03", "b": "linear-lr0.03", "c": "keep", "d": "linear-lr0.03"}
+    assert consensus(demos, 0.0)[1] == {d.task_id: d.target for d in demos}  # margin 0: each task's best
+    assert set(consensus(demos, math.inf)[1].values()) == {"linear-lr0.03"}
+    assert DIVERGED_REGRET == pytest.approx(math.log(10))
+    old = _graded("e", {"keep": 1.0})
+    old.target_losses = {}  # a file written before every follower's loss was recorded
+    with pytest.raises(ValueError, match="collect them again"):
+        consensus([*demos, old], 0.05)
+    with pytest.raises(ValueError, match="different schedule grids"):
+        consensus([*demos, _graded("e", {"keep": 1.0})], 0.05)
+    with pytest.raises(ValueError, match="margin"):
+        consensus(demos, -0.1)
 
 
 def synthetic_demos(n: int, length: int = 12, seed: int = 0) -> list[Demonstration]:
@@ -193,6 +252,21 @@ def test_lhopt_imitate_resumes_and_refuses_another_runs_files(tmp_path, monkeypa
     made = load_checkpoint(run / "demos-default" / "00000.pt")["demo"]["task_id"]
     assert made == sample(spec, imitate_mod.train_seed(spec.seed, imitate_mod.IMITATION_KEY, 0), initial="default").task_id
     assert made != load_checkpoint(run / "demos" / "00000.pt")["demo"]["task_id"]
+    # Consensus labels: one schedule everywhere (margin inf); tasks whose best was another schedule
+    # get that follower's episode, once.
+    calls.clear()
+    path = imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, dagger=1,
+                                                                   margin=math.inf, **small))  # fmt: skip
+    assert calls == [] and path.name == "imitation-minf.pt"
+    summary = load_checkpoint(path)["imitation"]["summary"]
+    agreed = summary["consensus"]
+    assert summary["labels"] == {agreed: 3}
+    firsts = [load_checkpoint(run / "demos" / f"{j:05d}.pt")["demo"]["target"] for j in range(3)]
+    switched = sorted(p.name for p in (run / "consensus-3-minf").iterdir()) if (run / "consensus-3-minf").exists() else []
+    assert switched == [f"{j:05d}.pt" for j in range(3) if firsts[j] != agreed]
+    for name in switched:
+        assert load_checkpoint(run / "consensus-3-minf" / name)["demo"]["target"] == agreed
+    assert len(list((run / "dagger-3-minf" / "round1").iterdir())) == 3
     # A demonstration made for another seed (another spec, or --seed) is not mixed in.
     other = spec.model_copy(update={"seed": spec.seed + 1})
     with pytest.raises(ValueError, match="another spec or seed"):
