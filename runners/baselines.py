@@ -482,3 +482,132 @@ def cached_curve(storage_url: str, cfg: TaskConfig, name: str, steps: int) -> Le
         if t.params.get("baseline") == name and t.user_attrs.get("steps") == steps and "curve" in t.user_attrs:
             return curve_from_attrs(t.user_attrs["curve"])
     return None
+
+
+# --- a portable copy of the cache -----------------------------------------------------------------
+
+#: The ``format`` field of an exported grid; files of any other format or curve version are refused.
+EXPORT_FORMAT = "lhopt-baseline-grid"
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float as null (strict JSON; :func:`curve_from_attrs` reads them back)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def export_grids(storage_url: str, directory: str | os.PathLike[str]) -> dict[str, int]:
+    """Write every task's finished baseline runs in ``storage_url`` to ``directory``, one gzipped
+    JSON file per task (``<study name>.json.gz``), and return how many files were written, kept
+    unchanged and how many runs they hold.
+
+    The files are plain data (no pickles), byte-identical for the same runs (so a directory under
+    version control changes only where runs were added), and :func:`import_grids` merges them into
+    any storage: the way to share a cache between machines, or to keep it across them.
+    """
+    import gzip
+    import json
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = _storage(storage_url, os.getpid(), False)
+    counts = {"written": 0, "unchanged": 0, "runs": 0}
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if not summary.study_name.startswith(f"baselines-v{CURVE_VERSION}-"):
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        complete, _ = _status(study)
+        runs = [{"baseline": name, "horizon": h, "value": _strict(t.value), "user_attrs": _strict(t.user_attrs)}
+                for (name, h), t in sorted(complete.items()) if "curve" in t.user_attrs]  # fmt: skip
+        if not runs:
+            continue
+        data = {"format": EXPORT_FORMAT, "curve_version": CURVE_VERSION, "study": summary.study_name,
+                "user_attrs": _strict(study.user_attrs), "runs": runs}  # fmt: skip
+        text = json.dumps(data, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()
+        blob = gzip.compress(text, mtime=0)  # no timestamp: the same runs give the same bytes
+        path = out / f"{summary.study_name}.json.gz"
+        if path.exists() and path.read_bytes() == blob:
+            counts["unchanged"] += 1
+        else:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(blob)
+            tmp.replace(path)  # never a half-written file under the final name
+            counts["written"] += 1
+        counts["runs"] += len(runs)
+    return counts
+
+
+def _read_export(path: Path) -> dict[str, Any]:
+    """One exported grid, checked; a file that is not one says so with its name."""
+    import gzip
+    import json
+
+    try:
+        data = json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, EOFError, ValueError) as e:
+        raise ValueError(f"{path}: not a gzipped JSON baseline grid ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path}: not an exported baseline grid (format {data.get('format') if isinstance(data, dict) else None!r})")
+    if data.get("curve_version") != CURVE_VERSION:
+        raise ValueError(f"{path}: baseline curves of version {data.get('curve_version')}, this lhopt reads version "
+                         f"{CURVE_VERSION}; run the baselines again (lhopt eval does) instead of importing them")  # fmt: skip
+    choices = (data.get("user_attrs") or {}).get("choices") or {}
+    if not str(data.get("study", "")).startswith(f"baselines-v{CURVE_VERSION}-") or not choices.get("baseline"):
+        raise ValueError(f"{path}: the grid has no study name or baseline choices")
+    for run in data.get("runs", []):
+        try:
+            ok = run["baseline"] in choices["baseline"] and int(run["horizon"]) in choices["horizon"]
+            curve_from_attrs(run["user_attrs"]["curve"])
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}: a malformed run ({str(run)[:120]})")
+    return data
+
+
+def import_grids(directory: str | os.PathLike[str], storage_url: str) -> dict[str, int]:
+    """Merge the grids exported by :func:`export_grids` into ``storage_url``: every run of a pair the
+    storage has not finished is added as a finished trial; pairs it has are left alone. Every file is
+    checked before anything is written (a malformed one is a ``ValueError`` naming it). Returns how
+    many tasks and runs were added and how many runs were already there."""
+    files = sorted(Path(directory).glob("*.json.gz"))
+    if not files:
+        raise ValueError(f"no exported baseline grids (*.json.gz) in {directory}")
+    grids = [_read_export(p) for p in files]
+    if storage_url.startswith("sqlite:///"):
+        Path(storage_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(storage_url, os.getpid(), False)
+    counts = {"tasks": 0, "runs": 0, "present": 0}
+    for data in grids:
+        attrs = data["user_attrs"]
+        study = optuna.create_study(storage=storage, study_name=data["study"], direction="minimize", load_if_exists=True)
+        mine = study.user_attrs.get("choices")
+        if mine is None:
+            for k, v in attrs.items():
+                study.set_user_attr(k, v)
+            mine = attrs["choices"]
+        elif mine != attrs["choices"]:
+            raise ValueError(f"study {data['study']} in {storage_url} was created for other baselines/horizons than "
+                             "the exported one; import into another storage")  # fmt: skip
+        dists = {"baseline": CategoricalDistribution(mine["baseline"]), "horizon": CategoricalDistribution(mine["horizon"])}
+        complete, _ = _status(study)
+        new = [run for run in data["runs"] if (run["baseline"], int(run["horizon"])) not in complete]
+        counts["present"] += len(data["runs"]) - len(new)
+        if new:
+            study.add_trials([
+                optuna.trial.create_trial(
+                    params={"baseline": run["baseline"], "horizon": int(run["horizon"])}, distributions=dists,
+                    value=math.inf if run["value"] is None else float(run["value"]), user_attrs=run["user_attrs"],
+                    system_attrs={_PAIR: [run["baseline"], int(run["horizon"])]},
+                )
+                for run in new
+            ])  # fmt: skip
+            counts["tasks"] += 1
+            counts["runs"] += len(new)
+    return counts

@@ -327,6 +327,26 @@ def cmd_schedule_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from .baselines import default_storage, export_grids, import_grids
+
+    storage = args.storage or default_storage()
+    if args.action == "export":
+        if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).exists():
+            print(f"error: no baseline cache at {storage}; pass --storage", file=sys.stderr)
+            return 2
+        c = export_grids(storage, args.directory)
+        print(f"{args.directory}: {c['written']} task grids written, {c['unchanged']} unchanged ({c['runs']} runs)")
+        return 0
+    try:
+        c = import_grids(args.directory, storage)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{storage}: {c['runs']} runs added to {c['tasks']} task grids; {c['present']} were already there")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvaluationError, run
 
@@ -622,6 +642,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
     e.set_defaults(func=cmd_schedule_transfer)
+
+    p = sub.add_parser("baselines", help="copy the baseline grid cache to or from a directory of plain files "
+                                         "(to share it, or keep it under version control)")
+    p.add_argument("action", choices=("export", "import"),
+                   help="export: write each task's finished runs as DIR/<task grid>.json.gz (unchanged files are "
+                        "left as they are); import: add the runs the storage lacks")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--storage", help="Optuna storage of the cache (default: SQLite baselines.db here)")
+    p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("schema", help="print the JSON schema of experiment specs (for editors)")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")

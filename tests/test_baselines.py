@@ -1,6 +1,7 @@
 """The Section 4.1 baselines: names and runs (lhopt_dsl.baselines), and the resumable, shareable Optuna grid
 (runners.baselines)."""
 
+import functools
 import math
 import multiprocessing as mp
 import os
@@ -70,9 +71,10 @@ def complete_pairs(url: str, cfg: TaskConfig) -> Counter:
 
 
 def same_curve(a, b) -> bool:
-    return a.steps == b.steps and np.array_equal(a.valid_loss, b.valid_loss) and \
-        np.array_equal(a.train_loss, b.train_loss) and a.test_loss == b.test_loss and \
-        np.array_equal(a.test_curve, b.test_curve)  # fmt: skip
+    """Equal curves (a NaN, a diverged run's, equals a NaN)."""
+    same = functools.partial(np.array_equal, equal_nan=True)
+    return a.steps == b.steps and same(a.valid_loss, b.valid_loss) and same(a.train_loss, b.train_loss) and \
+        same([a.test_loss], [b.test_loss]) and same(a.test_curve, b.test_curve)  # fmt: skip
 
 
 # --- names and single runs ------------------------------------------------------------------------
@@ -217,6 +219,65 @@ def test_diverged_run_is_recorded_and_not_rerun(tmp_path, monkeypatch):
     assert trial.state == TrialState.COMPLETE and trial.value == math.inf
     monkeypatch.setattr(bl, "run_baseline", CountingRuns(fail_on=1))
     run_grid(NQM, url, names=["adamw-constant-lr0.01"], horizons=(1,))  # would raise if it re-ran
+
+
+def test_exported_grids_import_into_another_storage_as_the_same_cache(tmp_path, monkeypatch, capsys):
+    import gzip
+    import json
+
+    from runners.cli import main
+
+    (tmp_path / "a").mkdir()
+    a, b = bl.default_storage(tmp_path / "a"), bl.default_storage(tmp_path / "b")  # b's directory is made by import
+    names = ["adamw-constant-lr0.01", "prodigy"]
+
+    def diverging_prodigy(cfg, name, steps, **kwargs):
+        curve = run_baseline(cfg, name, steps, **kwargs)
+        if name == "prodigy":
+            curve.valid_loss[-1] = math.nan
+        return curve
+
+    monkeypatch.setattr(bl, "run_baseline", diverging_prodigy)
+    result = run_grid(NQM, a, names=names, horizons=(1, 2))
+    monkeypatch.setattr(bl, "run_baseline", CountingRuns(fail_on=1))  # nothing below may run a baseline
+    out = tmp_path / "grids"
+    assert main(["baselines", "export", str(out), "--storage", a]) == 0
+    (path,) = out.iterdir()
+    assert path.name == f"{study_name(NQM)}.json.gz"
+    first = path.read_bytes()
+    assert main(["baselines", "export", str(out), "--storage", a]) == 0  # same runs, same bytes
+    assert path.read_bytes() == first and "0 task grids written, 1 unchanged" in capsys.readouterr().out
+    assert main(["baselines", "import", str(out), "--storage", b]) == 0
+    assert "4 runs added to 1 task grids" in capsys.readouterr().out
+    for name in names:
+        for h in (1, 2):
+            assert same_curve(cached_curve(b, NQM, name, h * NQM.task.inner_steps), result[(name, h)])
+    assert run_grid(NQM, b, names=names, horizons=(1, 2)).keys() == result.keys()  # served, never re-run
+    diverged = optuna.load_study(study_name=study_name(NQM), storage=b).get_trials()
+    assert sorted(t.value for t in diverged)[-1] == math.inf  # a diverged run stays diverged
+    assert main(["baselines", "import", str(out), "--storage", b]) == 0  # importing again adds nothing
+    assert "0 runs added" in capsys.readouterr().out and complete_pairs(b, NQM) == complete_pairs(a, NQM)
+
+    # Files that are not exported grids are refused, naming the file, before anything is written.
+    c = bl.default_storage(tmp_path / "c")
+    data = json.loads(gzip.decompress(first))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "z.json.gz").write_bytes(gzip.compress(json.dumps({**data, "curve_version": 1}).encode()))
+    (bad / "a.json.gz").write_bytes(first)
+    assert main(["baselines", "import", str(bad), "--storage", c]) == 2
+    assert "z.json.gz: baseline curves of version 1" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    (bad / "z.json.gz").write_bytes(b"import os; os.system('echo owned')")
+    assert main(["baselines", "import", str(bad), "--storage", c]) == 2
+    assert "z.json.gz: not a gzipped JSON baseline grid" in capsys.readouterr().err
+    runs = [{**data["runs"][0], "baseline": "sgd-lr1"}]
+    (bad / "z.json.gz").write_bytes(gzip.compress(json.dumps({**data, "runs": runs}).encode()))
+    assert main(["baselines", "import", str(bad), "--storage", c]) == 2
+    assert "z.json.gz: a malformed run" in capsys.readouterr().err
+    assert main(["baselines", "import", str(tmp_path / "nothing"), "--storage", c]) == 2
+    assert main(["baselines", "export", str(out), "--storage", bl.default_storage(tmp_path / "none")]) == 2
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
