@@ -328,18 +328,23 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
         known = mask * torch.isfinite(ret)  # DAgger's relabelled episodes have no returns
         return x, v, a, mask, torch.nan_to_num(ret), known
 
-    def losses(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    def losses(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         x, v, a, mask, ret, known = batch
         logprob, _, values = model.evaluate(x, v, a)
-        n = mask.sum()
-        nll = -(logprob * mask).sum() / n
+        nll = -(logprob * mask).sum() / mask.sum()
         v_loss = 0.5 * (((values - ret) ** 2) * known).sum() / known.sum().clamp(min=1)
-        with torch.no_grad():
-            logits, _ = model.actor_forward(x)
-            greedy = logits[..., : model.shape.nvec[lr_dim]].argmax(-1)
-            acc = float(((greedy == a[..., lr_dim]).float() * mask).sum() / n)
-            keep_acc = float(((a[..., lr_dim] == majority).float() * mask).sum() / n)
-        return nll, v_loss, acc, keep_acc
+        return nll, v_loss
+
+    @torch.no_grad()
+    def accuracy(batch: tuple[torch.Tensor, ...]) -> tuple[float, float]:
+        """The greedy learning-rate action's accuracy, and always taking the fit's most frequent one's
+        (a second actor pass, so only for the epochs that are kept)."""
+        x, _, a, mask, _, _ = batch
+        logits, _ = model.actor_forward(x)
+        greedy = logits[..., : model.shape.nvec[lr_dim]].argmax(-1)
+        n = mask.sum()
+        return float(((greedy == a[..., lr_dim]).float() * mask).sum() / n), \
+            float(((a[..., lr_dim] == majority).float() * mask).sum() / n)  # fmt: skip
 
     majority = int(np.bincount(np.concatenate([d.actions[:, lr_dim] for d in fit])).argmax())
     fit_t, held_t = tensors(fit), tensors(held) if held else None
@@ -347,15 +352,17 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
     best: tuple[float, dict[str, Any], dict[str, float]] | None = None
     for epoch in range(epochs):
         opt.zero_grad()
-        nll, v_loss, acc, keep_acc = losses(fit_t)
+        nll, v_loss = losses(fit_t)
         (nll + value_coef * v_loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         nll, v_loss = nll.detach(), v_loss.detach()
         with torch.no_grad():
-            h_nll, h_v, h_acc, h_keep = losses(held_t) if held_t is not None else (nll, v_loss, acc, keep_acc)
+            h_nll, h_v = losses(held_t) if held_t is not None else (nll, v_loss)
         score = float(h_nll)
         if best is None or score < best[0]:
+            acc, keep_acc = accuracy(fit_t)  # of the weights kept (the fit's losses are of those before the step)
+            h_acc, h_keep = accuracy(held_t) if held_t is not None else (acc, keep_acc)
             metrics = {"bc/epoch": float(epoch + 1), "bc/nll": float(nll), "bc/value_loss": float(v_loss),
                        "bc/lr_accuracy": acc, "bc/holdout_nll": float(h_nll), "bc/holdout_value_loss": float(h_v),
                        "bc/holdout_lr_accuracy": h_acc, "bc/holdout_majority_accuracy": h_keep,
