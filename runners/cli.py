@@ -8,12 +8,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from lhopt_dsl import SpecError, load_spec, sample, space_size
 from lhopt_dsl.sample import budget_acceptance
 from lhopt_dsl.spec.experiment import ExperimentSpec
 from lhopt_dsl.spec.space import LayerAxis
+
+if TYPE_CHECKING:
+    from lhopt_dsl import TaskConfig
 
 EPILOG = """examples:
   lhopt validate task_specs/*.yaml
@@ -259,7 +262,7 @@ def _policy_path(policy: str, tracking_uri: str | None) -> Path:
     return Path(policy)
 
 
-def _task_file(path: str) -> "TaskConfig":
+def _task_file(path: str) -> TaskConfig:
     """The first task of a `lhopt sample` YAML file; a file that holds none raises ValueError saying why."""
     from pydantic import ValidationError
 
@@ -279,7 +282,8 @@ def _task_file(path: str) -> "TaskConfig":
 def cmd_schedule_export(args: argparse.Namespace) -> int:
     from lhopt_dsl.controller import load_policy, require_adamw_space, save_schedule
 
-    from .transfer import export_schedule, policy_run
+    from .evaluate import policy_run
+    from .transfer import export_schedule
 
     path = _policy_path(args.policy, args.tracking_uri)
     policy, space = load_policy(path)
@@ -291,7 +295,7 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    episode = policy_run(policy, space, cfg, args.device)
+    episode = policy_run(policy, space, cfg, device=args.device)
     k = len(episode)
     restarts = sum(kind in ("load", "swap") for kind, _ in episode.restarts)
     save_schedule(export_schedule(episode, cfg, space), args.output,

@@ -42,7 +42,7 @@ from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.imitation import FixedSchedule
 from lhopt_dsl.schedule import LearningCurve, segment_bounds
 from lhopt_dsl.metrics import TaskScores, evaluation_summary, format_summary, performance_profile, plot_performance_profile
-from lhopt_dsl.rollout import run_episode
+from lhopt_dsl.rollout import Episode, run_episode
 from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, eval_seed, sample
 
 from .baselines import prepare_studies, run_grid
@@ -86,6 +86,15 @@ def _best_adamw(curves: dict[tuple[str, int], LearningCurve], score: str) -> str
     return min(finals, key=lambda n: (finals[n] if math.isfinite(finals[n]) else math.inf, n))
 
 
+def policy_run(policy: Any, space: Any, cfg: TaskConfig, *, device: str = "cpu", data_dir: str | None = None,
+               max_valid: int = 512) -> Episode:  # fmt: skip
+    """The policy (or a fixed schedule's follower) acting greedily on ``cfg``, as evaluation runs it;
+    the critic is not needed. A task from another hyperparameter space than the policy's is a ValueError."""
+    space.check_initial(cfg.hparams)
+    env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
+    return run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, critic=False)
+
+
 def evaluate_task(
     cfg: TaskConfig, index: int, policy: Any, space: Any, *, storage: str, device: str, data_dir: str | None,
     max_valid: int, compiled: bool = False,
@@ -97,8 +106,7 @@ def evaluate_task(
     the policy's validation curve and chosen hyperparameters, and what the task cost.
     """
     t0 = time.perf_counter()
-    env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
-    episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, critic=False)
+    episode = policy_run(policy, space, cfg, device=device, data_dir=data_dir, max_valid=max_valid)
     t1 = time.perf_counter()
     ran: list[tuple[str, int]] = []
     curves = run_grid(cfg, storage, names=BASELINES, horizons=HORIZONS, device=device, data_dir=data_dir,

@@ -193,7 +193,6 @@ def _hparam_figure(episodes: list[Episode], names: Sequence[str]):
 
 def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None) -> Path:
     """Meta-train a policy on ``spec``; return the path of the final checkpoint."""
-    mt = spec.meta_train
     group = setup(spec.device)  # one process, or one rank of a torchrun job (runners/distributed.py)
     try:
         with terminate_as_interrupt():

@@ -25,25 +25,17 @@ from lhopt_dsl import TaskConfig
 from lhopt_dsl.baselines import ADAMW_BASELINES
 from lhopt_dsl.compile import compile_task
 from lhopt_dsl.controller import ScheduleReplay, require_adamw_space, schedule_from_history
-from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.metrics import speedup
 from lhopt_dsl.policy import ActorCritic
-from lhopt_dsl.rollout import Episode, run_episode
+from lhopt_dsl.rollout import Episode
 from lhopt_dsl.schedule import LearningCurve, segment_bounds
 from lhopt_dsl.spec.hparams import HyperparameterSpace
 from lhopt_dsl.training import train_and_measure
 
 from .baselines import GRID_EVALUATIONS_PER_T, run_grid
+from .evaluate import policy_run
 
 MIN_SCALE = 4.0  # the large task has at least this many times the parameters and the steps
-
-
-def policy_run(policy: ActorCritic, space: HyperparameterSpace, cfg: TaskConfig, device: str = "cpu",
-               data_dir: str | None = None) -> Episode:  # fmt: skip
-    """The policy acting greedily on ``cfg`` (the critic is not needed)."""
-    space.check_initial(cfg.hparams)
-    env = InnerTrainingEnv(space, device=device, data_dir=data_dir)
-    return run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, critic=False)
 
 
 def export_schedule(episode: Episode, cfg: TaskConfig, space: HyperparameterSpace) -> dict[str, Any]:
@@ -85,10 +77,10 @@ def transfer(policy: ActorCritic, space: HyperparameterSpace, small: TaskConfig,
     require_adamw_space(space.space, "the policy")
     params = (parameter_count(small, data_dir), parameter_count(large, data_dir))
     check_pair(small, large, params)
-    source = policy_run(policy, space, small, device, data_dir)
+    source = policy_run(policy, space, small, device=device, data_dir=data_dir)
     schedule = export_schedule(source, small, space)
     replayed = replay(large, schedule, device, data_dir)
-    live = policy_run(policy, space, large, device, data_dir)
+    live = policy_run(policy, space, large, device=device, data_dir=data_dir)
     grid = run_grid(large, storage, names=ADAMW_BASELINES, horizons=(1, 2), device=device, data_dir=data_dir)
     T = large.task.inner_steps
     finals = {n: grid[(n, 1)].test_loss for n in ADAMW_BASELINES}
