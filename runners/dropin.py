@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from lhopt_dsl import LHOPT
 
-from .ood import _json_value
+from .ood import json_value
+from .ood_programs import report_losses
 
 #: (training loss every k steps, validation loss every n steps); None: never reported.
 CADENCES: tuple[tuple[int | None, int | None], ...] = (
@@ -39,7 +40,7 @@ HURT = 1.1  # a run is hurt when its final test loss exceeds AdamW's by more tha
 
 @dataclass
 class Program:
-    """A model and its data: ``batches(step)`` gives the step's training batch."""
+    """A model and its data: ``batch_at(step)`` gives the step's training batch."""
 
     model: nn.Module
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -109,11 +110,8 @@ def run(program: str, seed: int, steps: int, cadence: tuple[int | None, int | No
             return math.nan
         opt.zero_grad()
         loss.backward()
-        if isinstance(opt, LHOPT):
-            if train_every and step % train_every == 0:
-                opt.observe(train_loss=value)
-            if valid_every and step % valid_every == 0:
-                opt.observe(valid_loss=p.score(p.valid))
+        report_losses(opt, step, train_loss=value, valid_loss=lambda: p.score(p.valid), train_every=train_every,
+                      valid_every=valid_every)  # fmt: skip
         opt.step()
     return p.score(p.test)
 
@@ -169,5 +167,5 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
 
 def write(record: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "dropin.json").write_text(json.dumps(_json_value(record), indent=1))  # strict JSON: NaN is null
+    (out / "dropin.json").write_text(json.dumps(json_value(record), indent=1))  # strict JSON: NaN is null
     (out / "dropin.md").write_text(format_table(record["summary"]) + "\n")

@@ -158,7 +158,7 @@ class BaselineCache:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(_json_value(asdict(run))))
+        tmp.write_text(json.dumps(json_value(asdict(run))))
         os.replace(tmp, path)
 
 
@@ -339,14 +339,14 @@ def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _json_value(x: Any) -> Any:
+def json_value(x: Any) -> Any:
     """Strict JSON: non-finite floats become null."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {str(k): _json_value(v) for k, v in x.items()}
+        return {str(k): json_value(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_json_value(v) for v in x]
+        return [json_value(v) for v in x]
     return x
 
 
@@ -549,5 +549,5 @@ def run_suite(
 
 
 def _write(out: Path, report: Mapping[str, Any], summaries: Mapping[str, Mapping[str, Any]]) -> None:
-    (out / "results.json").write_text(json.dumps(_json_value(report), indent=1))
+    (out / "results.json").write_text(json.dumps(json_value(report), indent=1))
     (out / "table.md").write_text(format_table(summaries) + "\n\n" + TABLE_NOTE + "\n")

@@ -53,8 +53,8 @@ from lhopt_dsl.schedule import Schedule, segment_bounds, shape_factor
 __all__ = [
     "AutoencoderSizes", "Batch", "EVALUATIONS", "LMSizes", "Optimization", "OptimizerFactory", "PROGRAMS",
     "Problem", "Program", "Run", "ViTSizes", "adamw", "build_fashion_autoencoder", "build_mnist_vit",
-    "build_wikitext2_lm", "evaluate", "fashion_splits", "mnist_test_splits", "names", "policy", "run_program",
-    "spaced_windows", "train", "tuning_free", "wikitext2",
+    "build_wikitext2_lm", "evaluate", "fashion_splits", "mnist_test_splits", "names", "policy", "report_losses",
+    "run_program", "spaced_windows", "train", "tuning_free", "wikitext2",
 ]  # fmt: skip
 
 DataDir = Union[str, os.PathLike, None]
@@ -474,15 +474,38 @@ def evaluate(model: nn.Module, loss: Callable[[nn.Module, Batch], torch.Tensor],
     return total / n
 
 
+def report_losses(opt: torch.optim.Optimizer, step: int, *, train_loss: float | None = None,
+                  valid_loss: float | Callable[[], float] | None = None, train_every: int | None = 1,
+                  valid_every: int | None = None) -> None:  # fmt: skip
+    """Report to the drop-in :class:`LHOPT` the losses due at inner step ``step`` (counted from 0)
+    when a loop reports the training loss every ``train_every`` steps and the validation loss every
+    ``valid_every`` steps (None: never; 1: at every call), as a user's ``if step % k == 0:
+    opt.observe(...)`` does.
+
+    ``train_loss`` (this step's) is reported when ``step % train_every == 0``, then ``valid_loss``
+    when ``step % valid_every == 0``; a callable ``valid_loss`` is called only then, so an
+    evaluation costs nothing on the other steps. Any other optimizer is told nothing and nothing is
+    evaluated. A step's training loss is reported after ``backward()`` and before ``step()``:
+    LHOPT's statistics of the step use it. :func:`train` reports its validation losses at its
+    measurement points instead of every k steps (``train_every=None, valid_every=1`` there).
+    """
+    if not isinstance(opt, LHOPT):
+        return
+    if train_every and step % train_every == 0:
+        opt.observe(train_loss=train_loss)
+    if valid_every and step % valid_every == 0:
+        opt.observe(valid_loss=valid_loss() if callable(valid_loss) else valid_loss)
+
+
 def train(problem: Problem, make_optimizer: OptimizerFactory, steps: int | None = None,
           evaluations: int | None = None) -> Run:  # fmt: skip
     """Train ``problem.model`` for ``steps`` (default T), measuring validation and test loss at
     ``evaluations`` evenly spaced points (default: every T/16 steps) and before the first step.
 
     The loop is what a user writes. With :class:`LHOPT` it reports the training loss of every step
-    and each validation loss (``observe``); Schedule-Free AdamW is switched to its evaluation point
-    (``optimizer.eval()``) while measuring. A run whose training loss becomes non-finite stops
-    there, as a user's would; its later measurements are NaN.
+    and each validation loss (``observe``, through :func:`report_losses`); Schedule-Free AdamW is
+    switched to its evaluation point (``optimizer.eval()``) while measuring. A run whose training
+    loss becomes non-finite stops there, as a user's would; its later measurements are NaN.
     """
     steps = steps or problem.steps
     evaluations = evaluations or max(1, round(EVALUATIONS * steps / problem.steps))
@@ -505,8 +528,8 @@ def train(problem: Problem, make_optimizer: OptimizerFactory, steps: int | None 
             losses.clear()
         if two_points:
             opt.train()
-        if reports:
-            opt.observe(valid_loss=run.valid_loss[-1])
+        # every measurement point (after the step, and before the first), not every k steps
+        report_losses(opt, step, valid_loss=run.valid_loss[-1], train_every=None, valid_every=1)
 
     model.train()
     measure(0)
@@ -518,8 +541,7 @@ def train(problem: Problem, make_optimizer: OptimizerFactory, steps: int | None 
         if not math.isfinite(value):
             run.diverged_at = step
             break
-        if reports:
-            opt.observe(train_loss=value)  # before step(): its statistics use it
+        report_losses(opt, step, train_loss=value)  # every step, before step(): its statistics use it
         opt.step()
         if scheduler is not None:
             scheduler.step()

@@ -15,6 +15,8 @@ from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.observation import FeatureBuilder
 from lhopt_dsl.policy import ActorCritic, PolicyShape
 from lhopt_dsl.spec.hparams import CIAOSpace
+from runners.dropin import CADENCES
+from runners.ood_programs import report_losses
 
 
 def regression(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -31,6 +33,11 @@ def train(opt_of, steps: int, train_every: int | None, valid_every: int | None) 
     steps and a validation loss every ``valid_every`` steps (None: never); every loss computed."""
     model, x, y = regression()
     opt = opt_of(model)
+
+    @torch.no_grad()
+    def full_loss() -> float:  # the validation loss: the whole data set
+        return float(nn.functional.mse_loss(model(x), y))
+
     losses = []
     for step in range(steps):
         batch = slice((step * 32) % 256, (step * 32) % 256 + 32)
@@ -38,19 +45,11 @@ def train(opt_of, steps: int, train_every: int | None, valid_every: int | None) 
         opt.zero_grad()
         loss.backward()
         losses.append(float(loss.detach()))
-        if isinstance(opt, LHOPT):
-            if train_every and step % train_every == 0:
-                opt.observe(train_loss=float(loss))
-            if valid_every and step % valid_every == 0:
-                with torch.no_grad():
-                    opt.observe(valid_loss=float(nn.functional.mse_loss(model(x), y)))
+        report_losses(opt, step, train_loss=losses[-1], valid_loss=full_loss, train_every=train_every,
+                      valid_every=valid_every)  # fmt: skip
         opt.step()
-    with torch.no_grad():
-        losses.append(float(nn.functional.mse_loss(model(x), y)))
+    losses.append(full_loss())
     return losses
-
-
-CADENCES = [(1, None), (1, 20), (20, 20), (20, None), (None, 20), (None, None), (7, 50)]
 
 
 @pytest.mark.parametrize("train_every,valid_every", CADENCES)
