@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SPEEDUP_FLOOR", "TaskScores", "bootstrap_interval", "compare_task", "evaluation_summary", "format_summary",
-    "geometric_mean", "performance_profile", "plot_performance_profile", "speedup", "steps_to_reach",
+    "format_estimate", "geometric_mean", "head_to_head", "paired_comparison", "performance_profile",
+    "plot_performance_profile", "render_table", "sign_test", "speedup",
+    "steps_to_reach",
 ]  # fmt: skip
 
 
@@ -317,19 +319,31 @@ def evaluation_summary(
     }
 
 
-def _cell(est: Mapping[str, Any], digits: int = 2, suffix: str = "") -> str:
+def format_estimate(est: Mapping[str, Any], digits: int = 2, suffix: str = "") -> str:
+    """``value [lo, hi]`` of an estimate with its interval, ``-`` when it has no value."""
     lo, hi = est["ci"]
     if not math.isfinite(est["value"]):
         return "-"
     return f"{est['value']:.{digits}f}{suffix} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
+def render_table(head: Sequence[str], body: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    """A table of strings: Markdown, or plain text with the first column left-aligned, the rest right."""
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|",
+                          *("| " + " | ".join(c) + " |" for c in body)])  # fmt: skip
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    fmt = lambda r: "  ".join([r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, len(r))])  # noqa: E731
+    return "\n".join(fmt(r).rstrip() for r in [head, *body])
+
+
 def format_summary(summary: Mapping[str, Any], markdown: bool = False) -> str:
     """The summary as two tables (vs the AdamW grid; vs the tuning-free optimizers), rows then Overall."""
     rows = [*summary["rows"].items(), ("Overall", summary["overall"])]
     header = ["row", "tasks", "pairs >=1x", "pairs >=2x", "<=best@T", "<=best@2T", "speedup median", "speedup geomean"]
-    cells = [[name, str(r["tasks"]), _cell(r["pairs_ge_1x"]), _cell(r["pairs_ge_2x"]), _cell(r["best_ge_1x"]),
-              _cell(r["best_ge_2x"]), _cell(r["speedup_median"], suffix="x"), _cell(r["speedup_geomean"], suffix="x")]
+    est = format_estimate
+    cells = [[name, str(r["tasks"]), est(r["pairs_ge_1x"]), est(r["pairs_ge_2x"]), est(r["best_ge_1x"]),
+              est(r["best_ge_2x"]), est(r["speedup_median"], suffix="x"), est(r["speedup_geomean"], suffix="x")]
              for name, r in rows]  # fmt: skip
     tables = [(header, cells)]
     others = list(summary["overall"]["vs"])
@@ -342,18 +356,10 @@ def format_summary(summary: Mapping[str, Any], markdown: bool = False) -> str:
             line = [name, str(r["tasks"])]
             for m in others:
                 v = r["vs"][m]
-                line += [_cell(v["ge_1x"]), _cell(v["ge_2x"]), _cell(v["speedup_median"], suffix="x")]
+                line += [est(v["ge_1x"]), est(v["ge_2x"]), est(v["speedup_median"], suffix="x")]
             cells2.append(line)
         tables.append((header2, cells2))
-    out = []
-    for head, body in tables:
-        if markdown:
-            out.append("\n".join(["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|",
-                                  *("| " + " | ".join(c) + " |" for c in body)]))  # fmt: skip
-        else:
-            widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-            fmt = lambda r: "  ".join([r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, len(r))])  # noqa: E731
-            out.append("\n".join(fmt(r).rstrip() for r in [head, *body]))
+    out = [render_table(head, body, markdown) for head, body in tables]
     failed = summary["overall"]["policy_failed"]
     if failed:
         out.append(f"{failed} of {summary['overall']['tasks']} policy runs ended with a non-finite loss (counted as losses).")
@@ -363,6 +369,83 @@ def format_summary(summary: Mapping[str, Any], markdown: bool = False) -> str:
             "good as the best of the 35 AdamW baselines at T / at 2T; speedup: steps the best baseline needs to "
             "reach the policy's loss, over T (censored at 2x).")  # fmt: skip
     return "\n\n".join(out) + "\n\n" + note
+
+
+# --- two policies on the same tasks ---------------------------------------------------------------
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: the probability, if neither side were better (each non-tied task
+    a fair coin), of a split at least as uneven as ``wins`` : ``losses``. Ties are left out."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
+
+
+def head_to_head(reference: Sequence[float], candidate: Sequence[float]) -> dict[str, Any]:
+    """Tasks where the candidate's final loss is lower / equal / higher than the reference's (a
+    non-finite loss is higher than any finite one; two non-finite ones tie), and the sign test."""
+    wins = sum(_beats(y, x) and not _beats(x, y) for x, y in zip(reference, candidate))
+    losses = sum(_beats(x, y) and not _beats(y, x) for x, y in zip(reference, candidate))
+    return {"wins": wins, "ties": len(reference) - wins - losses, "losses": losses,
+            "sign_test_p": sign_test(wins, losses)}  # fmt: skip
+
+
+def _paired(values: np.ndarray, **boot: Any) -> dict[str, Any]:
+    """Reference mean, candidate mean and their difference (candidate - reference) with a paired
+    bootstrap interval: ``values`` is ``(n, 2)``, tasks resampled as units, columns together."""
+    diff = lambda v: v[..., 1].mean(axis=1) - v[..., 0].mean(axis=1)  # noqa: E731
+    return {"reference": float(values[:, 0].mean()), "candidate": float(values[:, 1].mean()),
+            "difference": _estimate(values, diff, **boot)}  # fmt: skip
+
+
+def paired_comparison(
+    reference: Sequence[TaskScores],
+    candidate: Sequence[TaskScores],
+    adamw: Sequence[str],
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Is ``candidate`` better than ``reference``? Both evaluated on the same tasks, in the same order.
+
+    Two evaluations on the same tasks share their baselines and their task-to-task variation, so the
+    question is answered per task and the intervals come from a *paired* bootstrap (tasks resampled
+    as units, both methods together): far narrower than comparing two independent intervals.
+
+    * ``head_to_head``: tasks where the candidate's final loss is lower / equal / higher than the
+      reference's (a non-finite loss loses to a finite one), and the sign test's p-value;
+    * ``log_loss_ratio``: median over tasks of log(candidate loss / reference loss) (negative: the
+      candidate ends lower), with an interval; only tasks where both losses are finite and positive;
+    * ``pairs_ge_2x``, ``best_ge_1x``: the evaluation's fractions for each, and their difference;
+    * ``speedup_log_ratio``: mean over tasks of log(candidate speedup / reference speedup), speedups
+      floored at :data:`SPEEDUP_FLOOR` (exp of it: the ratio of their geometric means).
+    """
+    if [t.task_id for t in reference] != [t.task_id for t in candidate]:
+        raise ValueError("paired_comparison needs the same tasks in the same order")
+    boot = {"level": level, "resamples": resamples, "seed": seed}
+    a = [compare_task(t, adamw) for t in reference]
+    b = [compare_task(t, adamw) for t in candidate]
+    col = lambda rows, f: np.asarray([f(r) for r in rows], dtype=np.float64)  # noqa: E731
+    frac2x = lambda r: r["pair_wins_2x"] / r["pairs"]  # noqa: E731
+    best = lambda r: r["beats_best_1x"]  # noqa: E731
+    both = [(x.policy, y.policy) for x, y in zip(reference, candidate)
+            if _finite(x.policy) and _finite(y.policy) and x.policy > 0 and y.policy > 0]  # fmt: skip
+    log_ratio = np.asarray([math.log(y / x) for x, y in both], dtype=np.float64)
+    floor = lambda v: np.log(np.maximum(v, SPEEDUP_FLOOR))  # noqa: E731
+    log_speedups = np.stack([floor(col(a, lambda r: r["speedup"])), floor(col(b, lambda r: r["speedup"]))], -1)
+    return {
+        "tasks": len(a),
+        "head_to_head": head_to_head([t.policy for t in reference], [t.policy for t in candidate]),
+        "log_loss_ratio": {"tasks": len(log_ratio), **_estimate(log_ratio, _median, **boot)},
+        "pairs_ge_2x": _paired(np.stack([col(a, frac2x), col(b, frac2x)], -1), **boot),
+        "best_ge_1x": _paired(np.stack([col(a, best), col(b, best)], -1), **boot),
+        "speedup_log_ratio": _paired(log_speedups, **boot),
+        "level": level,
+    }  # fmt: skip
 
 
 # --- performance profiles -------------------------------------------------------------------------

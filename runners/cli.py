@@ -25,6 +25,7 @@ EPILOG = """examples:
   lhopt compile task_specs/smoke.yaml --seed 1 --steps 100
   lhopt train task_specs/smoke.yaml --iterations 20
   lhopt eval task_specs/smoke.yaml --policy runs/smoke/policy.pt --tasks 5
+  lhopt compare runs/eval-smoke-OLD runs/eval-smoke-NEW
   lhopt ui
   lhopt schema -o lhopt.schema.json
 
@@ -385,6 +386,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .evaluate import EvaluationError, compare_outputs, format_comparison, write_json
+
+    try:
+        result = compare_outputs([Path(d) for d in args.dirs], args.score)
+    except EvaluationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_comparison(result, markdown=args.markdown))
+    if args.output:
+        write_json(Path(args.output), result)
+        print(f"\nwritten: {args.output}")
+    return 0
+
+
 def cmd_eval_ood(args: argparse.Namespace) -> int:
     from .ood import run_suite
 
@@ -584,6 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the baseline populations' steps (once per task; pays on long runs)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="is one policy better than another? finished evaluations (lhopt eval --out "
+                                       "directories) against the first, task by task, with paired intervals")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="evaluation output directories; the first is the reference")
+    p.add_argument("--score", choices=("test", "valid"), default="test", help="split to compare on (default: test)")
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    p.add_argument("-o", "--output", help="also write the comparison as JSON here")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("eval-ood", parents=[threads],
                        help="run a policy through the drop-in LHOPT on ordinary PyTorch programs no task family covers, "

@@ -41,7 +41,10 @@ from lhopt_dsl.controller import load_policy
 from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.imitation import FixedSchedule
 from lhopt_dsl.schedule import LearningCurve, segment_bounds
-from lhopt_dsl.metrics import TaskScores, evaluation_summary, format_summary, performance_profile, plot_performance_profile
+from lhopt_dsl.metrics import (
+    TaskScores, evaluation_summary, format_estimate, format_summary, head_to_head, paired_comparison,
+    performance_profile, plot_performance_profile, render_table,
+)  # fmt: skip
 from lhopt_dsl.rollout import Episode, run_episode
 from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, eval_seed, sample
 
@@ -204,7 +207,7 @@ def _strict(obj: Any) -> Any:
     return obj
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write strict JSON atomically: a reader (or a killed run) never sees half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_strict(data), indent=1))
@@ -222,7 +225,7 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
                 f"({', '.join(f'{k}: {old.get(k)!r} -> {manifest[k]!r}' for k in changed)}); "
                 "pass another --out, or --fresh to discard those results (cached baselines are kept)"
             )
-    _write_json(path, manifest)
+    write_json(path, manifest)
 
 
 def load_records(out: Path, configs: list[TaskConfig]) -> dict[int, dict[str, Any]]:
@@ -259,7 +262,7 @@ def evaluate_tasks(
     bar = tqdm(total=len(configs), initial=len(records), desc="evaluate", unit="task", disable=quiet)
 
     def finished(record: dict[str, Any]) -> None:
-        _write_json(out / "tasks" / f"{record['index']:05d}.json", record)
+        write_json(out / "tasks" / f"{record['index']:05d}.json", record)
         records[record["index"]] = record
         bar.set_postfix_str(f"{record['row']} {record['seconds']['policy'] + record['seconds']['baselines']:.0f}s")
         bar.update()
@@ -289,6 +292,106 @@ def evaluate_tasks(
     finally:
         bar.close()
     return [records[i] for i in range(len(configs))]
+
+
+# --- comparing finished evaluations ---------------------------------------------------------------------
+
+
+def load_output(out: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """An evaluation directory's manifest and its finished task records, by task index."""
+    out = Path(out)
+    if not (out / "manifest.json").exists():
+        raise EvaluationError(f"{out} is not an evaluation directory (no manifest.json): "
+                              "pass an output directory of lhopt eval (its --out)")
+    manifest = json.loads((out / "manifest.json").read_text())
+    records: dict[int, dict[str, Any]] = {}
+    for path in sorted((out / "tasks").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue  # a torn write: that task is unfinished
+        if isinstance(record, dict) and record.get("version") == RECORD_VERSION:
+            records[int(record["index"])] = record
+    return manifest, records
+
+
+def compare_outputs(outs: list[Path], score: str = "test", *, resamples: int = 2000) -> dict[str, Any]:
+    """Every evaluation in ``outs`` against the first, on the tasks all of them finished.
+
+    The tasks must be the same ones (same index, same task id, same initial hyperparameters):
+    evaluations of one spec's evaluation distribution, or of specs that share it."""
+    if len(outs) < 2:
+        raise EvaluationError("compare needs at least two evaluation directories (the first is the reference)")
+    if score not in SCORES:
+        raise EvaluationError(f"--score must be one of {', '.join(SCORES)}; got '{score}'")
+    loaded = [load_output(o) for o in outs]
+    initial = {m.get("initial") for m, _ in loaded}
+    if len(initial) > 1:
+        raise EvaluationError(f"the evaluations started from different initial hyperparameters "
+                              f"({', '.join(sorted(map(str, initial)))}): "
+                              "compare evaluations run with the same --initial")  # fmt: skip
+    common = sorted(set.intersection(*(set(r) for _, r in loaded)))
+    for i in common:
+        ids = {r[i]["task_id"] for _, r in loaded}
+        if len(ids) > 1:
+            raise EvaluationError(f"task {i} is not the same task in every directory ({', '.join(sorted(ids))}): "
+                                  "these evaluations sampled different distributions")  # fmt: skip
+    if not common:
+        raise EvaluationError("the evaluations have no finished task in common")
+    labels = [Path(o).name or str(o) for o in outs]
+    if len(set(labels)) < len(labels):
+        labels = [str(o) for o in outs]
+    scores = [[task_scores(r[i], score) for i in common] for _, r in loaded]
+    methods = {}
+    for label, (manifest, _), ts in zip(labels, loaded, scores):
+        o = evaluation_summary(ts, ADAMW_BASELINES, resamples=resamples)["overall"]
+        methods[label] = {"policy": manifest.get("policy"), "policy_sha256": manifest.get("policy_sha256"),
+                          **{k: o[k] for k in ("pairs_ge_2x", "best_ge_1x", "speedup_median", "speedup_geomean")},
+                          "failed": o["policy_failed"]}  # fmt: skip
+    comparisons, by_row = {}, {}
+    for label, ts in zip(labels[1:], scores[1:]):
+        comparisons[label] = paired_comparison(scores[0], ts, ADAMW_BASELINES, resamples=resamples)
+        rows = list(dict.fromkeys([*(r for r in TABLE1_ROWS if any(t.row == r for t in ts)), *(t.row for t in ts)]))
+        by_row[label] = {r: head_to_head([x.policy for x in scores[0] if x.row == r],
+                                         [y.policy for y in ts if y.row == r]) for r in rows}  # fmt: skip
+    return {"reference": labels[0], "score": score, "tasks": len(common), "task_indices": common,
+            "finished": {label: len(r) for label, (_, r) in zip(labels, loaded)},
+            "methods": methods, "comparisons": comparisons, "by_row": by_row}  # fmt: skip
+
+
+def format_comparison(result: dict[str, Any], markdown: bool = False) -> str:
+    """The comparison as three tables: each evaluation on the common tasks, each against the
+    reference (paired), and the head-to-head by Table 1 row."""
+    def pm(e: dict[str, Any], digits: int = 2) -> str:
+        v, (lo, hi) = e["value"], e["ci"]
+        return "-" if not math.isfinite(v) else f"{v:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+
+    head1 = ["evaluation", "pairs >=2x", "<=best@T", "speedup median", "speedup geomean", "non-finite"]
+    est = format_estimate
+    body1 = [[label, est(m["pairs_ge_2x"]), est(m["best_ge_1x"]), est(m["speedup_median"], suffix="x"),
+              est(m["speedup_geomean"], suffix="x"), str(m["failed"])]
+             for label, m in result["methods"].items()]  # fmt: skip
+    head2 = ["vs " + result["reference"], "lower / tie / higher loss", "sign test p", "median log loss ratio",
+             "pairs >=2x diff", "<=best@T diff", "speedup geomean ratio"]  # fmt: skip
+    body2 = []
+    for label, c in result["comparisons"].items():
+        h, sp = c["head_to_head"], c["speedup_log_ratio"]["difference"]
+        ratio = "-" if not math.isfinite(sp["value"]) else est(
+            {"value": math.exp(sp["value"]), "ci": [math.exp(x) for x in sp["ci"]]}, suffix="x")
+        body2.append([label, f"{h['wins']} / {h['ties']} / {h['losses']}", f"{h['sign_test_p']:.3g}",
+                      pm(c["log_loss_ratio"], 3), pm(c["pairs_ge_2x"]["difference"]), pm(c["best_ge_1x"]["difference"]),
+                      ratio])  # fmt: skip
+    rows = list(dict.fromkeys(r for b in result["by_row"].values() for r in b))
+    head3 = ["row: lower / tie / higher", *result["by_row"]]
+    body3 = [[r, *(("{wins}/{ties}/{losses}".format(**b[r]) if r in b else "-") for b in result["by_row"].values())]
+             for r in rows]  # fmt: skip
+    out = [render_table(h, b, markdown) for h, b in ((head1, body1), (head2, body2), (head3, body3))]
+    finished = ", ".join(f"{k} {v}" for k, v in result["finished"].items())
+    note = (f"{result['tasks']} tasks finished in every evaluation (finished: {finished}), scored on the "
+            f"{result['score']} split. Lower / tie / higher: tasks where the evaluation's final loss is below, equal "
+            f"to or above {result['reference']}'s; sign test: the chance of so uneven a split if neither were better. "
+            "Differences (evaluation - reference) and ratios with 95% paired bootstrap intervals over tasks.")
+    return "\n\n".join(out) + "\n\n" + note
 
 
 # --- reporting ------------------------------------------------------------------------------------------
@@ -456,7 +559,7 @@ def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: i
     summary["manifest"] = manifest
     text, markdown = format_summary(summary), format_summary(summary, markdown=True)
     (out / "table1.md").write_text(f"Scored on the {score} split; initial hyperparameters: {initial}.\n\n{markdown}\n")
-    _write_json(out / "results.json", summary)
+    write_json(out / "results.json", summary)
     o = summary["overall"]
     metrics = {f"eval/{k}": o[k]["value"] for k in ("pairs_ge_1x", "pairs_ge_2x", "best_ge_1x", "best_ge_2x",
                                                      "speedup_median", "speedup_geomean")}  # fmt: skip

@@ -185,3 +185,39 @@ def test_evaluation_tasks_start_from_default_hyperparameters_unless_noisy():
     assert eval_config(spec, 0, "noisy").hparams != defaults
     with pytest.raises(ValueError, match="initial"):
         eval_config(spec, 0, "random")
+
+
+def test_compare_pairs_two_evaluations_task_by_task(evaluated, tmp_path, capsys):
+    """`lhopt compare A B`: B against A on the tasks both finished, with a JSON record; directories
+    that are not comparable are refused with a reason."""
+    root, storage, spec = evaluated
+    keep = tmp_path / "tiny_keep.yaml"
+    keep.write_text(TINY + KEEP_ACTIONS)
+    assert lhopt("eval", str(keep), "--schedule", "constant-lr0.01", "--tasks", "2", "--out", str(tmp_path / "s"),
+                 "--storage", storage) == 0  # fmt: skip
+    capsys.readouterr()
+    out_json = tmp_path / "cmp.json"
+    assert main(["compare", str(root / "a"), str(tmp_path / "s"), "-o", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "vs a" in text and "sign test" in text
+    result = json.loads(out_json.read_text())
+    assert result["reference"] == "a" and result["tasks"] == 2 and result["task_indices"] == [0, 1]
+    h = result["comparisons"]["s"]["head_to_head"]
+    a = [json.loads((root / "a" / "tasks" / f"{i:05d}.json").read_text())["policy"]["test"] for i in range(2)]
+    s = [json.loads((tmp_path / "s" / "tasks" / f"{i:05d}.json").read_text())["policy"]["test"] for i in range(2)]
+    assert h["wins"] == sum(y < x for x, y in zip(a, s)) and h["losses"] == sum(y > x for x, y in zip(a, s))
+    assert sum(c["wins"] + c["ties"] + c["losses"] for c in result["by_row"]["s"].values()) == 2
+    # An evaluation with one task more: only the common tasks are compared.
+    shutil.copytree(root / "a", tmp_path / "a3")
+    record = json.loads((tmp_path / "a3" / "tasks" / "00001.json").read_text())
+    (tmp_path / "a3" / "tasks" / "00002.json").write_text(json.dumps(record | {"index": 2}))
+    assert main(["compare", str(tmp_path / "a3"), str(tmp_path / "s"), "--markdown"]) == 0
+    assert "| vs a3 |" in capsys.readouterr().out
+    # Not comparable: another task under the same index, one directory, no evaluation at all.
+    (tmp_path / "a3" / "tasks" / "00001.json").write_text(json.dumps(record | {"task_id": "0123456789abcdef"}))
+    assert main(["compare", str(tmp_path / "a3"), str(tmp_path / "s")]) == 2
+    assert "task 1 is not the same task" in capsys.readouterr().err
+    assert main(["compare", str(root / "a")]) == 2
+    assert "at least two" in capsys.readouterr().err
+    assert main(["compare", str(root / "a"), str(tmp_path)]) == 2
+    assert "not an evaluation directory" in capsys.readouterr().err

@@ -15,8 +15,11 @@ from lhopt_dsl.metrics import (
     evaluation_summary,
     format_summary,
     geometric_mean,
+    head_to_head,
+    paired_comparison,
     performance_profile,
     plot_performance_profile,
+    sign_test,
     speedup,
     steps_to_reach,
 )
@@ -255,3 +258,61 @@ def test_plot_performance_profile(tmp_path):
     assert ax.get_xscale() == "log" and len(ax.get_lines()) == 2
     fig.savefig(tmp_path / "profile.png")
     assert (tmp_path / "profile.png").stat().st_size > 0
+
+
+# --- two policies on the same tasks ---------------------------------------------------------------
+
+
+def test_sign_test_by_hand():
+    assert sign_test(5, 0) == pytest.approx(2 / 32)  # 2 * P(X <= 0), X ~ Bin(5, 1/2)
+    assert sign_test(0, 5) == sign_test(5, 0)
+    assert sign_test(9, 1) == pytest.approx(2 * (1 + 10) / 1024)
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
+    assert sign_test(60, 40) == pytest.approx(0.0569, abs=1e-4)  # the normal approximation's 0.057
+
+
+def test_head_to_head_counts_failures_as_higher():
+    h = head_to_head([1.0, 1.0, 1.0, NAN, NAN, 2.0], [0.5, 1.0, 2.0, 1.0, NAN, NAN])
+    assert (h["wins"], h["ties"], h["losses"]) == (2, 2, 2)  # 0.5<1, 1.0<NaN | 1=1, NaN~NaN | 2>1, NaN>2
+
+
+def test_paired_comparison_by_hand():
+    # Three tasks; the candidate ends lower on a and b, higher on c.
+    ref = [task("a", "NQM", 1.0, [2.0, 1.5, 1.0, 0.5], [1.0, 0.9, 0.8, 0.4]),
+           task("b", "NQM", 1.0, [1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]),
+           task("c", "MNISTs+MLP", 0.5, [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0])]
+    cand = [task("a", "NQM", 0.5, [2.0, 1.5, 1.0, 0.5], [1.0, 0.9, 0.8, 0.4]),
+            task("b", "NQM", 0.25, [1.0, 1.0, 1.0, 1.0], [2.0, 2.0, 2.0, 2.0]),
+            task("c", "MNISTs+MLP", 1.0, [1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0])]
+    c = paired_comparison(ref, cand, ADAMW, resamples=500)
+    assert c["tasks"] == 3
+    assert c["head_to_head"] == {"wins": 2, "ties": 0, "losses": 1, "sign_test_p": 1.0}
+    # log(0.5/1), log(0.25/1), log(1/0.5): median log 0.5
+    assert c["log_loss_ratio"]["value"] == pytest.approx(math.log(0.5)) and c["log_loss_ratio"]["tasks"] == 3
+    # pairs at 2x: ref a 1/4 (only the tie with 1.0), b 4/4, c 4/4; cand a 3/4 (0.5 <= 0.8, 0.9, 1.0), b and c 4/4
+    ref_frac = (1 / 4 + 1 + 1) / 3
+    cand_frac = (3 / 4 + 1 + 1) / 3
+    p2 = c["pairs_ge_2x"]
+    assert p2["reference"] == pytest.approx(ref_frac) and p2["candidate"] == pytest.approx(cand_frac)
+    assert p2["difference"]["value"] == pytest.approx(cand_frac - ref_frac)
+    # best at T: ref a no, b yes (tie), c yes; cand a yes (0.5 ties b4), b yes, c yes (tie)
+    b = c["best_ge_1x"]
+    assert (b["reference"], b["candidate"]) == (pytest.approx(2 / 3), pytest.approx(1.0))
+    lo, hi = b["difference"]["ci"]
+    assert lo <= b["difference"]["value"] <= hi
+    with pytest.raises(ValueError, match="same tasks"):
+        paired_comparison(ref, cand[::-1], ADAMW)
+
+
+def test_paired_intervals_are_narrower_than_unpaired_ones():
+    """A candidate 10% better on every task of widely varying difficulty: the paired difference
+    is certain, though each method's own interval is wide."""
+    rng = np.random.default_rng(0)
+    scale = np.exp(rng.normal(0, 2, size=40))
+    ref = [task(str(i), "NQM", s, [s * 0.9] * 4, [s * 0.8] * 4) for i, s in enumerate(scale)]
+    cand = [task(str(i), "NQM", s * 0.9, [s * 0.9] * 4, [s * 0.8] * 4) for i, s in enumerate(scale)]
+    c = paired_comparison(ref, cand, ADAMW, resamples=500)
+    assert c["head_to_head"]["wins"] == 40 and c["head_to_head"]["sign_test_p"] < 1e-10
+    assert c["log_loss_ratio"]["value"] == pytest.approx(math.log(0.9))
+    assert c["log_loss_ratio"]["ci"] == pytest.approx([math.log(0.9)] * 2)
+    assert c["best_ge_1x"]["difference"]["value"] == 1.0  # ref never ties the best; cand always does
