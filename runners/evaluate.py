@@ -310,8 +310,13 @@ def load_output(out: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
             record = json.loads(path.read_text())
         except json.JSONDecodeError:
             continue  # a torn write: that task is unfinished
-        if isinstance(record, dict) and record.get("version") == RECORD_VERSION:
+        if not (isinstance(record, dict) and record.get("version") == RECORD_VERSION):
+            continue  # another version's record: not comparable
+        try:
+            task_scores(record, "test"), task_scores(record, "valid")
             records[int(record["index"])] = record
+        except (KeyError, TypeError, ValueError) as e:
+            raise EvaluationError(f"{path} is not a task record of lhopt eval ({type(e).__name__}: {e})") from None
     return manifest, records
 
 

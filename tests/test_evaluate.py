@@ -217,6 +217,9 @@ def test_compare_pairs_two_evaluations_task_by_task(evaluated, tmp_path, capsys)
     (tmp_path / "a3" / "tasks" / "00001.json").write_text(json.dumps(record | {"task_id": "0123456789abcdef"}))
     assert main(["compare", str(tmp_path / "a3"), str(tmp_path / "s")]) == 2
     assert "task 1 is not the same task" in capsys.readouterr().err
+    (tmp_path / "a3" / "tasks" / "00001.json").write_text(json.dumps({"version": record["version"], "index": 1}))
+    assert main(["compare", str(tmp_path / "a3"), str(tmp_path / "s")]) == 2
+    assert "00001.json is not a task record" in capsys.readouterr().err
     assert main(["compare", str(root / "a")]) == 2
     assert "at least two" in capsys.readouterr().err
     assert main(["compare", str(root / "a"), str(tmp_path)]) == 2
