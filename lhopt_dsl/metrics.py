@@ -319,12 +319,14 @@ def evaluation_summary(
     }
 
 
-def format_estimate(est: Mapping[str, Any], digits: int = 2, suffix: str = "") -> str:
-    """``value [lo, hi]`` of an estimate with its interval, ``-`` when it has no value."""
+def format_estimate(est: Mapping[str, Any], digits: int = 2, suffix: str = "", signed: bool = False) -> str:
+    """``value [lo, hi]`` of an estimate with its interval (``signed``: each with its sign, for
+    differences), ``-`` when it has no value."""
     lo, hi = est["ci"]
     if not math.isfinite(est["value"]):
         return "-"
-    return f"{est['value']:.{digits}f}{suffix} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    f = f"+.{digits}f" if signed else f".{digits}f"
+    return f"{est['value']:{f}}{suffix} [{lo:{f}}, {hi:{f}}]"
 
 
 def render_table(head: Sequence[str], body: Sequence[Sequence[str]], markdown: bool = False) -> str:

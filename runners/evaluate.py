@@ -367,10 +367,6 @@ def compare_outputs(outs: list[Path], score: str = "test", *, resamples: int = 2
 def format_comparison(result: dict[str, Any], markdown: bool = False) -> str:
     """The comparison as three tables: each evaluation on the common tasks, each against the
     reference (paired), and the head-to-head by Table 1 row."""
-    def pm(e: dict[str, Any], digits: int = 2) -> str:
-        v, (lo, hi) = e["value"], e["ci"]
-        return "-" if not math.isfinite(v) else f"{v:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
-
     head1 = ["evaluation", "pairs >=2x", "<=best@T", "speedup median", "speedup geomean", "non-finite"]
     est = format_estimate
     body1 = [[label, est(m["pairs_ge_2x"]), est(m["best_ge_1x"]), est(m["speedup_median"], suffix="x"),
@@ -384,7 +380,8 @@ def format_comparison(result: dict[str, Any], markdown: bool = False) -> str:
         ratio = "-" if not math.isfinite(sp["value"]) else est(
             {"value": math.exp(sp["value"]), "ci": [math.exp(x) for x in sp["ci"]]}, suffix="x")
         body2.append([label, f"{h['wins']} / {h['ties']} / {h['losses']}", f"{h['sign_test_p']:.3g}",
-                      pm(c["log_loss_ratio"], 3), pm(c["pairs_ge_2x"]["difference"]), pm(c["best_ge_1x"]["difference"]),
+                      est(c["log_loss_ratio"], 3, signed=True), est(c["pairs_ge_2x"]["difference"], signed=True),
+                      est(c["best_ge_1x"]["difference"], signed=True),
                       ratio])  # fmt: skip
     rows = list(dict.fromkeys(r for b in result["by_row"].values() for r in b))
     head3 = ["row: lower / tie / higher", *result["by_row"]]
