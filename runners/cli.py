@@ -377,7 +377,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         summary = run(spec, policy, num_tasks=args.tasks or spec.evaluation.num_tasks, storage=args.storage,
                       out=Path(args.out) if args.out else None, tracking_uri=args.tracking_uri, score=args.score,
-                      initial=args.initial, workers=args.workers, threads=args.threads, fresh=args.fresh)  # fmt: skip
+                      initial=args.initial, workers=args.workers, threads=args.threads, fresh=args.fresh,
+                      decode=args.decode)  # fmt: skip
     except (EvaluationError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -591,10 +592,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial", choices=("default", "noisy"), default="default",
                    help="initial hyperparameters: the space's defaults, as a user starts (default), or with "
                         "meta-training's noise")
+    p.add_argument("--decode", choices=("greedy", "mean", "sample"), default="greedy",
+                   help="how the policy's action distributions become actions: the most probable (default, as the "
+                        "drop-in acts), the expected change carried out by error diffusion, or a draw per decision")
     p.add_argument("--storage", help="Optuna RDB storage URL of the baseline cache, shared by every evaluation "
                                      "(default: SQLite <run_dir>/baselines.db)")
     p.add_argument("--out", help="output directory; finished tasks there are not re-run "
-                                 "(default: <run_dir>/eval-<spec name>-<policy hash>)")
+                                 "(default: <run_dir>/eval-<spec name>-<policy hash>[-<decode>])")
     p.add_argument("--fresh", action="store_true", help="discard finished tasks in --out (cached baselines are kept)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.add_argument("--compile", action="store_true",

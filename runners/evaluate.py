@@ -38,6 +38,7 @@ from tqdm import tqdm
 from lhopt_dsl import TABLE1_ROWS, ExperimentSpec, TaskConfig, table1_row
 from lhopt_dsl.baselines import ADAMW_BASELINES, BASELINES, HORIZONS, TUNING_FREE
 from lhopt_dsl.controller import load_policy
+from lhopt_dsl.decoding import DECODINGS, DecodedPolicy, decoded
 from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.imitation import FixedSchedule
 from lhopt_dsl.schedule import LearningCurve, segment_bounds
@@ -173,11 +174,15 @@ def summarise(records: list[dict[str, Any]], score: str = "test", *, resamples: 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: str | FixedSchedule, threads: int) -> None:
+def _init_worker(source: str | FixedSchedule, threads: int, decode: str = "greedy") -> None:
     import torch
 
     torch.set_num_threads(threads)
-    _WORKER["policy"] = (source, source.space) if isinstance(source, FixedSchedule) else load_policy(source)
+    if isinstance(source, FixedSchedule):
+        _WORKER["policy"] = (source, source.space)
+    else:
+        policy, space = load_policy(source)
+        _WORKER["policy"] = (decoded(policy, space, decode), space)
 
 
 def _work(job: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +190,8 @@ def _work(job: dict[str, Any]) -> dict[str, Any]:
     cfg = TaskConfig.from_yaml(job.pop("config"))
     if isinstance(policy, FixedSchedule):  # a follower per task: it starts from the task's initial values
         policy = policy.follower(cfg)
+    elif isinstance(policy, DecodedPolicy):  # draws that do not depend on which tasks a worker met before
+        policy = policy.for_task(job["index"])
     return evaluate_task(cfg, job.pop("index"), policy, space, **job)
 
 
@@ -218,7 +225,8 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     path = out / "manifest.json"
     if path.exists():
         old = json.loads(path.read_text())
-        changed = [k for k in ("policy_sha256", "spec", "initial", "max_valid") if old.get(k) != manifest[k]]
+        old.setdefault("decode", "greedy")  # written before decodings were recorded: greedy
+        changed = [k for k in ("policy_sha256", "spec", "initial", "max_valid", "decode") if old.get(k) != manifest[k]]
         if changed:
             raise EvaluationError(
                 f"{out} holds an evaluation with another {', '.join(changed)} "
@@ -251,7 +259,7 @@ def load_records(out: Path, configs: list[TaskConfig]) -> dict[int, dict[str, An
 def evaluate_tasks(
     configs: list[TaskConfig], policy_path: Path | FixedSchedule, out: Path, *, storage: str, device: str, data_dir: str | None,
     max_valid: int, compiled: bool, workers: int, threads: int, quiet: bool,
-    on_record: Callable[[dict[str, Any]], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None, decode: str = "greedy",
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Evaluate every task not yet under ``out/tasks``; return all records in task order."""
     (out / "tasks").mkdir(parents=True, exist_ok=True)
@@ -271,7 +279,7 @@ def evaluate_tasks(
 
     try:
         if workers <= 1 or len(jobs) <= 1:
-            _init_worker(_source(policy_path), threads)
+            _init_worker(_source(policy_path), threads, decode)
             for job in jobs:
                 finished(_work(job))
         else:
@@ -280,7 +288,7 @@ def evaluate_tasks(
             # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock)
             ctx = multiprocessing.get_context("spawn")
             with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(_source(policy_path), threads)) as pool:  # fmt: skip
+                                        initargs=(_source(policy_path), threads, decode)) as pool:  # fmt: skip
                 futures = [pool.submit(_work, job) for job in jobs]
                 try:
                     for fut in cf.as_completed(futures):
@@ -494,12 +502,13 @@ def _identity(policy: Path | FixedSchedule) -> tuple[str, str]:
     return str(policy), _sha256(policy)
 
 
-def default_out(spec: ExperimentSpec, policy_path: Path | FixedSchedule) -> Path:
-    """``<run_dir>/eval-<spec name>-<first 8 hex digits of the policy file's sha256>``, or
-    ``eval-<spec name>-schedule-<name>`` for a fixed schedule."""
+def default_out(spec: ExperimentSpec, policy_path: Path | FixedSchedule, decode: str = "greedy") -> Path:
+    """``<run_dir>/eval-<spec name>-<first 8 hex digits of the policy file's sha256>`` (then
+    ``-<decode>`` unless greedy), or ``eval-<spec name>-schedule-<name>`` for a fixed schedule."""
     if isinstance(policy_path, FixedSchedule):
         return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-schedule-{policy_path.target.name}"
-    return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-{_sha256(policy_path)[:8]}"
+    suffix = "" if decode == "greedy" else f"-{decode}"
+    return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-{_sha256(policy_path)[:8]}{suffix}"
 
 
 def default_storage(spec: ExperimentSpec) -> str:
@@ -511,27 +520,34 @@ def default_storage(spec: ExperimentSpec) -> str:
 
 def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: int, storage: str | None, out: Path | None,
         tracking_uri: str | None, score: str = "test", initial: str = "default", workers: int = 1,
-        threads: int = 1, fresh: bool = False, quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+        threads: int = 1, fresh: bool = False, quiet: bool = False, decode: str = "greedy") -> dict[str, Any]:  # fmt: skip
     """Evaluate (or resume) and report; returns the summary (also written to ``out/results.json``).
 
     ``policy_path``: a policy file, or a :class:`~lhopt_dsl.imitation.FixedSchedule` evaluated in
-    its place (the baseline a learned policy must beat)."""
+    its place (the baseline a learned policy must beat). ``decode``: how the policy's action
+    distributions become actions (:mod:`lhopt_dsl.decoding`; a fixed schedule has only greedy)."""
     if score not in SCORES:
         raise EvaluationError(f"--score must be one of {', '.join(SCORES)}; got '{score}'")
     if initial not in INITIAL_CHOICES:
         raise EvaluationError(f"--initial must be one of {', '.join(INITIAL_CHOICES)}; got '{initial}'")
-    if not isinstance(policy_path, FixedSchedule):
+    if decode not in DECODINGS:
+        raise EvaluationError(f"--decode must be one of {', '.join(DECODINGS)}; got '{decode}'")
+    if isinstance(policy_path, FixedSchedule):
+        if decode != "greedy":
+            raise EvaluationError(f"a fixed schedule has no action distribution to decode: --decode {decode} "
+                                  "applies to a --policy only")  # fmt: skip
+    else:
         policy_path = Path(policy_path)
         load_policy(policy_path)  # fail here, not in a worker, on a missing or broken file
     name, digest = _identity(policy_path)
-    out = Path(out or default_out(spec, policy_path))
+    out = Path(out or default_out(spec, policy_path, decode))
     storage = storage or default_storage(spec)
     if fresh and (out / "tasks").exists():
         for f in (out / "tasks").glob("*.json"):
             f.unlink()
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"policy": name, "policy_sha256": digest, "spec": spec.name,
-                "initial": initial, "max_valid": spec.meta_train.max_valid, "device": spec.device,
+                "initial": initial, "decode": decode, "max_valid": spec.meta_train.max_valid, "device": spec.device,
                 "storage": storage, "out": str(out)}  # fmt: skip
     _check_manifest(out, manifest)
     configs = [eval_config(spec, i, initial) for i in range(num_tasks)]
@@ -539,11 +555,11 @@ def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: i
     tracker = Tracker(tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"eval-{spec.name}", out)
     tracker.log_params({"policy": name, "policy_sha256": manifest["policy_sha256"][:12],
                         "num_tasks": num_tasks, "spec": spec.name, "storage": storage, "score": score,
-                        "initial": initial, "workers": workers})  # fmt: skip
+                        "initial": initial, "decode": decode, "workers": workers})  # fmt: skip
     t0 = time.perf_counter()
     records = evaluate_tasks(configs, policy_path, out, storage=storage, device=spec.device, data_dir=spec.data_dir,
                              max_valid=spec.meta_train.max_valid, compiled=spec.evaluation.compile, workers=workers,
-                             threads=threads, quiet=quiet)  # fmt: skip
+                             threads=threads, quiet=quiet, decode=decode)  # fmt: skip
     wall = time.perf_counter() - t0
     summary = summarise(records, score)
     summary["other_score"] = {k: v for k, v in summarise(records, SCORES[1 - SCORES.index(score)]).items()

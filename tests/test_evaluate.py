@@ -161,6 +161,33 @@ def test_an_output_directory_of_another_evaluation_is_refused(evaluated, tmp_pat
     assert "another initial" in err and "--fresh" in err
 
 
+def test_a_decoding_is_recorded_and_never_mixed_with_another(evaluated, tmp_path, capsys):
+    root, storage, spec = evaluated
+    out = tmp_path / "mean"
+    assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(out), "--storage",
+                 storage, "--decode", "mean") == 0  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["manifest"]["decode"] == "mean" and results["cost"]["pairs_run"] == 0
+    # greedy acting into the mean's directory is refused ...
+    assert main(["eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(out), "--storage",
+                 storage, *OFFLINE]) == 2  # fmt: skip
+    assert "another decode" in capsys.readouterr().err
+    # ... and a directory written before decodings were recorded was greedy, and resumes as such
+    old = tmp_path / "old"
+    shutil.copytree(root / "a", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["decode"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(old), "--storage",
+                 storage) == 0  # fmt: skip
+    # a fixed schedule has no distribution to decode
+    keep = tmp_path / "tiny_keep.yaml"
+    keep.write_text(TINY + KEEP_ACTIONS)
+    assert main(["eval", str(keep), "--schedule", "linear-lr0.03", "--decode", "sample", "--tasks", "1",
+                 "--out", str(tmp_path / "s"), "--storage", storage, *OFFLINE]) == 2  # fmt: skip
+    assert "no action distribution to decode" in capsys.readouterr().err
+
+
 def test_valid_scores_differ_from_test_scores(evaluated):
     root, _, _ = evaluated
     records = [json.loads((root / "a" / "tasks" / f"{i:05d}.json").read_text()) for i in range(2)]
