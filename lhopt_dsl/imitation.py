@@ -280,6 +280,37 @@ def consensus(demos: Sequence[Demonstration], margin: float) -> tuple[str, dict[
     return agreed, labels
 
 
+def mean_lr(name: str, points: int = 64) -> float:
+    """A target's learning rate averaged over the run (midpoints of ``points`` equal parts); ``keep``
+    is -inf: it sets nothing, so it is never the bolder of two schedules."""
+    target = Target.from_name(name)
+    if target.lr is None:
+        return -math.inf
+    return float(np.mean([target.at((i + 0.5) / points) for i in range(points)]))
+
+
+def bolder(demos: Sequence[Demonstration], tie: float) -> dict[str, str]:
+    """Labels that break near-ties towards the larger learning rate.
+
+    The schedules whose final validation losses are within ``tie`` (relative; 0.005: 0.5%) of a
+    task's best are indistinguishable by the run-to-run noise of one run each; among them the label
+    is the one with the largest :func:`mean_lr` (then the lower loss). On the training tasks of
+    ``cpu.yaml`` such ties are common on Transformers, and on held-out tasks the cloned policy runs
+    lower learning rates than the fixed schedule that beats it (docs/RESULTS.md). ``tie=0`` is each
+    task's own best. Returns each task's label (by task id)."""
+    if not tie >= 0:
+        raise ValueError(f"tie must be >= 0, got {tie}")
+    if not demos or any(not d.target_losses for d in demos):
+        raise ValueError("tie-broken labels need every follower's final loss, which demonstrations written before "
+                         "it was recorded lack: collect them again into a new --run-dir")  # fmt: skip
+    labels = {}
+    for d in demos:
+        best = d.target_losses[d.target]
+        near = [n for n, loss in d.target_losses.items() if math.isfinite(loss) and loss <= best * (1.0 + tie)]
+        labels[d.task_id] = max(near, key=lambda n: (mean_lr(n), -d.target_losses[n], n == d.target))
+    return labels
+
+
 def _padded(rows: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
     longest = max(len(r) for r in rows)
     out = np.zeros((longest, len(rows), *rows[0].shape[1:]), dtype=np.float64)

@@ -199,6 +199,7 @@ def cmd_imitate(args: argparse.Namespace) -> int:
         dagger=args.dagger,
         initial=args.initial,
         margin=args.margin,
+        tie=args.tie,
     )
     try:
         path = imitate(spec, settings, spec_path=args.spec)
@@ -566,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="consensus labels: every task follows the one schedule with the least mean regret over the "
                         "tasks, unless its own best ends more than M lower (relative; 0.05 = 5%%); default: each "
                         "task's best (kept apart in imitation-mM.pt)")
+    p.add_argument("--tie", type=float, metavar="E",
+                   help="bolder labels: among the schedules that end within E of a task's best (relative; 0.005 = "
+                        "0.5%%), the one with the largest mean learning rate (kept apart in imitation-tE.pt)")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_imitate)

@@ -31,6 +31,7 @@ from lhopt_dsl.imitation import (
     Demonstration,
     ScheduleFollower,
     Target,
+    bolder,
     clone,
     consensus,
     default_targets,
@@ -63,6 +64,8 @@ class ImitationSettings:
     initial: str = "noisy"  # the tasks' initial hyperparameters: meta-training's noise, or the defaults
     #: None: each task's best schedule is its label; a number: :func:`~lhopt_dsl.imitation.consensus`'s labels
     margin: float | None = None
+    #: None: as ``margin`` says; a number: :func:`~lhopt_dsl.imitation.bolder`'s labels (near-ties go to the larger lr)
+    tie: float | None = None
 
 
 def _task(seed: int, spec_json: str, initial: str) -> tuple[ExperimentSpec, Any, Any]:
@@ -138,6 +141,8 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
 def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None) -> Path:
     ScheduleFollower(None, spec.hparams, default_targets(settings.lrs, settings.shapes), 1e-3, 1)  # fails now, not in a worker
     run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
+    if settings.margin is not None and settings.tie is not None:
+        raise ValueError("--margin and --tie are two ways of labelling the tasks; pass one of them")
     if settings.initial not in INITIAL_CHOICES:
         raise ValueError(f"initial must be one of {', '.join(INITIAL_CHOICES)}, got {settings.initial!r}")
     suffix = "" if settings.initial == "noisy" else f"-{settings.initial}"  # the two kinds are never mixed
@@ -156,17 +161,22 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     labels = {j: d.target for j, d in demos.items()}
     agreed = None
     # DAgger's rounds are keyed by the number of tasks and the labels, which decide every round's policy.
-    key = f"{suffix}-{settings.tasks}"
-    if settings.margin is not None:
-        agreed, by_task = consensus([demos[j] for j in sorted(demos)], settings.margin)
+    labelling = "" if settings.margin is None and settings.tie is None else \
+        f"-m{settings.margin:g}" if settings.margin is not None else f"-t{settings.tie:g}"  # fmt: skip
+    key = f"{suffix}-{settings.tasks}{labelling}"
+    if settings.margin is not None or settings.tie is not None:
+        if settings.margin is not None:
+            agreed, by_task = consensus([demos[j] for j in sorted(demos)], settings.margin)
+            switch_dir = run_dir / f"consensus{key}"
+        else:
+            by_task = bolder([demos[j] for j in sorted(demos)], settings.tie)
+            switch_dir = run_dir / f"bolder{key}"
         labels = {j: by_task[d.task_id] for j, d in demos.items()}
-        key += f"-m{settings.margin:g}"
-        # a task labelled with the consensus needs that follower's episode in place of its best one's
-        switch_dir = run_dir / f"consensus{key}"
+        # a task labelled with another schedule needs that follower's episode in place of its best one's
         switched = _load_demos(switch_dir, seeds) if switch_dir.exists() else {}
         jobs = [(j, seeds[j], spec_json, None, labels[j], settings.initial, labels[j]) for j in sorted(demos)
                 if labels[j] != demos[j].target and j not in switched]  # fmt: skip
-        _run_jobs(_relabel_job, jobs, switch_dir, settings.workers, f"following {agreed}", settings.quiet, switched)
+        _run_jobs(_relabel_job, jobs, switch_dir, settings.workers, "following the new labels", settings.quiet, switched)
         demos = {**demos, **{j: d for j, d in switched.items() if labels[j] != demos[j].target}}
     ordered = [demos[j] for j in sorted(demos)]
     model, metrics = _clone(spec, ordered, settings.epochs)
@@ -188,13 +198,14 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     summary["dagger_seconds"] = float(sum(d.seconds for d in relabelled if math.isfinite(d.seconds)))
     record = {"metrics": metrics, "rounds": rounds, "summary": summary, "tasks": settings.tasks,
               "lrs": list(settings.lrs), "shapes": list(settings.shapes), "epochs": settings.epochs,
-              "dagger": settings.dagger, "initial": settings.initial, "margin": settings.margin}  # fmt: skip
-    path = run_dir / (f"imitation{suffix}.pt" if settings.margin is None else f"imitation{suffix}-m{settings.margin:g}.pt")
+              "dagger": settings.dagger, "initial": settings.initial, "margin": settings.margin,
+              "tie": settings.tie}  # fmt: skip
+    path = run_dir / f"imitation{suffix}{labelling}.pt"
     save_checkpoint({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "imitation": record}, path)
     tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-imitation",
                       run_dir)  # fmt: skip
     tracker.log_params({"spec": spec.model_dump(mode="json"), "imitation": {k: v for k, v in record.items()
-                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial", "margin")}})  # fmt: skip
+                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial", "margin", "tie")}})  # fmt: skip
     for r, m in enumerate(rounds):  # step r: after r rounds of DAgger
         tracker.log_metrics(m, step=r)
     tracker.log_metrics({f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=0)

@@ -14,10 +14,11 @@ from lhopt_dsl.imitation import (
     Demonstration,
     ScheduleFollower,
     Target,
+    bolder,
     clone,
     consensus,
-    default_targets,
     demonstrate,
+    mean_lr,
 )
 from lhopt_dsl.observation import Cadence
 from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
@@ -314,3 +315,24 @@ def test_sigterm_stops_imitation_with_its_worker_pool_and_keeps_finished_demonst
     assert "rerun the same command" in err, err[-2000:]
     kept = list((run / "demos").glob("*.pt"))
     assert kept and all(load_checkpoint(p)["demo"]["task_id"] for p in kept)  # whole files only
+
+
+def test_bolder_labels_break_near_ties_towards_the_larger_learning_rate():
+    demos = [
+        _graded("a", {"keep": 2.0, "constant-lr0.01": 1.000, "linear-lr0.03": 1.004}),  # a near-tie: bolder
+        _graded("b", {"keep": 2.0, "constant-lr0.01": 1.000, "linear-lr0.03": 1.02}),  # clearly its own best
+        _graded("c", {"keep": 1.000, "constant-lr0.01": 1.003, "linear-lr0.03": math.inf}),  # diverged: never
+        _graded("d", {"keep": 3.0, "constant-lr0.01": 1.3, "linear-lr0.03": 1.0}),  # the bolder one is best
+    ]
+    assert mean_lr("linear-lr0.03") == pytest.approx(0.015) and mean_lr("constant-lr0.01") == pytest.approx(0.01)
+    assert mean_lr("keep") == -math.inf  # keeping sets nothing: never the bolder one
+    assert bolder(demos, 0.005) == {"a": "linear-lr0.03", "b": "constant-lr0.01", "c": "constant-lr0.01",
+                                    "d": "linear-lr0.03"}  # fmt: skip
+    assert bolder(demos, 0.0) == {d.task_id: d.target for d in demos}  # no tie: each task's best
+    assert bolder(demos, 0.05)["b"] == "linear-lr0.03"
+    with pytest.raises(ValueError, match="tie"):
+        bolder(demos, -0.1)
+    old = _graded("e", {"keep": 1.0})
+    old.target_losses = {}
+    with pytest.raises(ValueError, match="collect them again"):
+        bolder([*demos, old], 0.005)
