@@ -173,6 +173,9 @@ class Demonstration:
     #: every follower's final validation loss by target name (inf when it diverged); empty in a
     #: relabelled episode and in files written before it was recorded
     target_losses: dict[str, float] = field(default_factory=dict)
+    #: soft labels of the learning-rate action (T, n): a distribution per decision (:func:`soft_labels`);
+    #: None: the hard labels in :attr:`actions` alone
+    soft: np.ndarray | None = None
 
     def to_data(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -180,6 +183,8 @@ class Demonstration:
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> "Demonstration":
         arrays = {k: np.asarray(data[k]) for k in ("raw_policy", "raw_value", "actions", "rewards")}
+        if data.get("soft") is not None:
+            arrays["soft"] = np.asarray(data["soft"], dtype=np.float64)
         return cls(**{**data, **arrays})
 
 
@@ -209,7 +214,7 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
 
 def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, target: Target, *, device: str = "cpu",
             data_dir: str | None = None, max_valid: int = 512, cadence: Cadence = FULL_CADENCE,
-            follow: Target | None = None) -> Demonstration:  # fmt: skip
+            follow: Target | None = None, weights: dict[str, float] | None = None) -> Demonstration:  # fmt: skip
     """A DAgger demonstration: ``policy``'s own greedy episode on ``cfg``, each decision labelled
     with the action the follower of ``target`` (the task's best schedule) takes from the learning
     rate the policy had reached there. Cloning these teaches the way back from the states the
@@ -218,7 +223,9 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
     not fit them.
 
     ``follow``: the episode is run by the follower of this schedule instead (``policy`` lends it
-    only its normalisers): how a task gets a demonstration of a schedule other than its best."""
+    only its normalisers): how a task gets a demonstration of a schedule other than its best.
+    ``weights``: each schedule's weight (:func:`target_weights`); the demonstration then also
+    carries :func:`soft_labels` from the learning rates the policy reached."""
     from .env import InnerTrainingEnv, log_improvement_reward
     from .rollout import run_episode
 
@@ -227,13 +234,12 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
     follower = ScheduleFollower(policy, space, [target], cfg.hparams.lr, cfg.task.outer_steps)
     actor = policy if follow is None else ScheduleFollower(policy, space, [follow], cfg.hparams.lr, cfg.task.outer_steps)
     ep = run_episode(env, cfg, actor, log_improvement_reward, deterministic=True, cadence=cadence)  # type: ignore[arg-type]
-    labels = []
-    for t in range(len(ep)):
-        before = cfg.hparams.lr if t == 0 else ep.hparams[t - 1]["lr"]
-        labels.append(follower.choose(target, before, t)[0])
+    befores = [cfg.hparams.lr] + [ep.hparams[t]["lr"] for t in range(len(ep) - 1)]
+    labels = [follower.choose(target, before, t)[0] for t, before in enumerate(befores)]
+    soft = None if weights is None else soft_labels(follower, weights, befores)
     return Demonstration(cfg.task_id, cfg.family, target.name, ep.raw_policy, ep.raw_value, np.stack(labels),
                          np.full(len(ep), np.nan), ep.valid_curve[-1], math.nan, math.nan,
-                         time.perf_counter() - t0)  # fmt: skip
+                         time.perf_counter() - t0, soft=soft)  # fmt: skip
 
 
 #: A diverged follower's regret (log of its loss over the task's best) in :func:`consensus`: as if
@@ -311,12 +317,62 @@ def bolder(demos: Sequence[Demonstration], tie: float) -> dict[str, str]:
     return labels
 
 
+def target_weights(losses: dict[str, float], temperature: float) -> dict[str, float]:
+    """Each schedule's weight in a task's soft label: ``exp(-regret / temperature)``, normalised to
+    sum to 1, where regret is the log of its final loss over the task's best (a diverged run's is
+    :data:`DIVERGED_REGRET`). A schedule 1% worse than the best weighs ``exp(-0.01 / temperature)``
+    of the best's: with ``temperature=0.01``, about 0.37. Every schedule within the run-to-run noise
+    of the best thereby votes, instead of the one that won by a hair."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    finite = [v for v in losses.values() if math.isfinite(v)]
+    if not finite:
+        raise ValueError("every schedule diverged on this task: there is nothing to weigh")
+    best = min(finite)
+    raw = {n: math.exp(-_regret(v, best) / temperature) for n, v in losses.items()}
+    total = sum(raw.values())
+    return {n: w / total for n, w in raw.items()}
+
+
+def lr_trajectory(follower: ScheduleFollower, actions: np.ndarray) -> list[float]:
+    """The learning rate before each decision of an episode that took ``actions`` from the
+    follower's initial value and never restarted (a follower's own episode)."""
+    values = follower.lr_param.action.values
+    lrs = [follower.initial_lr]
+    for a in np.asarray(actions)[:-1, follower.lr_dim]:
+        lrs.append(follower.lr_param.apply(lrs[-1], values[int(a)]))
+    return lrs
+
+
+def soft_labels(follower: ScheduleFollower, weights: dict[str, float], lrs: Sequence[float]) -> np.ndarray:
+    """Soft labels of the learning-rate action, (T, n): at decision ``t``, from learning rate
+    ``lrs[t]``, each schedule of ``weights`` puts its weight on the action its follower would take
+    there (:meth:`ScheduleFollower.choose`). Where the near-best schedules agree the label is
+    sharp; where they part, it spreads over their actions."""
+    n = int(follower.shape.nvec[follower.lr_dim])
+    targets = [(Target.from_name(name), w) for name, w in weights.items() if w > 0]
+    out = np.zeros((len(lrs), n), dtype=np.float64)
+    for t, current in enumerate(lrs):
+        for target, w in targets:
+            out[t, follower.choose(target, current, t)[0][follower.lr_dim]] += w
+    return out / out.sum(axis=1, keepdims=True)
+
+
 def _padded(rows: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
     longest = max(len(r) for r in rows)
     out = np.zeros((longest, len(rows), *rows[0].shape[1:]), dtype=np.float64)
     for b, r in enumerate(rows):
         out[: len(r), b] = r
     return torch.as_tensor(out, dtype=dtype)
+
+
+def _soft_or_hard(d: Demonstration, lr_dim: int, n: int) -> np.ndarray:
+    """A demonstration's learning-rate labels as distributions: its soft labels, or its hard ones one-hot."""
+    if d.soft is not None:
+        if d.soft.shape != (len(d.actions), n):
+            raise ValueError(f"soft labels of shape {d.soft.shape} for {len(d.actions)} decisions of {n} learning-rate actions")
+        return d.soft
+    return np.eye(n)[np.asarray(d.actions)[:, lr_dim]]
 
 
 def returns_of(rewards: np.ndarray) -> np.ndarray:
@@ -349,6 +405,8 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
     model.value_norm(np.concatenate([d.raw_value for d in fit]), update=True)
     if all(np.isnan(d.rewards).all() for d in fit):
         value_coef = 0.0  # nothing for the critic to fit
+    n_lr = int(model.shape.nvec[lr_dim])
+    soft_mode = any(d.soft is not None for d in demos)
 
     def tensors(ds: Sequence[Demonstration]) -> tuple[torch.Tensor, ...]:
         x = _padded([model.policy_norm(d.raw_policy, update=False) for d in ds], torch.float32)
@@ -357,11 +415,20 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
         mask = _padded([np.ones(len(d.actions)) for d in ds], torch.float32)
         ret = _padded([returns_of(d.rewards) for d in ds], torch.float32)
         known = mask * torch.isfinite(ret)  # DAgger's relabelled episodes have no returns
-        return x, v, a, mask, torch.nan_to_num(ret), known
+        soft = _padded([_soft_or_hard(d, lr_dim, n_lr) for d in ds], torch.float32) if soft_mode else None
+        return x, v, a, mask, torch.nan_to_num(ret), known, soft
 
     def losses(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, v, a, mask, ret, known = batch
-        logprob, _, values = model.evaluate(x, v, a)
+        x, v, a, mask, ret, known, soft = batch
+        if soft is None:
+            logprob, _, values = model.evaluate(x, v, a)
+        else:  # cross-entropy with the soft labels on the learning-rate action, the hard ones elsewhere
+            logits, _ = model.actor_forward(x)
+            logprob = torch.zeros_like(mask)
+            for i, chunk in enumerate(torch.split(logits, list(model.shape.nvec), dim=-1)):
+                logp = torch.log_softmax(chunk, dim=-1)
+                logprob = logprob + ((soft * logp).sum(-1) if i == lr_dim else logp.gather(-1, a[..., i : i + 1]).squeeze(-1))
+            values, _ = model.critic_forward(x, v)
         nll = -(logprob * mask).sum() / mask.sum()
         v_loss = 0.5 * (((values - ret) ** 2) * known).sum() / known.sum().clamp(min=1)
         return nll, v_loss
@@ -370,7 +437,7 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
     def accuracy(batch: tuple[torch.Tensor, ...]) -> tuple[float, float]:
         """The greedy learning-rate action's accuracy, and always taking the fit's most frequent one's
         (a second actor pass, so only for the epochs that are kept)."""
-        x, _, a, mask, _, _ = batch
+        x, _, a, mask, _, _, _ = batch
         logits, _ = model.actor_forward(x)
         greedy = logits[..., : model.shape.nvec[lr_dim]].argmax(-1)
         n = mask.sum()

@@ -200,6 +200,8 @@ def cmd_imitate(args: argparse.Namespace) -> int:
         initial=args.initial,
         margin=args.margin,
         tie=args.tie,
+        soft=args.soft,
+        clone_seed=args.clone_seed,
     )
     try:
         path = imitate(spec, settings, spec_path=args.spec)
@@ -570,6 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tie", type=float, metavar="E",
                    help="bolder labels: among the schedules that end within E of a task's best (relative; 0.005 = "
                         "0.5%%), the one with the largest mean learning rate (kept apart in imitation-tE.pt)")
+    p.add_argument("--soft", type=float, metavar="TAU",
+                   help="soft labels: every schedule votes for the action its follower would take, weighted by "
+                        "exp(-regret/TAU), regret the log of its final loss over the task's best (0.01: a schedule "
+                        "1%% worse weighs 0.37 of the best; kept apart in imitation-sTAU.pt)")
+    p.add_argument("--clone-seed", type=int, metavar="S",
+                   help="seed of the cloning alone (the policy's initial weights and the held-out tasks), the tasks "
+                        "kept: how much the recipe itself varies (default: the spec's seed; kept apart in *-cS.pt)")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_imitate)

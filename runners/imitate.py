@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +36,10 @@ from lhopt_dsl.imitation import (
     consensus,
     default_targets,
     demonstrate,
+    lr_trajectory,
     relabel,
+    soft_labels,
+    target_weights,
 )
 from lhopt_dsl.observation import draw_cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
@@ -66,6 +69,10 @@ class ImitationSettings:
     margin: float | None = None
     #: None: as ``margin`` says; a number: :func:`~lhopt_dsl.imitation.bolder`'s labels (near-ties go to the larger lr)
     tie: float | None = None
+    #: None: hard labels; a temperature: :func:`~lhopt_dsl.imitation.soft_labels` weighted by each schedule's regret
+    soft: float | None = None
+    #: the cloning's seed (initial weights, held-out tasks); None: the spec's
+    clone_seed: int | None = None
 
 
 def _task(seed: int, spec_json: str, initial: str) -> tuple[ExperimentSpec, Any, Any]:
@@ -87,12 +94,12 @@ def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
 
 
 def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
-    j, seed, spec_json, policy_ckpt, target, initial, follow = args
+    j, seed, spec_json, policy_ckpt, target, initial, follow, weights = args
     spec, cfg, cadence = _task(seed, spec_json, initial)
     policy = ActorCritic(policy_shape(spec)) if policy_ckpt is None else ActorCritic.from_checkpoint(policy_ckpt)
     demo = relabel(cfg, policy, spec.hparams, Target.from_name(target), device=spec.device, data_dir=spec.data_dir,
                    max_valid=spec.meta_train.max_valid, cadence=cadence,
-                   follow=None if follow is None else Target.from_name(follow))  # fmt: skip
+                   follow=None if follow is None else Target.from_name(follow), weights=weights)  # fmt: skip
     return j, {"seed": seed, "demo": demo.to_data()}
 
 
@@ -141,8 +148,10 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
 def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None) -> Path:
     ScheduleFollower(None, spec.hparams, default_targets(settings.lrs, settings.shapes), 1e-3, 1)  # fails now, not in a worker
     run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
-    if settings.margin is not None and settings.tie is not None:
-        raise ValueError("--margin and --tie are two ways of labelling the tasks; pass one of them")
+    if sum(x is not None for x in (settings.margin, settings.tie, settings.soft)) > 1:
+        raise ValueError("--margin, --tie and --soft are three ways of labelling the tasks; pass one of them")
+    if settings.soft is not None and not settings.soft > 0:
+        raise ValueError(f"--soft is a temperature and must be > 0, got {settings.soft}")
     if settings.initial not in INITIAL_CHOICES:
         raise ValueError(f"initial must be one of {', '.join(INITIAL_CHOICES)}, got {settings.initial!r}")
     suffix = "" if settings.initial == "noisy" else f"-{settings.initial}"  # the two kinds are never mixed
@@ -161,9 +170,12 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     labels = {j: d.target for j, d in demos.items()}
     agreed = None
     # DAgger's rounds are keyed by the number of tasks and the labels, which decide every round's policy.
-    labelling = "" if settings.margin is None and settings.tie is None else \
-        f"-m{settings.margin:g}" if settings.margin is not None else f"-t{settings.tie:g}"  # fmt: skip
-    key = f"{suffix}-{settings.tasks}{labelling}"
+    labelling = f"-m{settings.margin:g}" if settings.margin is not None else \
+        f"-t{settings.tie:g}" if settings.tie is not None else \
+        f"-s{settings.soft:g}" if settings.soft is not None else ""  # fmt: skip
+    key = f"{suffix}-{settings.tasks}{labelling}"  # the switched followers' runs depend on the labels alone
+    if settings.clone_seed is not None:  # DAgger's rounds and the policy depend on the cloning's seed too
+        labelling += f"-c{settings.clone_seed}"
     if settings.margin is not None or settings.tie is not None:
         if settings.margin is not None:
             agreed, by_task = consensus([demos[j] for j in sorted(demos)], settings.margin)
@@ -174,23 +186,29 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
         labels = {j: by_task[d.task_id] for j, d in demos.items()}
         # a task labelled with another schedule needs that follower's episode in place of its best one's
         switched = _load_demos(switch_dir, seeds) if switch_dir.exists() else {}
-        jobs = [(j, seeds[j], spec_json, None, labels[j], settings.initial, labels[j]) for j in sorted(demos)
+        jobs = [(j, seeds[j], spec_json, None, labels[j], settings.initial, labels[j], None) for j in sorted(demos)
                 if labels[j] != demos[j].target and j not in switched]  # fmt: skip
         _run_jobs(_relabel_job, jobs, switch_dir, settings.workers, "following the new labels", settings.quiet, switched)
         demos = {**demos, **{j: d for j, d in switched.items() if labels[j] != demos[j].target}}
+    weights: dict[int, dict[str, float] | None] = {j: None for j in demos}
+    if settings.soft is not None:
+        weights = {j: target_weights(d.target_losses, settings.soft) for j, d in demos.items()}
+        demos = {j: _with_soft_labels(spec, seeds[j], settings.initial, d, weights[j]) for j, d in demos.items()}
     ordered = [demos[j] for j in sorted(demos)]
-    model, metrics = _clone(spec, ordered, settings.epochs)
+    clone_seed = spec.seed if settings.clone_seed is None else settings.clone_seed
+    model, metrics = _clone(ordered, spec, clone_seed, settings.epochs)
     rounds = [metrics]
     relabelled: list[Demonstration] = []
     for r in range(1, settings.dagger + 1):
         # DAgger: the policy's own episodes on the same tasks, labelled by each task's schedule.
-        round_dir = run_dir / f"dagger{key}" / f"round{r}"
+        round_dir = run_dir / f"dagger{suffix}-{settings.tasks}{labelling}" / f"round{r}"
         done = _load_demos(round_dir, seeds) if round_dir.exists() else {}
         ckpt = model.to_checkpoint()
-        jobs = [(j, seeds[j], spec_json, ckpt, labels[j], settings.initial, None) for j in sorted(demos) if j not in done]
+        jobs = [(j, seeds[j], spec_json, ckpt, labels[j], settings.initial, None, weights[j])
+                for j in sorted(demos) if j not in done]  # fmt: skip
         _run_jobs(_relabel_job, jobs, round_dir, settings.workers, f"DAgger round {r}", settings.quiet, done)
         relabelled += [done[j] for j in sorted(done)]
-        model, metrics = _clone(spec, ordered + relabelled, settings.epochs)
+        model, metrics = _clone(ordered + relabelled, spec, clone_seed, settings.epochs)
         rounds.append(metrics)
     summary = summarise([first[j] for j in sorted(first)])
     summary["consensus"] = agreed
@@ -199,13 +217,13 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     record = {"metrics": metrics, "rounds": rounds, "summary": summary, "tasks": settings.tasks,
               "lrs": list(settings.lrs), "shapes": list(settings.shapes), "epochs": settings.epochs,
               "dagger": settings.dagger, "initial": settings.initial, "margin": settings.margin,
-              "tie": settings.tie}  # fmt: skip
+              "tie": settings.tie, "soft": settings.soft, "clone_seed": clone_seed}  # fmt: skip
     path = run_dir / f"imitation{suffix}{labelling}.pt"
     save_checkpoint({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "imitation": record}, path)
     tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-imitation",
                       run_dir)  # fmt: skip
     tracker.log_params({"spec": spec.model_dump(mode="json"), "imitation": {k: v for k, v in record.items()
-                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial", "margin", "tie")}})  # fmt: skip
+                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial", "margin", "tie", "soft", "clone_seed")}})  # fmt: skip
     for r, m in enumerate(rounds):  # step r: after r rounds of DAgger
         tracker.log_metrics(m, step=r)
     tracker.log_metrics({f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=0)
@@ -218,11 +236,23 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     return path
 
 
-def _clone(spec: ExperimentSpec, demos: list[Demonstration], epochs: int) -> tuple[ActorCritic, dict[str, float]]:
-    """A fresh policy of the spec's shape (seeded by the spec) fitted to ``demos``."""
-    torch.manual_seed(spec.seed)
+def _with_soft_labels(spec: ExperimentSpec, seed: int, initial: str, demo: Demonstration,
+                      weights: dict[str, float]) -> Demonstration:  # fmt: skip
+    """``demo`` (a follower's episode, which never restarts) with soft labels along the learning
+    rates it went through from its task's initial value."""
+    if not demo.target_losses:
+        raise ValueError("soft labels need every follower's final loss, which demonstrations written before it was "
+                         "recorded lack: collect them again into a new --run-dir")  # fmt: skip
+    cfg = sample(spec, seed, initial=initial)
+    follower = ScheduleFollower(None, spec.hparams, [], cfg.hparams.lr, cfg.task.outer_steps)
+    return replace(demo, soft=soft_labels(follower, weights, lr_trajectory(follower, demo.actions)))
+
+
+def _clone(demos: list[Demonstration], spec: ExperimentSpec, seed: int, epochs: int) -> tuple[ActorCritic, dict[str, float]]:
+    """A fresh policy of the spec's shape (initialised from ``seed``) fitted to ``demos``."""
+    torch.manual_seed(seed)
     model = ActorCritic(policy_shape(spec))
-    return model, clone(model, demos, epochs=epochs, seed=spec.seed)
+    return model, clone(model, demos, epochs=epochs, seed=seed)
 
 
 def summarise(demos: Sequence[Demonstration]) -> dict[str, Any]:

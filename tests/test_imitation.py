@@ -18,7 +18,10 @@ from lhopt_dsl.imitation import (
     clone,
     consensus,
     demonstrate,
+    lr_trajectory,
     mean_lr,
+    soft_labels,
+    target_weights,
 )
 from lhopt_dsl.observation import Cadence
 from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
@@ -269,6 +272,20 @@ def test_lhopt_imitate_resumes_and_refuses_another_runs_files(tmp_path, monkeypa
         assert load_checkpoint(run / "consensus-3-minf" / name)["demo"]["target"] == agreed
     assert len(list((run / "dagger-3-minf" / "round1").iterdir())) == 3
     # A demonstration made for another seed (another spec, or --seed) is not mixed in.
+    # Soft labels, with a cloning seed of its own: no new demonstrations; DAgger's rounds carry soft labels.
+    calls.clear()
+    path = imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, dagger=1,
+                                                                   soft=0.01, clone_seed=5, **small))  # fmt: skip
+    assert calls == [] and path.name == "imitation-s0.01-c5.pt"
+    record = load_checkpoint(path)["imitation"]
+    assert record["soft"] == 0.01 and record["clone_seed"] == 5
+    rounds = sorted((run / "dagger-3-s0.01-c5" / "round1").iterdir())
+    assert len(rounds) == 3 and all(load_checkpoint(p)["demo"]["soft"] is not None for p in rounds)
+    with pytest.raises(ValueError, match="three ways"):
+        imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, soft=0.01, tie=0.01,
+                                                                **small))  # fmt: skip
+    with pytest.raises(ValueError, match="temperature"):
+        imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, soft=0.0, **small))
     other = spec.model_copy(update={"seed": spec.seed + 1})
     with pytest.raises(ValueError, match="another spec or seed"):
         imitate_mod.imitate(other, imitate_mod.ImitationSettings(tasks=1, run_dir=run, quiet=True, **small))
@@ -336,3 +353,91 @@ def test_bolder_labels_break_near_ties_towards_the_larger_learning_rate():
     old.target_losses = {}
     with pytest.raises(ValueError, match="collect them again"):
         bolder([*demos, old], 0.005)
+
+
+def test_soft_label_weights_fall_with_regret_by_hand():
+    losses = {"keep": 2.0, "constant-lr0.01": 1.0, "linear-lr0.03": 1.01, "cosine-lr0.1": math.inf}
+    w = target_weights(losses, 0.01)
+    # 1.01 ** -100 = 0.3697 of the best; twice the loss and a diverged run weigh nothing to 20 digits
+    assert w["constant-lr0.01"] == pytest.approx(1 / (1 + 1.01**-100))
+    assert w["linear-lr0.03"] == pytest.approx(1.01**-100 / (1 + 1.01**-100))
+    assert w["keep"] < 1e-20 and w["cosine-lr0.1"] < 1e-20 and sum(w.values()) == pytest.approx(1.0)
+    hot = target_weights(losses, 10.0)  # a high temperature: nearly uniform
+    assert max(hot.values()) / min(hot.values()) < 1.3
+    with pytest.raises(ValueError, match="temperature"):
+        target_weights(losses, 0.0)
+    with pytest.raises(ValueError, match="every schedule diverged"):
+        target_weights({"keep": math.inf, "constant-lr0.01": math.nan}, 0.01)
+
+
+def test_soft_labels_put_each_schedules_weight_on_its_followers_action_from_where_the_run_is():
+    target, keep = Target(0.01), Target(None)
+    f = follower([target], initial_lr=1e-3)
+    lrs, actions = [f.initial_lr], []
+    for t in range(f.outer):
+        a, lr = f.choose(target, lrs[-1], t)
+        actions.append(a)
+        lrs.append(lr)
+    actions = np.stack(actions)
+    assert lr_trajectory(f, actions) == pytest.approx(lrs[:-1])  # the run's learning rates, rebuilt from its actions
+    lr_dim, n = f.lr_dim, f.shape.nvec[f.lr_dim]
+    alone = soft_labels(f, {target.name: 1.0}, lrs[:-1])
+    assert np.array_equal(alone, np.eye(n)[actions[:, lr_dim]])  # one schedule: its hard labels
+    mixed = soft_labels(f, {target.name: 0.7, keep.name: 0.3, "linear-lr0.1": 0.0}, lrs[:-1])
+    assert np.allclose(mixed.sum(axis=1), 1.0)
+    kept = f.keep[lr_dim]
+    for t in range(f.outer):
+        if actions[t, lr_dim] == kept:  # the target is reached: both schedules keep
+            assert mixed[t, kept] == pytest.approx(1.0)
+        else:  # climbing from 1e-3: 0.7 on the climb, 0.3 on keeping
+            assert mixed[t, actions[t, lr_dim]] == pytest.approx(0.7) and mixed[t, kept] == pytest.approx(0.3)
+    assert (actions[:, lr_dim] != kept).any() and (actions[:, lr_dim] == kept).any()  # both cases were seen
+
+
+def test_soft_labels_of_a_committed_demonstration_rebuild_its_learning_rates():
+    """The learning rates of a real follower's episode, rebuilt from its task's initial value and its
+    actions, give back its own labels when its schedule has all the weight."""
+    from runners.imitate import _with_soft_labels
+
+    root = Path(__file__).resolve().parent.parent
+    spec = load_spec(root / "task_specs" / "cpu.yaml")
+    lr_dim = ActionSpace(spec.hparams).names.index("lr")
+    for j in (0, 7):
+        data = load_checkpoint(root / "results" / "imitation" / "cpu-40" / "demos-default" / f"{j:05d}.pt", "demonstration")
+        demo = Demonstration.from_data(data["demo"])
+        soft = _with_soft_labels(spec, data["seed"], "default", demo, {demo.target: 1.0}).soft
+        assert soft.shape == (len(demo.actions), soft.shape[1]) and soft.argmax(axis=1).tolist() == demo.actions[:, lr_dim].tolist()
+        weights = target_weights(demo.target_losses, 0.01)
+        spread = _with_soft_labels(spec, data["seed"], "default", demo, weights).soft
+        assert np.allclose(spread.sum(axis=1), 1.0) and spread.max() <= 1.0
+
+
+def test_cloning_with_soft_labels_fits_their_mode_and_one_hot_ones_equal_hard_labels():
+    demos = synthetic_demos(30)
+    n = policy_shape(SMOKE).nvec[0]
+    torch.manual_seed(0)
+    hard = clone(ActorCritic(policy_shape(SMOKE)), demos, epochs=15, lr=1e-2, seed=0)
+    one_hot = [Demonstration(**{**d.__dict__, "soft": np.eye(n)[d.actions[:, 0]]}) for d in demos]
+    torch.manual_seed(0)
+    same = clone(ActorCritic(policy_shape(SMOKE)), one_hot, epochs=15, lr=1e-2, seed=0)
+    assert same["bc/holdout_nll"] == pytest.approx(hard["bc/holdout_nll"], rel=1e-4)
+    assert same["bc/epoch"] == hard["bc/epoch"]
+    # 0.6 on the label (0, 3 or 6), 0.4 on its neighbour (1, 4 or 5): the greedy action is still the label.
+    second = lambda a: np.where(a == n - 1, a - 1, a + 1)  # noqa: E731
+    spread = []
+    for d in demos:
+        soft = 0.6 * np.eye(n)[d.actions[:, 0]] + 0.4 * np.eye(n)[second(d.actions[:, 0])]
+        spread.append(Demonstration(**{**d.__dict__, "soft": soft}))
+    torch.manual_seed(0)
+    model = ActorCritic(policy_shape(SMOKE))
+    metrics = clone(model, spread, epochs=150, lr=1e-2, seed=0)
+    assert metrics["bc/holdout_lr_accuracy"] > 0.85
+    x = torch.as_tensor(model.policy_norm(spread[0].raw_policy, update=False), dtype=torch.float32)[:, None]
+    with torch.no_grad():
+        probs = torch.softmax(model.actor_forward(x)[0][:, 0, :n], -1).numpy()
+    label = spread[0].actions[:, 0]
+    rows = np.arange(len(label))
+    assert np.median(probs[rows, second(label)]) > 0.2  # the second choice keeps its share, unlike a hard label's
+    bad = [Demonstration(**{**demos[0].__dict__, "soft": np.ones((3, n)) / n})]
+    with pytest.raises(ValueError, match="soft labels of shape"):
+        clone(ActorCritic(policy_shape(SMOKE)), bad)
