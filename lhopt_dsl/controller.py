@@ -23,6 +23,7 @@ on AdamW; schedules from any other space are refused.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -37,7 +38,7 @@ from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .schedule import segment_bounds
 from .observation import FeatureBuilder, Observer, flatten
 from .optim import CIAO
-from .policy import ActorCritic, load_checkpoint
+from .policy import ActorCritic, EnsembleActorCritic, load_checkpoint, save_checkpoint
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
@@ -57,6 +58,42 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
     state = load_checkpoint(path, "policy", map_location="cpu")
     space = validate_space(state.get("spec", {}).get("hparams", {}))
     return ActorCritic.from_checkpoint(state["policy"]), space
+
+
+def combine_policies(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> EnsembleActorCritic:
+    """Write to ``out`` one policy file that acts as the ensemble of the policies in ``paths``
+    (:class:`~lhopt_dsl.policy.EnsembleActorCritic`: the mean of their log-probabilities), and
+    return it. The files must be single policies made for the same hyperparameter space; the
+    output records each member's file name, sha256 and imitation record, and the first member's
+    spec (its hyperparameter space is what :func:`load_policy` reads)."""
+    if len(paths) < 2:
+        raise ValueError("an ensemble needs at least two policy files")
+    members, record, spec, space0 = [], [], None, None
+    for path in map(Path, paths):
+        if not path.exists():
+            raise FileNotFoundError(f"policy checkpoint not found: {path}")
+        state = load_checkpoint(path, "policy", map_location="cpu")
+        if "policy" not in state:
+            raise ValueError(f"{path} holds no policy (a policy.pt or training checkpoint.pt has one)")
+        model = ActorCritic.from_checkpoint(state["policy"])
+        if isinstance(model, EnsembleActorCritic):
+            raise ValueError(f"{path} is already an ensemble; combine the single policies it was made from")
+        space = validate_space(state.get("spec", {}).get("hparams", {}))
+        if space0 is None:
+            spec, space0 = state.get("spec"), space
+        elif space != space0:
+            raise ValueError(f"{path} was made for another hyperparameter space than {paths[0]}; "
+                             "combine only policies of the same space")
+        members.append(model)
+        record.append({"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                       "imitation": state.get("imitation")})  # fmt: skip
+    ensemble = EnsembleActorCritic(members)  # checks that features and actions agree
+    data: dict[str, Any] = {"policy": ensemble.to_checkpoint(), "ensemble": {"combine": "mean log-probability",
+                                                                               "members": record}}
+    if spec is not None:
+        data["spec"] = spec
+    save_checkpoint(data, out)
+    return ensemble
 
 
 class _Params(nn.Module):

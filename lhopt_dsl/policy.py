@@ -166,6 +166,10 @@ class ActorCritic(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> "ActorCritic":
+        """The policy a checkpoint holds: an :class:`ActorCritic`, or an :class:`EnsembleActorCritic`
+        where the checkpoint has ``members``."""
+        if "members" in ckpt:
+            return EnsembleActorCritic([ActorCritic.from_checkpoint(m) for m in ckpt["members"]])
         shape = PolicyShape(**{**ckpt["shape"], "nvec": tuple(ckpt["shape"]["nvec"])})
         model = cls(shape)
         model.load_state_dict(ckpt["weights"])
@@ -191,6 +195,88 @@ class ActorCritic(nn.Module):
                 f"but here there are {theirs[0]}, {theirs[1]} and {list(theirs[2])}. "
                 "Use the hyperparameter space (and restarts setting) the policy was trained with."
             )
+
+
+class _PassThrough:
+    """An ensemble's stand-in for a normaliser: callers normalise features before acting, but each
+    member of an ensemble has its own statistics, so the raw features pass through (checked finite,
+    as float32) and every member normalises them itself."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, x: np.ndarray, update: bool = True) -> np.ndarray:
+        if update:
+            raise ValueError("an ensemble of policies is not trained: train its members, then combine them")
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim not in (1, 2) or x.shape[-1] != self.size:
+            raise ValueError(f"expected shape ({self.size},) or (N, {self.size}), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("the policy got non-finite features; sanitize() them first")
+        return x.astype(np.float32)
+
+
+class EnsembleActorCritic(ActorCritic):
+    """Several policies acting as one: at each decision, every member reads the raw features through
+    its own normaliser and LSTM, and the ensemble's action distribution per dimension is the
+    normalised geometric mean of the members' (the mean of their log-probabilities); the value is
+    the mean of theirs. Greedy acting then takes the action the members jointly find most probable.
+
+    Members are trained separately (``lhopt imitate --clone-seed S``: one policy per seed) and
+    combined by ``lhopt ensemble``; they must share features and actions (hidden sizes may differ).
+    The recurrent state is the tuple of the members' states. An ensemble acts everywhere a policy
+    does (evaluation, the drop-in ``LHOPT``, schedule export) but is not itself trained.
+    """
+
+    def __init__(self, members: Sequence[ActorCritic]):
+        nn.Module.__init__(self)
+        if not members:
+            raise ValueError("an ensemble needs at least one policy")
+        first = members[0].shape
+        for i, m in enumerate(members):
+            if isinstance(m, EnsembleActorCritic):
+                raise ValueError("an ensemble's members must be single policies, not ensembles")
+            s = m.shape
+            if (s.policy_size, s.value_size, tuple(s.nvec)) != (first.policy_size, first.value_size, tuple(first.nvec)):
+                raise ValueError(
+                    f"policy {i} of the ensemble has {s.policy_size} policy features, {s.value_size} value features and "
+                    f"action sizes {list(s.nvec)}, but policy 0 has {first.policy_size}, {first.value_size} and "
+                    f"{list(first.nvec)}: combine only policies made for the same hyperparameter space and features"
+                )
+        self.shape = first
+        self.members = nn.ModuleList(members)
+        self.policy_norm = _PassThrough(first.policy_size)  # type: ignore[assignment]
+        self.value_norm = _PassThrough(first.value_size)  # type: ignore[assignment]
+
+    def _member_input(self, m: ActorCritic, x: torch.Tensor, norm: RunningNormalizer) -> torch.Tensor:
+        flat = x.detach().cpu().numpy().reshape(-1, x.shape[-1])
+        return torch.as_tensor(norm(flat, update=False), device=x.device).view(x.shape)
+
+    def actor_forward(self, x: torch.Tensor, state: tuple | None = None):
+        states = state if state is not None else (None,) * len(self.members)
+        logprobs, out = [], []
+        for m, st in zip(self.members, states):
+            logits, new = m.actor_forward(self._member_input(m, x, m.policy_norm), st)
+            chunks = torch.split(logits, list(self.shape.nvec), dim=-1)
+            logprobs.append(torch.cat([torch.log_softmax(c, dim=-1) for c in chunks], dim=-1))
+            out.append(new)
+        return torch.stack(logprobs).mean(0), tuple(out)
+
+    def critic_forward(self, x: torch.Tensor, v: torch.Tensor, state: tuple | None = None):
+        states = state if state is not None else (None,) * len(self.members)
+        values, out = [], []
+        for m, st in zip(self.members, states):
+            value, new = m.critic_forward(self._member_input(m, x, m.policy_norm),
+                                          self._member_input(m, v, m.value_norm), st)  # fmt: skip
+            values.append(value)
+            out.append(new)
+        return torch.stack(values).mean(0), tuple(out)
+
+    def favour(self, action: Sequence[int], dims: Sequence[bool], logit: float) -> None:
+        raise ValueError("an ensemble of policies is not trained: train its members, then combine them")
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {"members": [m.to_checkpoint() for m in self.members]}
 
 
 # --- safe files ----------------------------------------------------------------------------------

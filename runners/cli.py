@@ -424,6 +424,20 @@ def cmd_eval_ood(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from lhopt_dsl.controller import combine_policies
+    from lhopt_dsl.policy import UnsafeCheckpointError
+
+    try:
+        ensemble = combine_policies(args.policies, args.output)
+    except (FileNotFoundError, ValueError, UnsafeCheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: an ensemble of {len(ensemble.members)} policies (mean of their log-probabilities); "
+          f"use it as any policy, e.g. lhopt eval SPEC --policy {args.output}")
+    return 0
+
+
 def cmd_check_dropin(args: argparse.Namespace) -> int:
     from .dropin import PROGRAMS, check, format_table, write
 
@@ -644,6 +658,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="run every baseline, reading and writing no cache")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_eval_ood)
+
+    p = sub.add_parser("ensemble", help="combine policies (e.g. imitate --clone-seed S for several S) into one "
+                                        "policy file that acts on the mean of their log-probabilities")
+    p.add_argument("policies", nargs="+", metavar="POLICY", help="two or more policy files of one hyperparameter space")
+    p.add_argument("-o", "--output", required=True, help="the ensemble's policy file")
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("check-dropin", parents=[threads],
                        help="does the policy hurt a user who drops LHOPT in? small programs x every reporting cadence "

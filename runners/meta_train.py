@@ -32,7 +32,7 @@ from tqdm import tqdm
 from lhopt_dsl import ExperimentSpec, sample
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.observation import FeatureBuilder, draw_cadence
-from lhopt_dsl.policy import PRESETS, ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
+from lhopt_dsl.policy import PRESETS, ActorCritic, EnsembleActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec.loader import spec_files
@@ -68,6 +68,9 @@ def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: An
     if init is None:
         return ActorCritic(shape)
     model = ActorCritic.from_checkpoint(init["policy"])
+    if isinstance(model, EnsembleActorCritic):
+        raise ValueError(f"{source} is an ensemble of {len(model.members)} policies, which cannot be trained on; "
+                         "start from one of its members (the files it was combined from)")
     model.check_compatible(shape.policy_size, shape.value_size, shape.nvec)
     if (model.shape.hidden_size, model.shape.num_layers) != (shape.hidden_size, shape.num_layers):
         raise ValueError(f"{source} has {model.shape.num_layers} x {model.shape.hidden_size} LSTM units, but the spec asks "

@@ -12,7 +12,7 @@ from lhopt_dsl.compile import compile_task
 from lhopt_dsl.schedule import SHAPES, Schedule
 from lhopt_dsl.training import ciao_kwargs, run_schedule
 from lhopt_dsl.optim import CIAO, STAT_NAMES
-from lhopt_dsl.population import CIAOPopulation, adamw_settings, batchable, run_population
+from lhopt_dsl.population import CIAOPopulation, batchable, run_population
 from lhopt_dsl.observation import FULL_CADENCE, Cadence
 
 from .conftest import SPECS

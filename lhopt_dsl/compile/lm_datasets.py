@@ -29,7 +29,6 @@ Every example is ``seq_len + 1`` token ids: a model reads ``x[:, :-1]`` and pred
 from __future__ import annotations
 
 import ast
-import bisect
 import functools
 import itertools
 import os
