@@ -405,6 +405,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_best_of(args: argparse.Namespace) -> int:
+    from .evaluate import EvaluationError, best_of
+
+    try:
+        best_of([Path(d) for d in args.dirs], Path(args.out), by=args.by, score=args.score)
+    except EvaluationError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\nwritten: {args.out} (an evaluation directory: lhopt compare reads it)")
+    return 0
+
+
 def cmd_eval_ood(args: argparse.Namespace) -> int:
     from .ood import run_suite
 
@@ -639,6 +651,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print Markdown tables")
     p.add_argument("-o", "--output", help="also write the comparison as JSON here")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("best-of", help="per task, whichever of several finished evaluations ends lowest on validation "
+                                       "(e.g. a set of --schedule evaluations tuned per task), as an evaluation of its own")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="two or more output directories of lhopt eval")
+    p.add_argument("--out", required=True, help="directory to write the selection to (then: lhopt compare REF OUT)")
+    p.add_argument("--by", default="valid", choices=("valid", "test"),
+                   help="the split that chooses (default: valid; test is an optimistic bound, not a result)")
+    p.add_argument("--score", default="test", choices=("test", "valid"), help="the split that scores (default: test)")
+    p.set_defaults(func=cmd_best_of)
 
     p = sub.add_parser("eval-ood", parents=[threads],
                        help="run a policy through the drop-in LHOPT on ordinary PyTorch programs no task family covers, "

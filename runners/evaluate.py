@@ -328,15 +328,9 @@ def load_output(out: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
     return manifest, records
 
 
-def compare_outputs(outs: list[Path], score: str = "test", *, resamples: int = 2000) -> dict[str, Any]:
-    """Every evaluation in ``outs`` against the first, on the tasks all of them finished.
-
-    The tasks must be the same ones (same index, same task id, same initial hyperparameters):
-    evaluations of one spec's evaluation distribution, or of specs that share it."""
-    if len(outs) < 2:
-        raise EvaluationError("compare needs at least two evaluation directories (the first is the reference)")
-    if score not in SCORES:
-        raise EvaluationError(f"--score must be one of {', '.join(SCORES)}; got '{score}'")
+def _load_common(outs: list[Path]) -> tuple[list[tuple[dict[str, Any], dict[int, dict[str, Any]]]], list[int], list[str]]:
+    """Finished evaluations, the indices of the tasks all of them finished (checked to be the same
+    tasks, from the same initial hyperparameters), and a distinct label for each."""
     loaded = [load_output(o) for o in outs]
     initial = {m.get("initial") for m, _ in loaded}
     if len(initial) > 1:
@@ -354,6 +348,72 @@ def compare_outputs(outs: list[Path], score: str = "test", *, resamples: int = 2
     labels = [Path(o).name or str(o) for o in outs]
     if len(set(labels)) < len(labels):
         labels = [str(o) for o in outs]
+    return loaded, common, labels
+
+
+def best_of(outs: list[Path], out: Path, *, by: str = "valid", score: str = "test", resamples: int = 2000,
+            quiet: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Per task, the record of whichever evaluation in ``outs`` ends with the lowest final ``by``
+    loss, written to ``out`` as an evaluation of its own (``lhopt compare`` and the tables read it).
+
+    With ``by="valid"`` this is the method chosen per task on its validation split, as the best
+    AdamW run is: run with ``lhopt eval --schedule NAME`` for each of a set of schedules, it is that
+    set tuned per task, the ceiling of a policy that imitates the set perfectly. ``by="test"``
+    chooses on the split it is scored on (an optimistic bound, not a result). Only the tasks every
+    evaluation finished are kept; ``out`` may hold only an earlier result of this function."""
+    if by not in SCORES or score not in SCORES:
+        raise EvaluationError(f"--by and --score must be one of {', '.join(SCORES)}; got '{by}', '{score}'")
+    if len(outs) < 2:
+        raise EvaluationError("best-of needs at least two evaluation directories")
+    out = Path(out)
+    if (out / "manifest.json").exists() and "best_of" not in json.loads((out / "manifest.json").read_text()):
+        raise EvaluationError(f"{out} holds an evaluation of lhopt eval; pass another --out")
+    loaded, common, labels = _load_common(outs)
+    (out / "tasks").mkdir(parents=True, exist_ok=True)
+    for f in (out / "tasks").glob("*.json"):  # an earlier selection's, perhaps from other directories
+        f.unlink()
+    chosen = dict.fromkeys(labels, 0)
+    records = []
+    for i in common:
+        options = [r[i] for _, r in loaded]
+        finals = [_unfloat(o["policy"][by]) for o in options]
+        k = min(range(len(options)), key=lambda j: (finals[j] if math.isfinite(finals[j]) else math.inf, j))
+        record = {**options[k], "selected_from": labels[k]}
+        chosen[labels[k]] += 1
+        write_json(out / "tasks" / f"{i:05d}.json", record)
+        records.append(record)
+    first = loaded[0][0]
+    digest = hashlib.sha256(" ".join(sorted(str(m.get("policy_sha256")) for m, _ in loaded)).encode()).hexdigest()
+    manifest = {"policy": f"best of {len(outs)} by {by} loss", "policy_sha256": digest, "spec": first.get("spec"),
+                "initial": first.get("initial"), "decode": "greedy", "max_valid": first.get("max_valid"),
+                "out": str(out), "best_of": {"by": by, "evaluations": [
+                    {"dir": str(o), "policy": m.get("policy"), "chosen": chosen[label]}
+                    for o, (m, _), label in zip(outs, loaded, labels)]}}  # fmt: skip
+    write_json(out / "manifest.json", manifest)
+    summary = summarise(records, score, resamples=resamples)
+    summary["manifest"] = manifest
+    (out / "table1.md").write_text(f"Per task the evaluation with the lowest final {by} loss, of {len(outs)}; "
+                                   f"scored on the {score} split.\n\n{format_summary(summary, markdown=True)}\n")
+    write_json(out / "results.json", summary)
+    if not quiet:
+        print(f"\n{len(records)} tasks finished in every evaluation; per task the one with the lowest final {by} loss, "
+              f"scored on the {score} split\n")
+        print(format_summary(summary))
+        top = sorted(chosen.items(), key=lambda kv: -kv[1])
+        print("\nchosen: " + ", ".join(f"{label} {n}" for label, n in top if n))
+    return summary
+
+
+def compare_outputs(outs: list[Path], score: str = "test", *, resamples: int = 2000) -> dict[str, Any]:
+    """Every evaluation in ``outs`` against the first, on the tasks all of them finished.
+
+    The tasks must be the same ones (same index, same task id, same initial hyperparameters):
+    evaluations of one spec's evaluation distribution, or of specs that share it."""
+    if len(outs) < 2:
+        raise EvaluationError("compare needs at least two evaluation directories (the first is the reference)")
+    if score not in SCORES:
+        raise EvaluationError(f"--score must be one of {', '.join(SCORES)}; got '{score}'")
+    loaded, common, labels = _load_common(outs)
     scores = [[task_scores(r[i], score) for i in common] for _, r in loaded]
     methods = {}
     for label, (manifest, _), ts in zip(labels, loaded, scores):

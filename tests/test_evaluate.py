@@ -251,3 +251,48 @@ def test_compare_pairs_two_evaluations_task_by_task(evaluated, tmp_path, capsys)
     assert "at least two" in capsys.readouterr().err
     assert main(["compare", str(root / "a"), str(tmp_path)]) == 2
     assert "not an evaluation directory" in capsys.readouterr().err
+
+
+def test_best_of_takes_each_tasks_lowest_validation_loss_as_an_evaluation_of_its_own(evaluated, tmp_path, capsys):
+    """`lhopt best-of A B --out C`: per task the record of the evaluation with the lowest final
+    validation loss (not test loss), which compare and the tables then read like any evaluation."""
+    root, storage, _ = evaluated
+    keep = tmp_path / "tiny_keep.yaml"
+    keep.write_text(TINY + KEEP_ACTIONS)
+    for name in ("constant-lr0.01", "linear-lr0.1"):
+        assert lhopt("eval", str(keep), "--schedule", name, "--tasks", "2", "--out", str(tmp_path / name),
+                     "--storage", storage) == 0  # fmt: skip
+    dirs = [root / "a", tmp_path / "constant-lr0.01", tmp_path / "linear-lr0.1"]
+    # the choice on one task is rigged: the first directory's record there gets a lower validation
+    # loss than every other, and a higher test loss (choosing by test would pick another)
+    shutil.copytree(dirs[0], tmp_path / "rigged")
+    dirs[0] = tmp_path / "rigged"
+    records = {d: [json.loads((d / "tasks" / f"{i:05d}.json").read_text()) for i in range(2)] for d in dirs}
+    low = min(r[1]["policy"]["valid"] for r in records.values()) / 2
+    high = max(r[1]["policy"]["test"] for r in records.values()) * 2
+    rigged = records[dirs[0]][1]
+    rigged["policy"] |= {"valid": low, "test": high}
+    (dirs[0] / "tasks" / "00001.json").write_text(json.dumps(rigged))
+    capsys.readouterr()
+    out = tmp_path / "best"
+    assert main(["best-of", *map(str, dirs), "--out", str(out)]) == 0
+    assert "chosen:" in capsys.readouterr().out
+    chosen = [json.loads((out / "tasks" / f"{i:05d}.json").read_text()) for i in range(2)]
+    finite = lambda x: x if x is not None and math.isfinite(x) else math.inf  # noqa: E731
+    want0 = min(dirs, key=lambda d: finite(records[d][0]["policy"]["valid"]))
+    assert chosen[0]["selected_from"] == want0.name and chosen[0]["policy"] == records[want0][0]["policy"]
+    assert chosen[1]["selected_from"] == "rigged" and chosen[1]["policy"]["test"] == high
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(e["chosen"] for e in manifest["best_of"]["evaluations"]) == 2
+    assert (out / "table1.md").exists() and json.loads((out / "results.json").read_text())["overall"]
+    # by test: the rigged record is never chosen on task 1
+    assert main(["best-of", *map(str, dirs), "--out", str(out), "--by", "test"]) == 0
+    assert json.loads((out / "tasks" / "00001.json").read_text())["selected_from"] != "rigged"
+    # it is an evaluation directory that compare reads
+    assert main(["compare", str(root / "a"), str(out)]) == 0
+    assert "vs a" in capsys.readouterr().out
+    # refused: one directory, an output that holds an evaluation of lhopt eval
+    assert main(["best-of", str(dirs[1]), "--out", str(tmp_path / "x")]) == 2
+    assert "at least two" in capsys.readouterr().err
+    assert main(["best-of", *map(str, dirs), "--out", str(dirs[2])]) == 2
+    assert "holds an evaluation of lhopt eval" in capsys.readouterr().err
