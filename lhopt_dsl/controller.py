@@ -39,6 +39,7 @@ from .schedule import segment_bounds
 from .observation import FeatureBuilder, Observer, flatten
 from .optim import CIAO
 from .policy import ActorCritic, EnsembleActorCritic, load_checkpoint, save_checkpoint
+from .residual import ResidualPolicy, Target
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
@@ -57,7 +58,13 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
         raise FileNotFoundError(f"policy checkpoint not found: {path}")
     state = load_checkpoint(path, "policy", map_location="cpu")
     space = validate_space(state.get("spec", {}).get("hparams", {}))
-    return ActorCritic.from_checkpoint(state["policy"]), space
+    model = ActorCritic.from_checkpoint(state["policy"])
+    if state.get("residual") is not None:  # a policy that acts around a base schedule
+        base = state["residual"].get("base") if isinstance(state["residual"], dict) else None
+        if not isinstance(base, str):
+            raise ValueError(f"{path} records a residual policy without a base schedule's name")
+        return ResidualPolicy(model, space, Target.from_name(base)), space  # type: ignore[return-value]
+    return model, space
 
 
 def combine_policies(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> EnsembleActorCritic:
@@ -75,6 +82,9 @@ def combine_policies(paths: Sequence[str | os.PathLike[str]], out: str | os.Path
         state = load_checkpoint(path, "policy", map_location="cpu")
         if "policy" not in state:
             raise ValueError(f"{path} holds no policy (a policy.pt or training checkpoint.pt has one)")
+        if state.get("residual") is not None:
+            raise ValueError(f"{path} acts around the base schedule {state['residual'].get('base')}; an ensemble "
+                             "combines plain policies only")
         model = ActorCritic.from_checkpoint(state["policy"])
         if isinstance(model, EnsembleActorCritic):
             raise ValueError(f"{path} is already an ensemble; combine the single policies it was made from")
@@ -154,6 +164,8 @@ class LHOPT(CIAO):
         self.total_steps = total_steps
         self.outer_steps = min(outer_steps or 32, total_steps)
         self.bounds = segment_bounds(total_steps, self.outer_steps)
+        if isinstance(self.policy, ResidualPolicy):  # acts around its base schedule, from this run's start
+            self.policy = self.policy.bind(float(self.param_groups[0]["lr"]), self.outer_steps)  # type: ignore[assignment]
         self.stats_every, self.deterministic = stats_every, deterministic
         self.generator = torch.Generator().manual_seed(seed)
         self._all_params = [p for g in self.param_groups for p in g["params"]]
@@ -201,6 +213,8 @@ class LHOPT(CIAO):
         self.bank.restore(self._safe, self._module, self)
         for group in self.param_groups:
             group["lr"] *= self.guard_lr_factor
+        if hasattr(self.policy, "lowered"):  # a residual policy: its offset from the base schedule follows
+            self.policy.lowered(self.guard_lr_factor)
         self.observer.restarted(self._safe.valid_loss)
         hparams = {n: float(self.param_groups[0][n]) for n in self.actions.hparams}
         self.history.append({"progress": self.step_count / self.total_steps, **hparams, "restart": "guard",

@@ -28,6 +28,7 @@ import torch
 
 from .actions import ActionSpace
 from .policy import ActorCritic
+from .residual import ResidualPolicy
 from .spec.hparams import HyperparameterSpace
 
 DECODINGS = ("greedy", "mean", "sample")
@@ -91,7 +92,12 @@ def decoded(policy: Any, space: HyperparameterSpace, decode: str) -> Any:
     :class:`ActorCritic`, such as a fixed schedule's follower, which has no distribution to decode)."""
     if decode not in DECODINGS:
         raise ValueError(f"decode must be one of {', '.join(DECODINGS)}, got {decode!r}")
-    if decode == "greedy" or not isinstance(policy, ActorCritic):
+    if decode == "greedy":
+        return policy
+    if isinstance(policy, ResidualPolicy):
+        raise ValueError("a residual policy acts greedily around its base schedule; --decode mean|sample decode "
+                         "plain policies only")
+    if not isinstance(policy, ActorCritic):
         return policy
     return DecodedPolicy(policy, space, decode)
 

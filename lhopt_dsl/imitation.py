@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,6 +27,7 @@ from .observation import FULL_CADENCE, Cadence, FeatureBuilder
 from .policy import ActorCritic, PolicyShape
 from .rollout import Episode, task_rollouts
 from .sample import TaskConfig
+from .residual import ResidualPolicy, Target, nearest_lr_action
 from .schedule import shape_factor
 from .spec.hparams import HyperparameterSpace
 
@@ -34,32 +35,6 @@ from .spec.hparams import HyperparameterSpace
 #: trust ratio) from 1e-4 to the bound 0.1, in half-decades, times three decays.
 DEFAULT_LRS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_SHAPES: tuple[str, ...] = ("constant", "cosine", "linear")
-
-
-@dataclass(frozen=True)
-class Target:
-    """A learning-rate schedule to follow: ``lr * shape(progress)``; ``lr=None`` keeps the initial value."""
-
-    lr: float | None
-    shape: str = "constant"
-
-    def at(self, progress: float) -> float | None:
-        return None if self.lr is None else self.lr * shape_factor(self.shape, progress)
-
-    @property
-    def name(self) -> str:
-        return "keep" if self.lr is None else f"{self.shape}-lr{self.lr:g}"
-
-    @classmethod
-    def from_name(cls, name: str) -> "Target":
-        """The target of :attr:`name`."""
-        if name == "keep":
-            return cls(None)
-        shape, _, lr = name.rpartition("-lr")
-        shape_factor(shape, 0.0)  # an unknown shape fails here
-        if not float(lr) > 0:
-            raise ValueError(f"a target's learning rate must be positive, got {lr}")
-        return cls(float(lr), shape)
 
 
 def default_targets(lrs: Sequence[float] = DEFAULT_LRS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[Target]:
@@ -111,11 +86,8 @@ class ScheduleFollower:
         goal = target.at(t / self.outer)
         if goal is None:
             return action, current
-        applied = [self.lr_param.apply(current, v) for v in self.lr_param.action.values]
-        miss = [abs(math.log(a) - math.log(goal)) for a in applied]
-        best = min(range(len(miss)), key=lambda i: (round(miss[i], 9), i != self.keep[self.lr_dim]))
-        action[self.lr_dim] = best
-        return action, applied[best]
+        action[self.lr_dim], lr = nearest_lr_action(self.lr_param, current, goal, int(self.keep[self.lr_dim]))
+        return action, lr
 
     def _take(self, n: int) -> list[Target]:
         if self.started + n > len(self.targets):
@@ -214,7 +186,8 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
 
 def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, target: Target, *, device: str = "cpu",
             data_dir: str | None = None, max_valid: int = 512, cadence: Cadence = FULL_CADENCE,
-            follow: Target | None = None, weights: dict[str, float] | None = None) -> Demonstration:  # fmt: skip
+            follow: Target | None = None, weights: dict[str, float] | None = None,
+            residual: ResidualPolicy | None = None) -> Demonstration:  # fmt: skip
     """A DAgger demonstration: ``policy``'s own greedy episode on ``cfg``, each decision labelled
     with the action the follower of ``target`` (the task's best schedule) takes from the learning
     rate the policy had reached there. Cloning these teaches the way back from the states the
@@ -225,21 +198,45 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
     ``follow``: the episode is run by the follower of this schedule instead (``policy`` lends it
     only its normalisers): how a task gets a demonstration of a schedule other than its best.
     ``weights``: each schedule's weight (:func:`target_weights`); the demonstration then also
-    carries :func:`soft_labels` from the learning rates the policy reached."""
+    carries :func:`soft_labels` from the learning rates the policy reached.
+    ``residual``: ``policy`` wrapped around a base schedule (:class:`~lhopt_dsl.residual.ResidualPolicy`);
+    the episode is then its own, and the learning-rate labels are the offset actions from the
+    offsets it had reached towards those that follow ``target``."""
     from .env import InnerTrainingEnv, log_improvement_reward
     from .rollout import run_episode
 
     t0 = time.perf_counter()
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     follower = ScheduleFollower(policy, space, [target], cfg.hparams.lr, cfg.task.outer_steps)
-    actor = policy if follow is None else ScheduleFollower(policy, space, [follow], cfg.hparams.lr, cfg.task.outer_steps)
+    if residual is not None and (follow is not None or weights is not None):
+        raise ValueError("a residual policy's episodes are relabelled with hard labels of its own task's schedule only")
+    actor: Any = policy if follow is None else ScheduleFollower(policy, space, [follow], cfg.hparams.lr, cfg.task.outer_steps)
+    if residual is not None:
+        actor = residual.bind(cfg.hparams.lr, cfg.task.outer_steps)
     ep = run_episode(env, cfg, actor, log_improvement_reward, deterministic=True, cadence=cadence)  # type: ignore[arg-type]
     befores = [cfg.hparams.lr] + [ep.hparams[t]["lr"] for t in range(len(ep) - 1)]
-    labels = [follower.choose(target, before, t)[0] for t, before in enumerate(befores)]
+    if residual is None:
+        labels = np.stack([follower.choose(target, before, t)[0] for t, before in enumerate(befores)])
+    else:
+        labels = np.tile(follower.keep, (len(ep), 1))
+        wanted = residual.offsets(target, cfg.hparams.lr, len(ep))
+        labels[:, residual.lr_dim] = residual.labels(wanted, [m for m, _ in actor.trace])
     soft = None if weights is None else soft_labels(follower, weights, befores)
-    return Demonstration(cfg.task_id, cfg.family, target.name, ep.raw_policy, ep.raw_value, np.stack(labels),
+    return Demonstration(cfg.task_id, cfg.family, target.name, ep.raw_policy, ep.raw_value, labels,
                          np.full(len(ep), np.nan), ep.valid_curve[-1], math.nan, math.nan,
                          time.perf_counter() - t0, soft=soft)  # fmt: skip
+
+
+def residual_demo(demo: Demonstration, residual: ResidualPolicy, target: Target, initial_lr: float) -> Demonstration:
+    """``demo`` (a follower's episode of ``target``, from ``initial_lr``) labelled for a residual
+    policy: its learning-rate labels become the offset actions from the base towards ``target``
+    (:meth:`~lhopt_dsl.residual.ResidualPolicy.labels`), the rest stays. Where the target is the
+    base itself every label keeps."""
+    if demo.soft is not None:
+        raise ValueError("soft labels and residual labels do not combine; pass one of --soft and --base")
+    actions = np.array(demo.actions, copy=True)
+    actions[:, residual.lr_dim] = residual.labels(residual.offsets(target, initial_lr, len(actions)))
+    return replace(demo, actions=actions)
 
 
 #: A diverged follower's regret (log of its loss over the task's best) in :func:`consensus`: as if

@@ -202,6 +202,7 @@ def cmd_imitate(args: argparse.Namespace) -> int:
         tie=args.tie,
         soft=args.soft,
         clone_seed=args.clone_seed,
+        base=args.base,
     )
     try:
         path = imitate(spec, settings, spec_path=args.spec)
@@ -602,6 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="soft labels: every schedule votes for the action its follower would take, weighted by "
                         "exp(-regret/TAU), regret the log of its final loss over the task's best (0.01: a schedule "
                         "1%% worse weighs 0.37 of the best; kept apart in imitation-sTAU.pt)")
+    p.add_argument("--base", metavar="SCHEDULE",
+                   help="a residual policy around this learning-rate schedule (e.g. linear-lr0.03): its learning-rate "
+                        "action scales an offset from the schedule, so keeping follows it; labels are the offsets "
+                        "towards each task's schedule (kept apart in *-bSCHEDULE.pt)")
     p.add_argument("--clone-seed", type=int, metavar="S",
                    help="seed of the cloning alone (the policy's initial weights and the held-out tasks), the tasks "
                         "kept: how much the recipe itself varies (default: the spec's seed; kept apart in *-cS.pt)")

@@ -41,6 +41,7 @@ from lhopt_dsl.controller import load_policy
 from lhopt_dsl.decoding import DECODINGS, DecodedPolicy, decoded
 from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.imitation import FixedSchedule
+from lhopt_dsl.residual import ResidualPolicy
 from lhopt_dsl.schedule import LearningCurve, segment_bounds
 from lhopt_dsl.metrics import (
     TaskScores, evaluation_summary, format_estimate, format_summary, head_to_head, paired_comparison,
@@ -95,6 +96,8 @@ def policy_run(policy: Any, space: Any, cfg: TaskConfig, *, device: str = "cpu",
     """The policy (or a fixed schedule's follower) acting greedily on ``cfg``, as evaluation runs it;
     the critic is not needed. A task from another hyperparameter space than the policy's is a ValueError."""
     space.check_initial(cfg.hparams)
+    if isinstance(policy, ResidualPolicy):  # it acts around its base schedule from this task's start
+        policy = policy.bind(cfg.hparams.lr, cfg.task.outer_steps)
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     return run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, critic=False)
 
@@ -598,7 +601,10 @@ def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: i
                                   "applies to a --policy only")  # fmt: skip
     else:
         policy_path = Path(policy_path)
-        load_policy(policy_path)  # fail here, not in a worker, on a missing or broken file
+        try:  # fail here, not in a worker, on a missing or broken file or a decoding it cannot take
+            decoded(*load_policy(policy_path), decode)
+        except ValueError as e:
+            raise EvaluationError(str(e)) from e
     name, digest = _identity(policy_path)
     out = Path(out or default_out(spec, policy_path, decode))
     storage = storage or default_storage(spec)

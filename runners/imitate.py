@@ -38,11 +38,13 @@ from lhopt_dsl.imitation import (
     demonstrate,
     lr_trajectory,
     relabel,
+    residual_demo,
     soft_labels,
     target_weights,
 )
 from lhopt_dsl.observation import draw_cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
+from lhopt_dsl.residual import ResidualPolicy
 from lhopt_dsl.sample import INITIAL_CHOICES, train_seed
 
 from .meta_train import policy_shape, terminate_as_interrupt
@@ -73,6 +75,8 @@ class ImitationSettings:
     soft: float | None = None
     #: the cloning's seed (initial weights, held-out tasks); None: the spec's
     clone_seed: int | None = None
+    #: None: a plain policy; a schedule's name: a residual policy around it (:mod:`lhopt_dsl.residual`)
+    base: str | None = None
 
 
 def _task(seed: int, spec_json: str, initial: str) -> tuple[ExperimentSpec, Any, Any]:
@@ -94,12 +98,14 @@ def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
 
 
 def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
-    j, seed, spec_json, policy_ckpt, target, initial, follow, weights = args
+    j, seed, spec_json, policy_ckpt, target, initial, follow, weights, base = args
     spec, cfg, cadence = _task(seed, spec_json, initial)
     policy = ActorCritic(policy_shape(spec)) if policy_ckpt is None else ActorCritic.from_checkpoint(policy_ckpt)
+    residual = None if base is None else ResidualPolicy(policy, spec.hparams, Target.from_name(base))
     demo = relabel(cfg, policy, spec.hparams, Target.from_name(target), device=spec.device, data_dir=spec.data_dir,
                    max_valid=spec.meta_train.max_valid, cadence=cadence,
-                   follow=None if follow is None else Target.from_name(follow), weights=weights)  # fmt: skip
+                   follow=None if follow is None else Target.from_name(follow), weights=weights,
+                   residual=residual)  # fmt: skip
     return j, {"seed": seed, "demo": demo.to_data()}
 
 
@@ -150,6 +156,11 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
     if sum(x is not None for x in (settings.margin, settings.tie, settings.soft)) > 1:
         raise ValueError("--margin, --tie and --soft are three ways of labelling the tasks; pass one of them")
+    residual = None
+    if settings.base is not None:
+        if settings.soft is not None:
+            raise ValueError("--soft and --base are two kinds of labels; pass one of them")
+        residual = ResidualPolicy(ActorCritic(policy_shape(spec)), spec.hparams, Target.from_name(settings.base))
     if settings.soft is not None and not settings.soft > 0:
         raise ValueError(f"--soft is a temperature and must be > 0, got {settings.soft}")
     if settings.initial not in INITIAL_CHOICES:
@@ -174,6 +185,8 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
         f"-t{settings.tie:g}" if settings.tie is not None else \
         f"-s{settings.soft:g}" if settings.soft is not None else ""  # fmt: skip
     key = f"{suffix}-{settings.tasks}{labelling}"  # the switched followers' runs depend on the labels alone
+    if residual is not None:  # the labels, DAgger's rounds and the policy are a residual policy's
+        labelling += f"-b{residual.base.name}"
     if settings.clone_seed is not None:  # DAgger's rounds and the policy depend on the cloning's seed too
         labelling += f"-c{settings.clone_seed}"
     if settings.margin is not None or settings.tie is not None:
@@ -186,7 +199,7 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
         labels = {j: by_task[d.task_id] for j, d in demos.items()}
         # a task labelled with another schedule needs that follower's episode in place of its best one's
         switched = _load_demos(switch_dir, seeds) if switch_dir.exists() else {}
-        jobs = [(j, seeds[j], spec_json, None, labels[j], settings.initial, labels[j], None) for j in sorted(demos)
+        jobs = [(j, seeds[j], spec_json, None, labels[j], settings.initial, labels[j], None, None) for j in sorted(demos)
                 if labels[j] != demos[j].target and j not in switched]  # fmt: skip
         _run_jobs(_relabel_job, jobs, switch_dir, settings.workers, "following the new labels", settings.quiet, switched)
         demos = {**demos, **{j: d for j, d in switched.items() if labels[j] != demos[j].target}}
@@ -194,6 +207,9 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     if settings.soft is not None:
         weights = {j: target_weights(d.target_losses, settings.soft) for j, d in demos.items()}
         demos = {j: _with_soft_labels(spec, seeds[j], settings.initial, d, weights[j]) for j, d in demos.items()}
+    if residual is not None:  # each task's schedule, as offsets from the base
+        demos = {j: residual_demo(d, residual, Target.from_name(labels[j]), sample(spec, seeds[j], initial=settings.initial).hparams.lr)
+                 for j, d in demos.items()}  # fmt: skip
     ordered = [demos[j] for j in sorted(demos)]
     clone_seed = spec.seed if settings.clone_seed is None else settings.clone_seed
     model, metrics = _clone(ordered, spec, clone_seed, settings.epochs)
@@ -204,7 +220,7 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
         round_dir = run_dir / f"dagger{suffix}-{settings.tasks}{labelling}" / f"round{r}"
         done = _load_demos(round_dir, seeds) if round_dir.exists() else {}
         ckpt = model.to_checkpoint()
-        jobs = [(j, seeds[j], spec_json, ckpt, labels[j], settings.initial, None, weights[j])
+        jobs = [(j, seeds[j], spec_json, ckpt, labels[j], settings.initial, None, weights[j], settings.base)
                 for j in sorted(demos) if j not in done]  # fmt: skip
         _run_jobs(_relabel_job, jobs, round_dir, settings.workers, f"DAgger round {r}", settings.quiet, done)
         relabelled += [done[j] for j in sorted(done)]
@@ -217,13 +233,16 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     record = {"metrics": metrics, "rounds": rounds, "summary": summary, "tasks": settings.tasks,
               "lrs": list(settings.lrs), "shapes": list(settings.shapes), "epochs": settings.epochs,
               "dagger": settings.dagger, "initial": settings.initial, "margin": settings.margin,
-              "tie": settings.tie, "soft": settings.soft, "clone_seed": clone_seed}  # fmt: skip
+              "tie": settings.tie, "soft": settings.soft, "clone_seed": clone_seed, "base": settings.base}  # fmt: skip
     path = run_dir / f"imitation{suffix}{labelling}.pt"
-    save_checkpoint({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "imitation": record}, path)
+    data = {"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "imitation": record}
+    if residual is not None:
+        data["residual"] = residual.to_data()
+    save_checkpoint(data, path)
     tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-imitation",
                       run_dir)  # fmt: skip
     tracker.log_params({"spec": spec.model_dump(mode="json"), "imitation": {k: v for k, v in record.items()
-                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial", "margin", "tie", "soft", "clone_seed")}})  # fmt: skip
+                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial", "margin", "tie", "soft", "clone_seed", "base")}})  # fmt: skip
     for r, m in enumerate(rounds):  # step r: after r rounds of DAgger
         tracker.log_metrics(m, step=r)
     tracker.log_metrics({f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=0)

@@ -67,6 +67,10 @@ def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: An
     shape = policy_shape(spec)
     if init is None:
         return ActorCritic(shape)
+    if init.get("residual") is not None:
+        raise ValueError(f"{source} acts around the base schedule {init['residual'].get('base')}, which PPO does not "
+                         "train (its rollouts record the actions carried out, not the policy's offsets); start from a "
+                         "plain policy")
     model = ActorCritic.from_checkpoint(init["policy"])
     if isinstance(model, EnsembleActorCritic):
         raise ValueError(f"{source} is an ensemble of {len(model.members)} policies, which cannot be trained on; "

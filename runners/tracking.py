@@ -212,7 +212,9 @@ class PolicyModel(_pyfunc_base()):  # type: ignore[misc]
     def load_context(self, context: Any) -> None:
         from lhopt_dsl.controller import load_policy
 
-        self.policy, _ = load_policy(context.artifacts["checkpoint"])
+        policy, _ = load_policy(context.artifacts["checkpoint"])
+        # a residual policy's actions are its offsets from its base schedule (the drop-in carries them out)
+        self.policy = getattr(policy, "policy", policy)
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001
         import numpy as np
