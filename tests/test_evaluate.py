@@ -9,6 +9,7 @@ import pytest
 from lhopt_dsl import TABLE1_ROWS, load_spec
 from lhopt_dsl.baselines import BASELINES
 from lhopt_dsl.controller import DEFAULT_POLICY
+from lhopt_dsl.policy import load_checkpoint, save_checkpoint
 
 from .test_imitation import KEEP_ACTIONS
 from lhopt_dsl.sample import default_initial_hparams
@@ -163,13 +164,23 @@ def test_an_output_directory_of_another_evaluation_is_refused(evaluated, tmp_pat
 
 def test_a_decoding_is_recorded_and_never_mixed_with_another(evaluated, tmp_path, capsys):
     root, storage, spec = evaluated
+    # the shipped policy acts around a schedule, greedily: decodings are refused up front ...
+    assert main(["eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(tmp_path / "r"),
+                 "--storage", storage, "--decode", "mean", *OFFLINE]) == 2  # fmt: skip
+    assert "acts greedily around its base schedule" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "tasks").exists()
+    # ... and a plain policy (the same network, no base schedule) decodes
+    state = load_checkpoint(DEFAULT_POLICY)
+    del state["residual"]
+    plain = tmp_path / "plain.pt"
+    save_checkpoint(state, plain)
     out = tmp_path / "mean"
-    assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(out), "--storage",
+    assert lhopt("eval", spec, "--policy", str(plain), "--tasks", "2", "--out", str(out), "--storage",
                  storage, "--decode", "mean") == 0  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     assert results["manifest"]["decode"] == "mean" and results["cost"]["pairs_run"] == 0
     # greedy acting into the mean's directory is refused ...
-    assert main(["eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(out), "--storage",
+    assert main(["eval", spec, "--policy", str(plain), "--tasks", "2", "--out", str(out), "--storage",
                  storage, *OFFLINE]) == 2  # fmt: skip
     assert "another decode" in capsys.readouterr().err
     # ... and a directory written before decodings were recorded was greedy, and resumes as such
