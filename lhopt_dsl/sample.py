@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterator
+from typing import Annotated, Any, Callable, Iterator
 
 import numpy as np
 import yaml
@@ -46,8 +46,19 @@ def train_seed(root: int, *keys: int) -> int:
 
 
 def eval_seed(root: int, *keys: int) -> int:
-    """Seed of an evaluation task; never equal to any training seed."""
+    """Seed of an evaluation task of the *dev* set; never equal to any training seed."""
     return _derived(root, (1, *keys), EVAL_SEEDS)
+
+
+def test_seed(root: int, *keys: int) -> int:
+    """Seed of an evaluation task of the frozen *test* set: drawn under a key of its own (2), so
+    the test tasks are neither training tasks nor dev tasks (:func:`eval_seed`)."""
+    return _derived(root, (2, *keys), EVAL_SEEDS)
+
+
+#: The held-out task sets: ``dev`` chooses designs, settings and checkpoints; ``test`` judges the
+#: final candidates once and chooses nothing.
+TASK_SETS: dict[str, Callable[..., int]] = {"dev": eval_seed, "test": test_seed}
 
 
 class TaskConfig(StrictModel):

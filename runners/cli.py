@@ -382,7 +382,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         summary = run(spec, policy, num_tasks=args.tasks or spec.evaluation.num_tasks, storage=args.storage,
                       out=Path(args.out) if args.out else None, tracking_uri=args.tracking_uri, score=args.score,
                       initial=args.initial, workers=args.workers, threads=args.threads, fresh=args.fresh,
-                      decode=args.decode)  # fmt: skip
+                      decode=args.decode, task_set=args.task_set)  # fmt: skip
     except (EvaluationError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -629,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate a fixed learning-rate schedule instead, followed through the spec's actions from "
                             "the default initial values (e.g. linear-lr0.03: the bar a learned policy must clear)")
     p.add_argument("--tasks", type=int, help="held-out tasks (default: the spec's evaluation.num_tasks)")
+    p.add_argument("--set", choices=("dev", "test"), default="dev", dest="task_set",
+                   help="held-out task set: dev (default; it chooses designs and checkpoints) or test (frozen tasks "
+                        "under a key of their own: run each final candidate once, choose nothing there)")
     p.add_argument("--workers", type=int, default=1,
                    help="processes the tasks are spread over, each with --threads torch threads (default: 1)")
     p.add_argument("--score", choices=("test", "valid"), default="test",

@@ -48,7 +48,7 @@ from lhopt_dsl.metrics import (
     performance_profile, plot_performance_profile, render_table,
 )  # fmt: skip
 from lhopt_dsl.rollout import Episode, run_episode
-from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, eval_seed, sample
+from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, TASK_SETS, sample
 
 from .baselines import prepare_studies, run_grid
 from .tracking import Tracker
@@ -61,9 +61,12 @@ class EvaluationError(ValueError):
     """An evaluation that cannot go on as asked (the message says what to do)."""
 
 
-def eval_config(spec: ExperimentSpec, index: int, initial: str = "default") -> TaskConfig:
-    """The ``index``-th held-out task; its seed is checked to lie in the evaluation namespace."""
-    seed = eval_seed(spec.seed, index)
+def eval_config(spec: ExperimentSpec, index: int, initial: str = "default", task_set: str = "dev") -> TaskConfig:
+    """The ``index``-th held-out task of ``task_set`` (``dev`` or ``test``); its seed is checked to
+    lie in the evaluation namespace."""
+    if task_set not in TASK_SETS:
+        raise EvaluationError(f"the task set must be one of {', '.join(TASK_SETS)}; got '{task_set}'")
+    seed = TASK_SETS[task_set](spec.seed, index)
     if seed not in EVAL_SEEDS:
         raise AssertionError(f"evaluation seed {seed} outside the evaluation namespace")
     return sample(spec, seed, spec.evaluation.tasks, initial=initial)
@@ -229,7 +232,9 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         old.setdefault("decode", "greedy")  # written before decodings were recorded: greedy
-        changed = [k for k in ("policy_sha256", "spec", "initial", "max_valid", "decode") if old.get(k) != manifest[k]]
+        old.setdefault("set", "dev")  # written before the test set existed: dev tasks
+        changed = [k for k in ("policy_sha256", "spec", "initial", "max_valid", "decode", "set")
+                   if old.get(k) != manifest[k]]
         if changed:
             raise EvaluationError(
                 f"{out} holds an evaluation with another {', '.join(changed)} "
@@ -335,6 +340,10 @@ def _load_common(outs: list[Path]) -> tuple[list[tuple[dict[str, Any], dict[int,
     """Finished evaluations, the indices of the tasks all of them finished (checked to be the same
     tasks, from the same initial hyperparameters), and a distinct label for each."""
     loaded = [load_output(o) for o in outs]
+    sets = {m.get("set", "dev") for m, _ in loaded}
+    if len(sets) > 1:
+        raise EvaluationError(f"the evaluations ran on different task sets ({', '.join(sorted(sets))}): "
+                              "compare dev with dev and test with test (lhopt eval --set)")  # fmt: skip
     initial = {m.get("initial") for m, _ in loaded}
     if len(initial) > 1:
         raise EvaluationError(f"the evaluations started from different initial hyperparameters "
@@ -388,7 +397,8 @@ def best_of(outs: list[Path], out: Path, *, by: str = "valid", score: str = "tes
     first = loaded[0][0]
     digest = hashlib.sha256(" ".join(sorted(str(m.get("policy_sha256")) for m, _ in loaded)).encode()).hexdigest()
     manifest = {"policy": f"best of {len(outs)} by {by} loss", "policy_sha256": digest, "spec": first.get("spec"),
-                "initial": first.get("initial"), "decode": "greedy", "max_valid": first.get("max_valid"),
+                "initial": first.get("initial"), "decode": "greedy", "set": first.get("set", "dev"),
+                "max_valid": first.get("max_valid"),
                 "out": str(out), "best_of": {"by": by, "evaluations": [
                     {"dir": str(o), "policy": m.get("policy"), "chosen": chosen[label]}
                     for o, (m, _), label in zip(outs, loaded, labels)]}}  # fmt: skip
@@ -565,12 +575,15 @@ def _identity(policy: Path | FixedSchedule) -> tuple[str, str]:
     return str(policy), _sha256(policy)
 
 
-def default_out(spec: ExperimentSpec, policy_path: Path | FixedSchedule, decode: str = "greedy") -> Path:
+def default_out(spec: ExperimentSpec, policy_path: Path | FixedSchedule, decode: str = "greedy",
+                task_set: str = "dev") -> Path:  # fmt: skip
     """``<run_dir>/eval-<spec name>-<first 8 hex digits of the policy file's sha256>`` (then
-    ``-<decode>`` unless greedy), or ``eval-<spec name>-schedule-<name>`` for a fixed schedule."""
+    ``-<decode>`` unless greedy), or ``eval-<spec name>-schedule-<name>`` for a fixed schedule;
+    then ``-test`` on the test set."""
+    suffix = "" if task_set == "dev" else f"-{task_set}"
     if isinstance(policy_path, FixedSchedule):
-        return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-schedule-{policy_path.target.name}"
-    suffix = "" if decode == "greedy" else f"-{decode}"
+        return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-schedule-{policy_path.target.name}{suffix}"
+    suffix = ("" if decode == "greedy" else f"-{decode}") + suffix
     return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-{_sha256(policy_path)[:8]}{suffix}"
 
 
@@ -583,8 +596,12 @@ def default_storage(spec: ExperimentSpec) -> str:
 
 def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: int, storage: str | None, out: Path | None,
         tracking_uri: str | None, score: str = "test", initial: str = "default", workers: int = 1,
-        threads: int = 1, fresh: bool = False, quiet: bool = False, decode: str = "greedy") -> dict[str, Any]:  # fmt: skip
+        threads: int = 1, fresh: bool = False, quiet: bool = False, decode: str = "greedy",
+        task_set: str = "dev") -> dict[str, Any]:  # fmt: skip
     """Evaluate (or resume) and report; returns the summary (also written to ``out/results.json``).
+
+    ``task_set``: ``dev`` (the held-out tasks that choose designs and checkpoints) or ``test`` (the
+    frozen tasks drawn under a key of their own, run once per final candidate; they choose nothing).
 
     ``policy_path``: a policy file, or a :class:`~lhopt_dsl.imitation.FixedSchedule` evaluated in
     its place (the baseline a learned policy must beat). ``decode``: how the policy's action
@@ -593,6 +610,8 @@ def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: i
         raise EvaluationError(f"--score must be one of {', '.join(SCORES)}; got '{score}'")
     if initial not in INITIAL_CHOICES:
         raise EvaluationError(f"--initial must be one of {', '.join(INITIAL_CHOICES)}; got '{initial}'")
+    if task_set not in TASK_SETS:
+        raise EvaluationError(f"--set must be one of {', '.join(TASK_SETS)}; got '{task_set}'")
     if decode not in DECODINGS:
         raise EvaluationError(f"--decode must be one of {', '.join(DECODINGS)}; got '{decode}'")
     if isinstance(policy_path, FixedSchedule):
@@ -606,22 +625,23 @@ def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: i
         except ValueError as e:
             raise EvaluationError(str(e)) from e
     name, digest = _identity(policy_path)
-    out = Path(out or default_out(spec, policy_path, decode))
+    out = Path(out or default_out(spec, policy_path, decode, task_set))
     storage = storage or default_storage(spec)
     if fresh and (out / "tasks").exists():
         for f in (out / "tasks").glob("*.json"):
             f.unlink()
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"policy": name, "policy_sha256": digest, "spec": spec.name,
-                "initial": initial, "decode": decode, "max_valid": spec.meta_train.max_valid, "device": spec.device,
+                "initial": initial, "decode": decode, "set": task_set, "max_valid": spec.meta_train.max_valid,
+                "device": spec.device,
                 "storage": storage, "out": str(out)}  # fmt: skip
     _check_manifest(out, manifest)
-    configs = [eval_config(spec, i, initial) for i in range(num_tasks)]
+    configs = [eval_config(spec, i, initial, task_set) for i in range(num_tasks)]
 
     tracker = Tracker(tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"eval-{spec.name}", out)
     tracker.log_params({"policy": name, "policy_sha256": manifest["policy_sha256"][:12],
                         "num_tasks": num_tasks, "spec": spec.name, "storage": storage, "score": score,
-                        "initial": initial, "decode": decode, "workers": workers})  # fmt: skip
+                        "initial": initial, "decode": decode, "set": task_set, "workers": workers})  # fmt: skip
     t0 = time.perf_counter()
     records = evaluate_tasks(configs, policy_path, out, storage=storage, device=spec.device, data_dir=spec.data_dir,
                              max_valid=spec.meta_train.max_valid, compiled=spec.evaluation.compile, workers=workers,
@@ -642,7 +662,8 @@ def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: i
     summary["cost"] = cost
     summary["manifest"] = manifest
     text, markdown = format_summary(summary), format_summary(summary, markdown=True)
-    (out / "table1.md").write_text(f"Scored on the {score} split; initial hyperparameters: {initial}.\n\n{markdown}\n")
+    (out / "table1.md").write_text(f"{len(records)} {task_set} tasks, scored on the {score} split; "
+                                   f"initial hyperparameters: {initial}.\n\n{markdown}\n")
     write_json(out / "results.json", summary)
     o = summary["overall"]
     metrics = {f"eval/{k}": o[k]["value"] for k in ("pairs_ge_1x", "pairs_ge_2x", "best_ge_1x", "best_ge_2x",
@@ -653,7 +674,7 @@ def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: i
     for path in [out / "table1.md", out / "results.json", *_plots(records, summary, out)]:
         tracker.log_artifact(path)
     tracker.end()
-    print(f"\n{len(records)} held-out tasks, scored on the {score} split, initial hyperparameters: {initial}\n")
+    print(f"\n{len(records)} held-out {task_set} tasks, scored on the {score} split, initial hyperparameters: {initial}\n")
     print(text)
     print(f"\ncost: {cost['task_seconds']:.0f} s of task time ({cost['policy_seconds']:.0f} s policy, "
           f"{cost['baseline_seconds']:.0f} s baselines: {cost['pairs_run']} runs, {cost['pairs_cached']} read from "

@@ -260,6 +260,12 @@ def test_compare_pairs_two_evaluations_task_by_task(evaluated, tmp_path, capsys)
     assert "00001.json is not a task record" in capsys.readouterr().err
     assert main(["compare", str(root / "a")]) == 2
     assert "at least two" in capsys.readouterr().err
+    # dev and test are never compared with each other
+    shutil.copytree(root / "a", tmp_path / "a-test")
+    manifest = json.loads((tmp_path / "a-test" / "manifest.json").read_text())
+    (tmp_path / "a-test" / "manifest.json").write_text(json.dumps(manifest | {"set": "test"}))
+    assert main(["compare", str(tmp_path / "a-test"), str(tmp_path / "s")]) == 2
+    assert "different task sets" in capsys.readouterr().err
     assert main(["compare", str(root / "a"), str(tmp_path)]) == 2
     assert "not an evaluation directory" in capsys.readouterr().err
 
@@ -307,3 +313,14 @@ def test_best_of_takes_each_tasks_lowest_validation_loss_as_an_evaluation_of_its
     assert "at least two" in capsys.readouterr().err
     assert main(["best-of", *map(str, dirs), "--out", str(dirs[2])]) == 2
     assert "holds an evaluation of lhopt eval" in capsys.readouterr().err
+
+
+def test_test_set_evaluations_get_their_own_default_directory(tmp_path):
+    from lhopt_dsl.imitation import FixedSchedule, Target
+    from runners.evaluate import default_out
+
+    spec = load_spec(SPECS / "cpu.yaml")
+    schedule = FixedSchedule(Target.from_name("linear-lr0.03"), spec.hparams)
+    dev, test = default_out(spec, schedule), default_out(spec, schedule, task_set="test")
+    assert test.name == dev.name + "-test" and test.parent == dev.parent
+    assert default_out(spec, DEFAULT_POLICY, task_set="test").name.endswith("-test")

@@ -221,3 +221,24 @@ def test_training_and_evaluation_seeds_are_disjoint():
     cfgs = [eval_config(spec, i) for i in range(5)]
     assert all(c.seed in EVAL_SEEDS for c in cfgs) and len({c.task_id for c in cfgs}) == 5
     assert eval_config(spec, 3) == eval_config(spec, 3)
+
+
+def test_the_test_set_is_drawn_under_a_key_of_its_own():
+    """Dev tasks choose designs, test tasks judge them once: the two sets (and training) share no
+    seed, and the dev set is what evaluation used before the test set existed."""
+    from lhopt_dsl.sample import EVAL_SEEDS, TASK_SETS, eval_seed, test_seed, train_seed
+    from runners.evaluate import EvaluationError, eval_config
+
+    assert TASK_SETS == {"dev": eval_seed, "test": test_seed}
+    dev = {eval_seed(root, i) for root in range(3) for i in range(500)}
+    test = {test_seed(root, i) for root in range(3) for i in range(500)}
+    train = {train_seed(root, it, j) for root in range(3) for it in range(50) for j in range(10)}
+    assert len(test) == 1500 and all(s in EVAL_SEEDS for s in test)
+    assert not dev & test and not train & test
+    spec = load_spec(SPECS / "smoke.yaml")
+    assert eval_config(spec, 2, task_set="dev") == eval_config(spec, 2)
+    tests = [eval_config(spec, i, task_set="test") for i in range(5)]
+    assert tests[0].seed == test_seed(spec.seed, 0) and len({c.task_id for c in tests}) == 5
+    assert not {c.task_id for c in tests} & {eval_config(spec, i).task_id for i in range(5)}
+    with pytest.raises(EvaluationError, match="dev, test"):
+        eval_config(spec, 0, task_set="train")
