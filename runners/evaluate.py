@@ -23,6 +23,7 @@ stopped; ``--workers N`` spreads the tasks over N processes.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gzip
 import hashlib
 import json
 import math
@@ -321,10 +322,12 @@ def load_output(out: Path) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
                               "pass an output directory of lhopt eval (its --out)")
     manifest = json.loads((out / "manifest.json").read_text())
     records: dict[int, dict[str, Any]] = {}
-    for path in sorted((out / "tasks").glob("*.json")):
+    # *.json as lhopt eval writes them; *.json.gz as published under results/evaluations/
+    for path in sorted([*(out / "tasks").glob("*.json"), *(out / "tasks").glob("*.json.gz")]):
         try:
-            record = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            text = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            record = json.loads(text)
+        except (json.JSONDecodeError, gzip.BadGzipFile, EOFError, UnicodeDecodeError):
             continue  # a torn write: that task is unfinished
         if not (isinstance(record, dict) and record.get("version") == RECORD_VERSION):
             continue  # another version's record: not comparable

@@ -1,5 +1,6 @@
 """`lhopt eval` end to end on small held-out tasks: test scoring, the baseline cache, resuming, workers."""
 
+import gzip
 import json
 import math
 import shutil
@@ -260,6 +261,15 @@ def test_compare_pairs_two_evaluations_task_by_task(evaluated, tmp_path, capsys)
     assert "00001.json is not a task record" in capsys.readouterr().err
     assert main(["compare", str(root / "a")]) == 2
     assert "at least two" in capsys.readouterr().err
+    # a published evaluation (each task record gzipped, as under results/evaluations/) reads the same
+    shutil.copytree(root / "a", tmp_path / "published")
+    for f in (tmp_path / "published" / "tasks").glob("*.json"):
+        f.with_suffix(".json.gz").write_bytes(gzip.compress(f.read_bytes()))
+        f.unlink()
+    assert main(["compare", str(tmp_path / "published"), str(tmp_path / "s"), "-o", str(tmp_path / "pub.json")]) == 0
+    published = json.loads((tmp_path / "pub.json").read_text())
+    assert published["tasks"] == 2 and published["comparisons"]["s"]["head_to_head"] == h
+    capsys.readouterr()
     # dev and test are never compared with each other
     shutil.copytree(root / "a", tmp_path / "a-test")
     manifest = json.loads((tmp_path / "a-test" / "manifest.json").read_text())
