@@ -15,6 +15,11 @@ rotating order on the same tasks and the same (untrained) policy:
   is paid in a warm-up pass over all tasks first and reported separately, so the row shows the
   steady state of a long meta-training run, where architectures repeat.
 
+With ``--specs A B ...`` it compares task *distributions* instead: for each spec, the tasks of
+its first ``--iterations`` iterations run with populations on (the default of ``lhopt train``),
+the specs in rotating order over ``--rounds``; printed are each spec's episodes per CPU-hour
+(rollouts plus PPO updates) and the ratio to the first spec.
+
 Printed: inner steps per second (all members' steps) and episodes per hour, each from this
 process's CPU time (one torch thread by default), and the ratio to ``one at a time``. The PPO
 update is timed once per iteration and added to every contender's time. Checkpoint writes and
@@ -55,6 +60,54 @@ def _rollouts(spec: Any, cfgs: list, policy: ActorCritic, ema: ActorCritic, **kw
     return seconds, episodes, inner
 
 
+def _ppo_seconds(spec: Any, policy: ActorCritic, episodes: list, iterations: int) -> float:
+    """CPU time of the PPO updates of ``iterations`` iterations on their episodes."""
+    mt = spec.meta_train
+    model = copy.deepcopy(policy)
+    opt = torch.optim.Adam(model.parameters(), lr=mt.learning_rate, eps=1e-5)
+    per = mt.tasks_per_iteration * mt.rollouts_per_task
+    t0 = time.process_time()
+    for i in range(iterations):
+        ppo_update(model, opt, episodes[i * per:][:per], mt, np.random.default_rng(i))
+    return time.process_time() - t0
+
+
+def compare_specs(paths: list[str], iterations: int, rounds: int) -> None:
+    """Episodes per CPU-hour of each spec's own tasks, measured in rotating order in this process."""
+    specs = [load_spec(p) for p in paths]
+    torch.manual_seed(0)
+    setups = []
+    for spec in specs:
+        mt = spec.meta_train
+        policy = ActorCritic(policy_shape(spec))
+        cfgs = [sample(spec, train_seed(spec.seed, i, j)) for i in range(iterations) for j in range(mt.tasks_per_iteration)]
+        setups.append((spec, cfgs, policy, copy.deepcopy(policy)))
+    print(f"(d') task distributions: the tasks of {iterations} iterations of each spec, populations on; "
+          f"torch={torch.__version__} threads={torch.get_num_threads()}")  # fmt: skip
+    for spec, cfgs, policy, ema in setups:  # warm-up: dataset caches and batchability probes
+        _rollouts(spec, cfgs[:2], policy, ema, population=True)
+    times: list[list[float]] = [[] for _ in specs]
+    counts = [0] * len(specs)
+    ppo = [0.0] * len(specs)
+    for r in range(rounds):
+        for k in [(r + j) % len(specs) for j in range(len(specs))]:
+            spec, cfgs, policy, ema = setups[k]
+            seconds, eps, _ = _rollouts(spec, cfgs, policy, ema, population=True)
+            times[k].append(seconds)
+            counts[k] = len(eps)
+            if r == 0:
+                ppo[k] = _ppo_seconds(spec, policy, eps, iterations)
+    print("\n| spec | tasks | episodes | rollouts s | + PPO s | episodes/CPU-hour | vs the first |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    base = None
+    for k, path in enumerate(paths):
+        seconds = statistics.median(times[k]) + ppo[k]
+        rate = counts[k] / seconds * 3600
+        base = base or rate
+        print(f"| {path} | {len(setups[k][1])} | {counts[k]} | {statistics.median(times[k]):.1f} | {ppo[k]:.2f} | "
+              f"{rate:,.0f} | **{rate / base:.2f}x** |")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default="task_specs/smoke.yaml")
@@ -62,8 +115,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2, help="passes over those tasks per contender")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="leave out the compiled contender")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--specs", nargs="+", metavar="SPEC",
+                    help="compare these task distributions (populations on) instead of the contenders")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.specs:
+        compare_specs(args.specs, args.iterations, args.rounds)
+        return
     spec = load_spec(args.spec)
     mt = spec.meta_train
     torch.manual_seed(0)
