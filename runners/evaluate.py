@@ -443,9 +443,63 @@ def compare_outputs(outs: list[Path], score: str = "test", *, resamples: int = 2
         rows = list(dict.fromkeys([*(r for r in TABLE1_ROWS if any(t.row == r for t in ts)), *(t.row for t in ts)]))
         by_row[label] = {r: head_to_head([x.policy for x in scores[0] if x.row == r],
                                          [y.policy for y in ts if y.row == r]) for r in rows}  # fmt: skip
+    deviations = {label: where_it_acts_differently([loaded[0][1][i] for i in common], [r[i] for i in common], score)
+                  for label, (_, r) in zip(labels[1:], loaded[1:])}  # fmt: skip
     return {"reference": labels[0], "score": score, "tasks": len(common), "task_indices": common,
             "finished": {label: len(r) for label, (_, r) in zip(labels, loaded)},
-            "methods": methods, "comparisons": comparisons, "by_row": by_row}  # fmt: skip
+            "methods": methods, "comparisons": comparisons, "by_row": by_row, "deviations": deviations}  # fmt: skip
+
+
+def _same_values(a: Any, b: Any, rel: float = 1e-9) -> bool:
+    """Equal plain data, floats equal to ``rel`` (records pass through JSON)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_values(a[k], b[k], rel) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_values(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        fa, fb = _unfloat(a), _unfloat(b)
+        return (math.isnan(fa) and math.isnan(fb)) or math.isclose(fa, fb, rel_tol=rel, abs_tol=0.0)
+    return a == b
+
+
+def first_difference(reference: dict[str, Any], candidate: dict[str, Any]) -> int | None:
+    """The first decision at which ``candidate``'s run chose other hyperparameters (or another
+    restart) than ``reference``'s on the same task, or None where it did exactly the same."""
+    ref, cand = reference["policy"], candidate["policy"]
+    steps = zip(ref["hparams"], cand["hparams"], ref.get("restarts", []), cand.get("restarts", []))
+    for k, (h0, h1, r0, r1) in enumerate(steps):
+        if not (_same_values(h0, h1) and _same_values(r0, r1)):
+            return k
+    if len(ref["hparams"]) != len(cand["hparams"]):
+        return min(len(ref["hparams"]), len(cand["hparams"]))
+    return None
+
+
+def where_it_acts_differently(reference: list[dict[str, Any]], candidate: list[dict[str, Any]],
+                              score: str = "test") -> dict[str, Any]:  # fmt: skip
+    """By Table 1 row: on how many tasks the candidate's hyperparameters ever differ from the
+    reference's, and the head-to-head of final losses where they differ and where they do not.
+
+    With a fixed schedule as the reference this says whether a policy's wins come from where it
+    leaves the schedule (they must: where it acts the same, the runs are the same runs)."""
+    rows: dict[str, dict[str, Any]] = {}
+    groups: dict[str, list[tuple[dict[str, Any], dict[str, Any], int | None]]] = {}
+    for ref, cand in zip(reference, candidate):
+        groups.setdefault(ref["row"], []).append((ref, cand, first_difference(ref, cand)))
+    order = [r for r in TABLE1_ROWS if r in groups] + [r for r in groups if r not in TABLE1_ROWS]
+    for row in [*order, "Overall"]:
+        items = [x for r in order for x in groups[r]] if row == "Overall" else groups[row]
+        loss = lambda rec: _unfloat(rec["policy"][score])  # noqa: E731
+        differ = [(a, b) for a, b, k in items if k is not None]
+        same = [(a, b) for a, b, k in items if k is None]
+        firsts = sorted(k / max(a["outer_steps"], 1) for a, _, k in items if k is not None)
+        rows[row] = {
+            "tasks": len(items), "differ": len(differ),
+            "first_difference_progress_median": float(np.median(firsts)) if firsts else math.nan,
+            "where_different": head_to_head([loss(a) for a, _ in differ], [loss(b) for _, b in differ]),
+            "where_same": head_to_head([loss(a) for a, _ in same], [loss(b) for _, b in same]),
+        }  # fmt: skip
+    return rows
 
 
 def format_comparison(result: dict[str, Any], markdown: bool = False) -> str:
@@ -471,12 +525,24 @@ def format_comparison(result: dict[str, Any], markdown: bool = False) -> str:
     head3 = ["row: lower / tie / higher", *result["by_row"]]
     body3 = [[r, *(("{wins}/{ties}/{losses}".format(**b[r]) if r in b else "-") for b in result["by_row"].values())]
              for r in rows]  # fmt: skip
-    out = [render_table(h, b, markdown) for h, b in ((head1, body1), (head2, body2), (head3, body3))]
+    tables = [(head1, body1), (head2, body2), (head3, body3)]
+    for label, dev in result.get("deviations", {}).items():
+        head4 = [f"{label} vs {result['reference']}: row", "tasks", "acts differently", "first difference (progress)",
+                 "lower / tie / higher where different", "where the same"]  # fmt: skip
+        h2h = "{wins} / {ties} / {losses}".format
+        body4 = [[row, str(d["tasks"]), str(d["differ"]),
+                  "-" if not math.isfinite(d["first_difference_progress_median"]) else
+                  f"{d['first_difference_progress_median']:.2f}",
+                  h2h(**d["where_different"]), h2h(**d["where_same"])] for row, d in dev.items()]  # fmt: skip
+        tables.append((head4, body4))
+    out = [render_table(h, b, markdown) for h, b in tables]
     finished = ", ".join(f"{k} {v}" for k, v in result["finished"].items())
     note = (f"{result['tasks']} tasks finished in every evaluation (finished: {finished}), scored on the "
             f"{result['score']} split. Lower / tie / higher: tasks where the evaluation's final loss is below, equal "
             f"to or above {result['reference']}'s; sign test: the chance of so uneven a split if neither were better. "
-            "Differences (evaluation - reference) and ratios with 95% paired bootstrap intervals over tasks.")
+            "Differences (evaluation - reference) and ratios with 95% paired bootstrap intervals over tasks. "
+            "Acts differently: tasks where its hyperparameters or restarts differ from the reference's at some "
+            "decision (first difference: the median fraction of the run before it).")
     return "\n\n".join(out) + "\n\n" + note
 
 

@@ -238,8 +238,9 @@ def test_compare_pairs_two_evaluations_task_by_task(evaluated, tmp_path, capsys)
     out_json = tmp_path / "cmp.json"
     assert main(["compare", str(root / "a"), str(tmp_path / "s"), "-o", str(out_json)]) == 0
     text = capsys.readouterr().out
-    assert "vs a" in text and "sign test" in text
+    assert "vs a" in text and "sign test" in text and "acts differently" in text
     result = json.loads(out_json.read_text())
+    assert result["deviations"]["s"]["Overall"]["differ"] == 2  # another schedule: different on every task
     assert result["reference"] == "a" and result["tasks"] == 2 and result["task_indices"] == [0, 1]
     h = result["comparisons"]["s"]["head_to_head"]
     a = [json.loads((root / "a" / "tasks" / f"{i:05d}.json").read_text())["policy"]["test"] for i in range(2)]
@@ -334,3 +335,32 @@ def test_test_set_evaluations_get_their_own_default_directory(tmp_path):
     dev, test = default_out(spec, schedule), default_out(spec, schedule, task_set="test")
     assert test.name == dev.name + "-test" and test.parent == dev.parent
     assert default_out(spec, DEFAULT_POLICY, task_set="test").name.endswith("-test")
+
+
+def _record(row: str, test: float, lrs: list[float], restarts: list | None = None) -> dict:
+    hparams = [{"lr": lr, "weight_decay": 0.01} for lr in lrs]
+    return {"row": row, "outer_steps": len(lrs), "policy": {"test": test, "valid": test, "hparams": hparams,
+            "restarts": restarts or [["none", -1]] * len(lrs)}}  # fmt: skip
+
+
+def test_where_a_policy_acts_differently_from_its_reference_is_counted_by_row():
+    """Hand-made records: the table says on which tasks the candidate left the reference's
+    hyperparameters (or restarted where it did not), when, and how it fared there and elsewhere."""
+    from runners.evaluate import first_difference, where_it_acts_differently
+
+    ref = [_record("Algo+RNN", 1.0, [0.1, 0.2, 0.4, 0.8]), _record("Algo+RNN", 2.0, [0.1, 0.2]),
+           _record("MNISTs+MLP", 3.0, [0.1, 0.2]), _record("MNISTs+MLP", 4.0, [0.1, 0.2])]  # fmt: skip
+    cand = [_record("Algo+RNN", 0.5, [0.1, 0.2, 0.8, 0.8]),           # leaves it at decision 2 and wins
+            _record("Algo+RNN", 2.0, [0.1, 0.2 * (1 + 1e-12)]),       # the same up to JSON round-off
+            _record("MNISTs+MLP", 3.5, [0.1, 0.2], [["none", -1], ["restart", 0]]),  # a restart: differs, loses
+            _record("MNISTs+MLP", 4.0, [0.1, 0.2])]  # fmt: skip
+    assert [first_difference(r, c) for r, c in zip(ref, cand)] == [2, None, 1, None]
+    table = where_it_acts_differently(ref, cand)
+    assert list(table) == ["Algo+RNN", "MNISTs+MLP", "Overall"]
+    rnn, mlp, overall = table["Algo+RNN"], table["MNISTs+MLP"], table["Overall"]
+    assert (rnn["tasks"], rnn["differ"], rnn["first_difference_progress_median"]) == (2, 1, 0.5)
+    assert (rnn["where_different"]["wins"], rnn["where_same"]["ties"]) == (1, 1)
+    assert (mlp["differ"], mlp["where_different"]["losses"], mlp["where_same"]["ties"]) == (1, 1, 1)
+    assert (overall["tasks"], overall["differ"]) == (4, 2)
+    assert overall["where_different"] | {"sign_test_p": 0} == {"wins": 1, "ties": 0, "losses": 1, "sign_test_p": 0}
+    assert overall["where_same"]["ties"] == 2
