@@ -500,3 +500,29 @@ def plot_performance_profile(profiles: Mapping[str, np.ndarray], taus: np.ndarra
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
+
+
+def gradient_signal(grads: np.ndarray) -> dict[str, float]:
+    """How much of a gradient is signal: ``grads`` (N, P) holds N independent gradient samples
+    (e.g. one per task). With their mean m and covariance S:
+
+    * ``signal``: |m|^2 - tr(S)/N, an unbiased estimate of |E g|^2 (negative when the samples
+      show no common direction);
+    * ``noise``: tr(S) (unbiased), the spread of one sample around the mean; the signal-to-noise
+      ratio of a mean over B samples is ``signal / (noise / B)``;
+    * ``cos``: the mean cosine between each sample and the mean of the others.
+    """
+    g = np.asarray(grads, dtype=np.float64)
+    n = g.shape[0]
+    if g.ndim != 2 or n < 2:
+        raise ValueError(f"gradient_signal needs at least two gradient samples as rows of an (N, P) array; got {g.shape}")
+    mean = g.mean(axis=0)
+    noise = float(((g - mean) ** 2).sum() / (n - 1))
+    signal = float(mean @ mean) - noise / n
+    total = g.sum(axis=0)
+    cos = []
+    for row in g:
+        others = (total - row) / (n - 1)
+        denom = np.linalg.norm(row) * np.linalg.norm(others)
+        cos.append(float(row @ others / denom) if denom > 0 else 0.0)
+    return {"signal": signal, "noise": noise, "cos": float(np.mean(cos))}

@@ -107,6 +107,23 @@ def _pad(episodes: list[Episode], key: str) -> torch.Tensor:
     return torch.as_tensor(np.stack(rows, axis=1))
 
 
+def normalise_advantages(episodes: list[Episode], how: str = "batch") -> dict[int, np.ndarray]:
+    """Each episode's GAE advantages (``e.advantages``) standardised, by ``id(episode)``: over the
+    whole batch (``batch``) or over the rollouts of the episode's own task (``task``, grouped by
+    task id), so that a task whose rollouts all did about as well still says which did better."""
+    if how not in ("batch", "task"):
+        raise ValueError(f"advantage_norm must be 'batch' or 'task'; got {how!r}")
+    groups: dict[str, list[Episode]] = {}
+    for e in episodes:
+        groups.setdefault(e.task_id if how == "task" else "", []).append(e)
+    out: dict[int, np.ndarray] = {}
+    for group in groups.values():
+        adv = np.concatenate([e.advantages for e in group])
+        mean, std = adv.mean(), adv.std() + 1e-8
+        out.update({id(e): ((e.advantages - mean) / std).astype(np.float32) for e in group})
+    return out
+
+
 def ppo_update(
     model: ActorCritic,
     optimizer: torch.optim.Optimizer,
@@ -125,8 +142,7 @@ def ppo_update(
     params = list(model.parameters())
     for e in episodes:
         e.advantages, e.returns = gae(e.rewards, e.values, 1.0, mt.gae_lambda)
-    all_adv = np.concatenate([e.advantages for e in episodes])
-    adv_mean, adv_std = all_adv.mean(), all_adv.std() + 1e-8
+    normalised = normalise_advantages(episodes, mt.advantage_norm)
     kls, clips, entropies, pg_losses, v_losses = [], [], [], [], []
     for _epoch in range(mt.update_epochs):
         order = rng.permutation(len(episodes))
@@ -142,7 +158,7 @@ def ppo_update(
                 acts = _pad(mine, "actions").long()  # (T, B, D)
                 mask = _pad(mine, lambda e: np.ones(len(e), dtype=np.float32)).float()  # (T, B)
                 old_lp = _pad(mine, "logprobs").float()
-                adv = (_pad(mine, "advantages").float() - adv_mean) / adv_std
+                adv = _pad(mine, lambda e: normalised[id(e)]).float()
                 ret = _pad(mine, "returns").float()
                 new_lp, entropy, values = model.evaluate(x, v, acts)
                 log_ratio = new_lp - old_lp

@@ -59,6 +59,55 @@ def test_ppo_learns_the_best_action_of_a_toy_problem():
     assert stats["ppo/approx_kl"] >= 0 and 0 <= stats["ppo/clip_frac"] <= 1
 
 
+def test_advantages_are_normalised_over_the_batch_or_over_each_tasks_rollouts():
+    """Hand-computed: two tasks whose advantages differ in scale by 1000. Over the batch the small
+    task's advantages are all but zero; over each task both tasks' spread is 1."""
+    from runners.meta_train import normalise_advantages
+
+    small = [np.array([1e-3, -1e-3]), np.array([3e-3, -3e-3])]
+    large = [np.array([1.0, -1.0]), np.array([3.0, -3.0])]
+    episodes = []
+    for task, advs in (("a", small), ("b", large)):
+        for adv in advs:
+            e = Episode(*[np.zeros((2, 1))] * 5, np.zeros(2), np.zeros(2), np.zeros(2), [], [], [], task_id=task)
+            e.advantages = adv
+            episodes.append(e)
+    batch = normalise_advantages(episodes, "batch")
+    task = normalise_advantages(episodes, "task")
+    everything = np.concatenate(small + large)
+    for e in episodes:
+        np.testing.assert_allclose(batch[id(e)], (e.advantages - everything.mean()) / (everything.std() + 1e-8), rtol=1e-6)
+    assert max(abs(batch[id(e)]).max() for e in episodes[:2]) < 2e-3
+    scale = np.sqrt(np.mean(np.concatenate(small) ** 2))
+    np.testing.assert_allclose(task[id(episodes[1])], small[1] / scale, rtol=1e-4)
+    np.testing.assert_allclose(task[id(episodes[3])], large[1] / np.sqrt(5.0), rtol=1e-6)
+    with pytest.raises(ValueError, match="advantage_norm"):
+        normalise_advantages(episodes, "episode")
+
+
+def test_ppo_with_advantages_normalised_per_task_learns_the_toy_problem():
+    torch.manual_seed(0)
+    model = ActorCritic(PolicyShape(policy_size=4, value_size=2, nvec=(4, 3), hidden_size=16))
+    mt = load_spec(SPECS / "smoke.yaml").meta_train.model_copy(
+        update={"learning_rate": 3e-3, "minibatch_episodes": 4, "advantage_norm": "task"})
+    opt = torch.optim.Adam(model.parameters(), lr=mt.learning_rate)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    def batch() -> list[Episode]:
+        episodes = [toy_episode(model, gen) for _ in range(8)]
+        for k, e in enumerate(episodes):  # two tasks of four rollouts; the second's rewards 1000x smaller
+            e.task_id = "ab"[k // 4]
+            e.rewards = e.rewards * (1e-3 if k >= 4 else 1.0)
+        return episodes
+
+    before = float(np.mean([toy_episode(model, gen).rewards.mean() for _ in range(30)]))
+    for _ in range(40):
+        ppo_update(model, opt, batch(), mt, rng)
+    after = float(np.mean([toy_episode(model, gen).rewards.mean() for _ in range(30)]))
+    assert before < 0.4 and after > 0.9, (before, after)
+
+
 def test_policy_checkpoint_round_trip():
     spec = load_spec(SPECS / "smoke.yaml")
     model = ActorCritic(policy_shape(spec))

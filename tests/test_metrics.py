@@ -316,3 +316,23 @@ def test_paired_intervals_are_narrower_than_unpaired_ones():
     assert c["log_loss_ratio"]["value"] == pytest.approx(math.log(0.9))
     assert c["log_loss_ratio"]["ci"] == pytest.approx([math.log(0.9)] * 2)
     assert c["best_ge_1x"]["difference"]["value"] == 1.0  # ref never ties the best; cand always does
+
+
+def test_gradient_signal_by_hand_and_by_simulation():
+    from lhopt_dsl.metrics import gradient_signal
+
+    # by hand: samples (1, 0) and (3, 0): mean (2, 0), tr(S) = ((1-2)^2 + (3-2)^2) / 1 = 2,
+    # signal = 4 - 2/2 = 3; each sample points along the other: cosine 1
+    r = gradient_signal(np.array([[1.0, 0.0], [3.0, 0.0]]))
+    assert r == {"signal": 3.0, "noise": 2.0, "cos": 1.0}
+    # opposite samples: no common direction
+    r = gradient_signal(np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    assert r["signal"] < 0 and r["cos"] == -1.0
+    # simulation: mean mu, isotropic noise sigma in P dims: signal ~ |mu|^2, noise ~ P sigma^2
+    rng = np.random.default_rng(0)
+    mu, sigma, p = np.full(50, 0.2), 0.5, 50
+    estimates = [gradient_signal(mu + sigma * rng.standard_normal((20, p))) for _ in range(400)]
+    assert abs(np.mean([e["signal"] for e in estimates]) - mu @ mu) < 0.1 * mu @ mu
+    assert abs(np.mean([e["noise"] for e in estimates]) - p * sigma**2) < 0.05 * p * sigma**2
+    with pytest.raises(ValueError, match="two gradient samples"):
+        gradient_signal(np.ones((1, 3)))

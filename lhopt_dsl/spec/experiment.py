@@ -148,6 +148,12 @@ class MetaTrainSpec(StrictModel):
     value_coef: Annotated[float, Field(ge=0, description="Value loss weight.")] = 0.5
     max_grad_norm: Annotated[float, Field(gt=0, description="Gradient-norm clip of the PPO update.")] = 0.5
     gae_lambda: Annotated[float, Field(ge=0, le=1, description="GAE lambda (the discount is 1).")] = 0.95
+    advantage_norm: Annotated[
+        Literal["batch", "task"],
+        Field(description="How advantages are normalised before the PPO loss: batch, over all of an iteration's "
+                          "episodes (CleanRL's default); task, over each task's own rollouts, so tasks whose "
+                          "rewards vary little weigh as much as tasks whose rewards vary a lot."),
+    ] = "batch"
     ema_decay: Annotated[
         float, Field(ge=0, lt=1, description="Decay of the EMA of policy weights used as the self-play baseline.")
     ] = 0.9
