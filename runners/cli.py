@@ -756,6 +756,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _policy_file_error(e: BaseException) -> bool:
+    """Whether ``e`` says a policy or checkpoint file is unsafe, unreadable or inconsistent. Only
+    commands that read policies import their module (and torch), so `validate` and `sample` stay light."""
+    policy = sys.modules.get("lhopt_dsl.policy")
+    return policy is not None and isinstance(e, policy.PolicyFileError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -777,6 +784,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FileNotFoundError as e:  # a dataset file that is neither on disk nor downloadable
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        if not _policy_file_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)  # "<file>: <what is wrong with it>"
         return 2
     except BrokenPipeError:  # e.g. `lhopt sample ... | head`
         return 0

@@ -32,7 +32,8 @@ from tqdm import tqdm
 from lhopt_dsl import ExperimentSpec, sample
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.observation import FeatureBuilder, draw_cadence
-from lhopt_dsl.policy import PRESETS, ActorCritic, EnsembleActorCritic, PolicyShape, load_checkpoint, save_checkpoint
+from lhopt_dsl.policy import PRESETS, ActorCritic, EnsembleActorCritic, PolicyFileError, PolicyShape, save_checkpoint
+from lhopt_dsl.policy_file import load_policy_file, load_training_checkpoint
 from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec.loader import spec_files
@@ -68,17 +69,20 @@ def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: An
     if init is None:
         return ActorCritic(shape)
     if init.get("residual") is not None:
-        raise ValueError(f"{source} acts around the base schedule {init['residual'].get('base')}, which PPO does not "
+        raise PolicyFileError(f"{source}: acts around the base schedule {init['residual'].get('base')}, which PPO does not "
                          "train (its rollouts record the actions carried out, not the policy's offsets); start from a "
                          "plain policy")
     model = ActorCritic.from_checkpoint(init["policy"])
     if isinstance(model, EnsembleActorCritic):
-        raise ValueError(f"{source} is an ensemble of {len(model.members)} policies, which cannot be trained on; "
-                         "start from one of its members (the files it was combined from)")
-    model.check_compatible(shape.policy_size, shape.value_size, shape.nvec)
+        raise PolicyFileError(f"{source}: an ensemble of {len(model.members)} policies, which cannot be trained on; "
+                              "start from one of its members (the files it was combined from)")
+    try:
+        model.check_compatible(shape.policy_size, shape.value_size, shape.nvec)
+    except ValueError as e:
+        raise PolicyFileError(f"{source}: {e}") from None
     if (model.shape.hidden_size, model.shape.num_layers) != (shape.hidden_size, shape.num_layers):
-        raise ValueError(f"{source} has {model.shape.num_layers} x {model.shape.hidden_size} LSTM units, but the spec asks "
-                         f"for {shape.num_layers} x {shape.hidden_size}; start from a policy made with this spec")
+        raise PolicyFileError(f"{source}: {model.shape.num_layers} x {model.shape.hidden_size} LSTM units, but the spec "
+                              f"asks for {shape.num_layers} x {shape.hidden_size}; start from a policy made with this spec")
     return model
 
 
@@ -234,12 +238,12 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     state = None
     if group.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        state = load_checkpoint(ckpt_path, "training checkpoint") if settings.resume and ckpt_path.exists() else None
+        state = load_training_checkpoint(ckpt_path) if settings.resume and ckpt_path.exists() else None
         if settings.resume and state is None:
             print(f"no checkpoint at {ckpt_path}; starting a new run")
     state = group.broadcast(state)  # the job's whole state, whatever number of ranks wrote it
     # A new run may start from a given policy, read by rank 0 (the others may not see the file).
-    init = load_checkpoint(settings.init) if group.main and settings.init and not state else None
+    init = load_policy_file(settings.init) if group.main and settings.init and not state else None
     init = group.broadcast(init) if settings.init and not state else None
     torch.manual_seed(spec.seed)
     model = ActorCritic.from_checkpoint(state["policy"]) if state else initial_policy(spec, init, settings.init)
