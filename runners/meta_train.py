@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import multiprocessing as mp
 import signal
 import threading
 import time
@@ -39,6 +38,7 @@ from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec.loader import spec_files
 
 from .distributed import Group, grads_vector, set_grads, setup
+from .lifeline import worker_pool
 from .tracking import NullTracker, Tracker
 
 
@@ -271,8 +271,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
             for path in spec_files(spec_path):  # the spec and every file it includes
                 tracker.log_artifact(path, "spec")
     spec_json = spec.model_dump_json()
-    pool = mp.get_context("spawn").Pool(settings.workers, initializer=torch.set_num_threads, initargs=(1,)) \
-        if settings.workers > 1 else None  # fmt: skip
+    pool = worker_pool(settings.workers, torch.set_num_threads, (1,)) if settings.workers > 1 else None
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="meta-train",
                unit="it", disable=settings.quiet or not group.main)  # fmt: skip
     started = time.perf_counter()

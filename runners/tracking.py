@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .lifeline import guarded
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Fail fast against an unreachable server instead of retrying for minutes.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -272,7 +274,8 @@ class UIServer(subprocess.Popen):
     """
 
     def __init__(self, args: list[str], **kwargs: Any):
-        super().__init__(args, start_new_session=_GROUPS, **kwargs)
+        # under the supervisor of runners/lifeline.py: the group goes down with lhopt ui even on SIGKILL
+        super().__init__(guarded(args), start_new_session=_GROUPS, **kwargs)
 
     def send_signal(self, sig: int) -> None:
         if not _GROUPS:
