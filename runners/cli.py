@@ -174,9 +174,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except RankLost as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last finished iteration's checkpoint is intact
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the last finished iteration's checkpoint is intact
         print("\ninterrupted: continue from the last checkpoint with --resume", file=sys.stderr)
-        return 130
+        return _interrupted_status(e)
     if launched() and int(os.environ.get("RANK", "0")) > 0:
         return 0  # rank 0 reports for the job
     print(f"\npolicy: {path}\nlocal metrics and checkpoints: {path.parent}")
@@ -209,11 +209,19 @@ def cmd_imitate(args: argparse.Namespace) -> int:
     except ValueError as e:  # a space whose actions cannot keep a hyperparameter, files of another run
         print(f"error: {args.spec}: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\ninterrupted: the finished demonstrations are kept; rerun the same command to go on", file=sys.stderr)
-        return 130
+        return _interrupted_status(e)
     print(f"\nwarm-start policy: {path}\nstart PPO from it: lhopt train {args.spec} --init {path}")
     return 0
+
+
+def _interrupted_status(e: KeyboardInterrupt) -> int:
+    """The shell's convention for a command stopped by a signal: 128 + its number (130 for Ctrl-C,
+    143 for SIGTERM, as `lhopt ui` returns), so schedulers and scripts can tell the two apart."""
+    import signal
+
+    return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 def _ui_hint(uri: str | None) -> str:

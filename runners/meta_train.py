@@ -212,6 +212,15 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
         group.close()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an interrupt; ``signum`` gives the command its exit status, 128 + signum
+    (143), as a process ended by the signal would have, while what is saved on interrupt is saved."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a scheduler's time limit, torchrun stopping a job) unwinds like Ctrl-C: the
@@ -222,7 +231,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated(signum)
 
     before = signal.signal(signal.SIGTERM, interrupt)
     try:
