@@ -272,6 +272,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     else:
         tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, spec.name, run_dir,
                           run_id)  # fmt: skip
+        tracker.keep_metrics_through(start)  # rows written after the checkpoint was (a kill between the two)
     if run_id is None and group.main:
         tracker.log_params(spec.model_dump(mode="json"))
         if settings.init:

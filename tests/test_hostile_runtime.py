@@ -2,9 +2,15 @@
 
 * ``kill -9`` of a command with a worker pool (``lhopt eval --workers 2``) or of ``lhopt ui``: no
   worker, resource tracker or server survives it (runners/lifeline.py);
-* every runner starts its pools through that one helper.
+* every runner starts its pools through that one helper;
+* ``lhopt train`` killed between writing an iteration's metrics row and its checkpoint: the
+  resumed run's ``metrics.jsonl`` has every iteration once.
+
+(SIGTERM of ``train`` and ``imitate``, exit 143 with their pools gone, is tested beside their other
+behaviour: tests/test_meta_train.py and tests/test_imitation.py.)
 """
 
+import json
 import os
 import re
 import signal
@@ -170,3 +176,42 @@ def test_every_runner_starts_its_pools_through_the_lifeline():
                  for i, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]  # fmt: skip
     assert offenders == []
 
+
+def test_a_kill_between_the_metrics_row_and_the_checkpoint_leaves_no_duplicate_row(tmp_path, monkeypatch):
+    import runners.meta_train as mt
+    from lhopt_dsl import load_spec
+    from lhopt_dsl.policy_file import load_training_checkpoint
+
+    spec = load_spec(SPECS / "smoke.yaml")
+    spec = spec.model_copy(update={
+        "meta_train": spec.meta_train.model_copy(update={"tasks_per_iteration": 1, "rollouts_per_task": 1,
+                                                          "hidden_size": 8}),
+        "tasks": spec.tasks.model_copy(update={"families": [f for f in spec.tasks.families if f.family == "nqm"]}),
+    })  # fmt: skip
+    settings = mt.Settings(iterations=2, workers=0, tracking_uri=OFFLINE, run_dir=tmp_path, quiet=True)
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        mt.train(spec, settings)
+    save = mt.save_atomic
+
+    def killed_at_the_third_checkpoint(obj, path):
+        if obj.get("iteration") == 3:  # its metrics row is written; the kill comes before the checkpoint
+            raise KeyboardInterrupt("killed")
+        save(obj, path)
+
+    monkeypatch.setattr(mt, "save_atomic", killed_at_the_third_checkpoint)
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="tracking disabled"):
+        mt.train(spec, mt.Settings(iterations=4, workers=0, tracking_uri=OFFLINE, run_dir=tmp_path, resume=True,
+                                   quiet=True))  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # the situation a kill leaves: a row past the checkpoint
+    assert load_training_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
+
+    monkeypatch.setattr(mt, "save_atomic", save)
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        mt.train(spec, mt.Settings(iterations=4, workers=0, tracking_uri=OFFLINE, run_dir=tmp_path, resume=True,
+                                   quiet=True))  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    history = load_training_checkpoint(tmp_path / "checkpoint.pt")["history"]
+    assert [h["iteration"] for h in history] == [1, 2, 3, 4]
+    assert rows[2]["reward/mean"] == history[2]["reward/mean"]  # the row of the iteration the checkpoint holds
