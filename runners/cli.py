@@ -151,8 +151,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .meta_train import Settings, train
 
     if args.nproc is not None and args.nproc > 1 and not launched():
-        # Ranks on this machine: torchrun starts them, each running this command without --nproc.
-        return subprocess.call(torchrun_command(args.nproc, _without_nproc(args.argv)))
+        import signal
+
+        from .lifeline import death_signal_on_exec
+
+        # Ranks on this machine: torchrun starts them, each running this command without --nproc. Told
+        # SIGTERM when this process dies however it dies, torchrun stops its ranks (they run in
+        # sessions of their own, which a signal to this process's group would not reach).
+        return subprocess.call(torchrun_command(args.nproc, _without_nproc(args.argv)),
+                               preexec_fn=death_signal_on_exec(signal.SIGTERM))  # fmt: skip
 
     spec = load_spec(args.spec)
     if args.seed is not None:

@@ -11,7 +11,9 @@ cannot help (SIGKILL is not delivered to the dying process), so the children wat
   dies (``prctl(PR_SET_PDEATHSIG)``) and elsewhere runs a watchdog thread that polls the parent;
 * servers: :func:`guarded` wraps a command in this module's own small supervisor, which leads the
   command's process group and kills the whole group when its parent dies (the MLflow server forks
-  a uvicorn worker that a signal to the server alone would leave behind).
+  a uvicorn worker that a signal to the server alone would leave behind);
+* a child that cleans up after itself on a signal (torchrun stops its ranks on SIGTERM):
+  :func:`death_signal_on_exec` has the kernel send it that signal when its parent dies (Linux).
 
 The kernel's death signal follows the thread that started the child, so a pool must be started by
 a thread that lives as long as the pool (every runner starts its pools in the main thread).
@@ -49,6 +51,29 @@ def set_death_signal(sig: int) -> bool:
         return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
     except (OSError, AttributeError):  # no libc with prctl (e.g. a static or unusual runtime)
         return False
+
+
+def death_signal_on_exec(sig: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for a child that cleans up after itself on ``sig`` (``torchrun`` ends its ranks
+    on SIGTERM): the kernel sends it ``sig`` when this process dies, kept across ``exec``. None where
+    there is no such signal (then pass nothing). prctl is looked up here, so that the forked child,
+    where little is safe to run, only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # died before the signal was armed
+            os._exit(128 + int(sig))
+
+    return arm
 
 
 def _end_self(sig: int) -> None:

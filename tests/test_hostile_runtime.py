@@ -1,7 +1,8 @@
 """A command killed however it is killed leaves nothing running and nothing doubled.
 
-* ``kill -9`` of a command with a worker pool (``lhopt eval --workers 2``) or of ``lhopt ui``: no
-  worker, resource tracker or server survives it (runners/lifeline.py);
+* ``kill -9`` of a command with a worker pool (``lhopt eval --workers 2``), of ``lhopt ui`` or of
+  ``lhopt train --nproc 2``: no worker, resource tracker, server, torchrun or rank survives it
+  (runners/lifeline.py);
 * every runner starts its pools through that one helper;
 * ``lhopt train`` killed between writing an iteration's metrics row and its checkpoint: the
   resumed run's ``metrics.jsonl`` has every iteration once.
@@ -215,3 +216,30 @@ def test_a_kill_between_the_metrics_row_and_the_checkpoint_leaves_no_duplicate_r
     history = load_training_checkpoint(tmp_path / "checkpoint.pt")["history"]
     assert [h["iteration"] for h in history] == [1, 2, 3, 4]
     assert rows[2]["reward/mean"] == history[2]["reward/mean"]  # the row of the iteration the checkpoint holds
+
+
+def test_kill_9_of_a_multi_process_training_ends_torchrun_and_its_ranks(tmp_path):
+    """`lhopt train --nproc 2` runs torchrun, which starts its ranks in sessions of their own: told
+    SIGTERM by the kernel when lhopt dies, torchrun stops them."""
+    from .test_distributed import _spec_file
+
+    cmd = [sys.executable, "-m", "runners.cli", "train", str(_spec_file(tmp_path)), "--nproc", "2",
+           "--iterations", "50", "--run-dir", str(tmp_path / "run"), "--tracking-uri", OFFLINE]  # fmt: skip
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(tmp_path / "train.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    recorded: dict[int, tuple[int, int]] = {}
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # torchrun and both ranks up, past importing torch
+            recorded = _descendants(proc.pid)
+            ranks = [p for p in recorded if "runners.cli train" in _cmdline(p) and "--nproc" not in _cmdline(p)]
+            if len(ranks) == 2 and all(_rss_mib(p) > 150 for p in ranks):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()[-3000:]
+            time.sleep(0.2)
+        recorded = _descendants(proc.pid)
+        survivors = _kill_9_and_wait(proc, recorded, seconds=60)
+        assert survivors == [], [(p, _cmdline(p)) for p in survivors]
+    finally:
+        _cleanup(proc, recorded)
