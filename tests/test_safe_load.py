@@ -360,6 +360,8 @@ def _cli_cases(bad: Path, tmp_path: Path) -> dict[str, list[str]]:
         "train --resume": ["train", spec, "--resume", "--iterations", "2", "--run-dir", str(run_dir), *offline],
         "schedule export": ["schedule", "export", "--policy", str(bad), "--task", str(task), "-o",
                             str(tmp_path / "s.yaml")],
+        "schedule transfer": ["schedule", "transfer", "--policy", str(bad), "--small", str(task), "--large", str(task),
+                              "--storage", f"sqlite:///{tmp_path / 'grid.db'}"],
         "ensemble": ["ensemble", str(sound), str(bad), "-o", str(tmp_path / "ens.pt")],
         "check-dropin": ["check-dropin", "--policy", str(bad), "--programs", "regression", "--seeds", "1",
                          "--steps", "2", "--out", str(tmp_path / "dropin")],
@@ -374,11 +376,15 @@ def sample_yaml() -> str:
     return sample(SMOKE, 0).to_yaml()
 
 
-@pytest.mark.parametrize("kind", ["NaN weights", "truncated zip"])
+@pytest.mark.parametrize("kind", ["NaN weights", "truncated zip", "pickle payload"])
 def test_every_command_that_reads_a_policy_refuses_a_broken_one_with_exit_2(tmp_path, capsys, kind):
     from runners.cli import main
 
-    bad, expect = _corrupt(kind, tmp_path)
+    if kind == "pickle payload":
+        bad, marker = _armed(tmp_path, _policy_state(), "armed.pt")
+        expect = "it refers to `exec`"
+    else:
+        (bad, expect), marker = _corrupt(kind, tmp_path), tmp_path / "no-payload"
     for command, argv in _cli_cases(bad, tmp_path).items():
         assert main(argv) == 2, command
         err = capsys.readouterr().err
@@ -388,3 +394,4 @@ def test_every_command_that_reads_a_policy_refuses_a_broken_one_with_exit_2(tmp_
             what = "lacks 'iteration'" if kind == "NaN weights" else expect
         assert f"error: {named}: " in err and what in err, (command, err)
         assert "Traceback" not in err, (command, err)
+    assert not marker.exists()
