@@ -240,6 +240,8 @@ def check_training_state(state: Any) -> None:
     history = state["history"]
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise _Problem("['history'] is not a list of per-iteration metrics")
+    if not isinstance(state.get("run_id"), (str, type(None))):
+        raise _Problem(f"['run_id'] is {_kind(state['run_id'])}, not an MLflow run id")
 
 
 def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
