@@ -38,7 +38,8 @@ from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .schedule import segment_bounds
 from .observation import FeatureBuilder, Observer, flatten
 from .optim import CIAO
-from .policy import ActorCritic, EnsembleActorCritic, load_checkpoint, save_checkpoint
+from .policy import ActorCritic, EnsembleActorCritic, save_checkpoint
+from .policy_file import load_policy_file
 from .residual import ResidualPolicy, Target
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
 
@@ -49,21 +50,20 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
     """A policy object, a checkpoint path (``policy.pt`` or a training ``checkpoint.pt``), or None
     for the shipped default; returns it with the hyperparameter space it was trained with (the
     checkpoint's spec records it; the CIAO space for a policy object and for checkpoints that
-    record none, as those saved before spaces existed). Files are read with :func:`load_checkpoint`,
-    which runs no code from them: a policy someone shared is data, not a program."""
+    record none, as those saved before spaces existed). Files are read with
+    :func:`~lhopt_dsl.policy_file.load_policy_file`, which runs no code from them and checks them
+    before anything is built: a policy someone shared is data, not a program. A file that is not a
+    usable policy raises :class:`~lhopt_dsl.policy.PolicyFileError` (a ValueError) naming it."""
     if isinstance(policy, ActorCritic):
         return policy, CIAOSpace()
     path = Path(policy) if policy is not None else DEFAULT_POLICY
     if not path.exists():
         raise FileNotFoundError(f"policy checkpoint not found: {path}")
-    state = load_checkpoint(path, "policy", map_location="cpu")
-    space = validate_space(state.get("spec", {}).get("hparams", {}))
+    state = load_policy_file(path)  # shapes in bounds, tensors as declared and finite, space and base valid
+    space = validate_space((state.get("spec") or {}).get("hparams", {}))
     model = ActorCritic.from_checkpoint(state["policy"])
     if state.get("residual") is not None:  # a policy that acts around a base schedule
-        base = state["residual"].get("base") if isinstance(state["residual"], dict) else None
-        if not isinstance(base, str):
-            raise ValueError(f"{path} records a residual policy without a base schedule's name")
-        return ResidualPolicy(model, space, Target.from_name(base)), space  # type: ignore[return-value]
+        return ResidualPolicy(model, space, Target.from_name(state["residual"]["base"])), space  # type: ignore[return-value]
     return model, space
 
 
@@ -79,16 +79,14 @@ def combine_policies(paths: Sequence[str | os.PathLike[str]], out: str | os.Path
     for path in map(Path, paths):
         if not path.exists():
             raise FileNotFoundError(f"policy checkpoint not found: {path}")
-        state = load_checkpoint(path, "policy", map_location="cpu")
-        if "policy" not in state:
-            raise ValueError(f"{path} holds no policy (a policy.pt or training checkpoint.pt has one)")
+        state = load_policy_file(path)
         if state.get("residual") is not None:
             raise ValueError(f"{path} acts around the base schedule {state['residual'].get('base')}; an ensemble "
                              "combines plain policies only")
         model = ActorCritic.from_checkpoint(state["policy"])
         if isinstance(model, EnsembleActorCritic):
             raise ValueError(f"{path} is already an ensemble; combine the single policies it was made from")
-        space = validate_space(state.get("spec", {}).get("hparams", {}))
+        space = validate_space((state.get("spec") or {}).get("hparams", {}))
         if space0 is None:
             spec, space0 = state.get("spec"), space
         elif space != space0:

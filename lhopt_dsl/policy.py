@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from enum import Enum
@@ -294,7 +295,12 @@ def _numpy_arrays(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
 
-class UnsafeCheckpointError(ValueError):
+class PolicyFileError(ValueError):
+    """A policy or checkpoint file that cannot be used: unreadable, not what it was loaded as, or
+    inconsistent. The message starts with the file's name, then says what is wrong with it."""
+
+
+class UnsafeCheckpointError(PolicyFileError):
     """A policy or checkpoint that holds more than tensors and plain data; it is not loaded."""
 
 
@@ -368,38 +374,139 @@ def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> None:
 def load_checkpoint(path: str | os.PathLike[str], what: str = "policy", map_location: Any = None) -> Any:
     """Read a file saved by :func:`save_checkpoint` without running any code from it.
 
-    Anything beyond tensors and plain data raises :class:`UnsafeCheckpointError` that names the
-    file, what it holds and what to do; ``what`` ("policy", "training checkpoint") says in that
-    message what the file was loaded as.
+    Anything beyond tensors and plain data raises :class:`UnsafeCheckpointError`; a file torch
+    cannot read at all (empty, truncated, another format) raises :class:`PolicyFileError`. Both
+    messages name the file, say what is wrong and what to do; ``what`` ("policy", "training
+    checkpoint") says what the file was loaded as. What the data means is checked by the caller
+    (:mod:`lhopt_dsl.policy_file` for policies and training checkpoints).
     """
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{os.fspath(path)}: no such {what} file") from None
+    except OSError as e:
+        raise PolicyFileError(f"{os.fspath(path)}: cannot read it ({e.strerror or type(e).__name__})") from None
+    if size == 0:
+        raise PolicyFileError(f"{os.fspath(path)}: the file is empty, not a {what} saved by lhopt")
+    try:
+        with warnings.catch_warnings():  # a plain pickle makes torch warn about its protocol before refusing it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+) was not an allowed global|unrecognized function (\S+)", str(e))
-        held = f"it refers to `{found.group(1) or found.group(2)}`" if found else "it holds Python objects"
+        if found is None:  # not a refused object but bytes the unpickler cannot parse
+            raise PolicyFileError(f"{os.fspath(path)}: not a {what} saved by lhopt ({_unreadable(e)})") from None
+        held = f"it refers to `{found.group(1) or found.group(2)}`"
         raise UnsafeCheckpointError(_unsafe_message(path, what, held)) from None
+    except Exception as e:  # noqa: BLE001 - whatever torch raises on bytes it cannot read, the file is not usable
+        raise PolicyFileError(f"{os.fspath(path)}: not a {what} saved by lhopt ({_unreadable(e, path)})") from None
     if problem := _plain_problem(state):
         raise UnsafeCheckpointError(_unsafe_message(path, what, f"it holds {problem}"))
     return state
 
 
+def _unreadable(e: BaseException, path: str | os.PathLike[str] | None = None) -> str:
+    """Why torch could not read a file, in one short line (its messages run to paragraphs of advice
+    that does not apply here, such as loading with ``weights_only=False``)."""
+    text = str(e)
+    if "PytorchStreamReader" in text or (path is not None and _zip_header(path)):
+        return "it is truncated or corrupted: torch cannot read it as a zip archive"
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if isinstance(e, UnicodeDecodeError) or first.startswith("Unsupported operand"):
+        return f"torch cannot read it: {first[:100] or type(e).__name__} (is it a torch.save file?)"
+    return f"torch cannot read it: {type(e).__name__}{': ' + first[:100] if first else ''}"
+
+
+def _zip_header(path: str | os.PathLike[str]) -> bool:
+    """Whether the file starts as ``torch.save`` files do (a zip archive's first local header)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+# What an older lhopt pickled besides tensors: numpy arrays, their dtypes and numpy scalars. These
+# names only build arrays from raw bytes, so an unpickler allowed them and nothing else runs no code;
+# numpy 1.x wrote them under ``numpy.core``, numpy 2 under ``numpy._core``.
+_LEGACY_NAMES = ("_reconstruct", "scalar")
+
+
+def _legacy_globals() -> list[Any]:
+    """The allow-list of :func:`convert_legacy_checkpoint`: numpy's array and dtype classes and the
+    array/scalar constructors, under the names either major version of numpy pickles them with."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:  # numpy >= 1.25 pickles a dtype's own class
+        allowed += [c for c in vars(dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
+    for name in _LEGACY_NAMES:
+        fn = getattr(multiarray, name)
+        allowed += [(fn, f"numpy.core.multiarray.{name}"), (fn, f"numpy._core.multiarray.{name}")]
+    return allowed
+
+
+def _legacy_names() -> set[str]:
+    return {item[1] if isinstance(item, tuple) else f"{item.__module__}.{item.__qualname__}"
+            for item in _legacy_globals()}  # fmt: skip
+
+
+def _convertible(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`convert_legacy_checkpoint` would read ``path``: every object it names is on
+    the allow-list. Torch lists them from the pickle's opcodes without building any."""
+    try:
+        named = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - an old non-zip file, or one torch cannot list: do not advise
+        return False
+    return bool(named) and named <= _legacy_names()
+
+
 def _unsafe_message(path: str | os.PathLike[str], what: str, held: str) -> str:
-    return (
-        f"{path} was not loaded as a {what}: {held}, and lhopt loads only {PLAIN_DATA}, "
-        "because unpickling anything else can run arbitrary code from the file. If you saved this file yourself "
-        "with an older lhopt (which stored numpy arrays), convert it once with\n"
-        f"    python -c \"from lhopt_dsl.policy import convert_legacy_checkpoint; "
-        f"convert_legacy_checkpoint({os.fspath(path)!r})\"\n"
-        "Otherwise do not convert it: ask whoever made it for a file saved by this version of lhopt."
-    )
+    refusal = (f"{os.fspath(path)}: not loaded as a {what}: {held}, and lhopt loads only {PLAIN_DATA}, "
+               "because unpickling anything else can run arbitrary code from the file.")  # fmt: skip
+    if _convertible(path):
+        return (
+            f"{refusal} It holds numpy arrays as an older lhopt saved them; if you made it, convert it once with\n"
+            f"    python -c \"from lhopt_dsl.policy import convert_legacy_checkpoint; "
+            f"convert_legacy_checkpoint({os.fspath(path)!r})\"\n"
+            "(the conversion reads numpy arrays and nothing else, so it runs no code from the file)."
+        )
+    return f"{refusal} It cannot be converted: ask whoever made it for a file saved by this version of lhopt."
 
 
 def convert_legacy_checkpoint(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> None:
     """Rewrite a policy or checkpoint saved by an older lhopt (numpy arrays pickled as objects) in
     the safe format, to ``out`` (default: in place).
 
-    This reads the file with torch's full unpickler, which runs any code the file names: use it
-    only on files you made yourself or otherwise trust, never on one just downloaded or sent.
+    It reads the file with torch's restricted unpickler allowed numpy's array, dtype and scalar
+    constructors and nothing else, so a file that names any other object is refused
+    (:class:`UnsafeCheckpointError`) without running anything from it.
     """
-    state = torch.load(path, map_location="cpu", weights_only=False)  # trusted by the caller, as documented
-    save_checkpoint(state, path if out is None else out)
+    from torch.serialization import safe_globals
+
+    try:
+        with safe_globals(_legacy_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global|unrecognized function (\S+)", str(e))
+        if found is None:
+            raise PolicyFileError(f"{os.fspath(path)}: not a file saved by lhopt ({_unreadable(e)})") from None
+        raise UnsafeCheckpointError(
+            f"{os.fspath(path)}: not converted: it refers to `{found.group(1) or found.group(2)}`, which no lhopt "
+            "saved; only numpy arrays are converted. Ask whoever made it for a file saved by this version of lhopt."
+        ) from None
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - bytes torch cannot read
+        raise PolicyFileError(f"{os.fspath(path)}: not a file saved by lhopt ({_unreadable(e)})") from None
+    try:
+        plain = to_plain(state)
+    except TypeError as e:  # e.g. a numpy array of Python objects
+        raise UnsafeCheckpointError(f"{os.fspath(path)}: not converted: {e}") from None
+    save_checkpoint(plain, path if out is None else out)

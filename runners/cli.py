@@ -151,8 +151,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .meta_train import Settings, train
 
     if args.nproc is not None and args.nproc > 1 and not launched():
-        # Ranks on this machine: torchrun starts them, each running this command without --nproc.
-        return subprocess.call(torchrun_command(args.nproc, _without_nproc(args.argv)))
+        import signal
+
+        from .lifeline import death_signal_on_exec
+
+        # Ranks on this machine: torchrun starts them, each running this command without --nproc. Told
+        # SIGTERM when this process dies however it dies, torchrun stops its ranks (they run in
+        # sessions of their own, which a signal to this process's group would not reach).
+        return subprocess.call(torchrun_command(args.nproc, _without_nproc(args.argv)),
+                               preexec_fn=death_signal_on_exec(signal.SIGTERM))  # fmt: skip
 
     spec = load_spec(args.spec)
     if args.seed is not None:
@@ -174,9 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except RankLost as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the last finished iteration's checkpoint is intact
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the last finished iteration's checkpoint is intact
         print("\ninterrupted: continue from the last checkpoint with --resume", file=sys.stderr)
-        return 130
+        return _interrupted_status(e)
     if launched() and int(os.environ.get("RANK", "0")) > 0:
         return 0  # rank 0 reports for the job
     print(f"\npolicy: {path}\nlocal metrics and checkpoints: {path.parent}")
@@ -209,11 +216,19 @@ def cmd_imitate(args: argparse.Namespace) -> int:
     except ValueError as e:  # a space whose actions cannot keep a hyperparameter, files of another run
         print(f"error: {args.spec}: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\ninterrupted: the finished demonstrations are kept; rerun the same command to go on", file=sys.stderr)
-        return 130
+        return _interrupted_status(e)
     print(f"\nwarm-start policy: {path}\nstart PPO from it: lhopt train {args.spec} --init {path}")
     return 0
+
+
+def _interrupted_status(e: KeyboardInterrupt) -> int:
+    """The shell's convention for a command stopped by a signal: 128 + its number (130 for Ctrl-C,
+    143 for SIGTERM, as `lhopt ui` returns), so schedulers and scripts can tell the two apart."""
+    import signal
+
+    return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 def _ui_hint(uri: str | None) -> str:
@@ -756,6 +771,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _policy_file_error(e: BaseException) -> bool:
+    """Whether ``e`` says a policy or checkpoint file is unsafe, unreadable or inconsistent. Only
+    commands that read policies import their module (and torch), so `validate` and `sample` stay light."""
+    policy = sys.modules.get("lhopt_dsl.policy")
+    return policy is not None and isinstance(e, policy.PolicyFileError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -777,6 +799,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except FileNotFoundError as e:  # a dataset file that is neither on disk nor downloadable
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        if not _policy_file_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)  # "<file>: <what is wrong with it>"
         return 2
     except BrokenPipeError:  # e.g. `lhopt sample ... | head`
         return 0

@@ -27,7 +27,6 @@ import gzip
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -52,6 +51,7 @@ from lhopt_dsl.rollout import Episode, run_episode
 from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, TASK_SETS, sample
 
 from .baselines import prepare_studies, run_grid
+from .lifeline import process_pool
 from .tracking import Tracker
 
 SCORES: tuple[str, ...] = ("test", "valid")
@@ -294,10 +294,8 @@ def evaluate_tasks(
         else:
             # The schema and the studies first: workers creating them at once would race.
             prepare_studies(storage, [configs[i] for i in todo])
-            # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock)
-            ctx = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(_source(policy_path), threads, decode)) as pool:  # fmt: skip
+            # spawned workers that die with this process, however it ends
+            with process_pool(workers, _init_worker, (_source(policy_path), threads, decode)) as pool:
                 futures = [pool.submit(_work, job) for job in jobs]
                 try:
                     for fut in cf.as_completed(futures):

@@ -14,7 +14,6 @@ DIR/imitation.pt`` starts PPO from.
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,6 +46,7 @@ from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.residual import ResidualPolicy
 from lhopt_dsl.sample import INITIAL_CHOICES, train_seed
 
+from .lifeline import worker_pool
 from .meta_train import policy_shape, terminate_as_interrupt
 from .tracking import Tracker
 
@@ -115,7 +115,7 @@ def _run_jobs(fn: Any, jobs: list[tuple], directory: Path, workers: int, desc: s
     finishes (a kill loses only the running ones) and adding it to ``found``."""
     directory.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(jobs), desc=desc, unit="task", disable=quiet)
-    pool = mp.get_context("spawn").Pool(workers) if workers > 1 and len(jobs) > 1 else None
+    pool = worker_pool(workers) if workers > 1 and len(jobs) > 1 else None  # spawned; they die with this process
     try:
         for j, data in pool.imap_unordered(fn, jobs) if pool else map(fn, jobs):
             save_checkpoint(data, directory / f"{j:05d}.pt")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import multiprocessing as mp
 import signal
 import threading
 import time
@@ -32,12 +31,14 @@ from tqdm import tqdm
 from lhopt_dsl import ExperimentSpec, sample
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.observation import FeatureBuilder, draw_cadence
-from lhopt_dsl.policy import PRESETS, ActorCritic, EnsembleActorCritic, PolicyShape, load_checkpoint, save_checkpoint
+from lhopt_dsl.policy import PRESETS, ActorCritic, EnsembleActorCritic, PolicyFileError, PolicyShape, save_checkpoint
+from lhopt_dsl.policy_file import load_policy_file, load_training_checkpoint
 from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec.loader import spec_files
 
 from .distributed import Group, grads_vector, set_grads, setup
+from .lifeline import worker_pool
 from .tracking import NullTracker, Tracker
 
 
@@ -68,17 +69,20 @@ def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: An
     if init is None:
         return ActorCritic(shape)
     if init.get("residual") is not None:
-        raise ValueError(f"{source} acts around the base schedule {init['residual'].get('base')}, which PPO does not "
+        raise PolicyFileError(f"{source}: acts around the base schedule {init['residual'].get('base')}, which PPO does not "
                          "train (its rollouts record the actions carried out, not the policy's offsets); start from a "
                          "plain policy")
     model = ActorCritic.from_checkpoint(init["policy"])
     if isinstance(model, EnsembleActorCritic):
-        raise ValueError(f"{source} is an ensemble of {len(model.members)} policies, which cannot be trained on; "
-                         "start from one of its members (the files it was combined from)")
-    model.check_compatible(shape.policy_size, shape.value_size, shape.nvec)
+        raise PolicyFileError(f"{source}: an ensemble of {len(model.members)} policies, which cannot be trained on; "
+                              "start from one of its members (the files it was combined from)")
+    try:
+        model.check_compatible(shape.policy_size, shape.value_size, shape.nvec)
+    except ValueError as e:
+        raise PolicyFileError(f"{source}: {e}") from None
     if (model.shape.hidden_size, model.shape.num_layers) != (shape.hidden_size, shape.num_layers):
-        raise ValueError(f"{source} has {model.shape.num_layers} x {model.shape.hidden_size} LSTM units, but the spec asks "
-                         f"for {shape.num_layers} x {shape.hidden_size}; start from a policy made with this spec")
+        raise PolicyFileError(f"{source}: {model.shape.num_layers} x {model.shape.hidden_size} LSTM units, but the spec "
+                              f"asks for {shape.num_layers} x {shape.hidden_size}; start from a policy made with this spec")
     return model
 
 
@@ -224,6 +228,15 @@ def train(spec: ExperimentSpec, settings: Settings, spec_path: str | None = None
         group.close()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an interrupt; ``signum`` gives the command its exit status, 128 + signum
+    (143), as a process ended by the signal would have, while what is saved on interrupt is saved."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM (``kill``, a scheduler's time limit, torchrun stopping a job) unwinds like Ctrl-C: the
@@ -234,7 +247,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated(signum)
 
     before = signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -250,12 +263,12 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     state = None
     if group.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        state = load_checkpoint(ckpt_path, "training checkpoint") if settings.resume and ckpt_path.exists() else None
+        state = load_training_checkpoint(ckpt_path) if settings.resume and ckpt_path.exists() else None
         if settings.resume and state is None:
             print(f"no checkpoint at {ckpt_path}; starting a new run")
     state = group.broadcast(state)  # the job's whole state, whatever number of ranks wrote it
     # A new run may start from a given policy, read by rank 0 (the others may not see the file).
-    init = load_checkpoint(settings.init) if group.main and settings.init and not state else None
+    init = load_policy_file(settings.init) if group.main and settings.init and not state else None
     init = group.broadcast(init) if settings.init and not state else None
     torch.manual_seed(spec.seed)
     model = ActorCritic.from_checkpoint(state["policy"]) if state else initial_policy(spec, init, settings.init)
@@ -275,6 +288,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     else:
         tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, spec.name, run_dir,
                           run_id)  # fmt: skip
+        tracker.keep_metrics_through(start)  # rows written after the checkpoint was (a kill between the two)
     if run_id is None and group.main:
         tracker.log_params(spec.model_dump(mode="json"))
         if settings.init:
@@ -283,8 +297,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
             for path in spec_files(spec_path):  # the spec and every file it includes
                 tracker.log_artifact(path, "spec")
     spec_json = spec.model_dump_json()
-    pool = mp.get_context("spawn").Pool(settings.workers, initializer=torch.set_num_threads, initargs=(1,)) \
-        if settings.workers > 1 else None  # fmt: skip
+    pool = worker_pool(settings.workers, torch.set_num_threads, (1,)) if settings.workers > 1 else None
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="meta-train",
                unit="it", disable=settings.quiet or not group.main)  # fmt: skip
     started = time.perf_counter()

@@ -41,7 +41,6 @@ import hashlib
 import json
 import os
 import math
-import multiprocessing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
@@ -56,6 +55,7 @@ from lhopt_dsl.schedule import SHAPES, Schedule, shape_factor
 from lhopt_dsl.metrics import TaskScores, compare_task
 
 from . import ood_programs
+from .lifeline import process_pool
 from .ood_programs import PROGRAMS, DataDir, OptimizerFactory, Run
 from .tracking import Tracker
 
@@ -192,9 +192,7 @@ def _run_fresh(jobs: Sequence[Job], workers: int, threads: int, bar: Any) -> Ite
             bar.update()
             yield job, run
         return
-    # spawn: a fresh interpreter per worker (forking a process that has run torch can deadlock)
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
+    with process_pool(workers, _init_worker, (threads,)) as pool:  # spawned; they die with this process
         futures = {pool.submit(run_job, job): job for job in jobs}
         try:
             for fut in cf.as_completed(futures):

@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .lifeline import guarded
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # Fail fast against an unreachable server instead of retrying for minutes.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -152,6 +154,33 @@ class Tracker:
             rows = [Metric(k, float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
             self._guard(self.client.log_batch, self.run_id, metrics=rows)
 
+    def keep_metrics_through(self, step: int) -> int:
+        """Drop the rows of the local ``metrics.jsonl`` past ``step`` (and any torn line); how many.
+
+        A run writes an iteration's row, then its checkpoint; killed between the two, the file holds
+        a row the checkpoint does not, and the resumed run would write that iteration again. Called
+        with the checkpoint's iteration when a run starts (0 for a new one), the file describes
+        exactly the run whose checkpoint lies beside it. The rewrite is atomic."""
+        path = self.local_dir / "metrics.jsonl"
+        if not path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                keep = isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step
+            except json.JSONDecodeError:
+                keep = False
+            if keep:
+                kept.append(line + "\n")
+            elif line.strip():
+                dropped += 1
+        if dropped:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
+        return dropped
+
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         if self.enabled:
             self._guard(self.client.log_artifact, self.run_id, str(path), artifact_path)
@@ -272,7 +301,8 @@ class UIServer(subprocess.Popen):
     """
 
     def __init__(self, args: list[str], **kwargs: Any):
-        super().__init__(args, start_new_session=_GROUPS, **kwargs)
+        # under the supervisor of runners/lifeline.py: the group goes down with lhopt ui even on SIGKILL
+        super().__init__(guarded(args), start_new_session=_GROUPS, **kwargs)
 
     def send_signal(self, sig: int) -> None:
         if not _GROUPS:

@@ -416,8 +416,8 @@ def test_tracking_on_postgresql_and_concurrent_runs_on_a_new_experiment(tmp_path
 
 def sigterm_after(cmd: list[str], ready: Any, what: str) -> str:
     """Start the CLI command ``cmd``, wait (up to 240 s) until ``ready()`` (``what`` names it in the
-    failure), SIGTERM it, and check that it exits with 130 leaving none of its worker processes
-    (at least two) alive; returns its stderr."""
+    failure), SIGTERM it, and check that it exits with 143 (128 + SIGTERM, as `lhopt ui` does) leaving
+    none of its worker processes (at least two) alive; returns its stderr."""
     import os
     import signal
 
@@ -433,7 +433,7 @@ def sigterm_after(cmd: list[str], ready: Any, what: str) -> str:
     assert len(workers) >= 2  # the pool's processes
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM == 143, err[-2000:]
     time.sleep(1.0)
     alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "(Z)" not in _state(pid)]
     assert not alive, f"worker processes outlived the run: {alive}"

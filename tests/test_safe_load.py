@@ -4,7 +4,9 @@ A pickled object's ``__reduce__`` names a callable that a full unpickler calls w
 payload below writes a marker file, so "no code ran" is checked by the marker never appearing.
 """
 
+import math
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from lhopt_dsl import load_spec
 from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, load_policy
 from lhopt_dsl.policy import (
     ActorCritic,
+    PolicyFileError,
     UnsafeCheckpointError,
     convert_legacy_checkpoint,
     load_checkpoint,
@@ -68,10 +71,13 @@ def test_a_policy_carrying_a_pickle_payload_is_refused_and_runs_nothing(tmp_path
     with pytest.raises(UnsafeCheckpointError) as e:
         LHOPT(net.parameters(), policy=path, total_steps=8)
     message = str(e.value)
-    assert str(path) in message and "as a policy" in message and "`exec`" in message, message
-    assert "arbitrary code" in message and "convert_legacy_checkpoint" in message and "do not convert" in message
+    assert message.startswith(f"{path}: ") and "as a policy" in message and "`exec`" in message, message
+    # the conversion would refuse this file too, so the message does not advise it
+    assert "arbitrary code" in message and "convert_legacy_checkpoint" not in message and "cannot be converted" in message
     with pytest.raises(UnsafeCheckpointError):
         load_policy(path)  # what the pyfunc model and `--policy models:/...` call once MLflow has the file
+    with pytest.raises(UnsafeCheckpointError, match=r"not converted: it refers to `exec`"):
+        convert_legacy_checkpoint(path)  # following the old advice anyway runs nothing either
     assert not marker.exists()
 
 
@@ -80,7 +86,7 @@ def test_a_training_checkpoint_carrying_a_pickle_payload_is_refused_on_resume(tm
     run.mkdir()
     state = {"iteration": 1, **_policy_state(), "torch_rng": torch.get_rng_state(), "history": [], "run_id": None}
     path, marker = _armed(run, state, "checkpoint.pt")
-    with pytest.raises(UnsafeCheckpointError, match=r"was not loaded as a training checkpoint") as e:
+    with pytest.raises(UnsafeCheckpointError, match=r"not loaded as a training checkpoint") as e:
         train(SMOKE, Settings(iterations=2, workers=0, resume=True, tracking_uri=OFFLINE, run_dir=run, quiet=True))
     assert str(path) in str(e.value)
     assert not marker.exists()
@@ -106,7 +112,7 @@ def test_a_policy_saved_by_an_older_lhopt_is_refused_with_a_way_to_convert_it(tm
     torch.save(legacy, path)
     with pytest.raises(UnsafeCheckpointError, match=r"(?s)numpy.*older lhopt.*convert_legacy_checkpoint"):
         load_policy(path)
-    convert_legacy_checkpoint(path)
+    convert_legacy_checkpoint(path)  # an allow-list of numpy's array constructors: no full unpickler
     policy, _ = load_policy(path)
     fresh = ActorCritic.from_checkpoint(state["policy"])
     x = np.random.default_rng(1).normal(size=(3, fresh.shape.policy_size))
@@ -178,3 +184,214 @@ def test_saving_refuses_what_loading_would_refuse(tmp_path):
     with pytest.raises(TypeError, match="numpy array of Python objects"):
         to_plain(np.array([object()]))
     assert pickle.loads(pickle.dumps(to_plain({"a": (np.int64(1),)}))) == {"a": [1]}
+
+
+# --- files checked before use ----------------------------------------------------------------------
+
+
+def test_a_legacy_file_carrying_a_payload_is_neither_advised_nor_converted(tmp_path):
+    """numpy arrays as an older lhopt saved them, plus an object that runs code: the conversion's
+    allow-list admits the arrays only, so the file is refused and the advice to convert withheld."""
+    state = _policy_state()
+    legacy = {**state, "policy": {**state["policy"], "policy_norm": {
+        k: v.numpy() if torch.is_tensor(v) else v for k, v in state["policy"]["policy_norm"].items()}}}  # fmt: skip
+    path, marker = _armed(tmp_path, legacy, "old.pt")
+    with pytest.raises(UnsafeCheckpointError) as e:
+        load_policy(path)
+    assert "convert_legacy_checkpoint" not in str(e.value) and "cannot be converted" in str(e.value)
+    with pytest.raises(UnsafeCheckpointError, match=r"not converted: it refers to `exec`"):
+        convert_legacy_checkpoint(path, tmp_path / "converted.pt")
+    assert not marker.exists() and not (tmp_path / "converted.pt").exists()
+
+
+def _weights(state: dict) -> dict:
+    return state["policy"]["weights"]
+
+
+def _corrupt(kind: str, tmp_path: Path) -> tuple[Path, str]:
+    """A policy file broken in one way, and a fragment of the message that must name what is wrong."""
+    import copy
+    import json
+    import random
+
+    path = tmp_path / f"{kind}.pt"
+    good = _policy_state()
+    state = copy.deepcopy(good)
+    raw = None
+    if kind == "empty":
+        raw, expect = b"", "the file is empty"
+    elif kind == "truncated zip":
+        save_checkpoint(good, path)
+        raw, expect = path.read_bytes()[:5000], "truncated or corrupted"
+    elif kind == "random bytes":
+        raw, expect = random.Random(0).randbytes(4000), "torch cannot read it"
+    elif kind == "json":
+        raw, expect = json.dumps({"policy": {"shape": {}}}).encode(), "torch cannot read it"
+    elif kind == "a list":
+        state, expect = [1, 2, 3], "the file's data is a list, not a mapping"
+    elif kind == "no policy":
+        state, expect = {"spec": good["spec"]}, "the file's data lacks 'policy'"
+    elif kind == "no weights":
+        del state["policy"]["weights"]
+        expect = "['policy'] lacks 'weights'"
+    elif kind == "missing tensor":
+        del _weights(state)["actor.head.bias"]
+        expect = "['policy']['weights'] lacks 'actor.head.bias'"
+    elif kind == "NaN weights":
+        _weights(state)["actor.head.bias"][0] = float("nan")
+        expect = "['policy']['weights']['actor.head.bias'] holds NaN values"
+    elif kind == "infinite statistics":
+        state["policy"]["policy_norm"]["mean"][3] = float("inf")
+        expect = "['policy']['policy_norm']['mean'] holds infinite values"
+    elif kind == "huge hidden_size":  # a few hundred KB that would ask for gigabytes
+        state["policy"]["shape"]["hidden_size"] = 2_000_000
+        expect = "['policy']['shape']['hidden_size'] is 2000000, outside 1..8,192"
+    elif kind == "boolean layers":
+        state["policy"]["shape"]["num_layers"] = True
+        expect = "['policy']['shape']['num_layers'] is True, not an integer"
+    elif kind == "shape mismatch":
+        state["policy"]["shape"]["hidden_size"] = 2 * good["policy"]["shape"]["hidden_size"]
+        expect = "has shape"
+    elif kind == "zero-stride tensor":  # one stored number standing for a whole matrix
+        w = _weights(state)["actor.lstm.weight_hh_l0"]
+        _weights(state)["actor.lstm.weight_hh_l0"] = torch.zeros(1).expand(w.shape)
+        expect = "not a plain tensor whose values the file holds"
+    elif kind == "integer weights":
+        _weights(state)["actor.head.bias"] = _weights(state)["actor.head.bias"].long()
+        expect = "holds torch.int64 values, not floating point"
+    elif kind == "unknown space":
+        state["spec"]["hparams"] = {"space": "sgd"}
+        expect = "['spec']['hparams']"
+    elif kind == "unknown residual base":
+        state["residual"] = {"base": "zigzag-lr9"}
+        expect = "['residual']['base'] 'zigzag-lr9' is not a schedule"
+    elif kind == "bad ensemble member":
+        member = copy.deepcopy(good["policy"])
+        member["weights"]["critic.head.weight"][0, 0] = float("nan")
+        state["policy"] = {"members": [good["policy"], member]}
+        expect = "['policy']['members'][1]['weights']['critic.head.weight'] holds NaN"
+    else:
+        raise AssertionError(kind)
+    if raw is not None:
+        path.write_bytes(raw)
+    else:
+        torch.save(state, path)  # torch's own writer: these files are what a careless or hostile tool makes
+    return path, expect
+
+
+CORRUPT = ["empty", "truncated zip", "random bytes", "json", "a list", "no policy", "no weights", "missing tensor",
+           "NaN weights", "infinite statistics", "huge hidden_size", "boolean layers", "shape mismatch",
+           "zero-stride tensor", "integer weights", "unknown space", "unknown residual base", "bad ensemble member"]
+
+
+@pytest.mark.parametrize("kind", CORRUPT)
+def test_a_broken_policy_file_is_one_error_naming_the_file_and_what_is_wrong(tmp_path, kind):
+    path, expect = _corrupt(kind, tmp_path)
+    net = torch.nn.Linear(3, 1)
+    with pytest.raises(ValueError) as e:
+        LHOPT(net.parameters(), policy=path, total_steps=8)
+    assert isinstance(e.value, PolicyFileError)
+    message = str(e.value)
+    assert message.startswith(f"{path}: ") and expect in message, message
+    assert "\n" not in message and len(message) < 400, message
+    with pytest.raises(PolicyFileError, match=re.escape(expect)):
+        load_policy(path)
+
+
+def test_a_declared_network_is_not_allocated_before_its_tensors_match(tmp_path):
+    """Within the bounds, a shape that the file's tensors do not match is refused from the shapes
+    alone: a 4 x 4096 LSTM pair (about 4 GB) is never built to find out."""
+    import resource
+
+    state = _policy_state()
+    state["policy"]["shape"].update(hidden_size=4096, num_layers=4)
+    path = tmp_path / "big.pt"
+    torch.save(state, path)
+    assert path.stat().st_size < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(PolicyFileError, match=r"lacks 'actor.lstm.weight_ih_l1'"):
+        load_policy(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 300_000
+
+
+def test_a_broken_training_checkpoint_is_refused_before_resuming(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    good = {"iteration": 1, **_policy_state(), "torch_rng": torch.get_rng_state(), "history": [], "run_id": None}
+    model = ActorCritic.from_checkpoint(good["policy"])
+    good["ema"] = to_plain(model.to_checkpoint())
+    good["optimizer"] = torch.optim.Adam(model.parameters()).state_dict()
+    from lhopt_dsl.policy_file import load_training_checkpoint
+
+    save_checkpoint(good, run / "checkpoint.pt")
+    assert load_training_checkpoint(run / "checkpoint.pt")["iteration"] == 1
+    cases = {
+        "['ema']['weights']['actor.head.bias'] holds NaN": lambda s: s["ema"]["weights"]["actor.head.bias"].fill_(math.nan),
+        "['torch_rng'] is not a valid random generator state": lambda s: s.update(torch_rng=torch.zeros(7, dtype=torch.uint8)),
+        "['optimizer'] has state for 0 parameters": lambda s: s["optimizer"].update(param_groups=[{"params": []}]),
+        "['iteration'] is -1, outside": lambda s: s.update(iteration=-1),
+    }  # fmt: skip
+    for expect, corrupt in cases.items():
+        import copy
+
+        state = copy.deepcopy(good)
+        corrupt(state)
+        torch.save(state, run / "checkpoint.pt")
+        with pytest.raises(PolicyFileError, match=re.escape(expect)) as e:
+            train(SMOKE, Settings(iterations=2, workers=0, resume=True, tracking_uri=OFFLINE, run_dir=run, quiet=True))
+        assert str(e.value).startswith(f"{run / 'checkpoint.pt'}: ")
+        assert not (run / "metrics.jsonl").exists()  # refused before anything ran
+
+
+def _cli_cases(bad: Path, tmp_path: Path) -> dict[str, list[str]]:
+    """Every command that reads a policy file, given ``bad``; each must refuse it up front."""
+    spec, offline = str(SPECS / "smoke.yaml"), ["--tracking-uri", OFFLINE]
+    task = tmp_path / "task.yaml"
+    task.write_text(sample_yaml())
+    run_dir = tmp_path / "resume"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "checkpoint.pt").write_bytes(bad.read_bytes())
+    sound = tmp_path / "sound.pt"
+    save_checkpoint(_policy_state(), sound)
+    return {
+        "eval": ["eval", spec, "--policy", str(bad), "--tasks", "1", "--out", str(tmp_path / "eval"), *offline],
+        "train --init": ["train", spec, "--init", str(bad), "--iterations", "1", "--run-dir", str(tmp_path / "t"),
+                         *offline],
+        "train --resume": ["train", spec, "--resume", "--iterations", "2", "--run-dir", str(run_dir), *offline],
+        "schedule export": ["schedule", "export", "--policy", str(bad), "--task", str(task), "-o",
+                            str(tmp_path / "s.yaml")],
+        "schedule transfer": ["schedule", "transfer", "--policy", str(bad), "--small", str(task), "--large", str(task),
+                              "--storage", f"sqlite:///{tmp_path / 'grid.db'}"],
+        "ensemble": ["ensemble", str(sound), str(bad), "-o", str(tmp_path / "ens.pt")],
+        "check-dropin": ["check-dropin", "--policy", str(bad), "--programs", "regression", "--seeds", "1",
+                         "--steps", "2", "--out", str(tmp_path / "dropin")],
+        "eval-ood": ["eval-ood", "--policy", str(bad), "--programs", "fashion_autoencoder", "--out",
+                     str(tmp_path / "ood"), "--no-cache", *offline],
+    }  # fmt: skip
+
+
+def sample_yaml() -> str:
+    from lhopt_dsl import sample
+
+    return sample(SMOKE, 0).to_yaml()
+
+
+@pytest.mark.parametrize("kind", ["NaN weights", "truncated zip", "pickle payload"])
+def test_every_command_that_reads_a_policy_refuses_a_broken_one_with_exit_2(tmp_path, capsys, kind):
+    from runners.cli import main
+
+    if kind == "pickle payload":
+        bad, marker = _armed(tmp_path, _policy_state(), "armed.pt")
+        expect = "it refers to `exec`"
+    else:
+        (bad, expect), marker = _corrupt(kind, tmp_path), tmp_path / "no-payload"
+    for command, argv in _cli_cases(bad, tmp_path).items():
+        assert main(argv) == 2, command
+        err = capsys.readouterr().err
+        named, what = str(bad), expect
+        if command == "train --resume":  # a policy is not a whole training checkpoint, even a sound one
+            named = str(tmp_path / "resume" / "checkpoint.pt")
+            what = "lacks 'iteration'" if kind == "NaN weights" else expect
+        assert f"error: {named}: " in err and what in err, (command, err)
+        assert "Traceback" not in err, (command, err)
+    assert not marker.exists()

@@ -1,0 +1,251 @@
+"""Policy files and training checkpoints, checked before anything is built from them.
+
+Policies are shared between users, so a file is input, not a trusted object: :func:`load_checkpoint`
+already refuses anything but tensors and plain data; this module checks what that data says before
+a network is allocated or a tensor copied. The declared shape must be within bounds (a few bytes
+declaring ``hidden_size: 2000000`` would otherwise ask for gigabytes), every weight tensor must be
+present with exactly the shape that shape implies, its data really in the file (no zero-stride
+views that stand for more than they hold) and finite. A file that fails gets one
+:class:`~lhopt_dsl.policy.PolicyFileError` naming the file and the first thing wrong with it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping
+
+import torch
+
+from .policy import ActorCritic, PolicyFileError, PolicyShape, load_checkpoint
+
+#: Inclusive bounds of a policy's shape fields: far above any policy the platform trains (the
+#: "large" preset is 2 x 512; the default features number a few hundred), far below sizes that
+#: cannot be allocated.
+SHAPE_BOUNDS: dict[str, tuple[int, int]] = {
+    "policy_size": (1, 65_536),
+    "value_size": (1, 65_536),
+    "hidden_size": (1, 8_192),
+    "num_layers": (1, 16),
+}
+MAX_ACTION_DIMS = 256  # entries of ``nvec``
+MAX_CHOICES = 4_096  # choices of one action dimension
+MAX_MEMBERS = 64  # policies of an ensemble
+NORM_KEYS = ("size", "beta", "clip", "eps", "count", "mean", "var_ema")
+
+
+class _Problem(Exception):
+    """What is wrong and where inside the file's data; :func:`_checked` adds the file's name."""
+
+
+def _int(value: Any, where: str, low: int, high: int) -> int:
+    if type(value) is not int:
+        raise _Problem(f"{where} is {_kind(value)}, not an integer")
+    if not low <= value <= high:
+        raise _Problem(f"{where} is {value}, outside {low}..{high:,}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {list(value.shape)}"
+    return f"{value!r}"[:40] if type(value) in (int, float, bool) or value is None else f"a {type(value).__name__}"
+
+
+def _dict(value: Any, where: str, required: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise _Problem(f"{where} is {_kind(value)}, not a mapping")
+    missing = [k for k in required if k not in value]
+    if missing:
+        raise _Problem(f"{where} lacks {', '.join(repr(k) for k in missing)}")
+    return value
+
+
+def _finite_tensor(value: Any, where: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """``value`` as a floating tensor of ``shape`` whose data the file holds, every entry finite."""
+    if not isinstance(value, torch.Tensor):
+        raise _Problem(f"{where} is {_kind(value)}, not a tensor")
+    if tuple(value.shape) != shape:
+        raise _Problem(f"{where} has shape {list(value.shape)}, but the declared shape needs {list(shape)}")
+    if not value.dtype.is_floating_point:
+        raise _Problem(f"{where} holds {value.dtype} values, not floating point")
+    if value.is_sparse or not value.is_contiguous() or \
+            value.untyped_storage().nbytes() < (value.storage_offset() + value.numel()) * value.element_size():
+        raise _Problem(f"{where} is not a plain tensor whose values the file holds")  # fmt: skip
+    if not bool(torch.isfinite(value).all()):
+        bad = "NaN" if bool(torch.isnan(value).any()) else "infinite"
+        raise _Problem(f"{where} holds {bad} values")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise _Problem(f"{where} is {_kind(value)}, not a finite number")
+    return float(value)
+
+
+def check_shape(data: Any, where: str) -> PolicyShape:
+    """The :class:`PolicyShape` ``data`` declares, each field an integer within :data:`SHAPE_BOUNDS`."""
+    data = _dict(data, where, ("policy_size", "value_size", "nvec"))
+    unknown = sorted(set(data) - set(SHAPE_BOUNDS) - {"nvec"})
+    if unknown:
+        raise _Problem(f"{where} has unknown field(s) {', '.join(map(repr, unknown))}")
+    sizes = {k: _int(data[k], f"{where}['{k}']", *SHAPE_BOUNDS[k]) for k in SHAPE_BOUNDS if k in data}
+    nvec = data["nvec"]
+    if not isinstance(nvec, (list, tuple)) or not 1 <= len(nvec) <= MAX_ACTION_DIMS:
+        raise _Problem(f"{where}['nvec'] must be a list of 1..{MAX_ACTION_DIMS} action sizes, got {_kind(nvec)}")
+    choices = tuple(_int(n, f"{where}['nvec'][{i}]", 1, MAX_CHOICES) for i, n in enumerate(nvec))
+    return PolicyShape(**sizes, nvec=choices)  # type: ignore[arg-type]
+
+
+def expected_weights(shape: PolicyShape) -> dict[str, tuple[int, ...]]:
+    """The weight tensors a policy of ``shape`` has and their shapes, read off the network itself
+    built on the meta device (shapes without storage: nothing is allocated)."""
+    with torch.device("meta"):
+        model = ActorCritic(shape)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _check_norm(data: Any, where: str, size: int) -> None:
+    data = _dict(data, where, NORM_KEYS)
+    if data["size"] != size or type(data["size"]) is not int:
+        raise _Problem(f"{where}['size'] is {_kind(data['size'])}, but the policy has {size} such features")
+    if not 0.0 < _number(data["beta"], f"{where}['beta']") < 1.0:
+        raise _Problem(f"{where}['beta'] is {data['beta']}, outside (0, 1)")
+    if _number(data["clip"], f"{where}['clip']") <= 0.0 or _number(data["eps"], f"{where}['eps']") < 0.0:
+        raise _Problem(f"{where} needs clip > 0 and eps >= 0, got {data['clip']} and {data['eps']}")
+    _int(data["count"], f"{where}['count']", 0, 2**62)
+    for k in ("mean", "var_ema"):
+        _finite_tensor(data[k], f"{where}['{k}']", (size,))
+
+
+def check_policy_data(data: Any, where: str = "['policy']") -> None:
+    """Raise :class:`_Problem` unless ``data`` is what :meth:`ActorCritic.to_checkpoint` writes (a
+    single policy, or an ensemble's ``members``), consistent and finite; allocates nothing."""
+    data = _dict(data, where)
+    if "members" in data:
+        members = data["members"]
+        if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
+            raise _Problem(f"{where}['members'] must be a list of 1..{MAX_MEMBERS} policies, got {_kind(members)}")
+        for i, member in enumerate(members):
+            if isinstance(member, dict) and "members" in member:
+                raise _Problem(f"{where}['members'][{i}] is an ensemble; members must be single policies")
+            check_policy_data(member, f"{where}['members'][{i}]")
+        return
+    data = _dict(data, where, ("shape", "weights", "policy_norm", "value_norm"))
+    shape = check_shape(data["shape"], f"{where}['shape']")
+    weights = _dict(data["weights"], f"{where}['weights']")
+    expected = expected_weights(shape)
+    missing = [k for k in expected if k not in weights]
+    unknown = [k for k in weights if k not in expected]
+    if missing or unknown:
+        detail = f"lacks {missing[0]!r}" if missing else f"has the unknown tensor {str(unknown[0])[:60]!r}"
+        raise _Problem(f"{where}['weights'] {detail} (a policy of its declared shape has {len(expected)} tensors)")
+    for k, dims in expected.items():
+        _finite_tensor(weights[k], f"{where}['weights']['{k}']", dims)
+    _check_norm(data["policy_norm"], f"{where}['policy_norm']", shape.policy_size)
+    _check_norm(data["value_norm"], f"{where}['value_norm']", shape.value_size)
+
+
+def _check_extras(state: Mapping[str, Any]) -> None:
+    """What a policy file records beside the network: its spec's hyperparameter space and, for a
+    residual policy, the base schedule (the two things :func:`~lhopt_dsl.controller.load_policy` reads)."""
+    from pydantic import ValidationError
+
+    from .residual import Target
+    from .spec.hparams import validate_space
+
+    spec = state.get("spec", {})
+    if spec is not None:
+        hparams = _dict(spec, "['spec']").get("hparams", {})
+        try:
+            validate_space(hparams)
+        except ValidationError as e:
+            first = e.errors()[0]
+            at = "".join(f"[{p!r}]" for p in first["loc"])
+            raise _Problem(f"['spec']['hparams']{at} is not a valid hyperparameter space: {first['msg']}") from None
+    residual = state.get("residual")
+    if residual is not None:
+        base = _dict(residual, "['residual']", ("base",))["base"]
+        if not isinstance(base, str):
+            raise _Problem(f"['residual']['base'] is {_kind(base)}, not a schedule's name")
+        try:
+            Target.from_name(base)
+        except ValueError as e:
+            raise _Problem(f"['residual']['base'] {base[:60]!r} is not a schedule: {e}") from None
+
+
+def _checked(path: str | os.PathLike[str], check: Any, state: Any) -> Any:
+    try:
+        check(state)
+    except _Problem as e:
+        raise PolicyFileError(f"{os.fspath(path)}: {e}") from None
+    return state
+
+
+def check_policy_state(state: Any) -> None:
+    """Raise :class:`_Problem` unless ``state`` (a file's data) holds a usable policy."""
+    _dict(state, "the file's data", ("policy",))
+    check_policy_data(state["policy"])
+    _check_extras(state)
+
+
+def load_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The data of a policy file (``policy.pt``, an ensemble, or a training ``checkpoint.pt``),
+    read without running code and checked: a policy whose network can be built as declared.
+
+    Raises :class:`~lhopt_dsl.policy.PolicyFileError` (a ValueError) ``"<file>: <what is wrong>"``.
+    """
+    return _checked(path, check_policy_state, load_checkpoint(path, "policy", map_location="cpu"))
+
+
+def _check_optimizer(data: Any, shapes: list[tuple[int, ...]]) -> None:
+    """The PPO optimizer's state (``torch.optim.Adam``) fits the policy's parameters ``shapes``."""
+    data = _dict(data, "['optimizer']", ("state", "param_groups"))
+    groups, per_param = data["param_groups"], _dict(data["state"], "['optimizer']['state']")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                               for g in groups):  # fmt: skip
+        raise _Problem("['optimizer']['param_groups'] is not a list of parameter groups")
+    if sum(len(g["params"]) for g in groups) != len(shapes):
+        raise _Problem(f"['optimizer'] has state for {sum(len(g['params']) for g in groups)} parameters, "
+                       f"but the policy has {len(shapes)}")  # fmt: skip
+    for i, entry in per_param.items():
+        _int(i, "a key of ['optimizer']['state']", 0, len(shapes) - 1)
+        entry = _dict(entry, f"['optimizer']['state'][{i}]")
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in entry:
+                _finite_tensor(entry[k], f"['optimizer']['state'][{i}]['{k}']", shapes[i])
+
+
+def check_training_state(state: Any) -> None:
+    """Raise :class:`_Problem` unless ``state`` is a whole training checkpoint of ``lhopt train``."""
+    _dict(state, "the file's data", ("iteration", "policy", "ema", "optimizer", "torch_rng", "history"))
+    _int(state["iteration"], "['iteration']", 0, 2**62)
+    for key in ("policy", "ema"):
+        check_policy_data(state[key], f"['{key}']")
+        if "members" in state[key]:
+            raise _Problem(f"['{key}'] is an ensemble, which is not trained")
+    if state["ema"]["shape"] != state["policy"]["shape"]:
+        raise _Problem("['ema'] has another shape than ['policy']")
+    _check_extras(state)
+    shape = check_shape(state["policy"]["shape"], "['policy']['shape']")
+    _check_optimizer(state["optimizer"], list(expected_weights(shape).values()))
+    rng = state["torch_rng"]
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8 or rng.dim() != 1:
+        raise _Problem(f"['torch_rng'] is {_kind(rng)}, not a random generator's state")
+    try:
+        torch.Generator().set_state(rng)
+    except RuntimeError:
+        raise _Problem("['torch_rng'] is not a valid random generator state") from None
+    history = state["history"]
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise _Problem("['history'] is not a list of per-iteration metrics")
+    if not isinstance(state.get("run_id"), (str, type(None))):
+        raise _Problem(f"['run_id'] is {_kind(state['run_id'])}, not an MLflow run id")
+
+
+def load_training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The data of a training ``checkpoint.pt`` (what ``lhopt train --resume`` continues from),
+    read without running code and checked as :func:`load_policy_file` checks a policy, plus the
+    optimizer state, random state, iteration and history it needs."""
+    return _checked(path, check_training_state, load_checkpoint(path, "training checkpoint"))
