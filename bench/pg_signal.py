@@ -18,6 +18,9 @@ covariance S:
   does, far below 1 it is mostly noise;
 * ``cos``: the mean cosine between a task's gradient and the mean of the others'.
 
+Intervals are leave-one-task-out jackknife intervals (a bootstrap would repeat tasks, and a repeated
+task looks like agreement); the difference between the schemes is paired on the same tasks.
+
 Changes meant to make meta-training's signal easier to follow (advantage schemes now; later the
 reward's reference run, common random numbers, rollouts per task) are kept only if they raise
 these numbers; the same rollouts serve every scheme, so the comparison is paired.
@@ -54,6 +57,26 @@ def task_gradient(model: ActorCritic, episodes: list[Episode], normalised: dict[
     return torch.cat(grads).detach().double()
 
 
+def _snr(grads: np.ndarray, batch: int) -> float:
+    """The signal-to-noise ratio of a mean over ``batch`` of these gradient samples (NaN if they
+    are all one sample, as a bootstrap draw can make them)."""
+    r = gradient_signal(grads)
+    return r["signal"] / (r["noise"] / batch) if r["noise"] > 0 else float("nan")
+
+
+def _jackknife_se(values: np.ndarray) -> float:
+    """The jackknife standard error from leave-one-out estimates."""
+    n = len(values)
+    return float(np.sqrt((n - 1) / n * np.sum((values - values.mean()) ** 2)))
+
+
+def _snr_of(episodes: list[Episode], by_task: dict[str, list[Episode]], model: ActorCritic, how: str,
+            batch: int) -> float:  # fmt: skip
+    normalised = normalise_advantages(episodes, how)
+    grads = torch.stack([task_gradient(model, group, normalised) for group in by_task.values()]).numpy()
+    return _snr(grads, batch)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default="task_specs/cpu_lite.yaml")
@@ -85,14 +108,27 @@ def main(argv: list[str] | None = None) -> None:
     episodes = [e for group in by_task.values() for e in group]
     print(f"policy-gradient signal on {len(by_task)} tasks of {args.spec} x {mt.rollouts_per_task} rollouts "
           f"({len(episodes)} episodes; mean final reward {np.mean(rewards):.3f}), policy: {args.init or 'untrained'}\n")
-    print(f"| advantage_norm | signal | noise | SNR (1 task) | SNR ({per} tasks) | cos to the others |")
+    print(f"| advantage_norm | signal | noise | SNR (1 task) | SNR ({per} tasks) [95% jackknife interval] | "
+          "cos to the others |")
     print("|---|---:|---:|---:|---:|---:|")
+    # Leave-one-task-out: a bootstrap would repeat tasks, and repeats look like agreement.
+    n = len(by_task)
+    leave_out = [np.array([j for j in range(n) if j != i]) for i in range(n)]
+    snrs: dict[str, np.ndarray] = {}
     for how in ("batch", "task"):
         normalised = normalise_advantages(episodes, how)
         grads = torch.stack([task_gradient(model, group, normalised) for group in by_task.values()]).numpy()
         r: dict[str, Any] = gradient_signal(grads)
+        snrs[how] = np.array([_snr(grads[idx], per) for idx in leave_out])
+        snr = r["signal"] / (r["noise"] / per)
+        half = 1.96 * _jackknife_se(snrs[how])
         print(f"| {how} | {r['signal']:.3g} | {r['noise']:.3g} | {r['signal'] / r['noise']:.3f} | "
-              f"{r['signal'] / (r['noise'] / per):.3f} | {r['cos']:.3f} |")  # fmt: skip
+              f"{snr:.3f} [{snr - half:.3f}, {snr + half:.3f}] | {r['cos']:.3f} |")  # fmt: skip
+    diff = snrs["task"] - snrs["batch"]
+    full = _snr_of(episodes, by_task, model, "task", per) - _snr_of(episodes, by_task, model, "batch", per)
+    half = 1.96 * _jackknife_se(diff)
+    print(f"\nSNR ({per} tasks), task - batch, paired on the same tasks: {full:+.3f} "
+          f"[{full - half:+.3f}, {full + half:+.3f}] (95% jackknife interval)")
 
 
 if __name__ == "__main__":
