@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from lhopt_dsl import SpecError, load_spec, sample, space_size
 from lhopt_dsl.sample import budget_acceptance
 from lhopt_dsl.spec.experiment import ExperimentSpec
-from lhopt_dsl.spec.space import LayerAxis
+from lhopt_dsl.spec.space import LayerAxis, axis_size
 
 if TYPE_CHECKING:
     from lhopt_dsl import TaskConfig
@@ -36,6 +36,8 @@ def _summarise(axis: object) -> str:
     if isinstance(axis, LayerAxis):
         kind = "each layer its own width" if axis.independent else "one width for all layers"
         return f"depth {_summarise(axis.depths)} x width {_summarise(axis.widths)} ({kind})"
+    if isinstance(axis, range) and len(axis) > 3:  # an integer range: read at its ends, never listed
+        return f"{axis[0]}..{axis[-1]}"
     values = sorted(axis, key=lambda v: (type(v).__name__, v))  # type: ignore[call-overload]
     if len(values) > 3 and all(type(v) is int for v in values) and values[-1] - values[0] + 1 == len(values):
         return f"{values[0]}..{values[-1]}"
@@ -85,7 +87,7 @@ def cmd_space(args: argparse.Namespace) -> int:
         axes = fam.axes()
         name_w = max(len(k) for k in axes) + 2
         for name, axis in axes.items():
-            print(f"    {name:<{name_w}}{len(axis):>8,}  {_summarise(axis)}")
+            print(f"    {name:<{name_w}}{axis_size(axis):>8,}  {_summarise(axis)}")
         print()
     return 0
 

@@ -63,7 +63,7 @@ CASES = [
      13, "tasks.families[0].widht", "unknown key 'widht'"),
     ("wrong type", _replace("batch_size: 32", "batch_size: lots"), 13, "tasks.families[0].batch_size", "integer"),
     ("out-of-range value", _replace("outer_steps: 4", "outer_steps: 200"), 15, "tasks.families[0].outer_steps", "[2, 128]"),
-    ("value below its limit", _replace("values: [8, 16]", "values: [0, 16]"), 9, "tasks.families[0].hidden.width", ">= 1"),
+    ("value below its limit", _replace("values: [8, 16]", "values: [0, 16]"), 9, "tasks.families[0].hidden.width", "[1, 65,536]; got 0"),
     ("empty choice", _replace("values: [8, 16]", "values: []"), 9, "tasks.families[0].hidden.width.values", "at least 1"),
     ("negative weight", _replace("weight: 1.0", "weight: -2"), 5, "tasks.families[0].weight", "greater than 0"),
     ("bad log range", _replace("inner_steps: 50", "inner_steps: {dist: log_int_range, low: 0, high: 9}"),
