@@ -290,3 +290,18 @@ def test_adversarial_numbers_validate_count_and_sample_quickly_or_get_a_located_
         for i in range(5):
             sample(spec, train_seed(spec.seed, 0, i))
     assert time.perf_counter() - started < SECONDS, "a spec took seconds to check, count or sample"
+
+
+# --- YAML 1.1 base-60 numbers -------------------------------------------------------------------------
+
+
+def test_sexagesimal_is_a_string_not_a_number(write):
+    assert parse_yaml("a: 190:20:30\nb: 1:30.5\nc: -1:00\n") == {"a": "190:20:30", "b": "1:30.5", "c": "-1:00"}
+    # Everything else YAML 1.1 reads as a number still is one, and 1e-3 is a float.
+    numbers = parse_yaml("[0x1f, 0b101, 017, 1_000, 12, -3, 1.5, 1e-3, .5, .inf, -.inf, 2.5e+3]")
+    assert numbers[:6] == [31, 5, 15, 1000, 12, -3] and numbers[6:9] == [1.5, 0.001, 0.5]
+    assert numbers[9:] == [float("inf"), float("-inf"), 2500.0]
+    err = _refused(write("spec.yaml", _smoke("seed: 0", "seed: 190:20:30")))
+    assert "spec.yaml:4:1: seed: Input should be a valid integer" in str(err)
+    err = _refused(write("spec.yaml", _smoke("inner_steps: {dist: choice, values: [60, 100]}", "inner_steps: 1:40")))
+    assert err.problems[0].path == "tasks.families[0].inner_steps" and "integer" in str(err)

@@ -15,7 +15,8 @@ include or validation problem becomes a :class:`SpecError` listing each problem 
 Specs are shared and run unattended, so reading one is bounded: files over ``MAX_YAML_BYTES``,
 alias bombs (a few KB of nested ``*alias``es that expand to billions of values) and nesting
 deeper than ``MAX_YAML_DEPTH`` are errors, and messages never quote more than a few dozen
-characters of a value (an ``include:`` may name any file, ``/etc/passwd`` as well as a spec).
+characters of a value (a value may come from any file of the spec's tree). YAML 1.1's base-60 numbers are read as
+strings: ``190:20:30`` is not the integer 685,230.
 :func:`load_yaml` and :func:`parse_yaml` read other YAML inputs (task configs, schedules) the
 same way.
 """
@@ -103,18 +104,30 @@ class _Loader(yaml.SafeLoader):
         return super().add_indent(column)  # type: ignore[misc]
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
+# PyYAML's YAML 1.1 resolvers for plain numbers, with two changes: ``1e-3`` is a float (YAML 1.1
+# wants ``1.0e-3``), and base-60 numbers are not numbers: ``190:20:30`` would be the integer
+# 685230 and ``1:30.5`` the float 90.5, which no one writing a spec means. They stay strings, and a
+# numeric field says so.
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
 )
+_INT = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+    |[-+]?0[0-7_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""",
+    re.X,
+)
+_NUMBERS = {"tag:yaml.org,2002:float": _FLOAT, "tag:yaml.org,2002:int": _INT}
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, _NUMBERS.get(tag, regexp)) for tag, regexp in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def _display(path: Path) -> str:
