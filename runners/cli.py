@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from lhopt_dsl import SpecError, load_spec, sample, space_size
 from lhopt_dsl.sample import budget_acceptance
 from lhopt_dsl.spec.experiment import ExperimentSpec
+from lhopt_dsl.spec.loader import SPEC_PATH_ENV
 from lhopt_dsl.spec.space import LayerAxis, axis_size
 
 if TYPE_CHECKING:
@@ -529,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--include-dir", action="append", default=[], metavar="DIR",
+        help=f"a directory whose .yaml files specs may include, besides each spec's own directory "
+        f"(repeatable; added to ${SPEC_PATH_ENV})",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Small inner models run fastest on one thread; more threads oversubscribe shared cores.
     threads = argparse.ArgumentParser(add_help=False)
@@ -762,6 +768,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given (lhopt train --nproc re-runs it)
+    if args.include_dir:  # every spec this process (and its workers) loads may include from them
+        given = [os.path.abspath(d) for d in args.include_dir]
+        os.environ[SPEC_PATH_ENV] = os.pathsep.join([*given, *filter(None, [os.environ.get(SPEC_PATH_ENV)])])
     if getattr(args, "threads", None):
         import torch
 

@@ -305,3 +305,117 @@ def test_sexagesimal_is_a_string_not_a_number(write):
     assert "spec.yaml:4:1: seed: Input should be a valid integer" in str(err)
     err = _refused(write("spec.yaml", _smoke("inner_steps: {dist: choice, values: [60, 100]}", "inner_steps: 1:40")))
     assert err.problems[0].path == "tasks.families[0].inner_steps" and "integer" in str(err)
+
+
+# --- includes -----------------------------------------------------------------------------------------
+
+NQM = "family: nqm\ndim: 10\nspectrum_decay: 1.0\nnoise_scale: 1.0\nbatch_size: 4\ninner_steps: 20\nouter_steps: 2\n"
+SECRET = "AWS_SECRET_ACCESS_KEY: hunter2-wJalrXUtnFEMI\nAWS_ACCESS_KEY_ID: AKIA-hunter2\n"
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """A spec directory and, beside it, a directory holding secrets; no include directories set.
+    Records every file the loader opens, to prove a refused include is never read."""
+    monkeypatch.delenv(loader.SPEC_PATH_ENV, raising=False)
+    specs, outside = tmp_path / "specs", tmp_path / "outside"
+    specs.mkdir()
+    outside.mkdir()
+    (outside / "secret.yaml").write_text(SECRET)
+    (outside / "nqm.yaml").write_text(NQM)
+    (specs / "nqm.yaml").write_text(NQM)
+    opened: list[Path] = []
+    read_text = loader._read_text
+
+    def recording(file: Path, *args: object) -> str:
+        opened.append(Path(file))
+        return read_text(file, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loader, "_read_text", recording)
+    return {"specs": specs, "outside": outside, "opened": opened}  # type: ignore[dict-item]
+
+
+def _spec(tree: dict, include: str) -> Path:
+    path = tree["specs"] / "spec.yaml"
+    path.write_text(f"name: t\ntasks:\n  families:\n    - include: {include}\n")
+    return path
+
+
+def _refused_unread(tree: dict, include: str, words: str) -> SpecError:
+    """Loading a spec including ``include`` is refused with ``words``, located at the include, and
+    no file outside the spec's directory was opened."""
+    err = _refused(_spec(tree, include))
+    problem = err.problems[0]
+    assert problem.location.file.endswith("spec.yaml") and problem.location.line == 4, str(err)
+    assert problem.path == "tasks.families[0]" and words in problem.message, str(err)
+    assert "hunter2" not in str(err) and "AWS_" not in str(err) and "AKIA" not in str(err)
+    assert all(p.resolve().is_relative_to(tree["specs"].resolve()) for p in tree["opened"]), tree["opened"]
+    return err
+
+
+def test_an_include_outside_the_spec_directory_is_refused_unread(tree):
+    _refused_unread(tree, str(tree["outside"] / "secret.yaml"), "lies outside the spec's directory")
+    _refused_unread(tree, "../outside/secret.yaml", "LHOPT_SPEC_PATH")
+
+
+@pytest.mark.skipif(not Path("/etc/shadow").exists(), reason="no /etc/shadow here")
+def test_etc_shadow_is_refused_unread(tree):
+    _refused_unread(tree, "/etc/shadow", "not a .yaml or .yml file")
+
+
+def test_a_file_that_is_not_yaml_is_refused_unread(tree):
+    (tree["specs"] / ".env").write_text(SECRET)
+    (tree["specs"] / "secret.txt").write_text(SECRET)
+    _refused_unread(tree, ".env", "not a .yaml or .yml file")
+    _refused_unread(tree, "secret.txt", "not a .yaml or .yml file")
+    assert {p.name for p in tree["opened"]} == {"spec.yaml"}, "only the spec itself was read"
+
+
+def test_a_symbolic_link_out_of_the_tree_is_refused_unread(tree):
+    (tree["specs"] / "link.yaml").symlink_to(tree["outside"] / "secret.yaml")
+    (tree["specs"] / "sub").symlink_to(tree["outside"], target_is_directory=True)
+    (tree["specs"] / "env.yaml").symlink_to(tree["specs"] / "secret.env")
+    _refused_unread(tree, "link.yaml", "is a symbolic link to a file outside the spec's directory")
+    _refused_unread(tree, "sub/secret.yaml", "is a symbolic link to a file outside the spec's directory")
+    _refused_unread(tree, "env.yaml", "not a .yaml or .yml file (through a symbolic link)")
+
+
+def test_a_loop_of_symbolic_links_is_a_located_error(tree):
+    (tree["specs"] / "a.yaml").symlink_to(tree["specs"] / "b.yaml")
+    (tree["specs"] / "b.yaml").symlink_to(tree["specs"] / "a.yaml")
+    (tree["specs"] / "self.yaml").symlink_to(tree["specs"] / "self.yaml")
+    _refused_unread(tree, "a.yaml", "loop of symbolic links")
+    _refused_unread(tree, "self.yaml", "loop of symbolic links")
+    # So is one in the data directory, and one in the spec's own name.
+    (tree["specs"] / "data").symlink_to(tree["specs"] / "data")
+    path = tree["specs"] / "spec.yaml"
+    path.write_text(f"name: t\ndata_dir: data\ntasks:\n  families:\n    - include: nqm.yaml\n")
+    err = _refused(path)
+    assert err.problems[0].path == "data_dir" and err.problems[0].location.line == 2, str(err)
+    with pytest.raises(SpecError, match="loop of symbolic links"):
+        load_spec(tree["specs"] / "self.yaml")
+
+
+def test_directories_named_by_the_user_may_be_included(tree, monkeypatch):
+    from runners.cli import main
+
+    path = _spec(tree, "../outside/nqm.yaml")
+    _refused(path)
+    assert load_spec(path, include_dirs=[tree["outside"]]).tasks.families[0].dim == 10
+    # A secret in a trusted directory is read, but never quoted: it is not a family.
+    err = _refused(_spec(tree, "../outside/secret.yaml"), include_dirs=[tree["outside"]])
+    assert "hunter2" not in str(err) and "AKIA" not in str(err)
+    path = _spec(tree, "../outside/nqm.yaml")
+    monkeypatch.setenv(loader.SPEC_PATH_ENV, os.pathsep.join(["", str(tree["outside"])]))
+    assert load_spec(path).tasks.families[0].dim == 10
+    monkeypatch.delenv(loader.SPEC_PATH_ENV)
+    assert main(["validate", str(path)]) == 1
+    assert main(["--include-dir", str(tree["outside"]), "validate", str(path)]) == 0
+
+
+def test_includes_within_the_tree_still_point_into_the_included_file(tree):
+    (tree["specs"] / "fam").mkdir()
+    (tree["specs"] / "fam" / "bad.yml").write_text(NQM.replace("dim: 10", "dim: 0"))
+    err = _refused(_spec(tree, "fam/bad.yml"))
+    assert err.problems[0].location.file.endswith("bad.yml") and err.problems[0].location.line == 2
+    assert err.problems[0].path == "tasks.families[0].dim"

@@ -1,5 +1,6 @@
 """Every kind of bad input gives a SpecError naming file, line, column and field path."""
 
+import os
 import time
 from pathlib import Path
 
@@ -330,21 +331,28 @@ def test_a_few_aliases_still_work(write):
 SECRET = "root:x:0:0:hunter2-SECRET:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n" * 40
 
 
-INCLUDES = ["tasks: {include: secret}", "tasks: secret", "tasks:\n  families:\n    - include: secret"]
+INCLUDES = ["tasks: {include: NAME}", "tasks: NAME", "tasks:\n  families:\n    - include: NAME"]
 
 
 @pytest.mark.parametrize("how", INCLUDES)
 def test_include_of_a_non_spec_file_names_it_without_quoting_it(write, how):
+    # A YAML file in the spec's tree is read, and refused as a spec without being quoted...
+    write("secret.yaml", SECRET)
+    err = _error(write, f"name: t\n{how.replace('NAME', 'secret.yaml')}\n")
+    assert "secret.yaml" in str(err) and "not a spec" in str(err)
+    assert "hunter2" not in str(err) and "root:x" not in str(err)
+    # ...and any other file is refused before it is read.
     write("secret", SECRET)
-    err = _error(write, f"name: t\n{how}\n")
-    assert "secret" in str(err) and "not a spec" in str(err)
+    err = _error(write, f"name: t\n{how.replace('NAME', 'secret')}\n")
+    assert "secret" in str(err) and "not a .yaml or .yml file" in str(err)
     assert "hunter2" not in str(err) and "root:x" not in str(err)
 
 
 @pytest.mark.skipif(not Path("/etc/passwd").is_file(), reason="no /etc/passwd here")
 def test_include_of_etc_passwd(write):
     err = _error(write, "name: t\ntasks: {include: /etc/passwd}\n")
-    assert "passwd" in str(err) and "root:" not in str(err) and len(str(err)) < 300
+    assert "passwd" in str(err) and "root:" not in str(err) and len(str(err)) < 400
+    assert "not a .yaml or .yml file" in str(err)
 
 
 def test_long_values_of_an_included_file_are_not_quoted_whole(write):
@@ -355,12 +363,15 @@ def test_long_values_of_an_included_file_are_not_quoted_whole(write):
     assert secret not in str(err) and secret[:60] not in str(err)
 
 
-def test_binary_directory_device_and_missing_includes(write, tmp_path):
-    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
-    (tmp_path / "adir").mkdir()
-    cases = {"blob.bin": "not UTF-8 text", "adir": "is a directory", "nothere.yaml": "not found"}
+def test_binary_directory_fifo_and_missing_includes(write, tmp_path):
+    (tmp_path / "blob.yaml").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "adir.yaml").mkdir()
+    cases = {"blob.yaml": "not UTF-8 text", "adir.yaml": "is a directory", "nothere.yaml": "not found"}
+    if hasattr(os, "mkfifo"):  # a pipe would block a reader forever
+        os.mkfifo(tmp_path / "pipe.yaml")
+        cases["pipe.yaml"] = "not a regular file"
     if Path("/dev/zero").exists():
-        cases["/dev/zero"] = "not a regular file"
+        cases["/dev/zero"] = "not a .yaml or .yml file"
     for target, words in cases.items():
         err = _error(write, f"name: t\ntasks: {{include: {target}}}\n")
         problem = err.problems[0]

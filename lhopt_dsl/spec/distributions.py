@@ -93,9 +93,12 @@ class IntRange(StrictModel):
     """An integer drawn uniformly from ``low`` to ``high``, both included."""
 
     dist: Literal["int_range"] = "int_range"
-    low: Annotated[int, Field(ge=-MAX_RANGE_END, le=MAX_RANGE_END, description="Smallest value (included).")]
+    low: Annotated[
+        int, Field(ge=-MAX_RANGE_END, le=MAX_RANGE_END, description="Smallest value (included; within +-2**53).")
+    ]
     high: Annotated[
-        int, Field(ge=-MAX_RANGE_END, le=MAX_RANGE_END, description="Largest value (included); must be >= low.")
+        int,
+        Field(ge=-MAX_RANGE_END, le=MAX_RANGE_END, description="Largest value (included; within +-2**53); must be >= low."),
     ]
 
     @model_validator(mode="after")
@@ -120,7 +123,9 @@ class LogIntRange(StrictModel):
 
     dist: Literal["log_int_range"] = "log_int_range"
     low: Annotated[int, Field(gt=0, le=MAX_RANGE_END, description="Smallest value (included); must be > 0.")]
-    high: Annotated[int, Field(gt=0, le=MAX_RANGE_END, description="Largest value (included); must be >= low.")]
+    high: Annotated[
+        int, Field(gt=0, le=MAX_RANGE_END, description="Largest value (included; at most 2**53); must be >= low.")
+    ]
 
     @model_validator(mode="after")
     def _check(self) -> "LogIntRange":

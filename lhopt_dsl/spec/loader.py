@@ -8,9 +8,14 @@ has ``families:``), resolves includes, and validates it. Includes:
   ``weight``);
 * ``tasks: relative/path.yaml`` in an experiment: shorthand for ``tasks: {include: ...}``.
 
-Paths are relative to the including file. Cycles and missing files are errors. Every YAML,
-include or validation problem becomes a :class:`SpecError` listing each problem as
-``file:line:col: dotted.path: message``.
+Paths are relative to the including file. An include must name a ``.yaml`` or ``.yml`` file
+under the directory of the spec being loaded, or under a directory the user names explicitly
+(``include_dirs=``, else the ``LHOPT_SPEC_PATH`` environment variable, a list of directories
+separated like ``PATH``; ``lhopt --include-dir DIR`` adds to it). The rule is checked on the path
+with every symbolic link followed, and before the file is opened: a file outside it is never read,
+so nothing of it can reach a message. Cycles, missing files, loops of links and every other
+filesystem error are errors located at the include. Every YAML, include or validation problem
+becomes a :class:`SpecError` listing each problem as ``file:line:col: dotted.path: message``.
 
 Specs are shared and run unattended, so reading one is bounded: files over ``MAX_YAML_BYTES``,
 alias bombs (a few KB of nested ``*alias``es that expand to billions of values) and nesting
@@ -44,6 +49,10 @@ MAX_YAML_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000
 #: Deepest nesting of mappings and lists (specs use fewer than 10 levels); also ends recursive aliases.
 MAX_YAML_DEPTH = 64
+#: Environment variable listing directories (separated by os.pathsep) whose YAML files specs may include.
+SPEC_PATH_ENV = "LHOPT_SPEC_PATH"
+#: What an included file's name must end with.
+INCLUDE_SUFFIXES = (".yaml", ".yml")
 _MAX_ECHO = 60  # longest value quoted whole in a message; longer ones are shortened
 _MAX_MESSAGE = 600  # longest message; a validator may quote a whole list of values
 
@@ -322,10 +331,32 @@ def _read_text(file: Path, origin: Location | None, at: str, what: str) -> str:
         raise SpecError([SpecProblem(origin or bad, at, problem)]) from None
 
 
-class _Reader:
-    """Reads YAML files into plain data plus a map from data path to source location."""
+def include_dirs_from_env() -> list[Path]:
+    """The directories of ``LHOPT_SPEC_PATH`` (separated by os.pathsep; empty entries ignored)."""
+    return [Path(p) for p in os.environ.get(SPEC_PATH_ENV, "").split(os.pathsep) if p.strip()]
 
-    def __init__(self) -> None:
+
+def _resolve_dirs(dirs: list[Path], spec: Path) -> tuple[Path, ...]:
+    """``dirs`` with links followed; a directory that cannot be resolved is an error at the spec."""
+    out = []
+    for d in dirs:
+        try:
+            out.append(Path(os.path.expanduser(d)).resolve())
+        except (OSError, ValueError, RuntimeError):  # a NUL in the name, a loop of links
+            problem = f"include directory {_clip(str(d), 200)} (from include_dirs or {SPEC_PATH_ENV}) is not a valid path"
+            raise SpecError([SpecProblem(Location(_display(spec), 1, 1), "", problem)]) from None
+    return tuple(out)
+
+
+class _Reader:
+    """Reads YAML files into plain data plus a map from data path to source location.
+
+    ``include_dirs``: directories, besides the spec's own, whose YAML files may be included.
+    """
+
+    def __init__(self, include_dirs: list[Path] | None = None) -> None:
+        self.include_dirs = include_dirs_from_env() if include_dirs is None else list(include_dirs)
+        self.roots: tuple[Path, ...] = ()  # the spec's directory and the include directories, resolved
         self.marks: dict[PathT, Location] = {}
         # Each file is parsed once, however often it is included (an alias may repeat an include).
         self.parsed: dict[Path, tuple[yaml.Node | None, _Loader]] = {}
@@ -339,11 +370,18 @@ class _Reader:
 
     def read(self, file: Path, at: PathT, stack: tuple[Path, ...], origin: Location | None) -> Any:
         what = "included file" if stack else "spec file"
+        named = file
         try:
             file = file.resolve()
-        except (OSError, ValueError):  # a NUL in the name, a loop of links
-            problem = f"{what} {_show(file)}: invalid file name"
+        except (OSError, ValueError, RuntimeError):  # a NUL in the name; a loop of links (RuntimeError before 3.13)
+            problem = f"{what} {_show(named)}: invalid file name, or a loop of symbolic links"
             raise SpecError([SpecProblem(origin, format_path(at), problem)]) from None
+        if not stack:
+            self.roots = (file.parent, *_resolve_dirs(self.include_dirs, file))
+        else:
+            refused = self._refusal(named, file)
+            if refused is not None:  # decided on names alone: the file is never opened
+                raise SpecError([SpecProblem(origin, format_path(at), refused)])
         if file in stack:
             chain = " -> ".join(_display(p) for p in (*stack, file))
             raise SpecError([SpecProblem(origin, format_path(at), f"include cycle: {_clip(chain, 400)}")])
@@ -363,6 +401,32 @@ class _Reader:
             problem = f"{what} {_show(file)} is not a spec: it holds a single value, not key: value lines or a list"
             raise SpecError([SpecProblem(origin, format_path(at), problem)])
         return self._convert(node, file, at, (*stack, file), loader)
+
+    def _refusal(self, named: Path, resolved: Path) -> str | None:
+        """Why an include of ``named`` (``resolved`` once links are followed) is not allowed, or None.
+
+        Only YAML files under the spec's directory or an include directory may be included, so a
+        spec, however it was obtained, cannot make the loader read (and its messages quote) a
+        file the user did not put in reach: ``/etc/shadow``, ``~/.aws/credentials``, a link to either.
+        """
+        if named.suffix.lower() not in INCLUDE_SUFFIXES or resolved.suffix.lower() not in INCLUDE_SUFFIXES:
+            link = " (through a symbolic link)" if named.suffix.lower() in INCLUDE_SUFFIXES else ""
+            return (
+                f"included file {_show(named)} is not a .yaml or .yml file{link}: only YAML spec files may be "
+                "included; rename it if it is one"
+            )
+        if any(resolved.is_relative_to(root) for root in self.roots):
+            return None
+        lexical = Path(os.path.normpath(named))
+        through_link = any(lexical.is_relative_to(root) for root in self.roots)
+        how = "is a symbolic link to a file outside" if through_link else "lies outside"
+        where = _show(self.roots[0])
+        more = f" and the include directories ({', '.join(_show(r) for r in self.roots[1:])})" if self.roots[1:] else ""
+        return (
+            f"included file {_show(named)} {how} the spec's directory {where}{more}: a spec may only include "
+            f"files under them; if you trust the file's directory, add it to {SPEC_PATH_ENV} "
+            "(or `lhopt --include-dir DIR`, or load_spec(..., include_dirs=[DIR]))"
+        )
 
     def _convert(self, node: yaml.Node, file: Path, at: PathT, stack: tuple[Path, ...], loader: _Loader) -> Any:
         name = self.names[file]
@@ -501,13 +565,14 @@ def _scrub(message: str, long: list[str]) -> str:
 _MAX_PROBLEMS = 50  # more only hide the first ones (a broken list of thousands of entries)
 
 
-def _read_spec(file: Path) -> tuple[_Reader, Any]:
+def _read_spec(file: Path, include_dirs: list[Path] | None = None) -> tuple[_Reader, Any]:
     """Read a spec and its includes, ``tasks: path.yaml`` included."""
-    reader = _Reader()
+    reader = _Reader(include_dirs)
     data = reader.read(file, (), (), None)
     if isinstance(data, dict) and isinstance(data.get("tasks"), str):
         at = ("tasks",)
-        data["tasks"] = reader.read(file.parent / data["tasks"], at, (file.resolve(),), reader.marks.get(at))
+        top = reader.files[0]  # the spec file, links followed
+        data["tasks"] = reader.read(top.parent / data["tasks"], at, (top,), reader.marks.get(at))
     return reader, data
 
 
@@ -532,19 +597,25 @@ def load_yaml(path: str | os.PathLike[str], *, documents: bool = False) -> Any:
     return parse_yaml(_read_text(file, None, "", "YAML file"), _display(file), documents=documents)
 
 
-def spec_files(path: str | os.PathLike[str]) -> list[Path]:
+def _dirs(include_dirs: list[str | os.PathLike[str]] | None) -> list[Path] | None:
+    return None if include_dirs is None else [Path(d) for d in include_dirs]
+
+
+def spec_files(path: str | os.PathLike[str], include_dirs: list[str | os.PathLike[str]] | None = None) -> list[Path]:
     """The spec file and every file it includes (for archiving a run's exact inputs)."""
-    return _read_spec(Path(path))[0].files
+    return _read_spec(Path(path), _dirs(include_dirs))[0].files
 
 
-def load_spec(path: str | os.PathLike[str]) -> ExperimentSpec:
+def load_spec(path: str | os.PathLike[str], include_dirs: list[str | os.PathLike[str]] | None = None) -> ExperimentSpec:
     """Load and validate an experiment spec from a YAML file.
 
     A file holding only a task distribution (top-level ``families:``) or a single family entry
     (top-level ``family:``) loads as an experiment named after the file, with default settings.
+    ``include_dirs``: directories, besides the spec's own, whose ``.yaml``/``.yml`` files it may
+    include; default: those of the ``LHOPT_SPEC_PATH`` environment variable.
     """
     file = Path(path)
-    reader, data = _read_spec(file)
+    reader, data = _read_spec(file, _dirs(include_dirs))
     top = Location(_display(file.resolve()), 1, 1)
     if not isinstance(data, dict):
         raise SpecError([SpecProblem(top, "", "the top level must be a mapping (key: value lines)")])
@@ -557,7 +628,7 @@ def load_spec(path: str | os.PathLike[str]) -> ExperimentSpec:
     if isinstance(data.get("data_dir"), str):
         try:
             data["data_dir"] = str((file.parent / os.path.expanduser(data["data_dir"])).resolve())
-        except (OSError, ValueError):  # a NUL in the name, a loop of links
+        except (OSError, ValueError, RuntimeError):  # a NUL in the name, a loop of links
             raise SpecError([SpecProblem(marks.get(("data_dir",), top), "data_dir", "not a valid path")]) from None
     try:
         return ExperimentSpec.model_validate(data)
