@@ -256,7 +256,10 @@ SLOTS = [
     ("num_heads: {dist: choice, values: [1, 2]}", "num_heads: {{dist: int_range, low: 1, high: {}}}"),
     ("d_model: 32", "d_model: {{dist: int_range, low: 32, high: {}}}"),
 ]  # fmt: skip
+#: Every cap and its neighbours: the largest valid specs, and the smallest refused ones.
+CAPS = sorted({c + d for c in (2, 32, 128, 1000, 8192, 65536, 1_000_000, 100_000_000, 2**53) for d in (-1, 0, 1)})
 NUMBERS = st.one_of(
+    st.sampled_from(CAPS),
     st.integers(-(2**70), 2**70),
     st.integers(0, 4000).map(lambda bits: str(2**bits)),
     st.integers(0, 4000).map(lambda bits: hex(2**bits - 1)),
@@ -419,3 +422,39 @@ def test_includes_within_the_tree_still_point_into_the_included_file(tree):
     err = _refused(_spec(tree, "fam/bad.yml"))
     assert err.problems[0].location.file.endswith("bad.yml") and err.problems[0].location.line == 2
     assert err.problems[0].path == "tasks.families[0].dim"
+
+
+# --- the largest specs ------------------------------------------------------------------------------
+
+
+def _many_values(per_choice: int) -> str:
+    """16 overlapping NQM entries, each with three choices of ``per_choice`` values and 1,000 bins."""
+    lines = ["name: many", "tasks:", "  families:"]
+    for i in range(16):
+        values = ", ".join(str(i + 3 * k + 1) for k in range(per_choice))
+        lines += [
+            "    - family: nqm",
+            f"      dim: {{dist: choice, values: [{values}]}}",
+            "      spectrum_decay: {dist: uniform, low: 0.5, high: 2.0, bins: 1000}",
+            f"      noise_scale: {{dist: log_uniform, low: 0.01, high: {10 + i}.0, bins: 1000}}",
+            f"      batch_size: {{dist: choice, values: [{values}]}}",
+            "      inner_steps: {dist: choice, values: [" + ", ".join(str(200 + i + 3 * k) for k in range(per_choice)) + "]}",
+            f"      outer_steps: {{dist: int_range, low: 2, high: {100 + i}}}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_largest_spec_validates_counts_and_samples_quickly_and_a_larger_one_is_refused_early(write):
+    path = write("many.yaml", _many_values(390))  # about 19,000 values: just under the limit
+    started = time.perf_counter()
+    spec = load_spec(path)
+    assert space_size(spec).families["nqm"] > 390**3 * 1000**2
+    for i in range(20):
+        sample(spec, i)
+    assert time.perf_counter() - started < SECONDS
+    # A megabyte of values is refused as soon as the parser passes the limit, not after reading it all.
+    text = "name: t\nx: [" + ", ".join(["1234567"] * 115_000) + "]\n"
+    assert len(text) <= loader.MAX_YAML_BYTES
+    err = _refused(write("huge.yaml", text))
+    assert f"holds more than {loader.MAX_SPEC_VALUES:,} values" in str(err) and err.problems[0].location.line == 2
+    assert str(err).count("1234567") == 0

@@ -49,6 +49,11 @@ MAX_YAML_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000
 #: Deepest nesting of mappings and lists (specs use fewer than 10 levels); also ends recursive aliases.
 MAX_YAML_DEPTH = 64
+#: Most values a *spec* may produce, counted as MAX_YAML_NODES is: 20 times the shipped default.yaml
+#: and room for 16 entries of one family with long choices. PyYAML reads about 20,000 values a
+#: second on a slow core, so this bounds reading any spec, not only its alias bombs; the file
+#: is refused as soon as its parser passes the limit, not after reading it all.
+MAX_SPEC_VALUES = 20_000
 #: Environment variable listing directories (separated by os.pathsep) whose YAML files specs may include.
 SPEC_PATH_ENV = "LHOPT_SPEC_PATH"
 #: What an included file's name must end with.
@@ -96,7 +101,20 @@ class _Loader(yaml.SafeLoader):
     """Safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``), and
     refuses nesting deeper than ``MAX_YAML_DEPTH`` as it scans: PyYAML's scanner is quadratic in
     the depth and its composer recursive, so 2 KB of ``[[[[...`` would take seconds and then
-    overflow the stack."""
+    overflow the stack. ``limit`` caps the values composed (aliases included), so a file with too
+    many is refused without reading the rest."""
+
+    def __init__(self, text: str, name: str = "<string>", limit: int = MAX_YAML_NODES) -> None:
+        super().__init__(text)
+        self.name, self.limit, self.composed = name, limit, 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:  # PyYAML's signature
+        self.composed += 1
+        if self.composed > self.limit:
+            where = _loc(self.name, self.peek_event().start_mark)
+            problem = f"{self.name} holds more than {self.limit:,} values; no spec or task needs that many: shorten its lists"
+            raise SpecError([SpecProblem(where, "", problem)])
+        return super().compose_node(parent, index)  # type: ignore[no-any-return]
 
     def _too_deep(self) -> None:
         problem = f"nested more than {MAX_YAML_DEPTH} levels deep"
@@ -210,7 +228,7 @@ def _yaml_problem(e: BaseException, name: str, text: str, loader: yaml.SafeLoade
     return SpecProblem(Location(name, 1, 1), "", _clip(f"YAML error: {first}", 300))
 
 
-def _limit_problem(where: Location, too_deep: bool, what: str = "") -> SpecProblem:
+def _limit_problem(where: Location, too_deep: bool, what: str = "", limit: int = MAX_YAML_NODES) -> SpecProblem:
     """The problem of a document (``what``, by default the file of ``where``) past a size limit."""
     if too_deep:
         problem = f"nested more than {MAX_YAML_DEPTH} levels deep (or a recursive alias, like &a [*a], nests forever)"
@@ -218,14 +236,14 @@ def _limit_problem(where: Location, too_deep: bool, what: str = "") -> SpecProbl
     return SpecProblem(
         where,
         "",
-        f"{what or where.file} expands to more than {MAX_YAML_NODES:,} values: each alias (*name) and include "
-        "repeats its content, so nested aliases multiply (an alias bomb?)",
+        f"{what or where.file} expands to more than {limit:,} values: each alias (*name) and include "
+        "repeats its content, so nested aliases multiply (an alias bomb?); no spec needs that many",
     )
 
 
-def _check_size(root: yaml.Node, name: str, count: int = 0) -> int:
-    """Refuse a node graph that expands past ``MAX_YAML_NODES`` values (``count`` of them already
-    used by earlier documents) or ``MAX_YAML_DEPTH`` levels; return the values used.
+def _check_size(root: yaml.Node, name: str, count: int = 0, limit: int = MAX_YAML_NODES) -> int:
+    """Refuse a node graph that expands past ``limit`` values (``count`` of them already used by
+    earlier documents) or ``MAX_YAML_DEPTH`` levels; return the values used.
 
     PyYAML resolves an alias to the very node of its anchor, so the graph stays small while every
     reader of the data (the converter below, pydantic, a sampler) walks each alias again. Walking
@@ -235,8 +253,8 @@ def _check_size(root: yaml.Node, name: str, count: int = 0) -> int:
     while stack:
         node, depth = stack.pop()
         count += 1
-        if count > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
-            raise SpecError([_limit_problem(_loc(name, node.start_mark), depth > MAX_YAML_DEPTH)])
+        if count > limit or depth > MAX_YAML_DEPTH:
+            raise SpecError([_limit_problem(_loc(name, node.start_mark), depth > MAX_YAML_DEPTH, "", limit)])
         if isinstance(node, yaml.SequenceNode):
             stack.extend((child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
@@ -244,13 +262,16 @@ def _check_size(root: yaml.Node, name: str, count: int = 0) -> int:
     return count
 
 
-def _compose(text: str, name: str, documents: bool = False) -> tuple[list[yaml.Node], _Loader]:
+def _compose(
+    text: str, name: str, documents: bool = False, limit: int = MAX_YAML_NODES
+) -> tuple[list[yaml.Node], _Loader]:
     """The node graphs of ``text`` (every document if ``documents``, else the only one; none if
-    empty); any PyYAML error becomes a SpecError located in ``name``. The graphs are small however
-    far their aliases expand: whoever walks them bounds the walk (:func:`_check_size`, ``_Reader``)."""
+    empty), of at most ``limit`` values in all; any PyYAML error becomes a SpecError located in
+    ``name``. The graphs are small however far their aliases expand: whoever walks them bounds the
+    walk (:func:`_check_size`, ``_Reader``)."""
     loader: _Loader | None = None
     try:
-        loader = _Loader(text)  # checks the whole text for non-printable characters first
+        loader = _Loader(text, name, limit)  # checks the whole text for non-printable characters first
         if documents:
             nodes = []
             while loader.check_node():
@@ -388,11 +409,11 @@ class _Reader:
         if file not in self.parsed:
             text = _read_text(file, origin, format_path(at), what)
             self.names[file] = _display(file)
-            nodes, loader = _compose(text, self.names[file])
+            nodes, loader = _compose(text, self.names[file], limit=MAX_SPEC_VALUES)
             # A bomb within one file is refused here, by a walk that only counts (a tenth of a
             # second); _convert counts again across every file, as includes multiply too.
             for node in nodes:
-                _check_size(node, self.names[file])
+                _check_size(node, self.names[file], limit=MAX_SPEC_VALUES)
             self.parsed[file] = (nodes[0] if nodes else None, loader)
         node, loader = self.parsed[file]
         if node is None:
@@ -431,9 +452,10 @@ class _Reader:
     def _convert(self, node: yaml.Node, file: Path, at: PathT, stack: tuple[Path, ...], loader: _Loader) -> Any:
         name = self.names[file]
         self.values += 1
-        if self.values > MAX_YAML_NODES or len(at) >= MAX_YAML_DEPTH:  # includes can multiply, as aliases do
+        if self.values > MAX_SPEC_VALUES or len(at) >= MAX_YAML_DEPTH:  # includes can multiply, as aliases do
             where = _loc(name, node.start_mark)
-            raise SpecError([_limit_problem(where, len(at) >= MAX_YAML_DEPTH, "the spec " + self.names[stack[0]])])
+            too_deep, spec = len(at) >= MAX_YAML_DEPTH, "the spec " + self.names[stack[0]]
+            raise SpecError([_limit_problem(where, too_deep, spec, MAX_SPEC_VALUES)])
         if at not in self.marks:
             self.marks[at] = _loc(name, node.start_mark)
         if isinstance(node, yaml.MappingNode):
