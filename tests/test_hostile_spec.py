@@ -171,6 +171,21 @@ def test_cli_validate_and_space_print_a_spec_at_every_cap(write, capsys):
     assert "1..65536" in out and "128..1000000" in out
 
 
+def test_a_task_file_carries_the_same_caps():
+    """A task file is read without a spec (`lhopt schedule export --task`): its sizes are capped too."""
+    from pydantic import ValidationError
+
+    from lhopt_dsl import TaskConfig
+
+    text = (SPECS / "transfer" / "mlp_large.yaml").read_text()
+    assert TaskConfig.from_yaml(text).task.hidden == (256, 256)
+    for old, new, field in [("[256, 256]", "[2000000000]", "hidden.0"), ("[256, 256]", "[" + "8, " * 33 + "8]", "hidden"),
+                            ("inner_steps: 1200", "inner_steps: 1e12", "inner_steps")]:  # fmt: skip
+        with pytest.raises(ValidationError) as info:
+            TaskConfig.from_yaml(text.replace(old, new))
+        assert f"task.mlp.{field}" in str(info.value), str(info.value)
+
+
 def test_integer_ranges_are_sampled_and_counted_without_being_listed():
     """A range of 2**53 values would take 72 petabytes as a list; as a range it takes nothing."""
     import numpy as np

@@ -107,6 +107,12 @@ MAX_NQM_DIM = 100_000_000
 
 # --- concrete tasks ------------------------------------------------------------------------------
 
+# A task file (`lhopt schedule export --task`, task_specs/transfer/) is read without a spec, so a
+# concrete task carries the same caps as the families that sample it.
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Depth = Annotated[int, Field(ge=1, le=MAX_LAYERS)]
+SeqLen = Annotated[int, Field(ge=2, le=MAX_SEQ_LEN)]
+
 
 class TaskBase(StrictModel):
     """Settings every concrete task has."""
@@ -126,7 +132,7 @@ class TaskBase(StrictModel):
 class MLPTask(TaskBase):
     family: Literal["mlp"] = "mlp"
     dataset: ImageDataset
-    hidden: tuple[int, ...]
+    hidden: Annotated[tuple[Width, ...], Field(max_length=MAX_LAYERS)]
     activation: Activation
     norm: Norm
     loss: MLPLoss
@@ -135,8 +141,8 @@ class MLPTask(TaskBase):
 class CNNTask(TaskBase):
     family: Literal["cnn"] = "cnn"
     dataset: ImageDataset
-    channels: tuple[int, ...]
-    kernel_size: int
+    channels: Annotated[tuple[Width, ...], Field(max_length=MAX_LAYERS)]
+    kernel_size: Annotated[int, Field(ge=1, le=7)]
     pooling: Pooling
     activation: Activation
     norm: Norm
@@ -146,40 +152,40 @@ class RNNTask(TaskBase):
     family: Literal["rnn"] = "rnn"
     task: AlgoTask
     cell: Cell
-    hidden_size: int
-    num_layers: int
-    seq_len: int
+    hidden_size: Width
+    num_layers: Depth
+    seq_len: SeqLen
 
 
 class TextRNNTask(TaskBase):
     family: Literal["text_rnn"] = "text_rnn"
     dataset: TextDataset
     cell: Cell
-    embed_dim: int
-    hidden_size: int
-    num_layers: int
+    embed_dim: Width
+    hidden_size: Width
+    num_layers: Depth
     bidirectional: bool
-    max_len: int
-    vocab_size: int
+    max_len: Annotated[int, Field(ge=1, le=MAX_SEQ_LEN)]
+    vocab_size: Annotated[int, Field(ge=2, le=MAX_VOCAB_SIZE)]
 
 
 class TransformerTask(TaskBase):
     family: Literal["transformer"] = "transformer"
     dataset: LMDataset
-    d_model: int
-    num_layers: int
-    num_heads: int
-    ff_mult: int
-    seq_len: int
+    d_model: Width
+    num_layers: Depth
+    num_heads: Width
+    ff_mult: Annotated[int, Field(ge=1, le=MAX_FF_MULT)]
+    seq_len: SeqLen
     norm_position: NormPosition
     positional: Positional
 
 
 class NQMTask(TaskBase):
     family: Literal["nqm"] = "nqm"
-    dim: int
-    spectrum_decay: float
-    noise_scale: float
+    dim: Annotated[int, Field(ge=1, le=MAX_NQM_DIM)]
+    spectrum_decay: Annotated[float, Field(ge=0)]
+    noise_scale: Annotated[float, Field(ge=0)]
 
 
 Task = Annotated[
