@@ -98,7 +98,9 @@ class IntRange(StrictModel):
     ]
     high: Annotated[
         int,
-        Field(ge=-MAX_RANGE_END, le=MAX_RANGE_END, description="Largest value (included; within +-2**53); must be >= low."),
+        Field(
+            ge=-MAX_RANGE_END, le=MAX_RANGE_END, description="Largest value (included; within +-2**53); must be >= low."
+        ),
     ]
 
     @model_validator(mode="after")

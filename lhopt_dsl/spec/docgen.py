@@ -110,7 +110,8 @@ def generate() -> str:
         "`LHOPT_SPEC_PATH` (or `lhopt --include-dir DIR`); anything else is refused before it is read.",
         "Every size a spec can name is capped (the limits are in the descriptions below), a spec holds",
         f"at most {MAX_SPEC_VALUES:,} values (aliases and includes counted each time they are used) in files of at",
-        f"most {MAX_YAML_BYTES // 2**20} MB, no number is infinite or NaN, and YAML 1.1's base-60 forms (`1:30`) are strings.",
+        f"most {MAX_YAML_BYTES // 2**20} MB, no number is infinite or NaN, and YAML 1.1's base-60 forms (`1:30`) are",
+        "strings.",
         "",
     ]
     for title, models in SECTIONS:

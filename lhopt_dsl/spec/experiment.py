@@ -45,7 +45,9 @@ class Budget(StrictModel):
     ] = None
     max_tries: Annotated[
         int,
-        Field(ge=1, le=MAX_BUDGET_TRIES, description=f"Redraws before giving up with an error (1 to {MAX_BUDGET_TRIES:,})."),
+        Field(
+            ge=1, le=MAX_BUDGET_TRIES, description=f"Redraws before giving up with an error (1 to {MAX_BUDGET_TRIES:,})."
+        ),
     ] = 200
 
     def admits(self, task: object) -> bool:
@@ -147,7 +149,10 @@ class MetaTrainSpec(StrictModel):
 
     iterations: Annotated[int, Field(ge=1, description="PPO iterations.")] = 100
     workers: Annotated[
-        int, Field(ge=0, le=MAX_WORKERS, description=f"Parallel rollout worker processes (0: in-process; at most {MAX_WORKERS:,}).")
+        int,
+        Field(
+            ge=0, le=MAX_WORKERS, description=f"Parallel rollout worker processes (0: in-process; at most {MAX_WORKERS:,})."
+        ),
     ] = 1
     tasks_per_iteration: Annotated[int, Field(ge=1, description="Tasks sampled per PPO iteration.")] = 2
     rollouts_per_task: Annotated[
@@ -166,11 +171,19 @@ class MetaTrainSpec(StrictModel):
     ] = None
     hidden_size: Annotated[
         int,
-        Field(ge=1, le=MAX_POLICY_HIDDEN, description=f"LSTM units of actor and critic (paper: 256; large: 512; at most {MAX_POLICY_HIDDEN:,})."),
+        Field(
+            ge=1,
+            le=MAX_POLICY_HIDDEN,
+            description=f"LSTM units of actor and critic (paper: 256; large: 512; at most {MAX_POLICY_HIDDEN:,}).",
+        ),
     ] = 256
     num_layers: Annotated[
         int,
-        Field(ge=1, le=MAX_POLICY_LAYERS, description=f"LSTM layers of actor and critic (paper: 1; large: 2; at most {MAX_POLICY_LAYERS})."),
+        Field(
+            ge=1,
+            le=MAX_POLICY_LAYERS,
+            description=f"LSTM layers of actor and critic (paper: 1; large: 2; at most {MAX_POLICY_LAYERS}).",
+        ),
     ] = 1
     learning_rate: Annotated[float, Field(gt=0, description="Adam learning rate of actor and critic.")] = 3e-4
     keep_bias: Annotated[

@@ -200,7 +200,9 @@ Task = Annotated[
 class Layers(StrictModel):
     """A stack of layers whose depth and sizes are sampled."""
 
-    depth: Annotated[int_dist(), Field(description=f"Number of layers (every value 1 to {MAX_LAYERS}).")]  # type: ignore[valid-type]
+    depth: Annotated[
+        int_dist(), Field(description=f"Number of layers (every value 1 to {MAX_LAYERS}).")  # type: ignore[valid-type]
+    ]
     width: Annotated[
         int_dist(),  # type: ignore[valid-type]
         Field(description=f"Size of each layer (units or channels; every value 1 to {MAX_WIDTH:,})."),
@@ -349,7 +351,9 @@ class CNNSpec(FamilySpec):
     family: Literal["cnn"] = "cnn"
     dataset: Annotated[choice_dist(ImageDataset), Field(description="Image dataset.")]  # type: ignore[valid-type]
     channels: Annotated[Layers, Field(description="Convolution layers: depth and channels per layer.")]
-    kernel_size: Annotated[int_dist(), Field(description="Odd convolution kernel size, 1 to 7.")]  # type: ignore[valid-type]
+    kernel_size: Annotated[
+        int_dist(), Field(description="Odd convolution kernel size, 1 to 7.")  # type: ignore[valid-type]
+    ]
     pooling: Annotated[
         choice_dist(Pooling),  # type: ignore[valid-type]
         Field(description="Downsampling after each convolution: max pool, average pool, or stride 2."),
@@ -361,11 +365,10 @@ class CNNSpec(FamilySpec):
     @classmethod
     def _odd(cls, v: Any) -> Any:
         support = support_of(v)
-        if isinstance(support, range):  # two neighbours include an even number: no need to list them
-            even = support[0] if support[0] % 2 == 0 or len(support) == 1 else support[0] + 1
-        else:
-            even = next((k for k in support if k % 2 == 0), None)
-        if even is not None and even % 2 == 0:
+        if isinstance(support, range):  # of two neighbours one is even: the first two values decide
+            support = support[:2]
+        even = next((k for k in support if k % 2 == 0), None)
+        if even is not None:
             raise ValueError(f"kernel sizes must be odd (same padding); got {_number(even)}")
         return v
 
@@ -386,9 +389,15 @@ class RNNSpec(FamilySpec):
         Field(description="parity: running XOR of a bit stream; binary_addition: sum of two binary numbers."),
     ]
     cell: Annotated[choice_dist(Cell), Field(description="Recurrent cell.")]  # type: ignore[valid-type]
-    hidden_size: Annotated[int_dist(), Field(description=f"Hidden units per layer (1 to {MAX_WIDTH:,}).")]  # type: ignore[valid-type]
-    num_layers: Annotated[int_dist(), Field(description=f"Stacked recurrent layers (1 to {MAX_LAYERS}).")]  # type: ignore[valid-type]
-    seq_len: Annotated[int_dist(), Field(description=f"Sequence length (bits per example; 2 to {MAX_SEQ_LEN:,}).")]  # type: ignore[valid-type]
+    hidden_size: Annotated[
+        int_dist(), Field(description=f"Hidden units per layer (1 to {MAX_WIDTH:,}).")  # type: ignore[valid-type]
+    ]
+    num_layers: Annotated[
+        int_dist(), Field(description=f"Stacked recurrent layers (1 to {MAX_LAYERS}).")  # type: ignore[valid-type]
+    ]
+    seq_len: Annotated[
+        int_dist(), Field(description=f"Sequence length (bits per example; 2 to {MAX_SEQ_LEN:,}).")  # type: ignore[valid-type]
+    ]
 
 
 class TextRNNSpec(FamilySpec):
@@ -406,11 +415,19 @@ class TextRNNSpec(FamilySpec):
     family: Literal["text_rnn"] = "text_rnn"
     dataset: Annotated[choice_dist(TextDataset), Field(description="Sentence classification dataset.")] = "sst2"  # type: ignore[valid-type]
     cell: Annotated[choice_dist(Cell), Field(description="Recurrent cell.")]  # type: ignore[valid-type]
-    embed_dim: Annotated[int_dist(), Field(description=f"Word embedding size (1 to {MAX_WIDTH:,}).")]  # type: ignore[valid-type]
-    hidden_size: Annotated[int_dist(), Field(description=f"Hidden units per layer (1 to {MAX_WIDTH:,}).")]  # type: ignore[valid-type]
-    num_layers: Annotated[int_dist(), Field(description=f"Stacked recurrent layers (1 to {MAX_LAYERS}).")]  # type: ignore[valid-type]
+    embed_dim: Annotated[
+        int_dist(), Field(description=f"Word embedding size (1 to {MAX_WIDTH:,}).")  # type: ignore[valid-type]
+    ]
+    hidden_size: Annotated[
+        int_dist(), Field(description=f"Hidden units per layer (1 to {MAX_WIDTH:,}).")  # type: ignore[valid-type]
+    ]
+    num_layers: Annotated[
+        int_dist(), Field(description=f"Stacked recurrent layers (1 to {MAX_LAYERS}).")  # type: ignore[valid-type]
+    ]
     bidirectional: Annotated[choice_dist(bool), Field(description="Read sentences in both directions.")]  # type: ignore[valid-type]
-    max_len: Annotated[int_dist(), Field(description=f"Sentences are cut to this many tokens (1 to {MAX_SEQ_LEN:,}).")]  # type: ignore[valid-type]
+    max_len: Annotated[
+        int_dist(), Field(description=f"Sentences are cut to this many tokens (1 to {MAX_SEQ_LEN:,}).")  # type: ignore[valid-type]
+    ]
     vocab_size: Annotated[
         int_dist(),  # type: ignore[valid-type]
         Field(description=f"Most frequent training words kept (2 to {MAX_VOCAB_SIZE:,}); the rest map to an unknown-word token."),
@@ -443,11 +460,21 @@ class TransformerSpec(FamilySpec):
             f"{', '.join(LM_OOD_DATASETS)}."
         ),
     ]
-    d_model: Annotated[int_dist(), Field(description=f"Model width (1 to {MAX_WIDTH:,}); divisible by every num_heads value.")]  # type: ignore[valid-type]
-    num_layers: Annotated[int_dist(), Field(description=f"Transformer blocks (1 to {MAX_LAYERS}).")]  # type: ignore[valid-type]
-    num_heads: Annotated[int_dist(), Field(description=f"Attention heads (1 to {MAX_WIDTH:,}).")]  # type: ignore[valid-type]
-    ff_mult: Annotated[int_dist(), Field(description=f"Feed-forward width as a multiple of d_model (1 to {MAX_FF_MULT}).")]  # type: ignore[valid-type]
-    seq_len: Annotated[int_dist(), Field(description=f"Context length in tokens (2 to {MAX_SEQ_LEN:,}).")]  # type: ignore[valid-type]
+    d_model: Annotated[
+        int_dist(), Field(description=f"Model width (1 to {MAX_WIDTH:,}); divisible by every num_heads value.")  # type: ignore[valid-type]
+    ]
+    num_layers: Annotated[
+        int_dist(), Field(description=f"Transformer blocks (1 to {MAX_LAYERS}).")  # type: ignore[valid-type]
+    ]
+    num_heads: Annotated[
+        int_dist(), Field(description=f"Attention heads (1 to {MAX_WIDTH:,}).")  # type: ignore[valid-type]
+    ]
+    ff_mult: Annotated[
+        int_dist(), Field(description=f"Feed-forward width as a multiple of d_model (1 to {MAX_FF_MULT}).")  # type: ignore[valid-type]
+    ]
+    seq_len: Annotated[
+        int_dist(), Field(description=f"Context length in tokens (2 to {MAX_SEQ_LEN:,}).")  # type: ignore[valid-type]
+    ]
     norm_position: Annotated[
         choice_dist(NormPosition),  # type: ignore[valid-type]
         Field(description="LayerNorm before (pre) or after (post) each residual branch."),
@@ -476,7 +503,9 @@ class NQMSpec(FamilySpec):
     task_cls: ClassVar[type[TaskBase]] = NQMTask
     LIMITS = {**FamilySpec.LIMITS, "dim": (1, MAX_NQM_DIM), "spectrum_decay": (0, None), "noise_scale": (0, None)}
     family: Literal["nqm"] = "nqm"
-    dim: Annotated[int_dist(), Field(description=f"Number of parameters (dimensions; 1 to {MAX_NQM_DIM:,}).")]  # type: ignore[valid-type]
+    dim: Annotated[
+        int_dist(), Field(description=f"Number of parameters (dimensions; 1 to {MAX_NQM_DIM:,}).")  # type: ignore[valid-type]
+    ]
     spectrum_decay: Annotated[
         float_dist(),  # type: ignore[valid-type]
         Field(description="Curvature h_i = i^-decay; the condition number is dim^decay."),

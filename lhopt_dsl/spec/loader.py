@@ -112,7 +112,8 @@ class _Loader(yaml.SafeLoader):
         self.composed += 1
         if self.composed > self.limit:
             where = _loc(self.name, self.peek_event().start_mark)
-            problem = f"{self.name} holds more than {self.limit:,} values; no spec or task needs that many: shorten its lists"
+            problem = f"{self.name} holds more than {self.limit:,} values; no spec or task needs that many: "
+            problem += "shorten its lists"
             raise SpecError([SpecProblem(where, "", problem)])
         return super().compose_node(parent, index)  # type: ignore[no-any-return]
 
@@ -364,7 +365,8 @@ def _resolve_dirs(dirs: list[Path], spec: Path) -> tuple[Path, ...]:
         try:
             out.append(Path(os.path.expanduser(d)).resolve())
         except (OSError, ValueError, RuntimeError):  # a NUL in the name, a loop of links
-            problem = f"include directory {_clip(str(d), 200)} (from include_dirs or {SPEC_PATH_ENV}) is not a valid path"
+            problem = f"include directory {_clip(str(d), 200)} (from include_dirs or {SPEC_PATH_ENV}) "
+            problem += "is not a valid path"
             raise SpecError([SpecProblem(Location(_display(spec), 1, 1), "", problem)]) from None
     return tuple(out)
 
