@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from lhopt_dsl import SpecError, load_spec, sample, space_size
 from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec import loader
-from lhopt_dsl.spec.distributions import IntRange, LogIntRange
+from lhopt_dsl.spec.distributions import IntRange, LogIntRange, Uniform
 from lhopt_dsl.spec.families import MAX_INNER_STEPS, MAX_LAYERS, MAX_WIDTH
 from lhopt_dsl.spec.loader import parse_yaml
 from lhopt_dsl.spec.space import LayerAxis, axes_size, iter_settings, union_size
@@ -186,6 +186,15 @@ def test_a_task_file_carries_the_same_caps():
         assert f"task.mlp.{field}" in str(info.value), str(info.value)
 
 
+def test_extreme_hyperparameter_actions_are_clamped_not_crashed():
+    from lhopt_dsl.spec import CIAOSpace
+
+    space = CIAOSpace()
+    clip, lr = space.grad_clip_fraction, space.lr
+    assert clip.apply(0.5, -1e308) == clip.bounds[0] and clip.apply(0.5, 1e308) == clip.bounds[1]
+    assert lr.apply(1e-3, 1e308) == lr.bounds[1] and lr.apply(1e-3, 5e-324) == lr.bounds[0]
+
+
 def test_integer_ranges_are_sampled_and_counted_without_being_listed():
     """A range of 2**53 values would take 72 petabytes as a list; as a range it takes nothing."""
     import numpy as np
@@ -194,6 +203,8 @@ def test_integer_ranges_are_sampled_and_counted_without_being_listed():
     for dist in (IntRange(low=1, high=2**53), LogIntRange(low=1, high=2**53)):
         assert len(dist.support()) == 2**53 and 2**52 in dist.support()
         assert all(1 <= dist.sample(rng) <= 2**53 for _ in range(100))
+    with pytest.raises(ValueError, match="overflows a float"):  # every point of its grid would be NaN
+        Uniform(low=-1e308, high=1e308, bins=3)
     axis = LayerAxis(range(1, MAX_LAYERS + 1), range(1, MAX_WIDTH + 1), True)
     assert union_size([{"a": range(0, 2**53), "h": axis}] * 2) == 2**53 * axis.size()
 
@@ -269,6 +280,9 @@ SLOTS = [
     ("noise_scale: {dist: log_uniform, low: 0.1, high: 1.0, bins: 3}", "noise_scale: {{dist: log_uniform, low: {}, high: 1.0, bins: 3}}"),
     ("seed: 0", "seed: {}"),
     ("num_heads: {dist: choice, values: [1, 2]}", "num_heads: {{dist: int_range, low: 1, high: {}}}"),
+    ("evaluation:", "hparams:\n  grad_clip_fraction: {{noise: {{low: -{}, high: {}}}}}\nevaluation:"),
+    ("evaluation:", "hparams:\n  lr: {{init: {}, noise: {{low: {}, high: 100.0}}}}\nevaluation:"),
+    ("evaluation:", "hparams:\n  eps: {{bounds: [{}, {}]}}\nevaluation:"),
     ("d_model: 32", "d_model: {{dist: int_range, low: 32, high: {}}}"),
 ]  # fmt: skip
 #: Every cap and its neighbours: the largest valid specs, and the smallest refused ones.

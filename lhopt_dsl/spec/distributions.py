@@ -164,6 +164,8 @@ class _Continuous(StrictModel):
             raise ValueError("low and high must be finite")
         if self.high <= self.low:
             raise ValueError(f"high ({self.high}) must be > low ({self.low})")
+        if not math.isfinite(self._to(self.high) - self._to(self.low)):  # -1e308 to 1e308: every grid point NaN
+            raise ValueError("high - low overflows a float; narrow the range")
         return self
 
     def _to(self, x: float) -> float:  # the space in which samples are uniform
