@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from lhopt_dsl import SpecError, load_spec, sample, space_size
 from lhopt_dsl.sample import budget_acceptance
 from lhopt_dsl.spec.experiment import ExperimentSpec
-from lhopt_dsl.spec.space import LayerAxis
+from lhopt_dsl.spec.loader import SPEC_PATH_ENV
+from lhopt_dsl.spec.space import LayerAxis, axis_size
 
 if TYPE_CHECKING:
     from lhopt_dsl import TaskConfig
@@ -36,6 +37,8 @@ def _summarise(axis: object) -> str:
     if isinstance(axis, LayerAxis):
         kind = "each layer its own width" if axis.independent else "one width for all layers"
         return f"depth {_summarise(axis.depths)} x width {_summarise(axis.widths)} ({kind})"
+    if isinstance(axis, range) and len(axis) > 3:  # an integer range: read at its ends, never listed
+        return f"{axis[0]}..{axis[-1]}"
     values = sorted(axis, key=lambda v: (type(v).__name__, v))  # type: ignore[call-overload]
     if len(values) > 3 and all(type(v) is int for v in values) and values[-1] - values[0] + 1 == len(values):
         return f"{values[0]}..{values[-1]}"
@@ -85,7 +88,7 @@ def cmd_space(args: argparse.Namespace) -> int:
         axes = fam.axes()
         name_w = max(len(k) for k in axes) + 2
         for name, axis in axes.items():
-            print(f"    {name:<{name_w}}{len(axis):>8,}  {_summarise(axis)}")
+            print(f"    {name:<{name_w}}{axis_size(axis):>8,}  {_summarise(axis)}")
         print()
     return 0
 
@@ -542,6 +545,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument(
+        "--include-dir", action="append", default=[], metavar="DIR",
+        help=f"a directory whose .yaml files specs may include, besides each spec's own directory "
+        f"(repeatable; added to ${SPEC_PATH_ENV})",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Small inner models run fastest on one thread; more threads oversubscribe shared cores.
     threads = argparse.ArgumentParser(add_help=False)
@@ -782,6 +790,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given (lhopt train --nproc re-runs it)
+    if args.include_dir:  # every spec this process (and its workers) loads may include from them
+        given = [os.path.abspath(d) for d in args.include_dir]
+        os.environ[SPEC_PATH_ENV] = os.pathsep.join([*given, *filter(None, [os.environ.get(SPEC_PATH_ENV)])])
     if getattr(args, "threads", None):
         import torch
 

@@ -4,9 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
-from lhopt_dsl import TaskConfig
+from lhopt_dsl import SpecError, TaskConfig
 from lhopt_dsl.spec.docgen import generate
 from runners.cli import main
 
@@ -89,7 +90,10 @@ def test_readme_example_spec_is_valid(tmp_path):
     (tmp_path / "task_specs").symlink_to(SPECS)
     path = tmp_path / "example.yaml"
     path.write_text(block)
-    spec = load_spec(path)
+    # The link leads out of the example's directory: its target must be named to be included.
+    with pytest.raises(SpecError, match="symbolic link to a file outside"):
+        load_spec(path, include_dirs=[])
+    spec = load_spec(path, include_dirs=[SPECS])
     assert spec.hparams.lr.init == 3e-4 and spec.hparams.lr.action.type == "scale"
     assert [f.family for f in spec.tasks.families] == ["mlp", "nqm"]
     sample(spec, 0)

@@ -45,7 +45,8 @@ hparams:
 def keep_spec_file(directory: Path) -> Path:
     """The smoke spec with :data:`KEEP_ACTIONS` (cpu.yaml's hyperparameters, as :data:`SMOKE`), as a file."""
     path = directory / "smoke_keep.yaml"
-    path.write_text(f"include: {SPECS / 'smoke.yaml'}\nname: smoke_keep\n{KEEP_ACTIONS}")
+    (directory / "smoke.yaml").write_text((SPECS / "smoke.yaml").read_text())  # includes stay in the spec's tree
+    path.write_text(f"include: smoke.yaml\nname: smoke_keep\n{KEEP_ACTIONS}")
     return path
 
 

@@ -44,7 +44,7 @@ def load_shipped(path, tmp_path) -> tuple[ExperimentSpec, TaskDistribution]:
         f"name: w\ntasks: {{families: [{{include: {SPECS / 'families' / 'transformer.yaml'}}}]}}\n"
         f"evaluation: {{tasks: {{families: [{{include: {path}}}]}}}}\n"
     )
-    spec = load_spec(wrapper)
+    spec = load_spec(wrapper, include_dirs=[SPECS])  # the family files lie outside tmp_path
     return spec, spec.evaluation.tasks
 
 

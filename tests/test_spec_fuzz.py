@@ -3,7 +3,9 @@
 The mutations are what editing by hand, bad copy-pasting and hostile files produce: flipped and
 deleted bytes, inserted NULs and control characters, duplicated lines, broken indentation, tabs,
 stray YAML syntax and alias bombs. Every spec goes through what `lhopt validate` runs
-(:func:`load_spec`, then :func:`space_size` of a spec that loads). ``derandomize=True`` makes the
+(:func:`load_spec`, then :func:`space_size` of a spec that loads); a mutated file that shipped
+specs include (the families/ files, and specs built on other specs) is also loaded through a spec
+that includes it, exactly as that spec does. ``derandomize=True`` makes the
 examples the same on every run, so a failure here is reproducible.
 """
 
@@ -20,13 +22,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lhopt_dsl import ExperimentSpec, SpecError, load_spec, space_size
-from lhopt_dsl.spec.loader import SpecProblem
+from lhopt_dsl.spec.loader import SpecProblem, spec_files
 
 from .conftest import SPECS
 
 FILES = sorted(p.relative_to(SPECS) for p in SPECS.rglob("*.yaml"))
-# A mutated family file is also loaded through a spec that includes it, to exercise includes.
-INCLUDED_BY = {Path("families/mlp.yaml"): Path("default.yaml"), Path("families/nqm.yaml"): Path("only_nqm.yaml")}
+
+
+def _included_by() -> dict[Path, Path]:
+    """Each file of task_specs/ that a shipped spec includes, and the first spec that does."""
+    out: dict[Path, Path] = {}
+    for spec in sorted(SPECS.glob("*.yaml")):
+        for included in spec_files(spec)[1:]:
+            out.setdefault(included.relative_to(SPECS.resolve()), spec.relative_to(SPECS))
+    return out
+
+
+INCLUDED_BY = _included_by()
 
 # Bytes that YAML treats specially, and bytes it must refuse (NUL, controls, DEL, invalid UTF-8).
 SPECIAL = [
@@ -127,6 +139,12 @@ def test_mutated_specs_load_or_fail_with_a_located_spec_error(tree: Path, case: 
         assert time.perf_counter() - started < 10, "a small spec took seconds to check"
     finally:
         shutil.copyfile(SPECS / rel, target)
+
+
+def test_every_family_file_is_fuzzed_through_a_spec_that_includes_it() -> None:
+    families = {p.relative_to(SPECS) for p in (SPECS / "families").glob("*.yaml")}
+    assert families and families <= INCLUDED_BY.keys(), families - INCLUDED_BY.keys()
+    assert INCLUDED_BY[Path("families/transformer_algo.yaml")] == Path("cpu.yaml")  # as an evaluation family
 
 
 def test_fuzz_test_catches_a_crash(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

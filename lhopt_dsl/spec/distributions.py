@@ -8,6 +8,11 @@ unless they declare ``bins``: then samples are snapped to ``bins`` evenly spaced
 space for ``log_uniform``), so the declared count is exactly the number of distinct values.
 Task families reject continuous distributions without ``bins``; the hyperparameter noise, which is
 not part of the task space, may stay continuous.
+
+Specs are shared and checked unattended, so nothing here costs time or memory in proportion to a
+number a user writes: ``bins`` and the length of a ``choice`` are capped, integer ranges are
+counted and sampled arithmetically (``support()`` of a range is a lazy :class:`range`, and
+:func:`support_bounds` / :func:`first_outside` read its ends), and no value is infinite or NaN.
 """
 
 from __future__ import annotations
@@ -21,11 +26,21 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 T = TypeVar("T")
 Scalar = Union[bool, int, float, str]
 
+#: Most ``bins`` of a continuous distribution: 1,000 evenly spaced values are as good as
+#: continuous for any setting a task family has (the shipped specs use 3 to 7).
+MAX_BINS = 1000
+#: Most values of one ``choice`` (the longest shipped list, the Transformer's datasets, has 32).
+MAX_CHOICE_VALUES = 1000
+#: Largest magnitude of an integer range's ends: every integer up to 2**53 is exact as a float,
+#: which ``log_int_range`` sampling relies on. Task families cap their fields far lower.
+MAX_RANGE_END = 2**53
+
 
 class StrictModel(BaseModel):
-    """Base of every spec model: unknown keys are errors and instances are immutable."""
+    """Base of every spec model: unknown keys are errors, instances are immutable, and no float is
+    infinite or NaN (``weight: .inf`` would make every probability NaN)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Choice(StrictModel, Generic[T]):
@@ -33,11 +48,17 @@ class Choice(StrictModel, Generic[T]):
 
     dist: Literal["choice"] = "choice"
     values: Annotated[
-        list[T], Field(min_length=1, description="The values to choose from (at least one, no repeats).")
+        list[T],
+        Field(
+            min_length=1,
+            max_length=MAX_CHOICE_VALUES,
+            description=f"The values to choose from (at least one, at most {MAX_CHOICE_VALUES:,}, no repeats).",
+        ),
     ]
     weights: Annotated[
         list[Annotated[float, Field(ge=0)]] | None,
-        Field(description="Relative weights, one per value (non-negative, not all zero). Default: uniform."),
+        Field(description="Relative weights, one per value (finite, non-negative, not all zero, with a finite "
+              "sum). Default: uniform."),
     ] = None
 
     @model_validator(mode="after")
@@ -52,6 +73,7 @@ class Choice(StrictModel, Generic[T]):
                 )
             if not any(w > 0 for w in self.weights):
                 raise ValueError("at least one weight must be > 0")
+            check_weight_sum(self.weights, "weights")
         return self
 
     def sample(self, rng: np.random.Generator) -> T:
@@ -71,8 +93,15 @@ class IntRange(StrictModel):
     """An integer drawn uniformly from ``low`` to ``high``, both included."""
 
     dist: Literal["int_range"] = "int_range"
-    low: Annotated[int, Field(description="Smallest value (included).")]
-    high: Annotated[int, Field(description="Largest value (included); must be >= low.")]
+    low: Annotated[
+        int, Field(ge=-MAX_RANGE_END, le=MAX_RANGE_END, description="Smallest value (included; within +-2**53).")
+    ]
+    high: Annotated[
+        int,
+        Field(
+            ge=-MAX_RANGE_END, le=MAX_RANGE_END, description="Largest value (included; within +-2**53); must be >= low."
+        ),
+    ]
 
     @model_validator(mode="after")
     def _check(self) -> "IntRange":
@@ -95,8 +124,10 @@ class LogIntRange(StrictModel):
     """
 
     dist: Literal["log_int_range"] = "log_int_range"
-    low: Annotated[int, Field(gt=0, description="Smallest value (included); must be > 0.")]
-    high: Annotated[int, Field(gt=0, description="Largest value (included); must be >= low.")]
+    low: Annotated[int, Field(gt=0, le=MAX_RANGE_END, description="Smallest value (included); must be > 0.")]
+    high: Annotated[
+        int, Field(gt=0, le=MAX_RANGE_END, description="Largest value (included; at most 2**53); must be >= low.")
+    ]
 
     @model_validator(mode="after")
     def _check(self) -> "LogIntRange":
@@ -119,8 +150,9 @@ class _Continuous(StrictModel):
         int | None,
         Field(
             ge=2,
+            le=MAX_BINS,
             description=(
-                "Snap samples to this many evenly spaced points (in log space for log_uniform), "
+                f"Snap samples to this many evenly spaced points (2 to {MAX_BINS:,}; in log space for log_uniform), "
                 "which is then exactly the number of distinct values. Required inside task families."
             ),
         ),
@@ -132,6 +164,8 @@ class _Continuous(StrictModel):
             raise ValueError("low and high must be finite")
         if self.high <= self.low:
             raise ValueError(f"high ({self.high}) must be > low ({self.low})")
+        if not math.isfinite(self._to(self.high) - self._to(self.low)):  # -1e308 to 1e308: every grid point NaN
+            raise ValueError("high - low overflows a float; narrow the range")
         return self
 
     def _to(self, x: float) -> float:  # the space in which samples are uniform
@@ -144,13 +178,17 @@ class _Continuous(StrictModel):
         lo, hi = self._to(self.low), self._to(self.high)
         if self.bins is None:
             return float(self._from(rng.uniform(lo, hi)))
-        k = int(rng.integers(self.bins))
-        return self._grid()[k]
+        return self._point(int(rng.integers(self.bins)))
 
-    def _grid(self) -> list[float]:
+    def _point(self, k: int) -> float:
+        """Point ``k`` of the ``bins`` grid, computed alone (a sample never builds the grid)."""
         lo, hi = self._to(self.low), self._to(self.high)
         assert self.bins is not None
-        return [float(self._from(lo + (hi - lo) * k / (self.bins - 1))) for k in range(self.bins)]
+        return float(self._from(lo + (hi - lo) * k / (self.bins - 1)))
+
+    def _grid(self) -> list[float]:
+        assert self.bins is not None
+        return [self._point(k) for k in range(self.bins)]
 
     def support(self) -> list[float]:
         if self.bins is None:
@@ -245,8 +283,37 @@ def sample_value(value: Any, rng: np.random.Generator) -> Any:
 
 
 def support_of(value: Any) -> list[Any] | range:
-    """Exact set of values a field can take (a fixed value has one)."""
+    """Exact set of values a field can take (a fixed value has one); an integer range's is a lazy
+    :class:`range`, which callers must read arithmetically (``len``, ``in``, its ends), never list."""
     return value.support() if is_distribution(value) else [value]
+
+
+def support_bounds(value: Any) -> tuple[Any, Any]:
+    """Smallest and largest value a numeric field can take, without listing a range."""
+    support = support_of(value)
+    if isinstance(support, range):
+        return support[0], support[-1]
+    return min(support), max(support)
+
+
+def first_outside(value: Any, low: float | None, high: float | None) -> Any | None:
+    """The first value a numeric field can take (in the order written) outside ``[low, high]``, or
+    None; a range is checked at its ends (and names the end outside), so a range of a trillion
+    values costs nothing."""
+    support = support_of(value)
+    if isinstance(support, range):
+        if low is not None and support[0] < low:
+            return support[0]
+        if high is not None and support[-1] > high:
+            return support[-1]
+        return None
+    return next((x for x in support if (low is not None and x < low) or (high is not None and x > high)), None)
+
+
+def check_weight_sum(weights: list[float], what: str) -> None:
+    """Refuse weights whose sum overflows: each is finite, but drawing divides by their sum."""
+    if not math.isfinite(sum(weights)):
+        raise ValueError(f"{what} add up to more than the largest float; scale them down (only their ratios matter)")
 
 
 def _key(v: Any) -> tuple[str, Any]:

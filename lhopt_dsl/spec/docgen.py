@@ -17,6 +17,7 @@ from . import distributions as d
 from . import experiment as e
 from . import families as f
 from . import hparams as h
+from .loader import MAX_SPEC_VALUES, MAX_YAML_BYTES
 
 SECTIONS: list[tuple[str, list[type[BaseModel]]]] = [
     ("Experiment", [e.ExperimentSpec, e.TaskDistribution, e.Budget, e.MetaTrainSpec, e.ReportingSpec, e.EvaluationSpec, e.TrackingSpec]),
@@ -104,7 +105,13 @@ def generate() -> str:
         "Every model rejects unknown keys. A field typed `int or dist: ...` takes a plain value or a",
         "mapping with `dist:` and that distribution's fields. Continuous distributions inside task",
         "families must set `bins`. `{include: path.yaml, key: value}` anywhere splices in another",
-        "file, with the other keys laid over it; `tasks: path.yaml` includes a distribution.",
+        "file, with the other keys laid over it; `tasks: path.yaml` includes a distribution. An included",
+        "file must be a `.yaml` or `.yml` file under the spec's directory, or under a directory named in",
+        "`LHOPT_SPEC_PATH` (or `lhopt --include-dir DIR`); anything else is refused before it is read.",
+        "Every size a spec can name is capped (the limits are in the descriptions below), a spec holds",
+        f"at most {MAX_SPEC_VALUES:,} values (aliases and includes counted each time they are used) in files of at",
+        f"most {MAX_YAML_BYTES // 2**20} MB, no number is infinite or NaN, and YAML 1.1's base-60 forms (`1:30`) are",
+        "strings.",
         "",
     ]
     for title, models in SECTIONS:

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Literal, NamedTuple, Union
 
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from .distributions import Choice, StrictModel, support_of
-from .families import LM_ALGO_DATASETS, LM_OOD_DATASETS, Family, TransformerSpec
+from .distributions import Choice, StrictModel, check_weight_sum, support_of
+from .families import LM_ALGO_DATASETS, LM_OOD_DATASETS, Family, FamilySpec, TransformerSpec
 from .hparams import CIAOSpace, HyperparameterSpace
+from .space import MAX_ENTRIES_PER_FAMILY
 
 #: Key of a validation error's context that locates the problem below the validated field: a path
 #: within it, which :func:`lhopt_dsl.spec.loader.load_spec` follows to the offending line.
 ERROR_PATH = "path_within"
+
+#: Most redraws of a task above its budget: each costs a cost estimate, and a spec whose budget
+#: admits nothing must fail in seconds, not loop (the shipped evaluation distributions use 2,000).
+MAX_BUDGET_TRIES = 10_000
+#: Largest policy network a spec may ask for: 4,096 LSTM units hold 134 million weights per layer.
+MAX_POLICY_HIDDEN = 4096
+MAX_POLICY_LAYERS = 8
+#: Most rollout worker processes.
+MAX_WORKERS = 1024
 
 
 class HeldOutDataset(NamedTuple):
@@ -32,7 +43,12 @@ class Budget(StrictModel):
         float | None,
         Field(gt=0, description="Most GFLOPs a whole run may take (T training steps plus validation passes)."),
     ] = None
-    max_tries: Annotated[int, Field(ge=1, description="Redraws before giving up with an error.")] = 200
+    max_tries: Annotated[
+        int,
+        Field(
+            ge=1, le=MAX_BUDGET_TRIES, description=f"Redraws before giving up with an error (1 to {MAX_BUDGET_TRIES:,})."
+        ),
+    ] = 200
 
     def admits(self, task: object) -> bool:
         from ..compile.compiler import estimate_cost  # torch is only needed when a budget is set
@@ -53,6 +69,23 @@ class TaskDistribution(StrictModel):
     budget: Annotated[
         Budget | None, Field(description="Cap on sampled tasks' size and work; null for no cap.")
     ] = None
+
+    @field_validator("families")
+    @classmethod
+    def _countable_mixture(cls, families: list[FamilySpec]) -> list[FamilySpec]:
+        """Weights that can be normalised, and few enough entries per family to count overlaps exactly."""
+        check_weight_sum([f.weight for f in families], "the entries' weights")
+        seen: Counter[str] = Counter()
+        for i, fam in enumerate(families):
+            seen[fam.family] += 1
+            if seen[fam.family] > MAX_ENTRIES_PER_FAMILY:
+                raise PydanticCustomError(
+                    "too_many_entries",
+                    f"more than {MAX_ENTRIES_PER_FAMILY} entries of family '{fam.family}': too many to count their "
+                    "overlaps exactly; merge entries of one family (a choice can hold what several entries do)",
+                    {ERROR_PATH: (i,)},
+                )
+        return families
 
     @property
     def weights(self) -> list[float]:
@@ -115,7 +148,12 @@ class MetaTrainSpec(StrictModel):
     """Meta-training settings (PPO over inner runs, paper Section 3.6)."""
 
     iterations: Annotated[int, Field(ge=1, description="PPO iterations.")] = 100
-    workers: Annotated[int, Field(ge=0, description="Parallel rollout worker processes (0: in-process).")] = 1
+    workers: Annotated[
+        int,
+        Field(
+            ge=0, le=MAX_WORKERS, description=f"Parallel rollout worker processes (0: in-process; at most {MAX_WORKERS:,})."
+        ),
+    ] = 1
     tasks_per_iteration: Annotated[int, Field(ge=1, description="Tasks sampled per PPO iteration.")] = 2
     rollouts_per_task: Annotated[
         int, Field(ge=1, description="Policy rollouts per sampled task, sharing one baseline (paper: 4).")
@@ -131,8 +169,22 @@ class MetaTrainSpec(StrictModel):
         Literal["default", "large"] | None,
         Field(description="Policy size preset: default = 1 x 256 LSTM, large = 2 x 512; overrides the two below."),
     ] = None
-    hidden_size: Annotated[int, Field(ge=1, description="LSTM units of actor and critic (paper: 256; large: 512).")] = 256
-    num_layers: Annotated[int, Field(ge=1, description="LSTM layers of actor and critic (paper: 1; large: 2).")] = 1
+    hidden_size: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_POLICY_HIDDEN,
+            description=f"LSTM units of actor and critic (paper: 256; large: 512; at most {MAX_POLICY_HIDDEN:,}).",
+        ),
+    ] = 256
+    num_layers: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=MAX_POLICY_LAYERS,
+            description=f"LSTM layers of actor and critic (paper: 1; large: 2; at most {MAX_POLICY_LAYERS}).",
+        ),
+    ] = 1
     learning_rate: Annotated[float, Field(gt=0, description="Adam learning rate of actor and critic.")] = 3e-4
     keep_bias: Annotated[
         float,

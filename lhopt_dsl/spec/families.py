@@ -24,10 +24,12 @@ from .distributions import (
     StrictModel,
     Uniform,
     choice_dist,
+    first_outside,
     float_dist,
     int_dist,
     is_distribution,
     sample_value,
+    support_bounds,
     support_of,
 )
 from .space import Axis, LayerAxis
@@ -80,15 +82,43 @@ LMDataset = Literal[LM_DATASETS]  # type: ignore[valid-type]
 MAX_OUTER_STEPS = 128
 MIN_OUTER_STEPS = 2
 
+# Caps on every value a task field can take. They are what the platform can run on one machine
+# (the shipped families stay 10 to 1,000 times below them: T <= 1,024, widths <= 256, at most 4
+# layers, sequences <= 64, batches <= 256), and they keep checking and counting a spec cheap: no
+# check, count or sample costs time or memory in proportion to a number a user writes.
+#: Inner steps T of one run: a million steps of the smallest task already take hours.
+MAX_INNER_STEPS = 1_000_000
+#: Examples per inner step: more than any dataset of the families holds (MNIST has 60,000).
+MAX_BATCH_SIZE = 65_536
+#: Layers of a stack (MLP hidden layers, CNN convolutions, recurrent and Transformer layers).
+MAX_LAYERS = 32
+#: Units, channels, hidden, embedding and model widths, attention heads: a 65,536-wide square
+#: layer alone holds 4.3 billion weights.
+MAX_WIDTH = 65_536
+#: Tokens or bits per example (attention memory grows with its square).
+MAX_SEQ_LEN = 8_192
+#: Words kept by a text-RNN vocabulary (SST-2 has about 15,000 distinct words).
+MAX_VOCAB_SIZE = 1_000_000
+#: Feed-forward width as a multiple of d_model.
+MAX_FF_MULT = 64
+#: Dimensions of a noisy quadratic model (each is a float of state per tensor; 10**8 is 400 MB).
+MAX_NQM_DIM = 100_000_000
+
 
 # --- concrete tasks ------------------------------------------------------------------------------
+
+# A task file (`lhopt schedule export --task`, task_specs/transfer/) is read without a spec, so a
+# concrete task carries the same caps as the families that sample it.
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Depth = Annotated[int, Field(ge=1, le=MAX_LAYERS)]
+SeqLen = Annotated[int, Field(ge=2, le=MAX_SEQ_LEN)]
 
 
 class TaskBase(StrictModel):
     """Settings every concrete task has."""
 
-    batch_size: Annotated[int, Field(ge=1, description="Examples per inner step.")]
-    inner_steps: Annotated[int, Field(ge=1, description="Inner training steps T.")]
+    batch_size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE, description="Examples per inner step.")]
+    inner_steps: Annotated[int, Field(ge=1, le=MAX_INNER_STEPS, description="Inner training steps T.")]
     outer_steps: Annotated[
         int,
         Field(
@@ -102,7 +132,7 @@ class TaskBase(StrictModel):
 class MLPTask(TaskBase):
     family: Literal["mlp"] = "mlp"
     dataset: ImageDataset
-    hidden: tuple[int, ...]
+    hidden: Annotated[tuple[Width, ...], Field(max_length=MAX_LAYERS)]
     activation: Activation
     norm: Norm
     loss: MLPLoss
@@ -111,8 +141,8 @@ class MLPTask(TaskBase):
 class CNNTask(TaskBase):
     family: Literal["cnn"] = "cnn"
     dataset: ImageDataset
-    channels: tuple[int, ...]
-    kernel_size: int
+    channels: Annotated[tuple[Width, ...], Field(max_length=MAX_LAYERS)]
+    kernel_size: Annotated[int, Field(ge=1, le=7)]
     pooling: Pooling
     activation: Activation
     norm: Norm
@@ -122,40 +152,40 @@ class RNNTask(TaskBase):
     family: Literal["rnn"] = "rnn"
     task: AlgoTask
     cell: Cell
-    hidden_size: int
-    num_layers: int
-    seq_len: int
+    hidden_size: Width
+    num_layers: Depth
+    seq_len: SeqLen
 
 
 class TextRNNTask(TaskBase):
     family: Literal["text_rnn"] = "text_rnn"
     dataset: TextDataset
     cell: Cell
-    embed_dim: int
-    hidden_size: int
-    num_layers: int
+    embed_dim: Width
+    hidden_size: Width
+    num_layers: Depth
     bidirectional: bool
-    max_len: int
-    vocab_size: int
+    max_len: Annotated[int, Field(ge=1, le=MAX_SEQ_LEN)]
+    vocab_size: Annotated[int, Field(ge=2, le=MAX_VOCAB_SIZE)]
 
 
 class TransformerTask(TaskBase):
     family: Literal["transformer"] = "transformer"
     dataset: LMDataset
-    d_model: int
-    num_layers: int
-    num_heads: int
-    ff_mult: int
-    seq_len: int
+    d_model: Width
+    num_layers: Depth
+    num_heads: Width
+    ff_mult: Annotated[int, Field(ge=1, le=MAX_FF_MULT)]
+    seq_len: SeqLen
     norm_position: NormPosition
     positional: Positional
 
 
 class NQMTask(TaskBase):
     family: Literal["nqm"] = "nqm"
-    dim: int
-    spectrum_decay: float
-    noise_scale: float
+    dim: Annotated[int, Field(ge=1, le=MAX_NQM_DIM)]
+    spectrum_decay: Annotated[float, Field(ge=0)]
+    noise_scale: Annotated[float, Field(ge=0)]
 
 
 Task = Annotated[
@@ -170,8 +200,13 @@ Task = Annotated[
 class Layers(StrictModel):
     """A stack of layers whose depth and sizes are sampled."""
 
-    depth: Annotated[int_dist(), Field(description="Number of layers (every value >= 1).")]  # type: ignore[valid-type]
-    width: Annotated[int_dist(), Field(description="Size of each layer (units or channels; every value >= 1).")]  # type: ignore[valid-type]
+    depth: Annotated[
+        int_dist(), Field(description=f"Number of layers (every value 1 to {MAX_LAYERS}).")  # type: ignore[valid-type]
+    ]
+    width: Annotated[
+        int_dist(),  # type: ignore[valid-type]
+        Field(description=f"Size of each layer (units or channels; every value 1 to {MAX_WIDTH:,})."),
+    ]
     independent: Annotated[
         bool,
         Field(description="Each layer draws its own size (true) or all layers share one (false)."),
@@ -179,8 +214,8 @@ class Layers(StrictModel):
 
     @field_validator("depth", "width")
     @classmethod
-    def _positive(cls, v: Any, info: ValidationInfo) -> Any:
-        _check_support(v, info.field_name, 1, None)
+    def _within_caps(cls, v: Any, info: ValidationInfo) -> Any:
+        _check_support(v, info.field_name, 1, MAX_LAYERS if info.field_name == "depth" else MAX_WIDTH)
         return v
 
     def sample(self, rng: np.random.Generator) -> tuple[int, ...]:
@@ -190,7 +225,13 @@ class Layers(StrictModel):
         return (sample_value(self.width, rng),) * depth
 
     def axis(self) -> LayerAxis:
-        return LayerAxis(frozenset(support_of(self.depth)), frozenset(support_of(self.width)), self.independent)
+        return LayerAxis(_axis_values(self.depth), _axis_values(self.width), self.independent)
+
+
+def _axis_values(value: Any) -> Axis:
+    """The values of a field as a counting axis: a range stays a lazy range, never a set of its values."""
+    support = support_of(value)
+    return support if isinstance(support, range) else frozenset(support)
 
 
 def _check_support(value: Any, name: str, low: float | None, high: float | None) -> None:
@@ -201,10 +242,18 @@ def _check_support(value: Any, name: str, low: float | None, high: float | None)
         )
     if low is None and high is None:
         return
-    bad = [x for x in support_of(value) if (low is not None and x < low) or (high is not None and x > high)]
-    if bad:
-        rng = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"every value of {name} must be {rng}; got {bad[0]}")
+    bad = first_outside(value, low, high)
+    if bad is not None:
+        rng = f"[{low:,}, {high:,}]" if high is not None else f">= {low}"
+        fix = f"; lower it to at most {high:,}" if high is not None and bad > high else ""
+        raise ValueError(f"every value of {name} must be {rng}; got {_number(bad)}{fix}")
+
+
+def _number(x: Any) -> str:
+    """A value as quoted in a message: a huge integer by its size, not its thousands of digits."""
+    if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 10**15:
+        return f"{float(x):.3g}" if abs(x) < 10**300 else f"an integer of {x.bit_length():,} bits"
+    return str(x)
 
 
 class FamilySpec(StrictModel):
@@ -214,17 +263,22 @@ class FamilySpec(StrictModel):
     NOT_SAMPLED: ClassVar[frozenset[str]] = frozenset({"family", "weight"})
     #: Per-field bounds checked on every value a field can take: name -> (low, high).
     LIMITS: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        "batch_size": (1, None),
-        "inner_steps": (1, None),
+        "batch_size": (1, MAX_BATCH_SIZE),
+        "inner_steps": (1, MAX_INNER_STEPS),
         "outer_steps": (MIN_OUTER_STEPS, MAX_OUTER_STEPS),
     }
     task_cls: ClassVar[type[TaskBase]]
 
     weight: Annotated[
-        float, Field(gt=0, description="Relative weight of this entry in the mixture (need not sum to 1).")
+        float,
+        Field(gt=0, description="Relative weight of this entry in the mixture (finite; need not sum to 1)."),
     ] = 1.0
-    batch_size: Annotated[int_dist(), Field(description="Examples per inner step.")]  # type: ignore[valid-type]
-    inner_steps: Annotated[int_dist(), Field(description="Inner training steps T of a run.")]  # type: ignore[valid-type]
+    batch_size: Annotated[
+        int_dist(), Field(description=f"Examples per inner step (1 to {MAX_BATCH_SIZE:,}).")  # type: ignore[valid-type]
+    ]
+    inner_steps: Annotated[
+        int_dist(), Field(description=f"Inner training steps T of a run (1 to {MAX_INNER_STEPS:,}).")  # type: ignore[valid-type]
+    ]
     outer_steps: Annotated[
         int_dist(),  # type: ignore[valid-type]
         Field(description="Outer steps (policy decisions) per run, 2 to 128; never more than inner_steps."),
@@ -241,7 +295,7 @@ class FamilySpec(StrictModel):
 
     @model_validator(mode="after")
     def _outer_within_inner(self) -> "FamilySpec":
-        most_outer, least_inner = max(support_of(self.outer_steps)), min(support_of(self.inner_steps))
+        most_outer, least_inner = support_bounds(self.outer_steps)[1], support_bounds(self.inner_steps)[0]
         if most_outer > least_inner:
             raise ValueError(
                 f"outer_steps can be {most_outer} but inner_steps can be as small as {least_inner}; "
@@ -259,7 +313,7 @@ class FamilySpec(StrictModel):
         out: dict[str, Axis] = {}
         for name in self.space_fields():
             value = getattr(self, name)
-            out[name] = value.axis() if isinstance(value, Layers) else frozenset(support_of(value))
+            out[name] = value.axis() if isinstance(value, Layers) else _axis_values(value)
         return out
 
     def sample(self, rng: np.random.Generator) -> TaskBase:
@@ -297,7 +351,9 @@ class CNNSpec(FamilySpec):
     family: Literal["cnn"] = "cnn"
     dataset: Annotated[choice_dist(ImageDataset), Field(description="Image dataset.")]  # type: ignore[valid-type]
     channels: Annotated[Layers, Field(description="Convolution layers: depth and channels per layer.")]
-    kernel_size: Annotated[int_dist(), Field(description="Odd convolution kernel size, 1 to 7.")]  # type: ignore[valid-type]
+    kernel_size: Annotated[
+        int_dist(), Field(description="Odd convolution kernel size, 1 to 7.")  # type: ignore[valid-type]
+    ]
     pooling: Annotated[
         choice_dist(Pooling),  # type: ignore[valid-type]
         Field(description="Downsampling after each convolution: max pool, average pool, or stride 2."),
@@ -308,9 +364,12 @@ class CNNSpec(FamilySpec):
     @field_validator("kernel_size")
     @classmethod
     def _odd(cls, v: Any) -> Any:
-        even = [k for k in support_of(v) if k % 2 == 0]
-        if even:
-            raise ValueError(f"kernel sizes must be odd (same padding); got {even[0]}")
+        support = support_of(v)
+        if isinstance(support, range):  # of two neighbours one is even: the first two values decide
+            support = support[:2]
+        even = next((k for k in support if k % 2 == 0), None)
+        if even is not None:
+            raise ValueError(f"kernel sizes must be odd (same padding); got {_number(even)}")
         return v
 
 
@@ -318,16 +377,27 @@ class RNNSpec(FamilySpec):
     """Recurrent network on an algorithmic sequence task (Appendix H: Algo + RNN)."""
 
     task_cls: ClassVar[type[TaskBase]] = RNNTask
-    LIMITS = {**FamilySpec.LIMITS, "hidden_size": (1, None), "num_layers": (1, None), "seq_len": (2, None)}
+    LIMITS = {
+        **FamilySpec.LIMITS,
+        "hidden_size": (1, MAX_WIDTH),
+        "num_layers": (1, MAX_LAYERS),
+        "seq_len": (2, MAX_SEQ_LEN),
+    }
     family: Literal["rnn"] = "rnn"
     task: Annotated[
         choice_dist(AlgoTask),  # type: ignore[valid-type]
         Field(description="parity: running XOR of a bit stream; binary_addition: sum of two binary numbers."),
     ]
     cell: Annotated[choice_dist(Cell), Field(description="Recurrent cell.")]  # type: ignore[valid-type]
-    hidden_size: Annotated[int_dist(), Field(description="Hidden units per layer.")]  # type: ignore[valid-type]
-    num_layers: Annotated[int_dist(), Field(description="Stacked recurrent layers.")]  # type: ignore[valid-type]
-    seq_len: Annotated[int_dist(), Field(description="Sequence length (bits per example).")]  # type: ignore[valid-type]
+    hidden_size: Annotated[
+        int_dist(), Field(description=f"Hidden units per layer (1 to {MAX_WIDTH:,}).")  # type: ignore[valid-type]
+    ]
+    num_layers: Annotated[
+        int_dist(), Field(description=f"Stacked recurrent layers (1 to {MAX_LAYERS}).")  # type: ignore[valid-type]
+    ]
+    seq_len: Annotated[
+        int_dist(), Field(description=f"Sequence length (bits per example; 2 to {MAX_SEQ_LEN:,}).")  # type: ignore[valid-type]
+    ]
 
 
 class TextRNNSpec(FamilySpec):
@@ -336,23 +406,31 @@ class TextRNNSpec(FamilySpec):
     task_cls: ClassVar[type[TaskBase]] = TextRNNTask
     LIMITS = {
         **FamilySpec.LIMITS,
-        "embed_dim": (1, None),
-        "hidden_size": (1, None),
-        "num_layers": (1, None),
-        "max_len": (1, None),
-        "vocab_size": (2, None),
+        "embed_dim": (1, MAX_WIDTH),
+        "hidden_size": (1, MAX_WIDTH),
+        "num_layers": (1, MAX_LAYERS),
+        "max_len": (1, MAX_SEQ_LEN),
+        "vocab_size": (2, MAX_VOCAB_SIZE),
     }
     family: Literal["text_rnn"] = "text_rnn"
     dataset: Annotated[choice_dist(TextDataset), Field(description="Sentence classification dataset.")] = "sst2"  # type: ignore[valid-type]
     cell: Annotated[choice_dist(Cell), Field(description="Recurrent cell.")]  # type: ignore[valid-type]
-    embed_dim: Annotated[int_dist(), Field(description="Word embedding size.")]  # type: ignore[valid-type]
-    hidden_size: Annotated[int_dist(), Field(description="Hidden units per layer.")]  # type: ignore[valid-type]
-    num_layers: Annotated[int_dist(), Field(description="Stacked recurrent layers.")]  # type: ignore[valid-type]
+    embed_dim: Annotated[
+        int_dist(), Field(description=f"Word embedding size (1 to {MAX_WIDTH:,}).")  # type: ignore[valid-type]
+    ]
+    hidden_size: Annotated[
+        int_dist(), Field(description=f"Hidden units per layer (1 to {MAX_WIDTH:,}).")  # type: ignore[valid-type]
+    ]
+    num_layers: Annotated[
+        int_dist(), Field(description=f"Stacked recurrent layers (1 to {MAX_LAYERS}).")  # type: ignore[valid-type]
+    ]
     bidirectional: Annotated[choice_dist(bool), Field(description="Read sentences in both directions.")]  # type: ignore[valid-type]
-    max_len: Annotated[int_dist(), Field(description="Sentences are cut to this many tokens.")]  # type: ignore[valid-type]
+    max_len: Annotated[
+        int_dist(), Field(description=f"Sentences are cut to this many tokens (1 to {MAX_SEQ_LEN:,}).")  # type: ignore[valid-type]
+    ]
     vocab_size: Annotated[
         int_dist(),  # type: ignore[valid-type]
-        Field(description="Most frequent training words kept; the rest map to an unknown-word token."),
+        Field(description=f"Most frequent training words kept (2 to {MAX_VOCAB_SIZE:,}); the rest map to an unknown-word token."),
     ]
 
 
@@ -366,11 +444,11 @@ class TransformerSpec(FamilySpec):
     task_cls: ClassVar[type[TaskBase]] = TransformerTask
     LIMITS = {
         **FamilySpec.LIMITS,
-        "d_model": (1, None),
-        "num_layers": (1, None),
-        "num_heads": (1, None),
-        "ff_mult": (1, None),
-        "seq_len": (2, None),
+        "d_model": (1, MAX_WIDTH),
+        "num_layers": (1, MAX_LAYERS),
+        "num_heads": (1, MAX_WIDTH),
+        "ff_mult": (1, MAX_FF_MULT),
+        "seq_len": (2, MAX_SEQ_LEN),
     }
     family: Literal["transformer"] = "transformer"
     dataset: Annotated[
@@ -382,11 +460,21 @@ class TransformerSpec(FamilySpec):
             f"{', '.join(LM_OOD_DATASETS)}."
         ),
     ]
-    d_model: Annotated[int_dist(), Field(description="Model width; divisible by every num_heads value.")]  # type: ignore[valid-type]
-    num_layers: Annotated[int_dist(), Field(description="Transformer blocks.")]  # type: ignore[valid-type]
-    num_heads: Annotated[int_dist(), Field(description="Attention heads.")]  # type: ignore[valid-type]
-    ff_mult: Annotated[int_dist(), Field(description="Feed-forward width as a multiple of d_model.")]  # type: ignore[valid-type]
-    seq_len: Annotated[int_dist(), Field(description="Context length in tokens.")]  # type: ignore[valid-type]
+    d_model: Annotated[
+        int_dist(), Field(description=f"Model width (1 to {MAX_WIDTH:,}); divisible by every num_heads value.")  # type: ignore[valid-type]
+    ]
+    num_layers: Annotated[
+        int_dist(), Field(description=f"Transformer blocks (1 to {MAX_LAYERS}).")  # type: ignore[valid-type]
+    ]
+    num_heads: Annotated[
+        int_dist(), Field(description=f"Attention heads (1 to {MAX_WIDTH:,}).")  # type: ignore[valid-type]
+    ]
+    ff_mult: Annotated[
+        int_dist(), Field(description=f"Feed-forward width as a multiple of d_model (1 to {MAX_FF_MULT}).")  # type: ignore[valid-type]
+    ]
+    seq_len: Annotated[
+        int_dist(), Field(description=f"Context length in tokens (2 to {MAX_SEQ_LEN:,}).")  # type: ignore[valid-type]
+    ]
     norm_position: Annotated[
         choice_dist(NormPosition),  # type: ignore[valid-type]
         Field(description="LayerNorm before (pre) or after (post) each residual branch."),
@@ -413,9 +501,11 @@ class NQMSpec(FamilySpec):
     """
 
     task_cls: ClassVar[type[TaskBase]] = NQMTask
-    LIMITS = {**FamilySpec.LIMITS, "dim": (1, None), "spectrum_decay": (0, None), "noise_scale": (0, None)}
+    LIMITS = {**FamilySpec.LIMITS, "dim": (1, MAX_NQM_DIM), "spectrum_decay": (0, None), "noise_scale": (0, None)}
     family: Literal["nqm"] = "nqm"
-    dim: Annotated[int_dist(), Field(description="Number of parameters (dimensions).")]  # type: ignore[valid-type]
+    dim: Annotated[
+        int_dist(), Field(description=f"Number of parameters (dimensions; 1 to {MAX_NQM_DIM:,}).")  # type: ignore[valid-type]
+    ]
     spectrum_decay: Annotated[
         float_dist(),  # type: ignore[valid-type]
         Field(description="Curvature h_i = i^-decay; the condition number is dim^decay."),

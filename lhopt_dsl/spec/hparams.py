@@ -79,6 +79,8 @@ class HParam(StrictModel):
             raise ValueError(f"init {self.init} lies outside bounds {list(self.bounds)}")
         if self.noise is not None and self.noise.high < self.noise.low:
             raise ValueError(f"noise high ({self.noise.high}) must be >= low ({self.noise.low})")
+        if self.noise is not None and not math.isfinite(self.noise.high - self.noise.low):
+            raise ValueError("noise high - low overflows a float (no draw could be made); narrow the range")
         if self.action.type == "scale":
             if low <= 0:
                 raise ValueError(f"a scale hyperparameter needs positive bounds; got low={low}")
@@ -98,7 +100,10 @@ class HParam(StrictModel):
             new = value * amount
         else:
             z = math.log(value) - math.log1p(-value) + amount
-            new = 1.0 / (1.0 + math.exp(-z))
+            try:
+                new = 1.0 / (1.0 + math.exp(-z))
+            except OverflowError:  # z below -709: the sigmoid is 0 to double precision (then clamped)
+                new = 0.0
         low, high = self.bounds
         return min(max(new, low), high)
 

@@ -8,14 +8,20 @@ has ``families:``), resolves includes, and validates it. Includes:
   ``weight``);
 * ``tasks: relative/path.yaml`` in an experiment: shorthand for ``tasks: {include: ...}``.
 
-Paths are relative to the including file. Cycles and missing files are errors. Every YAML,
-include or validation problem becomes a :class:`SpecError` listing each problem as
-``file:line:col: dotted.path: message``.
+Paths are relative to the including file. An include must name a ``.yaml`` or ``.yml`` file
+under the directory of the spec being loaded, or under a directory the user names explicitly
+(``include_dirs=``, else the ``LHOPT_SPEC_PATH`` environment variable, a list of directories
+separated like ``PATH``; ``lhopt --include-dir DIR`` adds to it). The rule is checked on the path
+with every symbolic link followed, and before the file is opened: a file outside it is never read,
+so nothing of it can reach a message. Cycles, missing files, loops of links and every other
+filesystem error are errors located at the include. Every YAML, include or validation problem
+becomes a :class:`SpecError` listing each problem as ``file:line:col: dotted.path: message``.
 
 Specs are shared and run unattended, so reading one is bounded: files over ``MAX_YAML_BYTES``,
 alias bombs (a few KB of nested ``*alias``es that expand to billions of values) and nesting
 deeper than ``MAX_YAML_DEPTH`` are errors, and messages never quote more than a few dozen
-characters of a value (an ``include:`` may name any file, ``/etc/passwd`` as well as a spec).
+characters of a value (a value may come from any file of the spec's tree). YAML 1.1's base-60 numbers are read as
+strings: ``190:20:30`` is not the integer 685,230.
 :func:`load_yaml` and :func:`parse_yaml` read other YAML inputs (task configs, schedules) the
 same way.
 """
@@ -43,6 +49,15 @@ MAX_YAML_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000
 #: Deepest nesting of mappings and lists (specs use fewer than 10 levels); also ends recursive aliases.
 MAX_YAML_DEPTH = 64
+#: Most values a *spec* may produce, counted as MAX_YAML_NODES is: 20 times the shipped default.yaml
+#: and room for 16 entries of one family with long choices. PyYAML reads about 20,000 values a
+#: second on a slow core, so this bounds reading any spec, not only its alias bombs; the file
+#: is refused as soon as its parser passes the limit, not after reading it all.
+MAX_SPEC_VALUES = 20_000
+#: Environment variable listing directories (separated by os.pathsep) whose YAML files specs may include.
+SPEC_PATH_ENV = "LHOPT_SPEC_PATH"
+#: What an included file's name must end with.
+INCLUDE_SUFFIXES = (".yaml", ".yml")
 _MAX_ECHO = 60  # longest value quoted whole in a message; longer ones are shortened
 _MAX_MESSAGE = 600  # longest message; a validator may quote a whole list of values
 
@@ -86,7 +101,21 @@ class _Loader(yaml.SafeLoader):
     """Safe YAML loader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``), and
     refuses nesting deeper than ``MAX_YAML_DEPTH`` as it scans: PyYAML's scanner is quadratic in
     the depth and its composer recursive, so 2 KB of ``[[[[...`` would take seconds and then
-    overflow the stack."""
+    overflow the stack. ``limit`` caps the values composed (aliases included), so a file with too
+    many is refused without reading the rest."""
+
+    def __init__(self, text: str, name: str = "<string>", limit: int = MAX_YAML_NODES) -> None:
+        super().__init__(text)
+        self.name, self.limit, self.composed = name, limit, 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:  # PyYAML's signature
+        self.composed += 1
+        if self.composed > self.limit:
+            where = _loc(self.name, self.peek_event().start_mark)
+            problem = f"{self.name} holds more than {self.limit:,} values; no spec or task needs that many: "
+            problem += "shorten its lists"
+            raise SpecError([SpecProblem(where, "", problem)])
+        return super().compose_node(parent, index)  # type: ignore[no-any-return]
 
     def _too_deep(self) -> None:
         problem = f"nested more than {MAX_YAML_DEPTH} levels deep"
@@ -103,18 +132,30 @@ class _Loader(yaml.SafeLoader):
         return super().add_indent(column)  # type: ignore[misc]
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
+# PyYAML's YAML 1.1 resolvers for plain numbers, with two changes: ``1e-3`` is a float (YAML 1.1
+# wants ``1.0e-3``), and base-60 numbers are not numbers: ``190:20:30`` would be the integer
+# 685230 and ``1:30.5`` the float 90.5, which no one writing a spec means. They stay strings, and a
+# numeric field says so.
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
 )
+_INT = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+    |[-+]?0[0-7_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""",
+    re.X,
+)
+_NUMBERS = {"tag:yaml.org,2002:float": _FLOAT, "tag:yaml.org,2002:int": _INT}
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, _NUMBERS.get(tag, regexp)) for tag, regexp in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def _display(path: Path) -> str:
@@ -188,7 +229,7 @@ def _yaml_problem(e: BaseException, name: str, text: str, loader: yaml.SafeLoade
     return SpecProblem(Location(name, 1, 1), "", _clip(f"YAML error: {first}", 300))
 
 
-def _limit_problem(where: Location, too_deep: bool, what: str = "") -> SpecProblem:
+def _limit_problem(where: Location, too_deep: bool, what: str = "", limit: int = MAX_YAML_NODES) -> SpecProblem:
     """The problem of a document (``what``, by default the file of ``where``) past a size limit."""
     if too_deep:
         problem = f"nested more than {MAX_YAML_DEPTH} levels deep (or a recursive alias, like &a [*a], nests forever)"
@@ -196,14 +237,14 @@ def _limit_problem(where: Location, too_deep: bool, what: str = "") -> SpecProbl
     return SpecProblem(
         where,
         "",
-        f"{what or where.file} expands to more than {MAX_YAML_NODES:,} values: each alias (*name) and include "
-        "repeats its content, so nested aliases multiply (an alias bomb?)",
+        f"{what or where.file} expands to more than {limit:,} values: each alias (*name) and include "
+        "repeats its content, so nested aliases multiply (an alias bomb?); no spec needs that many",
     )
 
 
-def _check_size(root: yaml.Node, name: str, count: int = 0) -> int:
-    """Refuse a node graph that expands past ``MAX_YAML_NODES`` values (``count`` of them already
-    used by earlier documents) or ``MAX_YAML_DEPTH`` levels; return the values used.
+def _check_size(root: yaml.Node, name: str, count: int = 0, limit: int = MAX_YAML_NODES) -> int:
+    """Refuse a node graph that expands past ``limit`` values (``count`` of them already used by
+    earlier documents) or ``MAX_YAML_DEPTH`` levels; return the values used.
 
     PyYAML resolves an alias to the very node of its anchor, so the graph stays small while every
     reader of the data (the converter below, pydantic, a sampler) walks each alias again. Walking
@@ -213,8 +254,8 @@ def _check_size(root: yaml.Node, name: str, count: int = 0) -> int:
     while stack:
         node, depth = stack.pop()
         count += 1
-        if count > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
-            raise SpecError([_limit_problem(_loc(name, node.start_mark), depth > MAX_YAML_DEPTH)])
+        if count > limit or depth > MAX_YAML_DEPTH:
+            raise SpecError([_limit_problem(_loc(name, node.start_mark), depth > MAX_YAML_DEPTH, "", limit)])
         if isinstance(node, yaml.SequenceNode):
             stack.extend((child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
@@ -222,13 +263,16 @@ def _check_size(root: yaml.Node, name: str, count: int = 0) -> int:
     return count
 
 
-def _compose(text: str, name: str, documents: bool = False) -> tuple[list[yaml.Node], _Loader]:
+def _compose(
+    text: str, name: str, documents: bool = False, limit: int = MAX_YAML_NODES
+) -> tuple[list[yaml.Node], _Loader]:
     """The node graphs of ``text`` (every document if ``documents``, else the only one; none if
-    empty); any PyYAML error becomes a SpecError located in ``name``. The graphs are small however
-    far their aliases expand: whoever walks them bounds the walk (:func:`_check_size`, ``_Reader``)."""
+    empty), of at most ``limit`` values in all; any PyYAML error becomes a SpecError located in
+    ``name``. The graphs are small however far their aliases expand: whoever walks them bounds the
+    walk (:func:`_check_size`, ``_Reader``)."""
     loader: _Loader | None = None
     try:
-        loader = _Loader(text)  # checks the whole text for non-printable characters first
+        loader = _Loader(text, name, limit)  # checks the whole text for non-printable characters first
         if documents:
             nodes = []
             while loader.check_node():
@@ -309,10 +353,33 @@ def _read_text(file: Path, origin: Location | None, at: str, what: str) -> str:
         raise SpecError([SpecProblem(origin or bad, at, problem)]) from None
 
 
-class _Reader:
-    """Reads YAML files into plain data plus a map from data path to source location."""
+def include_dirs_from_env() -> list[Path]:
+    """The directories of ``LHOPT_SPEC_PATH`` (separated by os.pathsep; empty entries ignored)."""
+    return [Path(p) for p in os.environ.get(SPEC_PATH_ENV, "").split(os.pathsep) if p.strip()]
 
-    def __init__(self) -> None:
+
+def _resolve_dirs(dirs: list[Path], spec: Path) -> tuple[Path, ...]:
+    """``dirs`` with links followed; a directory that cannot be resolved is an error at the spec."""
+    out = []
+    for d in dirs:
+        try:
+            out.append(Path(os.path.expanduser(d)).resolve())
+        except (OSError, ValueError, RuntimeError):  # a NUL in the name, a loop of links
+            problem = f"include directory {_clip(str(d), 200)} (from include_dirs or {SPEC_PATH_ENV}) "
+            problem += "is not a valid path"
+            raise SpecError([SpecProblem(Location(_display(spec), 1, 1), "", problem)]) from None
+    return tuple(out)
+
+
+class _Reader:
+    """Reads YAML files into plain data plus a map from data path to source location.
+
+    ``include_dirs``: directories, besides the spec's own, whose YAML files may be included.
+    """
+
+    def __init__(self, include_dirs: list[Path] | None = None) -> None:
+        self.include_dirs = include_dirs_from_env() if include_dirs is None else list(include_dirs)
+        self.roots: tuple[Path, ...] = ()  # the spec's directory and the include directories, resolved
         self.marks: dict[PathT, Location] = {}
         # Each file is parsed once, however often it is included (an alias may repeat an include).
         self.parsed: dict[Path, tuple[yaml.Node | None, _Loader]] = {}
@@ -326,22 +393,29 @@ class _Reader:
 
     def read(self, file: Path, at: PathT, stack: tuple[Path, ...], origin: Location | None) -> Any:
         what = "included file" if stack else "spec file"
+        named = file
         try:
             file = file.resolve()
-        except (OSError, ValueError):  # a NUL in the name, a loop of links
-            problem = f"{what} {_show(file)}: invalid file name"
+        except (OSError, ValueError, RuntimeError):  # a NUL in the name; a loop of links (RuntimeError before 3.13)
+            problem = f"{what} {_show(named)}: invalid file name, or a loop of symbolic links"
             raise SpecError([SpecProblem(origin, format_path(at), problem)]) from None
+        if not stack:
+            self.roots = (file.parent, *_resolve_dirs(self.include_dirs, file))
+        else:
+            refused = self._refusal(named, file)
+            if refused is not None:  # decided on names alone: the file is never opened
+                raise SpecError([SpecProblem(origin, format_path(at), refused)])
         if file in stack:
             chain = " -> ".join(_display(p) for p in (*stack, file))
             raise SpecError([SpecProblem(origin, format_path(at), f"include cycle: {_clip(chain, 400)}")])
         if file not in self.parsed:
             text = _read_text(file, origin, format_path(at), what)
             self.names[file] = _display(file)
-            nodes, loader = _compose(text, self.names[file])
+            nodes, loader = _compose(text, self.names[file], limit=MAX_SPEC_VALUES)
             # A bomb within one file is refused here, by a walk that only counts (a tenth of a
             # second); _convert counts again across every file, as includes multiply too.
             for node in nodes:
-                _check_size(node, self.names[file])
+                _check_size(node, self.names[file], limit=MAX_SPEC_VALUES)
             self.parsed[file] = (nodes[0] if nodes else None, loader)
         node, loader = self.parsed[file]
         if node is None:
@@ -351,12 +425,39 @@ class _Reader:
             raise SpecError([SpecProblem(origin, format_path(at), problem)])
         return self._convert(node, file, at, (*stack, file), loader)
 
+    def _refusal(self, named: Path, resolved: Path) -> str | None:
+        """Why an include of ``named`` (``resolved`` once links are followed) is not allowed, or None.
+
+        Only YAML files under the spec's directory or an include directory may be included, so a
+        spec, however it was obtained, cannot make the loader read (and its messages quote) a
+        file the user did not put in reach: ``/etc/shadow``, ``~/.aws/credentials``, a link to either.
+        """
+        if named.suffix.lower() not in INCLUDE_SUFFIXES or resolved.suffix.lower() not in INCLUDE_SUFFIXES:
+            link = " (through a symbolic link)" if named.suffix.lower() in INCLUDE_SUFFIXES else ""
+            return (
+                f"included file {_show(named)} is not a .yaml or .yml file{link}: only YAML spec files may be "
+                "included; rename it if it is one"
+            )
+        if any(resolved.is_relative_to(root) for root in self.roots):
+            return None
+        lexical = Path(os.path.normpath(named))
+        through_link = any(lexical.is_relative_to(root) for root in self.roots)
+        how = "is a symbolic link to a file outside" if through_link else "lies outside"
+        where = _show(self.roots[0])
+        more = f" and the include directories ({', '.join(_show(r) for r in self.roots[1:])})" if self.roots[1:] else ""
+        return (
+            f"included file {_show(named)} {how} the spec's directory {where}{more}: a spec may only include "
+            f"files under them; if you trust the file's directory, add it to {SPEC_PATH_ENV} "
+            "(or `lhopt --include-dir DIR`, or load_spec(..., include_dirs=[DIR]))"
+        )
+
     def _convert(self, node: yaml.Node, file: Path, at: PathT, stack: tuple[Path, ...], loader: _Loader) -> Any:
         name = self.names[file]
         self.values += 1
-        if self.values > MAX_YAML_NODES or len(at) >= MAX_YAML_DEPTH:  # includes can multiply, as aliases do
+        if self.values > MAX_SPEC_VALUES or len(at) >= MAX_YAML_DEPTH:  # includes can multiply, as aliases do
             where = _loc(name, node.start_mark)
-            raise SpecError([_limit_problem(where, len(at) >= MAX_YAML_DEPTH, "the spec " + self.names[stack[0]])])
+            too_deep, spec = len(at) >= MAX_YAML_DEPTH, "the spec " + self.names[stack[0]]
+            raise SpecError([_limit_problem(where, too_deep, spec, MAX_SPEC_VALUES)])
         if at not in self.marks:
             self.marks[at] = _loc(name, node.start_mark)
         if isinstance(node, yaml.MappingNode):
@@ -488,13 +589,14 @@ def _scrub(message: str, long: list[str]) -> str:
 _MAX_PROBLEMS = 50  # more only hide the first ones (a broken list of thousands of entries)
 
 
-def _read_spec(file: Path) -> tuple[_Reader, Any]:
+def _read_spec(file: Path, include_dirs: list[Path] | None = None) -> tuple[_Reader, Any]:
     """Read a spec and its includes, ``tasks: path.yaml`` included."""
-    reader = _Reader()
+    reader = _Reader(include_dirs)
     data = reader.read(file, (), (), None)
     if isinstance(data, dict) and isinstance(data.get("tasks"), str):
         at = ("tasks",)
-        data["tasks"] = reader.read(file.parent / data["tasks"], at, (file.resolve(),), reader.marks.get(at))
+        top = reader.files[0]  # the spec file, links followed
+        data["tasks"] = reader.read(top.parent / data["tasks"], at, (top,), reader.marks.get(at))
     return reader, data
 
 
@@ -519,19 +621,25 @@ def load_yaml(path: str | os.PathLike[str], *, documents: bool = False) -> Any:
     return parse_yaml(_read_text(file, None, "", "YAML file"), _display(file), documents=documents)
 
 
-def spec_files(path: str | os.PathLike[str]) -> list[Path]:
+def _dirs(include_dirs: list[str | os.PathLike[str]] | None) -> list[Path] | None:
+    return None if include_dirs is None else [Path(d) for d in include_dirs]
+
+
+def spec_files(path: str | os.PathLike[str], include_dirs: list[str | os.PathLike[str]] | None = None) -> list[Path]:
     """The spec file and every file it includes (for archiving a run's exact inputs)."""
-    return _read_spec(Path(path))[0].files
+    return _read_spec(Path(path), _dirs(include_dirs))[0].files
 
 
-def load_spec(path: str | os.PathLike[str]) -> ExperimentSpec:
+def load_spec(path: str | os.PathLike[str], include_dirs: list[str | os.PathLike[str]] | None = None) -> ExperimentSpec:
     """Load and validate an experiment spec from a YAML file.
 
     A file holding only a task distribution (top-level ``families:``) or a single family entry
     (top-level ``family:``) loads as an experiment named after the file, with default settings.
+    ``include_dirs``: directories, besides the spec's own, whose ``.yaml``/``.yml`` files it may
+    include; default: those of the ``LHOPT_SPEC_PATH`` environment variable.
     """
     file = Path(path)
-    reader, data = _read_spec(file)
+    reader, data = _read_spec(file, _dirs(include_dirs))
     top = Location(_display(file.resolve()), 1, 1)
     if not isinstance(data, dict):
         raise SpecError([SpecProblem(top, "", "the top level must be a mapping (key: value lines)")])
@@ -544,7 +652,7 @@ def load_spec(path: str | os.PathLike[str]) -> ExperimentSpec:
     if isinstance(data.get("data_dir"), str):
         try:
             data["data_dir"] = str((file.parent / os.path.expanduser(data["data_dir"])).resolve())
-        except (OSError, ValueError):  # a NUL in the name, a loop of links
+        except (OSError, ValueError, RuntimeError):  # a NUL in the name, a loop of links
             raise SpecError([SpecProblem(marks.get(("data_dir",), top), "data_dir", "not a valid path")]) from None
     try:
         return ExperimentSpec.model_validate(data)
