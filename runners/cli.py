@@ -499,7 +499,12 @@ def cmd_curves(args: argparse.Namespace) -> int:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     print(f"{'run':<40}{'iterations':>11}{'first ' + str(args.window):>12}{'last ' + str(args.window):>12}")
     for run in args.runs:
-        rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for name in ("metrics.jsonl", "dev_curve.jsonl") if (Path(run) / name).exists()
+                for line in (Path(run) / name).read_text().splitlines() if line.strip()]  # fmt: skip
+        rows = sorted((r for r in rows if args.metric in r), key=lambda r: r["step"])
+        if not rows:
+            print(f"error: {run} has no metric {args.metric!r} in metrics.jsonl or dev_curve.jsonl", file=sys.stderr)
+            return 2
         steps = np.asarray([r["step"] for r in rows])
         values = np.asarray([r.get(args.metric, np.nan) for r in rows], dtype=float)
         w = max(1, min(args.window, len(values)))

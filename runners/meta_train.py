@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import signal
 import threading
@@ -198,6 +199,45 @@ def save_atomic(obj: Any, path: Path) -> None:
     save_checkpoint(obj, path)
 
 
+#: The dev-set metrics of the learning curve (:func:`dev_evaluation`), from the evaluation summary.
+DEV_METRICS = ("pairs_ge_2x", "best_ge_1x", "speedup_median", "speedup_geomean")
+
+
+def dev_evaluation(spec: ExperimentSpec, model: ActorCritic, run_dir: Path, iteration: int, *, workers: int,
+                   tracker: Tracker | NullTracker, quiet: bool = False, last: bool = False) -> dict[str, float] | None:  # fmt: skip
+    """The learning curve on held-out tasks: every ``meta_train.dev_every`` iterations (and at the
+    start, and at the ``last`` iteration of a run), the policy as it is after ``iteration`` iterations acts greedily on the first
+    ``dev_tasks`` dev tasks (always the same ones) against the cached AdamW grids, scored on test
+    loss as ``lhopt eval`` scores; the row goes to ``run_dir/dev_curve.jsonl`` and MLflow
+    (``dev/...`` at step ``iteration``). Resumable: an iteration already in the curve is skipped,
+    and a half-finished evaluation picks up its finished tasks (``run_dir/dev/iter-NNNNNN``). The
+    grids are read from (and computed into) the spec's baseline cache, ``<run_dir>/baselines.db``
+    as ``lhopt eval`` uses by default; import ``results/baselines`` there first and it costs only
+    the policy's runs."""
+    mt = spec.meta_train
+    curve = run_dir / "dev_curve.jsonl"
+    if not mt.dev_every or (iteration % mt.dev_every and not last):
+        return None
+    if curve.exists() and any(json.loads(line).get("step") == iteration
+                              for line in curve.read_text().splitlines() if line.strip()):  # fmt: skip
+        return None
+    from .evaluate import default_storage, eval_config, evaluate_tasks, summarise
+
+    out = run_dir / "dev" / f"iter-{iteration:06d}"
+    out.mkdir(parents=True, exist_ok=True)
+    policy_path = out / "policy.pt"
+    save_atomic({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json")}, policy_path)
+    configs = [eval_config(spec, i) for i in range(mt.dev_tasks)]
+    records = evaluate_tasks(configs, policy_path, out, storage=default_storage(spec), device=spec.device,
+                             data_dir=spec.data_dir, max_valid=mt.max_valid, compiled=False, workers=workers,
+                             threads=1, quiet=quiet)  # fmt: skip
+    overall = summarise(records, "test", resamples=500)["overall"]
+    row = {f"dev/{k}": float(overall[k]["value"]) for k in DEV_METRICS}
+    row["dev/tasks"] = float(len(records))
+    tracker.log_metrics(row, step=iteration, local_file="dev_curve.jsonl")
+    return row
+
+
 def _hparam_figure(episodes: list[Episode], names: Sequence[str]):
     import matplotlib
 
@@ -301,8 +341,14 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="meta-train",
                unit="it", disable=settings.quiet or not group.main)  # fmt: skip
     started = time.perf_counter()
+    def dev(iteration: int, last: bool = False) -> None:
+        if group.main:
+            dev_evaluation(spec, model, run_dir, iteration, workers=max(settings.workers, 1), tracker=tracker,
+                           quiet=settings.quiet, last=last)  # fmt: skip
+
     try:
         for iteration in bar:
+            dev(iteration)  # the learning curve on dev tasks, at the start and every dev_every iterations
             # Rank 0's clock decides, so that every rank stops together (no message without a limit).
             late = settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes
             if settings.max_minutes is not None and group.broadcast(late):
@@ -394,6 +440,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     policy_path = run_dir / "policy.pt"
     if not group.main:
         return policy_path  # written by rank 0
+    dev(int(history[-1]["iteration"]) if history else start, last=True)  # the curve's end: the policy as saved
     save_atomic({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "history": history},
                 policy_path)  # fmt: skip
     tracker.log_policy(policy_path, spec.tracking.registered_model)

@@ -144,8 +144,9 @@ class Tracker:
             for i in range(0, len(items), 100):
                 self._guard(self.client.log_batch, self.run_id, params=items[i : i + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        with open(self.local_dir / "metrics.jsonl", "a") as f:
+    def log_metrics(self, metrics: dict[str, float], step: int, local_file: str = "metrics.jsonl") -> None:
+        """Log to MLflow (if reachable) and append a row to ``local_dir/local_file``."""
+        with open(self.local_dir / local_file, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.enabled:
             from mlflow.entities import Metric

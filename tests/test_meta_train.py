@@ -460,3 +460,40 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0].join("()")
     except OSError:
         return "(gone)"
+
+
+def test_the_dev_learning_curve_is_measured_at_the_start_every_n_iterations_and_at_the_end(tmp_path):
+    """meta_train.dev_every: the policy after 0, 2 and 3 iterations (the last), then after a resume
+    to 4, each on the same dev tasks against the cached grid; no point is measured twice, and
+    lhopt curves plots it."""
+    from runners.cli import main as cli
+
+    spec = load_spec(SPECS / "smoke.yaml").model_copy(deep=True)
+    nqm = [f for f in spec.tasks.families if f.family == "nqm"]
+    tasks = spec.tasks.model_copy(update={"families": nqm})
+    mt = spec.meta_train.model_copy(update={"tasks_per_iteration": 1, "rollouts_per_task": 2, "hidden_size": 8,
+                                            "dev_every": 2, "dev_tasks": 2, "run_dir": str(tmp_path)})  # fmt: skip
+    spec = spec.model_copy(update={"meta_train": mt, "tasks": tasks,
+                                   "evaluation": spec.evaluation.model_copy(update={"tasks": tasks})})  # fmt: skip
+    run = tmp_path / "run"
+    offline = "http://127.0.0.1:9"
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        train(spec, Settings(iterations=3, workers=0, tracking_uri=offline, run_dir=run, quiet=True))
+    rows = [json.loads(line) for line in (run / "dev_curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3]
+    assert all(r["dev/tasks"] == 2 and 0 <= r["dev/pairs_ge_2x"] <= 1 for r in rows)
+    assert sorted(p.name for p in (run / "dev").iterdir()) == ["iter-000000", "iter-000002", "iter-000003"]
+    assert len(list((run / "dev" / "iter-000002" / "tasks").glob("*.json"))) == 2
+    # the dev rows stay out of the per-iteration metrics
+    assert all("dev/pairs_ge_2x" not in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    with pytest.warns(UserWarning):
+        train(spec, Settings(iterations=4, workers=0, resume=True, tracking_uri=offline, run_dir=run, quiet=True))
+    rows = [json.loads(line) for line in (run / "dev_curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2, 3, 4]
+    # the grids were computed once (first point) and read from the cache after
+    first = json.loads((run / "dev" / "iter-000000" / "tasks" / "00000.json").read_text())
+    later = json.loads((run / "dev" / "iter-000004" / "tasks" / "00000.json").read_text())
+    assert first["pairs"]["run"] > 0 and later["pairs"]["run"] == 0
+    assert cli(["curves", str(run), "--metric", "dev/speedup_geomean", "--window", "1", "-o", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert cli(["curves", str(run), "--metric", "dev/nothing", "-o", str(tmp_path / "d.png")]) == 2

@@ -227,6 +227,16 @@ class MetaTrainSpec(StrictModel):
     run_dir: Annotated[
         str, Field(description="Where checkpoints and local metrics go (relative to the working directory).")
     ] = "runs"
+    dev_every: Annotated[
+        int,
+        Field(ge=0, le=1_000_000,
+              description="Every this many iterations (and at the start), evaluate the policy greedily on the first "
+                          "dev_tasks held-out dev tasks against the cached AdamW grids and log dev/... metrics: the "
+                          "learning curve on held-out tasks. 0: never."),
+    ] = 0
+    dev_tasks: Annotated[
+        int, Field(ge=1, le=10_000, description="Dev tasks of that learning curve (the same ones every time).")
+    ] = 24
 
 
 class EvaluationSpec(StrictModel):
