@@ -29,7 +29,6 @@ from lhopt_dsl.imitation import (
     DEFAULT_LRS,
     DEFAULT_SHAPES,
     Demonstration,
-    ScheduleFollower,
     Target,
     bolder,
     clone,
@@ -44,7 +43,7 @@ from lhopt_dsl.imitation import (
 )
 from lhopt_dsl.observation import draw_cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import ResidualPolicy
+from lhopt_dsl.residual import Follow, Residual
 from lhopt_dsl.sample import INITIAL_CHOICES, train_seed
 
 from .meta_train import policy_shape, terminate_as_interrupt
@@ -101,7 +100,7 @@ def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
     j, seed, spec_json, policy_ckpt, target, initial, follow, weights, base = args
     spec, cfg, cadence = _task(seed, spec_json, initial)
     policy = ActorCritic(policy_shape(spec)) if policy_ckpt is None else ActorCritic.from_checkpoint(policy_ckpt)
-    residual = None if base is None else ResidualPolicy(policy, spec.hparams, Target.from_name(base))
+    residual = None if base is None else Residual(policy, spec.hparams, Target.from_name(base))
     demo = relabel(cfg, policy, spec.hparams, Target.from_name(target), device=spec.device, data_dir=spec.data_dir,
                    max_valid=spec.meta_train.max_valid, cadence=cadence,
                    follow=None if follow is None else Target.from_name(follow), weights=weights,
@@ -152,7 +151,7 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
 
 
 def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None) -> Path:
-    ScheduleFollower(None, spec.hparams, default_targets(settings.lrs, settings.shapes), 1e-3, 1)  # fails now, not in a worker
+    Follow(default_targets(settings.lrs, settings.shapes), spec.hparams)  # fails now, not in a worker
     run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
     if sum(x is not None for x in (settings.margin, settings.tie, settings.soft)) > 1:
         raise ValueError("--margin, --tie and --soft are three ways of labelling the tasks; pass one of them")
@@ -160,7 +159,7 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     if settings.base is not None:
         if settings.soft is not None:
             raise ValueError("--soft and --base are two kinds of labels; pass one of them")
-        residual = ResidualPolicy(ActorCritic(policy_shape(spec)), spec.hparams, Target.from_name(settings.base))
+        residual = Residual(ActorCritic(policy_shape(spec)), spec.hparams, Target.from_name(settings.base))
     if settings.soft is not None and not settings.soft > 0:
         raise ValueError(f"--soft is a temperature and must be > 0, got {settings.soft}")
     if settings.initial not in INITIAL_CHOICES:
@@ -263,8 +262,9 @@ def _with_soft_labels(spec: ExperimentSpec, seed: int, initial: str, demo: Demon
         raise ValueError("soft labels need every follower's final loss, which demonstrations written before it was "
                          "recorded lack: collect them again into a new --run-dir")  # fmt: skip
     cfg = sample(spec, seed, initial=initial)
-    follower = ScheduleFollower(None, spec.hparams, [], cfg.hparams.lr, cfg.task.outer_steps)
-    return replace(demo, soft=soft_labels(follower, weights, lr_trajectory(follower, demo.actions)))
+    follower = Follow([], spec.hparams)
+    lrs = lr_trajectory(follower, demo.actions, cfg.hparams.lr)
+    return replace(demo, soft=soft_labels(follower, weights, lrs, cfg.task.outer_steps))
 
 
 def _clone(demos: list[Demonstration], spec: ExperimentSpec, seed: int, epochs: int) -> tuple[ActorCritic, dict[str, float]]:

@@ -21,9 +21,9 @@ import torch
 
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, load_policy
-from lhopt_dsl.imitation import FixedSchedule, default_targets, demonstrate, relabel
+from lhopt_dsl.imitation import default_targets, demonstrate, relabel
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import Target
+from lhopt_dsl.residual import FixedSchedule, Target
 from lhopt_dsl.rollout import Episode, task_rollouts
 from lhopt_dsl.sample import TaskConfig
 from runners.dropin import PROGRAMS
@@ -55,9 +55,11 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float64).tobytes()).hexdigest()[:16]
 
 
-def episode(ep: Episode) -> dict[str, Any]:
-    """An episode's record: every number, with the observation arrays by digest."""
-    return {"actions": ep.actions.tolist(), "logprobs": ep.logprobs.tolist(), "values": ep.values.tolist(),
+def episode(ep: Episode, critic: bool = True) -> dict[str, Any]:
+    """An episode's record: every number, with the observation arrays by digest. ``critic=False``:
+    an episode that only acted (evaluation), whose critic values mean nothing and are left out."""
+    values = {"values": ep.values.tolist()} if critic else {}
+    return {"actions": ep.actions.tolist(), "logprobs": ep.logprobs.tolist(), **values,
             "rewards": ep.rewards.tolist(), "valid_curve": list(ep.valid_curve), "test_loss": ep.test_loss,
             "hparams": ep.hparams, "restarts": [list(r) for r in ep.restarts], "raw_policy": _digest(ep.raw_policy),
             "policy_obs": _digest(ep.policy_obs), "raw_value": _digest(ep.raw_value),
@@ -73,15 +75,15 @@ def evaluations() -> dict[str, Any]:
     net = network()
     out: dict[str, Any] = {}
     for cfg in tasks():
-        kinds: dict[str, Callable[[], Any]] = {
-            "residual": lambda: residual,
-            "network": lambda: net,
-            "schedule": lambda: FixedSchedule(Target.from_name("linear-lr0.03"), space).follower(cfg),
-            "decode-mean": lambda: decoded(net, space, "mean"),
-            "decode-sample": lambda: decoded(net, space, "sample").for_task(7),
+        kinds: dict[str, tuple[Any, int]] = {  # the actor, and the run's seed
+            "residual": (residual, 0),
+            "network": (net, 0),
+            "schedule": (FixedSchedule(Target.from_name("linear-lr0.03"), space).load()[0], 0),
+            "decode-mean": (decoded(net, space, "mean"), 0),
+            "decode-sample": (decoded(net, space, "sample"), 7),
         }
-        for kind, make in kinds.items():
-            out[f"{kind}/{cfg.task_id}"] = episode(policy_run(make(), space, cfg))
+        for kind, (actor, seed) in kinds.items():
+            out[f"{kind}/{cfg.task_id}"] = episode(policy_run(actor, space, cfg, seed=seed), critic=False)
     return out
 
 
@@ -92,7 +94,7 @@ def rollouts() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for cfg in tasks()[:2]:
         for population in (True, False):
-            r = task_rollouts(cfg, net, net, space, rollouts=2, seed=3, population=population)
+            r = task_rollouts(cfg, net, net, space, rollouts=2, seed=3, population=population, critic=net)
             out[f"{population}/{cfg.task_id}"] = {"baseline": r.baseline_curve, "initial": r.initial_curve,
                                                    "episodes": [episode(e) for e in r.episodes]}  # fmt: skip
     return out

@@ -64,8 +64,8 @@ def test_drop_in_trains_a_model_and_calls_the_policy_the_expected_number_of_time
     x, y, net = _regression()
     opt = LHOPT(net.parameters(), policy=policy_file, total_steps=200, outer_steps=10, initial={"lr": 3e-2})
     calls = []
-    original = opt.policy.act
-    opt.policy.act = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = opt.actor.act
+    opt.actor.act = lambda *a, **k: calls.append(1) or original(*a, **k)
     first = F.mse_loss(net(x), y).item()
     for step in range(200):
         idx = torch.arange(step * 32, step * 32 + 32) % 512

@@ -316,7 +316,7 @@ def test_best_of_takes_each_tasks_lowest_validation_loss_as_an_evaluation_of_its
 
 
 def test_test_set_evaluations_get_their_own_default_directory(tmp_path):
-    from lhopt_dsl.imitation import FixedSchedule, Target
+    from lhopt_dsl.residual import FixedSchedule, Target
     from runners.evaluate import default_out
 
     spec = load_spec(SPECS / "cpu.yaml")

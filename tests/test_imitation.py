@@ -12,8 +12,6 @@ from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.imitation import (
     DIVERGED_REGRET,
     Demonstration,
-    ScheduleFollower,
-    Target,
     bolder,
     clone,
     consensus,
@@ -23,7 +21,9 @@ from lhopt_dsl.imitation import (
     soft_labels,
     target_weights,
 )
+from lhopt_dsl.actor import Run
 from lhopt_dsl.observation import Cadence
+from lhopt_dsl.residual import Follow, Target
 from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from runners.meta_train import initial_policy, policy_shape
 
@@ -53,19 +53,19 @@ _SMOKE = load_spec(SPECS / "smoke.yaml")
 SMOKE = _SMOKE.model_copy(update={"name": "smoke_keep", "hparams": load_spec(SPECS / "cpu.yaml").hparams})
 
 
-def follower(targets, initial_lr=1e-5, outer=10):
-    return ScheduleFollower(ActorCritic(policy_shape(SMOKE)), SMOKE.hparams, targets, initial_lr, outer)
+def follower(targets):
+    return Follow(targets, SMOKE.hparams, ActorCritic(policy_shape(SMOKE)).policy_norm)
 
 
 def test_follower_reaches_its_target_with_the_policy_actions_and_keeps_the_rest():
-    f = follower([Target(1e-3, "constant"), Target(None), Target(3e-3, "linear")], outer=16)
+    f = follower([Target(1e-3, "constant"), Target(None), Target(3e-3, "linear")])
     actions = ActionSpace(SMOKE.hparams)
-    acts, state = [], None
-    lrs = []
+    carry = f.start([Run({"lr": 1e-5}, 16, member=m) for m in range(3)])
+    acts, lrs = [], []
     for _ in range(16):
-        act, logprob, state = f.act_batch(np.zeros((3, 4)), state, [None] * 3)
-        acts.append(act)
-        lrs.append(state[1])
+        step, carry = f.act(carry, np.zeros((3, f.policy_size)), [None] * 3, False)
+        acts.append(step.actions)
+        lrs.append(carry.lr)
     acts, lrs = np.stack(acts), np.asarray(lrs)
     lr_param = actions.hparams["lr"]
     # Every step moves by one of lr's action values and the others keep theirs; no restart.
@@ -76,15 +76,17 @@ def test_follower_reaches_its_target_with_the_policy_actions_and_keeps_the_rest(
     assert (lrs[:, 1] == 1e-5).all() and (acts[:, 1, 0] == actions.identity()[0]).all()
     # Linear decay: after reaching the target the follower goes down with it.
     assert lrs[-1, 2] < lrs[8, 2]
-    with pytest.raises(RuntimeError, match="episodes asked"):
-        f.act_batch(np.zeros((1, 4)), None, [None])
+    # The guard's lowered learning rate is where it follows on from.
+    assert f.guarded(carry, 2, 0.1).lr[2] == pytest.approx(lrs[-1, 2] * 0.1)
+    with pytest.raises(ValueError, match="member 3 of a follower of 3 targets"):
+        f.start([Run({"lr": 1e-5}, 16, member=3)])
 
 
 def test_a_space_without_keep_actions_is_refused():
     from lhopt_dsl.spec.hparams import CIAOSpace
 
     with pytest.raises(ValueError, match="no action that keeps weight_decay, eps"):
-        ScheduleFollower(None, CIAOSpace(), [Target(1e-3)], 1e-3, 4)  # Table 8's actions: x0.5 and x2 only
+        Follow([Target(1e-3)], CIAOSpace())  # Table 8's actions: x0.5 and x2 only
     from runners.cli import main
 
     assert main(["imitate", str(SPECS / "smoke.yaml"), "--tasks", "1"]) == 2  # the smoke spec has Table 8's
@@ -372,21 +374,21 @@ def test_soft_label_weights_fall_with_regret_by_hand():
 
 def test_soft_labels_put_each_schedules_weight_on_its_followers_action_from_where_the_run_is():
     target, keep = Target(0.01), Target(None)
-    f = follower([target], initial_lr=1e-3)
-    lrs, actions = [f.initial_lr], []
-    for t in range(f.outer):
-        a, lr = f.choose(target, lrs[-1], t)
+    f, outer = follower([target]), 10
+    lrs, actions = [1e-3], []
+    for t in range(outer):
+        a, lr = f.choose(target, lrs[-1], t, outer)
         actions.append(a)
         lrs.append(lr)
     actions = np.stack(actions)
-    assert lr_trajectory(f, actions) == pytest.approx(lrs[:-1])  # the run's learning rates, rebuilt from its actions
-    lr_dim, n = f.lr_dim, f.shape.nvec[f.lr_dim]
-    alone = soft_labels(f, {target.name: 1.0}, lrs[:-1])
+    assert lr_trajectory(f, actions, 1e-3) == pytest.approx(lrs[:-1])  # the run's learning rates, rebuilt from its actions
+    lr_dim, n = f.lr_dim, f.nvec[f.lr_dim]
+    alone = soft_labels(f, {target.name: 1.0}, lrs[:-1], outer)
     assert np.array_equal(alone, np.eye(n)[actions[:, lr_dim]])  # one schedule: its hard labels
-    mixed = soft_labels(f, {target.name: 0.7, keep.name: 0.3, "linear-lr0.1": 0.0}, lrs[:-1])
+    mixed = soft_labels(f, {target.name: 0.7, keep.name: 0.3, "linear-lr0.1": 0.0}, lrs[:-1], outer)
     assert np.allclose(mixed.sum(axis=1), 1.0)
     kept = f.keep[lr_dim]
-    for t in range(f.outer):
+    for t in range(outer):
         if actions[t, lr_dim] == kept:  # the target is reached: both schedules keep
             assert mixed[t, kept] == pytest.approx(1.0)
         else:  # climbing from 1e-3: 0.7 on the climb, 0.3 on keeping
