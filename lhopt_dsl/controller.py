@@ -37,12 +37,12 @@ from torch import nn
 
 from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .actor import Actor, Run, carry_from_leaves, carry_leaves, check_actor, take
-from .schedule import segment_bounds
+from .schedule import Schedule, segment_bounds
 from .observation import FeatureBuilder, Observer, flatten
 from .guard import Guard, checkpoint_data, checkpoint_from_data
 from .optim import CIAO
 from .policy import ActorCritic, EnsembleActorCritic, load_checkpoint, save_checkpoint, to_plain
-from .residual import Residual, Target
+from .residual import Residual
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
@@ -66,7 +66,7 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
         base = state["residual"].get("base") if isinstance(state["residual"], dict) else None
         if not isinstance(base, str):
             raise ValueError(f"{path} records a residual policy without a base schedule's name")
-        return Residual(model, space, Target.from_name(base)), space
+        return Residual(model, space, Schedule.from_name(base)), space
     return model, space
 
 

@@ -27,8 +27,8 @@ from .actor import Actor
 from .policy import ActorCritic
 from .rollout import Episode, task_rollouts
 from .sample import TaskConfig
-from .residual import Follow, Residual, Target
-from .schedule import shape_factor
+from .residual import Follow, Residual
+from .schedule import KEEP, Schedule, shape_factor
 from .spec.hparams import HyperparameterSpace
 
 #: The default grid: CIAO learning rates (a fraction of each layer's norm per step, under LAMB's
@@ -37,11 +37,11 @@ DEFAULT_LRS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_SHAPES: tuple[str, ...] = ("constant", "cosine", "linear")
 
 
-def default_targets(lrs: Sequence[float] = DEFAULT_LRS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[Target]:
+def default_targets(lrs: Sequence[float] = DEFAULT_LRS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[Schedule]:
     """``keep`` first, then every learning rate with every shape."""
     for s in shapes:
         shape_factor(s, 0.0)  # unknown shapes fail here, with the known ones listed
-    return [Target(None)] + [Target(lr, s) for lr in lrs for s in shapes]
+    return [KEEP] + [Schedule(optimizer=None, lr=lr, shape=s) for lr in lrs for s in shapes]
 
 
 @dataclass
@@ -77,7 +77,7 @@ class Demonstration:
         return cls(**{**data, **arrays})
 
 
-def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpace, targets: Sequence[Target], *,
+def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpace, targets: Sequence[Schedule], *,
                 seed: int, device: str = "cpu", data_dir: str | None = None, max_valid: int = 512,
                 population: bool = True, compiled: bool = False,
                 cadence: Cadence = FULL_CADENCE) -> tuple[Demonstration, list[Episode]]:  # fmt: skip
@@ -101,9 +101,9 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
     return demo, result.episodes
 
 
-def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, target: Target, *, device: str = "cpu",
+def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, target: Schedule, *, device: str = "cpu",
             data_dir: str | None = None, max_valid: int = 512, cadence: Cadence = FULL_CADENCE,
-            follow: Target | None = None, weights: dict[str, float] | None = None,
+            follow: Schedule | None = None, weights: dict[str, float] | None = None,
             residual: Residual | None = None) -> Demonstration:  # fmt: skip
     """A DAgger demonstration: ``policy``'s own greedy episode on ``cfg``, each decision labelled
     with the action the follower of ``target`` (the task's best schedule) takes from the learning
@@ -146,7 +146,7 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
                          time.perf_counter() - t0, soft=soft)  # fmt: skip
 
 
-def residual_demo(demo: Demonstration, residual: Residual, target: Target, initial_lr: float) -> Demonstration:
+def residual_demo(demo: Demonstration, residual: Residual, target: Schedule, initial_lr: float) -> Demonstration:
     """``demo`` (a follower's episode of ``target``, from ``initial_lr``) labelled for a residual
     policy: its learning-rate labels become the offset actions from the base towards ``target``
     (:meth:`~lhopt_dsl.residual.Residual.labels`), the rest stays. Where the target is the
@@ -205,7 +205,7 @@ def consensus(demos: Sequence[Demonstration], margin: float) -> tuple[str, dict[
 def mean_lr(name: str, points: int = 64) -> float:
     """A target's learning rate averaged over the run (midpoints of ``points`` equal parts); ``keep``
     is -inf: it sets nothing, so it is never the bolder of two schedules."""
-    target = Target.from_name(name)
+    target = Schedule.from_name(name)
     if target.lr is None:
         return -math.inf
     return float(np.mean([target.at((i + 0.5) / points) for i in range(points)]))
@@ -266,7 +266,7 @@ def soft_labels(follower: Follow, weights: dict[str, float], lrs: Sequence[float
     take there (:meth:`~lhopt_dsl.residual.Follow.choose`). Where the near-best schedules agree the
     label is sharp; where they part, it spreads over their actions."""
     n = int(follower.nvec[follower.lr_dim])
-    targets = [(Target.from_name(name), w) for name, w in weights.items() if w > 0]
+    targets = [(Schedule.from_name(name), w) for name, w in weights.items() if w > 0]
     out = np.zeros((len(lrs), n), dtype=np.float64)
     for t, current in enumerate(lrs):
         for target, w in targets:

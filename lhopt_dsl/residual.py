@@ -1,6 +1,7 @@
 """Learning-rate schedules as targets, and policies that act *around* one (residual policies).
 
-A :class:`Target` is a learning-rate schedule ``lr * shape(progress)``. The policy's learning-rate
+A followed :class:`~lhopt_dsl.schedule.Schedule` (one without an optimizer of its own, named like
+``linear-lr0.03`` or ``keep``) sets the learning rate ``lr * shape(progress)``. The policy's learning-rate
 actions are relative (x0.5 ... x2 of the current value, clamped to the space's bounds), so a
 schedule is followed through them: at each decision the action whose result lies nearest the
 target's value (:func:`nearest_lr_action`). That is how the imitation grid's followers run
@@ -33,37 +34,11 @@ import torch
 from .actions import ActionSpace
 from .actor import Actor, Run, Step
 from .observation import FeatureBuilder
-from .schedule import shape_factor
+from .schedule import Schedule
 from .spec.hparams import HyperparameterSpace
 
 #: Range of a residual policy's offset from its base schedule: a hundredth to ten times it.
 OFFSET_BOUNDS: tuple[float, float] = (1e-2, 1e1)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A learning-rate schedule to follow: ``lr * shape(progress)``; ``lr=None`` keeps the initial value."""
-
-    lr: float | None
-    shape: str = "constant"
-
-    def at(self, progress: float) -> float | None:
-        return None if self.lr is None else self.lr * shape_factor(self.shape, progress)
-
-    @property
-    def name(self) -> str:
-        return "keep" if self.lr is None else f"{self.shape}-lr{self.lr:g}"
-
-    @classmethod
-    def from_name(cls, name: str) -> "Target":
-        """The target of :attr:`name`."""
-        if name == "keep":
-            return cls(None)
-        shape, _, lr = name.rpartition("-lr")
-        shape_factor(shape, 0.0)  # an unknown shape fails here
-        if not float(lr) > 0:
-            raise ValueError(f"a target's learning rate must be positive, got {lr}")
-        return cls(float(lr), shape)
 
 
 def nearest_lr_action(lr_param: Any, current: float, goal: float, keep: int) -> tuple[int, float]:
@@ -112,8 +87,10 @@ class Follow:
 
     kind = "schedule"
 
-    def __init__(self, targets: Sequence[Target], space: HyperparameterSpace,
+    def __init__(self, targets: Sequence[Schedule], space: HyperparameterSpace,
                  normaliser: Callable[..., np.ndarray] | None = None):  # fmt: skip
+        for target in targets:
+            _followable(target)
         self.actions = ActionSpace(space)  # every space's policy controls lr
         if not self.actions.keeps().all():
             lacking = [n for n, k in zip(self.actions.names, self.actions.keeps()) if not k]
@@ -129,7 +106,7 @@ class Follow:
         self.lr_param = self.actions.hparams["lr"]
         self.keep = self.actions.identity()
 
-    def choose(self, target: Target, current: float, t: int, outer: int) -> tuple[np.ndarray, float]:
+    def choose(self, target: Schedule, current: float, t: int, outer: int) -> tuple[np.ndarray, float]:
         """The action at decision ``t`` of ``outer`` for a run whose learning rate is ``current``,
         and the learning rate it sets."""
         action = self.keep.copy()
@@ -167,7 +144,7 @@ class FixedSchedule:
     to beat to show that it learned more than a good schedule. Plain data, so it travels to worker
     processes; :meth:`load` gives its actor as a policy file's loader does."""
 
-    target: Target
+    target: Schedule
     space: HyperparameterSpace
 
     def __post_init__(self) -> None:
@@ -179,6 +156,14 @@ class FixedSchedule:
 
     def load(self) -> tuple[Follow, HyperparameterSpace]:
         return Follow([self.target], self.space), self.space
+
+
+def _followable(schedule: Schedule) -> None:
+    """Refuse a schedule that runs an optimizer of its own (a baseline's), which no policy's actions follow."""
+    if schedule.optimizer is not None:
+        bare = Schedule(optimizer=None, lr=schedule.lr, shape=schedule.shape).name if schedule.lr else "keep"
+        raise ValueError(f"'{schedule.name}' is a baseline on {schedule.optimizer}; a policy's actions follow a schedule's "
+                         f"learning rate alone: name it '{bare}'")  # fmt: skip
 
 
 def _outer(runs: Sequence[Run]) -> int:
@@ -205,9 +190,10 @@ class Residual:
 
     kind = "residual"
 
-    def __init__(self, inner: Actor[Any], space: HyperparameterSpace, base: Target):
+    def __init__(self, inner: Actor[Any], space: HyperparameterSpace, base: Schedule):
         if base.lr is None:
             raise ValueError("a residual policy's base must be a schedule with a learning rate, not 'keep'")
+        _followable(base)
         self.inner, self.space, self.base = inner, space, base
         self.actions = ActionSpace(space)
         if "lr" not in self.actions.names:
@@ -255,7 +241,7 @@ class Residual:
         """What a policy file records about it (the ``residual`` entry)."""
         return {"base": self.base.name, "offset_bounds": list(OFFSET_BOUNDS)}
 
-    def offsets(self, target: Target, initial_lr: float, outer_steps: int) -> list[float]:
+    def offsets(self, target: Schedule, initial_lr: float, outer_steps: int) -> list[float]:
         """The offset from the base that follows ``target`` at each decision: ``target / base``
         (``keep``: the initial value over the base), within :data:`OFFSET_BOUNDS`."""
         out = []

@@ -363,10 +363,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.compile:
         spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"compile": True})})
     if args.schedule:
-        from lhopt_dsl.residual import FixedSchedule, Target
+        from lhopt_dsl.residual import FixedSchedule
+        from lhopt_dsl.schedule import Schedule
 
         try:
-            target = Target.from_name(args.schedule)
+            target = Schedule.from_name(args.schedule)
         except ValueError as e:
             print(f"error: --schedule {args.schedule}: {e} (names look like linear-lr0.03, cosine-lr0.01, keep)",
                   file=sys.stderr)  # fmt: skip

@@ -29,7 +29,6 @@ from lhopt_dsl.imitation import (
     DEFAULT_LRS,
     DEFAULT_SHAPES,
     Demonstration,
-    Target,
     bolder,
     clone,
     consensus,
@@ -44,6 +43,7 @@ from lhopt_dsl.imitation import (
 from lhopt_dsl.observation import draw_cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.residual import Follow, Residual
+from lhopt_dsl.schedule import Schedule
 from lhopt_dsl.sample import INITIAL_CHOICES, train_seed
 
 from .meta_train import policy_shape, terminate_as_interrupt
@@ -100,10 +100,10 @@ def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
     j, seed, spec_json, policy_ckpt, target, initial, follow, weights, base = args
     spec, cfg, cadence = _task(seed, spec_json, initial)
     policy = ActorCritic(policy_shape(spec)) if policy_ckpt is None else ActorCritic.from_checkpoint(policy_ckpt)
-    residual = None if base is None else Residual(policy, spec.hparams, Target.from_name(base))
-    demo = relabel(cfg, policy, spec.hparams, Target.from_name(target), device=spec.device, data_dir=spec.data_dir,
+    residual = None if base is None else Residual(policy, spec.hparams, Schedule.from_name(base))
+    demo = relabel(cfg, policy, spec.hparams, Schedule.from_name(target), device=spec.device, data_dir=spec.data_dir,
                    max_valid=spec.meta_train.max_valid, cadence=cadence,
-                   follow=None if follow is None else Target.from_name(follow), weights=weights,
+                   follow=None if follow is None else Schedule.from_name(follow), weights=weights,
                    residual=residual)  # fmt: skip
     return j, {"seed": seed, "demo": demo.to_data()}
 
@@ -159,7 +159,7 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     if settings.base is not None:
         if settings.soft is not None:
             raise ValueError("--soft and --base are two kinds of labels; pass one of them")
-        residual = Residual(ActorCritic(policy_shape(spec)), spec.hparams, Target.from_name(settings.base))
+        residual = Residual(ActorCritic(policy_shape(spec)), spec.hparams, Schedule.from_name(settings.base))
     if settings.soft is not None and not settings.soft > 0:
         raise ValueError(f"--soft is a temperature and must be > 0, got {settings.soft}")
     if settings.initial not in INITIAL_CHOICES:
@@ -207,7 +207,7 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
         weights = {j: target_weights(d.target_losses, settings.soft) for j, d in demos.items()}
         demos = {j: _with_soft_labels(spec, seeds[j], settings.initial, d, weights[j]) for j, d in demos.items()}
     if residual is not None:  # each task's schedule, as offsets from the base
-        demos = {j: residual_demo(d, residual, Target.from_name(labels[j]), sample(spec, seeds[j], initial=settings.initial).hparams.lr)
+        demos = {j: residual_demo(d, residual, Schedule.from_name(labels[j]), sample(spec, seeds[j], initial=settings.initial).hparams.lr)
                  for j, d in demos.items()}  # fmt: skip
     ordered = [demos[j] for j in sorted(demos)]
     clone_seed = spec.seed if settings.clone_seed is None else settings.clone_seed

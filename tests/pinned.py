@@ -23,7 +23,8 @@ from lhopt_dsl import load_spec, sample
 from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, load_policy
 from lhopt_dsl.imitation import default_targets, demonstrate, relabel
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import FixedSchedule, Target
+from lhopt_dsl.residual import FixedSchedule
+from lhopt_dsl.schedule import Schedule
 from lhopt_dsl.rollout import Episode, task_rollouts
 from lhopt_dsl.sample import TaskConfig
 from runners.dropin import PROGRAMS
@@ -78,7 +79,7 @@ def evaluations() -> dict[str, Any]:
         kinds: dict[str, tuple[Any, int]] = {  # the actor, and the run's seed
             "residual": (residual, 0),
             "network": (net, 0),
-            "schedule": (FixedSchedule(Target.from_name("linear-lr0.03"), space).load()[0], 0),
+            "schedule": (FixedSchedule(Schedule.from_name("linear-lr0.03"), space).load()[0], 0),
             "decode-mean": (decoded(net, space, "mean"), 0),
             "decode-sample": (decoded(net, space, "sample"), 7),
         }
@@ -104,14 +105,14 @@ def imitation() -> dict[str, Any]:
     """Followers' demonstrations (a population of schedules) and DAgger relabelling, plain and residual."""
     residual, space = shipped()
     net = network()
-    targets = default_targets()[:4] + [Target.from_name("linear-lr0.03")]
+    targets = default_targets()[:4] + [Schedule.from_name("linear-lr0.03")]
     out: dict[str, Any] = {}
     cfg = tasks()[0]
     demo, eps = demonstrate(cfg, net, space, targets, seed=0)
     out["demonstrate"] = {"target": demo.target, "losses": demo.target_losses, "actions": demo.actions.tolist(),
                           "episodes": [episode(e) for e in eps]}  # fmt: skip
-    out["relabel"] = relabel(cfg, net, space, Target.from_name("constant-lr0.01")).actions.tolist()
-    out["relabel-residual"] = relabel(cfg, net, space, Target.from_name("constant-lr0.01"),
+    out["relabel"] = relabel(cfg, net, space, Schedule.from_name("constant-lr0.01")).actions.tolist()
+    out["relabel-residual"] = relabel(cfg, net, space, Schedule.from_name("constant-lr0.01"),
                                       residual=residual).actions.tolist()  # fmt: skip
     return out
 

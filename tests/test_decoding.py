@@ -12,7 +12,8 @@ from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.actor import Run
 from lhopt_dsl.decoding import Decoded, decoded
 from lhopt_dsl.policy import ActorCritic, PolicyShape
-from lhopt_dsl.residual import FixedSchedule, Target
+from lhopt_dsl.residual import FixedSchedule
+from lhopt_dsl.schedule import Schedule
 from lhopt_dsl.spec.hparams import CIAOSpace
 
 from .conftest import SPECS
@@ -93,7 +94,7 @@ def test_bad_decodings_and_mismatched_spaces_are_refused():
     with pytest.raises(ValueError, match="greedy, mean, sample"):
         decoded(model, SPACE, "beam")
     with pytest.raises(ValueError, match="no action distribution to decode"):
-        decoded(FixedSchedule(Target.from_name("linear-lr0.03"), KEEPING).load()[0], KEEPING, "mean")
+        decoded(FixedSchedule(Schedule.from_name("linear-lr0.03"), KEEPING).load()[0], KEEPING, "mean")
     other = CIAOSpace.model_validate({"lr": {**SPACE.lr.model_dump(), "action": {"type": "scale", "values": [0.5, 2.0]}}})
     with pytest.raises(ValueError, match="action sizes"):
         Decoded(model, other, "mean")

@@ -23,7 +23,8 @@ from lhopt_dsl.imitation import (
 )
 from lhopt_dsl.actor import Run
 from lhopt_dsl.observation import Cadence
-from lhopt_dsl.residual import Follow, Target
+from lhopt_dsl.residual import Follow
+from lhopt_dsl.schedule import KEEP, Schedule
 from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from runners.meta_train import initial_policy, policy_shape
 
@@ -58,7 +59,7 @@ def follower(targets):
 
 
 def test_follower_reaches_its_target_with_the_policy_actions_and_keeps_the_rest():
-    f = follower([Target(1e-3, "constant"), Target(None), Target(3e-3, "linear")])
+    f = follower([Schedule.from_name("constant-lr0.001"), KEEP, Schedule.from_name("linear-lr0.003")])
     actions = ActionSpace(SMOKE.hparams)
     carry = f.start([Run({"lr": 1e-5}, 16, member=m) for m in range(3)])
     acts, lrs = [], []
@@ -86,7 +87,7 @@ def test_a_space_without_keep_actions_is_refused():
     from lhopt_dsl.spec.hparams import CIAOSpace
 
     with pytest.raises(ValueError, match="no action that keeps weight_decay, eps"):
-        Follow([Target(1e-3)], CIAOSpace())  # Table 8's actions: x0.5 and x2 only
+        Follow([Schedule(optimizer=None, lr=1e-3)], CIAOSpace())  # Table 8's actions: x0.5 and x2 only
     from runners.cli import main
 
     assert main(["imitate", str(SPECS / "smoke.yaml"), "--tasks", "1"]) == 2  # the smoke spec has Table 8's
@@ -95,7 +96,7 @@ def test_a_space_without_keep_actions_is_refused():
 @pytest.mark.parametrize("family,cadence", [("mlp", Cadence(None, None)), ("nqm", Cadence(3, None))], ids=str)
 def test_demonstration_is_the_best_follower_and_alike_batched_or_not(family, cadence):
     cfg = smoke(family, outer_steps=8)
-    targets = [Target(None), Target(1e-4), Target(1e-2, "cosine"), Target(0.1)]
+    targets = [KEEP, *map(Schedule.from_name, ("constant-lr0.0001", "cosine-lr0.01", "constant-lr0.1"))]
     learner = ActorCritic(policy_shape(SMOKE))
     demo, eps = demonstrate(cfg, learner, SMOKE.hparams, targets, seed=5, population=True, cadence=cadence)
     seq_demo, seq_eps = demonstrate(cfg, learner, SMOKE.hparams, targets, seed=5, population=False, cadence=cadence)
@@ -126,14 +127,14 @@ def test_relabelled_decisions_head_for_the_tasks_best_schedule_from_where_the_po
     cfg = smoke("mlp", outer_steps=8)
     cfg = cfg.model_copy(update={"hparams": cfg.hparams.model_copy(update={"lr": 1e-5})})
     policy = ActorCritic(policy_shape(SMOKE))
-    demo = relabel(cfg, policy, SMOKE.hparams, Target(0.1), cadence=Cadence(None, None))
+    demo = relabel(cfg, policy, SMOKE.hparams, Schedule(optimizer=None, lr=0.1), cadence=Cadence(None, None))
     actions = ActionSpace(SMOKE.hparams)
     up = actions.hparams["lr"].action.values.index(2.0)
     assert demo.actions.shape == (8, len(actions.nvec)) and np.isnan(demo.rewards).all()
     assert (demo.actions[:, 0] == up).all()  # from 1e-5, 0.1 is more than 8 doublings away whatever the policy did
     assert (demo.actions[:, 1:] == actions.identity()[1:]).all()
-    assert Target.from_name(Target(0.03, "cosine").name) == Target(0.03, "cosine")
-    assert Target.from_name("keep") == Target(None)
+    assert Schedule.from_name("cosine-lr0.03") == Schedule(optimizer=None, lr=0.03, shape="cosine")
+    assert Schedule.from_name("keep") == KEEP
 
 
 def test_following_another_schedule_records_that_followers_episode():
@@ -142,7 +143,7 @@ def test_following_another_schedule_records_that_followers_episode():
     cfg = smoke("mlp", outer_steps=8)
     cfg = cfg.model_copy(update={"hparams": cfg.hparams.model_copy(update={"lr": 1e-3})})
     learner = ActorCritic(policy_shape(SMOKE))
-    target = Target(1e-2, "linear")
+    target = Schedule(optimizer=None, lr=1e-2, shape="linear")
     demo = relabel(cfg, learner, SMOKE.hparams, target, follow=target, cadence=Cadence(None, None))
     _, eps = demonstrate(cfg, learner, SMOKE.hparams, [target], seed=0, population=False, cadence=Cadence(None, None))
     # The same episode as the follower's own run, labelled with its own actions.
@@ -373,7 +374,7 @@ def test_soft_label_weights_fall_with_regret_by_hand():
 
 
 def test_soft_labels_put_each_schedules_weight_on_its_followers_action_from_where_the_run_is():
-    target, keep = Target(0.01), Target(None)
+    target, keep = Schedule(optimizer=None, lr=0.01), KEEP
     f, outer = follower([target]), 10
     lrs, actions = [1e-3], []
     for t in range(outer):

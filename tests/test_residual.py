@@ -13,7 +13,8 @@ from lhopt_dsl.actor import Run, Step
 from lhopt_dsl.imitation import relabel, residual_demo
 from lhopt_dsl.observation import Cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import OFFSET_BOUNDS, Follow, Residual, Target
+from lhopt_dsl.residual import OFFSET_BOUNDS, Follow, Residual
+from lhopt_dsl.schedule import KEEP, Schedule
 from runners.meta_train import initial_policy, policy_shape
 
 from .test_imitation import SMOKE, _graded
@@ -21,7 +22,7 @@ from .test_population import smoke
 
 SPACE = SMOKE.hparams
 LR_VALUES = list(SPACE.controlled()["lr"].action.values)
-BASE = Target(0.03, "linear")
+BASE = Schedule(optimizer=None, lr=0.03, shape="linear")
 
 
 def biased(lr_action: float) -> ActorCritic:
@@ -105,14 +106,14 @@ def test_the_offset_scales_the_schedule_within_its_bounds():
     fresh = residual.guarded(residual.start([Run({"lr": 1e-3}, 4)]), 0, 0.1)
     assert fresh.offset[0] == pytest.approx(0.1) and fresh.lr[0] == pytest.approx(1e-4)
     with pytest.raises(ValueError, match="keep"):
-        Residual(Scripted([]), SPACE, Target(None))
+        Residual(Scripted([]), SPACE, KEEP)
 
 
 def test_labels_keep_on_the_base_and_lead_to_another_schedules_offset():
     residual = Residual(Scripted([]), SPACE, BASE)
     keep = LR_VALUES.index(1.0)
     assert (residual.labels(residual.offsets(BASE, 1e-3, 32)) == keep).all()
-    lower = Target(0.01, "linear")
+    lower = Schedule(optimizer=None, lr=0.01, shape="linear")
     wanted = residual.offsets(lower, 1e-3, 32)
     assert wanted == pytest.approx([1 / 3] * 32)
     labels = residual.labels(wanted)
@@ -212,7 +213,7 @@ def test_lhopt_imitate_with_a_base_writes_a_residual_policy(tmp_path):
     assert saved["residual"]["base"] == "linear-lr0.01" and saved["imitation"]["base"] == "linear-lr0.01"
     assert len(list((run / "dagger-3-blinear-lr0.01" / "round1").iterdir())) == 3
     policy, _ = load_policy(path)
-    assert policy.kind == "residual" and policy.base == Target(0.01, "linear")
+    assert policy.kind == "residual" and policy.base == Schedule(optimizer=None, lr=0.01, shape="linear")
     with pytest.raises(ValueError, match="one of them"):
         imitate_mod.imitate(SMOKE, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, soft=0.01,
                                                                  base="linear-lr0.01", **small))  # fmt: skip
