@@ -14,6 +14,14 @@ the validation loss, given with ``observe()`` whenever you have them::
         if step % 500 == 0:
             opt.observe(valid_loss=evaluate(model))
 
+Checkpoint it as any optimizer: ``opt.state_dict()`` holds everything the policy has seen and
+decided (tensors and plain data), so a job resumed from it continues exactly as if uninterrupted::
+
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, path)
+    ...
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+
 ``ScheduleReplay`` plays a recorded schedule (learning rate, eps, beta2, weight decay over
 progress) on a standard ``torch.optim.AdamW``, stretched to any number of updates, like a
 learning-rate scheduler (paper Section 4.5, Appendix B). Only schedules of a policy meta-trained in
