@@ -210,13 +210,13 @@ class ActorCritic(nn.Module):
             )
 
 
-class _PassThrough:
-    """An ensemble's stand-in for a normaliser: callers normalise features before acting, but each
-    member of an ensemble has its own statistics, so the raw features pass through (checked finite,
-    as float32) and every member normalises them itself."""
+class _PassThrough(RunningNormalizer):
+    """An ensemble's normaliser: each member of an ensemble has its own statistics, so the raw
+    features pass through (checked finite, as float32) and every member normalises them itself.
+    It has no statistics of its own to update or save."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def state_dict(self) -> dict[str, Any]:
+        raise ValueError("an ensemble's features are normalised by its members; save their normalisers")
 
     def __call__(self, x: np.ndarray, update: bool = True) -> np.ndarray:
         if update:
@@ -260,8 +260,8 @@ class EnsembleActorCritic(ActorCritic):
                 )
         self.shape = first
         self.members = nn.ModuleList(members)
-        self.policy_norm = _PassThrough(first.policy_size)  # type: ignore[assignment]
-        self.value_norm = _PassThrough(first.value_size)  # type: ignore[assignment]
+        self.policy_norm = _PassThrough(first.policy_size)
+        self.value_norm = _PassThrough(first.value_size)
 
     def start(self, runs: Sequence[Run]) -> Any:
         return tuple(m.start(runs) for m in self.members)
