@@ -24,6 +24,7 @@ values the runs start with. This module imports no task compiler, so the drop-in
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
@@ -153,6 +154,15 @@ class FixedSchedule:
     @property
     def name(self) -> str:
         return f"schedule:{self.target.name}"
+
+    @property
+    def stem(self) -> str:
+        """How output directories name it: ``schedule-<its name>``."""
+        return f"schedule-{self.target.name}"
+
+    def digest(self) -> str:
+        """What stands for a file's sha256 in records: the sha256 of :attr:`name`."""
+        return hashlib.sha256(self.name.encode()).hexdigest()
 
     def load(self) -> tuple[Follow, HyperparameterSpace]:
         return Follow([self.target], self.space), self.space

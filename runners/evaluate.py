@@ -193,6 +193,14 @@ class PolicyFile:
     def name(self) -> str:
         return str(self.path)
 
+    @property
+    def stem(self) -> str:
+        """How output directories name it: the first 8 hex digits of its sha256."""
+        return self.digest()[:8]
+
+    def digest(self) -> str:
+        return _sha256(self.path)
+
     def load(self) -> tuple[Actor[Any], HyperparameterSpace]:
         return load_policy(self.path)
 
@@ -583,9 +591,7 @@ def _source(policy: Path | str | Source) -> Source:
 
 def _identity(source: Source) -> tuple[str, str]:
     """What was evaluated and its digest: a policy file's sha256, or the sha256 of a fixed schedule's name."""
-    if isinstance(source, PolicyFile):
-        return source.name, _sha256(source.path)
-    return source.name, hashlib.sha256(source.name.encode()).hexdigest()
+    return source.name, source.digest()
 
 
 def default_out(spec: ExperimentSpec, policy_path: Path | Source, decode: str = "greedy",
@@ -593,12 +599,8 @@ def default_out(spec: ExperimentSpec, policy_path: Path | Source, decode: str = 
     """``<run_dir>/eval-<spec name>-<first 8 hex digits of the policy file's sha256>`` (then
     ``-<decode>`` unless greedy), or ``eval-<spec name>-schedule-<name>`` for a fixed schedule;
     then ``-test`` on the test set."""
-    source = _source(policy_path)
-    suffix = "" if task_set == "dev" else f"-{task_set}"
-    if isinstance(source, FixedSchedule):
-        return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-schedule-{source.target.name}{suffix}"
-    suffix = ("" if decode == "greedy" else f"-{decode}") + suffix
-    return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-{_sha256(source.path)[:8]}{suffix}"
+    suffix = ("" if decode == "greedy" else f"-{decode}") + ("" if task_set == "dev" else f"-{task_set}")
+    return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-{_source(policy_path).stem}{suffix}"
 
 
 def default_storage(spec: ExperimentSpec) -> str:
