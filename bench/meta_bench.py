@@ -53,7 +53,7 @@ def _rollouts(spec: Any, cfgs: list, policy: ActorCritic, ema: ActorCritic, **kw
     mt = spec.meta_train
     t0 = time.process_time()
     results = [task_rollouts(cfg, policy, ema, spec.hparams, rollouts=mt.rollouts_per_task, seed=i,
-                             max_valid=mt.max_valid, **kw) for i, cfg in enumerate(cfgs)]  # fmt: skip
+                             max_valid=mt.max_valid, critic=policy, **kw) for i, cfg in enumerate(cfgs)]  # fmt: skip
     seconds = time.process_time() - t0
     episodes = [e for r in results for e in r.episodes]
     inner = sum(e.inner_steps for e in episodes) + sum(2 * r.inner_steps for r in results)

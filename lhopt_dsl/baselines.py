@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import re
 
 import torch
 from torch import nn
@@ -44,16 +43,16 @@ SCHEDULEFREE_WARMUP = 0.05  # fraction of the run
 PRODIGY_LR = 1.0
 BN_CALIBRATION_BATCHES = 8  # Schedule-Free: BatchNorm statistics recomputed at the evaluated weights
 
-_ADAMW_NAME = re.compile(r"adamw-(?P<shape>.+)-lr(?P<lr>[0-9.eE+-]+)")
-
-
 def schedule_of(name: str) -> Schedule:
     """The AdamW :class:`Schedule` of a baseline name such as ``adamw-cosine_0.1-lr0.0003``."""
-    m = _ADAMW_NAME.fullmatch(name)
-    if m is None or m["shape"] not in SHAPES:
+    try:
+        schedule = Schedule.from_name(name)
+    except ValueError:
+        schedule = None
+    if schedule is None or schedule.optimizer != "adamw":
         raise ValueError(f"unknown baseline '{name}'; known: adamw-<shape>-lr<lr> with shape in "
                          f"{', '.join(SHAPES)}, or {', '.join(TUNING_FREE)}")  # fmt: skip
-    return Schedule(optimizer="adamw", lr=float(m["lr"]), shape=m["shape"])
+    return schedule
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -14,6 +14,14 @@ the validation loss, given with ``observe()`` whenever you have them::
         if step % 500 == 0:
             opt.observe(valid_loss=evaluate(model))
 
+Checkpoint it as any optimizer: ``opt.state_dict()`` holds everything the policy has seen and
+decided (tensors and plain data), so a job resumed from it continues exactly as if uninterrupted::
+
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, path)
+    ...
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
+
 ``ScheduleReplay`` plays a recorded schedule (learning rate, eps, beta2, weight decay over
 progress) on a standard ``torch.optim.AdamW``, stretched to any number of updates, like a
 learning-rate scheduler (paper Section 4.5, Appendix B). Only schedules of a policy meta-trained in
@@ -23,9 +31,10 @@ on AdamW; schedules from any other space are refused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -35,18 +44,20 @@ import yaml
 from torch import nn
 
 from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
-from .schedule import segment_bounds
+from .actor import Actor, Run, carry_from_leaves, carry_leaves, check_actor, take
+from .schedule import Schedule, segment_bounds
 from .observation import FeatureBuilder, Observer, flatten
+from .guard import Guard, checkpoint_data, checkpoint_from_data
 from .optim import CIAO
-from .policy import ActorCritic, EnsembleActorCritic, save_checkpoint
+from .policy import ActorCritic, EnsembleActorCritic, save_checkpoint, to_plain
 from .policy_file import load_policy_file
-from .residual import ResidualPolicy, Target
+from .residual import Residual
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
 
 
-def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[ActorCritic, HyperparameterSpace]:
+def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Actor[Any], HyperparameterSpace]:
     """A policy object, a checkpoint path (``policy.pt`` or a training ``checkpoint.pt``), or None
     for the shipped default; returns it with the hyperparameter space it was trained with (the
     checkpoint's spec records it; the CIAO space for a policy object and for checkpoints that
@@ -63,7 +74,10 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
     space = validate_space((state.get("spec") or {}).get("hparams", {}))
     model = ActorCritic.from_checkpoint(state["policy"])
     if state.get("residual") is not None:  # a policy that acts around a base schedule
-        return ResidualPolicy(model, space, Target.from_name(state["residual"]["base"])), space  # type: ignore[return-value]
+        base = state["residual"].get("base") if isinstance(state["residual"], dict) else None
+        if not isinstance(base, str):
+            raise ValueError(f"{path} records a residual policy without a base schedule's name")
+        return Residual(model, space, Schedule.from_name(base)), space
     return model, space
 
 
@@ -112,6 +126,112 @@ class _Params(nn.Module):
         self.params = nn.ParameterList(params)
 
 
+class _OwnState:
+    """An optimizer as restarts and the guard copy it: its own state and hyperparameters, without
+    the state of what drives it (:meth:`LHOPT.state_dict` adds that)."""
+
+    def __init__(self, optimizer: CIAO):
+        self.optimizer = optimizer
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def state_dict(self) -> dict[str, Any]:
+        return CIAO.state_dict(self.optimizer)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        CIAO.load_state_dict(self.optimizer, state)
+
+
+class Controller:
+    """Drives an optimizer's hyperparameters by an :class:`~lhopt_dsl.actor.Actor` over a run of
+    ``total_steps`` steps, as :class:`ScheduleReplay` drives AdamW's by a recorded schedule: at
+    ``outer_steps`` evenly spaced steps it asks the actor for a decision from what the run reported
+    (an :class:`~lhopt_dsl.observation.Observer`, as in meta-training) and carries it out with the
+    one decision step (:func:`~lhopt_dsl.actor.take`). Its whole state is :meth:`state_dict`."""
+
+    def __init__(self, actor: Actor[Any], space: HyperparameterSpace, optimizer: Any, module: nn.Module, *,
+                 total_steps: int, outer_steps: int, deterministic: bool, seed: int):  # fmt: skip
+        self.actor, self.space, self.optimizer, self.module = actor, space, optimizer, module
+        self.actions = ActionSpace(space)
+        self.features = FeatureBuilder(self.actions, space)
+        check_actor(actor, self.features.policy_size, self.actions.nvec)
+        self.total_steps, self.outer_steps = total_steps, outer_steps
+        self.bounds = segment_bounds(total_steps, outer_steps)
+        self.deterministic = deterministic
+        self.generator = torch.Generator().manual_seed(seed)
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.bank = CheckpointBank(self.features.slots, HPARAM_NAMES)
+        self.initial = current_hparams(optimizer)
+        # What the policy sees, as in meta-training; it also says what it sees of losses never reported.
+        self.observer = Observer(self.features, outer_steps, self.initial)
+        self.step_count, self.decisions = 0, 0
+        self.run = Run(self.initial, outer_steps, seed)
+        self.carry = actor.start([self.run])
+        self.history: list[dict[str, Any]] = []  # hyperparameters chosen at each decision (and guard events)
+
+    @property
+    def due(self) -> bool:
+        """Whether the next step starts a new segment, so the actor decides first."""
+        return self.decisions < self.outer_steps and self.step_count >= self.bounds[self.decisions]
+
+    def decide(self) -> None:
+        x = self.observer.policy(current_hparams(self.optimizer), self.bank.slots, flatten(self.params))
+        step, self.carry = self.actor.act(self.carry, x[None], [self.generator], self.deterministic)
+        set_hparams = functools.partial(apply_action, self.optimizer, self.actions)
+        taken = take(step.actions[0], actions=self.actions, observer=self.observer, bank=self.bank, model=self.module,
+                     optimizer=self.optimizer, set_hparams=set_hparams)  # fmt: skip
+        self.decisions += 1
+        # Exact fraction of the run at which these values take effect (what ScheduleReplay switches on).
+        at = self.bounds[self.decisions - 1] / self.total_steps
+        self.history.append({"progress": at, **taken.applied, "restart": taken.restart[0]})
+
+    def guarded(self, reason: str, valid_loss: float, lr_factor: float) -> None:
+        """The guard restored a copy saved with ``valid_loss`` and lowered the learning rate by ``lr_factor``."""
+        self.carry = self.actor.guarded(self.carry, 0, lr_factor)
+        self.observer.restarted(valid_loss)
+        hparams = {n: float(self.optimizer.param_groups[0][n]) for n in self.actions.hparams}
+        self.history.append({"progress": self.step_count / self.total_steps, **hparams, "restart": "guard",
+                             "reason": reason})  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step, decisions, history, the actor's carry, the observer, the restart slots and the
+        random state, as tensors and plain data."""
+        return to_plain({
+            "total_steps": self.total_steps, "outer_steps": self.outer_steps, "step_count": self.step_count,
+            "decisions": self.decisions, "history": self.history, "generator": self.generator.get_state(),
+            "carry": carry_leaves(self.carry), "observer": self.observer.state_dict(),
+            "slots": [checkpoint_data(c) for c in self.bank.slots],
+        })  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine, theirs = (self.total_steps, self.outer_steps), (int(state["total_steps"]), int(state["outer_steps"]))
+        if mine != theirs:
+            raise ValueError(f"this state was saved by an LHOPT of total_steps={theirs[0]}, outer_steps={theirs[1]}, "
+                             f"but this one has {mine[0]} and {mine[1]}: resume with the settings of the saved run")
+        if len(state["slots"]) != len(self.bank.slots):
+            raise ValueError(f"this state has {len(state['slots'])} checkpoint slots, but the policy's space has "
+                             f"{len(self.bank.slots)}: resume with the policy the state was saved with")
+        self.carry = carry_from_leaves(self.actor.start([self.run]), state["carry"])
+        self.step_count, self.decisions = int(state["step_count"]), int(state["decisions"])
+        self.history = [dict(h) for h in state["history"]]
+        self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8))
+        self.observer.load_state_dict(state["observer"])
+        self.bank.slots = [checkpoint_from_data(c) for c in state["slots"]]
+
+
+def _whole(name: str, value: Any, *, optional: bool = False) -> int | None:
+    """``value`` as a count of steps >= 1 (None where ``optional``), or an error naming it."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a whole number of optimizer steps, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
 class LHOPT(CIAO):
     """CIAO driven by a learned policy; see the module docstring.
 
@@ -119,18 +239,23 @@ class LHOPT(CIAO):
     ``total_steps``); ``model`` (optional) lets restart actions include buffers such as BatchNorm
     statistics, otherwise restarts cover the parameters and optimizer state; ``initial`` sets the
     starting values of the hyperparameters the policy controls (default: its space's ``init``). A
-    policy of the AdamW space runs CIAO as exactly ``torch.optim.AdamW``.
+    policy of the AdamW space runs CIAO as exactly ``torch.optim.AdamW``. Stepping past
+    ``total_steps`` keeps the last hyperparameters, with a warning.
 
-    ``guard`` (on by default) keeps a policy's choices from ruining a run: at every decision where
-    the run looks healthy it keeps a copy of the parameters and optimizer state (and ``model``'s
-    buffers). When a step leaves a parameter non-finite, or the parameters' norm more than
-    ``guard_factor`` times its value after the first step (a diverging run, seen even when no loss
-    is reported), that step is undone; when a reported loss is non-finite or more than
-    ``guard_factor`` times the first one of its kind, the next step is skipped. Either way the copy is restored and the learning rate multiplied by
-    ``guard_lr_factor``, before any forward pass sees the broken state. Each such event is a row of
-    :attr:`history` with ``restart: "guard"`` and the reason, so exported schedules replay the lowered
-    learning rate. It costs one parameter-norm reduction per step and one copy of the training
-    state in memory; ``guard=False`` turns it off.
+    Underneath, a :class:`Controller` drives CIAO's hyperparameters and, unless ``guard=False``, a
+    :class:`~lhopt_dsl.guard.Guard` wraps each step: at every decision where the run looks healthy
+    it keeps a copy of the parameters and optimizer state (and ``model``'s buffers); when a step
+    leaves a parameter non-finite, or the parameters' norm more than ``guard_factor`` times its
+    value after the first step, that step is undone; when a reported loss is non-finite or more
+    than ``guard_factor`` times the first one of its kind, the next step is skipped. Either way the
+    copy is restored and the learning rate multiplied by ``guard_lr_factor``. Each such event is a
+    row of :attr:`history` with ``restart: "guard"`` and the reason, so exported schedules replay the
+    lowered learning rate. It costs one parameter-norm reduction per step and one copy of the
+    training state in memory.
+
+    :meth:`state_dict` holds the controller and the guard too, as tensors and plain data: a job
+    saved at any step and loaded into a fresh ``LHOPT`` (same policy and settings) continues as if
+    it had never stopped.
     """
 
     def __init__(
@@ -149,37 +274,31 @@ class LHOPT(CIAO):
         guard_factor: float = 10.0,
         guard_lr_factor: float = 0.1,
     ):
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        if guard_factor <= 1.0 or not 0.0 < guard_lr_factor < 1.0:
+        total = _whole("total_steps", total_steps)
+        outer = _whole("outer_steps", outer_steps, optional=True)
+        assert total is not None
+        if not guard_factor > 1.0 or not 0.0 < guard_lr_factor < 1.0:
             raise ValueError(f"need guard_factor > 1 and 0 < guard_lr_factor < 1, got {guard_factor}, {guard_lr_factor}")
-        self.policy, self.space = load_policy(policy)
-        start = {n: hp.init for n, hp in self.space.controlled().items()} | (initial or {})
-        super().__init__(params, **self.space.initial(start).ciao_kwargs())
-        self.actions = ActionSpace(self.space)
-        self.features = FeatureBuilder(self.actions, self.space)
-        self.policy.check_compatible(self.features.policy_size, None, self.actions.nvec)  # acting: no critic
-        self.total_steps = total_steps
-        self.outer_steps = min(outer_steps or 32, total_steps)
-        self.bounds = segment_bounds(total_steps, self.outer_steps)
-        if isinstance(self.policy, ResidualPolicy):  # acts around its base schedule, from this run's start
-            self.policy = self.policy.bind(float(self.param_groups[0]["lr"]), self.outer_steps)  # type: ignore[assignment]
-        self.stats_every, self.deterministic = stats_every, deterministic
-        self.generator = torch.Generator().manual_seed(seed)
-        self._all_params = [p for g in self.param_groups for p in g["params"]]
-        self._module = model if model is not None else _Params(self._all_params)
-        self.bank = CheckpointBank(self.features.slots, HPARAM_NAMES)
-        self.initial = current_hparams(self)
-        # What the policy sees, as in meta-training; it also says what it sees of losses never reported.
-        self.observer = Observer(self.features, self.outer_steps, self.initial)
-        self.step_count, self.decisions = 0, 0
-        self._state: tuple = (None, None)
-        self.history: list[dict[str, Any]] = []  # hyperparameters chosen at each decision (and guard events)
-        self.guard, self.guard_factor, self.guard_lr_factor = guard, guard_factor, guard_lr_factor
-        self._first: dict[str, float] = {}  # first finite loss reported, per kind
-        self._first_norm: float | None = None  # the parameters' norm after the first step
-        self._bad: str | None = None  # why the next step must restore the safe copy instead of stepping
-        self._safe = self.bank.snapshot(self._module, self, 0.0, math.nan) if guard else None
+        params = list(params)
+        _refuse_complex(params)
+        actor, space = load_policy(policy)
+        start = {n: hp.init for n, hp in space.controlled().items()} | (initial or {})
+        super().__init__(params, **space.initial(start).ciao_kwargs())
+        self.space, self.total_steps, self.stats_every = space, total, stats_every
+        module = model if model is not None else _Params([p for g in self.param_groups for p in g["params"]])
+        own = _OwnState(self)
+        self.controller = Controller(actor, space, own, module, total_steps=total,
+                                     outer_steps=min(outer or 32, total), deterministic=deterministic, seed=seed)  # fmt: skip
+        self.guard = (Guard(self.controller.params, module, own, factor=guard_factor, lr_factor=guard_lr_factor,
+                            on_restore=functools.partial(self._restored, guard_lr_factor)) if guard else None)  # fmt: skip
+        self._warned = False
+
+    # Read-only views of the controller (what users and tests inspect).
+    actor = property(lambda self: self.controller.actor)
+    history = property(lambda self: self.controller.history)
+    decisions = property(lambda self: self.controller.decisions)
+    step_count = property(lambda self: self.controller.step_count)
+    outer_steps = property(lambda self: self.controller.outer_steps)
 
     def observe(self, *, train_loss: float | None = None, valid_loss: float | None = None) -> None:
         """Report losses; the policy sees the mean training loss since its last decision and the
@@ -193,49 +312,14 @@ class LHOPT(CIAO):
             if value is None:
                 continue
             value = float(value)
-            if self.guard and self._diverged(kind, value):
-                self._bad = self._bad or f"{kind} {value:.4g}"
-                continue
-            self.observer.report(**{kind: value})
+            if self.guard is None or self.guard.accepts(kind, value):
+                self.controller.observer.report(**{kind: value})
 
-    def _diverged(self, kind: str, value: float) -> bool:
-        """Whether ``value`` (a loss of ``kind``) says the run is diverging; records the first finite one."""
-        if not math.isfinite(value):
-            return True
-        first = self._first.setdefault(kind, value)
-        return value > self.guard_factor * max(abs(first), 1e-12)
+    def _restored(self, lr_factor: float, reason: str, valid_loss: float) -> None:
+        self.controller.guarded(reason, valid_loss, lr_factor)
 
-    def _restore_safe(self, reason: str) -> None:
-        """Go back to the last healthy copy and lower the learning rate; recorded in the history."""
-        assert self._safe is not None
-        self.bank.restore(self._safe, self._module, self)
-        for group in self.param_groups:
-            group["lr"] *= self.guard_lr_factor
-        if hasattr(self.policy, "lowered"):  # a residual policy: its offset from the base schedule follows
-            self.policy.lowered(self.guard_lr_factor)
-        self.observer.restarted(self._safe.valid_loss)
-        hparams = {n: float(self.param_groups[0][n]) for n in self.actions.hparams}
-        self.history.append({"progress": self.step_count / self.total_steps, **hparams, "restart": "guard",
-                             "reason": reason})  # fmt: skip
-        self._bad = None
-
-    def _decide(self) -> None:
-        if self.guard and self._bad is None and self.step_count > 0:  # healthy so far: the copy to go back to
-            self._safe = self.bank.snapshot(self._module, self, self.step_count / self.total_steps,
-                                            self.observer.valid_loss)  # fmt: skip
-        x = self.observer.policy(current_hparams(self), self.bank.slots, flatten(self._all_params))
-        x = self.policy.policy_norm(x, update=False)
-        v = np.zeros(self.policy.shape.value_size, dtype=np.float32)  # the critic is not needed to act
-        action, _, _, self._state = self.policy.act(x, v, self._state, self.generator, self.deterministic)
-        kind, slot = self.actions.restart(action) if self.features.slots else ("none", -1)
-        valid = self.bank.apply(kind, slot, self._module, self, self.observer.progress, self.observer.valid_loss)
-        self.observer.restarted(valid)
-        applied = apply_action(self, self.actions, action)
-        self.observer.acted(action)
-        self.decisions += 1
-        # Exact fraction of the run at which these values take effect (what ScheduleReplay switches on).
-        at = self.bounds[self.decisions - 1] / self.total_steps
-        self.history.append({"progress": at, **applied, "restart": kind})
+    def _skipped(self) -> None:
+        self.controller.step_count += 1
 
     @torch.no_grad()
     def step(self, closure=None, *, stats: bool | None = None, loss: float | None = None):  # noqa: ANN001
@@ -245,40 +329,60 @@ class LHOPT(CIAO):
         healthy state restored instead, and a step that leaves a parameter non-finite (non-finite
         gradients, an overflowing update) is undone the same way, before any forward pass sees it.
         """
-        if self.guard and self._bad is not None:
-            self._restore_safe(self._bad)
-            self.step_count += 1
-            return None
-        if self.decisions < self.outer_steps and self.step_count >= self.bounds[self.decisions]:
-            self._decide()
-        want = (self.step_count + 1) % self.stats_every == 0 if stats is None else stats
-        if loss is None:
-            loss = self.observer.last_train_loss
-        out = super().step(closure, stats=want, loss=loss)
+        run = functools.partial(self._controlled_step, closure, stats, loss)
+        return run() if self.guard is None else self.guard.step(run, self._skipped)
+
+    def _controlled_step(self, closure: Any, stats: bool | None, loss: float | None) -> Any:
+        c = self.controller
+        if c.step_count >= self.total_steps and not self._warned:
+            self._warned = True
+            warnings.warn(f"LHOPT stepped past total_steps={self.total_steps}: the policy made its last decision at "
+                          f"step {c.bounds[-2]} and the hyperparameters stay as they are; pass the run's real length "
+                          "as total_steps", RuntimeWarning, stacklevel=3)  # fmt: skip
+        if c.due:
+            if self.guard is not None and c.step_count > 0:  # healthy so far: the copy to go back to
+                self.guard.keep(c.step_count / self.total_steps, c.observer.valid_loss)
+            c.decide()
+        want = (c.step_count + 1) % self.stats_every == 0 if stats is None else stats
+        out = super().step(closure, stats=want, loss=c.observer.last_train_loss if loss is None else loss)
         if want and self.stats is not None:
-            self.observer.report(stats=self.stats)
-        self.step_count += 1
-        if self.guard and (problem := self._parameters_problem()):
-            self._restore_safe(problem)
+            c.observer.report(stats=self.stats)
+        c.step_count += 1
         return out
 
-    def _parameters_problem(self) -> str | None:
-        """Why the parameters say the run is diverging (None if they do not): a non-finite entry, or
-        a norm more than ``guard_factor`` times the initial one. The second needs no reported loss:
-        a run whose user reports none can still blow up (its weights grow without bound)."""
-        # One fused reduction: the norm of all parameters is finite exactly when every entry is.
-        norm = float(torch.nn.utils.get_total_norm(self._all_params, foreach=True))
-        if not math.isfinite(norm):
-            return "non-finite parameters"
-        if self._first_norm is None:
-            self._first_norm = norm if norm > 0 else None  # all zeros: the first non-zero norm instead
-        elif norm > self.guard_factor * self._first_norm:
-            return f"parameter norm {norm:.4g}, over {self.guard_factor:g}x the initial {self._first_norm:.4g}"
-        return None
+    def state_dict(self) -> dict[str, Any]:
+        """CIAO's state and hyperparameters, and under ``"lhopt"`` the controller's and the guard's."""
+        state = super().state_dict()
+        guard = None if self.guard is None else to_plain(self.guard.state_dict())
+        state["lhopt"] = {"controller": self.controller.state_dict(), "guard": guard}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`; one without the ``"lhopt"`` entry (a plain CIAO one) restores CIAO alone."""
+        state = dict(state_dict)
+        extra = state.pop("lhopt", None)
+        super().load_state_dict(state)
+        if extra is None:
+            return
+        if (extra["guard"] is None) != (self.guard is None):
+            raise ValueError("this state was saved with the guard " + ("off" if extra["guard"] is None else "on") +
+                             "; resume with the same guard setting")  # fmt: skip
+        self.controller.load_state_dict(extra["controller"])
+        if self.guard is not None:
+            self.guard.load_state_dict(extra["guard"])
 
     def schedule(self) -> dict[str, Any]:
         """The hyperparameters chosen so far, as a schedule document (see :func:`schedule_from_history`)."""
         return schedule_from_history(self.history, self.space.space)
+
+
+def _refuse_complex(params: list[Any]) -> None:
+    """Complex parameters, refused up front with what to do (CIAO's statistics are real-valued)."""
+    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+    if any(torch.is_tensor(p) and p.is_complex() for p in tensors):
+        raise ValueError("LHOPT does not support complex parameters: CIAO's update and the policy's features are "
+                         "defined on real numbers. Keep each complex parameter as a real one of twice the size "
+                         "(torch.view_as_real) and view it as complex in your model's forward")
 
 
 # --- fixed schedules -----------------------------------------------------------------------------
@@ -372,7 +476,7 @@ class ScheduleReplay:
         self.progress = np.asarray(self.schedule["progress"], dtype=np.float64)
         if len(self.progress) == 0 or np.any(np.diff(self.progress) < 0):
             raise ValueError("a schedule needs at least one row, in increasing progress")
-        self.total_steps = total_steps
+        self.total_steps = _whole("total_steps", total_steps)
         self.last_step = 0
         self._apply(0)
 
@@ -391,8 +495,16 @@ class ScheduleReplay:
         self._apply(self.last_step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self.last_step}
+        """Where the replay is, and the run it was made for (plain data); with the optimizer's own
+        state dict it resumes a run exactly."""
+        return {"last_step": self.last_step, "total_steps": self.total_steps, "rows": len(self.progress)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("total_steps", self.total_steps)) != self.total_steps:
+            raise ValueError(f"this state was saved by a ScheduleReplay of total_steps={state['total_steps']}, but this "
+                             f"one has {self.total_steps}: resume with the settings of the saved run")
+        if int(state.get("rows", len(self.progress))) != len(self.progress):
+            raise ValueError(f"this state was saved replaying a schedule of {state['rows']} rows, but this one has "
+                             f"{len(self.progress)}: resume with the schedule of the saved run")
         self.last_step = int(state["last_step"])
         self._apply(self.last_step)

@@ -2,7 +2,7 @@
 
 The actor outputs one categorical distribution per action dimension. Training samples from them;
 evaluation and the drop-in optimizer act *greedily* (:meth:`~lhopt_dsl.policy.ActorCritic.act`
-with ``deterministic=True``: the most probable value of each dimension). A cloned policy is often
+with ``greedy=True``: the most probable value of each dimension). A cloned policy is often
 unsure between neighbouring actions (its labels decay the learning rate by x0.9 at some
 decisions and keep it at others, at moments no observation tells apart), and greedy acting then
 takes the majority action every time. Two alternatives, for measuring what that costs
@@ -21,83 +21,105 @@ On the first 106 held-out tasks the shipped default policy does best greedy (doc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from .actions import ActionSpace
+from .actor import Actor, Run, Step
 from .policy import ActorCritic
-from .residual import ResidualPolicy
 from .spec.hparams import HyperparameterSpace
 
 DECODINGS = ("greedy", "mean", "sample")
 
 
-class DecodedPolicy:
-    """``policy`` acting under ``decode`` (one of :data:`DECODINGS`); it stands in for the policy
-    wherever an episode is run greedily (:func:`~lhopt_dsl.rollout.run_episode`). Its recurrent
-    state carries the error-diffusion residual, so each episode starts from zero.
+class DecodedCarry(NamedTuple):
+    """The network's carry, and per run (row) the error-diffusion residuals and its generator's state."""
 
-    ``seed``: the sampling generator's seed (``sample``); :meth:`for_task` gives a copy per task so
-    that the draws do not depend on the order in which a worker meets its tasks."""
+    inner: Any
+    residual: tuple[tuple[float, ...], ...]
+    rng: tuple[torch.Tensor, ...]
 
-    def __init__(self, policy: ActorCritic, space: HyperparameterSpace, decode: str, seed: int = 0):
+
+class Decoded:
+    """``network`` acting under ``decode`` (one of :data:`DECODINGS`), an :class:`~lhopt_dsl.actor.Actor`.
+    Its carry holds each run's error-diffusion residual (from zero) and, for ``sample``, the state of
+    the run's own generator, seeded by the run's seed (:attr:`~lhopt_dsl.actor.Run.seed`: the task's
+    index in evaluation), so that the draws do not depend on which tasks a worker met before."""
+
+    def __init__(self, network: ActorCritic, space: HyperparameterSpace, decode: str):
         if decode not in DECODINGS:
             raise ValueError(f"decode must be one of {', '.join(DECODINGS)}, got {decode!r}")
         actions = ActionSpace(space)
-        if tuple(actions.nvec) != tuple(policy.shape.nvec):
-            raise ValueError(f"the policy's action sizes {list(policy.shape.nvec)} are not this space's {actions.nvec}")
-        self.policy, self.space, self.decode, self.seed = policy, space, decode, int(seed)
-        self.shape, self.normalise, self.policy_norm = policy.shape, policy.normalise, policy.policy_norm
+        if tuple(actions.nvec) != tuple(network.nvec):
+            raise ValueError(f"the policy's action sizes {list(network.nvec)} are not this space's {actions.nvec}")
+        self.network, self.space, self.decode = network, space, decode
+        self.kind = f"{network.kind}, decoded by {decode}"
         # each hyperparameter's action values in additive units (the restart dimension has none)
         self.units = [np.log(np.asarray(hp.action.values, dtype=np.float64)) if hp.action.type == "scale"
                       else np.asarray(hp.action.values, dtype=np.float64) for hp in actions.hparams.values()]  # fmt: skip
-        self.generator = torch.Generator().manual_seed(self.seed)
 
-    def for_task(self, seed: int) -> "DecodedPolicy":
-        return DecodedPolicy(self.policy, self.space, self.decode, seed)
+    @property
+    def policy_size(self) -> int:
+        return self.network.policy_size
+
+    @property
+    def nvec(self) -> tuple[int, ...]:
+        return self.network.nvec
+
+    def start(self, runs: Sequence[Run]) -> DecodedCarry:
+        rng = tuple(torch.Generator().manual_seed(int(r.seed)).get_state() for r in runs)
+        return DecodedCarry(self.network.start(runs), ((0.0,) * len(self.units),) * len(runs), rng)
 
     @torch.no_grad()
-    def act(self, x: np.ndarray, v: np.ndarray, state: tuple, generator: torch.Generator | None = None,
-            deterministic: bool = True) -> tuple[np.ndarray, float, float, tuple]:  # fmt: skip
-        """As :meth:`ActorCritic.act` (``generator`` and ``deterministic`` are ignored: the decoding
-        decides); the state is ``(actor state, critic state, residual)``."""
+    def act(self, carry: DecodedCarry, features: np.ndarray, generators: Sequence[torch.Generator | None],
+            greedy: bool) -> tuple[Step, DecodedCarry]:  # fmt: skip
+        """As :meth:`~lhopt_dsl.policy.ActorCritic.act`; ``generators`` and ``greedy`` are ignored
+        (the decoding decides)."""
         if self.decode == "greedy":
-            action, logprob, value, (a, c) = self.policy.act(x, v, state[:2], None, True)
-            return action, logprob, value, (a, c, None)
-        residual = np.zeros(len(self.units)) if len(state) < 3 or state[2] is None else state[2].copy()
-        xt = torch.as_tensor(x, dtype=torch.float32).view(1, 1, -1)
-        vt = torch.as_tensor(v, dtype=torch.float32).view(1, 1, -1)
-        logits, a_state = self.policy.actor_forward(xt, state[0])
-        value, c_state = self.policy.critic_forward(xt, vt, state[1])
-        chosen, logprob = [], 0.0
-        for d, dist in enumerate(self.policy.dists(logits[0, 0])):
+            step, inner = self.network.act(carry.inner, features, generators, True)
+            return step, carry._replace(inner=inner)
+        x = self.network.policy_norm(np.asarray(features).reshape(-1, self.policy_size), update=False)
+        logits, inner = self.network.actor_forward(torch.as_tensor(x, dtype=torch.float32).unsqueeze(0), carry.inner)
+        rows = [self._row(logits[0, b], carry.residual[b], carry.rng[b]) for b in range(len(x))]
+        actions = np.stack([a for a, _, _, _ in rows])
+        step = Step(actions, np.asarray([lp for _, lp, _, _ in rows]), x, actions)
+        return step, DecodedCarry(inner, tuple(r for _, _, r, _ in rows), tuple(g for _, _, _, g in rows))
+
+    def _row(self, logits: torch.Tensor, residual: tuple[float, ...],
+             rng: torch.Tensor) -> tuple[np.ndarray, float, tuple[float, ...], torch.Tensor]:  # fmt: skip
+        """One run's action, its log-probability, and its residuals and generator state after it."""
+        generator = torch.Generator()
+        generator.set_state(rng)
+        res, chosen, logprob = list(residual), [], 0.0
+        for d, dist in enumerate(self.network.dists(logits)):
             if self.decode == "sample":
-                a = int(torch.multinomial(dist.probs, 1, generator=self.generator))
+                a = int(torch.multinomial(dist.probs, 1, generator=generator))
             elif d < len(self.units):
                 u = self.units[d]
-                residual[d] += float(dist.probs.double().numpy() @ u)
-                a = int(np.argmin(np.abs(residual[d] - u)))
-                residual[d] -= u[a]
+                r = res[d] + float(dist.probs.double().numpy() @ u)
+                a = int(np.argmin(np.abs(r - u)))
+                res[d] = float(r - u[a])
             else:
                 a = int(torch.argmax(dist.probs))
             chosen.append(a)
             logprob += float(dist.log_prob(torch.tensor(a)))
-        return np.asarray(chosen, dtype=np.int64), logprob, float(value), (a_state, c_state, residual)
+        return np.asarray(chosen, dtype=np.int64), logprob, tuple(res), generator.get_state()
+
+    def guarded(self, carry: DecodedCarry, row: int, lr_factor: float) -> DecodedCarry:
+        return carry._replace(inner=self.network.guarded(carry.inner, row, lr_factor))
 
 
-def decoded(policy: Any, space: HyperparameterSpace, decode: str) -> Any:
-    """``policy`` under ``decode``; greedy returns it unchanged (and so does anything that is not an
-    :class:`ActorCritic`, such as a fixed schedule's follower, which has no distribution to decode)."""
+def decoded(actor: Actor[Any], space: HyperparameterSpace, decode: str) -> Actor[Any]:
+    """``actor`` under ``decode``; greedy returns it unchanged. Only a network's (or an ensemble's)
+    action distributions can be decoded."""
     if decode not in DECODINGS:
         raise ValueError(f"decode must be one of {', '.join(DECODINGS)}, got {decode!r}")
     if decode == "greedy":
-        return policy
-    if isinstance(policy, ResidualPolicy):
-        raise ValueError("a residual policy acts greedily around its base schedule; --decode mean|sample decode "
-                         "plain policies only")
-    if not isinstance(policy, ActorCritic):
-        return policy
-    return DecodedPolicy(policy, space, decode)
-
+        return actor
+    if not isinstance(actor, ActorCritic):  # the one place that needs a network's distributions
+        raise ValueError(f"a {actor.kind} policy has no action distribution to decode (a residual policy acts "
+                         "greedily around its base schedule, a fixed schedule follows it): --decode mean|sample "
+                         "decode plain policies and ensembles only")  # fmt: skip
+    return Decoded(actor, space, decode)

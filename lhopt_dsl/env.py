@@ -14,6 +14,7 @@ restart from a checkpoint. The reward is a callable the environment is given; th
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
+from .actor import take
 from .compile import compile_task
 from .compile.task import InnerTask
 from .observation import FULL_CADENCE, FeatureBuilder, Observer, flatten
@@ -134,18 +136,13 @@ class InnerTrainingEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self.k >= self.task.outer_steps:
             raise RuntimeError("the episode has ended; call reset()")
-        a = self.actions.check(action)
-        kind, slot = self.actions.restart(a) if self.features.slots else ("none", -1)
         # The reward compares with the loss the run had before any restart: a load that jumps back
         # to a better checkpoint must not be paid for twice (rewards telescope over the episode).
         prev_valid = self.valid_loss
-        # Checkpoints keep the validation loss the policy was told (the drop-in knows no other);
-        # the measured one is measured again after the segment.
-        told = self.bank.apply(kind, slot, self.task.model, self.optimizer, self.observer.progress,
-                               self.observer.valid_loss)  # fmt: skip
-        self.observer.restarted(told)
-        applied = apply_action(self.optimizer, self.actions, a)
-        self.observer.acted(a)
+        # The measured validation loss is measured again after the segment.
+        taken = take(np.asarray(action), actions=self.actions, observer=self.observer, bank=self.bank,
+                     model=self.task.model, optimizer=self.optimizer,
+                     set_hparams=functools.partial(apply_action, self.optimizer, self.actions))  # fmt: skip
         start, stop = self.bounds[self.k], self.bounds[self.k + 1]
         seg = train_segment(self.task, self.optimizer, stop - start, start, self.stats_every, reports=self.cadence.trains)
         self.train_loss = seg.train_loss
@@ -161,7 +158,7 @@ class InnerTrainingEnv(gym.Env):
                                                 self.valid_loss, prev_valid, done, self.config)))  # fmt: skip
         self.reward_so_far += reward
         obs = self._observe()
-        info = self._info(applied=applied, restart=(kind, slot))
+        info = self._info(applied=taken.applied, restart=taken.restart)
         if done:
             info["test_loss"] = self.test_loss  # the run's score; the policy never sees it
         return obs, reward, done, False, info

@@ -22,13 +22,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .actions import ActionSpace
-from .observation import FULL_CADENCE, Cadence, FeatureBuilder
-from .policy import ActorCritic, PolicyShape
+from .observation import FULL_CADENCE, Cadence
+from .actor import Actor
+from .policy import ActorCritic
 from .rollout import Episode, task_rollouts
 from .sample import TaskConfig
-from .residual import ResidualPolicy, Target, nearest_lr_action
-from .schedule import shape_factor
+from .residual import Follow, Residual
+from .schedule import KEEP, Schedule, shape_factor
 from .spec.hparams import HyperparameterSpace
 
 #: The default grid: CIAO learning rates (a fraction of each layer's norm per step, under LAMB's
@@ -37,94 +37,11 @@ DEFAULT_LRS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 DEFAULT_SHAPES: tuple[str, ...] = ("constant", "cosine", "linear")
 
 
-def default_targets(lrs: Sequence[float] = DEFAULT_LRS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[Target]:
+def default_targets(lrs: Sequence[float] = DEFAULT_LRS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[Schedule]:
     """``keep`` first, then every learning rate with every shape."""
     for s in shapes:
         shape_factor(s, 0.0)  # unknown shapes fail here, with the known ones listed
-    return [Target(None)] + [Target(lr, s) for lr in lrs for s in shapes]
-
-
-class ScheduleFollower:
-    """Acts in place of a policy in :func:`~lhopt_dsl.rollout.task_rollouts`: member ``r`` of a
-    task's rollouts follows ``targets[r]``.
-
-    It reads nothing from the run: actions change the learning rate deterministically (a scale,
-    then the bounds' clamp), so the follower tracks the value it has set. Episodes are handed out
-    in order: the population path asks for all members in one batch, the sequential path starts
-    one episode after another, each taking the next target. Normalisers and the critic are the
-    ``learner``'s, so the recorded episodes look as the learner's own would.
-    """
-
-    def __init__(self, learner: ActorCritic | None, space: HyperparameterSpace, targets: Sequence[Target],
-                 initial_lr: float, outer_steps: int):  # fmt: skip
-        self.actions = ActionSpace(space)  # every space's policy controls lr
-        if not self.actions.keeps().all():
-            lacking = [n for n, k in zip(self.actions.names, self.actions.keeps()) if not k]
-            raise ValueError(
-                f"a schedule follower keeps every hyperparameter but the learning rate, but this space has no action "
-                f"that keeps {', '.join(lacking)} (only scales away from 1 or shifts away from 0); add one (x1 for a "
-                "scale, +0 for a logit shift) to their action values, as task_specs/cpu.yaml does"
-            )
-        self.learner, self.targets = learner, list(targets)
-        if learner is not None:
-            self.shape, self.policy_norm, self.value_norm = learner.shape, learner.policy_norm, learner.value_norm
-            self.critic_forward, self.normalise = learner.critic_forward, learner.normalise
-        else:  # acting alone (evaluation): the features are recorded as they come
-            features = FeatureBuilder(self.actions, space)
-            self.shape = PolicyShape(features.policy_size, features.value_size, tuple(self.actions.nvec))
-            self.policy_norm = lambda x, update=False: np.asarray(x, dtype=np.float32)
-        self.initial_lr, self.outer = float(initial_lr), int(outer_steps)
-        self.lr_dim = self.actions.names.index("lr")
-        self.lr_param = self.actions.hparams["lr"]
-        self.keep = self.actions.identity()
-        self.started = 0  # episodes handed out so far
-
-    def choose(self, target: Target, current: float, t: int) -> tuple[np.ndarray, float]:
-        """The action at decision ``t`` for a member whose learning rate is ``current``, and the
-        learning rate it sets."""
-        action = self.keep.copy()
-        goal = target.at(t / self.outer)
-        if goal is None:
-            return action, current
-        action[self.lr_dim], lr = nearest_lr_action(self.lr_param, current, goal, int(self.keep[self.lr_dim]))
-        return action, lr
-
-    def _take(self, n: int) -> list[Target]:
-        if self.started + n > len(self.targets):
-            raise RuntimeError(f"{self.started + n} episodes asked of a follower of {len(self.targets)} targets")
-        taken = self.targets[self.started : self.started + n]
-        self.started += n
-        return taken
-
-    def act(self, x: np.ndarray, v: np.ndarray, state: tuple[Any, Any], generator: Any = None,
-            deterministic: bool = False) -> tuple[np.ndarray, float, float, tuple[Any, Any]]:  # fmt: skip
-        """One decision of one episode (the sequential path); a ``(None, None)`` state starts the next target."""
-        mine = state[0] if state[0] is not None else (self._take(1)[0], self.initial_lr, 0)
-        target, lr, t = mine
-        action, lr = self.choose(target, lr, t)
-        return action, 0.0, 0.0, ((target, lr, t + 1), None)
-
-    def act_batch(self, x: np.ndarray, state: Any, generators: list[Any], deterministic: bool = False):
-        """One decision of every member (the population path); a ``None`` state starts as many targets as rows."""
-        targets, lrs, t = state if state is not None else (self._take(len(x)), [self.initial_lr] * len(x), 0)
-        chosen = [self.choose(tg, lr, t) for tg, lr in zip(targets, lrs)]
-        return np.stack([a for a, _ in chosen]), np.zeros(len(x)), (targets, [lr for _, lr in chosen], t + 1)
-
-
-@dataclass(frozen=True)
-class FixedSchedule:
-    """One learning-rate schedule followed through a space's actions from a task's initial values,
-    evaluated as if it were a policy (``lhopt eval --schedule``): the baseline a learned policy has
-    to beat to show that it learned more than a good schedule."""
-
-    target: Target
-    space: HyperparameterSpace
-
-    def __post_init__(self) -> None:
-        ScheduleFollower(None, self.space, [self.target], 1e-3, 1)  # a space it cannot follow in fails here
-
-    def follower(self, cfg: TaskConfig) -> ScheduleFollower:
-        return ScheduleFollower(None, self.space, [self.target], cfg.hparams.lr, cfg.task.outer_steps)
+    return [KEEP] + [Schedule(optimizer=None, lr=lr, shape=s) for lr in lrs for s in shapes]
 
 
 @dataclass
@@ -160,7 +77,7 @@ class Demonstration:
         return cls(**{**data, **arrays})
 
 
-def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpace, targets: Sequence[Target], *,
+def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpace, targets: Sequence[Schedule], *,
                 seed: int, device: str = "cpu", data_dir: str | None = None, max_valid: int = 512,
                 population: bool = True, compiled: bool = False,
                 cadence: Cadence = FULL_CADENCE) -> tuple[Demonstration, list[Episode]]:  # fmt: skip
@@ -171,10 +88,10 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
     losses the runs report (the demonstrations then hold the observations a policy has under it).
     """
     t0 = time.perf_counter()
-    follower = ScheduleFollower(learner, space, targets, cfg.hparams.lr, cfg.task.outer_steps)
-    result = task_rollouts(cfg, follower, None, space, rollouts=len(targets), seed=seed, device=device,  # type: ignore[arg-type]
+    follower = Follow(targets, space, learner.policy_norm)  # the learner's normalisers and critic
+    result = task_rollouts(cfg, follower, None, space, rollouts=len(targets), seed=seed, device=device,
                            data_dir=data_dir, max_valid=max_valid, population=population, compiled=compiled,
-                           cadence=cadence)  # fmt: skip
+                           cadence=cadence, critic=learner)  # fmt: skip
     finals = [e.valid_curve[-1] if math.isfinite(e.valid_curve[-1]) else math.inf for e in result.episodes]
     best = int(np.argmin(finals))
     ep = result.episodes[best]
@@ -184,10 +101,10 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
     return demo, result.episodes
 
 
-def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, target: Target, *, device: str = "cpu",
+def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, target: Schedule, *, device: str = "cpu",
             data_dir: str | None = None, max_valid: int = 512, cadence: Cadence = FULL_CADENCE,
-            follow: Target | None = None, weights: dict[str, float] | None = None,
-            residual: ResidualPolicy | None = None) -> Demonstration:  # fmt: skip
+            follow: Schedule | None = None, weights: dict[str, float] | None = None,
+            residual: Residual | None = None) -> Demonstration:  # fmt: skip
     """A DAgger demonstration: ``policy``'s own greedy episode on ``cfg``, each decision labelled
     with the action the follower of ``target`` (the task's best schedule) takes from the learning
     rate the policy had reached there. Cloning these teaches the way back from the states the
@@ -199,7 +116,7 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
     only its normalisers): how a task gets a demonstration of a schedule other than its best.
     ``weights``: each schedule's weight (:func:`target_weights`); the demonstration then also
     carries :func:`soft_labels` from the learning rates the policy reached.
-    ``residual``: ``policy`` wrapped around a base schedule (:class:`~lhopt_dsl.residual.ResidualPolicy`);
+    ``residual``: ``policy`` wrapped around a base schedule (:class:`~lhopt_dsl.residual.Residual`);
     the episode is then its own, and the learning-rate labels are the offset actions from the
     offsets it had reached towards those that follow ``target``."""
     from .env import InnerTrainingEnv, log_improvement_reward
@@ -207,30 +124,32 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
 
     t0 = time.perf_counter()
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
-    follower = ScheduleFollower(policy, space, [target], cfg.hparams.lr, cfg.task.outer_steps)
+    follower = Follow([target], space, policy.policy_norm)
     if residual is not None and (follow is not None or weights is not None):
         raise ValueError("a residual policy's episodes are relabelled with hard labels of its own task's schedule only")
-    actor: Any = policy if follow is None else ScheduleFollower(policy, space, [follow], cfg.hparams.lr, cfg.task.outer_steps)
+    actor: Actor[Any] = policy if follow is None else Follow([follow], space, policy.policy_norm)
     if residual is not None:
-        actor = residual.bind(cfg.hparams.lr, cfg.task.outer_steps)
-    ep = run_episode(env, cfg, actor, log_improvement_reward, deterministic=True, cadence=cadence)  # type: ignore[arg-type]
+        actor = residual
+    ep = run_episode(env, cfg, actor, log_improvement_reward, deterministic=True, critic=policy, cadence=cadence)
+    outer = cfg.task.outer_steps
     befores = [cfg.hparams.lr] + [ep.hparams[t]["lr"] for t in range(len(ep) - 1)]
     if residual is None:
-        labels = np.stack([follower.choose(target, before, t)[0] for t, before in enumerate(befores)])
+        labels = np.stack([follower.choose(target, before, t, outer)[0] for t, before in enumerate(befores)])
     else:
         labels = np.tile(follower.keep, (len(ep), 1))
         wanted = residual.offsets(target, cfg.hparams.lr, len(ep))
-        labels[:, residual.lr_dim] = residual.labels(wanted, [m for m, _ in actor.trace])
-    soft = None if weights is None else soft_labels(follower, weights, befores)
+        assert ep.proposed is not None
+        labels[:, residual.lr_dim] = residual.labels(wanted, residual.offsets_before(ep.proposed[:, residual.lr_dim]))
+    soft = None if weights is None else soft_labels(follower, weights, befores, outer)
     return Demonstration(cfg.task_id, cfg.family, target.name, ep.raw_policy, ep.raw_value, labels,
                          np.full(len(ep), np.nan), ep.valid_curve[-1], math.nan, math.nan,
                          time.perf_counter() - t0, soft=soft)  # fmt: skip
 
 
-def residual_demo(demo: Demonstration, residual: ResidualPolicy, target: Target, initial_lr: float) -> Demonstration:
+def residual_demo(demo: Demonstration, residual: Residual, target: Schedule, initial_lr: float) -> Demonstration:
     """``demo`` (a follower's episode of ``target``, from ``initial_lr``) labelled for a residual
     policy: its learning-rate labels become the offset actions from the base towards ``target``
-    (:meth:`~lhopt_dsl.residual.ResidualPolicy.labels`), the rest stays. Where the target is the
+    (:meth:`~lhopt_dsl.residual.Residual.labels`), the rest stays. Where the target is the
     base itself every label keeps."""
     if demo.soft is not None:
         raise ValueError("soft labels and residual labels do not combine; pass one of --soft and --base")
@@ -286,7 +205,7 @@ def consensus(demos: Sequence[Demonstration], margin: float) -> tuple[str, dict[
 def mean_lr(name: str, points: int = 64) -> float:
     """A target's learning rate averaged over the run (midpoints of ``points`` equal parts); ``keep``
     is -inf: it sets nothing, so it is never the bolder of two schedules."""
-    target = Target.from_name(name)
+    target = Schedule.from_name(name)
     if target.lr is None:
         return -math.inf
     return float(np.mean([target.at((i + 0.5) / points) for i in range(points)]))
@@ -331,27 +250,27 @@ def target_weights(losses: dict[str, float], temperature: float) -> dict[str, fl
     return {n: w / total for n, w in raw.items()}
 
 
-def lr_trajectory(follower: ScheduleFollower, actions: np.ndarray) -> list[float]:
-    """The learning rate before each decision of an episode that took ``actions`` from the
-    follower's initial value and never restarted (a follower's own episode)."""
+def lr_trajectory(follower: Follow, actions: np.ndarray, initial_lr: float) -> list[float]:
+    """The learning rate before each decision of an episode that took ``actions`` from
+    ``initial_lr`` and never restarted (a follower's own episode)."""
     values = follower.lr_param.action.values
-    lrs = [follower.initial_lr]
+    lrs = [float(initial_lr)]
     for a in np.asarray(actions)[:-1, follower.lr_dim]:
         lrs.append(follower.lr_param.apply(lrs[-1], values[int(a)]))
     return lrs
 
 
-def soft_labels(follower: ScheduleFollower, weights: dict[str, float], lrs: Sequence[float]) -> np.ndarray:
-    """Soft labels of the learning-rate action, (T, n): at decision ``t``, from learning rate
-    ``lrs[t]``, each schedule of ``weights`` puts its weight on the action its follower would take
-    there (:meth:`ScheduleFollower.choose`). Where the near-best schedules agree the label is
-    sharp; where they part, it spreads over their actions."""
-    n = int(follower.shape.nvec[follower.lr_dim])
-    targets = [(Target.from_name(name), w) for name, w in weights.items() if w > 0]
+def soft_labels(follower: Follow, weights: dict[str, float], lrs: Sequence[float], outer: int) -> np.ndarray:
+    """Soft labels of the learning-rate action, (T, n): at decision ``t`` of ``outer``, from learning
+    rate ``lrs[t]``, each schedule of ``weights`` puts its weight on the action its follower would
+    take there (:meth:`~lhopt_dsl.residual.Follow.choose`). Where the near-best schedules agree the
+    label is sharp; where they part, it spreads over their actions."""
+    n = int(follower.nvec[follower.lr_dim])
+    targets = [(Schedule.from_name(name), w) for name, w in weights.items() if w > 0]
     out = np.zeros((len(lrs), n), dtype=np.float64)
     for t, current in enumerate(lrs):
         for target, w in targets:
-            out[t, follower.choose(target, current, t)[0][follower.lr_dim]] += w
+            out[t, follower.choose(target, current, t, outer)[0][follower.lr_dim]] += w
     return out / out.sum(axis=1, keepdims=True)
 
 

@@ -377,6 +377,36 @@ class Observer:
         """Progress of the latest vector, that is of the decision it serves."""
         return self.seen[-1].progress
 
+    # --- saving and resuming -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything this run has told it (and its feature history), as numbers, lists and arrays:
+        an observer restored from it gives the next vectors exactly as this one would."""
+        return {
+            "cdf": self.features.cdf.state_dict(),
+            "valid_history": list(self.features.valid_history),
+            "seen": [list(s) for s in self.seen],
+            "prev_action": None if self.prev_action is None else np.asarray(self.prev_action, dtype=np.int64).copy(),
+            "valid_loss": self.valid_loss,
+            "train": list(self._train),
+            "stats": [dict(s) for s in self._stats],
+            "last_stats": dict(self._last_stats),
+            "prev_params": None if self._prev_params is None else self._prev_params.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.features.cdf.load_state_dict({k: v.numpy() if torch.is_tensor(v) else v for k, v in state["cdf"].items()})
+        self.features.valid_history = [float(v) for v in state["valid_history"]]
+        self.seen = [Seen(*(float(x) for x in s)) for s in state["seen"]]
+        action = state["prev_action"]
+        self.prev_action = None if action is None else np.asarray(action, dtype=np.int64).copy()
+        self.valid_loss = float(state["valid_loss"])
+        self._train = [float(v) for v in state["train"]]
+        self._stats = [{str(k): float(v) for k, v in s.items()} for s in state["stats"]]
+        self._last_stats = {str(k): float(v) for k, v in state["last_stats"].items()}
+        params = state["prev_params"]
+        self._prev_params = None if params is None else torch.as_tensor(params).clone()
+
     # --- what the policy sees ------------------------------------------------------------------
 
     def policy(

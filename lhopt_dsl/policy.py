@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from torch import nn
 from torch.distributions import Categorical
 
+from .actor import Run, Step
 from .feature_transforms import RunningNormalizer
 
 PRESETS = {"default": (256, 1), "large": (512, 2)}
@@ -60,7 +61,11 @@ class RecurrentNet(nn.Module):
 
 
 class ActorCritic(nn.Module):
-    """Actor (categorical per action dimension) and critic, each with its own LSTM."""
+    """Actor (categorical per action dimension) and critic, each with its own LSTM; as an
+    :class:`~lhopt_dsl.actor.Actor` only the actor acts (meta-training runs the critic on
+    recorded episodes)."""
+
+    kind = "network"
 
     def __init__(self, shape: PolicyShape):
         super().__init__()
@@ -96,22 +101,35 @@ class ActorCritic(nn.Module):
         values, _ = self.critic_forward(x, v)
         return logprob, entropy, values
 
+    # --- acting (the Actor interface of lhopt_dsl.actor; the critic is never run) ------------------
+
+    @property
+    def policy_size(self) -> int:
+        return self.shape.policy_size
+
+    @property
+    def nvec(self) -> tuple[int, ...]:
+        return tuple(self.shape.nvec)
+
+    def start(self, runs: Sequence[Run]) -> Any:
+        """The actor LSTM's zero state for ``len(runs)`` runs (what ``nn.LSTM`` starts from)."""
+        hidden = self.shape.hidden_size
+        zero = torch.zeros(self.shape.num_layers, len(runs), hidden)
+        return LSTMState(zero, zero.clone())
+
     @torch.no_grad()
-    def act(
-        self,
-        x: np.ndarray,
-        v: np.ndarray,
-        state: tuple[LSTMState | None, LSTMState | None],
-        generator: torch.Generator | None = None,
-        deterministic: bool = False,
-    ) -> tuple[np.ndarray, float, float, tuple[LSTMState, LSTMState]]:
-        """One outer step for one environment: normalised features in, (action, logprob, value, state) out."""
-        xt = torch.as_tensor(x, dtype=torch.float32).view(1, 1, -1)
-        vt = torch.as_tensor(v, dtype=torch.float32).view(1, 1, -1)
-        logits, a_state = self.actor_forward(xt, state[0])
-        value, c_state = self.critic_forward(xt, vt, state[1])
-        actions, logprob = self._choose(logits[0, 0], generator, deterministic)
-        return actions, logprob, float(value), (a_state, c_state)
+    def act(self, carry: Any, features: np.ndarray, generators: Sequence[torch.Generator | None],
+            greedy: bool) -> tuple[Step, Any]:  # fmt: skip
+        """One decision of B runs: raw (B, Fp) features, normalised by :attr:`policy_norm`, through
+        the actor; row b draws from ``generators[b]`` unless ``greedy``."""
+        x = self.policy_norm(np.asarray(features).reshape(-1, self.shape.policy_size), update=False)  # (B, Fp)
+        logits, carry = self.actor_forward(torch.as_tensor(x, dtype=torch.float32).unsqueeze(0), carry)
+        chosen = [self._choose(row, gen, greedy) for row, gen in zip(logits[0], generators)]
+        actions = np.stack([a for a, _ in chosen])
+        return Step(actions, np.asarray([lp for _, lp in chosen]), x, actions), carry
+
+    def guarded(self, carry: Any, row: int, lr_factor: float) -> Any:
+        return carry  # the network sees the lowered learning rate in its next features
 
     def _choose(self, logits: torch.Tensor, generator: torch.Generator | None, deterministic: bool) -> tuple[np.ndarray, float]:
         """One action from one row of logits: argmax, or one draw per dimension from ``generator``."""
@@ -126,21 +144,16 @@ class ActorCritic(nn.Module):
         return np.asarray(actions, dtype=np.int64), logprob
 
     @torch.no_grad()
-    def act_batch(
-        self,
-        x: np.ndarray,
-        state: LSTMState | None,
-        generators: list[torch.Generator | None],
-        deterministic: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, LSTMState]:
-        """One outer step of the actor for B environments at once: normalised (B, Fp) features in,
-        (actions (B, D), logprobs (B,), actor state) out. Row b draws from ``generators[b]`` exactly
-        as :meth:`act` would, so batched and one-at-a-time episodes take the same actions.
-        Values are left to :meth:`critic_forward` over the finished sequences.
-        """
-        logits, state = self.actor_forward(torch.as_tensor(x, dtype=torch.float32).unsqueeze(0), state)
-        chosen = [self._choose(row, gen, deterministic) for row, gen in zip(logits[0], generators)]
-        return np.stack([a for a, _ in chosen]), np.asarray([lp for _, lp in chosen]), state
+    def values(self, policy_obs: np.ndarray, value_obs: np.ndarray) -> np.ndarray:
+        """The critic's value of each step of one recorded episode: normalised (T, Fp) and (T, Fv)
+        features in, (T,) out, one step at a time from a zero state (as it was trained to see them)."""
+        state, out = None, []
+        for x, v in zip(policy_obs, value_obs):
+            xt = torch.as_tensor(x, dtype=torch.float32).view(1, 1, -1)
+            vt = torch.as_tensor(v, dtype=torch.float32).view(1, 1, -1)
+            value, state = self.critic_forward(xt, vt, state)
+            out.append(float(value))
+        return np.asarray(out)
 
     @torch.no_grad()
     def favour(self, action: Sequence[int], dims: Sequence[bool], logit: float) -> None:
@@ -198,13 +211,13 @@ class ActorCritic(nn.Module):
             )
 
 
-class _PassThrough:
-    """An ensemble's stand-in for a normaliser: callers normalise features before acting, but each
-    member of an ensemble has its own statistics, so the raw features pass through (checked finite,
-    as float32) and every member normalises them itself."""
+class _PassThrough(RunningNormalizer):
+    """An ensemble's normaliser: each member of an ensemble has its own statistics, so the raw
+    features pass through (checked finite, as float32) and every member normalises them itself.
+    It has no statistics of its own to update or save."""
 
-    def __init__(self, size: int) -> None:
-        self.size = size
+    def state_dict(self) -> dict[str, Any]:
+        raise ValueError("an ensemble's features are normalised by its members; save their normalisers")
 
     def __call__(self, x: np.ndarray, update: bool = True) -> np.ndarray:
         if update:
@@ -229,6 +242,8 @@ class EnsembleActorCritic(ActorCritic):
     does (evaluation, the drop-in ``LHOPT``, schedule export) but is not itself trained.
     """
 
+    kind = "ensemble"
+
     def __init__(self, members: Sequence[ActorCritic]):
         nn.Module.__init__(self)
         if not members:
@@ -246,8 +261,11 @@ class EnsembleActorCritic(ActorCritic):
                 )
         self.shape = first
         self.members = nn.ModuleList(members)
-        self.policy_norm = _PassThrough(first.policy_size)  # type: ignore[assignment]
-        self.value_norm = _PassThrough(first.value_size)  # type: ignore[assignment]
+        self.policy_norm = _PassThrough(first.policy_size)
+        self.value_norm = _PassThrough(first.value_size)
+
+    def start(self, runs: Sequence[Run]) -> Any:
+        return tuple(m.start(runs) for m in self.members)
 
     def _member_input(self, m: ActorCritic, x: torch.Tensor, norm: RunningNormalizer) -> torch.Tensor:
         flat = x.detach().cpu().numpy().reshape(-1, x.shape[-1])

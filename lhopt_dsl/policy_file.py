@@ -152,7 +152,8 @@ def _check_extras(state: Mapping[str, Any]) -> None:
     residual policy, the base schedule (the two things :func:`~lhopt_dsl.controller.load_policy` reads)."""
     from pydantic import ValidationError
 
-    from .residual import Target
+    from .residual import check_followable
+    from .schedule import Schedule
     from .spec.hparams import validate_space
 
     spec = state.get("spec", {})
@@ -170,7 +171,10 @@ def _check_extras(state: Mapping[str, Any]) -> None:
         if not isinstance(base, str):
             raise _Problem(f"['residual']['base'] is {_kind(base)}, not a schedule's name")
         try:
-            Target.from_name(base)
+            schedule = Schedule.from_name(base)
+            if schedule.lr is None:
+                raise ValueError("a residual policy's base must be a schedule with a learning rate, not 'keep'")
+            check_followable(schedule)
         except ValueError as e:
             raise _Problem(f"['residual']['base'] {base[:60]!r} is not a schedule: {e}") from None
 

@@ -1,12 +1,13 @@
 """Learning-rate schedules as targets, and policies that act *around* one (residual policies).
 
-A :class:`Target` is a learning-rate schedule ``lr * shape(progress)``. The policy's learning-rate
+A followed :class:`~lhopt_dsl.schedule.Schedule` (one without an optimizer of its own, named like
+``linear-lr0.03`` or ``keep``) sets the learning rate ``lr * shape(progress)``. The policy's learning-rate
 actions are relative (x0.5 ... x2 of the current value, clamped to the space's bounds), so a
 schedule is followed through them: at each decision the action whose result lies nearest the
 target's value (:func:`nearest_lr_action`). That is how the imitation grid's followers run
 (:mod:`lhopt_dsl.imitation`) and how ``lhopt eval --schedule`` evaluates a fixed schedule.
 
-A :class:`ResidualPolicy` makes a learned policy a correction of such a schedule instead of a
+A :class:`Residual` makes a learned policy a correction of such a schedule instead of a
 replacement for it. Its learning-rate action no longer scales the learning rate: it scales an
 *offset* ``m`` (1 at the start, kept within :data:`OFFSET_BOUNDS`), and the learning rate then
 follows ``base(progress) * m`` as a follower would. "Keep" therefore means "follow the base
@@ -16,51 +17,29 @@ own. It motivates itself by a measurement (docs/RESULTS.md): on 300 held-out tas
 linear-lr0.03 blindly beats every cloned policy, and a policy cloned to that one schedule alone
 reproduces it poorly (median speedup 0.79x against the schedule's own 0.87x).
 
-A residual policy acts on one run at a time: :meth:`ResidualPolicy.bind` gives the actor for one
-run, from the run's initial learning rate and number of decisions (evaluation and the drop-in
-optimizer bind it per task). This module imports no task compiler, so the drop-in can use it.
+Both are :class:`~lhopt_dsl.actor.Actor` s: :class:`Follow` acts alone, :class:`Residual` wraps an
+inner actor; each keeps its runs' learning rates (and offsets) in its carry, from the initial
+values the runs start with. This module imports no task compiler, so the drop-in can use it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
+import torch
 
 from .actions import ActionSpace
-from .schedule import shape_factor
+from .actor import Actor, Run, Step
+from .observation import FeatureBuilder
+from .schedule import Schedule
 from .spec.hparams import HyperparameterSpace
 
 #: Range of a residual policy's offset from its base schedule: a hundredth to ten times it.
 OFFSET_BOUNDS: tuple[float, float] = (1e-2, 1e1)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A learning-rate schedule to follow: ``lr * shape(progress)``; ``lr=None`` keeps the initial value."""
-
-    lr: float | None
-    shape: str = "constant"
-
-    def at(self, progress: float) -> float | None:
-        return None if self.lr is None else self.lr * shape_factor(self.shape, progress)
-
-    @property
-    def name(self) -> str:
-        return "keep" if self.lr is None else f"{self.shape}-lr{self.lr:g}"
-
-    @classmethod
-    def from_name(cls, name: str) -> "Target":
-        """The target of :attr:`name`."""
-        if name == "keep":
-            return cls(None)
-        shape, _, lr = name.rpartition("-lr")
-        shape_factor(shape, 0.0)  # an unknown shape fails here
-        if not float(lr) > 0:
-            raise ValueError(f"a target's learning rate must be positive, got {lr}")
-        return cls(float(lr), shape)
 
 
 def nearest_lr_action(lr_param: Any, current: float, goal: float, keep: int) -> tuple[int, float]:
@@ -82,17 +61,150 @@ def _nearest_scale(values: Sequence[float], offset: float, wanted: float, keep: 
     return min(range(len(values)), key=lambda i: (round(miss[i], 9), i != keep))
 
 
-class ResidualPolicy:
-    """``policy`` acting around the learning-rate schedule ``base`` (see the module's docstring).
+def _clamp_offset(m: float) -> float:
+    lo, hi = OFFSET_BOUNDS
+    return min(max(m, lo), hi)
 
-    It stands where a policy stands when loaded (:func:`~lhopt_dsl.controller.load_policy` returns
-    one for a file that records a base schedule), but acts only once bound to a run
-    (:meth:`bind`). ``space``: the hyperparameter space the policy was made for."""
 
-    def __init__(self, policy: Any, space: HyperparameterSpace, base: Target):
+class FollowCarry(NamedTuple):
+    """Per run (row): which target it follows, the learning rate it has set; the decisions made."""
+
+    member: tuple[int, ...]
+    lr: tuple[float, ...]
+    t: int
+    outer: int
+
+
+class Follow:
+    """Follows learning-rate schedules through a space's actions (an :class:`~lhopt_dsl.actor.Actor`):
+    a run that starts as member ``r`` of its task's rollouts follows ``targets[r]`` (one target:
+    every run follows it). At each decision it takes the learning-rate action that brings the value
+    nearest the target's, keeps every other hyperparameter and never restarts.
+
+    It reads nothing from the run: actions change the learning rate deterministically (a scale,
+    then the bounds' clamp), so it tracks the value it has set. ``normaliser``: the features it
+    reports as seen (a learner's policy normaliser, so that its episodes look as the learner's own
+    would); None reports them raw."""
+
+    kind = "schedule"
+
+    def __init__(self, targets: Sequence[Schedule], space: HyperparameterSpace,
+                 normaliser: Callable[..., np.ndarray] | None = None):  # fmt: skip
+        for target in targets:
+            check_followable(target)
+        self.actions = ActionSpace(space)  # every space's policy controls lr
+        if not self.actions.keeps().all():
+            lacking = [n for n, k in zip(self.actions.names, self.actions.keeps()) if not k]
+            raise ValueError(
+                f"a schedule follower keeps every hyperparameter but the learning rate, but this space has no action "
+                f"that keeps {', '.join(lacking)} (only scales away from 1 or shifts away from 0); add one (x1 for a "
+                "scale, +0 for a logit shift) to their action values, as task_specs/cpu.yaml does"
+            )
+        self.targets, self.normaliser = list(targets), normaliser
+        self.policy_size = FeatureBuilder(self.actions, space).policy_size
+        self.nvec = tuple(self.actions.nvec)
+        self.lr_dim = self.actions.names.index("lr")
+        self.lr_param = self.actions.hparams["lr"]
+        self.keep = self.actions.identity()
+
+    def choose(self, target: Schedule, current: float, t: int, outer: int) -> tuple[np.ndarray, float]:
+        """The action at decision ``t`` of ``outer`` for a run whose learning rate is ``current``,
+        and the learning rate it sets."""
+        action = self.keep.copy()
+        goal = target.at(t / outer)
+        if goal is None:
+            return action, current
+        action[self.lr_dim], lr = nearest_lr_action(self.lr_param, current, goal, int(self.keep[self.lr_dim]))
+        return action, lr
+
+    def start(self, runs: Sequence[Run]) -> FollowCarry:
+        if any(r.member >= len(self.targets) and len(self.targets) != 1 for r in runs):
+            raise ValueError(f"member {max(r.member for r in runs)} of a follower of {len(self.targets)} targets")
+        return FollowCarry(tuple(r.member if len(self.targets) > 1 else 0 for r in runs),
+                           tuple(float(r.initial["lr"]) for r in runs), 0, _outer(runs))  # fmt: skip
+
+    def act(self, carry: FollowCarry, features: np.ndarray, generators: Sequence[torch.Generator | None],
+            greedy: bool) -> tuple[Step, FollowCarry]:  # fmt: skip
+        rows = np.asarray(features).reshape(len(carry.lr), -1)
+        seen = np.asarray(rows, dtype=np.float32) if self.normaliser is None else self.normaliser(rows, update=False)
+        chosen = [self.choose(self.targets[m], lr, carry.t, carry.outer) for m, lr in zip(carry.member, carry.lr)]
+        actions = np.stack([a for a, _ in chosen])
+        lrs = tuple(lr for _, lr in chosen)
+        return Step(actions, np.zeros(len(actions)), seen, actions), carry._replace(lr=lrs, t=carry.t + 1)
+
+    def guarded(self, carry: FollowCarry, row: int, lr_factor: float) -> FollowCarry:
+        lr = list(carry.lr)
+        lr[row] *= lr_factor
+        return carry._replace(lr=tuple(lr))
+
+
+@dataclass(frozen=True)
+class FixedSchedule:
+    """One learning-rate schedule followed through a space's actions from each task's initial values,
+    evaluated as if it were a policy (``lhopt eval --schedule``): the baseline a learned policy has
+    to beat to show that it learned more than a good schedule. Plain data, so it travels to worker
+    processes; :meth:`load` gives its actor as a policy file's loader does."""
+
+    target: Schedule
+    space: HyperparameterSpace
+
+    def __post_init__(self) -> None:
+        Follow([self.target], self.space)  # a space it cannot follow in fails here
+
+    @property
+    def name(self) -> str:
+        return f"schedule:{self.target.name}"
+
+    @property
+    def stem(self) -> str:
+        """How output directories name it: ``schedule-<its name>``."""
+        return f"schedule-{self.target.name}"
+
+    def digest(self) -> str:
+        """What stands for a file's sha256 in records: the sha256 of :attr:`name`."""
+        return hashlib.sha256(self.name.encode()).hexdigest()
+
+    def load(self) -> tuple[Follow, HyperparameterSpace]:
+        return Follow([self.target], self.space), self.space
+
+
+def check_followable(schedule: Schedule) -> None:
+    """Refuse a schedule that runs an optimizer of its own (a baseline's), which no policy's actions follow."""
+    if schedule.optimizer is not None:
+        bare = Schedule(optimizer=None, lr=schedule.lr, shape=schedule.shape).name if schedule.lr else "keep"
+        raise ValueError(f"'{schedule.name}' is a baseline on {schedule.optimizer}; a policy's actions follow a schedule's "
+                         f"learning rate alone: name it '{bare}'")  # fmt: skip
+
+
+def _outer(runs: Sequence[Run]) -> int:
+    """The number of decisions of ``runs``, which start together and so must share it."""
+    outer = {int(r.outer_steps) for r in runs}
+    if len(outer) != 1 or min(outer) < 1:
+        raise ValueError(f"runs that start together need one number of decisions >= 1, got {sorted(outer)}")
+    return outer.pop()
+
+
+class ResidualCarry(NamedTuple):
+    """Per run (row): its offset from the base and the learning rate it has; the inner actor's carry."""
+
+    inner: Any
+    offset: tuple[float, ...]
+    lr: tuple[float, ...]
+    t: int
+    outer: int
+
+
+class Residual:
+    """``inner`` acting around the learning-rate schedule ``base`` (see the module's docstring); an
+    :class:`~lhopt_dsl.actor.Actor`. ``space``: the hyperparameter space the policy was made for."""
+
+    kind = "residual"
+
+    def __init__(self, inner: Actor[Any], space: HyperparameterSpace, base: Schedule):
         if base.lr is None:
             raise ValueError("a residual policy's base must be a schedule with a learning rate, not 'keep'")
-        self.policy, self.space, self.base = policy, space, base
+        check_followable(base)
+        self.inner, self.space, self.base = inner, space, base
         self.actions = ActionSpace(space)
         if "lr" not in self.actions.names:
             raise ValueError("a residual policy needs a space whose policy controls the learning rate")
@@ -101,82 +213,75 @@ class ResidualPolicy:
         if 1.0 not in self.lr_param.action.values:
             raise ValueError("a residual policy's learning-rate actions need x1 (follow the base schedule as it is)")
         self.keep = list(self.lr_param.action.values).index(1.0)
-        self.shape, self.policy_norm, self.normalise = policy.shape, policy.policy_norm, policy.normalise
-        self.check_compatible = policy.check_compatible
 
-    def bind(self, initial_lr: float, outer_steps: int) -> "BoundResidual":
-        """The actor for one run that starts at ``initial_lr`` and decides ``outer_steps`` times."""
-        return BoundResidual(self, float(initial_lr), int(outer_steps))
+    @property
+    def policy_size(self) -> int:
+        return self.inner.policy_size
 
-    def act(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("a residual policy acts on one run at a time: bind(initial_lr, outer_steps) it to the run first")
+    @property
+    def nvec(self) -> tuple[int, ...]:
+        return self.inner.nvec
+
+    def start(self, runs: Sequence[Run]) -> ResidualCarry:
+        return ResidualCarry(self.inner.start(runs), (1.0,) * len(runs), tuple(float(r.initial["lr"]) for r in runs),
+                             0, _outer(runs))  # fmt: skip
+
+    def act(self, carry: ResidualCarry, features: np.ndarray, generators: Sequence[torch.Generator | None],
+            greedy: bool) -> tuple[Step, ResidualCarry]:  # fmt: skip
+        """The inner actor's step; the learning-rate entry of the actions carried out moves towards
+        ``base * offset``, the log-probabilities and proposals stay the inner actor's own."""
+        step, inner = self.inner.act(carry.inner, features, generators, greedy)
+        values = self.lr_param.action.values
+        executed, offsets, lrs = np.array(step.actions, copy=True), [], []
+        goal_at = self.base.at(min(carry.t, carry.outer - 1) / carry.outer)
+        for b, (m, lr) in enumerate(zip(carry.offset, carry.lr)):
+            m = _clamp_offset(m * values[int(step.actions[b, self.lr_dim])])
+            executed[b, self.lr_dim], lr = nearest_lr_action(self.lr_param, lr, goal_at * m, self.keep)
+            offsets.append(m)
+            lrs.append(lr)
+        return step._replace(actions=executed), ResidualCarry(inner, tuple(offsets), tuple(lrs), carry.t + 1, carry.outer)
+
+    def guarded(self, carry: ResidualCarry, row: int, lr_factor: float) -> ResidualCarry:
+        """The offset follows a learning rate lowered from outside, so the lower value holds at the next decision."""
+        offset, lr = list(carry.offset), list(carry.lr)
+        offset[row], lr[row] = _clamp_offset(offset[row] * lr_factor), lr[row] * lr_factor
+        return carry._replace(inner=self.inner.guarded(carry.inner, row, lr_factor), offset=tuple(offset), lr=tuple(lr))
 
     def to_data(self) -> dict[str, Any]:
         """What a policy file records about it (the ``residual`` entry)."""
         return {"base": self.base.name, "offset_bounds": list(OFFSET_BOUNDS)}
 
-    def offsets(self, target: Target, initial_lr: float, outer_steps: int) -> list[float]:
+    def offsets(self, target: Schedule, initial_lr: float, outer_steps: int) -> list[float]:
         """The offset from the base that follows ``target`` at each decision: ``target / base``
         (``keep``: the initial value over the base), within :data:`OFFSET_BOUNDS`."""
-        lo, hi = OFFSET_BOUNDS
         out = []
         for t in range(outer_steps):
             p = t / outer_steps
             want = initial_lr if target.lr is None else target.at(p)
-            out.append(min(max(want / max(self.base.at(p), 1e-300), lo), hi))
+            out.append(_clamp_offset(want / max(self.base.at(p), 1e-300)))
+        return out
+
+    def offsets_before(self, proposed_lr: Sequence[int]) -> list[float]:
+        """The offset in force before each decision of a run whose inner actor proposed the
+        learning-rate actions ``proposed_lr`` (indices), from 1."""
+        values, out, m = self.lr_param.action.values, [], 1.0
+        for a in proposed_lr:
+            out.append(m)
+            m = _clamp_offset(m * values[int(a)])
         return out
 
     def labels(self, wanted: Sequence[float], before: Sequence[float] | None = None) -> np.ndarray:
         """The offset actions (indices) towards the offsets ``wanted`` at each decision.
 
-        ``before``: the offset in force before each decision (a residual policy's own run, as
-        :attr:`BoundResidual.trace` records it); None: the labels' own path from 1, which is what
-        a policy that took every label would have (a follower's demonstration)."""
+        ``before``: the offset in force before each decision (a residual policy's own run,
+        :meth:`offsets_before`); None: the labels' own path from 1, which is what a policy that
+        took every label would have (a follower's demonstration)."""
         values = self.lr_param.action.values
-        lo, hi = OFFSET_BOUNDS
         out, m = [], 1.0
         for t, w in enumerate(wanted):
             if before is not None:
                 m = before[t]
             a = _nearest_scale(values, m, w, self.keep)
             out.append(a)
-            m = min(max(m * values[a], lo), hi)
+            m = _clamp_offset(m * values[a])
         return np.asarray(out, dtype=np.int64)
-
-
-class BoundResidual:
-    """A :class:`ResidualPolicy` acting on one run (one episode of :func:`~lhopt_dsl.rollout.run_episode`,
-    or one drop-in optimizer): it keeps the run's offset and learning rate, and records in
-    :attr:`trace` the offset in force before each decision and the policy's own learning-rate action."""
-
-    def __init__(self, residual: ResidualPolicy, initial_lr: float, outer_steps: int):
-        if outer_steps < 1:
-            raise ValueError(f"outer_steps must be >= 1, got {outer_steps}")
-        self.residual, self.outer = residual, outer_steps
-        self.shape, self.policy_norm, self.normalise = residual.shape, residual.policy_norm, residual.normalise
-        self.check_compatible = residual.check_compatible
-        self.offset, self.lr, self.t = 1.0, initial_lr, 0
-        self.trace: list[tuple[float, int]] = []
-
-    def lowered(self, factor: float) -> None:
-        """The learning rate was scaled by ``factor`` from outside (the drop-in's guard after a
-        divergence): the offset follows, so the lower value holds at the next decision."""
-        lo, hi = OFFSET_BOUNDS
-        self.offset = min(max(self.offset * factor, lo), hi)
-        self.lr *= factor
-
-    def act(self, x: np.ndarray, v: np.ndarray, state: tuple, generator: Any = None,
-            deterministic: bool = False) -> tuple[np.ndarray, float, float, tuple]:  # fmt: skip
-        """As :meth:`~lhopt_dsl.policy.ActorCritic.act`; the learning-rate entry of the action
-        returned is the one carried out (towards ``base * offset``), the log-probability is the policy's own."""
-        r = self.residual
-        action, logprob, value, state = r.policy.act(x, v, state, generator, deterministic)
-        own = int(action[r.lr_dim])
-        self.trace.append((self.offset, own))
-        lo, hi = OFFSET_BOUNDS
-        self.offset = min(max(self.offset * r.lr_param.action.values[own], lo), hi)
-        goal = r.base.at(min(self.t, self.outer - 1) / self.outer) * self.offset
-        executed = np.array(action, copy=True)
-        executed[r.lr_dim], self.lr = nearest_lr_action(r.lr_param, self.lr, goal, r.keep)
-        self.t += 1
-        return executed, logprob, value, state

@@ -8,6 +8,7 @@ baseline run is amortised over them (paper Section 3.4).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from .actions import ActionSpace, Checkpoint, CheckpointBank, act_on_values
+from .actor import Actor, Run, take
 from .compile import compile_task
 from .env import InnerTrainingEnv, OuterStep, RewardFn, log_improvement_reward
 from .observation import FULL_CADENCE, Cadence, FeatureBuilder, Observer
@@ -30,7 +32,8 @@ from .training import ciao_kwargs, run_schedule
 
 @dataclass
 class Episode:
-    """One policy episode; observations are stored normalised (as the policy saw them) and raw."""
+    """One policy episode; observations are stored normalised (as the policy saw them) and raw.
+    ``values`` are NaN (and ``value_obs`` zero) where no critic judged it (evaluation)."""
 
     policy_obs: np.ndarray  # (T, Fp)
     value_obs: np.ndarray  # (T, Fv)
@@ -49,6 +52,9 @@ class Episode:
     reward_vs_initial: float = math.nan  # against CIAO at the initial hyperparameters
     inner_steps: int = 0
     test_loss: float = math.nan  # final test loss (measured by run_episode; the score of evaluations)
+    #: (T, D) the innermost policy's own actions (``actions`` unless a wrapper such as a residual
+    #: policy changed them; None in episodes recorded before they were kept)
+    proposed: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -63,6 +69,7 @@ class _Record:
     raw_policy: list[np.ndarray] = field(default_factory=list)
     policy_obs: list[np.ndarray] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
+    proposed: list[np.ndarray] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     hparams: list[dict[str, float]] = field(default_factory=list)
     restarts: list[tuple[str, int]] = field(default_factory=list)
@@ -75,50 +82,59 @@ class _Record:
         for name, value in row.items():
             getattr(self, name).append(value)
 
+    def judge(self, critic: ActorCritic | None) -> None:
+        """The value features as ``critic`` sees them and its values of the recorded steps (zero
+        features and NaN values without one): the critic reads an episode once it is recorded."""
+        raw = np.stack(self.raw_value)
+        if critic is None:
+            self.value_obs, self.values = list(np.zeros_like(raw, dtype=np.float32)), [math.nan] * len(raw)
+            return
+        value_obs = critic.value_norm(raw, update=False)
+        self.value_obs, self.values = list(value_obs), critic.values(np.stack(self.policy_obs), value_obs).tolist()
+
     def episode(self, cfg: TaskConfig, curve: list[float], test_loss: float = math.nan) -> Episode:
         return Episode(
             np.stack(self.policy_obs), np.stack(self.value_obs), np.stack(self.raw_policy), np.stack(self.raw_value),
             np.stack(self.actions), np.asarray(self.logprobs), np.asarray(self.values),
             np.asarray(self.rewards, dtype=np.float64), list(curve), self.hparams, self.restarts, cfg.family,
-            cfg.task_id, inner_steps=cfg.task.inner_steps, test_loss=test_loss,
+            cfg.task_id, inner_steps=cfg.task.inner_steps, test_loss=test_loss, proposed=np.stack(self.proposed),
         )  # fmt: skip
 
 
 def run_episode(
     env: InnerTrainingEnv,
     cfg: TaskConfig,
-    policy: ActorCritic,
+    actor: Actor[Any],
     reward_fn: RewardFn,
     *,
     baseline: list[float] | None = None,
     generator: torch.Generator | None = None,
     deterministic: bool = False,
-    critic: bool = True,
+    critic: ActorCritic | None = None,
     cadence: Cadence = FULL_CADENCE,
+    seed: int = 0,
+    member: int = 0,
 ) -> Episode:
-    """Run one episode with ``policy`` (normalisers frozen) and collect what PPO needs.
+    """Run one episode with ``actor`` (normalisers frozen) and collect what PPO needs.
 
-    ``critic=False`` acts without the value features (zeros go to the critic, whose values are
-    then meaningless): evaluation and schedule export need only the actor, and so work with a
-    policy whose value features were built with an older version of the DSL's vocabularies.
-    ``cadence``: which losses the policy is told (default: every one, as evaluation does).
+    ``critic``: the network whose critic values the recorded episode (meta-training; normally the
+    actor itself), once it is over; None records no values (evaluation and schedule export need
+    only the actor, and so work with a policy whose value features were built with an older version
+    of the DSL's vocabularies). ``cadence``: which losses the policy is told (default: every one, as
+    evaluation does). ``seed``, ``member``: the run as the actor is told it (:class:`~lhopt_dsl.actor.Run`).
     """
     env.reward_fn = reward_fn
     obs, info = env.reset(options={"config": cfg, "baseline": baseline, "cadence": cadence})
-    state: tuple = (None, None)
+    carry = actor.start([Run(cfg.hparams.controlled(), cfg.task.outer_steps, seed, member)])
     record = _Record()
     done = False
-    blank = np.zeros(policy.shape.value_size, dtype=np.float32)
     while not done:
-        if critic:
-            p, v = policy.normalise(obs["policy"], obs["value"])
-        else:
-            p, v = policy.policy_norm(obs["policy"], update=False), blank
-        action, logprob, value, state = policy.act(p, v, state, generator, deterministic)
-        record.add(policy_obs=p, value_obs=v, raw_policy=obs["policy"], raw_value=obs["value"])
-        obs, reward, done, _, info = env.step(action)
-        record.add(actions=action, logprobs=logprob, values=value, rewards=reward, hparams=info["hparams"],
-                   restarts=info["restart"])  # fmt: skip
+        step, carry = actor.act(carry, obs["policy"][None], [generator], deterministic)
+        record.add(policy_obs=step.seen[0], raw_policy=obs["policy"], raw_value=obs["value"])
+        obs, reward, done, _, info = env.step(step.actions[0])
+        record.add(actions=step.actions[0], proposed=step.proposed[0], logprobs=float(step.logprobs[0]),
+                   rewards=reward, hparams=info["hparams"], restarts=info["restart"])  # fmt: skip
+    record.judge(critic)
     return record.episode(cfg, env.curve, env.test_loss)
 
 
@@ -137,8 +153,8 @@ class TaskResult:
 
 def task_rollouts(
     cfg: TaskConfig,
-    policy: ActorCritic,
-    ema_policy: ActorCritic | None,
+    policy: Actor[Any],
+    ema_policy: Actor[Any] | None,
     space: HyperparameterSpace,
     *,
     rollouts: int,
@@ -149,6 +165,7 @@ def task_rollouts(
     population: bool = True,
     compiled: bool = False,
     cadence: Cadence = FULL_CADENCE,
+    critic: ActorCritic | None = None,
 ) -> TaskResult:
     """Baseline run(s) and ``rollouts`` policy episodes on one task.
 
@@ -159,13 +176,15 @@ def task_rollouts(
     (:func:`population_rollouts`, :func:`~lhopt_dsl.population.population_pays`); otherwise one
     after another. ``compiled``: ``torch.compile`` the population's step (compiled once per
     architecture and process). ``cadence``: which losses every run of the task tells its policy
-    (meta-training draws one per task, :func:`~lhopt_dsl.observation.draw_cadence`).
+    (meta-training draws one per task, :func:`~lhopt_dsl.observation.draw_cadence`). ``critic``:
+    the network whose critic values the episodes (meta-training's policy itself; None: no values).
     """
     space.check_initial(cfg.hparams)
     members = rollouts + 1 + (ema_policy is not None)
     if population and population_pays(cfg, members, device, compiled) and batchable(cfg, device, data_dir, max_valid):
         return population_rollouts(cfg, policy, ema_policy, space, rollouts=rollouts, seed=seed, device=device,
-                                   data_dir=data_dir, max_valid=max_valid, compiled=compiled, cadence=cadence)  # fmt: skip
+                                   data_dir=data_dir, max_valid=max_valid, compiled=compiled, cadence=cadence,
+                                   critic=critic)  # fmt: skip
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     steps = segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps)
     initial = run_schedule(cfg, Schedule(optimizer="ciao"), device=device, data_dir=data_dir, max_valid=max_valid)
@@ -178,7 +197,8 @@ def task_rollouts(
     episodes = []
     for r in range(rollouts):
         gen = torch.Generator().manual_seed(seed * 1000 + r)
-        ep = run_episode(env, cfg, policy, ShapedReward(reward), baseline=base, generator=gen, cadence=cadence)
+        ep = run_episode(env, cfg, policy, ShapedReward(reward), baseline=base, generator=gen, cadence=cadence,
+                         critic=critic, member=r)  # fmt: skip
         ep.final_reward = reward(ep.valid_curve[-1])
         ep.reward_vs_initial = vs_initial(ep.valid_curve[-1])
         episodes.append(ep)
@@ -200,23 +220,32 @@ class _MemberBank(CheckpointBank):
 
 
 @dataclass
-class _Actor:
+class _Member:
     """One policy-controlled member of a population rollout and what it has seen and done."""
 
     k: int  # row in the population
-    policy: ActorCritic
     generator: torch.Generator | None
-    deterministic: bool
     observer: Observer
     bank: _MemberBank
     record: _Record = field(default_factory=_Record)
     prev_valid: list[float] = field(default_factory=list)  # the validation loss before each action, for its reward
 
 
+@dataclass
+class _Group:
+    """Members that one actor drives together (the same actor, all greedy or all sampling): one
+    batched decision per outer step."""
+
+    actor: Actor[Any]
+    greedy: bool
+    members: list[_Member]
+    carry: Any = None
+
+
 def population_rollouts(
     cfg: TaskConfig,
-    policy: ActorCritic,
-    ema_policy: ActorCritic | None,
+    policy: Actor[Any],
+    ema_policy: Actor[Any] | None,
     space: HyperparameterSpace,
     *,
     rollouts: int,
@@ -227,13 +256,14 @@ def population_rollouts(
     stats_every: int = 4,
     compiled: bool = False,
     cadence: Cadence = FULL_CADENCE,
+    critic: ActorCritic | None = None,
 ) -> TaskResult:
     """:func:`task_rollouts` with every run of the task in one :class:`CIAOPopulation`.
 
     Members: CIAO at the initial hyperparameters, the greedy EMA policy (self-play), and the
     ``rollouts`` policy episodes, stepping in lockstep through the same batches. Each outer step,
-    the actors of each policy act as one batch (each member draws from its own generator, as in
-    :func:`run_episode`), restarts and hyperparameter actions apply to their own rows, and the
+    each actor decides for its members as one batch (each member draws from its own generator, as
+    in :func:`run_episode`), restarts and hyperparameter actions apply to their own rows, and the
     next segment trains all members at once. The actor reads only the policy features, so the
     rewards (which need the finished baseline curve), the value features and the critic's values
     are computed once the runs are done; the episodes equal :func:`run_episode`'s within float
@@ -241,98 +271,129 @@ def population_rollouts(
     """
     actions = ActionSpace(space)
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
-    plan: list[tuple[ActorCritic, torch.Generator | None, bool]] = []
+    plan: list[tuple[Actor[Any], torch.Generator | None, bool, int]] = []
     if ema_policy is not None:
-        plan.append((ema_policy, None, True))
-    plan += [(policy, torch.Generator().manual_seed(seed * 1000 + r), False) for r in range(rollouts)]
+        plan.append((ema_policy, None, True, 0))
+    plan += [(policy, torch.Generator().manual_seed(seed * 1000 + r), False, r) for r in range(rollouts)]
     pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * (1 + len(plan)), compiled=compiled)  # row 0: initial hyperparameters
-    initial = cfg.hparams.controlled()
-    outer = task.outer_steps
-    actors = []
-    for i, (pol, gen, greedy) in enumerate(plan):
-        features = FeatureBuilder(actions, space)
-        actors.append(_Actor(i + 1, pol, gen, greedy, Observer(features, outer, initial),
-                             _MemberBank(features.slots, pop, i + 1)))  # fmt: skip
-    by_row = {a.k: a for a in actors}
+    groups = _groups(plan, pop, actions, space, cfg, task.outer_steps)
+    members = [m for g in groups for m in g.members]
+    by_row = {m.k: m for m in members}
     bounds = segment_bounds(task.steps, task.outer_steps)
     valid = pop.evaluate(task.valid_batches).tolist()
     curves = [[v] for v in valid]
-    states: dict[tuple[int, bool], Any] = {}  # actor LSTM state of each batch
-    groups: dict[tuple[int, bool], list[_Actor]] = {}
-    for a in actors:  # members that act alike (same policy, both greedy or both sampling) form a batch
-        groups.setdefault((id(a.policy), a.deterministic), []).append(a)
-        if cadence.valid_every is not None:
-            a.observer.report(valid_loss=valid[a.k])
-    for t in range(outer + 1):
+    if cadence.valid_every is not None:
+        for m in members:
+            m.observer.report(valid_loss=valid[m.k])
+    for t in range(task.outer_steps + 1):
         flat = pop.flat.clone()  # the parameters now (the observers keep them for the next norm ratios)
-        raw = {a.k: a.observer.policy(pop.hparams(a.k), a.bank.slots, flat[a.k]) for a in actors}
-        if t == outer:  # as the environment's last observation: its losses pay the last rewards
+        raw = {m.k: m.observer.policy(pop.hparams(m.k), m.bank.slots, flat[m.k]) for m in members}
+        if t == task.outer_steps:  # as the environment's last observation: its losses pay the last rewards
             break
-        for key, group in groups.items():
-            pol = group[0].policy
-            norm = pol.policy_norm(np.stack([raw[a.k] for a in group]), update=False)
-            chosen, logprobs, states[key] = pol.act_batch(
-                norm, states.get(key), [a.generator for a in group], group[0].deterministic
-            )
-            for a, x, act, lp in zip(group, norm, chosen, logprobs):
-                kind, slot = actions.restart(act) if a.observer.features.slots else ("none", -1)
-                a.prev_valid.append(valid[a.k])  # the reward compares with the loss before any restart
-                # Checkpoints keep the validation loss the policy was told, as the environment's do.
-                a.observer.restarted(a.bank.apply(kind, slot, None, None, a.observer.progress, a.observer.valid_loss))
-                applied = act_on_values(actions, act, pop.hparams(a.k))
-                pop.set_hparams(a.k, applied)
-                a.observer.acted(act)
-                a.record.add(raw_policy=raw[a.k], policy_obs=x, actions=act, logprobs=lp, hparams=applied,
-                             restarts=(kind, slot))  # fmt: skip
-        told = []  # the losses reported to the policies (all of them under the full cadence)
-        seen: torch.Tensor | None = None  # the latest reported, which the statistics read (see train_segment)
-        for i in range(bounds[t], bounds[t + 1]):
-            want = stats_every > 0 and (i + 1) % stats_every == 0
-            grads, loss = pop.gradients()
-            if cadence.trains(i):
-                seen = loss
-                told.append(loss)
-            stats = pop.step(grads, stats=want, losses=seen)
-            for k, st in enumerate(stats or []):
-                if k in by_row:
-                    by_row[k].observer.report(stats=st)
-        train = torch.stack(told).double().mean(0).tolist() if told else [None] * pop.k
-        valid = pop.evaluate(task.valid_batches).tolist()
+        for group in groups:
+            _decide(group, raw, valid, pop, actions)
+        valid = _train_segment(pop, task, bounds[t], bounds[t + 1], stats_every, cadence, by_row)
         for curve, v in zip(curves, valid):
             curve.append(v)
-        validates = cadence.validates(bounds[t], bounds[t + 1])
-        for a in actors:
-            a.observer.report(train_loss=train[a.k], valid_loss=valid[a.k] if validates else None)
-
     initial_curve = curves[0]
-    base = curves[actors[0].k] if ema_policy is not None else initial_curve
-    reward = PowerLawReward(bounds, base)
-    vs_initial = PowerLawReward(bounds, initial_curve)
-    episodes = [_finish(a, curves[a.k], cfg, reward, base) for a in actors if not a.deterministic]
+    base = curves[members[0].k] if ema_policy is not None else initial_curve
+    reward, vs_initial = PowerLawReward(bounds, base), PowerLawReward(bounds, initial_curve)
+    episodes = [_finish(m, curves[m.k], cfg, reward, base, critic) for g in groups if not g.greedy for m in g.members]
     for ep in episodes:
         ep.final_reward = reward(ep.valid_curve[-1])
         ep.reward_vs_initial = vs_initial(ep.valid_curve[-1])
     return TaskResult(episodes, base, initial_curve, cfg.family, cfg.task_id, cfg.task.inner_steps, population=True, cadence=cadence)
 
 
-def _finish(a: _Actor, curve: list[float], cfg: TaskConfig, reward: PowerLawReward, base: list[float]) -> Episode:
+def _groups(plan: list[tuple[Actor[Any], torch.Generator | None, bool, int]], pop: CIAOPopulation,
+            actions: ActionSpace, space: HyperparameterSpace, cfg: TaskConfig, outer: int) -> list[_Group]:  # fmt: skip
+    """The plan's members (rows 1, 2, ... of ``pop``) grouped by who drives them, each group started."""
+    initial = cfg.hparams.controlled()
+    groups: dict[tuple[int, bool], _Group] = {}
+    runs: dict[tuple[int, bool], list[Run]] = {}
+    for i, (actor, gen, greedy, member) in enumerate(plan):
+        features = FeatureBuilder(actions, space)
+        m = _Member(i + 1, gen, Observer(features, outer, initial), _MemberBank(features.slots, pop, i + 1))
+        key = (id(actor), greedy)
+        groups.setdefault(key, _Group(actor, greedy, [])).members.append(m)
+        runs.setdefault(key, []).append(Run(initial, outer, 0, member))
+    for key, group in groups.items():
+        group.carry = group.actor.start(runs[key])
+    return list(groups.values())
+
+
+def _decide(group: _Group, raw: dict[int, np.ndarray], valid: list[float], pop: CIAOPopulation,
+            actions: ActionSpace) -> None:  # fmt: skip
+    """One decision of a group's members: the actor acts for all of them, each carries its action out."""
+    features = np.stack([raw[m.k] for m in group.members])
+    step, group.carry = group.actor.act(group.carry, features, [m.generator for m in group.members], group.greedy)
+    for b, m in enumerate(group.members):
+        m.prev_valid.append(valid[m.k])  # the reward compares with the loss before any restart
+        set_hparams = functools.partial(_set_member_hparams, pop, m.k, actions)
+        taken = take(step.actions[b], actions=actions, observer=m.observer, bank=m.bank, model=None, optimizer=None,
+                     set_hparams=set_hparams)  # fmt: skip
+        m.record.add(raw_policy=raw[m.k], policy_obs=step.seen[b], actions=step.actions[b], proposed=step.proposed[b],
+                     logprobs=step.logprobs[b], hparams=taken.applied, restarts=taken.restart)  # fmt: skip
+
+
+def _set_member_hparams(pop: CIAOPopulation, k: int, actions: ActionSpace, action: np.ndarray) -> dict[str, float]:
+    applied = act_on_values(actions, action, pop.hparams(k))
+    pop.set_hparams(k, applied)
+    return applied
+
+
+def _train_segment(pop: CIAOPopulation, task: Any, start: int, stop: int, stats_every: int, cadence: Cadence,
+                   by_row: dict[int, _Member]) -> list[float]:  # fmt: skip
+    """Train every member through inner steps ``[start, stop)``; the observers hear what their
+    cadence reports. Returns every row's validation loss after it."""
+    told = []  # the losses reported to the policies (all of them under the full cadence)
+    seen: torch.Tensor | None = None  # the latest reported, which the statistics read (see train_segment)
+    for i in range(start, stop):
+        want = stats_every > 0 and (i + 1) % stats_every == 0
+        grads, loss = pop.gradients()
+        if cadence.trains(i):
+            seen = loss
+            told.append(loss)
+        stats = pop.step(grads, stats=want, losses=seen)
+        for k, st in enumerate(stats or []):
+            if k in by_row:
+                by_row[k].observer.report(stats=st)
+    train = torch.stack(told).double().mean(0).tolist() if told else [None] * pop.k
+    valid = pop.evaluate(task.valid_batches).tolist()
+    validates = cadence.validates(start, stop)
+    for m in by_row.values():
+        m.observer.report(train_loss=train[m.k], valid_loss=valid[m.k] if validates else None)
+    return valid
+
+
+def _finish(m: _Member, curve: list[float], cfg: TaskConfig, reward: PowerLawReward, base: list[float],
+            critic: ActorCritic | None) -> Episode:  # fmt: skip
     """Rewards, value features and the critic's values of a finished population member."""
     shaped = ShapedReward(reward)
-    rec, seen = a.record, a.observer.seen  # seen: one more than the steps, the observation at the end
+    rec, seen = m.record, m.observer.seen  # seen: one more than the steps, the observation at the end
     outer, so_far = len(rec.actions), 0.0
     for t in range(outer):
-        rec.raw_value.append(a.observer.value(rec.raw_policy[t], cfg.task, so_far, base, at=t))
-        r = float(shaped(OuterStep(t + 1, (t + 1) / outer, seen[t + 1].train_loss, curve[t + 1], a.prev_valid[t],
+        rec.raw_value.append(m.observer.value(rec.raw_policy[t], cfg.task, so_far, base, at=t))
+        r = float(shaped(OuterStep(t + 1, (t + 1) / outer, seen[t + 1].train_loss, curve[t + 1], m.prev_valid[t],
                                    t + 1 == outer, cfg)))  # fmt: skip
         rec.rewards.append(r)
         so_far += r
-    policy_obs = np.stack(rec.policy_obs)
-    value_obs = a.policy.value_norm(np.stack(rec.raw_value), update=False)
-    with torch.no_grad():
-        values, _ = a.policy.critic_forward(torch.as_tensor(policy_obs, dtype=torch.float32).unsqueeze(1),
-                                            torch.as_tensor(value_obs, dtype=torch.float32).unsqueeze(1))  # fmt: skip
-    rec.value_obs, rec.values = list(value_obs), values[:, 0].double().tolist()
+    _judge_sequences(rec, critic)
     return rec.episode(cfg, curve)
+
+
+def _judge_sequences(rec: _Record, critic: ActorCritic | None) -> None:
+    """The critic's values of a recorded episode over its whole sequence at once (the population's
+    way; :meth:`_Record.judge` steps through it)."""
+    if critic is None:
+        rec.judge(None)
+        return
+    policy_obs = np.stack(rec.policy_obs)
+    value_obs = critic.value_norm(np.stack(rec.raw_value), update=False)
+    with torch.no_grad():
+        values, _ = critic.critic_forward(torch.as_tensor(policy_obs, dtype=torch.float32).unsqueeze(1),
+                                          torch.as_tensor(value_obs, dtype=torch.float32).unsqueeze(1))  # fmt: skip
+    rec.value_obs, rec.values = list(value_obs), values[:, 0].double().tolist()
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, gamma: float = 1.0, lam: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

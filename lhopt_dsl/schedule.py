@@ -1,5 +1,6 @@
-"""Fixed schedules: the outer-step grid of a run, the paper's seven learning-rate shapes, the
-AdamW baselines built from them, and the learning curves fixed runs record.
+"""Fixed schedules: the outer-step grid of a run, the paper's seven learning-rate shapes, the one
+:class:`Schedule` type built from them (baselines, followed schedules, a residual policy's base),
+and the learning curves fixed runs record.
 
 Pure arithmetic and plain data: the drop-in optimizer (:mod:`lhopt_dsl.controller`) imports this
 module without pulling in the task compiler or gymnasium. Runs of fixed schedules on compiled tasks
@@ -9,6 +10,7 @@ are in :mod:`lhopt_dsl.training`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -46,23 +48,76 @@ def shape_factor(shape: str, p: float) -> float:
     raise ValueError(f"unknown schedule shape '{shape}'; known: {', '.join(SHAPES)}")
 
 
+_NAME = re.compile(r"(?:(?P<optimizer>adamw|ciao)-)?(?P<shape>.+?)(?:-lr(?P<lr>[0-9.eE+-]+))?")
+
+
 @dataclass(frozen=True)
 class Schedule:
-    """A fixed baseline: AdamW with a learning-rate shape, or CIAO at fixed hyperparameters.
+    """The one schedule type: a run's progress in [0, 1] to hyperparameter values, named in one grammar.
 
-    ``optimizer="ciao"`` uses the task's initial hyperparameters (scaled by the shape over time).
+    The learning rate at progress ``p`` is ``lr * shape(p)`` (:meth:`at`); ``lr=None`` is the
+    run's own initial value. ``optimizer`` says what runs it on its own: ``adamw`` (AdamW with
+    constant ``betas``, ``eps`` and ``weight_decay``: the baselines), ``ciao`` (CIAO at the task's
+    initial hyperparameters, the learning rate scaled by the shape), or None: a schedule a policy
+    follows through its own actions (``lhopt eval --schedule``, imitation's targets, a residual
+    policy's base), keeping its other hyperparameters.
+
+    Names (:attr:`name`, :meth:`from_name`): ``adamw-<shape>-lr<lr>``, ``ciao-<shape>``,
+    ``<shape>-lr<lr>``, and ``keep`` (followed, the initial learning rate kept), with ``<shape>``
+    one of :data:`SHAPES`; e.g. ``adamw-cosine-lr0.001``, ``linear-lr0.03``.
     """
 
-    optimizer: Literal["adamw", "ciao"] = "adamw"
-    lr: float = 1e-3
+    optimizer: Literal["adamw", "ciao"] | None = "adamw"
+    lr: float | None = 1e-3
     shape: str = "constant"
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 
+    def __post_init__(self) -> None:
+        shape_factor(self.shape, 0.0)  # an unknown shape fails here, naming the known ones
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"a schedule's learning rate must be positive, got {self.lr}")
+        if self.optimizer == "adamw" and self.lr is None:
+            raise ValueError("an AdamW schedule needs a learning rate")
+        if self.optimizer is None and self.lr is None and self.shape != "constant":
+            raise ValueError(f"a followed schedule without a learning rate keeps the initial one: 'keep', not {self.shape}")
+
+    def at(self, progress: float) -> float | None:
+        """The learning rate at ``progress``; None where it is the run's own (``lr=None``)."""
+        return None if self.lr is None else self.lr * shape_factor(self.shape, progress)
+
     @property
     def name(self) -> str:
-        return f"{self.optimizer}-{self.shape}-lr{self.lr:g}" if self.optimizer == "adamw" else f"ciao-{self.shape}"
+        if self.optimizer == "ciao":
+            return f"ciao-{self.shape}"
+        if self.lr is None:
+            return "keep"
+        prefix = "" if self.optimizer is None else f"{self.optimizer}-"
+        return f"{prefix}{self.shape}-lr{self.lr:g}"
+
+    @classmethod
+    def from_name(cls, name: str) -> "Schedule":
+        """The schedule of :attr:`name` (see the class docstring for the grammar)."""
+        if name == "keep":
+            return cls(optimizer=None, lr=None)
+        m = _NAME.fullmatch(name)
+        if m is None or m["shape"] not in SHAPES:
+            raise ValueError(f"unknown schedule '{name}': names look like linear-lr0.03, adamw-cosine-lr0.001, "
+                             f"ciao-constant or keep, with a shape in {', '.join(SHAPES)}")  # fmt: skip
+        optimizer, lr = m["optimizer"], m["lr"]
+        if (optimizer == "ciao") != (lr is None):
+            raise ValueError(f"schedule '{name}': " + ("a CIAO schedule runs at the task's initial learning rate "
+                             "and takes no -lr" if optimizer == "ciao" else "needs a learning rate (-lr<value>)"))
+        try:
+            value = None if lr is None else float(lr)
+        except ValueError:
+            raise ValueError(f"schedule '{name}': '{lr}' is not a learning rate") from None
+        return cls(optimizer=optimizer, lr=value, shape=m["shape"])
+
+
+#: The followed schedule that keeps the run's initial learning rate.
+KEEP = Schedule(optimizer=None, lr=None)
 
 
 @dataclass

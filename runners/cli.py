@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from lhopt_dsl import SpecError, load_spec, sample, space_size
 from lhopt_dsl.sample import budget_acceptance
@@ -381,16 +381,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.compile:
         spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"compile": True})})
     if args.schedule:
-        from lhopt_dsl.imitation import FixedSchedule, Target
+        from lhopt_dsl.residual import FixedSchedule
+        from lhopt_dsl.schedule import Schedule
 
         try:
-            target = Target.from_name(args.schedule)
+            target = Schedule.from_name(args.schedule)
         except ValueError as e:
             print(f"error: --schedule {args.schedule}: {e} (names look like linear-lr0.03, cosine-lr0.01, keep)",
                   file=sys.stderr)  # fmt: skip
             return 2
         try:
-            policy: Any = FixedSchedule(target, spec.hparams)
+            policy: Path | FixedSchedule = FixedSchedule(target, spec.hparams)
         except ValueError as e:
             print(f"error: {args.spec}: {e}", file=sys.stderr)
             return 2

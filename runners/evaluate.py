@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,10 +39,11 @@ from tqdm import tqdm
 from lhopt_dsl import TABLE1_ROWS, ExperimentSpec, TaskConfig, table1_row
 from lhopt_dsl.baselines import ADAMW_BASELINES, BASELINES, HORIZONS, TUNING_FREE
 from lhopt_dsl.controller import load_policy
-from lhopt_dsl.decoding import DECODINGS, DecodedPolicy, decoded
+from lhopt_dsl.actor import Actor
+from lhopt_dsl.decoding import DECODINGS, decoded
 from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
-from lhopt_dsl.imitation import FixedSchedule
-from lhopt_dsl.residual import ResidualPolicy
+from lhopt_dsl.residual import FixedSchedule
+from lhopt_dsl.spec.hparams import HyperparameterSpace
 from lhopt_dsl.schedule import LearningCurve, segment_bounds
 from lhopt_dsl.metrics import (
     TaskScores, evaluation_summary, format_estimate, format_summary, head_to_head, paired_comparison,
@@ -95,19 +97,19 @@ def _best_adamw(curves: dict[tuple[str, int], LearningCurve], score: str) -> str
     return min(finals, key=lambda n: (finals[n] if math.isfinite(finals[n]) else math.inf, n))
 
 
-def policy_run(policy: Any, space: Any, cfg: TaskConfig, *, device: str = "cpu", data_dir: str | None = None,
-               max_valid: int = 512) -> Episode:  # fmt: skip
-    """The policy (or a fixed schedule's follower) acting greedily on ``cfg``, as evaluation runs it;
-    the critic is not needed. A task from another hyperparameter space than the policy's is a ValueError."""
+def policy_run(policy: Actor[Any], space: HyperparameterSpace, cfg: TaskConfig, *, device: str = "cpu",
+               data_dir: str | None = None, max_valid: int = 512, seed: int = 0) -> Episode:  # fmt: skip
+    """The policy (any :class:`~lhopt_dsl.actor.Actor`) acting greedily on ``cfg``, as evaluation
+    runs it; the critic is not run. ``seed``: the run's own seed (a sampling decoding draws from
+    it; evaluation passes the task's index). A task from another hyperparameter space than the
+    policy's is a ValueError."""
     space.check_initial(cfg.hparams)
-    if isinstance(policy, ResidualPolicy):  # it acts around its base schedule from this task's start
-        policy = policy.bind(cfg.hparams.lr, cfg.task.outer_steps)
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
-    return run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, critic=False)
+    return run_episode(env, cfg, policy, log_improvement_reward, deterministic=True, seed=seed)
 
 
 def evaluate_task(
-    cfg: TaskConfig, index: int, policy: Any, space: Any, *, storage: str, device: str, data_dir: str | None,
+    cfg: TaskConfig, index: int, policy: Actor[Any], space: HyperparameterSpace, *, storage: str, device: str, data_dir: str | None,
     max_valid: int, compiled: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Run the policy and the baseline grid on one task; return the task's record (plain JSON data).
@@ -117,7 +119,7 @@ def evaluate_task(
     the policy's validation curve and chosen hyperparameters, and what the task cost.
     """
     t0 = time.perf_counter()
-    episode = policy_run(policy, space, cfg, device=device, data_dir=data_dir, max_valid=max_valid)
+    episode = policy_run(policy, space, cfg, device=device, data_dir=data_dir, max_valid=max_valid, seed=index)
     t1 = time.perf_counter()
     ran: list[tuple[str, int]] = []
     curves = run_grid(cfg, storage, names=BASELINES, horizons=HORIZONS, device=device, data_dir=data_dir,
@@ -181,24 +183,43 @@ def summarise(records: list[dict[str, Any]], score: str = "test", *, resamples: 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(source: str | FixedSchedule, threads: int, decode: str = "greedy") -> None:
+@dataclass(frozen=True)
+class PolicyFile:
+    """A policy file to evaluate, as :class:`~lhopt_dsl.residual.FixedSchedule` is a schedule to
+    evaluate: plain data that travels to worker processes, each of which loads its actor."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def stem(self) -> str:
+        """How output directories name it: the first 8 hex digits of its sha256."""
+        return self.digest()[:8]
+
+    def digest(self) -> str:
+        return _sha256(self.path)
+
+    def load(self) -> tuple[Actor[Any], HyperparameterSpace]:
+        return load_policy(self.path)
+
+
+Source = PolicyFile | FixedSchedule  # what an evaluation evaluates
+
+
+def _init_worker(source: Source, threads: int, decode: str = "greedy") -> None:
     import torch
 
     torch.set_num_threads(threads)
-    if isinstance(source, FixedSchedule):
-        _WORKER["policy"] = (source, source.space)
-    else:
-        policy, space = load_policy(source)
-        _WORKER["policy"] = (decoded(policy, space, decode), space)
+    actor, space = source.load()
+    _WORKER["policy"] = (decoded(actor, space, decode), space)
 
 
 def _work(job: dict[str, Any]) -> dict[str, Any]:
     policy, space = _WORKER["policy"]
     cfg = TaskConfig.from_yaml(job.pop("config"))
-    if isinstance(policy, FixedSchedule):  # a follower per task: it starts from the task's initial values
-        policy = policy.follower(cfg)
-    elif isinstance(policy, DecodedPolicy):  # draws that do not depend on which tasks a worker met before
-        policy = policy.for_task(job["index"])
     return evaluate_task(cfg, job.pop("index"), policy, space, **job)
 
 
@@ -266,7 +287,7 @@ def load_records(out: Path, configs: list[TaskConfig]) -> dict[int, dict[str, An
 
 
 def evaluate_tasks(
-    configs: list[TaskConfig], policy_path: Path | FixedSchedule, out: Path, *, storage: str, device: str, data_dir: str | None,
+    configs: list[TaskConfig], policy_path: Path | Source, out: Path, *, storage: str, device: str, data_dir: str | None,
     max_valid: int, compiled: bool, workers: int, threads: int, quiet: bool,
     on_record: Callable[[dict[str, Any]], None] | None = None, decode: str = "greedy",
 ) -> list[dict[str, Any]]:  # fmt: skip
@@ -630,28 +651,23 @@ def _plots(records: list[dict[str, Any]], summary: dict[str, Any], out: Path) ->
     return paths
 
 
-def _source(policy: Path | FixedSchedule) -> str | FixedSchedule:
-    return policy if isinstance(policy, FixedSchedule) else str(policy)
+def _source(policy: Path | str | Source) -> Source:
+    """A policy file's path as the :class:`PolicyFile` to evaluate; a source as it is."""
+    return PolicyFile(Path(policy)) if isinstance(policy, (str, os.PathLike)) else policy
 
 
-def _identity(policy: Path | FixedSchedule) -> tuple[str, str]:
-    """What was evaluated and its digest: a policy file's sha256, or a fixed schedule's name."""
-    if isinstance(policy, FixedSchedule):
-        name = f"schedule:{policy.target.name}"
-        return name, hashlib.sha256(name.encode()).hexdigest()
-    return str(policy), _sha256(policy)
+def _identity(source: Source) -> tuple[str, str]:
+    """What was evaluated and its digest: a policy file's sha256, or the sha256 of a fixed schedule's name."""
+    return source.name, source.digest()
 
 
-def default_out(spec: ExperimentSpec, policy_path: Path | FixedSchedule, decode: str = "greedy",
+def default_out(spec: ExperimentSpec, policy_path: Path | Source, decode: str = "greedy",
                 task_set: str = "dev") -> Path:  # fmt: skip
     """``<run_dir>/eval-<spec name>-<first 8 hex digits of the policy file's sha256>`` (then
     ``-<decode>`` unless greedy), or ``eval-<spec name>-schedule-<name>`` for a fixed schedule;
     then ``-test`` on the test set."""
-    suffix = "" if task_set == "dev" else f"-{task_set}"
-    if isinstance(policy_path, FixedSchedule):
-        return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-schedule-{policy_path.target.name}{suffix}"
-    suffix = ("" if decode == "greedy" else f"-{decode}") + suffix
-    return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-{_sha256(policy_path)[:8]}{suffix}"
+    suffix = ("" if decode == "greedy" else f"-{decode}") + ("" if task_set == "dev" else f"-{task_set}")
+    return Path(spec.meta_train.run_dir) / f"eval-{spec.name}-{_source(policy_path).stem}{suffix}"
 
 
 def default_storage(spec: ExperimentSpec) -> str:
@@ -661,7 +677,7 @@ def default_storage(spec: ExperimentSpec) -> str:
     return f"sqlite:///{(run_dir / 'baselines.db').resolve()}"
 
 
-def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: int, storage: str | None, out: Path | None,
+def run(spec: ExperimentSpec, policy_path: Path | Source, *, num_tasks: int, storage: str | None, out: Path | None,
         tracking_uri: str | None, score: str = "test", initial: str = "default", workers: int = 1,
         threads: int = 1, fresh: bool = False, quiet: bool = False, decode: str = "greedy",
         task_set: str = "dev") -> dict[str, Any]:  # fmt: skip
@@ -670,7 +686,7 @@ def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: i
     ``task_set``: ``dev`` (the held-out tasks that choose designs and checkpoints) or ``test`` (the
     frozen tasks drawn under a key of their own, run once per final candidate; they choose nothing).
 
-    ``policy_path``: a policy file, or a :class:`~lhopt_dsl.imitation.FixedSchedule` evaluated in
+    ``policy_path``: a policy file, or a :class:`~lhopt_dsl.residual.FixedSchedule` evaluated in
     its place (the baseline a learned policy must beat). ``decode``: how the policy's action
     distributions become actions (:mod:`lhopt_dsl.decoding`; a fixed schedule has only greedy)."""
     if score not in SCORES:
@@ -681,18 +697,13 @@ def run(spec: ExperimentSpec, policy_path: Path | FixedSchedule, *, num_tasks: i
         raise EvaluationError(f"--set must be one of {', '.join(TASK_SETS)}; got '{task_set}'")
     if decode not in DECODINGS:
         raise EvaluationError(f"--decode must be one of {', '.join(DECODINGS)}; got '{decode}'")
-    if isinstance(policy_path, FixedSchedule):
-        if decode != "greedy":
-            raise EvaluationError(f"a fixed schedule has no action distribution to decode: --decode {decode} "
-                                  "applies to a --policy only")  # fmt: skip
-    else:
-        policy_path = Path(policy_path)
-        try:  # fail here, not in a worker, on a missing or broken file or a decoding it cannot take
-            decoded(*load_policy(policy_path), decode)
-        except ValueError as e:
-            raise EvaluationError(str(e)) from e
-    name, digest = _identity(policy_path)
-    out = Path(out or default_out(spec, policy_path, decode, task_set))
+    source = _source(policy_path)
+    try:  # fail here, not in a worker, on a missing or broken file or a decoding it cannot take
+        decoded(*source.load(), decode)
+    except ValueError as e:
+        raise EvaluationError(str(e)) from e
+    name, digest = _identity(source)
+    out = Path(out or default_out(spec, source, decode, task_set))
     storage = storage or default_storage(spec)
     if fresh and (out / "tasks").exists():
         for f in (out / "tasks").glob("*.json"):

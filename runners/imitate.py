@@ -28,8 +28,6 @@ from lhopt_dsl.imitation import (
     DEFAULT_LRS,
     DEFAULT_SHAPES,
     Demonstration,
-    ScheduleFollower,
-    Target,
     bolder,
     clone,
     consensus,
@@ -43,7 +41,8 @@ from lhopt_dsl.imitation import (
 )
 from lhopt_dsl.observation import draw_cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import ResidualPolicy
+from lhopt_dsl.residual import Follow, Residual
+from lhopt_dsl.schedule import Schedule
 from lhopt_dsl.sample import INITIAL_CHOICES, train_seed
 
 from .lifeline import worker_pool
@@ -101,10 +100,10 @@ def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
     j, seed, spec_json, policy_ckpt, target, initial, follow, weights, base = args
     spec, cfg, cadence = _task(seed, spec_json, initial)
     policy = ActorCritic(policy_shape(spec)) if policy_ckpt is None else ActorCritic.from_checkpoint(policy_ckpt)
-    residual = None if base is None else ResidualPolicy(policy, spec.hparams, Target.from_name(base))
-    demo = relabel(cfg, policy, spec.hparams, Target.from_name(target), device=spec.device, data_dir=spec.data_dir,
+    residual = None if base is None else Residual(policy, spec.hparams, Schedule.from_name(base))
+    demo = relabel(cfg, policy, spec.hparams, Schedule.from_name(target), device=spec.device, data_dir=spec.data_dir,
                    max_valid=spec.meta_train.max_valid, cadence=cadence,
-                   follow=None if follow is None else Target.from_name(follow), weights=weights,
+                   follow=None if follow is None else Schedule.from_name(follow), weights=weights,
                    residual=residual)  # fmt: skip
     return j, {"seed": seed, "demo": demo.to_data()}
 
@@ -152,7 +151,7 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
 
 
 def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None) -> Path:
-    ScheduleFollower(None, spec.hparams, default_targets(settings.lrs, settings.shapes), 1e-3, 1)  # fails now, not in a worker
+    Follow(default_targets(settings.lrs, settings.shapes), spec.hparams)  # fails now, not in a worker
     run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
     if sum(x is not None for x in (settings.margin, settings.tie, settings.soft)) > 1:
         raise ValueError("--margin, --tie and --soft are three ways of labelling the tasks; pass one of them")
@@ -160,7 +159,7 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
     if settings.base is not None:
         if settings.soft is not None:
             raise ValueError("--soft and --base are two kinds of labels; pass one of them")
-        residual = ResidualPolicy(ActorCritic(policy_shape(spec)), spec.hparams, Target.from_name(settings.base))
+        residual = Residual(ActorCritic(policy_shape(spec)), spec.hparams, Schedule.from_name(settings.base))
     if settings.soft is not None and not settings.soft > 0:
         raise ValueError(f"--soft is a temperature and must be > 0, got {settings.soft}")
     if settings.initial not in INITIAL_CHOICES:
@@ -208,7 +207,7 @@ def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str |
         weights = {j: target_weights(d.target_losses, settings.soft) for j, d in demos.items()}
         demos = {j: _with_soft_labels(spec, seeds[j], settings.initial, d, weights[j]) for j, d in demos.items()}
     if residual is not None:  # each task's schedule, as offsets from the base
-        demos = {j: residual_demo(d, residual, Target.from_name(labels[j]), sample(spec, seeds[j], initial=settings.initial).hparams.lr)
+        demos = {j: residual_demo(d, residual, Schedule.from_name(labels[j]), sample(spec, seeds[j], initial=settings.initial).hparams.lr)
                  for j, d in demos.items()}  # fmt: skip
     ordered = [demos[j] for j in sorted(demos)]
     clone_seed = spec.seed if settings.clone_seed is None else settings.clone_seed
@@ -263,8 +262,9 @@ def _with_soft_labels(spec: ExperimentSpec, seed: int, initial: str, demo: Demon
         raise ValueError("soft labels need every follower's final loss, which demonstrations written before it was "
                          "recorded lack: collect them again into a new --run-dir")  # fmt: skip
     cfg = sample(spec, seed, initial=initial)
-    follower = ScheduleFollower(None, spec.hparams, [], cfg.hparams.lr, cfg.task.outer_steps)
-    return replace(demo, soft=soft_labels(follower, weights, lr_trajectory(follower, demo.actions)))
+    follower = Follow([], spec.hparams)
+    lrs = lr_trajectory(follower, demo.actions, cfg.hparams.lr)
+    return replace(demo, soft=soft_labels(follower, weights, lrs, cfg.task.outer_steps))
 
 
 def _clone(demos: list[Demonstration], spec: ExperimentSpec, seed: int, epochs: int) -> tuple[ActorCritic, dict[str, float]]:

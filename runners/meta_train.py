@@ -98,7 +98,7 @@ def _job(args: tuple) -> TaskResult:
     cadence = draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
     return task_rollouts(cfg, policy, ema, spec.hparams, rollouts=rollouts, seed=seed, device=device,
                          data_dir=data_dir, max_valid=spec.meta_train.max_valid, population=spec.meta_train.population,
-                         compiled=spec.meta_train.compile, cadence=cadence)  # fmt: skip
+                         compiled=spec.meta_train.compile, cadence=cadence, critic=policy)  # fmt: skip
 
 
 def _pad(episodes: list[Episode], key: str) -> torch.Tensor:

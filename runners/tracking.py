@@ -244,7 +244,7 @@ class PolicyModel(_pyfunc_base()):  # type: ignore[misc]
 
         policy, _ = load_policy(context.artifacts["checkpoint"])
         # a residual policy's actions are its offsets from its base schedule (the drop-in carries them out)
-        self.policy = getattr(policy, "policy", policy)
+        self.policy = getattr(policy, "inner", policy)
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001
         import numpy as np

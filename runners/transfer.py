@@ -26,7 +26,7 @@ from lhopt_dsl.baselines import ADAMW_BASELINES
 from lhopt_dsl.compile import compile_task
 from lhopt_dsl.controller import ScheduleReplay, require_adamw_space, schedule_from_history
 from lhopt_dsl.metrics import speedup
-from lhopt_dsl.policy import ActorCritic
+from lhopt_dsl.actor import Actor
 from lhopt_dsl.rollout import Episode
 from lhopt_dsl.schedule import LearningCurve, segment_bounds
 from lhopt_dsl.spec.hparams import HyperparameterSpace
@@ -71,7 +71,7 @@ def check_pair(small: TaskConfig, large: TaskConfig, params: tuple[int, int]) ->
                          f"{steps:.2f}x the steps of the small one; transfer is measured at >= {MIN_SCALE:g}x both")  # fmt: skip
 
 
-def transfer(policy: ActorCritic, space: HyperparameterSpace, small: TaskConfig, large: TaskConfig, storage: str, *,
+def transfer(policy: Actor[Any], space: HyperparameterSpace, small: TaskConfig, large: TaskConfig, storage: str, *,
              device: str = "cpu", data_dir: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The transfer experiment on one (small, large) pair; returns its record (see :func:`format_record`)."""
     require_adamw_space(space.space, "the policy")

@@ -64,8 +64,8 @@ def test_drop_in_trains_a_model_and_calls_the_policy_the_expected_number_of_time
     x, y, net = _regression()
     opt = LHOPT(net.parameters(), policy=policy_file, total_steps=200, outer_steps=10, initial={"lr": 3e-2})
     calls = []
-    original = opt.policy.act
-    opt.policy.act = lambda *a, **k: calls.append(1) or original(*a, **k)
+    original = opt.actor.act
+    opt.actor.act = lambda *a, **k: calls.append(1) or original(*a, **k)
     first = F.mse_loss(net(x), y).item()
     for step in range(200):
         idx = torch.arange(step * 32, step * 32 + 32) % 512
@@ -270,3 +270,26 @@ def test_example_script_runs():
                          capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "lhopt: final validation loss" in out.stdout and "acted 32 times" in out.stdout
+
+
+def test_acting_never_runs_the_critic(policy_file, monkeypatch):
+    """The drop-in and evaluation act with the actor alone: a critic that fails when run is never run."""
+    from runners.evaluate import policy_run
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the critic ran while acting")
+
+    monkeypatch.setattr(ActorCritic, "critic_forward", refuse)
+    x, y, net = _regression()
+    opt = LHOPT(net.parameters(), policy=policy_file, total_steps=40, outer_steps=8)
+    for step in range(40):
+        loss = F.mse_loss(net(x[:64]), y[:64])
+        opt.zero_grad()
+        loss.backward()
+        opt.observe(train_loss=loss.item())
+        opt.step()
+    assert opt.decisions == 8
+    policy, space = load_policy(policy_file)
+    cfg = next(c for c in (sample(SMOKE, s) for s in range(50)) if c.family == "nqm")
+    episode = policy_run(policy, space, cfg)
+    assert len(episode) == cfg.task.outer_steps and all(math.isnan(v) for v in episode.values)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from lhopt_dsl import load_spec
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.controller import LHOPT, combine_policies, load_policy
-from lhopt_dsl.decoding import DecodedPolicy
+from lhopt_dsl.actor import Run
+from lhopt_dsl.decoding import Decoded
 from lhopt_dsl.policy import ActorCritic, EnsembleActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from lhopt_dsl.spec.hparams import CIAOSpace
 from runners.cli import main as cli
@@ -70,12 +71,13 @@ def test_each_member_normalises_the_raw_features_with_its_own_statistics():
     raw = raw_features()
     for members in ([a, a], [b, b]):
         ens = EnsembleActorCritic(members)
-        alone, st_alone, st_ens = members[0], None, None
+        alone, runs = members[0], [Run({"lr": 1e-3}, raw.shape[0])] * raw.shape[1]
+        st_alone, st_ens = alone.start(runs), ens.start(runs)
         for t in range(raw.shape[0]):
-            act1, lp1, st_alone = alone.act_batch(alone.policy_norm(raw[t], update=False), st_alone, [None] * 4, True)
-            act2, lp2, st_ens = ens.act_batch(ens.policy_norm(raw[t], update=False), st_ens, [None] * 4, True)
-            assert (act1 == act2).all()
-            np.testing.assert_allclose(lp1, lp2, atol=1e-5)
+            step1, st_alone = alone.act(st_alone, raw[t], [None] * 4, True)
+            step2, st_ens = ens.act(st_ens, raw[t], [None] * 4, True)
+            assert (step1.actions == step2.actions).all()
+            np.testing.assert_allclose(step1.logprobs, step2.logprobs, atol=1e-5)
     # b's weights read through a's statistics give other distributions than b's own
     shared = member_logprobs(b, raw)
     swapped = ActorCritic.from_checkpoint({**b.to_checkpoint(), "policy_norm": a.policy_norm.state_dict()})
@@ -85,18 +87,20 @@ def test_each_member_normalises_the_raw_features_with_its_own_statistics():
 def test_an_ensemble_acts_through_act_and_the_decodings_with_mean_values():
     a, b = trained_looking(1), trained_looking(2)
     ens = EnsembleActorCritic([a, b])
-    raw, v = raw_features()[0, 0], np.random.default_rng(1).normal(size=3)
+    raw, v = raw_features()[0, :1], np.random.default_rng(1).normal(size=(1, 3))
+    step, state = ens.act(ens.start([Run({"lr": 1e-3}, 3)]), raw, [None], True)
+    assert step.actions.shape == (1, len(NVEC)) and len(state) == 2
     p, vv = ens.normalise(raw, v)
-    action, _, value, state = ens.act(p, vv, (None, None), None, True)
-    _, _, va, _ = a.act(*a.normalise(raw, v), (None, None), None, True)
-    _, _, vb, _ = b.act(*b.normalise(raw, v), (None, None), None, True)
-    assert value == pytest.approx((va + vb) / 2, abs=1e-5)
-    assert action.shape == (len(NVEC),) and len(state) == 2
+    value, _ = ens.critic_forward(torch.as_tensor(p)[None], torch.as_tensor(vv)[None])
+    va, _ = a.critic_forward(*(torch.as_tensor(t)[None] for t in a.normalise(raw, v)))
+    vb, _ = b.critic_forward(*(torch.as_tensor(t)[None] for t in b.normalise(raw, v)))
+    assert float(value) == pytest.approx(float(va + vb) / 2, abs=1e-5)
     for decode in ("greedy", "mean", "sample"):
-        st: tuple = (None, None)
+        actor = Decoded(ens, SPACE, decode)
+        st = actor.start([Run({"lr": 1e-3}, 3)])
         for _ in range(3):
-            out, _, _, st = DecodedPolicy(ens, SPACE, decode).act(p, vv, st)
-            assert out.shape == (len(NVEC),)
+            out, st = actor.act(st, raw, [None], True)
+            assert out.actions.shape == (1, len(NVEC))
 
 
 def test_combined_files_round_trip_and_drive_the_drop_in(tmp_path):

@@ -327,11 +327,12 @@ def test_best_of_takes_each_tasks_lowest_validation_loss_as_an_evaluation_of_its
 
 
 def test_test_set_evaluations_get_their_own_default_directory(tmp_path):
-    from lhopt_dsl.imitation import FixedSchedule, Target
+    from lhopt_dsl.residual import FixedSchedule
+    from lhopt_dsl.schedule import Schedule
     from runners.evaluate import default_out
 
     spec = load_spec(SPECS / "cpu.yaml")
-    schedule = FixedSchedule(Target.from_name("linear-lr0.03"), spec.hparams)
+    schedule = FixedSchedule(Schedule.from_name("linear-lr0.03"), spec.hparams)
     dev, test = default_out(spec, schedule), default_out(spec, schedule, task_set="test")
     assert test.name == dev.name + "-test" and test.parent == dev.parent
     assert default_out(spec, DEFAULT_POLICY, task_set="test").name.endswith("-test")

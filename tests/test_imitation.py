@@ -12,8 +12,6 @@ from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.imitation import (
     DIVERGED_REGRET,
     Demonstration,
-    ScheduleFollower,
-    Target,
     bolder,
     clone,
     consensus,
@@ -23,7 +21,10 @@ from lhopt_dsl.imitation import (
     soft_labels,
     target_weights,
 )
+from lhopt_dsl.actor import Run
 from lhopt_dsl.observation import Cadence
+from lhopt_dsl.residual import Follow
+from lhopt_dsl.schedule import KEEP, Schedule
 from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from runners.meta_train import initial_policy, policy_shape
 
@@ -54,19 +55,19 @@ _SMOKE = load_spec(SPECS / "smoke.yaml")
 SMOKE = _SMOKE.model_copy(update={"name": "smoke_keep", "hparams": load_spec(SPECS / "cpu.yaml").hparams})
 
 
-def follower(targets, initial_lr=1e-5, outer=10):
-    return ScheduleFollower(ActorCritic(policy_shape(SMOKE)), SMOKE.hparams, targets, initial_lr, outer)
+def follower(targets):
+    return Follow(targets, SMOKE.hparams, ActorCritic(policy_shape(SMOKE)).policy_norm)
 
 
 def test_follower_reaches_its_target_with_the_policy_actions_and_keeps_the_rest():
-    f = follower([Target(1e-3, "constant"), Target(None), Target(3e-3, "linear")], outer=16)
+    f = follower([Schedule.from_name("constant-lr0.001"), KEEP, Schedule.from_name("linear-lr0.003")])
     actions = ActionSpace(SMOKE.hparams)
-    acts, state = [], None
-    lrs = []
+    carry = f.start([Run({"lr": 1e-5}, 16, member=m) for m in range(3)])
+    acts, lrs = [], []
     for _ in range(16):
-        act, logprob, state = f.act_batch(np.zeros((3, 4)), state, [None] * 3)
-        acts.append(act)
-        lrs.append(state[1])
+        step, carry = f.act(carry, np.zeros((3, f.policy_size)), [None] * 3, False)
+        acts.append(step.actions)
+        lrs.append(carry.lr)
     acts, lrs = np.stack(acts), np.asarray(lrs)
     lr_param = actions.hparams["lr"]
     # Every step moves by one of lr's action values and the others keep theirs; no restart.
@@ -77,15 +78,17 @@ def test_follower_reaches_its_target_with_the_policy_actions_and_keeps_the_rest(
     assert (lrs[:, 1] == 1e-5).all() and (acts[:, 1, 0] == actions.identity()[0]).all()
     # Linear decay: after reaching the target the follower goes down with it.
     assert lrs[-1, 2] < lrs[8, 2]
-    with pytest.raises(RuntimeError, match="episodes asked"):
-        f.act_batch(np.zeros((1, 4)), None, [None])
+    # The guard's lowered learning rate is where it follows on from.
+    assert f.guarded(carry, 2, 0.1).lr[2] == pytest.approx(lrs[-1, 2] * 0.1)
+    with pytest.raises(ValueError, match="member 3 of a follower of 3 targets"):
+        f.start([Run({"lr": 1e-5}, 16, member=3)])
 
 
 def test_a_space_without_keep_actions_is_refused():
     from lhopt_dsl.spec.hparams import CIAOSpace
 
     with pytest.raises(ValueError, match="no action that keeps weight_decay, eps"):
-        ScheduleFollower(None, CIAOSpace(), [Target(1e-3)], 1e-3, 4)  # Table 8's actions: x0.5 and x2 only
+        Follow([Schedule(optimizer=None, lr=1e-3)], CIAOSpace())  # Table 8's actions: x0.5 and x2 only
     from runners.cli import main
 
     assert main(["imitate", str(SPECS / "smoke.yaml"), "--tasks", "1"]) == 2  # the smoke spec has Table 8's
@@ -94,7 +97,7 @@ def test_a_space_without_keep_actions_is_refused():
 @pytest.mark.parametrize("family,cadence", [("mlp", Cadence(None, None)), ("nqm", Cadence(3, None))], ids=str)
 def test_demonstration_is_the_best_follower_and_alike_batched_or_not(family, cadence):
     cfg = smoke(family, outer_steps=8)
-    targets = [Target(None), Target(1e-4), Target(1e-2, "cosine"), Target(0.1)]
+    targets = [KEEP, *map(Schedule.from_name, ("constant-lr0.0001", "cosine-lr0.01", "constant-lr0.1"))]
     learner = ActorCritic(policy_shape(SMOKE))
     demo, eps = demonstrate(cfg, learner, SMOKE.hparams, targets, seed=5, population=True, cadence=cadence)
     seq_demo, seq_eps = demonstrate(cfg, learner, SMOKE.hparams, targets, seed=5, population=False, cadence=cadence)
@@ -125,14 +128,14 @@ def test_relabelled_decisions_head_for_the_tasks_best_schedule_from_where_the_po
     cfg = smoke("mlp", outer_steps=8)
     cfg = cfg.model_copy(update={"hparams": cfg.hparams.model_copy(update={"lr": 1e-5})})
     policy = ActorCritic(policy_shape(SMOKE))
-    demo = relabel(cfg, policy, SMOKE.hparams, Target(0.1), cadence=Cadence(None, None))
+    demo = relabel(cfg, policy, SMOKE.hparams, Schedule(optimizer=None, lr=0.1), cadence=Cadence(None, None))
     actions = ActionSpace(SMOKE.hparams)
     up = actions.hparams["lr"].action.values.index(2.0)
     assert demo.actions.shape == (8, len(actions.nvec)) and np.isnan(demo.rewards).all()
     assert (demo.actions[:, 0] == up).all()  # from 1e-5, 0.1 is more than 8 doublings away whatever the policy did
     assert (demo.actions[:, 1:] == actions.identity()[1:]).all()
-    assert Target.from_name(Target(0.03, "cosine").name) == Target(0.03, "cosine")
-    assert Target.from_name("keep") == Target(None)
+    assert Schedule.from_name("cosine-lr0.03") == Schedule(optimizer=None, lr=0.03, shape="cosine")
+    assert Schedule.from_name("keep") == KEEP
 
 
 def test_following_another_schedule_records_that_followers_episode():
@@ -141,7 +144,7 @@ def test_following_another_schedule_records_that_followers_episode():
     cfg = smoke("mlp", outer_steps=8)
     cfg = cfg.model_copy(update={"hparams": cfg.hparams.model_copy(update={"lr": 1e-3})})
     learner = ActorCritic(policy_shape(SMOKE))
-    target = Target(1e-2, "linear")
+    target = Schedule(optimizer=None, lr=1e-2, shape="linear")
     demo = relabel(cfg, learner, SMOKE.hparams, target, follow=target, cadence=Cadence(None, None))
     _, eps = demonstrate(cfg, learner, SMOKE.hparams, [target], seed=0, population=False, cadence=Cadence(None, None))
     # The same episode as the follower's own run, labelled with its own actions.
@@ -372,22 +375,22 @@ def test_soft_label_weights_fall_with_regret_by_hand():
 
 
 def test_soft_labels_put_each_schedules_weight_on_its_followers_action_from_where_the_run_is():
-    target, keep = Target(0.01), Target(None)
-    f = follower([target], initial_lr=1e-3)
-    lrs, actions = [f.initial_lr], []
-    for t in range(f.outer):
-        a, lr = f.choose(target, lrs[-1], t)
+    target, keep = Schedule(optimizer=None, lr=0.01), KEEP
+    f, outer = follower([target]), 10
+    lrs, actions = [1e-3], []
+    for t in range(outer):
+        a, lr = f.choose(target, lrs[-1], t, outer)
         actions.append(a)
         lrs.append(lr)
     actions = np.stack(actions)
-    assert lr_trajectory(f, actions) == pytest.approx(lrs[:-1])  # the run's learning rates, rebuilt from its actions
-    lr_dim, n = f.lr_dim, f.shape.nvec[f.lr_dim]
-    alone = soft_labels(f, {target.name: 1.0}, lrs[:-1])
+    assert lr_trajectory(f, actions, 1e-3) == pytest.approx(lrs[:-1])  # the run's learning rates, rebuilt from its actions
+    lr_dim, n = f.lr_dim, f.nvec[f.lr_dim]
+    alone = soft_labels(f, {target.name: 1.0}, lrs[:-1], outer)
     assert np.array_equal(alone, np.eye(n)[actions[:, lr_dim]])  # one schedule: its hard labels
-    mixed = soft_labels(f, {target.name: 0.7, keep.name: 0.3, "linear-lr0.1": 0.0}, lrs[:-1])
+    mixed = soft_labels(f, {target.name: 0.7, keep.name: 0.3, "linear-lr0.1": 0.0}, lrs[:-1], outer)
     assert np.allclose(mixed.sum(axis=1), 1.0)
     kept = f.keep[lr_dim]
-    for t in range(f.outer):
+    for t in range(outer):
         if actions[t, lr_dim] == kept:  # the target is reached: both schedules keep
             assert mixed[t, kept] == pytest.approx(1.0)
         else:  # climbing from 1e-3: 0.7 on the climb, 0.3 on keeping

@@ -17,6 +17,7 @@ import yaml
 
 from lhopt_dsl import load_spec
 from lhopt_dsl.controller import load_policy
+from lhopt_dsl.actor import Run
 from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint
 from lhopt_dsl.rollout import Episode
 from runners.meta_train import Settings, policy_shape, ppo_update, train
@@ -27,17 +28,19 @@ from .conftest import SPECS
 
 def toy_episode(model: ActorCritic, gen: torch.Generator, length: int = 3) -> Episode:
     """Observations are random; reward 1 when the first action dimension picks 2, else 0."""
-    state = (None, None)
-    rows = {k: [] for k in ("p", "v", "a", "lp", "val", "r")}
+    carry = model.start([Run({"lr": 1e-3}, length)])
+    rows = {k: [] for k in ("p", "v", "a", "lp", "r")}
     for _ in range(length):
         p = torch.randn(model.shape.policy_size, generator=gen).numpy()
         v = torch.randn(model.shape.value_size, generator=gen).numpy()
-        a, lp, val, state = model.act(p, v, state, gen)
-        for key, x in (("p", p), ("v", v), ("a", a), ("lp", lp), ("val", val), ("r", float(a[0] == 2))):
+        step, carry = model.act(carry, p[None], [gen], False)
+        a = step.actions[0]
+        for key, x in (("p", step.seen[0]), ("v", v), ("a", a), ("lp", step.logprobs[0]), ("r", float(a[0] == 2))):
             rows[key].append(x)
     stack = lambda k: np.stack(rows[k])  # noqa: E731
+    values = model.values(stack("p"), stack("v"))
     return Episode(stack("p"), stack("v"), stack("p"), stack("v"), stack("a"), np.asarray(rows["lp"]),
-                   np.asarray(rows["val"]), np.asarray(rows["r"]), [], [], [])  # fmt: skip
+                   values, np.asarray(rows["r"]), [], [], [])  # fmt: skip
 
 
 def test_ppo_learns_the_best_action_of_a_toy_problem():

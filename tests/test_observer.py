@@ -54,13 +54,13 @@ def test_the_drop_in_and_the_environment_show_the_policy_the_same_vectors(family
     policy.policy_norm(torch.randn(64, policy.shape.policy_size).numpy() * 3)  # non-trivial normaliser
     env = InnerTrainingEnv(SMOKE.hparams)
     episode = run_episode(env, cfg, policy, log_improvement_reward, generator=torch.Generator().manual_seed(5),
-                          critic=False, cadence=cadence)  # fmt: skip
+                          cadence=cadence)  # fmt: skip
 
     task = compile_task(cfg)  # the same weights and data order as the environment's
     opt = LHOPT(task.params, copy.deepcopy(policy), total_steps=task.steps, outer_steps=task.outer_steps,
                 initial=cfg.hparams.controlled(), model=task.model, deterministic=False, seed=5)  # fmt: skip
-    seen, normalise = [], opt.policy.policy_norm
-    opt.policy.policy_norm = lambda x, update=False: normalise(seen.append(x.copy()) or x, update=update)
+    seen, normalise = [], opt.actor.policy_norm
+    opt.actor.policy_norm = lambda x, update=False: normalise(seen.append(x.copy()) or x, update=update)
     if cadence.valid_every is not None:
         opt.observe(valid_loss=task.valid_loss())
     bounds = segment_bounds(task.steps, task.outer_steps)
@@ -79,7 +79,7 @@ def test_the_drop_in_and_the_environment_show_the_policy_the_same_vectors(family
             task.valid_loss()  # the environment measures it anyway (for its reward): keep the data order
 
     assert len(seen) == len(episode.raw_policy) == task.outer_steps
-    np.testing.assert_array_equal(np.stack(seen), episode.raw_policy)
+    np.testing.assert_array_equal(np.concatenate(seen), episode.raw_policy)  # one (1, Fp) row per decision
     assert [h["restart"] for h in opt.history] == [kind for kind, _ in episode.restarts]
     assert any(kind != "none" for kind, _ in episode.restarts)  # the restart path is covered
     for mine, theirs in zip(opt.history, episode.hparams):

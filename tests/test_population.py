@@ -197,7 +197,7 @@ def test_population_rollouts_equal_one_at_a_time_rollouts(family, cadence):
     with torch.no_grad():
         policy.actor.head.bias[torch.as_tensor(offsets[:-1] + identity[:-1])] += 1.0  # restarts stay random
         ema.actor.head.bias[torch.as_tensor(offsets + identity)] += 1.0
-    args = dict(rollouts=3, seed=11, cadence=cadence)
+    args = dict(rollouts=3, seed=11, cadence=cadence, critic=policy)
     seq = task_rollouts(cfg, policy, ema, SMOKE.hparams, population=False, **args)
     pop = task_rollouts(cfg, policy, ema, SMOKE.hparams, population=True, **args)
     assert pop.population and not seq.population and pop.cadence == seq.cadence == cadence
@@ -235,7 +235,7 @@ def test_adamw_space_population_rollouts_equal_one_at_a_time_rollouts(family):
     cfg = next(c for c in (sample(spec, s) for s in range(200)) if c.family == family)
     torch.manual_seed(3)
     policy, ema = ActorCritic(policy_shape(spec)), ActorCritic(policy_shape(spec))
-    args = dict(rollouts=2, seed=11)
+    args = dict(rollouts=2, seed=11, critic=policy)
     seq = task_rollouts(cfg, policy, ema, spec.hparams, population=False, **args)
     pop = task_rollouts(cfg, policy, ema, spec.hparams, population=True, **args)
     assert pop.population and not seq.population

@@ -9,10 +9,12 @@ import torch
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.controller import LHOPT, combine_policies, load_policy
 from lhopt_dsl.decoding import decoded
-from lhopt_dsl.imitation import ScheduleFollower, Target, relabel, residual_demo
+from lhopt_dsl.actor import Run, Step
+from lhopt_dsl.imitation import relabel, residual_demo
 from lhopt_dsl.observation import Cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import OFFSET_BOUNDS, ResidualPolicy
+from lhopt_dsl.residual import OFFSET_BOUNDS, Follow, Residual
+from lhopt_dsl.schedule import KEEP, Schedule
 from runners.meta_train import initial_policy, policy_shape
 
 from .test_imitation import SMOKE, _graded
@@ -20,7 +22,7 @@ from .test_population import smoke
 
 SPACE = SMOKE.hparams
 LR_VALUES = list(SPACE.controlled()["lr"].action.values)
-BASE = Target(0.03, "linear")
+BASE = Schedule(optimizer=None, lr=0.03, shape="linear")
 
 
 def biased(lr_action: float) -> ActorCritic:
@@ -40,66 +42,78 @@ def biased(lr_action: float) -> ActorCritic:
 
 
 class Scripted:
-    """Stands in for a policy: plays the learning-rate actions ``script`` in order, keeps the rest."""
+    """An actor that plays the learning-rate actions ``script`` in order and keeps the rest."""
+
+    kind = "network"
 
     def __init__(self, script):
-        self.model = ActorCritic(policy_shape(SMOKE))
-        self.shape, self.policy_norm, self.normalise = self.model.shape, self.model.policy_norm, self.model.normalise
-        self.check_compatible = self.model.check_compatible
+        model = ActorCritic(policy_shape(SMOKE))
+        self.policy_size, self.nvec = model.policy_size, model.nvec
         self.script, self.keep = list(script), ActionSpace(SPACE).identity()
 
-    def act(self, x, v, state, generator=None, deterministic=False):
+    def start(self, runs):
+        return 0  # decisions made
+
+    def act(self, carry, features, generators, greedy):
         a = self.keep.copy()
-        a[0] = self.script.pop(0)
-        return a, 0.0, 0.0, state
+        a[0] = self.script[carry]
+        actions = np.tile(a, (len(features), 1))
+        return Step(actions, np.zeros(len(actions)), np.asarray(features, np.float32), actions), carry + 1
+
+    def guarded(self, carry, row, lr_factor):
+        return carry
 
 
-def run_bound(bound, steps):
-    x, v = np.zeros(bound.shape.policy_size, np.float32), np.zeros(bound.shape.value_size, np.float32)
-    lrs, state = [], (None, None)
+def run_residual(residual, initial, steps):
+    """The learning rate after each decision of one run, the offsets before each and the carry at the end."""
+    carry = residual.start([Run({"lr": initial}, steps)])
+    lrs, proposed = [], []
     for _ in range(steps):
-        action, _, _, state = bound.act(x, v, state, None, True)
-        lrs.append(bound.lr)
-    return lrs
+        step, carry = residual.act(carry, np.zeros((1, residual.policy_size), np.float32), [None], True)
+        lrs.append(carry.lr[0])
+        proposed.append(step.proposed[0, residual.lr_dim])
+    return lrs, residual.offsets_before(proposed), carry
+
+
+def followed(target, initial, outer):
+    """The learning rates a follower of ``target`` sets from ``initial`` over ``outer`` decisions."""
+    follower, lr, out = Follow([target], SPACE), initial, []
+    for t in range(outer):
+        _, lr = follower.choose(target, lr, t, outer)
+        out.append(lr)
+    return out
 
 
 def test_keeping_follows_the_base_schedule_exactly_and_other_dimensions_are_the_policys():
     outer, initial = 16, 1e-3
     keep = LR_VALUES.index(1.0)
-    bound = ResidualPolicy(Scripted([keep] * outer), SPACE, BASE).bind(initial, outer)
-    follower = ScheduleFollower(None, SPACE, [BASE], initial, outer)
-    expected, lr = [], initial
-    for t in range(outer):
-        _, lr = follower.choose(BASE, lr, t)
-        expected.append(lr)
-    assert run_bound(bound, outer) == expected
-    assert [m for m, _ in bound.trace] == [1.0] * outer
+    lrs, offsets, _ = run_residual(Residual(Scripted([keep] * outer), SPACE, BASE), initial, outer)
+    expected = followed(BASE, initial, outer)
+    assert lrs == expected
+    assert offsets == [1.0] * outer
     assert max(expected) == pytest.approx(0.03, rel=0.25)  # it ramps up to the base and decays with it
 
 
 def test_the_offset_scales_the_schedule_within_its_bounds():
     outer = 40
     half = LR_VALUES.index(0.5)
-    bound = ResidualPolicy(Scripted([half] * outer), SPACE, BASE).bind(1e-3, outer)
-    run_bound(bound, outer)
-    assert bound.offset == OFFSET_BOUNDS[0]  # halved 40 times, but never below the bound
-    assert [m for m, _ in bound.trace][:3] == [1.0, 0.5, 0.25]
-    bound.lowered(0.1)  # the drop-in's guard: the offset follows the lowered learning rate
-    assert bound.offset == OFFSET_BOUNDS[0]
-    b2 = ResidualPolicy(Scripted([]), SPACE, BASE).bind(1e-3, 4)
-    b2.lowered(0.1)
-    assert b2.offset == pytest.approx(0.1) and b2.lr == pytest.approx(1e-4)
-    with pytest.raises(RuntimeError, match="bind"):
-        ResidualPolicy(Scripted([]), SPACE, BASE).act(None, None, None)
+    residual = Residual(Scripted([half] * outer), SPACE, BASE)
+    _, offsets, carry = run_residual(residual, 1e-3, outer)
+    assert carry.offset[0] == OFFSET_BOUNDS[0]  # halved 40 times, but never below the bound
+    assert offsets[:3] == [1.0, 0.5, 0.25]
+    carry = residual.guarded(carry, 0, 0.1)  # the drop-in's guard: the offset follows the lowered learning rate
+    assert carry.offset[0] == OFFSET_BOUNDS[0]
+    fresh = residual.guarded(residual.start([Run({"lr": 1e-3}, 4)]), 0, 0.1)
+    assert fresh.offset[0] == pytest.approx(0.1) and fresh.lr[0] == pytest.approx(1e-4)
     with pytest.raises(ValueError, match="keep"):
-        ResidualPolicy(Scripted([]), SPACE, Target(None))
+        Residual(Scripted([]), SPACE, KEEP)
 
 
 def test_labels_keep_on_the_base_and_lead_to_another_schedules_offset():
-    residual = ResidualPolicy(Scripted([]), SPACE, BASE)
+    residual = Residual(Scripted([]), SPACE, BASE)
     keep = LR_VALUES.index(1.0)
     assert (residual.labels(residual.offsets(BASE, 1e-3, 32)) == keep).all()
-    lower = Target(0.01, "linear")
+    lower = Schedule(optimizer=None, lr=0.01, shape="linear")
     wanted = residual.offsets(lower, 1e-3, 32)
     assert wanted == pytest.approx([1 / 3] * 32)
     labels = residual.labels(wanted)
@@ -112,18 +126,13 @@ def test_labels_keep_on_the_base_and_lead_to_another_schedules_offset():
     before = [3.0] * 32
     assert (residual.labels(wanted, before) == LR_VALUES.index(0.5)).all()
     # Playing the labels runs the lower schedule's learning rates, as its own follower does.
-    bound = ResidualPolicy(Scripted(list(labels)), SPACE, BASE).bind(1e-3, 32)
-    got = run_bound(bound, 32)
-    follower = ScheduleFollower(None, SPACE, [lower], 1e-3, 32)
-    lr, theirs = 1e-3, []
-    for t in range(32):
-        _, lr = follower.choose(lower, lr, t)
-        theirs.append(lr)
+    got, _, _ = run_residual(Residual(Scripted(list(labels)), SPACE, BASE), 1e-3, 32)
+    theirs = followed(lower, 1e-3, 32)
     assert np.allclose(np.log(got[8:-2]), np.log(theirs[8:-2]), atol=math.log(1.6))
 
 
 def test_a_follower_demonstration_becomes_offset_labels():
-    residual = ResidualPolicy(Scripted([]), SPACE, BASE)
+    residual = Residual(Scripted([]), SPACE, BASE)
     demo = _graded("t", {"linear-lr0.03": 1.0, "linear-lr0.01": 0.9})
     demo.actions = np.tile(ActionSpace(SPACE).identity(), (32, 1))
     demo.actions[:, 0] = LR_VALUES.index(2.0)
@@ -135,7 +144,7 @@ def test_a_follower_demonstration_becomes_offset_labels():
 def test_dagger_relabels_a_residual_policys_own_episode_from_its_offsets():
     cfg = smoke("mlp", outer_steps=8)
     policy = biased(2.0)  # doubles its offset at every decision
-    residual = ResidualPolicy(policy, SPACE, BASE)
+    residual = Residual(policy, SPACE, BASE)
     demo = relabel(cfg, policy, SPACE, BASE, residual=residual, cadence=Cadence(None, None))
     # From offsets 1, 2, 4, ... the way back to the base is down, except at the very start.
     assert demo.actions[0, 0] == LR_VALUES.index(1.0)
@@ -156,15 +165,10 @@ def test_a_residual_policy_file_acts_around_its_base_in_evaluation_and_the_dropi
 
     path = _save(tmp_path, biased(1.0))
     policy, space = load_policy(path)
-    assert isinstance(policy, ResidualPolicy) and policy.base == BASE
+    assert policy.kind == "residual" and policy.base == BASE
     cfg = smoke("mlp", outer_steps=8)
     episode = policy_run(policy, space, cfg)
-    follower = ScheduleFollower(None, space, [BASE], cfg.hparams.lr, 8)
-    lr, expected = cfg.hparams.lr, []
-    for t in range(8):
-        _, lr = follower.choose(BASE, lr, t)
-        expected.append(lr)
-    assert [h["lr"] for h in episode.hparams] == pytest.approx(expected)
+    assert [h["lr"] for h in episode.hparams] == pytest.approx(followed(BASE, cfg.hparams.lr, 8))
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
@@ -176,12 +180,7 @@ def test_a_residual_policy_file_acts_around_its_base_in_evaluation_and_the_dropi
         loss.backward()
         opt.observe(train_loss=loss.item())
         opt.step()
-    follower = ScheduleFollower(None, space, [BASE], 1e-3, 8)
-    lr, expected = 1e-3, []
-    for t in range(8):
-        _, lr = follower.choose(BASE, lr, t)
-        expected.append(lr)
-    assert [h["lr"] for h in opt.history] == pytest.approx(expected)
+    assert [h["lr"] for h in opt.history] == pytest.approx(followed(BASE, 1e-3, 8))
     assert math.isfinite(float(loss))
 
 
@@ -214,7 +213,7 @@ def test_lhopt_imitate_with_a_base_writes_a_residual_policy(tmp_path):
     assert saved["residual"]["base"] == "linear-lr0.01" and saved["imitation"]["base"] == "linear-lr0.01"
     assert len(list((run / "dagger-3-blinear-lr0.01" / "round1").iterdir())) == 3
     policy, _ = load_policy(path)
-    assert isinstance(policy, ResidualPolicy) and policy.base == Target(0.01, "linear")
+    assert policy.kind == "residual" and policy.base == Schedule(optimizer=None, lr=0.01, shape="linear")
     with pytest.raises(ValueError, match="one of them"):
         imitate_mod.imitate(SMOKE, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, soft=0.01,
                                                                  base="linear-lr0.01", **small))  # fmt: skip

@@ -123,7 +123,7 @@ def test_the_shipped_default_policy_is_plain_data():
     state = torch.load(DEFAULT_POLICY, weights_only=True)  # torch's own restricted loader, no help from ours
     assert load_checkpoint(DEFAULT_POLICY)["spec"] == state["spec"]
     policy, space = load_policy(None)
-    assert space.space == "ciao" and policy.shape.hidden_size == 64
+    assert space.space == "ciao" and policy.kind == "residual" and policy.inner.shape.hidden_size == 64
 
 
 def test_a_policy_round_trips_through_a_file(tmp_path):
