@@ -74,10 +74,7 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
     space = validate_space((state.get("spec") or {}).get("hparams", {}))
     model = ActorCritic.from_checkpoint(state["policy"])
     if state.get("residual") is not None:  # a policy that acts around a base schedule
-        base = state["residual"].get("base") if isinstance(state["residual"], dict) else None
-        if not isinstance(base, str):
-            raise ValueError(f"{path} records a residual policy without a base schedule's name")
-        return Residual(model, space, Schedule.from_name(base)), space
+        return Residual(model, space, Schedule.from_name(state["residual"]["base"])), space  # base checked on load
     return model, space
 
 

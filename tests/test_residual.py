@@ -197,7 +197,7 @@ def test_residual_policies_are_refused_where_they_cannot_act(tmp_path):
     broken = tmp_path / "broken.pt"
     save_checkpoint({"policy": ActorCritic(policy_shape(SMOKE)).to_checkpoint(), "spec": SMOKE.model_dump(mode="json"),
                      "residual": {"offset_bounds": [0.1, 10]}}, broken)  # fmt: skip
-    with pytest.raises(ValueError, match="without a base"):
+    with pytest.raises(ValueError, match=r"broken.pt: \['residual'\] lacks 'base'"):
         load_policy(broken)
 
 
