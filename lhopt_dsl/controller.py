@@ -131,6 +131,9 @@ class LHOPT(CIAO):
     :attr:`history` with ``restart: "guard"`` and the reason, so exported schedules replay the lowered
     learning rate. It costs one parameter-norm reduction per step and one copy of the training
     state in memory; ``guard=False`` turns it off.
+
+    ``compiled=True``: CIAO's ``torch.compile``d step (see :class:`~lhopt_dsl.optim.CIAO`), for long
+    runs of large models, where its compile of seconds to a minute pays back.
     """
 
     def __init__(
@@ -148,6 +151,7 @@ class LHOPT(CIAO):
         guard: bool = True,
         guard_factor: float = 10.0,
         guard_lr_factor: float = 0.1,
+        compiled: bool = False,
     ):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
@@ -155,7 +159,7 @@ class LHOPT(CIAO):
             raise ValueError(f"need guard_factor > 1 and 0 < guard_lr_factor < 1, got {guard_factor}, {guard_lr_factor}")
         self.policy, self.space = load_policy(policy)
         start = {n: hp.init for n, hp in self.space.controlled().items()} | (initial or {})
-        super().__init__(params, **self.space.initial(start).ciao_kwargs())
+        super().__init__(params, compiled=compiled, **self.space.initial(start).ciao_kwargs())
         self.actions = ActionSpace(self.space)
         self.features = FeatureBuilder(self.actions, self.space)
         self.policy.check_compatible(self.features.policy_size, None, self.actions.nvec)  # acting: no critic
