@@ -296,7 +296,7 @@ class TensorLists:
 
     def sq(self, x: list) -> torch.Tensor:
         if self.foreach:
-            return _norm_sum([t.reshape(1, -1) for t in x], 2)[0]
+            return _list_norm_sum(x, 2)
         return _sum([torch.linalg.vector_norm(t, dtype=torch.float64) ** 2 for t in x])
 
     def dot(self, x: list, y: list) -> torch.Tensor:
@@ -306,7 +306,7 @@ class TensorLists:
 
     def abs_sum(self, x: list) -> torch.Tensor:
         if self.foreach:
-            return _norm_sum([t.reshape(1, -1) for t in x], 1)[0]
+            return _list_norm_sum(x, 1)
         return _sum([t.abs().sum(dtype=torch.float64) for t in x])
 
     def count_ge(self, x: list, s: float) -> torch.Tensor:
@@ -327,11 +327,26 @@ _ROW = 4096
 def _partial_norms(x: torch.Tensor, ord: float) -> torch.Tensor:
     """(K, N) -> (K, pieces): the ``ord``-norms of each row's pieces of :data:`_ROW` elements (and
     its remainder), in ``x``'s dtype: short sums that stay accurate, for a float64 finish."""
+    if x.shape[1] <= _ROW:
+        return torch.linalg.vector_norm(x, ord, dim=1, keepdim=True)
     full = x.shape[1] // _ROW * _ROW
     parts = [torch.linalg.vector_norm(x[:, :full].unflatten(1, (-1, _ROW)), ord, dim=2)] if full else []
     if full < x.shape[1]:
         parts.append(torch.linalg.vector_norm(x[:, full:], ord, dim=1, keepdim=True))
     return torch.cat(parts, 1)
+
+
+def _list_norm_sum(xs: list[torch.Tensor], ord: float) -> torch.Tensor:
+    """0-d float64: :func:`_norm_sum` of a parameter group's tensors, the small ones (at most
+    :data:`_ROW` elements, most of a small model's tensors) in one multi-tensor call: on models of
+    thousands of parameters the number of calls, not the elements, is what a reduction costs."""
+    small = [t for t in xs if t.numel() <= _ROW]
+    large = [t.reshape(1, -1) for t in xs if t.numel() > _ROW]
+    pieces = [torch.stack(torch._foreach_norm(small, ord))] if small else []  # (small,)
+    if large:
+        pieces.append(torch.cat([_partial_norms(x, ord) for x in large], 1)[0])  # (pieces,)
+    values = torch.cat(pieces).to(torch.float64)
+    return (values.square() if ord == 2 else values).sum()
 
 
 def _piece_sums(x: torch.Tensor) -> torch.Tensor:
