@@ -349,19 +349,6 @@ def _list_norm_sum(xs: list[torch.Tensor], ord: float) -> torch.Tensor:
     return (values.square() if ord == 2 else values).sum()
 
 
-def _piece_sums(x: torch.Tensor) -> torch.Tensor:
-    """(pieces,): sums of ``x``'s elements in pieces of :data:`_ROW` (and the remainder), in its dtype."""
-    flat = x.reshape(-1)  # (numel,)
-    full = flat.numel() // _ROW * _ROW
-    parts = [flat[:full].view(-1, _ROW).sum(1)] if full else []
-    return torch.cat(parts + [flat[full:].sum().reshape(1)]) if full < flat.numel() else parts[0]
-
-
-def _finish(pieces: list[torch.Tensor]) -> torch.Tensor:
-    """The float64 sum of partial sums."""
-    return torch.cat(pieces).to(torch.float64).sum()
-
-
 def _norm_sum(xs: list[torch.Tensor], ord: float) -> torch.Tensor:
     """(K,) float64: the sum over ``xs`` (each (K, N_i)) of their ord-norms (2: squared norms)."""
     pieces = torch.cat([_partial_norms(x, ord) for x in xs], 1).to(torch.float64)  # (K, pieces)
@@ -398,18 +385,25 @@ class CompiledLists(TensorLists):
         for i, (pi, ui) in enumerate(zip(p, u)):
             pi.sub_(ui * (s[i] if per_tensor else s))
 
-    # Reductions for the statistics: sums of elementwise terms in pieces of _ROW elements in the
-    # tensors' dtype, finished in float64; traced, each term fuses into its reduction's loop, where
-    # float64 accumulation made a statistics step 1.5x slower.
+    # Reductions for the statistics: whole-tensor sums in the tensors' dtype, finished in float64.
+    # Traced, they are loops of the same shape as the LAMB norms', so inductor can fuse them with the
+    # update, and its CPU reductions sum in cascade (4e-7 relative on 6M float32 elements, where an
+    # eager float32 norm loses 1.6e-4); float64 accumulation inside the loops made a statistics step
+    # 1.7x slower.
 
     def sq(self, x: list) -> torch.Tensor:
-        return _finish([_piece_sums(t * t) for t in x])
+        return _sum64([(t * t).sum() for t in x])
 
     def dot(self, x: list, y: list) -> torch.Tensor:
-        return _finish([_piece_sums(a * b) for a, b in zip(x, y)])
+        return _sum64([(a * b).sum() for a, b in zip(x, y)])
 
     def abs_sum(self, x: list) -> torch.Tensor:
-        return _finish([_piece_sums(t.abs()) for t in x])
+        return _sum64([t.abs().sum() for t in x])
+
+
+def _sum64(values: list[torch.Tensor]) -> torch.Tensor:
+    """The float64 sum of per-tensor 0-d sums."""
+    return torch.stack(values).to(torch.float64).sum()
 
 
 class FlatRows:
