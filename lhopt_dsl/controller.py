@@ -253,6 +253,9 @@ class LHOPT(CIAO):
     :meth:`state_dict` holds the controller and the guard too, as tensors and plain data: a job
     saved at any step and loaded into a fresh ``LHOPT`` (same policy and settings) continues as if
     it had never stopped.
+
+    ``compiled=True``: CIAO's ``torch.compile``d step (see :class:`~lhopt_dsl.optim.CIAO`), for long
+    runs of large models, where its compile of seconds to a minute pays back.
     """
 
     def __init__(
@@ -270,6 +273,7 @@ class LHOPT(CIAO):
         guard: bool = True,
         guard_factor: float = 10.0,
         guard_lr_factor: float = 0.1,
+        compiled: bool = False,
     ):
         total = _whole("total_steps", total_steps)
         outer = _whole("outer_steps", outer_steps, optional=True)
@@ -280,7 +284,7 @@ class LHOPT(CIAO):
         _refuse_complex(params)
         actor, space = load_policy(policy)
         start = {n: hp.init for n, hp in space.controlled().items()} | (initial or {})
-        super().__init__(params, **space.initial(start).ciao_kwargs())
+        super().__init__(params, compiled=compiled, **space.initial(start).ciao_kwargs())
         self.space, self.total_steps, self.stats_every = space, total, stats_every
         module = model if model is not None else _Params([p for g in self.param_groups for p in g["params"]])
         own = _OwnState(self)

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -77,6 +78,80 @@ def test_foreach_matches_reference(hp, schedule):
     for name in STAT_NAMES:
         x, y = oa.stats[name], ob.stats[name]
         assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), name
+
+
+@pytest.mark.parametrize("hp", CONFIGS, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()) or "defaults")
+def test_compiled_matches_reference(hp):
+    """The torch.compiled step (one kernel set per layout, coefficients as inputs) equals the
+    reference in its update and its statistics while every hyperparameter changes mid-run, and the
+    policy's changes never recompile it: one graph with statistics and one without."""
+    torch._dynamo.utils.counters.clear()
+    a, b = make_model(), make_model()
+    oa, ob = CIAO(a.parameters(), foreach=False, **hp), CIAO(b.parameters(), compiled=True, **hp)
+    train(a, oa, schedule=changing_hparams)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="CIAO: torch.compile failed")  # the fallback would pass
+        train(b, ob, schedule=changing_hparams)
+    assert max_diff(a, b) < 1e-6
+    for name in STAT_NAMES:
+        x, y = oa.stats[name], ob.stats[name]
+        assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-4, abs_tol=1e-6), name
+    assert len(ob._kernels) == 2 and torch._dynamo.utils.counters["stats"]["unique_graphs"] == 2
+
+
+@pytest.mark.parametrize("hp", [{}, {"denominator": "adam", "use_lamb": False}], ids=["defaults", "adam"])
+def test_statistics_of_large_tensors_match_reference(hp):
+    """Tensors past the fast path's partial sums (pieces of 4,096 elements and a remainder, a
+    transposed view): the multi-tensor and compiled paths' reductions in float32 with a float64
+    finish give the reference's float64 statistics."""
+    shapes = [(3 * 4096 + 17,), (300, 200), (64, 64)]
+    stats = []
+    for path in ({"foreach": False}, {"foreach": True}, {"compiled": True}):
+        params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)) + 0.1)
+                  for i, s in enumerate(shapes)]  # fmt: skip
+        params[2] = torch.nn.Parameter(params[2].detach().t())  # not contiguous
+        opt = CIAO(params, **path, **hp)
+        for step in range(5):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 + step)) * 1e-2 + 1e-3
+            opt.step(stats=True, loss=0.5)
+        stats.append(opt.stats)
+    for fast in stats[1:]:
+        for name in STAT_NAMES:
+            x, y = stats[0][name], fast[name]
+            assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7), (name, x, y)
+
+
+def test_compiled_statistics_never_change_the_run():
+    """As below, for the compiled step: its kernels with and without statistics move the
+    parameters bit for bit alike."""
+    a, b = make_model(), make_model()
+    oa, ob = CIAO(a.parameters(), compiled=True), CIAO(b.parameters(), compiled=True)
+    train(a, oa, schedule=changing_hparams, stats_every=1)
+    train(b, ob, schedule=changing_hparams, stats_every=10**9)
+    assert oa.stats is not None and ob.stats is None
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_compiled_falls_back_when_compiling_fails(monkeypatch):
+    """A run never dies of its speed-up: a step whose compile fails warns and runs the
+    multi-tensor path, with the same result."""
+    from lhopt_dsl.optim import functional
+
+    def broken(fn, **kw):
+        def fail(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return fail
+
+    monkeypatch.setattr(functional.torch, "compile", broken)
+    a, b = make_model(), make_model()
+    oa, ob = CIAO(a.parameters()), CIAO(b.parameters(), compiled=True)
+    train(a, oa)
+    with pytest.warns(UserWarning, match="no C\\+\\+ compiler"):
+        train(b, ob)
+    assert max_diff(a, b) == 0
 
 
 @pytest.mark.parametrize("hp", CONFIGS, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()) or "defaults")

@@ -265,6 +265,27 @@ def test_shipped_default_policy_works_out_of_the_box():
     assert (record / "spec.yaml").exists() and (record / "metrics.jsonl").exists()
 
 
+def test_compiled_drop_in_makes_the_same_decisions_and_run():
+    """LHOPT(compiled=True) runs CIAO's compiled step: the policy sees the same statistics, so it
+    makes the same decisions, and the parameters end where the multi-tensor path puts them."""
+    runs = []
+    for compiled in (False, True):
+        x, y, net = _regression()
+        opt = LHOPT(net.parameters(), total_steps=12, outer_steps=6, compiled=compiled)
+        for _ in range(12):
+            loss = F.mse_loss(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.observe(train_loss=loss.item())
+            opt.step()
+        runs.append((opt.history, [p.detach().clone() for p in net.parameters()], opt._kernels))
+    (h0, p0, k0), (h1, p1, k1) = runs
+    assert not k0 and len(k1) == 2  # the compiled path ran, with statistics and without
+    assert [h["lr"] for h in h0] == pytest.approx([h["lr"] for h in h1], rel=1e-6)
+    for a, b in zip(p0, p1):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_example_script_runs():
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_with_lhopt.py"), "--steps", "120"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
