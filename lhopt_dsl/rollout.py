@@ -154,7 +154,7 @@ class TaskResult:
 def task_rollouts(
     cfg: TaskConfig,
     policy: Actor[Any],
-    ema_policy: Actor[Any] | None,
+    baseline_actor: Actor[Any] | None,
     space: HyperparameterSpace,
     *,
     rollouts: int,
@@ -169,8 +169,8 @@ def task_rollouts(
 ) -> TaskResult:
     """Baseline run(s) and ``rollouts`` policy episodes on one task.
 
-    The reward baseline is ``ema_policy`` run greedily (self-play) or, when it is None, CIAO at
-    the task's initial hyperparameters; the latter is always run too, for the
+    The reward baseline is ``baseline_actor`` run greedily (the EMA policy for self-play, or a
+    schedule's follower) or, when it is None, CIAO at the task's initial hyperparameters; the latter is always run too, for the
     ``reward/vs_initial_hparams`` metric. With ``population`` (the default) all of these runs
     train together as one batched model where the task allows it and that pays
     (:func:`population_rollouts`, :func:`~lhopt_dsl.population.population_pays`); otherwise one
@@ -180,16 +180,16 @@ def task_rollouts(
     the network whose critic values the episodes (meta-training's policy itself; None: no values).
     """
     space.check_initial(cfg.hparams)
-    members = rollouts + 1 + (ema_policy is not None)
+    members = rollouts + 1 + (baseline_actor is not None)
     if population and population_pays(cfg, members, device, compiled) and batchable(cfg, device, data_dir, max_valid):
-        return population_rollouts(cfg, policy, ema_policy, space, rollouts=rollouts, seed=seed, device=device,
+        return population_rollouts(cfg, policy, baseline_actor, space, rollouts=rollouts, seed=seed, device=device,
                                    data_dir=data_dir, max_valid=max_valid, compiled=compiled, cadence=cadence,
                                    critic=critic)  # fmt: skip
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     steps = segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps)
     initial = run_schedule(cfg, Schedule(optimizer="ciao"), device=device, data_dir=data_dir, max_valid=max_valid)
-    if ema_policy is not None:
-        base = run_episode(env, cfg, ema_policy, log_improvement_reward, deterministic=True, cadence=cadence).valid_curve
+    if baseline_actor is not None:
+        base = run_episode(env, cfg, baseline_actor, log_improvement_reward, deterministic=True, cadence=cadence).valid_curve
     else:
         base = initial.valid_loss
     reward = PowerLawReward(steps, base)
@@ -245,7 +245,7 @@ class _Group:
 def population_rollouts(
     cfg: TaskConfig,
     policy: Actor[Any],
-    ema_policy: Actor[Any] | None,
+    baseline_actor: Actor[Any] | None,
     space: HyperparameterSpace,
     *,
     rollouts: int,
@@ -272,8 +272,8 @@ def population_rollouts(
     actions = ActionSpace(space)
     task = compile_task(cfg, device, data_dir, max_valid=max_valid)
     plan: list[tuple[Actor[Any], torch.Generator | None, bool, int]] = []
-    if ema_policy is not None:
-        plan.append((ema_policy, None, True, 0))
+    if baseline_actor is not None:
+        plan.append((baseline_actor, None, True, 0))
     plan += [(policy, torch.Generator().manual_seed(seed * 1000 + r), False, r) for r in range(rollouts)]
     pop = CIAOPopulation(task, [ciao_kwargs(cfg.hparams)] * (1 + len(plan)), compiled=compiled)  # row 0: initial hyperparameters
     groups = _groups(plan, pop, actions, space, cfg, task.outer_steps)
@@ -296,7 +296,7 @@ def population_rollouts(
         for curve, v in zip(curves, valid):
             curve.append(v)
     initial_curve = curves[0]
-    base = curves[members[0].k] if ema_policy is not None else initial_curve
+    base = curves[members[0].k] if baseline_actor is not None else initial_curve
     reward, vs_initial = PowerLawReward(bounds, base), PowerLawReward(bounds, initial_curve)
     episodes = [_finish(m, curves[m.k], cfg, reward, base, critic) for g in groups if not g.greedy for m in g.members]
     for ep in episodes:

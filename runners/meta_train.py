@@ -34,7 +34,10 @@ from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.observation import FeatureBuilder, draw_cadence
 from lhopt_dsl.policy import PRESETS, ActorCritic, EnsembleActorCritic, PolicyFileError, PolicyShape, save_checkpoint
 from lhopt_dsl.policy_file import load_policy_file, load_training_checkpoint
+from lhopt_dsl.actor import Actor
+from lhopt_dsl.residual import Follow, Residual
 from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
+from lhopt_dsl.schedule import Schedule
 from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec.loader import spec_files
 
@@ -69,10 +72,18 @@ def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: An
     shape = policy_shape(spec)
     if init is None:
         return ActorCritic(shape)
-    if init.get("residual") is not None:
-        raise PolicyFileError(f"{source}: acts around the base schedule {init['residual'].get('base')}, which PPO does not "
-                         "train (its rollouts record the actions carried out, not the policy's offsets); start from a "
-                         "plain policy")
+    wanted = spec.meta_train.residual
+    around = (init.get("residual") or {}).get("base")
+    if around is not None and wanted is None:
+        raise PolicyFileError(f"{source}: acts around the base schedule {around}; to train it with PPO, set "
+                              f"meta_train.residual: {around} in the spec (its actions are offsets from that schedule)")
+    if around is None and wanted is not None:
+        raise PolicyFileError(f"{source}: a plain policy, but the spec trains a residual policy around {wanted}, which "
+                              "would read its learning-rate actions as offsets from the schedule; start from a policy "
+                              f"made around it (lhopt imitate --base {wanted}) or from none")
+    if around is not None and Schedule.from_name(around).name != Schedule.from_name(wanted).name:
+        raise PolicyFileError(f"{source}: acts around the base schedule {around}, but the spec's meta_train.residual is "
+                              f"{wanted}; make them the same")
     model = ActorCritic.from_checkpoint(init["policy"])
     if isinstance(model, EnsembleActorCritic):
         raise PolicyFileError(f"{source}: an ensemble of {len(model.members)} policies, which cannot be trained on; "
@@ -90,13 +101,29 @@ def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: An
 # --- rollout workers -----------------------------------------------------------------------------
 
 
+def actors(spec: ExperimentSpec, policy: ActorCritic, ema: ActorCritic | None) -> tuple[Actor[Any], Actor[Any] | None]:
+    """What acts in a task's rollouts: the policy (around the spec's residual base, if any) and the
+    reward's baseline (``meta_train.baseline``): the EMA policy acting as the policy does, the base
+    schedule's follower, or None for CIAO at the initial hyperparameters."""
+    mt = spec.meta_train
+    base = Schedule.from_name(mt.residual) if mt.residual else None
+
+    def acting(net: ActorCritic) -> Actor[Any]:
+        return Residual(net, spec.hparams, base) if base is not None else net
+
+    if mt.baseline == "schedule":
+        assert base is not None  # the spec's validator requires it
+        return acting(policy), Follow([base], spec.hparams)
+    return acting(policy), (acting(ema) if ema is not None and mt.baseline == "self_play" else None)
+
+
 def _job(args: tuple) -> TaskResult:
     cfg, policy_ckpt, ema_ckpt, spec_json, rollouts, seed, device, data_dir = args
     spec = ExperimentSpec.model_validate_json(spec_json)
     policy = ActorCritic.from_checkpoint(policy_ckpt)
-    ema = ActorCritic.from_checkpoint(ema_ckpt) if ema_ckpt is not None else None
+    actor, baseline = actors(spec, policy, ActorCritic.from_checkpoint(ema_ckpt) if ema_ckpt is not None else None)
     cadence = draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
-    return task_rollouts(cfg, policy, ema, spec.hparams, rollouts=rollouts, seed=seed, device=device,
+    return task_rollouts(cfg, actor, baseline, spec.hparams, rollouts=rollouts, seed=seed, device=device,
                          data_dir=data_dir, max_valid=spec.meta_train.max_valid, population=spec.meta_train.population,
                          compiled=spec.meta_train.compile, cadence=cadence, critic=policy)  # fmt: skip
 
@@ -136,8 +163,18 @@ def ppo_update(
     mt: Any,
     rng: np.random.Generator,
     group: Group | None = None,
+    *,
+    train_actor: bool = True,
+    start: ActorCritic | None = None,
 ) -> dict[str, float]:
     """GAE (discount 1) per episode, then clipped-PPO epochs over minibatches of whole episodes.
+
+    The actions PPO scores are the innermost policy's own choices (``Episode.proposed``), whose
+    log-probabilities the episode recorded: a residual policy's offsets, not the learning-rate
+    actions they were carried out as. ``train_actor`` False trains the critic alone (the actor's
+    terms are left out of the loss, so its weights get no gradient: the critic's warm-up).
+    ``start``: the policy the run started from; with ``mt.kl_to_start`` > 0 the loss adds that weight
+    times the mean KL divergence from its action distributions to the model's, per decision.
 
     With a ``group`` of several ranks (every rank holding the same ``episodes`` and ``rng``), each
     rank computes the gradient of its share of every minibatch's loss and the gradients are summed
@@ -148,7 +185,8 @@ def ppo_update(
     for e in episodes:
         e.advantages, e.returns = gae(e.rewards, e.values, 1.0, mt.gae_lambda)
     normalised = normalise_advantages(episodes, mt.advantage_norm)
-    kls, clips, entropies, pg_losses, v_losses = [], [], [], [], []
+    kl_weight = float(getattr(mt, "kl_to_start", 0.0)) if start is not None and train_actor else 0.0
+    kls, clips, entropies, pg_losses, v_losses, start_kls = [], [], [], [], [], []
     for _epoch in range(mt.update_epochs):
         order = rng.permutation(len(episodes))
         for k in range(0, len(order), mt.minibatch_episodes):
@@ -157,10 +195,10 @@ def ppo_update(
             n = torch.tensor(float(sum(len(e) for e in batch)))
             mine = [batch[i] for i in group.share(len(batch))]
             optimizer.zero_grad()
-            sums = [0.0] * 5  # kl, clip fraction, entropy, policy loss, value loss: this share's terms
+            sums = [0.0] * 6  # kl, clip fraction, entropy, policy loss, value loss, KL from the start: this share's terms
             if mine:
                 x, v = _pad(mine, "policy_obs").float(), _pad(mine, "value_obs").float()  # (T, B, F)
-                acts = _pad(mine, "actions").long()  # (T, B, D)
+                acts = _pad(mine, _chosen).long()  # (T, B, D)
                 mask = _pad(mine, lambda e: np.ones(len(e), dtype=np.float32)).float()  # (T, B)
                 old_lp = _pad(mine, "logprobs").float()
                 adv = _pad(mine, lambda e: normalised[id(e)]).float()
@@ -172,25 +210,68 @@ def ppo_update(
                 pg_loss = (torch.max(-adv * ratio, -adv * clipped) * mask).sum() / n
                 v_loss = 0.5 * (((values - ret) ** 2) * mask).sum() / n
                 ent = (entropy * mask).sum() / n
-                loss = pg_loss - mt.entropy_coef * ent + mt.value_coef * v_loss
+                loss = mt.value_coef * v_loss
+                start_kl = (kl_from(start, model, x) * mask).sum() / n if kl_weight else torch.zeros(())
+                if train_actor:
+                    loss = loss + pg_loss - mt.entropy_coef * ent + kl_weight * start_kl
                 loss.backward()
                 with torch.no_grad():
                     sums = [float((((ratio - 1) - log_ratio) * mask).sum() / n),
                             float((((ratio - 1).abs() > mt.clip_coef).float() * mask).sum() / n),
-                            float(ent), float(pg_loss), float(v_loss)]  # fmt: skip
+                            float(ent), float(pg_loss), float(v_loss), float(start_kl)]  # fmt: skip
             if group.world > 1:  # one collective: the summed gradients and the summed metric terms
                 sums = set_grads(params, group.all_reduce(grads_vector(params, sums)))
             torch.nn.utils.clip_grad_norm_(params, mt.max_grad_norm)
             optimizer.step()
-            for series, value in zip((kls, clips, entropies, pg_losses, v_losses), sums):
+            for series, value in zip((kls, clips, entropies, pg_losses, v_losses, start_kls), sums):
                 series.append(value)
     return {
+        "ppo/kl_to_start": float(np.mean(start_kls)),
+        "ppo/actor_trained": float(train_actor),
         "ppo/approx_kl": float(np.mean(kls)),
         "ppo/clip_frac": float(np.mean(clips)),
         "ppo/entropy": float(np.mean(entropies)),
         "ppo/policy_loss": float(np.mean(pg_losses)),
         "ppo/value_loss": float(np.mean(v_losses)),
     }
+
+
+def policy_data(spec: ExperimentSpec, model: ActorCritic) -> dict[str, Any]:
+    """What a policy file of ``model`` trained on ``spec`` holds: the network, the spec (its
+    hyperparameter space) and, for a residual policy, its base schedule, so that
+    :func:`~lhopt_dsl.controller.load_policy` acts with it as it was trained to act."""
+    data: dict[str, Any] = {"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json")}
+    if spec.meta_train.residual:
+        data["residual"] = Residual(model, spec.hparams, Schedule.from_name(spec.meta_train.residual)).to_data()
+    return data
+
+
+def acting_metrics(episodes: Sequence[Episode], spec: ExperimentSpec) -> dict[str, float]:
+    """What the sampled episodes did: the fraction of decisions whose own learning-rate action was
+    not x1 (for a residual policy: an offset move away from following the schedule), the fraction
+    that saved a checkpoint and the fraction that went back to one (load or swap; an empty slot's
+    counts too, though it does nothing)."""
+    actions = ActionSpace(spec.hparams)
+    lr, keep = actions.names.index("lr"), int(actions.identity()[actions.names.index("lr")])
+    chosen = np.concatenate([_chosen(e) for e in episodes])
+    restarts = [kind for e in episodes for kind, _ in e.restarts]
+    return {"policy/lr_moves": float(np.mean(chosen[:, lr] != keep)),
+            "policy/saves": float(np.mean([k == "save" for k in restarts])) if restarts else 0.0,
+            "policy/restores": float(np.mean([k in ("load", "swap") for k in restarts])) if restarts else 0.0}
+
+
+def _chosen(e: Episode) -> np.ndarray:
+    """The actions an episode's log-probabilities belong to: the innermost policy's own."""
+    return e.proposed if e.proposed is not None else e.actions
+
+
+def kl_from(reference: ActorCritic, model: ActorCritic, x: torch.Tensor) -> torch.Tensor:
+    """KL(reference || model) of the actors' action distributions at every step of the (T, B, Fp)
+    sequences ``x``, summed over the action dimensions: (T, B), differentiable in ``model``."""
+    with torch.no_grad():
+        ref_logits, _ = reference.actor_forward(x)
+    logits, _ = model.actor_forward(x)
+    return sum(torch.distributions.kl_divergence(p, q) for p, q in zip(reference.dists(ref_logits), model.dists(logits)))
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -226,7 +307,7 @@ def dev_evaluation(spec: ExperimentSpec, model: ActorCritic, run_dir: Path, iter
     out = run_dir / "dev" / f"iter-{iteration:06d}"
     out.mkdir(parents=True, exist_ok=True)
     policy_path = out / "policy.pt"
-    save_atomic({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json")}, policy_path)
+    save_atomic(policy_data(spec, model), policy_path)
     configs = [eval_config(spec, i) for i in range(mt.dev_tasks)]
     records = evaluate_tasks(configs, policy_path, out, storage=default_storage(spec), device=spec.device,
                              data_dir=spec.data_dir, max_valid=mt.max_valid, compiled=False, workers=workers,
@@ -316,6 +397,17 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
         actions = ActionSpace(spec.hparams)
         model.favour(actions.identity(), actions.keeps(), mt.keep_bias)
     ema = ActorCritic.from_checkpoint(state["ema"]) if state else copy.deepcopy(model)
+    # The policy the run started from, which the KL penalty keeps the actor near (saved for resuming).
+    origin = None
+    if mt.kl_to_start > 0:
+        saved = state.get("start") if state else None
+        origin = ActorCritic.from_checkpoint(saved) if saved is not None else copy.deepcopy(model)
+        origin.requires_grad_(False)
+    if not mt.update_normalisers and model.policy_norm.count == 0:
+        raise ValueError("meta_train.update_normalisers: false keeps the feature normalisers of the policy the run "
+                         "starts from, but this one's have seen no data; start from a trained policy (--init) or "
+                         "set update_normalisers: true")
+    actors(spec, model, ema)  # a space the base schedule cannot be followed in fails here, not in a worker
     optimizer = torch.optim.Adam(model.parameters(), lr=mt.learning_rate, eps=1e-5)
     start, history, run_id = 0, [], None
     if state:
@@ -370,11 +462,13 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
             rollout_time = time.perf_counter() - t0
 
             # --- advantages and PPO update on minibatches of whole episodes -----------------------
-            ppo = ppo_update(model, optimizer, episodes, mt, np.random.default_rng([spec.seed, iteration]), group)
+            ppo = ppo_update(model, optimizer, episodes, mt, np.random.default_rng([spec.seed, iteration]), group,
+                             train_actor=iteration >= mt.critic_warmup, start=origin)  # fmt: skip
 
             # --- normalisers and the self-play baseline ----------------------------------------
-            model.policy_norm(np.concatenate([e.raw_policy for e in episodes]), update=True)
-            model.value_norm(np.concatenate([e.raw_value for e in episodes]), update=True)
+            if mt.update_normalisers:
+                model.policy_norm(np.concatenate([e.raw_policy for e in episodes]), update=True)
+                model.value_norm(np.concatenate([e.raw_value for e in episodes]), update=True)
             with torch.no_grad():
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.mul_(mt.ema_decay).add_(pm, alpha=1 - mt.ema_decay)
@@ -395,6 +489,9 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
                 "reward/mean": float(np.mean([e.final_reward for e in episodes])),
                 "reward/vs_initial_hparams": float(np.mean([e.reward_vs_initial for e in episodes])),
                 "reward/shaped_return": float(np.mean([e.rewards.sum() for e in episodes])),
+                **({"reward/vs_schedule": float(np.mean([e.final_reward for e in episodes]))}
+                   if mt.baseline == "schedule" else {}),
+                **acting_metrics(episodes, spec),
                 "speed/episodes_per_s": len(episodes) / elapsed,
                 "speed/inner_steps_per_s": inner / elapsed,
                 "speed/rollout_share": rollout_time / elapsed,
@@ -414,14 +511,14 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
                 continue
             save_atomic(
                 {
+                    **policy_data(spec, model),
                     "iteration": iteration + 1,
-                    "policy": model.to_checkpoint(),
                     "ema": ema.to_checkpoint(),
                     "optimizer": optimizer.state_dict(),
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
                     "run_id": tracker.run_id,
-                    "spec": spec.model_dump(mode="json"),
+                    **({"start": origin.to_checkpoint()} if origin is not None else {}),
                 },
                 ckpt_path,
             )
@@ -441,8 +538,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     if not group.main:
         return policy_path  # written by rank 0
     dev(int(history[-1]["iteration"]) if history else start, last=True)  # the curve's end: the policy as saved
-    save_atomic({"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "history": history},
-                policy_path)  # fmt: skip
+    save_atomic({**policy_data(spec, model), "history": history}, policy_path)
     tracker.log_policy(policy_path, spec.tracking.registered_model)
     tracker.end()
     return policy_path

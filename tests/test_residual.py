@@ -188,7 +188,7 @@ def test_residual_policies_are_refused_where_they_cannot_act(tmp_path):
     path = _save(tmp_path, ActorCritic(policy_shape(SMOKE)))
     with pytest.raises(ValueError, match="plain policies"):
         combine_policies([path, path], tmp_path / "e.pt")
-    with pytest.raises(ValueError, match="PPO does not"):
+    with pytest.raises(ValueError, match="set meta_train.residual"):
         initial_policy(SMOKE, load_checkpoint(path), path)
     policy, space = load_policy(path)
     with pytest.raises(ValueError, match="greedily"):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Annotated, Literal, NamedTuple, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from ..schedule import Schedule
 from .distributions import Choice, StrictModel, check_weight_sum, support_of
 from .families import LM_ALGO_DATASETS, LM_OOD_DATASETS, Family, FamilySpec, TransformerSpec
 from .hparams import CIAOSpace, HyperparameterSpace
@@ -161,10 +162,39 @@ class MetaTrainSpec(StrictModel):
     baseline: Annotated[
         str,
         Field(
-            pattern="^(self_play|fixed)$",
-            description="self_play: an EMA of the policy being trained; fixed: CIAO at its initial hyperparameters.",
+            pattern="^(self_play|fixed|schedule)$",
+            description="What each episode's reward is measured against, on the same task (the same initial weights "
+                        "and data order): self_play, an EMA of the policy being trained, run greedily; fixed, CIAO at "
+                        "the task's initial hyperparameters; schedule, CIAO following the residual base schedule "
+                        "(needs `residual`), so that an episode's reward says what its deviations from the schedule won.",
         ),
     ] = "self_play"
+    residual: Annotated[
+        str | None,
+        Field(description="Train a residual policy around this learning-rate schedule (e.g. linear-lr0.03): its "
+                          "learning-rate actions scale an offset from the schedule, so 'keep' follows the schedule and "
+                          "PPO learns only where to leave it. A run started with --init needs a policy made around "
+                          "the same schedule (lhopt imitate --base). None: the actions scale the learning rate itself."),
+    ] = None
+    critic_warmup: Annotated[
+        int,
+        Field(ge=0, le=1_000_000,
+              description="The first this many iterations of a new run train the critic alone (the actor frozen): a "
+                          "policy started from imitation has a critic that has never seen a reward, and its first "
+                          "advantages would otherwise be noise the actor follows."),
+    ] = 0
+    kl_to_start: Annotated[
+        float,
+        Field(ge=0, description="Weight of a penalty on the KL divergence from the policy the run started from (its "
+                                "actor at iteration 0), per decision: keeps a fine-tuned policy near its start until "
+                                "the rewards say otherwise. 0: none."),
+    ] = 0.0
+    update_normalisers: Annotated[
+        bool,
+        Field(description="Update the feature normalisers from each iteration's rollouts. Off keeps the started "
+                          "policy's (an imitation policy's normalisers were fit to its own data), so the actor's "
+                          "inputs mean what they meant at the start."),
+    ] = True
     preset: Annotated[
         Literal["default", "large"] | None,
         Field(description="Policy size preset: default = 1 x 256 LSTM, large = 2 x 512; overrides the two below."),
@@ -237,6 +267,29 @@ class MetaTrainSpec(StrictModel):
     dev_tasks: Annotated[
         int, Field(ge=1, le=10_000, description="Dev tasks of that learning curve (the same ones every time).")
     ] = 24
+
+    @field_validator("residual")
+    @classmethod
+    def _residual_base(cls, base: str | None) -> str | None:
+        if base is None:
+            return None
+        try:
+            schedule = Schedule.from_name(base)
+        except ValueError as e:
+            raise PydanticCustomError("residual_base", "{why}", {"why": str(e)}) from None
+        if schedule.optimizer is not None or schedule.lr is None:
+            raise PydanticCustomError(
+                "residual_base", "a residual base is a learning-rate schedule followed by the policy's own actions, "
+                "named like linear-lr0.03 (no optimizer prefix, not 'keep'); got '{base}'", {"base": base})
+        return base
+
+    @model_validator(mode="after")
+    def _schedule_baseline_needs_base(self) -> "MetaTrainSpec":
+        if self.baseline == "schedule" and self.residual is None:
+            raise PydanticCustomError(
+                "schedule_baseline", "baseline: schedule measures each episode against the residual base schedule's "
+                "run; set meta_train.residual (e.g. residual: linear-lr0.03) or choose baseline self_play or fixed", {})
+        return self
 
 
 class EvaluationSpec(StrictModel):
