@@ -370,103 +370,129 @@ def run_grid(
     complete, waiting for other workers' running trials; otherwise it returns the pairs done so far.
     Each run measures its validation and test losses ``evaluations_per_T`` times per T steps.
     """
-    names = list(dict.fromkeys(names))
     horizons = [int(h) for h in dict.fromkeys(horizons)]
-    study, choices = _open_study(storage_url, cfg, names, horizons)
-    sampler = study.sampler
-    assert isinstance(sampler, PairGridSampler)
-    grid = sampler.pairs
-    T = int(cfg.task.inner_steps)
-
-    def objective(trial: optuna.Trial) -> float:
-        name = trial.suggest_categorical("baseline", choices["baseline"])
-        horizon = int(trial.suggest_categorical("horizon", choices["horizon"]))
-        trial.set_user_attr("worker", _worker_id())
-        if _taken(study, trial, (name, horizon)):
-            trial.set_user_attr("skipped", "duplicate")
-            raise optuna.TrialPruned(f"({name}, {horizon}) is done or running elsewhere")
-        t0 = time.time()
-        curve = run_baseline(cfg, name, horizon * T, device=device, data_dir=data_dir, max_valid=max_valid,
-                             evaluations=horizon * min(evaluations_per_T, T))  # fmt: skip
-        for key, value in _attrs(curve, horizon * T, time.time() - t0, False).items():
-            trial.set_user_attr(key, value)
-        if _taken(study, trial, (name, horizon)):  # another worker finished it meanwhile (a race)
-            trial.set_user_attr("skipped", "duplicate")
-            raise optuna.TrialPruned(f"({name}, {horizon}) was completed elsewhere meanwhile")
-        return _value(curve)
-
-    def _attrs(curve: LearningCurve, steps: int, seconds: float, from_population: bool) -> dict[str, Any]:
-        run = {"steps": steps, "seconds": round(seconds, 3), "device": str(device), "max_valid": max_valid,
-               "population": from_population}  # fmt: skip
-        return {"worker": _worker_id(), "curve": curve_to_attrs(curve), "run": run, "steps": steps}
-
+    grid = _GridRun(cfg, storage_url, list(dict.fromkeys(names)), horizons, device, data_dir, max_valid, progress,
+                    compiled, evaluations_per_T)  # fmt: skip
     # AdamW pairs of one horizon share the task: train them together as one batched population
     # where that pays (``population=None``: lhopt_dsl.population.population_pays; PERFORMANCE.md).
     if population is None:
         population = population_pays(cfg, len(ADAMW_BASELINES), device, compiled)
-    dists = {"baseline": CategoricalDistribution(choices["baseline"]),
-             "horizon": CategoricalDistribution(choices["horizon"])}  # fmt: skip
     for horizon in horizons if population else ():
-        complete, running = _status(study)
-        todo = [(n, horizon) for n in names if n in ADAMW_BASELINES and (n, horizon) not in complete
+        if not grid.population_pass(horizon):
+            break  # the task's model cannot be batched: sequential runs below
+    return grid.finish(n_jobs, wait)
+
+
+class _GridRun:
+    """One worker's share of one task's grid: batched AdamW populations first where they pay, then
+    the remaining pairs one trial at a time through Optuna, resumable and shared between workers."""
+
+    def __init__(self, cfg: TaskConfig, storage_url: str, names: list[str], horizons: list[int],
+                 device: str | torch.device, data_dir: str | None, max_valid: int, progress: Progress | None,
+                 compiled: bool, evaluations_per_T: int):  # fmt: skip
+        self.cfg, self.storage_url, self.names = cfg, storage_url, names
+        self.device, self.data_dir, self.max_valid, self.progress = device, data_dir, max_valid, progress
+        self.compiled, self.evaluations_per_T = compiled, evaluations_per_T
+        self.study, self.choices = _open_study(storage_url, cfg, names, horizons)
+        sampler = self.study.sampler
+        assert isinstance(sampler, PairGridSampler)
+        self.grid = sampler.pairs
+        self.wanted = set(self.grid)
+        self.T = int(cfg.task.inner_steps)
+
+    def _evaluations(self, horizon: int) -> int:
+        return horizon * min(self.evaluations_per_T, self.T)
+
+    def _attrs(self, curve: LearningCurve, steps: int, seconds: float, from_population: bool) -> dict[str, Any]:
+        run = {"steps": steps, "seconds": round(seconds, 3), "device": str(self.device), "max_valid": self.max_valid,
+               "population": from_population}  # fmt: skip
+        return {"worker": _worker_id(), "curve": curve_to_attrs(curve), "run": run, "steps": steps}
+
+    def objective(self, trial: optuna.Trial) -> float:
+        name = trial.suggest_categorical("baseline", self.choices["baseline"])
+        horizon = int(trial.suggest_categorical("horizon", self.choices["horizon"]))
+        trial.set_user_attr("worker", _worker_id())
+        if _taken(self.study, trial, (name, horizon)):
+            trial.set_user_attr("skipped", "duplicate")
+            raise optuna.TrialPruned(f"({name}, {horizon}) is done or running elsewhere")
+        t0 = time.time()
+        curve = run_baseline(self.cfg, name, horizon * self.T, device=self.device, data_dir=self.data_dir,
+                             max_valid=self.max_valid, evaluations=self._evaluations(horizon))  # fmt: skip
+        for key, value in self._attrs(curve, horizon * self.T, time.time() - t0, False).items():
+            trial.set_user_attr(key, value)
+        if _taken(self.study, trial, (name, horizon)):  # another worker finished it meanwhile (a race)
+            trial.set_user_attr("skipped", "duplicate")
+            raise optuna.TrialPruned(f"({name}, {horizon}) was completed elsewhere meanwhile")
+        return _value(curve)
+
+    def population_pass(self, horizon: int) -> bool:
+        """Run this horizon's free AdamW pairs as one batched population; False if the task's model
+        cannot be batched (the caller then runs every pair on its own)."""
+        complete, running = _status(self.study)
+        todo = [(n, horizon) for n in self.names if n in ADAMW_BASELINES and (n, horizon) not in complete
                 and (n, horizon) not in running]  # fmt: skip
         if len(todo) < 2:
-            continue
-        claim = _Claim(study, _storage(storage_url, os.getpid()), todo)
+            return True
+        dists = {"baseline": CategoricalDistribution(self.choices["baseline"]),
+                 "horizon": CategoricalDistribution(self.choices["horizon"])}  # fmt: skip
+        claim = _Claim(self.study, _storage(self.storage_url, os.getpid()), todo)
         try:
             todo = claim.kept(todo)
             t0 = time.time()
-            curves = run_population(cfg, [schedule_of(n) for n, _ in todo], steps=horizon * T, device=device,
-                                    data_dir=data_dir, max_valid=max_valid, compiled=compiled,
-                                    evaluations=horizon * min(evaluations_per_T, T)) if len(todo) >= 2 else []  # fmt: skip
-            if curves is None:  # the task's model cannot be batched: sequential runs below
-                break
+            curves = run_population(self.cfg, [schedule_of(n) for n, _ in todo], steps=horizon * self.T,
+                                    device=self.device, data_dir=self.data_dir, max_valid=self.max_valid,
+                                    compiled=self.compiled, evaluations=self._evaluations(horizon)) if len(todo) >= 2 else []  # fmt: skip
+            if curves is None:
+                return False
             share = (time.time() - t0) / max(len(todo), 1)  # each member's share of the population's time
             # The runs become finished trials in one transaction (public API; a trial per pair
             # through ``optimize`` would cost a dozen round trips to the storage each).
-            study.add_trials([
+            self.study.add_trials([
                 optuna.trial.create_trial(
                     params={"baseline": name, "horizon": h}, distributions=dists, value=_value(curve),
-                    user_attrs=_attrs(curve, h * T, share, True), system_attrs={_PAIR: [name, h]},
+                    user_attrs=self._attrs(curve, h * self.T, share, True), system_attrs={_PAIR: [name, h]},
                 )
                 for (name, h), curve in zip(todo, curves)
             ])  # fmt: skip
         finally:
             claim.release()
-        if progress is not None and curves:
-            complete, _ = _status(study)
-            done = sum(p in complete for p in grid)
+        if self.progress is not None and curves:
+            complete, _ = _status(self.study)
+            done = sum(p in complete for p in self.grid)
             for pair, curve in zip(todo, curves):
-                if pair in grid:
-                    progress(done, len(grid), pair, curve)
+                if pair in self.wanted:
+                    self.progress(done, len(self.grid), pair, curve)
+        return True
 
-    wanted = set(grid)
-
-    def after(study_: optuna.Study, trial: FrozenTrial) -> None:
-        complete, running = _status(study_)
-        if progress is not None and trial.state == TrialState.COMPLETE and _pair(trial) in wanted:
-            done = sum(p in complete for p in grid)
-            progress(done, len(grid), _pair(trial), curve_from_attrs(trial.user_attrs["curve"]))
-        if all(p in complete or p in running for p in grid):
-            study_.stop()  # nothing left to hand out
-
-    while True:
+    def after(self, study: optuna.Study, trial: FrozenTrial) -> None:
         complete, running = _status(study)
-        missing = [p for p in grid if p not in complete]
-        if not missing:
-            break
-        free = [p for p in missing if p not in running]
-        if free:
-            study.optimize(objective, n_trials=len(free), n_jobs=n_jobs, callbacks=[after], gc_after_trial=False)
-        elif not wait:
-            break
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # a dead worker's trials become free again
-            time.sleep(POLL_INTERVAL)
-    complete, _ = _status(study)
-    return {p: curve_from_attrs(complete[p].user_attrs["curve"]) for p in grid if p in complete}
+        if self.progress is not None and trial.state == TrialState.COMPLETE and _pair(trial) in self.wanted:
+            done = sum(p in complete for p in self.grid)
+            self.progress(done, len(self.grid), _pair(trial), curve_from_attrs(trial.user_attrs["curve"]))
+        if all(p in complete or p in running for p in self.grid):
+            study.stop()  # nothing left to hand out
+
+    def finish(self, n_jobs: int, wait: bool) -> dict[Pair, LearningCurve]:
+        """Run the pairs still free one trial at a time; with ``wait``, until every pair is complete."""
+        study = self.study
+        while True:
+            complete, running = _status(study)
+            missing = [p for p in self.grid if p not in complete]
+            if not missing:
+                break
+            free = [p for p in missing if p not in running]
+            if free:
+                study.optimize(self.objective, n_trials=len(free), n_jobs=n_jobs, callbacks=[self.after],
+                               gc_after_trial=False)  # fmt: skip
+            elif not wait:
+                break
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)  # a dead worker's trials become free again
+                time.sleep(POLL_INTERVAL)
+        complete, _ = _status(study)
+        return {p: curve_from_attrs(complete[p].user_attrs["curve"]) for p in self.grid if p in complete}
 
 
 def cached_curve(storage_url: str, cfg: TaskConfig, name: str, steps: int) -> LearningCurve | None:

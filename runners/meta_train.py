@@ -377,17 +377,22 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
-def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, group: Group) -> Path:
+@dataclass
+class _Learner:
+    """What PPO trains and carries from one iteration to the next (all of it in the checkpoint)."""
+
+    model: ActorCritic
+    ema: ActorCritic  # the self-play baseline: an exponential moving average of the model
+    origin: ActorCritic | None  # the policy the run started from (for the KL penalty), or None
+    optimizer: torch.optim.Optimizer
+    start: int  # the iteration to run next
+    history: list[dict[str, float]]
+    run_id: str | None  # MLflow's run, continued on resume
+
+
+def _learner(spec: ExperimentSpec, settings: Settings, state: dict[str, Any] | None, group: Group) -> _Learner:
+    """A new run's policy (random, or ``settings.init``'s) or a resumed run's whole state."""
     mt = spec.meta_train
-    run_dir = settings.run_dir or Path(mt.run_dir) / spec.name
-    ckpt_path = run_dir / "checkpoint.pt"
-    state = None
-    if group.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state = load_training_checkpoint(ckpt_path) if settings.resume and ckpt_path.exists() else None
-        if settings.resume and state is None:
-            print(f"no checkpoint at {ckpt_path}; starting a new run")
-    state = group.broadcast(state)  # the job's whole state, whatever number of ranks wrote it
     # A new run may start from a given policy, read by rank 0 (the others may not see the file).
     init = load_policy_file(settings.init) if group.main and settings.init and not state else None
     init = group.broadcast(init) if settings.init and not state else None
@@ -397,7 +402,6 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
         actions = ActionSpace(spec.hparams)
         model.favour(actions.identity(), actions.keeps(), mt.keep_bias)
     ema = ActorCritic.from_checkpoint(state["ema"]) if state else copy.deepcopy(model)
-    # The policy the run started from, which the KL penalty keeps the actor near (saved for resuming).
     origin = None
     if mt.kl_to_start > 0:
         saved = state.get("start") if state else None
@@ -409,30 +413,128 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
                          "set update_normalisers: true")
     actors(spec, model, ema)  # a space the base schedule cannot be followed in fails here, not in a worker
     optimizer = torch.optim.Adam(model.parameters(), lr=mt.learning_rate, eps=1e-5)
-    start, history, run_id = 0, [], None
+    learner = _Learner(model, ema, origin, optimizer, 0, [], None)
     if state:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
-        start, history, run_id = state["iteration"], state["history"], state.get("run_id")
+        learner.start, learner.history, learner.run_id = state["iteration"], state["history"], state.get("run_id")
+    return learner
 
-    if not group.main:  # rank 0 alone logs and writes checkpoints
-        tracker: Tracker | NullTracker = NullTracker(run_id)
-    else:
-        tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, spec.name, run_dir,
-                          run_id)  # fmt: skip
-        tracker.keep_metrics_through(start)  # rows written after the checkpoint was (a kill between the two)
-    if run_id is None and group.main:
+
+def _tracker(spec: ExperimentSpec, settings: Settings, spec_path: str | None, group: Group, run_dir: Path,
+             learner: _Learner) -> Tracker | NullTracker:
+    """Rank 0's MLflow run (new, or the resumed one); the other ranks log nothing."""
+    if not group.main:
+        return NullTracker(learner.run_id)
+    tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, spec.name, run_dir,
+                      learner.run_id)  # fmt: skip
+    tracker.keep_metrics_through(learner.start)  # rows written after the checkpoint was (a kill between the two)
+    if learner.run_id is None:
         tracker.log_params(spec.model_dump(mode="json"))
         if settings.init:
             tracker.log_params({"init_policy": str(settings.init)})
         if spec_path:
             for path in spec_files(spec_path):  # the spec and every file it includes
                 tracker.log_artifact(path, "spec")
+    return tracker
+
+
+def _rollouts(spec: ExperimentSpec, learner: _Learner, iteration: int, pool: Any, group: Group) -> list[TaskResult]:
+    """Every task's baseline runs and policy episodes of one iteration, on every rank in task order."""
+    mt = spec.meta_train
+    policy_ckpt = learner.model.to_checkpoint()
+    ema_ckpt = learner.ema.to_checkpoint() if mt.baseline == "self_play" else None
     spec_json = spec.model_dump_json()
+    jobs = []
+    for j in group.share(mt.tasks_per_iteration):  # this rank's tasks; the job's are those of one process
+        seed = train_seed(spec.seed, iteration, j)
+        jobs.append((sample(spec, seed), policy_ckpt, ema_ckpt, spec_json, mt.rollouts_per_task, seed,
+                     spec.device, spec.data_dir))  # fmt: skip
+    results = pool.map(_job, jobs) if pool else [_job(a) for a in jobs]
+    return group.gather(results)
+
+
+def _learn(spec: ExperimentSpec, learner: _Learner, episodes: list[Episode], iteration: int, group: Group) -> dict[str, float]:
+    """The PPO update, then the normalisers and the self-play baseline; returns PPO's metrics."""
+    mt, model, ema = spec.meta_train, learner.model, learner.ema
+    ppo = ppo_update(model, learner.optimizer, episodes, mt, np.random.default_rng([spec.seed, iteration]), group,
+                     train_actor=iteration >= mt.critic_warmup, start=learner.origin)  # fmt: skip
+    if mt.update_normalisers:
+        model.policy_norm(np.concatenate([e.raw_policy for e in episodes]), update=True)
+        model.value_norm(np.concatenate([e.raw_value for e in episodes]), update=True)
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.mul_(mt.ema_decay).add_(pm, alpha=1 - mt.ema_decay)
+    ema.policy_norm.load_state_dict(model.policy_norm.state_dict())
+    ema.value_norm.load_state_dict(model.value_norm.state_dict())
+    return ppo
+
+
+def iteration_metrics(spec: ExperimentSpec, results: Sequence[TaskResult], episodes: Sequence[Episode],
+                      elapsed: float, rollout_time: float) -> dict[str, float]:
+    """One iteration's rewards, acting and speed (PPO's own metrics come from :func:`ppo_update`)."""
+    mt = spec.meta_train
+    values = np.concatenate([e.values for e in episodes])
+    returns = np.concatenate([e.returns for e in episodes])
+    var = returns.var()
+    # Each task also ran CIAO at its initial hyperparameters and, unless the baseline is that run, the baseline's.
+    inner = sum(e.inner_steps for e in episodes) + sum(r.inner_steps * (1 if mt.baseline == "fixed" else 2) for r in results)
+    metrics = {
+        "ppo/explained_variance": float(1 - np.var(returns - values) / var) if var > 0 else math.nan,
+        "reward/mean": float(np.mean([e.final_reward for e in episodes])),
+        "reward/vs_initial_hparams": float(np.mean([e.reward_vs_initial for e in episodes])),
+        "reward/shaped_return": float(np.mean([e.rewards.sum() for e in episodes])),
+        **({"reward/vs_schedule": float(np.mean([e.final_reward for e in episodes]))}
+           if mt.baseline == "schedule" else {}),
+        **acting_metrics(episodes, spec),
+        "speed/episodes_per_s": len(episodes) / elapsed,
+        "speed/inner_steps_per_s": inner / elapsed,
+        "speed/rollout_share": rollout_time / elapsed,
+        "speed/population_share": float(np.mean([r.population for r in results])),
+    }
+    for fam in sorted({e.family for e in episodes}):
+        metrics[f"reward_by_family/{fam}"] = float(np.mean([e.reward_vs_initial for e in episodes if e.family == fam]))
+    for told, kind in ((True, "full"), (False, "sparse")):  # the tasks whose runs were told every loss, or not
+        mine = [e.reward_vs_initial for r in results if r.cadence.full == told for e in r.episodes]
+        if mine:
+            metrics[f"reward_by_reporting/{kind}"] = float(np.mean(mine))
+    return metrics
+
+
+def _checkpoint(spec: ExperimentSpec, learner: _Learner, iteration: int, run_id: str | None) -> dict[str, Any]:
+    """Everything a resumed run needs to go on as if never stopped (tensors and plain data only)."""
+    origin = learner.origin
+    return {
+        **policy_data(spec, learner.model),
+        "iteration": iteration,
+        "ema": learner.ema.to_checkpoint(),
+        "optimizer": learner.optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "history": learner.history,
+        "run_id": run_id,
+        **({"start": origin.to_checkpoint()} if origin is not None else {}),
+    }
+
+
+def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, group: Group) -> Path:
+    mt = spec.meta_train
+    run_dir = settings.run_dir or Path(mt.run_dir) / spec.name
+    ckpt_path = run_dir / "checkpoint.pt"
+    state = None
+    if group.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = load_training_checkpoint(ckpt_path) if settings.resume and ckpt_path.exists() else None
+        if settings.resume and state is None:
+            print(f"no checkpoint at {ckpt_path}; starting a new run")
+    state = group.broadcast(state)  # the job's whole state, whatever number of ranks wrote it
+    learner = _learner(spec, settings, state, group)
+    model, history, start = learner.model, learner.history, learner.start
+    tracker = _tracker(spec, settings, spec_path, group, run_dir, learner)
     pool = worker_pool(settings.workers, torch.set_num_threads, (1,)) if settings.workers > 1 else None
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="meta-train",
                unit="it", disable=settings.quiet or not group.main)  # fmt: skip
     started = time.perf_counter()
+
     def dev(iteration: int, last: bool = False) -> None:
         if group.main:
             dev_evaluation(spec, model, run_dir, iteration, workers=max(settings.workers, 1), tracker=tracker,
@@ -448,80 +550,19 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
                     print(f"time limit of {settings.max_minutes:g} min reached after {iteration} iterations")
                 break
             t0, comm0 = time.perf_counter(), group.comm_seconds
-            # --- rollouts: sample tasks, run baselines and policy episodes ------------------------
-            policy_ckpt = model.to_checkpoint()
-            ema_ckpt = ema.to_checkpoint() if mt.baseline == "self_play" else None
-            jobs = []
-            for j in group.share(mt.tasks_per_iteration):  # this rank's tasks; the job's are those of one process
-                seed = train_seed(spec.seed, iteration, j)
-                jobs.append((sample(spec, seed), policy_ckpt, ema_ckpt, spec_json, mt.rollouts_per_task, seed,
-                             spec.device, spec.data_dir))  # fmt: skip
-            results = pool.map(_job, jobs) if pool else [_job(a) for a in jobs]
-            results = group.gather(results)  # every rank: every task's results, in task order
+            results = _rollouts(spec, learner, iteration, pool, group)
             episodes = [e for r in results for e in r.episodes]
             rollout_time = time.perf_counter() - t0
-
-            # --- advantages and PPO update on minibatches of whole episodes -----------------------
-            ppo = ppo_update(model, optimizer, episodes, mt, np.random.default_rng([spec.seed, iteration]), group,
-                             train_actor=iteration >= mt.critic_warmup, start=origin)  # fmt: skip
-
-            # --- normalisers and the self-play baseline ----------------------------------------
-            if mt.update_normalisers:
-                model.policy_norm(np.concatenate([e.raw_policy for e in episodes]), update=True)
-                model.value_norm(np.concatenate([e.raw_value for e in episodes]), update=True)
-            with torch.no_grad():
-                for pe, pm in zip(ema.parameters(), model.parameters()):
-                    pe.mul_(mt.ema_decay).add_(pm, alpha=1 - mt.ema_decay)
-            ema.policy_norm.load_state_dict(model.policy_norm.state_dict())
-            ema.value_norm.load_state_dict(model.value_norm.state_dict())
-
-            # --- metrics, checkpoint ------------------------------------------------------------
-            values = np.concatenate([e.values for e in episodes])
-            returns = np.concatenate([e.returns for e in episodes])
-            var = returns.var()
+            ppo = _learn(spec, learner, episodes, iteration, group)
             elapsed = time.perf_counter() - t0
-            inner = sum(e.inner_steps for e in episodes) + sum(
-                r.inner_steps * (2 if mt.baseline == "self_play" else 1) for r in results
-            )
-            metrics = {
-                **ppo,
-                "ppo/explained_variance": float(1 - np.var(returns - values) / var) if var > 0 else math.nan,
-                "reward/mean": float(np.mean([e.final_reward for e in episodes])),
-                "reward/vs_initial_hparams": float(np.mean([e.reward_vs_initial for e in episodes])),
-                "reward/shaped_return": float(np.mean([e.rewards.sum() for e in episodes])),
-                **({"reward/vs_schedule": float(np.mean([e.final_reward for e in episodes]))}
-                   if mt.baseline == "schedule" else {}),
-                **acting_metrics(episodes, spec),
-                "speed/episodes_per_s": len(episodes) / elapsed,
-                "speed/inner_steps_per_s": inner / elapsed,
-                "speed/rollout_share": rollout_time / elapsed,
-                "speed/population_share": float(np.mean([r.population for r in results])),
-                "speed/ranks": group.world,
-                "speed/comm_share": (group.comm_seconds - comm0) / elapsed,  # gathering episodes, summing gradients
-            }
-            for fam in sorted({e.family for e in episodes}):
-                metrics[f"reward_by_family/{fam}"] = float(np.mean([e.reward_vs_initial for e in episodes if e.family == fam]))
-            for told, kind in ((True, "full"), (False, "sparse")):  # the tasks whose runs were told every loss, or not
-                mine = [e.reward_vs_initial for r in results if r.cadence.full == told for e in r.episodes]
-                if mine:
-                    metrics[f"reward_by_reporting/{kind}"] = float(np.mean(mine))
+            metrics = {**ppo, **iteration_metrics(spec, results, episodes, elapsed, rollout_time),
+                       "speed/ranks": group.world,  # gathering episodes, summing gradients:
+                       "speed/comm_share": (group.comm_seconds - comm0) / elapsed}  # fmt: skip
             history.append({"iteration": iteration + 1, **metrics})
             tracker.log_metrics(metrics, step=iteration + 1)
             if not group.main:
                 continue
-            save_atomic(
-                {
-                    **policy_data(spec, model),
-                    "iteration": iteration + 1,
-                    "ema": ema.to_checkpoint(),
-                    "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history,
-                    "run_id": tracker.run_id,
-                    **({"start": origin.to_checkpoint()} if origin is not None else {}),
-                },
-                ckpt_path,
-            )
+            save_atomic(_checkpoint(spec, learner, iteration + 1, tracker.run_id), ckpt_path)
             bar.set_postfix(episodes=len(episodes) * (iteration + 1), reward=f"{metrics['reward/vs_initial_hparams']:.3f}")
             if (iteration + 1) % 10 == 0 or iteration + 1 == settings.iterations:
                 tracker.log_figure(_hparam_figure(episodes, spec.hparams.hparam_names()), "hparams.png")

@@ -490,22 +490,7 @@ def run_suite(
     policy_path = str(policy) if policy is not None else None
     data = str(data_dir) if data_dir else None
     threads = torch.get_num_threads()
-    settings = {
-        "policy": policy_path or "default (shipped with lhopt)",
-        "seed": seed,
-        "steps_scale": steps_scale,
-        "programs": {name: {"description": PROGRAMS[name].description, **asdict(s)} for name, s in plan.items()},
-        "learning_rates": list(learning_rates),
-        "shapes": list(shapes),
-        "tuning_free": list(tuning_free),
-        "baseline_horizons": list(HORIZONS),
-        "evaluations_per_T": ood_programs.EVALUATIONS,
-        "best_adamw": "lowest test loss of the AdamW runs (as lhopt eval); the run picked by validation loss beside it",
-        "scored_on": "test loss",
-        "workers": workers,
-        "threads": threads,
-        "torch": torch.__version__,
-    }
+    settings = _settings(policy_path, seed, steps_scale, plan, learning_rates, shapes, tuning_free, workers, threads)
     check_policy(policy_path)  # a checkpoint that cannot drive LHOPT fails now, not after the baselines
     for name in chosen:  # so does a missing data file
         PROGRAMS[name].build(seed, plan[name], data)
@@ -527,15 +512,7 @@ def run_suite(
             pending[job.program] -= 1
             if pending[job.program]:
                 continue
-            name = job.program
-            done = runs.pop(name)
-            seconds = sum(r.seconds for r in done.values())
-            result = ProgramResult(name, plan[name].steps, asdict(plan[name]), done.pop(("policy", 1)), done, seconds)
-            summaries[name] = summarise(name, result.policy, result.baselines, result.T)
-            report["programs"][name] = program_record(result, summaries[name])
-            _write(out, report, summaries)  # what is done so far survives an interruption
-            tracker.log_artifact(plot_program(result, summaries[name], out / f"{name}.png"), "plots")
-            _log_program(tracker, result, summaries[name])
+            _program_done(job.program, runs.pop(job.program), plan[job.program], out, report, summaries, tracker)
         for path in ("results.json", "table.md"):
             tracker.log_artifact(out / path)
         status = "FINISHED"
@@ -545,6 +522,41 @@ def run_suite(
         print(format_table(summaries))
     return report
 
+
+
+def _settings(policy_path: str | None, seed: int, steps_scale: float, plan: Mapping[str, Any],
+              learning_rates: Sequence[float], shapes: Sequence[str], tuning_free: Sequence[str], workers: int,
+              threads: int) -> dict[str, Any]:  # fmt: skip
+    """What a suite run was asked to do, recorded in ``results.json`` and MLflow's parameters."""
+    return {
+        "policy": policy_path or "default (shipped with lhopt)",
+        "seed": seed,
+        "steps_scale": steps_scale,
+        "programs": {name: {"description": PROGRAMS[name].description, **asdict(s)} for name, s in plan.items()},
+        "learning_rates": list(learning_rates),
+        "shapes": list(shapes),
+        "tuning_free": list(tuning_free),
+        "baseline_horizons": list(HORIZONS),
+        "evaluations_per_T": ood_programs.EVALUATIONS,
+        "best_adamw": "lowest test loss of the AdamW runs (as lhopt eval); the run picked by validation loss beside it",
+        "scored_on": "test loss",
+        "workers": workers,
+        "threads": threads,
+        "torch": torch.__version__,
+    }
+
+
+def _program_done(name: str, done: dict[tuple[str, int], Run], sizes: Any, out: Path, report: dict[str, Any],
+                  summaries: dict[str, dict[str, Any]], tracker: Tracker) -> None:  # fmt: skip
+    """A program's runs are all in: summarise it, write the reports so far (they survive an
+    interruption), plot it and log it."""
+    seconds = sum(r.seconds for r in done.values())
+    result = ProgramResult(name, sizes.steps, asdict(sizes), done.pop(("policy", 1)), done, seconds)
+    summaries[name] = summarise(name, result.policy, result.baselines, result.T)
+    report["programs"][name] = program_record(result, summaries[name])
+    _write(out, report, summaries)
+    tracker.log_artifact(plot_program(result, summaries[name], out / f"{name}.png"), "plots")
+    _log_program(tracker, result, summaries[name])
 
 def _write(out: Path, report: Mapping[str, Any], summaries: Mapping[str, Mapping[str, Any]]) -> None:
     (out / "results.json").write_text(json.dumps(json_value(report), indent=1))
