@@ -1,8 +1,8 @@
 """The one interface of everything that acts as a policy, and the one decision step that carries an
 action out.
 
-A trained network, a fixed schedule's follower, a network acting around a base schedule, an
-ensemble and a decoding all act the same way for every driver (the meta-training environment and
+A trained network, a fixed schedule's follower, a network acting around a base schedule and an
+ensemble all act the same way for every driver (the meta-training environment and
 rollouts, evaluation, the drop-in optimizer): an :class:`Actor` starts a batch of runs and gets a
 *carry*, the per-run state it acts from (the LSTM's state, a follower's learning rate, a residual's
 offset), then acts on each decision's raw policy features and hears the drop-in's guard. Wrappers
@@ -32,7 +32,7 @@ class Run(NamedTuple):
 
     initial: dict[str, float]  # the run's initial values of the hyperparameters the policy controls
     outer_steps: int  # how many decisions the run has
-    seed: int = 0  # seeds an actor's own draws (a sampling decoding): the same task draws the same
+    seed: int = 0  # seeds any draws of an actor's own: the same task draws the same
     member: int = 0  # which of a task's rollouts this is (a follower of several schedules follows this one)
 
 

@@ -10,6 +10,11 @@ seen and done, and the best follower of a task (lowest final validation loss, th
 criterion) is a demonstration: observations and action labels. :func:`clone` fits the actor to the
 demonstrations by maximum likelihood and the critic to their returns; PPO then starts from there
 (``lhopt train --init``) instead of from a random walk.
+
+Which schedule a task's demonstration shows, and in which actions, is a :class:`Labelling`: each
+task's best (:class:`BestOfTask`), one schedule unless a task clearly prefers another
+(:class:`Consensus`), and either one as a residual policy's offsets from a base schedule
+(:class:`ResidualOffsets`, a wrapper).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -29,12 +34,13 @@ from .rollout import Episode, task_rollouts
 from .sample import TaskConfig
 from .residual import Follow, Residual
 from .schedule import KEEP, Schedule, shape_factor
+from .spec.experiment import DEFAULT_IMITATION_LRS, DEFAULT_IMITATION_SHAPES
 from .spec.hparams import HyperparameterSpace
 
-#: The default grid: CIAO learning rates (a fraction of each layer's norm per step, under LAMB's
-#: trust ratio) from 1e-4 to the bound 0.1, in half-decades, times three decays.
-DEFAULT_LRS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
-DEFAULT_SHAPES: tuple[str, ...] = ("constant", "cosine", "linear")
+#: The default grid (declared with the spec's ``imitation`` section): CIAO learning rates from 1e-4
+#: to the bound 0.1 in half-decades, times three decays.
+DEFAULT_LRS: tuple[float, ...] = DEFAULT_IMITATION_LRS
+DEFAULT_SHAPES: tuple[str, ...] = DEFAULT_IMITATION_SHAPES
 
 
 def default_targets(lrs: Sequence[float] = DEFAULT_LRS, shapes: Sequence[str] = DEFAULT_SHAPES) -> list[Schedule]:
@@ -62,18 +68,19 @@ class Demonstration:
     #: every follower's final validation loss by target name (inf when it diverged); empty in a
     #: relabelled episode and in files written before it was recorded
     target_losses: dict[str, float] = field(default_factory=dict)
-    #: soft labels of the learning-rate action (T, n): a distribution per decision (:func:`soft_labels`);
-    #: None: the hard labels in :attr:`actions` alone
-    soft: np.ndarray | None = None
 
     def to_data(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> "Demonstration":
+        """A demonstration from :meth:`to_data`'s dict; files of the removed soft labels record
+        ``soft: None`` where they hold none, which is dropped."""
+        data = dict(data)
+        if data.pop("soft", None) is not None:
+            raise ValueError("this demonstration carries soft labels, an option of `lhopt imitate` since removed "
+                             "(git history keeps it): collect the demonstrations again into a new --run-dir")  # fmt: skip
         arrays = {k: np.asarray(data[k]) for k in ("raw_policy", "raw_value", "actions", "rewards")}
-        if data.get("soft") is not None:
-            arrays["soft"] = np.asarray(data["soft"], dtype=np.float64)
         return cls(**{**data, **arrays})
 
 
@@ -103,8 +110,7 @@ def demonstrate(cfg: TaskConfig, learner: ActorCritic, space: HyperparameterSpac
 
 def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, target: Schedule, *, device: str = "cpu",
             data_dir: str | None = None, max_valid: int = 512, cadence: Cadence = FULL_CADENCE,
-            follow: Schedule | None = None, weights: dict[str, float] | None = None,
-            residual: Residual | None = None) -> Demonstration:  # fmt: skip
+            follow: Schedule | None = None, residual: Residual | None = None) -> Demonstration:  # fmt: skip
     """A DAgger demonstration: ``policy``'s own greedy episode on ``cfg``, each decision labelled
     with the action the follower of ``target`` (the task's best schedule) takes from the learning
     rate the policy had reached there. Cloning these teaches the way back from the states the
@@ -114,8 +120,6 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
 
     ``follow``: the episode is run by the follower of this schedule instead (``policy`` lends it
     only its normalisers): how a task gets a demonstration of a schedule other than its best.
-    ``weights``: each schedule's weight (:func:`target_weights`); the demonstration then also
-    carries :func:`soft_labels` from the learning rates the policy reached.
     ``residual``: ``policy`` wrapped around a base schedule (:class:`~lhopt_dsl.residual.Residual`);
     the episode is then its own, and the learning-rate labels are the offset actions from the
     offsets it had reached towards those that follow ``target``."""
@@ -125,8 +129,9 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
     t0 = time.perf_counter()
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     follower = Follow([target], space, policy.policy_norm)
-    if residual is not None and (follow is not None or weights is not None):
-        raise ValueError("a residual policy's episodes are relabelled with hard labels of its own task's schedule only")
+    if residual is not None and follow is not None:
+        raise ValueError("a residual policy's episodes are its own: relabel them with their task's schedule, "
+                         "without a schedule to follow")  # fmt: skip
     actor: Actor[Any] = policy if follow is None else Follow([follow], space, policy.policy_norm)
     if residual is not None:
         actor = residual
@@ -140,10 +145,9 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
         wanted = residual.offsets(target, cfg.hparams.lr, len(ep))
         assert ep.proposed is not None
         labels[:, residual.lr_dim] = residual.labels(wanted, residual.offsets_before(ep.proposed[:, residual.lr_dim]))
-    soft = None if weights is None else soft_labels(follower, weights, befores, outer)
     return Demonstration(cfg.task_id, cfg.family, target.name, ep.raw_policy, ep.raw_value, labels,
                          np.full(len(ep), np.nan), ep.valid_curve[-1], math.nan, math.nan,
-                         time.perf_counter() - t0, soft=soft)  # fmt: skip
+                         time.perf_counter() - t0)  # fmt: skip
 
 
 def residual_demo(demo: Demonstration, residual: Residual, target: Schedule, initial_lr: float) -> Demonstration:
@@ -151,8 +155,6 @@ def residual_demo(demo: Demonstration, residual: Residual, target: Schedule, ini
     policy: its learning-rate labels become the offset actions from the base towards ``target``
     (:meth:`~lhopt_dsl.residual.Residual.labels`), the rest stays. Where the target is the
     base itself every label keeps."""
-    if demo.soft is not None:
-        raise ValueError("soft labels and residual labels do not combine; pass one of --soft and --base")
     actions = np.array(demo.actions, copy=True)
     actions[:, residual.lr_dim] = residual.labels(residual.offsets(target, initial_lr, len(actions)))
     return replace(demo, actions=actions)
@@ -202,76 +204,87 @@ def consensus(demos: Sequence[Demonstration], margin: float) -> tuple[str, dict[
     return agreed, labels
 
 
-def mean_lr(name: str, points: int = 64) -> float:
-    """A target's learning rate averaged over the run (midpoints of ``points`` equal parts); ``keep``
-    is -inf: it sets nothing, so it is never the bolder of two schedules."""
-    target = Schedule.from_name(name)
-    if target.lr is None:
-        return -math.inf
-    return float(np.mean([target.at((i + 0.5) / points) for i in range(points)]))
+#: Runs, for each task of ``labels`` (task index to a target's name), the follower of that target,
+#: and returns its episodes as demonstrations of it (by task index). The caller owns the runs
+#: (worker processes, files); a labelling only says which it needs.
+Follower = Callable[[Mapping[int, str]], dict[int, Demonstration]]
 
 
-def bolder(demos: Sequence[Demonstration], tie: float) -> dict[str, str]:
-    """Labels that break near-ties towards the larger learning rate.
+class Labelling(Protocol):
+    """One way of labelling the demonstrations: which schedule each task's demonstration shows, and
+    in which actions. `lhopt imitate` chooses one from its settings, once; a variant wraps an inner
+    labelling (:class:`ResidualOffsets`) instead of adding a branch to the runner."""
 
-    The schedules whose final validation losses are within ``tie`` (relative; 0.005: 0.5%) of a
-    task's best are indistinguishable by the run-to-run noise of one run each; among them the label
-    is the one with the largest :func:`mean_lr` (then the lower loss). On the training tasks of
-    ``cpu.yaml`` such ties are common on Transformers, and on held-out tasks the cloned policy runs
-    lower learning rates than the fixed schedule that beats it (docs/RESULTS.md). ``tie=0`` is each
-    task's own best. Returns each task's label (by task id)."""
-    if not tie >= 0:
-        raise ValueError(f"tie must be >= 0, got {tie}")
-    if not demos or any(not d.target_losses for d in demos):
-        raise ValueError("tie-broken labels need every follower's final loss, which demonstrations written before "
-                         "it was recorded lack: collect them again into a new --run-dir")  # fmt: skip
-    labels = {}
-    for d in demos:
-        best = d.target_losses[d.target]
-        near = [n for n, loss in d.target_losses.items() if math.isfinite(loss) and loss <= best * (1.0 + tie)]
-        labels[d.task_id] = max(near, key=lambda n: (mean_lr(n), -d.target_losses[n], n == d.target))
-    return labels
+    @property
+    def tag(self) -> str:
+        """What the labels add to the names of the run's directories and files (``""`` for each
+        task's own best), so that runs labelled differently never mix and a killed one resumes."""
+        ...
 
+    def label(self, demos: Mapping[int, Demonstration]) -> dict[int, Demonstration]:
+        """Each task's demonstration (by task index, in that order) as cloning should see it; its
+        ``target`` is the task's label, which DAgger's rounds relabel towards."""
+        ...
 
-def target_weights(losses: dict[str, float], temperature: float) -> dict[str, float]:
-    """Each schedule's weight in a task's soft label: ``exp(-regret / temperature)``, normalised to
-    sum to 1, where regret is the log of its final loss over the task's best (a diverged run's is
-    :data:`DIVERGED_REGRET`). A schedule 1% worse than the best weighs ``exp(-0.01 / temperature)``
-    of the best's: with ``temperature=0.01``, about 0.37. Every schedule within the run-to-run noise
-    of the best thereby votes, instead of the one that won by a hair."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    finite = [v for v in losses.values() if math.isfinite(v)]
-    if not finite:
-        raise ValueError("every schedule diverged on this task: there is nothing to weigh")
-    best = min(finite)
-    raw = {n: math.exp(-_regret(v, best) / temperature) for n, v in losses.items()}
-    total = sum(raw.values())
-    return {n: w / total for n, w in raw.items()}
+    def summary(self) -> dict[str, Any]:
+        """What the labels add to the run's summary (after :meth:`label`)."""
+        ...
 
 
-def lr_trajectory(follower: Follow, actions: np.ndarray, initial_lr: float) -> list[float]:
-    """The learning rate before each decision of an episode that took ``actions`` from
-    ``initial_lr`` and never restarted (a follower's own episode)."""
-    values = follower.lr_param.action.values
-    lrs = [float(initial_lr)]
-    for a in np.asarray(actions)[:-1, follower.lr_dim]:
-        lrs.append(follower.lr_param.apply(lrs[-1], values[int(a)]))
-    return lrs
+class BestOfTask:
+    """Each task's best follower is its label: the demonstrations as they are."""
+
+    tag = ""
+
+    def label(self, demos: Mapping[int, Demonstration]) -> dict[int, Demonstration]:
+        return {j: demos[j] for j in sorted(demos)}
+
+    def summary(self) -> dict[str, Any]:
+        return {"consensus": None}
 
 
-def soft_labels(follower: Follow, weights: dict[str, float], lrs: Sequence[float], outer: int) -> np.ndarray:
-    """Soft labels of the learning-rate action, (T, n): at decision ``t`` of ``outer``, from learning
-    rate ``lrs[t]``, each schedule of ``weights`` puts its weight on the action its follower would
-    take there (:meth:`~lhopt_dsl.residual.Follow.choose`). Where the near-best schedules agree the
-    label is sharp; where they part, it spreads over their actions."""
-    n = int(follower.nvec[follower.lr_dim])
-    targets = [(Schedule.from_name(name), w) for name, w in weights.items() if w > 0]
-    out = np.zeros((len(lrs), n), dtype=np.float64)
-    for t, current in enumerate(lrs):
-        for target, w in targets:
-            out[t, follower.choose(target, current, t, outer)[0][follower.lr_dim]] += w
-    return out / out.sum(axis=1, keepdims=True)
+class Consensus:
+    """:func:`consensus` labels with ``margin``: a task labelled with a schedule other than its best
+    gets that schedule's follower's episode from ``follow`` (one run per such task)."""
+
+    def __init__(self, margin: float, follow: Follower):
+        if not margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.margin, self.follow = margin, follow
+        self.agreed: str | None = None  # the consensus schedule, once labelled
+
+    @property
+    def tag(self) -> str:
+        return f"-m{self.margin:g}"
+
+    def label(self, demos: Mapping[int, Demonstration]) -> dict[int, Demonstration]:
+        self.agreed, by_task = consensus([demos[j] for j in sorted(demos)], self.margin)
+        moved = {j: by_task[d.task_id] for j, d in sorted(demos.items()) if by_task[d.task_id] != d.target}
+        switched = self.follow(moved)
+        return {j: switched[j] if j in moved else demos[j] for j in sorted(demos)}
+
+    def summary(self) -> dict[str, Any]:
+        return {"consensus": self.agreed}
+
+
+class ResidualOffsets:
+    """``inner``'s labels for a residual policy around ``residual``'s base: each demonstration's
+    learning-rate labels become the offsets from the base towards its target (:func:`residual_demo`),
+    from its task's initial learning rate, ``initial_lr(task index)``."""
+
+    def __init__(self, inner: Labelling, residual: Residual, initial_lr: Callable[[int], float]):
+        self.inner, self.residual, self.initial_lr = inner, residual, initial_lr
+
+    @property
+    def tag(self) -> str:
+        return f"{self.inner.tag}-b{self.residual.base.name}"
+
+    def label(self, demos: Mapping[int, Demonstration]) -> dict[int, Demonstration]:
+        return {j: residual_demo(d, self.residual, Schedule.from_name(d.target), self.initial_lr(j))
+                for j, d in self.inner.label(demos).items()}  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        return self.inner.summary()
 
 
 def _padded(rows: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
@@ -282,18 +295,60 @@ def _padded(rows: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(out, dtype=dtype)
 
 
-def _soft_or_hard(d: Demonstration, lr_dim: int, n: int) -> np.ndarray:
-    """A demonstration's learning-rate labels as distributions: its soft labels, or its hard ones one-hot."""
-    if d.soft is not None:
-        if d.soft.shape != (len(d.actions), n):
-            raise ValueError(f"soft labels of shape {d.soft.shape} for {len(d.actions)} decisions of {n} learning-rate actions")
-        return d.soft
-    return np.eye(n)[np.asarray(d.actions)[:, lr_dim]]
-
-
 def returns_of(rewards: np.ndarray) -> np.ndarray:
     """Undiscounted return from each step to the end of the episode."""
     return np.cumsum(np.asarray(rewards, dtype=np.float64)[::-1])[::-1].copy()
+
+
+class _Batch(NamedTuple):
+    """Demonstrations padded to the longest, time first: what one cloning step reads."""
+
+    x: torch.Tensor  # (T, B, Fp) normalised policy features
+    v: torch.Tensor  # (T, B, Fv) normalised value features
+    a: torch.Tensor  # (T, B, D) action labels
+    mask: torch.Tensor  # (T, B) 1 where the demonstration has a decision
+    ret: torch.Tensor  # (T, B) returns, 0 where unknown
+    known: torch.Tensor  # (T, B) 1 where the return is known (DAgger's relabelled episodes have none)
+
+
+def _batch(model: ActorCritic, demos: Sequence[Demonstration]) -> _Batch:
+    x = _padded([model.policy_norm(d.raw_policy, update=False) for d in demos], torch.float32)
+    v = _padded([model.value_norm(d.raw_value, update=False) for d in demos], torch.float32)
+    a = _padded([d.actions for d in demos], torch.float64).long()
+    mask = _padded([np.ones(len(d.actions)) for d in demos], torch.float32)
+    ret = _padded([returns_of(d.rewards) for d in demos], torch.float32)
+    return _Batch(x, v, a, mask, torch.nan_to_num(ret), mask * torch.isfinite(ret))
+
+
+def _losses(model: ActorCritic, b: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-decision negative log-likelihood of the labels, and the critic's squared error on known returns."""
+    logprob, _, values = model.evaluate(b.x, b.v, b.a)
+    nll = -(logprob * b.mask).sum() / b.mask.sum()
+    v_loss = 0.5 * (((values - b.ret) ** 2) * b.known).sum() / b.known.sum().clamp(min=1)
+    return nll, v_loss
+
+
+@torch.no_grad()
+def _accuracy(model: ActorCritic, b: _Batch, lr_dim: int, majority: int) -> tuple[float, float]:
+    """The greedy learning-rate action's accuracy, and always taking ``majority``'s (a second actor
+    pass, so only for the epochs that are kept)."""
+    logits, _ = model.actor_forward(b.x)
+    greedy = logits[..., : model.shape.nvec[lr_dim]].argmax(-1)
+    n = b.mask.sum()
+    return float(((greedy == b.a[..., lr_dim]).float() * b.mask).sum() / n), \
+        float(((b.a[..., lr_dim] == majority).float() * b.mask).sum() / n)  # fmt: skip
+
+
+def _split(demos: Sequence[Demonstration], holdout: float,
+           seed: int) -> tuple[list[Demonstration], list[Demonstration], int, int]:  # fmt: skip
+    """The demonstrations to fit and to hold out, and the number of tasks of each: a ``holdout``
+    fraction of the tasks (none under 5 tasks), a task's demonstrations (first and relabelled) together."""
+    tasks = sorted({d.task_id for d in demos})
+    order = np.random.default_rng(seed).permutation(len(tasks))
+    n_hold = int(round(holdout * len(tasks))) if len(tasks) >= 5 else 0
+    held_ids = {tasks[i] for i in order[:n_hold]}
+    fit, held = [d for d in demos if d.task_id not in held_ids], [d for d in demos if d.task_id in held_ids]
+    return fit, held, len(tasks) - n_hold, n_hold
 
 
 def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 300, lr: float = 3e-3,
@@ -303,85 +358,41 @@ def clone(model: ActorCritic, demos: Sequence[Demonstration], *, epochs: int = 3
     its critic to their returns; the normalisers first take every observation, as meta-training's
     do after each iteration.
 
-    A ``holdout`` fraction of the tasks (with all their demonstrations) is kept out of the fit; the weights of the epoch with the
-    lowest held-out loss are kept (early stopping), and the returned metrics are those of that
-    epoch: per-step negative log-likelihood, the learning-rate dimension's accuracy (greedy action
-    equals the label; ``lr_dim`` is its action dimension) on the fit and held-out tasks, and on the
-    held-out tasks the accuracy of always taking the fit's most frequent learning-rate action.
+    A ``holdout`` fraction of the tasks (with all their demonstrations) is kept out of the fit; the
+    weights of the epoch with the lowest held-out loss are kept (early stopping), and the returned
+    metrics are those of that epoch: per-step negative log-likelihood, the learning-rate
+    dimension's accuracy (greedy action equals the label; ``lr_dim`` is its action dimension) on the
+    fit and held-out tasks, and on the held-out tasks the accuracy of always taking the fit's most
+    frequent learning-rate action.
     """
     if not demos:
         raise ValueError("no demonstrations to clone")
-    rng = np.random.default_rng(seed)
-    tasks = sorted({d.task_id for d in demos})  # a task's demonstrations (first and relabelled) stay together
-    order = rng.permutation(len(tasks))
-    n_hold = int(round(holdout * len(tasks))) if len(tasks) >= 5 else 0
-    held_ids = {tasks[i] for i in order[:n_hold]}
-    held, fit = [d for d in demos if d.task_id in held_ids], [d for d in demos if d.task_id not in held_ids]
+    fit, held, n_fit, n_hold = _split(demos, holdout, seed)
     model.policy_norm(np.concatenate([d.raw_policy for d in fit]), update=True)
     model.value_norm(np.concatenate([d.raw_value for d in fit]), update=True)
     if all(np.isnan(d.rewards).all() for d in fit):
         value_coef = 0.0  # nothing for the critic to fit
-    n_lr = int(model.shape.nvec[lr_dim])
-    soft_mode = any(d.soft is not None for d in demos)
-
-    def tensors(ds: Sequence[Demonstration]) -> tuple[torch.Tensor, ...]:
-        x = _padded([model.policy_norm(d.raw_policy, update=False) for d in ds], torch.float32)
-        v = _padded([model.value_norm(d.raw_value, update=False) for d in ds], torch.float32)
-        a = _padded([d.actions for d in ds], torch.float64).long()
-        mask = _padded([np.ones(len(d.actions)) for d in ds], torch.float32)
-        ret = _padded([returns_of(d.rewards) for d in ds], torch.float32)
-        known = mask * torch.isfinite(ret)  # DAgger's relabelled episodes have no returns
-        soft = _padded([_soft_or_hard(d, lr_dim, n_lr) for d in ds], torch.float32) if soft_mode else None
-        return x, v, a, mask, torch.nan_to_num(ret), known, soft
-
-    def losses(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, v, a, mask, ret, known, soft = batch
-        if soft is None:
-            logprob, _, values = model.evaluate(x, v, a)
-        else:  # cross-entropy with the soft labels on the learning-rate action, the hard ones elsewhere
-            logits, _ = model.actor_forward(x)
-            logprob = torch.zeros_like(mask)
-            for i, chunk in enumerate(torch.split(logits, list(model.shape.nvec), dim=-1)):
-                logp = torch.log_softmax(chunk, dim=-1)
-                logprob = logprob + ((soft * logp).sum(-1) if i == lr_dim else logp.gather(-1, a[..., i : i + 1]).squeeze(-1))
-            values, _ = model.critic_forward(x, v)
-        nll = -(logprob * mask).sum() / mask.sum()
-        v_loss = 0.5 * (((values - ret) ** 2) * known).sum() / known.sum().clamp(min=1)
-        return nll, v_loss
-
-    @torch.no_grad()
-    def accuracy(batch: tuple[torch.Tensor, ...]) -> tuple[float, float]:
-        """The greedy learning-rate action's accuracy, and always taking the fit's most frequent one's
-        (a second actor pass, so only for the epochs that are kept)."""
-        x, _, a, mask, _, _, _ = batch
-        logits, _ = model.actor_forward(x)
-        greedy = logits[..., : model.shape.nvec[lr_dim]].argmax(-1)
-        n = mask.sum()
-        return float(((greedy == a[..., lr_dim]).float() * mask).sum() / n), \
-            float(((a[..., lr_dim] == majority).float() * mask).sum() / n)  # fmt: skip
-
     majority = int(np.bincount(np.concatenate([d.actions[:, lr_dim] for d in fit])).argmax())
-    fit_t, held_t = tensors(fit), tensors(held) if held else None
+    fit_b, held_b = _batch(model, fit), _batch(model, held) if held else None
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     best: tuple[float, dict[str, Any], dict[str, float]] | None = None
     for epoch in range(epochs):
         opt.zero_grad()
-        nll, v_loss = losses(fit_t)
+        nll, v_loss = _losses(model, fit_b)
         (nll + value_coef * v_loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         nll, v_loss = nll.detach(), v_loss.detach()
         with torch.no_grad():
-            h_nll, h_v = losses(held_t) if held_t is not None else (nll, v_loss)
-        score = float(h_nll)
-        if best is None or score < best[0]:
-            acc, keep_acc = accuracy(fit_t)  # of the weights kept (the fit's losses are of those before the step)
-            h_acc, h_keep = accuracy(held_t) if held_t is not None else (acc, keep_acc)
+            h_nll, h_v = _losses(model, held_b) if held_b is not None else (nll, v_loss)
+        if best is None or float(h_nll) < best[0]:
+            acc, keep_acc = _accuracy(model, fit_b, lr_dim, majority)  # of the weights kept (the fit's losses are of those before the step)
+            h_acc, h_keep = _accuracy(model, held_b, lr_dim, majority) if held_b is not None else (acc, keep_acc)
             metrics = {"bc/epoch": float(epoch + 1), "bc/nll": float(nll), "bc/value_loss": float(v_loss),
                        "bc/lr_accuracy": acc, "bc/holdout_nll": float(h_nll), "bc/holdout_value_loss": float(h_v),
                        "bc/holdout_lr_accuracy": h_acc, "bc/holdout_majority_accuracy": h_keep,
-                       "bc/fit_tasks": float(len(tasks) - n_hold), "bc/holdout_tasks": float(n_hold)}  # fmt: skip
-            best = (score, {k: t.detach().clone() for k, t in model.state_dict().items()}, metrics)
+                       "bc/fit_tasks": float(n_fit), "bc/holdout_tasks": float(n_hold)}  # fmt: skip
+            best = (float(h_nll), {k: t.detach().clone() for k, t in model.state_dict().items()}, metrics)
     assert best is not None
     model.load_state_dict(best[1])
     return best[2]

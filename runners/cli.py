@@ -195,27 +195,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_imitate(args: argparse.Namespace) -> int:
-    from .imitate import ImitationSettings, imitate
+    from .imitate import ImitationSettings, imitate, with_overrides
 
     spec = load_spec(args.spec)
     if args.seed is not None:
         spec = spec.model_copy(update={"seed": args.seed})
-    settings = ImitationSettings(
-        tasks=args.tasks,
-        workers=spec.meta_train.workers if args.workers is None else args.workers,
-        run_dir=Path(args.run_dir) if args.run_dir else None,
-        epochs=args.epochs,
-        tracking_uri=args.tracking_uri,
-        dagger=args.dagger,
-        initial=args.initial,
-        margin=args.margin,
-        tie=args.tie,
-        soft=args.soft,
-        clone_seed=args.clone_seed,
-        base=args.base,
-    )
-    try:
-        path = imitate(spec, settings, spec_path=args.spec)
+    flags = ("tasks", "workers", "run_dir", "epochs", "dagger", "initial", "margin", "clone_seed", "base")
+    try:  # the options given override the spec's imitation section; the policy file records the result
+        spec = with_overrides(spec, {name: getattr(args, name) for name in flags})
+        path = imitate(spec, ImitationSettings.from_spec(spec, tracking_uri=args.tracking_uri), spec_path=args.spec)
     except ValueError as e:  # a space whose actions cannot keep a hyperparameter, files of another run
         print(f"error: {args.spec}: {e}", file=sys.stderr)
         return 2
@@ -401,7 +389,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         summary = run(spec, policy, num_tasks=args.tasks or spec.evaluation.num_tasks, storage=args.storage,
                       out=Path(args.out) if args.out else None, tracking_uri=args.tracking_uri, score=args.score,
                       initial=args.initial, workers=args.workers, threads=args.threads, fresh=args.fresh,
-                      decode=args.decode, task_set=args.task_set)  # fmt: skip
+                      task_set=args.task_set)  # fmt: skip
     except (EvaluationError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -411,7 +399,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .evaluate import EvaluationError, compare_outputs, format_comparison, write_json
+    from .compare import compare_outputs, format_comparison
+    from .records import EvaluationError, write_json
 
     try:
         result = compare_outputs([Path(d) for d in args.dirs], args.score)
@@ -426,7 +415,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_best_of(args: argparse.Namespace) -> int:
-    from .evaluate import EvaluationError, best_of
+    from .compare import best_of
+    from .records import EvaluationError
 
     try:
         best_of([Path(d) for d in args.dirs], Path(args.out), by=args.by, score=args.score)
@@ -611,34 +601,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="warm-start a policy: follow a grid of learning-rate schedules on training tasks "
                             "and clone the best (resumable; then lhopt train --init)")
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
-    p.add_argument("--tasks", type=int, default=100, help="training tasks to demonstrate on (default: 100)")
-    p.add_argument("--workers", type=int, help="worker processes (default: the spec's meta_train.workers)")
-    p.add_argument("--run-dir", help="directory of the demonstrations and the policy (default: <meta_train.run_dir>/<spec name>-imitation)")
-    p.add_argument("--epochs", type=int, default=300, help="cloning epochs; the best held-out epoch is kept (default: 300)")
-    p.add_argument("--dagger", type=int, default=0, metavar="R",
+    # Every option below defaults to the spec's imitation section (docs/dsl.md), whose defaults are shown.
+    p.add_argument("--tasks", type=int, help="training tasks to demonstrate on (default: the spec's; 100)")
+    p.add_argument("--workers", type=int, help="worker processes (default: the spec's imitation.workers, else meta_train.workers)")
+    p.add_argument("--run-dir", help="directory of the demonstrations and the policy (default: the spec's; "
+                                     "<meta_train.run_dir>/<spec name>-imitation)")
+    p.add_argument("--epochs", type=int, help="cloning epochs; the best held-out epoch is kept (default: the spec's; 300)")
+    p.add_argument("--dagger", type=int, metavar="R",
                    help="rounds of DAgger: run the cloned policy on the same tasks, label its own decisions with "
-                        "each task's best schedule, clone again (one run per task and round; default: 0)")
-    p.add_argument("--initial", choices=("noisy", "default"), default="noisy",
-                   help="the tasks' initial hyperparameters: meta-training's noise (default), or the space's defaults "
-                        "as a user starts (and evaluation does); kept apart in demos-default/, imitation-default.pt")
+                        "each task's label, clone again (one run per task and round; default: the spec's; 0)")
+    p.add_argument("--initial", choices=("noisy", "default"),
+                   help="the tasks' initial hyperparameters: meta-training's noise (noisy), or the space's defaults "
+                        "as a user starts (and evaluation does); kept apart in demos-default/, imitation-default.pt "
+                        "(default: the spec's; noisy)")
     p.add_argument("--margin", type=float, metavar="M",
                    help="consensus labels: every task follows the one schedule with the least mean regret over the "
-                        "tasks, unless its own best ends more than M lower (relative; 0.05 = 5%%); default: each "
-                        "task's best (kept apart in imitation-mM.pt)")
-    p.add_argument("--tie", type=float, metavar="E",
-                   help="bolder labels: among the schedules that end within E of a task's best (relative; 0.005 = "
-                        "0.5%%), the one with the largest mean learning rate (kept apart in imitation-tE.pt)")
-    p.add_argument("--soft", type=float, metavar="TAU",
-                   help="soft labels: every schedule votes for the action its follower would take, weighted by "
-                        "exp(-regret/TAU), regret the log of its final loss over the task's best (0.01: a schedule "
-                        "1%% worse weighs 0.37 of the best; kept apart in imitation-sTAU.pt)")
+                        "tasks, unless its own best ends more than M lower (relative; 0.05 = 5%%); default: the "
+                        "spec's, else each task's best (kept apart in imitation-mM.pt)")
     p.add_argument("--base", metavar="SCHEDULE",
                    help="a residual policy around this learning-rate schedule (e.g. linear-lr0.03): its learning-rate "
                         "action scales an offset from the schedule, so keeping follows it; labels are the offsets "
-                        "towards each task's schedule (kept apart in *-bSCHEDULE.pt)")
+                        "towards each task's schedule (kept apart in *-bSCHEDULE.pt; default: the spec's, else none)")
     p.add_argument("--clone-seed", type=int, metavar="S",
                    help="seed of the cloning alone (the policy's initial weights and the held-out tasks), the tasks "
-                        "kept: how much the recipe itself varies (default: the spec's seed; kept apart in *-cS.pt)")
+                        "kept: how much the recipe itself varies (default: the spec's, else its seed; kept apart in *-cS.pt)")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_imitate)
@@ -668,13 +654,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial", choices=("default", "noisy"), default="default",
                    help="initial hyperparameters: the space's defaults, as a user starts (default), or with "
                         "meta-training's noise")
-    p.add_argument("--decode", choices=("greedy", "mean", "sample"), default="greedy",
-                   help="how the policy's action distributions become actions: the most probable (default, as the "
-                        "drop-in acts), the expected change carried out by error diffusion, or a draw per decision")
     p.add_argument("--storage", help="Optuna RDB storage URL of the baseline cache, shared by every evaluation "
                                      "(default: SQLite <run_dir>/baselines.db)")
     p.add_argument("--out", help="output directory; finished tasks there are not re-run "
-                                 "(default: <run_dir>/eval-<spec name>-<policy hash>[-<decode>])")
+                                 "(default: <run_dir>/eval-<spec name>-<policy hash>[-test])")
     p.add_argument("--fresh", action="store_true", help="discard finished tasks in --out (cached baselines are kept)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.add_argument("--compile", action="store_true",

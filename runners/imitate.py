@@ -1,13 +1,16 @@
 """Imitation warm-start of a policy (``lhopt imitate``): demonstrations on training tasks, then cloning.
 
-    lhopt imitate SPEC --tasks N [--workers W] [--run-dir DIR] [--epochs E]
+    lhopt imitate SPEC [--tasks N] [--workers W] [--run-dir DIR] [--epochs E] [--dagger R] ...
 
-Samples ``N`` tasks from the spec's training distribution (training seeds, in a namespace of their
-own: PPO's iterations never draw the same ones), runs the grid of learning-rate schedules of
-:mod:`lhopt_dsl.imitation` on each through the policy's actions, and keeps the best follower's
-episode as the task's demonstration (one file per task under ``DIR/demos``, written as it
-finishes, so a killed run resumes where it stopped). It then fits a fresh policy of the spec's
-shape to all of them and writes ``DIR/imitation.pt``, which ``lhopt train SPEC --init
+The settings are the spec's ``imitation`` section (:class:`~lhopt_dsl.spec.experiment.ImitationSpec`);
+each option given overrides its value. Samples ``N`` tasks from the spec's training distribution
+(training seeds, in a namespace of their own: PPO's iterations never draw the same ones), runs the
+grid of learning-rate schedules of :mod:`lhopt_dsl.imitation` on each through the policy's
+actions, and keeps the best follower's episode as the task's demonstration (one file per task
+under ``DIR/demos``, written as it finishes, so a killed run resumes where it stopped). A
+:class:`~lhopt_dsl.imitation.Labelling`, chosen once from the settings, says which schedule each
+task's demonstration shows; a fresh policy of the spec's shape is fitted to them (and to DAgger's
+relabelled episodes) and written to ``DIR/imitation.pt``, which ``lhopt train SPEC --init
 DIR/imitation.pt`` starts PPO from.
 """
 
@@ -15,35 +18,35 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from lhopt_dsl import ExperimentSpec, sample
 from lhopt_dsl.imitation import (
     DEFAULT_LRS,
     DEFAULT_SHAPES,
+    BestOfTask,
+    Consensus,
     Demonstration,
-    bolder,
+    Labelling,
+    ResidualOffsets,
     clone,
-    consensus,
     default_targets,
     demonstrate,
-    lr_trajectory,
     relabel,
-    residual_demo,
-    soft_labels,
-    target_weights,
 )
 from lhopt_dsl.observation import draw_cadence
 from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.residual import Follow, Residual
 from lhopt_dsl.schedule import Schedule
 from lhopt_dsl.sample import INITIAL_CHOICES, train_seed
+from lhopt_dsl.spec.experiment import ImitationSpec
 
 from .lifeline import worker_pool
 from .meta_train import policy_shape, terminate_as_interrupt
@@ -53,29 +56,53 @@ from .tracking import Tracker
 #: ``train_seed(spec.seed, iteration, j)`` with iterations far below it.
 IMITATION_KEY = 2**31 - 1
 
+#: The settings a policy file's ``imitation`` record holds (and MLflow logs), in this order. ``tie``
+#: and ``soft`` named labelling options since removed (docs/RESULTS.md); they are always None, so
+#: that a record has the keys of those of the policies already shipped.
+RECORDED = ("tasks", "lrs", "shapes", "epochs", "dagger", "initial", "margin", "tie", "soft", "clone_seed", "base")
+
+_DEFAULTS = ImitationSpec()
+
 
 @dataclass
 class ImitationSettings:
+    """What one ``lhopt imitate`` run does: the spec's ``imitation`` section resolved
+    (:meth:`from_spec`; its fields mean what the section's do), and where results go."""
+
     tasks: int
     workers: int = 1
     run_dir: Path | None = None
-    epochs: int = 300
+    epochs: int = _DEFAULTS.epochs
     lrs: Sequence[float] = DEFAULT_LRS
     shapes: Sequence[str] = DEFAULT_SHAPES
     tracking_uri: str | None = None
     quiet: bool = False
-    dagger: int = 0  # rounds of DAgger after the first cloning
-    initial: str = "noisy"  # the tasks' initial hyperparameters: meta-training's noise, or the defaults
-    #: None: each task's best schedule is its label; a number: :func:`~lhopt_dsl.imitation.consensus`'s labels
-    margin: float | None = None
-    #: None: as ``margin`` says; a number: :func:`~lhopt_dsl.imitation.bolder`'s labels (near-ties go to the larger lr)
-    tie: float | None = None
-    #: None: hard labels; a temperature: :func:`~lhopt_dsl.imitation.soft_labels` weighted by each schedule's regret
-    soft: float | None = None
-    #: the cloning's seed (initial weights, held-out tasks); None: the spec's
-    clone_seed: int | None = None
-    #: None: a plain policy; a schedule's name: a residual policy around it (:mod:`lhopt_dsl.residual`)
-    base: str | None = None
+    dagger: int = _DEFAULTS.dagger
+    initial: str = _DEFAULTS.initial
+    margin: float | None = None  # None: each task's best schedule is its label
+    clone_seed: int | None = None  # None: the spec's seed
+    base: str | None = None  # None: a plain policy; a schedule's name: a residual policy around it
+
+    @classmethod
+    def from_spec(cls, spec: ExperimentSpec, tracking_uri: str | None = None, quiet: bool = False) -> ImitationSettings:
+        s = spec.imitation
+        return cls(tasks=s.tasks, workers=spec.meta_train.workers if s.workers is None else s.workers,
+                   run_dir=None if s.run_dir is None else Path(s.run_dir), epochs=s.epochs, lrs=s.lrs,
+                   shapes=s.shapes, tracking_uri=tracking_uri, quiet=quiet, dagger=s.dagger, initial=s.initial,
+                   margin=s.margin, clone_seed=s.clone_seed, base=s.base)  # fmt: skip
+
+
+def with_overrides(spec: ExperimentSpec, overrides: Mapping[str, Any]) -> ExperimentSpec:
+    """``spec`` with the values of ``overrides`` that are not None (the command line's options, by
+    field name) in place of its ``imitation`` section's, checked as the section's own are."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        section = ImitationSpec.model_validate({**spec.imitation.model_dump(), **given})
+    except ValidationError as e:
+        problems = [f"--{str(err['loc'][0]).replace('_', '-')} {given.get(str(err['loc'][0]))}: {err['msg']}"
+                    for err in e.errors()]  # fmt: skip
+        raise ValueError("; ".join(problems)) from None
+    return spec.model_copy(update={"imitation": section})
 
 
 def _task(seed: int, spec_json: str, initial: str) -> tuple[ExperimentSpec, Any, Any]:
@@ -97,14 +124,13 @@ def _demo_job(args: tuple) -> tuple[int, dict[str, Any]]:
 
 
 def _relabel_job(args: tuple) -> tuple[int, dict[str, Any]]:
-    j, seed, spec_json, policy_ckpt, target, initial, follow, weights, base = args
+    j, seed, spec_json, policy_ckpt, target, initial, follow, base = args
     spec, cfg, cadence = _task(seed, spec_json, initial)
     policy = ActorCritic(policy_shape(spec)) if policy_ckpt is None else ActorCritic.from_checkpoint(policy_ckpt)
     residual = None if base is None else Residual(policy, spec.hparams, Schedule.from_name(base))
     demo = relabel(cfg, policy, spec.hparams, Schedule.from_name(target), device=spec.device, data_dir=spec.data_dir,
                    max_valid=spec.meta_train.max_valid, cadence=cadence,
-                   follow=None if follow is None else Schedule.from_name(follow), weights=weights,
-                   residual=residual)  # fmt: skip
+                   follow=None if follow is None else Schedule.from_name(follow), residual=residual)  # fmt: skip
     return j, {"seed": seed, "demo": demo.to_data()}
 
 
@@ -142,6 +168,35 @@ def _load_demos(directory: Path, seeds: dict[int, int]) -> dict[int, Demonstrati
     return found
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One run's fixed facts: its settings, where its files go and which tasks it demonstrates on."""
+
+    spec: ExperimentSpec
+    settings: ImitationSettings
+    dir: Path
+    suffix: str  # "" or "-default": demonstrations from the two kinds of initial values are never mixed
+    seeds: dict[int, int]  # task index -> task seed
+    spec_json: str  # what the workers rebuild the spec from
+
+    @property
+    def key(self) -> str:
+        """The demonstrations' kind and number, on which every later file depends."""
+        return f"{self.suffix}-{self.settings.tasks}"
+
+    def jobs(self, fn: Any, jobs: list[tuple], directory: Path, desc: str, found: dict[int, Demonstration]) -> None:
+        _run_jobs(fn, jobs, directory, self.settings.workers, desc, self.settings.quiet, found)
+
+    def follow(self, directory: Path, labels: Mapping[int, str]) -> dict[int, Demonstration]:
+        """Each task's follower of its label in ``labels`` (a :data:`~lhopt_dsl.imitation.Follower`),
+        run into ``directory`` unless a killed run already left it there."""
+        done = _load_demos(directory, self.seeds) if directory.exists() else {}
+        jobs = [(j, self.seeds[j], self.spec_json, None, t, self.settings.initial, t, None) for j, t in labels.items()
+                if j not in done]  # fmt: skip
+        self.jobs(_relabel_job, jobs, directory, "following the new labels", done)
+        return {j: done[j] for j in labels}
+
+
 def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None = None) -> Path:
     """Collect the demonstrations still missing, clone them into a new policy, return its path.
 
@@ -151,120 +206,109 @@ def imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | 
 
 
 def _imitate(spec: ExperimentSpec, settings: ImitationSettings, spec_path: str | None) -> Path:
-    Follow(default_targets(settings.lrs, settings.shapes), spec.hparams)  # fails now, not in a worker
-    run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
-    if sum(x is not None for x in (settings.margin, settings.tie, settings.soft)) > 1:
-        raise ValueError("--margin, --tie and --soft are three ways of labelling the tasks; pass one of them")
-    residual = None
-    if settings.base is not None:
-        if settings.soft is not None:
-            raise ValueError("--soft and --base are two kinds of labels; pass one of them")
-        residual = Residual(ActorCritic(policy_shape(spec)), spec.hparams, Schedule.from_name(settings.base))
-    if settings.soft is not None and not settings.soft > 0:
-        raise ValueError(f"--soft is a temperature and must be > 0, got {settings.soft}")
-    if settings.initial not in INITIAL_CHOICES:
-        raise ValueError(f"initial must be one of {', '.join(INITIAL_CHOICES)}, got {settings.initial!r}")
-    suffix = "" if settings.initial == "noisy" else f"-{settings.initial}"  # the two kinds are never mixed
-    demo_dir = run_dir / f"demos{suffix}"
-    demo_dir.mkdir(parents=True, exist_ok=True)
-    seeds = {j: train_seed(spec.seed, IMITATION_KEY, j) for j in range(settings.tasks)}
-    demos = _load_demos(demo_dir, seeds)
-    todo = [j for j in seeds if j not in demos]
-    if demos:
-        print(f"{len(demos)} demonstrations already in {demo_dir}; {len(todo)} to run")
-    spec_json = spec.model_dump_json()
-    jobs = [(j, seeds[j], spec_json, tuple(settings.lrs), tuple(settings.shapes), settings.initial) for j in todo]
-    _run_jobs(_demo_job, jobs, demo_dir, settings.workers, "demonstrations", settings.quiet, demos)
-    first = dict(demos)  # the best followers' episodes, which the summary describes
-
-    labels = {j: d.target for j, d in demos.items()}
-    agreed = None
-    # DAgger's rounds are keyed by the number of tasks and the labels, which decide every round's policy.
-    labelling = f"-m{settings.margin:g}" if settings.margin is not None else \
-        f"-t{settings.tie:g}" if settings.tie is not None else \
-        f"-s{settings.soft:g}" if settings.soft is not None else ""  # fmt: skip
-    key = f"{suffix}-{settings.tasks}{labelling}"  # the switched followers' runs depend on the labels alone
-    if residual is not None:  # the labels, DAgger's rounds and the policy are a residual policy's
-        labelling += f"-b{residual.base.name}"
-    if settings.clone_seed is not None:  # DAgger's rounds and the policy depend on the cloning's seed too
-        labelling += f"-c{settings.clone_seed}"
-    if settings.margin is not None or settings.tie is not None:
-        if settings.margin is not None:
-            agreed, by_task = consensus([demos[j] for j in sorted(demos)], settings.margin)
-            switch_dir = run_dir / f"consensus{key}"
-        else:
-            by_task = bolder([demos[j] for j in sorted(demos)], settings.tie)
-            switch_dir = run_dir / f"bolder{key}"
-        labels = {j: by_task[d.task_id] for j, d in demos.items()}
-        # a task labelled with another schedule needs that follower's episode in place of its best one's
-        switched = _load_demos(switch_dir, seeds) if switch_dir.exists() else {}
-        jobs = [(j, seeds[j], spec_json, None, labels[j], settings.initial, labels[j], None, None) for j in sorted(demos)
-                if labels[j] != demos[j].target and j not in switched]  # fmt: skip
-        _run_jobs(_relabel_job, jobs, switch_dir, settings.workers, "following the new labels", settings.quiet, switched)
-        demos = {**demos, **{j: d for j, d in switched.items() if labels[j] != demos[j].target}}
-    weights: dict[int, dict[str, float] | None] = {j: None for j in demos}
-    if settings.soft is not None:
-        weights = {j: target_weights(d.target_losses, settings.soft) for j, d in demos.items()}
-        demos = {j: _with_soft_labels(spec, seeds[j], settings.initial, d, weights[j]) for j, d in demos.items()}
-    if residual is not None:  # each task's schedule, as offsets from the base
-        demos = {j: residual_demo(d, residual, Schedule.from_name(labels[j]), sample(spec, seeds[j], initial=settings.initial).hparams.lr)
-                 for j, d in demos.items()}  # fmt: skip
-    ordered = [demos[j] for j in sorted(demos)]
+    run = _prepare(spec, settings)
+    labelling, residual = _labelling(run)  # before the demonstrations: a bad setting fails now
+    first = _collect(run)  # the best followers' episodes, which the summary describes
+    demos = labelling.label(first)
+    name = labelling.tag + ("" if settings.clone_seed is None else f"-c{settings.clone_seed}")
     clone_seed = spec.seed if settings.clone_seed is None else settings.clone_seed
-    model, metrics = _clone(ordered, spec, clone_seed, settings.epochs)
-    rounds = [metrics]
-    relabelled: list[Demonstration] = []
-    for r in range(1, settings.dagger + 1):
-        # DAgger: the policy's own episodes on the same tasks, labelled by each task's schedule.
-        round_dir = run_dir / f"dagger{suffix}-{settings.tasks}{labelling}" / f"round{r}"
-        done = _load_demos(round_dir, seeds) if round_dir.exists() else {}
-        ckpt = model.to_checkpoint()
-        jobs = [(j, seeds[j], spec_json, ckpt, labels[j], settings.initial, None, weights[j], settings.base)
-                for j in sorted(demos) if j not in done]  # fmt: skip
-        _run_jobs(_relabel_job, jobs, round_dir, settings.workers, f"DAgger round {r}", settings.quiet, done)
-        relabelled += [done[j] for j in sorted(done)]
-        model, metrics = _clone(ordered + relabelled, spec, clone_seed, settings.epochs)
-        rounds.append(metrics)
+    model, rounds, relabelled = _clone_rounds(run, demos, name, clone_seed)
     summary = summarise([first[j] for j in sorted(first)])
-    summary["consensus"] = agreed
-    summary["labels"] = dict(Counter(labels.values()).most_common())
+    summary.update(labelling.summary())
+    summary["labels"] = dict(Counter(demos[j].target for j in sorted(demos)).most_common())
     summary["dagger_seconds"] = float(sum(d.seconds for d in relabelled if math.isfinite(d.seconds)))
-    record = {"metrics": metrics, "rounds": rounds, "summary": summary, "tasks": settings.tasks,
-              "lrs": list(settings.lrs), "shapes": list(settings.shapes), "epochs": settings.epochs,
-              "dagger": settings.dagger, "initial": settings.initial, "margin": settings.margin,
-              "tie": settings.tie, "soft": settings.soft, "clone_seed": clone_seed, "base": settings.base}  # fmt: skip
-    path = run_dir / f"imitation{suffix}{labelling}.pt"
+    values = {"tasks": settings.tasks, "lrs": list(settings.lrs), "shapes": list(settings.shapes),
+              "epochs": settings.epochs, "dagger": settings.dagger, "initial": settings.initial,
+              "margin": settings.margin, "tie": None, "soft": None, "clone_seed": clone_seed, "base": settings.base}  # fmt: skip
+    record = {"metrics": rounds[-1], "rounds": rounds, "summary": summary, **{k: values[k] for k in RECORDED}}
+    path = run.dir / f"imitation{run.suffix}{name}.pt"
     data = {"policy": model.to_checkpoint(), "spec": spec.model_dump(mode="json"), "imitation": record}
     if residual is not None:
         data["residual"] = residual.to_data()
     save_checkpoint(data, path)
-    tracker = Tracker(settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"{spec.name}-imitation",
-                      run_dir)  # fmt: skip
-    tracker.log_params({"spec": spec.model_dump(mode="json"), "imitation": {k: v for k, v in record.items()
-                                                                             if k in ("tasks", "lrs", "shapes", "epochs", "dagger", "initial", "margin", "tie", "soft", "clone_seed", "base")}})  # fmt: skip
-    for r, m in enumerate(rounds):  # step r: after r rounds of DAgger
-        tracker.log_metrics(m, step=r)
-    tracker.log_metrics({f"demos/{k}": v for k, v in summary.items() if isinstance(v, float)}, step=0)
-    if spec_path:
-        tracker.log_artifact(spec_path, "spec")
-    tracker.log_policy(path, spec.tracking.registered_model)  # registered like meta-training's policies
-    tracker.end()
+    _track(run, record, path, spec_path)
     if not settings.quiet:
-        print(report(summary, metrics))
+        print(report(summary, rounds[-1]))
     return path
 
 
-def _with_soft_labels(spec: ExperimentSpec, seed: int, initial: str, demo: Demonstration,
-                      weights: dict[str, float]) -> Demonstration:  # fmt: skip
-    """``demo`` (a follower's episode, which never restarts) with soft labels along the learning
-    rates it went through from its task's initial value."""
-    if not demo.target_losses:
-        raise ValueError("soft labels need every follower's final loss, which demonstrations written before it was "
-                         "recorded lack: collect them again into a new --run-dir")  # fmt: skip
-    cfg = sample(spec, seed, initial=initial)
-    follower = Follow([], spec.hparams)
-    lrs = lr_trajectory(follower, demo.actions, cfg.hparams.lr)
-    return replace(demo, soft=soft_labels(follower, weights, lrs, cfg.task.outer_steps))
+def _prepare(spec: ExperimentSpec, settings: ImitationSettings) -> _Run:
+    """The run's directory and task seeds, after the checks that would otherwise fail in a worker."""
+    Follow(default_targets(settings.lrs, settings.shapes), spec.hparams)  # fails now, not in a worker
+    if settings.initial not in INITIAL_CHOICES:
+        raise ValueError(f"initial must be one of {', '.join(INITIAL_CHOICES)}, got {settings.initial!r}")
+    run_dir = settings.run_dir or Path(spec.meta_train.run_dir) / f"{spec.name}-imitation"
+    suffix = "" if settings.initial == "noisy" else f"-{settings.initial}"
+    seeds = {j: train_seed(spec.seed, IMITATION_KEY, j) for j in range(settings.tasks)}
+    return _Run(spec, settings, run_dir, suffix, seeds, spec.model_dump_json())
+
+
+def _labelling(run: _Run) -> tuple[Labelling, Residual | None]:
+    """The settings' labelling, chosen once, and the residual wrapper of the policy where it is one."""
+    s = run.settings
+    labelling: Labelling = BestOfTask()
+    if s.margin is not None:  # the switched followers' runs depend on the labels alone
+        agreed = Consensus(s.margin, lambda labels: run.follow(run.dir / f"consensus{run.key}{agreed.tag}", labels))
+        labelling = agreed
+    if s.base is None:
+        return labelling, None
+    residual = Residual(ActorCritic(policy_shape(run.spec)), run.spec.hparams, Schedule.from_name(s.base))
+
+    def initial_lr(j: int) -> float:
+        return sample(run.spec, run.seeds[j], initial=s.initial).hparams.lr
+
+    return ResidualOffsets(labelling, residual, initial_lr), residual
+
+
+def _collect(run: _Run) -> dict[int, Demonstration]:
+    """Every task's demonstration: those a killed run left, and the rest, run now."""
+    demo_dir = run.dir / f"demos{run.suffix}"
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    demos = _load_demos(demo_dir, run.seeds)
+    todo = [j for j in run.seeds if j not in demos]
+    if demos:
+        print(f"{len(demos)} demonstrations already in {demo_dir}; {len(todo)} to run")
+    s = run.settings
+    jobs = [(j, run.seeds[j], run.spec_json, tuple(s.lrs), tuple(s.shapes), s.initial) for j in todo]
+    run.jobs(_demo_job, jobs, demo_dir, "demonstrations", demos)
+    return demos
+
+
+def _clone_rounds(run: _Run, demos: dict[int, Demonstration], name: str,
+                  seed: int) -> tuple[ActorCritic, list[dict[str, float]], list[Demonstration]]:  # fmt: skip
+    """Clone ``demos``, then DAgger's rounds: the policy's own episodes on the same tasks, labelled
+    by each task's label, and a cloning of everything so far. Returns the last policy, each
+    cloning's metrics and the relabelled episodes."""
+    s = run.settings
+    ordered = [demos[j] for j in sorted(demos)]
+    model, metrics = _clone(ordered, run.spec, seed, s.epochs)
+    rounds, relabelled = [metrics], []
+    for r in range(1, s.dagger + 1):  # keyed by what decides every round's policy: the labels and the seed
+        round_dir = run.dir / f"dagger{run.key}{name}" / f"round{r}"
+        done = _load_demos(round_dir, run.seeds) if round_dir.exists() else {}
+        ckpt = model.to_checkpoint()
+        jobs = [(j, run.seeds[j], run.spec_json, ckpt, demos[j].target, s.initial, None, s.base)
+                for j in sorted(demos) if j not in done]  # fmt: skip
+        run.jobs(_relabel_job, jobs, round_dir, f"DAgger round {r}", done)
+        relabelled += [done[j] for j in sorted(done)]
+        model, metrics = _clone(ordered + relabelled, run.spec, seed, s.epochs)
+        rounds.append(metrics)
+    return model, rounds, relabelled
+
+
+def _track(run: _Run, record: dict[str, Any], path: Path, spec_path: str | None) -> None:
+    """Log the run to MLflow and register its policy, as meta-training's are."""
+    spec = run.spec
+    tracker = Tracker(run.settings.tracking_uri or spec.tracking.uri, spec.tracking.experiment,
+                      f"{spec.name}-imitation", run.dir)  # fmt: skip
+    tracker.log_params({"spec": spec.model_dump(mode="json"), "imitation": {k: record[k] for k in RECORDED}})
+    for r, m in enumerate(record["rounds"]):  # step r: after r rounds of DAgger
+        tracker.log_metrics(m, step=r)
+    tracker.log_metrics({f"demos/{k}": v for k, v in record["summary"].items() if isinstance(v, float)}, step=0)
+    if spec_path:
+        tracker.log_artifact(spec_path, "spec")
+    tracker.log_policy(path, spec.tracking.registered_model)
+    tracker.end()
 
 
 def _clone(demos: list[Demonstration], spec: ExperimentSpec, seed: int, epochs: int) -> tuple[ActorCritic, dict[str, float]]:

@@ -70,21 +70,17 @@ def episode(ep: Episode, critic: bool = True) -> dict[str, Any]:
 
 def evaluations() -> dict[str, Any]:
     """Greedy evaluation episodes (``runners.evaluate.policy_run``) of every kind of policy."""
-    from lhopt_dsl.decoding import decoded
-
     residual, space = shipped()
     net = network()
     out: dict[str, Any] = {}
     for cfg in tasks():
-        kinds: dict[str, tuple[Any, int]] = {  # the actor, and the run's seed
-            "residual": (residual, 0),
-            "network": (net, 0),
-            "schedule": (FixedSchedule(Schedule.from_name("linear-lr0.03"), space).load()[0], 0),
-            "decode-mean": (decoded(net, space, "mean"), 0),
-            "decode-sample": (decoded(net, space, "sample"), 7),
+        kinds: dict[str, Any] = {
+            "residual": residual,
+            "network": net,
+            "schedule": FixedSchedule(Schedule.from_name("linear-lr0.03"), space).load()[0],
         }
-        for kind, (actor, seed) in kinds.items():
-            out[f"{kind}/{cfg.task_id}"] = episode(policy_run(actor, space, cfg, seed=seed), critic=False)
+        for kind, actor in kinds.items():
+            out[f"{kind}/{cfg.task_id}"] = episode(policy_run(actor, space, cfg), critic=False)
     return out
 
 

@@ -12,7 +12,6 @@ from lhopt_dsl import load_spec
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.controller import LHOPT, combine_policies, load_policy
 from lhopt_dsl.actor import Run
-from lhopt_dsl.decoding import Decoded
 from lhopt_dsl.policy import ActorCritic, EnsembleActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from lhopt_dsl.spec.hparams import CIAOSpace
 from runners.cli import main as cli
@@ -84,7 +83,7 @@ def test_each_member_normalises_the_raw_features_with_its_own_statistics():
     assert not torch.allclose(shared, member_logprobs(swapped, raw), atol=1e-3)
 
 
-def test_an_ensemble_acts_through_act_and_the_decodings_with_mean_values():
+def test_an_ensemble_acts_through_act_with_mean_values():
     a, b = trained_looking(1), trained_looking(2)
     ens = EnsembleActorCritic([a, b])
     raw, v = raw_features()[0, :1], np.random.default_rng(1).normal(size=(1, 3))
@@ -95,12 +94,9 @@ def test_an_ensemble_acts_through_act_and_the_decodings_with_mean_values():
     va, _ = a.critic_forward(*(torch.as_tensor(t)[None] for t in a.normalise(raw, v)))
     vb, _ = b.critic_forward(*(torch.as_tensor(t)[None] for t in b.normalise(raw, v)))
     assert float(value) == pytest.approx(float(va + vb) / 2, abs=1e-5)
-    for decode in ("greedy", "mean", "sample"):
-        actor = Decoded(ens, SPACE, decode)
-        st = actor.start([Run({"lr": 1e-3}, 3)])
-        for _ in range(3):
-            out, st = actor.act(st, raw, [None], True)
-            assert out.actions.shape == (1, len(NVEC))
+    for _ in range(3):  # its carry goes on from decision to decision
+        step, state = ens.act(state, raw, [None], True)
+        assert step.actions.shape == (1, len(NVEC))
 
 
 def test_combined_files_round_trip_and_drive_the_drop_in(tmp_path):

@@ -10,7 +10,6 @@ import pytest
 from lhopt_dsl import TABLE1_ROWS, load_spec
 from lhopt_dsl.baselines import BASELINES
 from lhopt_dsl.controller import DEFAULT_POLICY
-from lhopt_dsl.policy import load_checkpoint, save_checkpoint
 
 from .test_imitation import KEEP_ACTIONS
 from lhopt_dsl.sample import default_initial_hparams
@@ -161,43 +160,30 @@ def test_an_output_directory_of_another_evaluation_is_refused(evaluated, tmp_pat
     assert code == 2
     err = capsys.readouterr().err
     assert "another initial" in err and "--fresh" in err
+    # ... and --fresh discards it: the directory then holds this evaluation alone
+    assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "1", "--out", str(tmp_path / "a"),
+                 "--storage", storage, "--initial", "noisy", "--fresh") == 0  # fmt: skip
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["initial"] == "noisy"
+    assert [p.name for p in (tmp_path / "a" / "tasks").glob("*.json")] == ["00000.json"]
 
 
-def test_a_decoding_is_recorded_and_never_mixed_with_another(evaluated, tmp_path, capsys):
+def test_a_directory_of_another_decoding_is_refused_and_a_greedy_one_resumes(evaluated, tmp_path, capsys):
+    """Directories written while `lhopt eval --decode mean|sample` existed record their decoding:
+    a greedy one resumes as it is, the others are never mixed with greedy acting."""
     root, storage, spec = evaluated
-    # the shipped policy acts around a schedule, greedily: decodings are refused up front ...
-    assert main(["eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(tmp_path / "r"),
-                 "--storage", storage, "--decode", "mean", *OFFLINE]) == 2  # fmt: skip
-    assert "acts greedily around its base schedule" in capsys.readouterr().err
-    assert not (tmp_path / "r" / "tasks").exists()
-    # ... and a plain policy (the same network, no base schedule) decodes
-    state = load_checkpoint(DEFAULT_POLICY)
-    del state["residual"]
-    plain = tmp_path / "plain.pt"
-    save_checkpoint(state, plain)
-    out = tmp_path / "mean"
-    assert lhopt("eval", spec, "--policy", str(plain), "--tasks", "2", "--out", str(out), "--storage",
-                 storage, "--decode", "mean") == 0  # fmt: skip
-    results = json.loads((out / "results.json").read_text())
-    assert results["manifest"]["decode"] == "mean" and results["cost"]["pairs_run"] == 0
-    # greedy acting into the mean's directory is refused ...
-    assert main(["eval", spec, "--policy", str(plain), "--tasks", "2", "--out", str(out), "--storage",
-                 storage, *OFFLINE]) == 2  # fmt: skip
-    assert "another decode" in capsys.readouterr().err
-    # ... and a directory written before decodings were recorded was greedy, and resumes as such
-    old = tmp_path / "old"
-    shutil.copytree(root / "a", old)
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["decode"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
-    assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(old), "--storage",
-                 storage) == 0  # fmt: skip
-    # a fixed schedule has no distribution to decode
-    keep = tmp_path / "tiny_keep.yaml"
-    keep.write_text(TINY + KEEP_ACTIONS)
-    assert main(["eval", str(keep), "--schedule", "linear-lr0.03", "--decode", "sample", "--tasks", "1",
-                 "--out", str(tmp_path / "s"), "--storage", storage, *OFFLINE]) == 2  # fmt: skip
-    assert "no action distribution to decode" in capsys.readouterr().err
+    for decode in ("mean", "greedy"):
+        old = tmp_path / decode
+        shutil.copytree(root / "a", old)
+        manifest = json.loads((old / "manifest.json").read_text())
+        (old / "manifest.json").write_text(json.dumps(manifest | {"decode": decode}))
+    assert main(["eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(tmp_path / "mean"),
+                 "--storage", storage, *OFFLINE]) == 2  # fmt: skip
+    assert "another decode (decode: 'mean' -> 'greedy')" in capsys.readouterr().err
+    before = [(tmp_path / "greedy" / "tasks" / f"{i:05d}.json").read_text() for i in range(2)]
+    assert lhopt("eval", spec, "--policy", str(DEFAULT_POLICY), "--tasks", "2", "--out", str(tmp_path / "greedy"),
+                 "--storage", storage) == 0  # fmt: skip
+    assert [(tmp_path / "greedy" / "tasks" / f"{i:05d}.json").read_text() for i in range(2)] == before
+    assert "decode" not in json.loads((tmp_path / "greedy" / "manifest.json").read_text())
 
 
 def test_valid_scores_differ_from_test_scores(evaluated):

@@ -1,29 +1,31 @@
 """Imitation warm-start: schedule followers, demonstrations, behaviour cloning, `lhopt imitate`, `train --init`."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lhopt_dsl import load_spec, sample
+from lhopt_dsl import SpecError, load_spec, sample
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.imitation import (
+    DEFAULT_LRS,
+    DEFAULT_SHAPES,
     DIVERGED_REGRET,
+    BestOfTask,
+    Consensus,
     Demonstration,
-    bolder,
+    ResidualOffsets,
     clone,
     consensus,
     demonstrate,
-    lr_trajectory,
-    mean_lr,
-    soft_labels,
-    target_weights,
+    residual_demo,
 )
 from lhopt_dsl.actor import Run
 from lhopt_dsl.observation import Cadence
-from lhopt_dsl.residual import Follow
+from lhopt_dsl.residual import Follow, Residual
 from lhopt_dsl.schedule import KEEP, Schedule
 from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from runners.meta_train import initial_policy, policy_shape
@@ -275,21 +277,18 @@ def test_lhopt_imitate_resumes_and_refuses_another_runs_files(tmp_path, monkeypa
     for name in switched:
         assert load_checkpoint(run / "consensus-3-minf" / name)["demo"]["target"] == agreed
     assert len(list((run / "dagger-3-minf" / "round1").iterdir())) == 3
-    # A demonstration made for another seed (another spec, or --seed) is not mixed in.
-    # Soft labels, with a cloning seed of its own: no new demonstrations; DAgger's rounds carry soft labels.
+    # A cloning seed of its own: no new demonstrations or consensus runs; DAgger's rounds are its own.
     calls.clear()
     path = imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, dagger=1,
-                                                                   soft=0.01, clone_seed=5, **small))  # fmt: skip
-    assert calls == [] and path.name == "imitation-s0.01-c5.pt"
+                                                                   margin=math.inf, clone_seed=5, **small))  # fmt: skip
+    assert calls == [] and path.name == "imitation-minf-c5.pt"
     record = load_checkpoint(path)["imitation"]
-    assert record["soft"] == 0.01 and record["clone_seed"] == 5
-    rounds = sorted((run / "dagger-3-s0.01-c5" / "round1").iterdir())
-    assert len(rounds) == 3 and all(load_checkpoint(p)["demo"]["soft"] is not None for p in rounds)
-    with pytest.raises(ValueError, match="three ways"):
-        imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, soft=0.01, tie=0.01,
-                                                                **small))  # fmt: skip
-    with pytest.raises(ValueError, match="temperature"):
-        imitate_mod.imitate(spec, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, soft=0.0, **small))
+    assert record["clone_seed"] == 5 and record["margin"] == math.inf
+    # The record's keys are those of the policies already shipped (the removed options' always None).
+    shipped = load_checkpoint(Path(__file__).resolve().parent.parent / "lhopt_dsl" / "policies" / "default.pt")
+    assert list(record) == list(shipped["imitation"]) and record["tie"] is None and record["soft"] is None
+    assert len(list((run / "dagger-3-minf-c5" / "round1").iterdir())) == 3
+    # A demonstration made for another seed (another spec, or --seed) is not mixed in.
     other = spec.model_copy(update={"seed": spec.seed + 1})
     with pytest.raises(ValueError, match="another spec or seed"):
         imitate_mod.imitate(other, imitate_mod.ImitationSettings(tasks=1, run_dir=run, quiet=True, **small))
@@ -338,110 +337,123 @@ def test_sigterm_stops_imitation_with_its_worker_pool_and_keeps_finished_demonst
     assert kept and all(load_checkpoint(p)["demo"]["task_id"] for p in kept)  # whole files only
 
 
-def test_bolder_labels_break_near_ties_towards_the_larger_learning_rate():
-    demos = [
-        _graded("a", {"keep": 2.0, "constant-lr0.01": 1.000, "linear-lr0.03": 1.004}),  # a near-tie: bolder
-        _graded("b", {"keep": 2.0, "constant-lr0.01": 1.000, "linear-lr0.03": 1.02}),  # clearly its own best
-        _graded("c", {"keep": 1.000, "constant-lr0.01": 1.003, "linear-lr0.03": math.inf}),  # diverged: never
-        _graded("d", {"keep": 3.0, "constant-lr0.01": 1.3, "linear-lr0.03": 1.0}),  # the bolder one is best
-    ]
-    assert mean_lr("linear-lr0.03") == pytest.approx(0.015) and mean_lr("constant-lr0.01") == pytest.approx(0.01)
-    assert mean_lr("keep") == -math.inf  # keeping sets nothing: never the bolder one
-    assert bolder(demos, 0.005) == {"a": "linear-lr0.03", "b": "constant-lr0.01", "c": "constant-lr0.01",
-                                    "d": "linear-lr0.03"}  # fmt: skip
-    assert bolder(demos, 0.0) == {d.task_id: d.target for d in demos}  # no tie: each task's best
-    assert bolder(demos, 0.05)["b"] == "linear-lr0.03"
-    with pytest.raises(ValueError, match="tie"):
-        bolder(demos, -0.1)
-    old = _graded("e", {"keep": 1.0})
-    old.target_losses = {}
-    with pytest.raises(ValueError, match="collect them again"):
-        bolder([*demos, old], 0.005)
+#: The four tasks of :func:`test_consensus_labels_trust_one_schedule_unless_a_task_clearly_prefers_another`:
+#: with margin 0.05 the consensus is linear-lr0.03, and only task "a" (best: constant-lr0.01 by a
+#: hair) changes label.
+GRADED = [("a", {"keep": 2.0, "constant-lr0.01": 1.00, "linear-lr0.03": 1.01}),
+          ("b", {"keep": 2.0, "constant-lr0.01": 1.20, "linear-lr0.03": 1.00}),
+          ("c", {"keep": 1.0, "constant-lr0.01": math.inf, "linear-lr0.03": 1.50}),
+          ("d", {"keep": 3.0, "constant-lr0.01": 1.30, "linear-lr0.03": 1.00})]  # fmt: skip
 
 
-def test_soft_label_weights_fall_with_regret_by_hand():
-    losses = {"keep": 2.0, "constant-lr0.01": 1.0, "linear-lr0.03": 1.01, "cosine-lr0.1": math.inf}
-    w = target_weights(losses, 0.01)
-    # 1.01 ** -100 = 0.3697 of the best; twice the loss and a diverged run weigh nothing to 20 digits
-    assert w["constant-lr0.01"] == pytest.approx(1 / (1 + 1.01**-100))
-    assert w["linear-lr0.03"] == pytest.approx(1.01**-100 / (1 + 1.01**-100))
-    assert w["keep"] < 1e-20 and w["cosine-lr0.1"] < 1e-20 and sum(w.values()) == pytest.approx(1.0)
-    hot = target_weights(losses, 10.0)  # a high temperature: nearly uniform
-    assert max(hot.values()) / min(hot.values()) < 1.3
-    with pytest.raises(ValueError, match="temperature"):
-        target_weights(losses, 0.0)
-    with pytest.raises(ValueError, match="every schedule diverged"):
-        target_weights({"keep": math.inf, "constant-lr0.01": math.nan}, 0.01)
+#: The learning rate's action values (scales) in :data:`SMOKE`'s space.
+LR_ACTIONS = list(ActionSpace(SMOKE.hparams).hparams["lr"].action.values)
 
 
-def test_soft_labels_put_each_schedules_weight_on_its_followers_action_from_where_the_run_is():
-    target, keep = Schedule(optimizer=None, lr=0.01), KEEP
-    f, outer = follower([target]), 10
-    lrs, actions = [1e-3], []
-    for t in range(outer):
-        a, lr = f.choose(target, lrs[-1], t, outer)
-        actions.append(a)
-        lrs.append(lr)
-    actions = np.stack(actions)
-    assert lr_trajectory(f, actions, 1e-3) == pytest.approx(lrs[:-1])  # the run's learning rates, rebuilt from its actions
-    lr_dim, n = f.lr_dim, f.nvec[f.lr_dim]
-    alone = soft_labels(f, {target.name: 1.0}, lrs[:-1], outer)
-    assert np.array_equal(alone, np.eye(n)[actions[:, lr_dim]])  # one schedule: its hard labels
-    mixed = soft_labels(f, {target.name: 0.7, keep.name: 0.3, "linear-lr0.1": 0.0}, lrs[:-1], outer)
-    assert np.allclose(mixed.sum(axis=1), 1.0)
-    kept = f.keep[lr_dim]
-    for t in range(outer):
-        if actions[t, lr_dim] == kept:  # the target is reached: both schedules keep
-            assert mixed[t, kept] == pytest.approx(1.0)
-        else:  # climbing from 1e-3: 0.7 on the climb, 0.3 on keeping
-            assert mixed[t, actions[t, lr_dim]] == pytest.approx(0.7) and mixed[t, kept] == pytest.approx(0.3)
-    assert (actions[:, lr_dim] != kept).any() and (actions[:, lr_dim] == kept).any()  # both cases were seen
+def _hand_made() -> dict[int, Demonstration]:
+    """The :data:`GRADED` tasks as followers' episodes of 8 decisions that double the learning rate."""
+    actions = ActionSpace(SMOKE.hparams)
+    climb = np.tile(actions.identity(), (8, 1))
+    climb[:, 0] = actions.hparams["lr"].action.values.index(2.0)
+    return {j: replace(_graded(task, losses), actions=climb.copy()) for j, (task, losses) in enumerate(GRADED)}
 
 
-def test_soft_labels_of_a_committed_demonstration_rebuild_its_learning_rates():
-    """The learning rates of a real follower's episode, rebuilt from its task's initial value and its
-    actions, give back its own labels when its schedule has all the weight."""
-    from runners.imitate import _with_soft_labels
+def test_labellings_label_hand_made_demonstrations_as_the_branches_they_replace():
+    demos = _hand_made()
+    best = BestOfTask()  # no --margin: each task's best follower, untouched
+    assert best.tag == "" and best.summary() == {"consensus": None}
+    assert list(best.label(demos)) == [0, 1, 2, 3] and all(best.label(demos)[j] is demos[j] for j in demos)
 
-    root = Path(__file__).resolve().parent.parent
-    spec = load_spec(root / "task_specs" / "cpu.yaml")
-    lr_dim = ActionSpace(spec.hparams).names.index("lr")
-    for j in (0, 7):
-        data = load_checkpoint(root / "results" / "imitation" / "cpu-40" / "demos-default" / f"{j:05d}.pt", "demonstration")
-        demo = Demonstration.from_data(data["demo"])
-        soft = _with_soft_labels(spec, data["seed"], "default", demo, {demo.target: 1.0}).soft
-        assert soft.shape == (len(demo.actions), soft.shape[1]) and soft.argmax(axis=1).tolist() == demo.actions[:, lr_dim].tolist()
-        weights = target_weights(demo.target_losses, 0.01)
-        spread = _with_soft_labels(spec, data["seed"], "default", demo, weights).soft
-        assert np.allclose(spread.sum(axis=1), 1.0) and spread.max() <= 1.0
+    asked = []
+
+    def follow(labels):  # the runner's followers: an episode of the label, marked by its actions
+        asked.append(dict(labels))
+        return {j: replace(demos[j], target=t, actions=np.full_like(demos[j].actions, 9)) for j, t in labels.items()}
+
+    agreed = Consensus(0.05, follow)
+    assert agreed.tag == "-m0.05" and Consensus(math.inf, follow).tag == "-minf"
+    out = agreed.label(demos)
+    assert asked == [{0: "linear-lr0.03"}]  # only the task whose label changed is run again
+    assert out[0].target == "linear-lr0.03" and (out[0].actions == 9).all()
+    assert [out[j] for j in (1, 2, 3)] == [demos[j] for j in (1, 2, 3)]
+    assert [d.target for d in out.values()] == ["linear-lr0.03", "linear-lr0.03", "keep", "linear-lr0.03"]
+    assert agreed.summary() == {"consensus": "linear-lr0.03"}
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        Consensus(-0.1, follow)
+
+    base = Schedule.from_name("linear-lr0.03")
+    residual = Residual(ActorCritic(policy_shape(SMOKE)), SMOKE.hparams, base)
+    initial = {0: 1e-3, 1: 1e-2, 2: 1e-4, 3: 3e-3}.__getitem__
+    offsets = ResidualOffsets(Consensus(0.05, follow), residual, initial)
+    assert offsets.tag == "-m0.05-blinear-lr0.03" and ResidualOffsets(best, residual, initial).tag == "-blinear-lr0.03"
+    got = offsets.label(demos)
+    assert offsets.summary() == {"consensus": "linear-lr0.03"}
+    for j, d in out.items():  # what the --base branch did to the consensus labels
+        want = residual_demo(d, residual, Schedule.from_name(d.target), initial(j))
+        assert got[j].target == d.target and np.array_equal(got[j].actions, want.actions)
+    keep, down = LR_ACTIONS.index(1.0), LR_ACTIONS.index(0.5)
+    for j in (0, 1, 3):  # labelled with the base itself: every offset label keeps, the rest stays
+        assert (got[j].actions[:, 0] == keep).all() and np.array_equal(got[j].actions[:, 1:], out[j].actions[:, 1:])
+    assert got[2].actions[0, 0] == down  # "keep" from 1e-4 is far below the base's 1e-3 start: the offset falls
+    assert (demos[2].actions[:, 0] == LR_ACTIONS.index(2.0)).all()  # the originals are untouched
 
 
-def test_cloning_with_soft_labels_fits_their_mode_and_one_hot_ones_equal_hard_labels():
-    demos = synthetic_demos(30)
-    n = policy_shape(SMOKE).nvec[0]
-    torch.manual_seed(0)
-    hard = clone(ActorCritic(policy_shape(SMOKE)), demos, epochs=15, lr=1e-2, seed=0)
-    one_hot = [Demonstration(**{**d.__dict__, "soft": np.eye(n)[d.actions[:, 0]]}) for d in demos]
-    torch.manual_seed(0)
-    same = clone(ActorCritic(policy_shape(SMOKE)), one_hot, epochs=15, lr=1e-2, seed=0)
-    assert same["bc/holdout_nll"] == pytest.approx(hard["bc/holdout_nll"], rel=1e-4)
-    assert same["bc/epoch"] == hard["bc/epoch"]
-    # 0.6 on the label (0, 3 or 6), 0.4 on its neighbour (1, 4 or 5): the greedy action is still the label.
-    second = lambda a: np.where(a == n - 1, a - 1, a + 1)  # noqa: E731
-    spread = []
-    for d in demos:
-        soft = 0.6 * np.eye(n)[d.actions[:, 0]] + 0.4 * np.eye(n)[second(d.actions[:, 0])]
-        spread.append(Demonstration(**{**d.__dict__, "soft": soft}))
-    torch.manual_seed(0)
-    model = ActorCritic(policy_shape(SMOKE))
-    metrics = clone(model, spread, epochs=150, lr=1e-2, seed=0)
-    assert metrics["bc/holdout_lr_accuracy"] > 0.85
-    x = torch.as_tensor(model.policy_norm(spread[0].raw_policy, update=False), dtype=torch.float32)[:, None]
-    with torch.no_grad():
-        probs = torch.softmax(model.actor_forward(x)[0][:, 0, :n], -1).numpy()
-    label = spread[0].actions[:, 0]
-    rows = np.arange(len(label))
-    assert np.median(probs[rows, second(label)]) > 0.2  # the second choice keeps its share, unlike a hard label's
-    bad = [Demonstration(**{**demos[0].__dict__, "soft": np.ones((3, n)) / n})]
-    with pytest.raises(ValueError, match="soft labels of shape"):
-        clone(ActorCritic(policy_shape(SMOKE)), bad)
+def test_demonstration_files_written_while_soft_labels_existed_still_load():
+    data = synthetic_demos(1)[0].to_data()
+    assert "soft" not in data
+    again = Demonstration.from_data({**data, "soft": None})  # a file of those days that held none
+    assert again.task_id == "t0" and np.array_equal(again.actions, synthetic_demos(1)[0].actions)
+    with pytest.raises(ValueError, match="soft labels.*removed.*new --run-dir"):
+        Demonstration.from_data({**data, "soft": np.full((12, 7), 1 / 7)})
+    root = Path(__file__).resolve().parent.parent  # the committed demonstrations of the shipped policy
+    committed = load_checkpoint(root / "results" / "imitation" / "cpu-40" / "demos-default" / "00007.pt", "demonstration")
+    assert Demonstration.from_data(committed["demo"]).target_losses
+
+
+def test_lhopt_imitate_reads_the_spec_section_and_its_options_override_it(tmp_path, capsys):
+    from runners.cli import build_parser, main
+    from runners.imitate import ImitationSettings
+
+    # Without a section: today's defaults; the workers are meta-training's.
+    plain = load_spec(SPECS / "smoke.yaml")
+    s = ImitationSettings.from_spec(plain)
+    assert (s.tasks, s.epochs, s.dagger, s.initial, s.margin, s.clone_seed, s.base, s.run_dir) == \
+        (100, 300, 0, "noisy", None, None, None, None)  # fmt: skip
+    assert s.workers == plain.meta_train.workers and tuple(s.lrs) == DEFAULT_LRS and tuple(s.shapes) == DEFAULT_SHAPES
+    given = build_parser().parse_args(["imitate", "x.yaml"])  # an option left out never hides the spec's value
+    assert all(getattr(given, k) is None for k in ("tasks", "workers", "run_dir", "epochs", "dagger", "initial",
+                                                   "margin", "clone_seed", "base"))  # fmt: skip
+
+    spec = keep_spec_file(tmp_path)
+    spec.write_text(spec.read_text() + f"imitation:\n  tasks: 1\n  epochs: 40\n  lrs: [0.001]\n  shapes: [linear]\n"
+                                       f"  workers: 0\n  margin: 0.5\n  run_dir: {tmp_path / 'from_spec'}\n")  # fmt: skip
+    run = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path}/m.db"
+    assert main(["imitate", str(spec), "--epochs", "2", "--run-dir", str(run), "--tracking-uri", uri]) == 0
+    saved = load_checkpoint(run / "imitation-m0.5.pt")
+    record = saved["imitation"]
+    assert (record["tasks"], record["lrs"], record["shapes"], record["margin"]) == (1, [0.001], ["linear"], 0.5)
+    assert record["epochs"] == 2 and record["metrics"]["bc/epoch"] <= 2  # the option's, not the spec's 40
+    assert saved["spec"]["imitation"]["epochs"] == 2 and saved["spec"]["imitation"]["run_dir"] == str(run)
+    assert len(list((run / "demos").iterdir())) == 1 and not (tmp_path / "from_spec").exists()
+    capsys.readouterr()
+    assert main(["imitate", str(spec), "--epochs", "-1", "--margin", "-2"]) == 2  # checked as the section is
+    err = capsys.readouterr().err
+    assert "--epochs -1: Input should be greater than or equal to 1" in err and "--margin -2.0" in err
+
+
+def test_an_invalid_imitation_section_is_a_located_spec_error(tmp_path, capsys):
+    from runners.cli import main
+
+    (tmp_path / "smoke.yaml").write_text((SPECS / "smoke.yaml").read_text())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("include: smoke.yaml\nname: bad_imitation\nimitation:\n  tasks: 4\n  epochs: -3\n"
+                   "  shapes: [constant, wiggly]\n  dager: 2\n  base: keep\n")  # fmt: skip
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:5:3: imitation.epochs: Input should be greater than or equal to 1" in err
+    assert f"{bad}:6:22: imitation.shapes[1]: unknown schedule shape 'wiggly'" in err
+    assert f"{bad}:7:3: imitation.dager: unknown key 'dager'" in err
+    assert f"{bad}:8:" in err and "imitation.base: a residual base is a learning-rate schedule" in err
+    with pytest.raises(SpecError, match="imitation.epochs"):
+        load_spec(bad)

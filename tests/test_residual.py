@@ -8,7 +8,6 @@ import torch
 
 from lhopt_dsl.actions import ActionSpace
 from lhopt_dsl.controller import LHOPT, combine_policies, load_policy
-from lhopt_dsl.decoding import decoded
 from lhopt_dsl.actor import Run, Step
 from lhopt_dsl.imitation import relabel, residual_demo
 from lhopt_dsl.observation import Cadence
@@ -149,7 +148,7 @@ def test_dagger_relabels_a_residual_policys_own_episode_from_its_offsets():
     # From offsets 1, 2, 4, ... the way back to the base is down, except at the very start.
     assert demo.actions[0, 0] == LR_VALUES.index(1.0)
     assert (demo.actions[1:, 0] == LR_VALUES.index(0.5)).all()
-    with pytest.raises(ValueError, match="hard labels"):
+    with pytest.raises(ValueError, match="episodes are its own"):
         relabel(cfg, policy, SPACE, BASE, residual=residual, follow=BASE)
 
 
@@ -190,10 +189,6 @@ def test_residual_policies_are_refused_where_they_cannot_act(tmp_path):
         combine_policies([path, path], tmp_path / "e.pt")
     with pytest.raises(ValueError, match="set meta_train.residual"):
         initial_policy(SMOKE, load_checkpoint(path), path)
-    policy, space = load_policy(path)
-    with pytest.raises(ValueError, match="greedily"):
-        decoded(policy, space, "mean")
-    assert decoded(policy, space, "greedy") is policy
     broken = tmp_path / "broken.pt"
     save_checkpoint({"policy": ActorCritic(policy_shape(SMOKE)).to_checkpoint(), "spec": SMOKE.model_dump(mode="json"),
                      "residual": {"offset_bounds": [0.1, 10]}}, broken)  # fmt: skip
@@ -214,6 +209,3 @@ def test_lhopt_imitate_with_a_base_writes_a_residual_policy(tmp_path):
     assert len(list((run / "dagger-3-blinear-lr0.01" / "round1").iterdir())) == 3
     policy, _ = load_policy(path)
     assert policy.kind == "residual" and policy.base == Schedule(optimizer=None, lr=0.01, shape="linear")
-    with pytest.raises(ValueError, match="one of them"):
-        imitate_mod.imitate(SMOKE, imitate_mod.ImitationSettings(tasks=3, run_dir=run, quiet=True, soft=0.01,
-                                                                 base="linear-lr0.01", **small))  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, NamedTuple, Union
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..schedule import Schedule
+from ..schedule import SHAPES, Schedule
 from .distributions import Choice, StrictModel, check_weight_sum, support_of
 from .families import LM_ALGO_DATASETS, LM_OOD_DATASETS, Family, FamilySpec, TransformerSpec
 from .hparams import CIAOSpace, HyperparameterSpace
@@ -292,6 +292,81 @@ class MetaTrainSpec(StrictModel):
         return self
 
 
+#: The imitation grid's default learning rates: CIAO learning rates (a fraction of each layer's norm
+#: per step, under LAMB's trust ratio) from 1e-4 to the bound 0.1, in half-decades ...
+DEFAULT_IMITATION_LRS: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+#: ... times three decays.
+DEFAULT_IMITATION_SHAPES: tuple[str, ...] = ("constant", "cosine", "linear")
+
+
+class ImitationSpec(StrictModel):
+    """Imitation warm-start settings (`lhopt imitate`): demonstrations from a grid of learning-rate
+    schedules on training tasks, then behaviour cloning. Each of `lhopt imitate`'s options overrides
+    the value here."""
+
+    tasks: Annotated[int, Field(ge=1, le=1_000_000, description="Training tasks to demonstrate on.")] = 100
+    workers: Annotated[
+        int | None,
+        Field(ge=0, le=MAX_WORKERS, description="Worker processes (0 or 1: in-process); null: meta_train.workers."),
+    ] = None
+    epochs: Annotated[
+        int, Field(ge=1, le=1_000_000, description="Cloning epochs; the epoch of the best held-out loss is kept.")
+    ] = 300
+    lrs: Annotated[
+        tuple[Annotated[float, Field(gt=0)], ...],
+        Field(min_length=1, description="Peak learning rates of the grid of target schedules (each with every shape)."),
+    ] = DEFAULT_IMITATION_LRS
+    shapes: Annotated[
+        tuple[str, ...],
+        Field(min_length=1, description=f"Decays of the grid of target schedules; known: {', '.join(SHAPES)}."),
+    ] = DEFAULT_IMITATION_SHAPES
+    dagger: Annotated[
+        int,
+        Field(ge=0, le=1_000, description="Rounds of DAgger: run the cloned policy on the same tasks, label its own "
+                                          "decisions with each task's schedule, clone again (one run per task and round)."),
+    ] = 0
+    initial: Annotated[
+        Literal["noisy", "default"],
+        Field(description="The tasks' initial hyperparameters: noisy, meta-training's noise; default, the space's "
+                          "defaults, as a user starts (and evaluation does). Kept apart in demos-default/."),
+    ] = "noisy"
+    margin: Annotated[
+        float | None,
+        Field(ge=0, description="Consensus labels: every task follows the one schedule of least mean regret over the "
+                                "tasks, unless its own best ends more than this much lower (relative; 0.05 = 5%). "
+                                "null: each task's own best schedule."),
+    ] = None
+    clone_seed: Annotated[
+        int | None,
+        Field(ge=0, description="Seed of the cloning alone (initial weights, held-out tasks), the tasks kept: how much "
+                                "the recipe itself varies. null: the spec's seed."),
+    ] = None
+    base: Annotated[
+        str | None,
+        Field(description="Make a residual policy around this learning-rate schedule (e.g. linear-lr0.03): its "
+                          "labels are the offsets from the schedule towards each task's. null: a plain policy."),
+    ] = None
+    run_dir: Annotated[
+        str | None,
+        Field(description="Directory of the demonstrations and the policy (relative to the working directory); "
+                          "null: `<meta_train.run_dir>/<name>-imitation`."),
+    ] = None
+
+    @field_validator("shapes")
+    @classmethod
+    def _known_shapes(cls, shapes: tuple[str, ...]) -> tuple[str, ...]:
+        for i, shape in enumerate(shapes):
+            if shape not in SHAPES:
+                raise PydanticCustomError("unknown_shape", "unknown schedule shape '{shape}'; known: {known}",
+                                          {"shape": shape, "known": ", ".join(SHAPES), ERROR_PATH: (i,)})  # fmt: skip
+        return shapes
+
+    @field_validator("base")
+    @classmethod
+    def _residual_base(cls, base: str | None) -> str | None:
+        return MetaTrainSpec._residual_base(base)  # the same bases as meta_train.residual's, the same message
+
+
 class EvaluationSpec(StrictModel):
     """Evaluation settings: held-out tasks against tuned baselines."""
 
@@ -343,6 +418,9 @@ class ExperimentSpec(StrictModel):
         Field(description="Inner optimizer hyperparameters: `space: ciao` (default; paper Tables 7, 8) or `space: adamw`."),
     ] = CIAOSpace()
     meta_train: Annotated[MetaTrainSpec, Field(description="PPO meta-training settings.")] = MetaTrainSpec()
+    imitation: Annotated[
+        ImitationSpec, Field(description="Imitation warm-start settings (`lhopt imitate`).")
+    ] = ImitationSpec()
     evaluation: Annotated[EvaluationSpec, Field(description="Evaluation against tuned baselines.")] = EvaluationSpec()
     tracking: Annotated[TrackingSpec, Field(description="MLflow tracking.")] = TrackingSpec()
 
