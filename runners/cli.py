@@ -400,7 +400,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare_outputs, format_comparison
-    from .records import EvaluationError, write_json
+    from .jobs import write_json
+    from .records import EvaluationError
 
     try:
         result = compare_outputs([Path(d) for d in args.dirs], args.score)

@@ -23,7 +23,8 @@ from lhopt_dsl.metrics import (
     evaluation_summary, format_estimate, format_summary, head_to_head, paired_comparison, render_table,
 )  # fmt: skip
 
-from .records import RECORD_VERSION, SCORES, EvaluationError, task_scores, unfloat, write_json
+from .jobs import write_json
+from .records import RECORD_VERSION, SCORES, EvaluationError, task_scores, unfloat
 from .report import summarise
 
 

@@ -15,7 +15,6 @@ AdamW's, how many runs end more than 10% worse than AdamW (*hurt*) and how many 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from tqdm import tqdm
 
 from lhopt_dsl import LHOPT
 
-from .ood import json_value
+from .jobs import write_json
 from .ood_programs import report_losses
 
 #: (training loss every k steps, validation loss every n steps); None: never reported.
@@ -167,5 +166,5 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
 
 def write(record: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "dropin.json").write_text(json.dumps(json_value(record), indent=1))  # strict JSON: NaN is null
+    write_json(out / "dropin.json", record)  # strict JSON: NaN is null
     (out / "dropin.md").write_text(format_table(record["summary"]) + "\n")

@@ -26,7 +26,6 @@ finished evaluations (:mod:`runners.compare`). Their public names are importable
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
 import math
@@ -50,8 +49,8 @@ from lhopt_dsl.schedule import LearningCurve
 from lhopt_dsl.spec.hparams import HyperparameterSpace
 
 from .baselines import prepare_studies, run_grid
-from .lifeline import process_pool
-from .records import RECORD_VERSION, SCORES, EvaluationError, write_json
+from .jobs import each_finished, write_json
+from .records import RECORD_VERSION, SCORES, EvaluationError
 from .report import report
 from .tracking import Tracker
 
@@ -251,23 +250,10 @@ def evaluate_tasks(
             on_record(record)
 
     try:
-        if workers <= 1 or len(jobs) <= 1:
-            _init_worker(_source(policy_path), threads)
-            for job in jobs:
-                finished(_work(job))
-        else:
-            # The schema and the studies first: workers creating them at once would race.
+        if workers > 1 and len(jobs) > 1:  # the schema and the studies first: workers creating them at once would race
             prepare_studies(storage, [configs[i] for i in todo])
-            # spawned workers that die with this process, however it ends
-            with process_pool(workers, _init_worker, (_source(policy_path), threads)) as pool:
-                futures = [pool.submit(_work, job) for job in jobs]
-                try:
-                    for fut in cf.as_completed(futures):
-                        finished(fut.result())
-                except BaseException:
-                    for fut in futures:
-                        fut.cancel()
-                    raise
+        for _job, record in each_finished(_work, jobs, workers, _init_worker, (_source(policy_path), threads)):
+            finished(record)
     finally:
         bar.close()
     return [records[i] for i in range(len(configs))]

@@ -48,7 +48,7 @@ from lhopt_dsl.schedule import Schedule
 from lhopt_dsl.sample import INITIAL_CHOICES, train_seed
 from lhopt_dsl.spec.experiment import ImitationSpec
 
-from .lifeline import worker_pool
+from .jobs import each_finished
 from .meta_train import policy_shape, terminate_as_interrupt
 from .tracking import Tracker
 
@@ -140,17 +140,14 @@ def _run_jobs(fn: Any, jobs: list[tuple], directory: Path, workers: int, desc: s
     finishes (a kill loses only the running ones) and adding it to ``found``."""
     directory.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(jobs), desc=desc, unit="task", disable=quiet)
-    pool = worker_pool(workers) if workers > 1 and len(jobs) > 1 else None  # spawned; they die with this process
     try:
-        for j, data in pool.imap_unordered(fn, jobs) if pool else map(fn, jobs):
+        for _job, (j, data) in each_finished(fn, jobs, workers):  # spawned workers die with this process
             save_checkpoint(data, directory / f"{j:05d}.pt")
             found[j] = Demonstration.from_data(data["demo"])
             bar.set_postfix_str(f"{found[j].family} {found[j].target}")
             bar.update()
     finally:
         bar.close()
-        if pool:
-            pool.terminate()
 
 
 def _load_demos(directory: Path, seeds: dict[int, int]) -> dict[int, Demonstration]:

@@ -36,7 +36,6 @@ one MLflow run per invocation with the same numbers, curves and files.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
 import os
@@ -55,7 +54,7 @@ from lhopt_dsl.schedule import SHAPES, Schedule, shape_factor
 from lhopt_dsl.metrics import TaskScores, compare_task
 
 from . import ood_programs
-from .lifeline import process_pool
+from .jobs import each_finished, write_json
 from .ood_programs import PROGRAMS, DataDir, OptimizerFactory, Run
 from .tracking import Tracker
 
@@ -157,9 +156,7 @@ class BaselineCache:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(json_value(asdict(run))))
-        os.replace(tmp, path)
+        write_json(path, asdict(run), indent=None)
 
 
 _CURVES = ("valid_loss", "test_loss", "train_loss")
@@ -185,24 +182,10 @@ def run_jobs(jobs: Sequence[Job], workers: int, threads: int, quiet: bool,
 
 def _run_fresh(jobs: Sequence[Job], workers: int, threads: int, bar: Any) -> Iterator[tuple[Job, Run]]:
     """Run ``jobs`` as :func:`run_jobs` does, advancing ``bar``."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            bar.set_postfix_str(f"{job.program} {job.optimizer} {job.horizon}T")
-            run = run_job(job)
-            bar.update()
-            yield job, run
-        return
-    with process_pool(workers, _init_worker, (threads,)) as pool:  # spawned; they die with this process
-        futures = {pool.submit(run_job, job): job for job in jobs}
-        try:
-            for fut in cf.as_completed(futures):
-                job = futures[fut]
-                bar.set_postfix_str(f"{job.program} {job.optimizer} {job.horizon}T")
-                bar.update()
-                yield job, fut.result()
-        finally:
-            for fut in futures:
-                fut.cancel()
+    for job, run in each_finished(run_job, jobs, workers, _init_worker, (threads,)):
+        bar.set_postfix_str(f"{job.program} {job.optimizer} {job.horizon}T")
+        bar.update()
+        yield job, run
 
 
 @dataclass
@@ -335,17 +318,6 @@ def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def json_value(x: Any) -> Any:
-    """Strict JSON: non-finite floats become null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): json_value(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_value(v) for v in x]
-    return x
 
 
 def _run_record(run: Run) -> dict[str, Any]:
@@ -559,5 +531,5 @@ def _program_done(name: str, done: dict[tuple[str, int], Run], sizes: Any, out: 
     _log_program(tracker, result, summaries[name])
 
 def _write(out: Path, report: Mapping[str, Any], summaries: Mapping[str, Mapping[str, Any]]) -> None:
-    (out / "results.json").write_text(json.dumps(json_value(report), indent=1))
+    write_json(out / "results.json", report)
     (out / "table.md").write_text(format_table(summaries) + "\n\n" + TABLE_NOTE + "\n")

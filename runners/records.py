@@ -2,18 +2,14 @@
 
 Running (:mod:`runners.evaluate`) writes records, reporting (:mod:`runners.report`) and comparing
 (:mod:`runners.compare`) read them: this module holds what all three agree on, the record's version,
-the splits it is scored on, strict JSON and the metrics' view of a record.
+the splits it is scored on and the metrics' view of a record (records are written with
+:func:`runners.jobs.write_json`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from lhopt_dsl.metrics import TaskScores
 
@@ -28,28 +24,6 @@ class EvaluationError(ValueError):
 def unfloat(x: float | None) -> float:
     """A float read back from strict JSON, where non-finite values were stored as null."""
     return math.nan if x is None else float(x)
-
-
-def _strict(obj: Any) -> Any:
-    """Plain JSON: non-finite floats become null (NaN is not JSON; other tools reject it)."""
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write strict JSON atomically: a reader (or a killed run) never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_strict(data), indent=1))
-    os.replace(tmp, path)
 
 
 def task_scores(record: dict[str, Any], score: str) -> TaskScores:

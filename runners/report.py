@@ -15,7 +15,8 @@ from lhopt_dsl.baselines import ADAMW_BASELINES, TUNING_FREE
 from lhopt_dsl.metrics import evaluation_summary, format_summary
 
 from .plots import plot_evaluation
-from .records import SCORES, task_scores, write_json
+from .jobs import write_json
+from .records import SCORES, task_scores
 
 if TYPE_CHECKING:
     from .tracking import Tracker

@@ -13,7 +13,6 @@ policy also acts live on the large task, for comparison.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from lhopt_dsl.training import train_and_measure
 
 from .baselines import GRID_EVALUATIONS_PER_T, run_grid
 from .evaluate import policy_run
+from .jobs import write_json
 
 MIN_SCALE = 4.0  # the large task has at least this many times the parameters and the steps
 
@@ -133,4 +133,4 @@ def format_record(r: dict[str, Any]) -> str:
 
 
 def save_record(record: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(record, indent=1, default=float, allow_nan=True))
+    write_json(path, record)  # strict JSON: a non-finite loss is null
