@@ -21,7 +21,7 @@ run: install
 	$(BIN)/lhopt validate task_specs/*.yaml
 	$(BIN)/lhopt space task_specs/default.yaml
 	$(BIN)/lhopt sample task_specs/default.yaml --seed 0 --count 3
-	$(BIN)/lhopt compile task_specs/smoke.yaml --seed 3 --steps 100
+	$(BIN)/lhopt trial task_specs/smoke.yaml --seed 3 --steps 100
 	# A short meta-training on tiny tasks (a few minutes on two cores); results go to runs/ and mlflow.db.
 	$(BIN)/lhopt train task_specs/smoke.yaml --iterations 20
 	# ...then a short evaluation against the 35 AdamW baselines (plus Schedule-Free and Prodigy).

@@ -1,4 +1,6 @@
-"""The `lhopt` command line: validate, count, sample and document task specs."""
+"""The `lhopt` command line: author task specs, make policies, judge them, run the infrastructure.
+
+One function per command (``cmd_*``) and one per group of commands in `lhopt --help` (``_*_commands``)."""
 
 from __future__ import annotations
 
@@ -18,19 +20,6 @@ from lhopt_dsl.spec.space import LayerAxis, axis_size
 
 if TYPE_CHECKING:
     from lhopt_dsl import TaskConfig
-
-EPILOG = """examples:
-  lhopt validate task_specs/*.yaml
-  lhopt space task_specs/default.yaml
-  lhopt sample task_specs/default.yaml --seed 7 --count 3
-  lhopt compile task_specs/smoke.yaml --seed 1 --steps 100
-  lhopt train task_specs/smoke.yaml --iterations 20
-  lhopt eval task_specs/smoke.yaml --policy runs/smoke/policy.pt --tasks 5
-  lhopt compare runs/eval-smoke-OLD runs/eval-smoke-NEW
-  lhopt ui
-  lhopt schema -o lhopt.schema.json
-
-Run `lhopt COMMAND --help` for a command's options. The DSL reference is docs/dsl.md."""
 
 
 def _summarise(axis: object) -> str:
@@ -106,7 +95,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
+def cmd_trial(args: argparse.Namespace) -> int:
     import time
 
     import torch
@@ -167,7 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     if args.seed is not None:
         spec = spec.model_copy(update={"seed": args.seed})
-    if args.no_population or args.compile:
+    if args.no_population or args.torch_compile:
         update = {"population": False} if args.no_population else {"compile": True}
         spec = spec.model_copy(update={"meta_train": spec.meta_train.model_copy(update=update)})
     settings = Settings(
@@ -342,17 +331,28 @@ def cmd_schedule_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_baselines(args: argparse.Namespace) -> int:
-    from .baselines import default_storage, export_grids, import_grids
+def _baseline_storage(args: argparse.Namespace) -> str:
+    from .baselines import default_storage
 
-    storage = args.storage or default_storage()
-    if args.action == "export":
-        if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).exists():
-            print(f"error: no baseline cache at {storage}; pass --storage", file=sys.stderr)
-            return 2
-        c = export_grids(storage, args.directory)
-        print(f"{args.directory}: {c['written']} task grids written, {c['unchanged']} unchanged ({c['runs']} runs)")
-        return 0
+    return args.storage or default_storage()
+
+
+def cmd_baselines_export(args: argparse.Namespace) -> int:
+    from .baselines import export_grids
+
+    storage = _baseline_storage(args)
+    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).exists():
+        print(f"error: no baseline cache at {storage}; pass --storage", file=sys.stderr)
+        return 2
+    c = export_grids(storage, args.directory)
+    print(f"{args.directory}: {c['written']} task grids written, {c['unchanged']} unchanged ({c['runs']} runs)")
+    return 0
+
+
+def cmd_baselines_import(args: argparse.Namespace) -> int:
+    from .baselines import import_grids
+
+    storage = _baseline_storage(args)
     try:
         c = import_grids(args.directory, storage)
     except ValueError as e:
@@ -366,7 +366,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import EvaluationError, run
 
     spec = load_spec(args.spec)
-    if args.compile:
+    if args.torch_compile:
         spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"compile": True})})
     if args.schedule:
         from lhopt_dsl.residual import FixedSchedule
@@ -535,50 +535,106 @@ def _write(text: str, output: str | None) -> None:
         sys.stdout.write(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lhopt",
-        description="Learned hyperparameter optimizers: author task distributions, meta-train and evaluate.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--include-dir", action="append", default=[], metavar="DIR",
-        help=f"a directory whose .yaml files specs may include, besides each spec's own directory "
-        f"(repeatable; added to ${SPEC_PATH_ENV})",
-    )  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # Small inner models run fastest on one thread; more threads oversubscribe shared cores.
-    threads = argparse.ArgumentParser(add_help=False)
-    threads.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+RENAMED = {"compile": "trial"}  # old command names: they still run, say the new name, and are hidden from --help
 
-    p = sub.add_parser("validate", help="check spec files and report every problem with file:line:col")
+
+class _OldSpelling(argparse.Action):
+    """An option's old spelling, kept so that scripts keep running: hidden from --help, it does what
+    the new spelling does and says the new name on stderr."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, nargs: int | None = None,
+                 const: object = None, **kwargs: object) -> None:  # fmt: skip
+        super().__init__(option_strings, dest, nargs=nargs, const=const, default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]  # fmt: skip
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:  # fmt: skip
+        print(f"lhopt: {option_string} is now {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def _out(p: argparse.ArgumentParser, dest: str, help: str, *, metavar: str = "FILE", required: bool = False,
+         default: str | None = None) -> None:  # fmt: skip
+    """-o/--out, the one output option of every command (into ``dest``); --output still works."""
+    either = p.add_mutually_exclusive_group(required=required)
+    either.add_argument("-o", "--out", dest=dest, metavar=metavar, default=default, help=help)
+    either.add_argument("--output", dest=dest, action=_OldSpelling, new="-o/--out")
+
+
+def _torch_compile(p: argparse.ArgumentParser, help: str) -> None:
+    """--torch-compile (torch.compile, not lhopt_dsl.compile, the task builder); --compile still works."""
+    p.add_argument("--torch-compile", action="store_true", help=help)
+    p.add_argument("--compile", dest="torch_compile", action=_OldSpelling, new="--torch-compile", nargs=0, const=True)
+
+
+class _Group:
+    """Commands for one thing a user does: `lhopt --help` lists them under its title, a line each."""
+
+    def __init__(self, sub: argparse._SubParsersAction, title: str, threads: argparse.ArgumentParser) -> None:
+        self.sub, self.title, self.threads, self.lines = sub, title, threads, [f"{title}:"]
+
+    def command(self, name: str, summary: str, about: str = "", example: str = "", threads: bool = False,
+                **kwargs: object) -> argparse.ArgumentParser:  # fmt: skip
+        """A subcommand: ``summary`` is its line in `lhopt --help`; ``about`` (else the summary) and
+        ``example`` head and end its own --help; ``threads`` adds --threads."""
+        self.lines.append(f"  {name:<14}{summary}")
+        return self.sub.add_parser(
+            name, help=summary, description=about or summary, epilog=f"example: {example}" if example else None,
+            aliases=[old for old, new in RENAMED.items() if new == name], parents=[self.threads] if threads else [],
+            **kwargs,
+        )  # fmt: skip
+
+
+def _spec_commands(g: _Group) -> None:
+    p = g.command("validate", "check spec files; every problem as file:line:col",
+                  about="check spec files and report every problem with file:line:col",
+                  example="lhopt validate task_specs/*.yaml")  # fmt: skip
     p.add_argument("specs", nargs="+", metavar="SPEC", help="YAML spec files")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("space", help="count the distinct task settings, per family and per field")
+    p = g.command("space", "count the distinct task settings, per family and per field",
+                  example="lhopt space task_specs/default.yaml")  # fmt: skip
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
     p.add_argument(
         "--budget-draws", type=int, default=200, help="draws per entry to estimate the share within the budget"
     )
     p.set_defaults(func=cmd_space)
 
-    p = sub.add_parser("sample", help="sample concrete tasks (YAML documents, or JSON lines)")
+    p = g.command("sample", "sample concrete tasks (YAML documents, or JSON lines)",
+                  example="lhopt sample task_specs/default.yaml --seed 7 --count 3")  # fmt: skip
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
     p.add_argument("--seed", type=int, default=0, help="seed of the first task (default: 0)")
     p.add_argument("--count", type=int, default=1, help="number of tasks, with seeds SEED, SEED+1, ... (default: 1)")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml", help="output format (default: yaml)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("compile", parents=[threads], help="sample one task, build it as a torch model with data, and train it briefly")
+    p = g.command("trial", "sample one task, build it and train it briefly with AdamW", threads=True,
+                  about="sample one task, build it as a torch model with data (lhopt_dsl.compile), and train it "
+                        "briefly with AdamW: a spec's tasks, tried by hand",
+                  example="lhopt trial task_specs/smoke.yaml --seed 1 --steps 100")  # fmt: skip
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
     p.add_argument("--seed", type=int, default=0, help="task seed (default: 0)")
     p.add_argument("--steps", type=int, default=50, help="AdamW steps to take, at most the task's T (default: 50)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument("--device", help="torch device (default: the spec's)")
-    p.set_defaults(func=cmd_compile)
+    p.set_defaults(func=cmd_trial)
 
-    p = sub.add_parser("train", parents=[threads], help="meta-train a policy with PPO (checkpoints every iteration; --resume continues)")
+    p = g.command("schema", "print the JSON schema of experiment specs (for editors)",
+                  example="lhopt schema -o lhopt.schema.json")  # fmt: skip
+    _out(p, "output", "write to this file instead of stdout")
+    p.set_defaults(func=cmd_schema)
+
+    p = g.command("docs", "print the DSL field reference (docs/dsl.md) from the models",
+                  example="lhopt docs -o docs/dsl.md")  # fmt: skip
+    _out(p, "output", "write to this file instead of stdout")
+    p.set_defaults(func=cmd_docs)
+
+
+def _policy_commands(g: _Group) -> None:
+    p = g.command("train", "meta-train a policy with PPO (resumable: --resume)", threads=True,
+                  about="meta-train a policy with PPO (checkpoints every iteration; --resume continues)",
+                  example="lhopt train task_specs/smoke.yaml --iterations 20")  # fmt: skip
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
     p.add_argument("--iterations", type=int, help="PPO iterations in total (default: the spec's meta_train.iterations)")
     p.add_argument("--workers", type=int, help="rollout worker processes (default: the spec's; 0 runs in-process)")
@@ -589,8 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop after the iteration that passes this much wall time")
     p.add_argument("--no-population", action="store_true",
                    help="run each task's runs one after another instead of as one batched population")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the populations' steps (once per architecture; pays on long runs)")
+    _torch_compile(p, "torch.compile the populations' steps (once per architecture; pays on long runs)")
     p.add_argument("--nproc", type=int, metavar="M",
                    help="run M ranks on this machine through torchrun (decentralised PPO; for several machines "
                         "start torchrun yourself, see docs/CLUSTER.md)")
@@ -598,9 +653,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new run from this policy (e.g. lhopt imitate's imitation.pt) instead of a random one")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("imitate", parents=[threads],
-                       help="warm-start a policy: follow a grid of learning-rate schedules on training tasks "
-                            "and clone the best (resumable; then lhopt train --init)")
+    _imitate_command(g)
+
+    p = g.command("ensemble", "combine policies into one that acts on their mean",
+                  about="combine policies (e.g. imitate --clone-seed S for several S) into one policy file that "
+                        "acts on the mean of their log-probabilities",
+                  example="lhopt ensemble a.pt b.pt c.pt -o ensemble.pt")  # fmt: skip
+    p.add_argument("policies", nargs="+", metavar="POLICY", help="two or more policy files of one hyperparameter space")
+    _out(p, "output", "the ensemble's policy file", required=True)
+    p.set_defaults(func=cmd_ensemble)
+
+    _schedule_command(g)
+
+
+def _imitate_command(g: _Group) -> None:
+    p = g.command("imitate", "warm-start a policy by cloning the best of a schedule grid", threads=True,
+                  about="warm-start a policy: follow a grid of learning-rate schedules on training tasks and clone "
+                        "the best (resumable; then lhopt train --init)",
+                  example="lhopt imitate task_specs/cpu.yaml --tasks 40 --initial default --dagger 4")  # fmt: skip
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
     # Every option below defaults to the spec's imitation section (docs/dsl.md), whose defaults are shown.
     p.add_argument("--tasks", type=int, help="training tasks to demonstrate on (default: the spec's; 100)")
@@ -630,14 +700,106 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_imitate)
 
-    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 with lean settings")
-    p.add_argument("--backend-store-uri", help="tracking store (default: sqlite:///mlflow.db in this directory)")
-    p.add_argument("--artifacts", help="artifact directory (default: ./mlartifacts)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
-    p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("eval", parents=[threads], help="evaluate a policy on held-out tasks against 35 tuned AdamW baselines")
+def _schedule_command(g: _Group) -> None:
+    p = g.command("schedule", "export a policy's choices as an AdamW schedule; transfer it",
+                  about="fixed schedules: export the hyperparameters a policy chooses on a task, or replay them on "
+                        "a larger task",
+                  example="lhopt schedule export --policy runs/smoke_adamw/policy.pt --task task.yaml")  # fmt: skip
+    ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
+    about = "run an AdamW-space policy on one task and write the schedule it chose, for torch.optim.AdamW (YAML)"
+    e = ssub.add_parser("export", parents=[g.threads], help=about, description=about)
+    e.add_argument("--policy", required=True,
+                   help="AdamW-space policy checkpoint (policy.pt) or MLflow model URI")
+    e.add_argument("--task", required=True,
+                   help="a task YAML sampled from the policy's spec, e.g. by `lhopt sample SPEC --seed N`")
+    _out(e, "output", "output file (default: schedule.yaml)", default="schedule.yaml")
+    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
+    e.set_defaults(func=cmd_schedule_export)
+    about = ("replay an AdamW-space policy's schedule from a small task on torch.optim.AdamW for a >= 4x larger, "
+             ">= 4x longer task, against its tuned AdamW grid (paper 4.5)")  # fmt: skip
+    e = ssub.add_parser("transfer", parents=[g.threads], help=about, description=about)
+    e.add_argument("--policy", required=True, help="AdamW-space policy checkpoint (policy.pt) or MLflow model URI")
+    e.add_argument("--small", required=True, help="task YAML the schedule is exported from")
+    e.add_argument("--large", required=True, help="task YAML of the same family, >= 4x the parameters and steps")
+    e.add_argument("--storage", help="Optuna storage of the baseline grid cache (default: SQLite baselines.db here)")
+    _out(e, "output", "write the full record (schedule, curves, grid) as JSON here")
+    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
+    e.set_defaults(func=cmd_schedule_transfer)
+
+
+def _judge_commands(g: _Group) -> None:
+    _eval_command(g)
+
+    p = g.command("compare", "compare finished evaluations task by task (paired intervals)",
+                  about="is one policy better than another? finished evaluations (lhopt eval --out directories) "
+                        "against the first, task by task, with paired intervals",
+                  example="lhopt compare runs/eval-smoke-OLD runs/eval-smoke-NEW")  # fmt: skip
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="evaluation output directories; the first is the reference")
+    p.add_argument("--score", choices=("test", "valid"), default="test", help="split to compare on (default: test)")
+    p.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    _out(p, "output", "also write the comparison as JSON here")
+    p.set_defaults(func=cmd_compare)
+
+    p = g.command("best-of", "per task, the best of several evaluations, as an evaluation",
+                  about="per task, whichever of several finished evaluations ends lowest on validation (e.g. a set "
+                        "of --schedule evaluations tuned per task), as an evaluation of its own",
+                  example="lhopt best-of runs/eval-linear runs/eval-cosine -o runs/eval-best")  # fmt: skip
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="two or more output directories of lhopt eval")
+    _out(p, "out", "directory to write the selection to (then: lhopt compare REF OUT)", metavar="DIR", required=True)
+    p.add_argument("--by", default="valid", choices=("valid", "test"),
+                   help="the split that chooses (default: valid; test is an optimistic bound, not a result)")
+    p.add_argument("--score", default="test", choices=("test", "valid"), help="the split that scores (default: test)")
+    p.set_defaults(func=cmd_best_of)
+
+    p = g.command("eval-ood", "run a policy via drop-in LHOPT on programs no family covers", threads=True,
+                  about="run a policy through the drop-in LHOPT on ordinary PyTorch programs no task family covers, "
+                        "against 35 AdamW baselines, Schedule-Free AdamW and Prodigy, scored on test loss",
+                  example="lhopt eval-ood --programs mnist_vit --steps-scale 0.25")  # fmt: skip
+    p.add_argument("--policy", help="policy checkpoint (policy.pt) or MLflow model URI (default: the shipped policy)")
+    p.add_argument("--programs", nargs="+", metavar="PROGRAM",
+                   help="programs to run: wikitext2_lm, mnist_vit, fashion_autoencoder (default: all)")
+    p.add_argument("--steps-scale", type=float, default=1.0,
+                   help="multiply every program's T by this (e.g. 0.25 for a quick look; default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes the runs are spread over, each with --threads torch threads (default: 1)")
+    p.add_argument("--data-dir", help="dataset directory (default: $LHOPT_DATA_DIR, then the user cache)")
+    _out(p, "out", "output directory (default: runs/ood)", metavar="DIR", default="runs/ood")
+    p.add_argument("--cache", default="runs/ood-baselines",
+                   help="directory of finished baseline runs, reused by later evaluations (default: runs/ood-baselines)")
+    p.add_argument("--no-cache", action="store_true", help="run every baseline, reading and writing no cache")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
+    p.set_defaults(func=cmd_eval_ood)
+
+    p = g.command("check-dropin", "does dropping LHOPT in hurt? small programs vs default AdamW", threads=True,
+                  about="does the policy hurt a user who drops LHOPT in? small programs x every reporting cadence "
+                        "against AdamW at its defaults, on test loss",
+                  example="lhopt check-dropin --seeds 2")  # fmt: skip
+    p.add_argument("--policy", help="policy checkpoint (policy.pt) or MLflow model URI (default: the shipped policy)")
+    p.add_argument("--programs", nargs="+", metavar="PROGRAM", help="regression, digits (default: both)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds per program (default: 5)")
+    p.add_argument("--steps", type=int, default=200, help="training steps T (default: 200)")
+    _out(p, "out", "output directory (default: runs/dropin)", metavar="DIR", default="runs/dropin")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
+    p.set_defaults(func=cmd_check_dropin)
+
+    p = g.command("curves", "plot and summarise a metric over training iterations",
+                  about="plot and summarise a metric over iterations for training run directories",
+                  example="lhopt curves runs/smoke -o curves.png")  # fmt: skip
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories with a metrics.jsonl")
+    p.add_argument("--metric", default="reward/vs_initial_hparams", help="metric name (default: %(default)s)")
+    p.add_argument("--window", type=int, default=25, help="moving-average window (default: 25)")
+    _out(p, "output", "PNG file (default: curves.png)", default="curves.png")
+    p.set_defaults(func=cmd_curves)
+
+
+def _eval_command(g: _Group) -> None:
+    p = g.command("eval", "evaluate a policy on held-out tasks against tuned AdamW", threads=True,
+                  about="evaluate a policy on held-out tasks against 35 tuned AdamW baselines",
+                  example="lhopt eval task_specs/smoke.yaml --policy runs/smoke/policy.pt --tasks 5")  # fmt: skip
     p.add_argument("spec", metavar="SPEC", help="YAML spec file (its evaluation section)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--policy", help="policy checkpoint (policy.pt) or MLflow model URI")
@@ -657,115 +819,66 @@ def build_parser() -> argparse.ArgumentParser:
                         "meta-training's noise")
     p.add_argument("--storage", help="Optuna RDB storage URL of the baseline cache, shared by every evaluation "
                                      "(default: SQLite <run_dir>/baselines.db)")
-    p.add_argument("--out", help="output directory; finished tasks there are not re-run "
-                                 "(default: <run_dir>/eval-<spec name>-<policy hash>[-test])")
+    _out(p, "out", "output directory; finished tasks there are not re-run "
+                   "(default: <run_dir>/eval-<spec name>-<policy hash>[-test])", metavar="DIR")  # fmt: skip
     p.add_argument("--fresh", action="store_true", help="discard finished tasks in --out (cached baselines are kept)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the baseline populations' steps (once per task; pays on long runs)")
+    _torch_compile(p, "torch.compile the baseline populations' steps (once per task; pays on long runs)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("compare", help="is one policy better than another? finished evaluations (lhopt eval --out "
-                                       "directories) against the first, task by task, with paired intervals")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="evaluation output directories; the first is the reference")
-    p.add_argument("--score", choices=("test", "valid"), default="test", help="split to compare on (default: test)")
-    p.add_argument("--markdown", action="store_true", help="print Markdown tables")
-    p.add_argument("-o", "--output", help="also write the comparison as JSON here")
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("best-of", help="per task, whichever of several finished evaluations ends lowest on validation "
-                                       "(e.g. a set of --schedule evaluations tuned per task), as an evaluation of its own")
-    p.add_argument("dirs", nargs="+", metavar="DIR", help="two or more output directories of lhopt eval")
-    p.add_argument("--out", required=True, help="directory to write the selection to (then: lhopt compare REF OUT)")
-    p.add_argument("--by", default="valid", choices=("valid", "test"),
-                   help="the split that chooses (default: valid; test is an optimistic bound, not a result)")
-    p.add_argument("--score", default="test", choices=("test", "valid"), help="the split that scores (default: test)")
-    p.set_defaults(func=cmd_best_of)
+def _infra_commands(g: _Group) -> None:
+    p = g.command("ui", "start the MLflow UI on 127.0.0.1 with lean settings", example="lhopt ui")
+    p.add_argument("--backend-store-uri", help="tracking store (default: sqlite:///mlflow.db in this directory)")
+    p.add_argument("--artifacts", help="artifact directory (default: ./mlartifacts)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.set_defaults(func=cmd_ui)
 
-    p = sub.add_parser("eval-ood", parents=[threads],
-                       help="run a policy through the drop-in LHOPT on ordinary PyTorch programs no task family covers, "
-                            "against 35 AdamW baselines, Schedule-Free AdamW and Prodigy, scored on test loss")
-    p.add_argument("--policy", help="policy checkpoint (policy.pt) or MLflow model URI (default: the shipped policy)")
-    p.add_argument("--programs", nargs="+", metavar="PROGRAM",
-                   help="programs to run: wikitext2_lm, mnist_vit, fashion_autoencoder (default: all)")
-    p.add_argument("--steps-scale", type=float, default=1.0,
-                   help="multiply every program's T by this (e.g. 0.25 for a quick look; default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order (default: 0)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes the runs are spread over, each with --threads torch threads (default: 1)")
-    p.add_argument("--data-dir", help="dataset directory (default: $LHOPT_DATA_DIR, then the user cache)")
-    p.add_argument("--out", default="runs/ood", help="output directory (default: runs/ood)")
-    p.add_argument("--cache", default="runs/ood-baselines",
-                   help="directory of finished baseline runs, reused by later evaluations (default: runs/ood-baselines)")
-    p.add_argument("--no-cache", action="store_true", help="run every baseline, reading and writing no cache")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
-    p.set_defaults(func=cmd_eval_ood)
+    p = g.command("baselines", "export or import the baseline grid cache as plain files",
+                  about="copy the baseline grid cache to or from a directory of plain files (to share it, or keep "
+                        "it under version control)",
+                  example="lhopt baselines import results/baselines --storage sqlite:///runs/baselines.db")  # fmt: skip
+    bsub = p.add_subparsers(dest="baselines_command", required=True, metavar="ACTION")
+    storage = argparse.ArgumentParser(add_help=False)
+    storage.add_argument("--storage", help="Optuna storage of the cache (default: SQLite baselines.db here)")
+    for name, about, directory, func in (
+        ("export", "write each task's finished runs as DIR/<task grid>.json.gz (unchanged files are left as they "
+                   "are)", "directory to write the task grids to", cmd_baselines_export),
+        ("import", "add the runs of DIR's files that the storage lacks", "a directory of lhopt baselines export",
+         cmd_baselines_import),
+    ):  # fmt: skip
+        e = bsub.add_parser(name, parents=[storage], help=about, description=about)
+        e.add_argument("directory", metavar="DIR", help=directory)
+        e.set_defaults(func=func)
 
-    p = sub.add_parser("ensemble", help="combine policies (e.g. imitate --clone-seed S for several S) into one "
-                                        "policy file that acts on the mean of their log-probabilities")
-    p.add_argument("policies", nargs="+", metavar="POLICY", help="two or more policy files of one hyperparameter space")
-    p.add_argument("-o", "--output", required=True, help="the ensemble's policy file")
-    p.set_defaults(func=cmd_ensemble)
 
-    p = sub.add_parser("check-dropin", parents=[threads],
-                       help="does the policy hurt a user who drops LHOPT in? small programs x every reporting cadence "
-                            "against AdamW at its defaults, on test loss")
-    p.add_argument("--policy", help="policy checkpoint (policy.pt) or MLflow model URI (default: the shipped policy)")
-    p.add_argument("--programs", nargs="+", metavar="PROGRAM", help="regression, digits (default: both)")
-    p.add_argument("--seeds", type=int, default=5, help="seeds per program (default: 5)")
-    p.add_argument("--steps", type=int, default=200, help="training steps T (default: 200)")
-    p.add_argument("--out", default="runs/dropin", help="output directory (default: runs/dropin)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
-    p.set_defaults(func=cmd_check_dropin)
+GROUPS = {"author specs": _spec_commands, "make policies": _policy_commands, "judge policies": _judge_commands,
+          "run infrastructure": _infra_commands}  # fmt: skip
 
-    p = sub.add_parser("curves", help="plot and summarise a metric over iterations for training run directories")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories with a metrics.jsonl")
-    p.add_argument("--metric", default="reward/vs_initial_hparams", help="metric name (default: %(default)s)")
-    p.add_argument("--window", type=int, default=25, help="moving-average window (default: 25)")
-    p.add_argument("-o", "--output", default="curves.png", help="PNG file (default: curves.png)")
-    p.set_defaults(func=cmd_curves)
 
-    p = sub.add_parser("schedule", help="fixed schedules: export the hyperparameters a policy chooses on a task")
-    ssub = p.add_subparsers(dest="schedule_command", required=True, metavar="ACTION")
-    e = ssub.add_parser("export", parents=[threads],
-                        help="run an AdamW-space policy on one task and write the schedule it chose, for "
-                             "torch.optim.AdamW (YAML)")
-    e.add_argument("--policy", required=True,
-                   help="AdamW-space policy checkpoint (policy.pt) or MLflow model URI")
-    e.add_argument("--task", required=True,
-                   help="a task YAML sampled from the policy's spec, e.g. by `lhopt sample SPEC --seed N`")
-    e.add_argument("-o", "--output", default="schedule.yaml", help="output file (default: schedule.yaml)")
-    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
-    e.set_defaults(func=cmd_schedule_export)
-    e = ssub.add_parser("transfer", parents=[threads],
-                        help="replay an AdamW-space policy's schedule from a small task on torch.optim.AdamW for a "
-                             ">= 4x larger, >= 4x longer task, against its tuned AdamW grid (paper 4.5)")
-    e.add_argument("--policy", required=True, help="AdamW-space policy checkpoint (policy.pt) or MLflow model URI")
-    e.add_argument("--small", required=True, help="task YAML the schedule is exported from")
-    e.add_argument("--large", required=True, help="task YAML of the same family, >= 4x the parameters and steps")
-    e.add_argument("--storage", help="Optuna storage of the baseline grid cache (default: SQLite baselines.db here)")
-    e.add_argument("-o", "--output", help="write the full record (schedule, curves, grid) as JSON here")
-    e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
-    e.set_defaults(func=cmd_schedule_transfer)
-
-    p = sub.add_parser("baselines", help="copy the baseline grid cache to or from a directory of plain files "
-                                         "(to share it, or keep it under version control)")
-    p.add_argument("action", choices=("export", "import"),
-                   help="export: write each task's finished runs as DIR/<task grid>.json.gz (unchanged files are "
-                        "left as they are); import: add the runs the storage lacks")
-    p.add_argument("directory", metavar="DIR")
-    p.add_argument("--storage", help="Optuna storage of the cache (default: SQLite baselines.db here)")
-    p.set_defaults(func=cmd_baselines)
-
-    p = sub.add_parser("schema", help="print the JSON schema of experiment specs (for editors)")
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
-    p.set_defaults(func=cmd_schema)
-
-    p = sub.add_parser("docs", help="print the DSL field reference (docs/dsl.md) generated from the models")
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
-    p.set_defaults(func=cmd_docs)
+def build_parser() -> argparse.ArgumentParser:
+    """`lhopt`'s parser: one subcommand per task a user does, listed in `lhopt --help` by group."""
+    parser = argparse.ArgumentParser(
+        prog="lhopt", usage="lhopt [-h] [--include-dir DIR] COMMAND ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(  # joins $LHOPT_SPEC_PATH (docs/dsl.md): one line here, so that --help fits a screen
+        "--include-dir", action="append", default=[], metavar="DIR",
+        help="specs may include .yaml files from DIR too (repeatable)",
+    )  # fmt: skip
+    # The listing is the description, by group; argparse's own (one flat list) is suppressed.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="lhopt",
+                                help=argparse.SUPPRESS)  # fmt: skip
+    # Small inner models run fastest on one thread; more threads oversubscribe shared cores.
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    listing = ["Learned hyperparameter optimizers. Options and an example: lhopt COMMAND --help"]
+    for title, add_commands in GROUPS.items():
+        group = _Group(sub, title, threads)
+        add_commands(group)
+        listing.append("\n".join(group.lines))
+    parser.description = "\n\n".join(listing)
     return parser
 
 
@@ -780,6 +893,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given (lhopt train --nproc re-runs it)
+    if args.command in RENAMED:
+        print(f"lhopt: `lhopt {args.command}` is now `lhopt {RENAMED[args.command]}`", file=sys.stderr)
     if args.include_dir:  # every spec this process (and its workers) loads may include from them
         given = [os.path.abspath(d) for d in args.include_dir]
         os.environ[SPEC_PATH_ENV] = os.pathsep.join([*given, *filter(None, [os.environ.get(SPEC_PATH_ENV)])])

@@ -1,6 +1,8 @@
 """The `lhopt` command line, end to end, and the generated docs staying in sync."""
 
+import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -9,7 +11,7 @@ import yaml
 
 from lhopt_dsl import SpecError, TaskConfig
 from lhopt_dsl.spec.docgen import generate
-from runners.cli import main
+from runners.cli import RENAMED, build_parser, main
 
 from .conftest import ROOT, SPECS
 
@@ -80,6 +82,86 @@ def test_console_script_help():
     ).stdout
     for cmd in ("validate", "space", "sample", "schema", "docs"):
         assert cmd in out
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """A parser's subcommands by the name they are listed under (an old name maps to the same parser)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: p for name, p in sub.choices.items() if p.prog.split()[-1] == name}
+
+
+def _every_parser(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and every subcommand's, at every depth (schedule export, baselines import, ...)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [parser] + [q for p in (_commands(parser).values() if subs else ()) for q in _every_parser(p)]
+
+
+def test_help_fits_one_screen_and_lists_every_command_in_a_group(monkeypatch):
+    """`lhopt --help` lists each command on a line of its group, one screen in all: a command added
+    without a group, or a group that grows past the screen, fails here."""
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = build_parser()
+    lines = parser.format_help().splitlines()
+    assert len(lines) <= 35, "\n".join(lines)
+    assert max(map(len, lines)) <= 80
+    listed = [line.split()[0] for line in lines if re.match(r"  [a-z][a-z-]+ {2,}\S", line)]
+    assert sorted(listed) == sorted(_commands(parser)), listed
+    titles = [line for line in lines if line.endswith(":") and not line.startswith(" ")]
+    assert titles == ["author specs:", "make policies:", "judge policies:", "run infrastructure:", "options:"]
+    assert not set(RENAMED) & set(listed) and "trial" in listed
+
+
+def test_no_help_shows_an_old_spelling(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    for parser in _every_parser(build_parser()):
+        text = parser.format_help()
+        assert not re.search(r"(?<![\w-])--(output|compile)\b", text), (parser.prog, text)
+        assert not re.search(r"\blhopt (%s)\b" % "|".join(RENAMED), text), parser.prog
+
+
+def test_every_output_option_is_dash_o_out(monkeypatch):
+    for parser in _every_parser(build_parser()):
+        for action in parser._actions:
+            if {"-o", "--out", "--output"} & set(action.option_strings):
+                assert action.option_strings in (["-o", "--out"], ["--output"]), (parser.prog, action.option_strings)
+
+
+def test_old_spellings_still_run_and_name_the_new_one(tmp_path, capsys):
+    assert main(["compile", str(tmp_path / "missing.yaml")]) == 2  # the trial command, on a missing spec
+    err = capsys.readouterr().err
+    assert "`lhopt compile` is now `lhopt trial`" in err and "missing.yaml" in err
+    assert main(["schema", "--output", str(tmp_path / "s.json")]) == 0
+    assert "--output is now -o/--out" in capsys.readouterr().err
+    assert json.loads((tmp_path / "s.json").read_text())["title"] == "ExperimentSpec"
+    parser = build_parser()
+    for argv in (["train", "x.yaml", "--compile"], ["eval", "x.yaml", "--policy", "p.pt", "--compile"]):
+        assert parser.parse_args(argv).torch_compile is True
+        assert "--compile is now --torch-compile" in capsys.readouterr().err
+    args = parser.parse_args(["eval", "x.yaml", "--policy", "p.pt", "--output", "d"])
+    assert args.out == "d" and not args.torch_compile
+    args = parser.parse_args(["best-of", "a", "b", "-o", "c"])
+    assert args.out == "c" and parser.parse_args(["curves", "r"]).output == "curves.png"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ensemble", "a.pt", "b.pt", "-o", "x.pt", "--output", "y.pt"])  # one or the other
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ensemble", "a.pt", "b.pt"])  # --out is still required
+    assert "-o/--out" in capsys.readouterr().err
+
+
+def test_baselines_actions_are_subcommands():
+    parser = build_parser()
+    args = parser.parse_args(["baselines", "export", "d", "--storage", "sqlite:///x.db"])
+    assert (args.baselines_command, args.directory, args.storage) == ("export", "d", "sqlite:///x.db")
+    assert parser.parse_args(["baselines", "import", "d"]).func.__name__ == "cmd_baselines_import"
+    for argv in (["baselines"], ["baselines", "copy", "d"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+
+
+def test_trial_builds_a_task_and_trains_it(capsys):
+    assert main(["trial", str(SPECS / "smoke.yaml"), "--seed", "3", "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "# task_id:" in out and "training 3 of" in out and "test loss" in out
 
 
 def test_readme_example_spec_is_valid(tmp_path):

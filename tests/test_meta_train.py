@@ -340,7 +340,7 @@ def test_worker_processes_give_the_same_run_as_in_process(tmp_path):
         assert torch.equal(v, b["policy"]["weights"][k]), k
 
 
-@pytest.mark.parametrize("flag,share", [("--no-population", 0.0), (None, None), ("--compile", None)])
+@pytest.mark.parametrize("flag,share", [("--no-population", 0.0), (None, None), ("--torch-compile", None)])
 def test_train_cli_population_switch(tmp_path, flag, share):
     """Populations are the default where tasks allow it; --no-population runs members one at a time."""
     spec = tmp_path / "tiny.yaml"
