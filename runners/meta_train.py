@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import signal
@@ -42,6 +43,7 @@ from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec.loader import spec_files
 
 from .distributed import Group, grads_vector, set_grads, setup
+from .jobs import write_json
 from .lifeline import worker_pool
 from .tracking import NullTracker, Tracker
 
@@ -308,6 +310,11 @@ def dev_evaluation(spec: ExperimentSpec, model: ActorCritic, run_dir: Path, iter
     out.mkdir(parents=True, exist_ok=True)
     policy_path = out / "policy.pt"
     save_atomic(policy_data(spec, model), policy_path)
+    # A manifest as lhopt eval writes one, so that `lhopt compare` reads any two points of the curve.
+    write_json(out / "manifest.json", {
+        "policy": str(policy_path), "policy_sha256": hashlib.sha256(policy_path.read_bytes()).hexdigest(),
+        "spec": spec.name, "initial": "default", "set": "dev", "max_valid": mt.max_valid, "device": spec.device,
+        "storage": default_storage(spec), "out": str(out), "iteration": iteration})  # fmt: skip
     configs = [eval_config(spec, i) for i in range(mt.dev_tasks)]
     records = evaluate_tasks(configs, policy_path, out, storage=default_storage(spec), device=spec.device,
                              data_dir=spec.data_dir, max_valid=mt.max_valid, compiled=False, workers=workers,

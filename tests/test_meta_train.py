@@ -500,3 +500,7 @@ def test_the_dev_learning_curve_is_measured_at_the_start_every_n_iterations_and_
     assert cli(["curves", str(run), "--metric", "dev/speedup_geomean", "--window", "1", "-o", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 0
     assert cli(["curves", str(run), "--metric", "dev/nothing", "-o", str(tmp_path / "d.png")]) == 2
+    # any two points of the curve compare task by task, as two lhopt eval outputs do
+    assert cli(["compare", str(run / "dev" / "iter-000000"), str(run / "dev" / "iter-000004"),
+                "-o", str(tmp_path / "cmp.json")]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "cmp.json").read_text())["tasks"] == 2
