@@ -16,7 +16,7 @@ import time
 import torch
 
 from lhopt_dsl import load_spec, sample
-from lhopt_dsl.compile import compile_task, estimate_cost
+from lhopt_dsl.tasks import compile_task, estimate_cost
 
 
 def _sync(device: torch.device) -> None:

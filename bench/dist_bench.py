@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lhopt_dsl import load_spec  # noqa: E402
-from lhopt_dsl.policy import load_checkpoint  # noqa: E402
+from lhopt_dsl.agent.policy import load_checkpoint  # noqa: E402
 
 
 def _run(spec: Path, run_dir: Path, iterations: int, ranks: int) -> list[dict]:

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from lhopt_dsl import load_spec, sample
-from lhopt_dsl.compile import compile_task
-from lhopt_dsl.schedule import SHAPES, Schedule
-from lhopt_dsl.training import run_schedule
 from lhopt_dsl.optim import CIAO
-from lhopt_dsl.population import CIAOPopulation, adamw_settings, run_population
+from lhopt_dsl.spec.schedule import SHAPES, Schedule
+from lhopt_dsl.tasks import compile_task
+from lhopt_dsl.tasks.population import CIAOPopulation, adamw_settings, run_population
+from lhopt_dsl.tasks.training import run_schedule
 
 
 def _timed(fn, seconds: float) -> float:

@@ -6,7 +6,7 @@
 Replays what one meta-training iteration does, on the tasks meta-training would sample
 (``train_seed(spec.seed, iteration, j)`` for the spec's ``tasks_per_iteration``): per task, the
 initial-hyperparameter run, the self-play baseline and ``rollouts_per_task`` policy episodes
-(:func:`lhopt_dsl.rollout.task_rollouts`), then one PPO update on the episodes. Contenders, in
+(:func:`lhopt_dsl.agent.rollout.task_rollouts`), then one PPO update on the episodes. Contenders, in
 rotating order on the same tasks and the same (untrained) policy:
 
 * ``one at a time``: every run of a task on its own (``population=False``);
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from lhopt_dsl import load_spec, sample
-from lhopt_dsl.policy import ActorCritic
-from lhopt_dsl.rollout import task_rollouts
-from lhopt_dsl.sample import train_seed
+from lhopt_dsl.agent.policy import ActorCritic
+from lhopt_dsl.agent.rollout import task_rollouts
+from lhopt_dsl.spec.sample import train_seed
 from runners.meta_train import policy_shape, ppo_update
 
 CONTENDERS = {"one at a time": dict(population=False), "population": dict(population=True),

@@ -29,21 +29,21 @@ import numpy as np
 import torch
 
 from lhopt_dsl import load_spec, sample
-from lhopt_dsl.policy import ActorCritic
-from lhopt_dsl.rollout import task_rollouts
-from lhopt_dsl.sample import train_seed
+from lhopt_dsl.agent.policy import ActorCritic
+from lhopt_dsl.agent.rollout import task_rollouts
+from lhopt_dsl.spec.sample import train_seed
 from runners.meta_train import policy_shape, ppo_update
 
 #: category -> functions (file suffix, function name) whose cumulative time is that category's
 CATEGORIES: dict[str, list[tuple[str, str]]] = {
-    "model forward + backward (training steps)": [("compile/task.py", "train_loss"), ("population.py", "gradients"),
+    "model forward + backward (training steps)": [("tasks/task.py", "train_loss"), ("tasks/population.py", "gradients"),
                                                   ("torch/_tensor.py", "backward")],
     "CIAO update and its statistics": [("optim/functional.py", "ciao_step_")],
-    "validation and test passes": [("compile/task.py", "evaluate"), ("population.py", "evaluate")],
-    "building tasks (models, data)": [("compile/compiler.py", "compile_task")],
-    "policy, critic and features": [("lhopt_dsl/policy.py", "act"), ("lhopt_dsl/policy.py", "act_batch"),
-                                    ("lhopt_dsl/policy.py", "critic_forward"), ("lhopt_dsl/observation.py", "policy"),
-                                    ("lhopt_dsl/observation.py", "value"), ("lhopt_dsl/observation.py", "_summarise")],
+    "validation and test passes": [("tasks/task.py", "evaluate"), ("tasks/population.py", "evaluate")],
+    "building tasks (models, data)": [("tasks/compiler.py", "compile_task")],
+    "policy, critic and features": [("agent/policy.py", "act"), ("agent/policy.py", "act_batch"),
+                                    ("agent/policy.py", "critic_forward"), ("agent/observation.py", "policy"),
+                                    ("agent/observation.py", "value"), ("agent/observation.py", "_summarise")],
 }  # fmt: skip
 #: the part of a category that is reported on a line of its own below it
 STATISTICS = [("optim/stats.py", "stat_sums")]

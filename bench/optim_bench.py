@@ -66,12 +66,12 @@ import torch
 from torch import nn
 
 from lhopt_dsl import TaskConfig, load_spec, sample
-from lhopt_dsl.actions import apply_action
-from lhopt_dsl.compile import compile_task
-from lhopt_dsl.env import InnerTrainingEnv
-from lhopt_dsl.schedule import segment_bounds
-from lhopt_dsl.training import ciao_kwargs, train_segment
+from lhopt_dsl.agent.actions import apply_action
+from lhopt_dsl.agent.env import InnerTrainingEnv
 from lhopt_dsl.optim import CIAO
+from lhopt_dsl.spec.schedule import segment_bounds
+from lhopt_dsl.tasks import compile_task
+from lhopt_dsl.tasks.training import ciao_kwargs, train_segment
 
 FAMILIES = ("mlp", "cnn", "rnn", "text_rnn", "transformer", "nqm")
 STEP_GOAL = 1.2

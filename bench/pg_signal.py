@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from lhopt_dsl import load_spec, sample
-from lhopt_dsl.metrics import gradient_signal
-from lhopt_dsl.policy import ActorCritic, load_checkpoint
-from lhopt_dsl.rollout import Episode, gae, task_rollouts
-from lhopt_dsl.sample import train_seed
+from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint
+from lhopt_dsl.agent.rollout import Episode, gae, task_rollouts
+from lhopt_dsl.evaluation.metrics import gradient_signal
+from lhopt_dsl.spec.sample import train_seed
 from runners.meta_train import _pad, normalise_advantages, policy_shape
 
 

@@ -30,11 +30,11 @@ import time
 import torch
 
 from lhopt_dsl import TaskConfig, load_spec, sample
-from lhopt_dsl.compile import compile_task, estimate_cost
-from lhopt_dsl.compile.models import use_batchable_forms
-from lhopt_dsl.schedule import SHAPES, Schedule
-from lhopt_dsl.training import run_schedule
-from lhopt_dsl.population import batchable, member_step_elements, plan, population_pays, run_population
+from lhopt_dsl.spec.schedule import SHAPES, Schedule
+from lhopt_dsl.tasks import compile_task, estimate_cost
+from lhopt_dsl.tasks.models import use_batchable_forms
+from lhopt_dsl.tasks.population import batchable, member_step_elements, plan, population_pays, run_population
+from lhopt_dsl.tasks.training import run_schedule
 from runners.baselines import GRID_EVALUATIONS_PER_T
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)

@@ -4,9 +4,9 @@ The library is pure computation (no tracking, no files besides reading specs and
 spec -> sample -> compile -> environment -> policy. Runners own the side effects.
 """
 
-from .rows import TABLE1_ROWS, table1_row
-from .sample import SpaceSize, TaskConfig, enumerate_settings, sample, sample_initial_hparams, space_size
+from .evaluation.rows import TABLE1_ROWS, table1_row
 from .spec import ExperimentSpec, SpecError, TaskDistribution, load_spec
+from .spec.sample import SpaceSize, TaskConfig, enumerate_settings, sample, sample_initial_hparams, space_size
 
 __version__ = "0.1.0"
 

@@ -43,16 +43,16 @@ import torch
 import yaml
 from torch import nn
 
-from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
-from .actor import Actor, Run, carry_from_leaves, carry_leaves, check_actor, take
-from .schedule import Schedule, segment_bounds
-from .observation import FeatureBuilder, Observer, flatten
-from .guard import Guard, checkpoint_data, checkpoint_from_data
+from .agent.actions import ActionSpace, CheckpointBank, apply_action, current_hparams
+from .agent.actor import Actor, Run, carry_from_leaves, carry_leaves, check_actor, take
+from .agent.guard import Guard, checkpoint_data, checkpoint_from_data
+from .agent.observation import FeatureBuilder, Observer, flatten
+from .agent.policy import ActorCritic, EnsembleActorCritic, save_checkpoint, to_plain
+from .agent.policy_file import load_policy_file
+from .agent.residual import Residual
 from .optim import CIAO
-from .policy import ActorCritic, EnsembleActorCritic, save_checkpoint, to_plain
-from .policy_file import load_policy_file
-from .residual import Residual
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
+from .spec.schedule import Schedule, segment_bounds
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
 
@@ -62,9 +62,9 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
     for the shipped default; returns it with the hyperparameter space it was trained with (the
     checkpoint's spec records it; the CIAO space for a policy object and for checkpoints that
     record none, as those saved before spaces existed). Files are read with
-    :func:`~lhopt_dsl.policy_file.load_policy_file`, which runs no code from them and checks them
+    :func:`~lhopt_dsl.agent.policy_file.load_policy_file`, which runs no code from them and checks them
     before anything is built: a policy someone shared is data, not a program. A file that is not a
-    usable policy raises :class:`~lhopt_dsl.policy.PolicyFileError` (a ValueError) naming it."""
+    usable policy raises :class:`~lhopt_dsl.agent.policy.PolicyFileError` (a ValueError) naming it."""
     if isinstance(policy, ActorCritic):
         return policy, CIAOSpace()
     path = Path(policy) if policy is not None else DEFAULT_POLICY
@@ -80,7 +80,7 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
 
 def combine_policies(paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> EnsembleActorCritic:
     """Write to ``out`` one policy file that acts as the ensemble of the policies in ``paths``
-    (:class:`~lhopt_dsl.policy.EnsembleActorCritic`: the mean of their log-probabilities), and
+    (:class:`~lhopt_dsl.agent.policy.EnsembleActorCritic`: the mean of their log-probabilities), and
     return it. The files must be single policies made for the same hyperparameter space; the
     output records each member's file name, sha256 and imitation record, and the first member's
     spec (its hyperparameter space is what :func:`load_policy` reads)."""
@@ -142,11 +142,11 @@ class _OwnState:
 
 
 class Controller:
-    """Drives an optimizer's hyperparameters by an :class:`~lhopt_dsl.actor.Actor` over a run of
+    """Drives an optimizer's hyperparameters by an :class:`~lhopt_dsl.agent.actor.Actor` over a run of
     ``total_steps`` steps, as :class:`ScheduleReplay` drives AdamW's by a recorded schedule: at
     ``outer_steps`` evenly spaced steps it asks the actor for a decision from what the run reported
-    (an :class:`~lhopt_dsl.observation.Observer`, as in meta-training) and carries it out with the
-    one decision step (:func:`~lhopt_dsl.actor.take`). Its whole state is :meth:`state_dict`."""
+    (an :class:`~lhopt_dsl.agent.observation.Observer`, as in meta-training) and carries it out with the
+    one decision step (:func:`~lhopt_dsl.agent.actor.take`). Its whole state is :meth:`state_dict`."""
 
     def __init__(self, actor: Actor[Any], space: HyperparameterSpace, optimizer: Any, module: nn.Module, *,
                  total_steps: int, outer_steps: int, deterministic: bool, seed: int):  # fmt: skip
@@ -240,7 +240,7 @@ class LHOPT(CIAO):
     ``total_steps`` keeps the last hyperparameters, with a warning.
 
     Underneath, a :class:`Controller` drives CIAO's hyperparameters and, unless ``guard=False``, a
-    :class:`~lhopt_dsl.guard.Guard` wraps each step: at every decision where the run looks healthy
+    :class:`~lhopt_dsl.agent.guard.Guard` wraps each step: at every decision where the run looks healthy
     it keeps a copy of the parameters and optimizer state (and ``model``'s buffers); when a step
     leaves a parameter non-finite, or the parameters' norm more than ``guard_factor`` times its
     value after the first step, that step is undone; when a reported loss is non-finite or more
@@ -303,7 +303,7 @@ class LHOPT(CIAO):
 
     def observe(self, *, train_loss: float | None = None, valid_loss: float | None = None) -> None:
         """Report losses; the policy sees the mean training loss since its last decision and the
-        latest validation loss (:class:`~lhopt_dsl.observation.Observer` says what it sees when you
+        latest validation loss (:class:`~lhopt_dsl.agent.observation.Observer` says what it sees when you
         report none).
 
         With the guard on, a loss that is non-finite or ``guard_factor`` times the first of its kind

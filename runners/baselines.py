@@ -1,4 +1,4 @@
-"""The baselines of paper Section 4.1 (:mod:`lhopt_dsl.baselines`), run as a resumable, shareable
+"""The baselines of paper Section 4.1 (:mod:`lhopt_dsl.tasks.baselines`), run as a resumable, shareable
 Optuna grid per task.
 
 The grid of one task is an Optuna study (``baselines-v<CURVE_VERSION>-<task_id>``) in an RDB storage:
@@ -42,10 +42,10 @@ import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from lhopt_dsl.baselines import ADAMW_BASELINES, BASELINES, HORIZONS, run_baseline, schedule_of
-from lhopt_dsl.population import population_pays, run_population
-from lhopt_dsl.sample import TaskConfig
-from lhopt_dsl.schedule import LearningCurve
+from lhopt_dsl.spec.sample import TaskConfig
+from lhopt_dsl.spec.schedule import LearningCurve
+from lhopt_dsl.tasks.baselines import ADAMW_BASELINES, BASELINES, HORIZONS, run_baseline, schedule_of
+from lhopt_dsl.tasks.population import population_pays, run_population
 
 #: Measurements of the validation and test losses per T steps of a grid run (16 over a 2T run).
 #: Final losses do not depend on it; speedups below 1x read the curve between these points.
@@ -305,7 +305,7 @@ def _open_study(
     """Load or create the task's study; returns it with the categorical choices fixed for it.
 
     Optuna requires a categorical parameter's choices to be the same in every trial of a study, so
-    they are fixed when the study is created (all of :data:`~lhopt_dsl.baselines.BASELINES` and
+    they are fixed when the study is created (all of :data:`~lhopt_dsl.tasks.baselines.BASELINES` and
     horizons 1, 2, plus any others asked for then) and kept as a study user attribute; later runs may
     use any subset.
     """
@@ -374,7 +374,7 @@ def run_grid(
     grid = _GridRun(cfg, storage_url, list(dict.fromkeys(names)), horizons, device, data_dir, max_valid, progress,
                     compiled, evaluations_per_T)  # fmt: skip
     # AdamW pairs of one horizon share the task: train them together as one batched population
-    # where that pays (``population=None``: lhopt_dsl.population.population_pays; PERFORMANCE.md).
+    # where that pays (``population=None``: lhopt_dsl.tasks.population.population_pays; PERFORMANCE.md).
     if population is None:
         population = population_pays(cfg, len(ADAMW_BASELINES), device, compiled)
     for horizon in horizons if population else ():

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from lhopt_dsl import SpecError, load_spec, sample, space_size
-from lhopt_dsl.sample import budget_acceptance
 from lhopt_dsl.spec.experiment import ExperimentSpec
 from lhopt_dsl.spec.loader import SPEC_PATH_ENV
+from lhopt_dsl.spec.sample import budget_acceptance
 from lhopt_dsl.spec.space import LayerAxis, axis_size
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
     import torch
 
-    from lhopt_dsl.compile import compile_task, estimate_cost
+    from lhopt_dsl.tasks import compile_task, estimate_cost
 
     spec = load_spec(args.spec)
     cfg = sample(spec, args.seed)
@@ -369,8 +369,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.torch_compile:
         spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"compile": True})})
     if args.schedule:
-        from lhopt_dsl.residual import FixedSchedule
-        from lhopt_dsl.schedule import Schedule
+        from lhopt_dsl.agent.residual import FixedSchedule
+        from lhopt_dsl.spec.schedule import Schedule
 
         try:
             target = Schedule.from_name(args.schedule)
@@ -449,7 +449,7 @@ def cmd_eval_ood(args: argparse.Namespace) -> int:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from lhopt_dsl.controller import combine_policies
-    from lhopt_dsl.policy import UnsafeCheckpointError
+    from lhopt_dsl.agent.policy import UnsafeCheckpointError
 
     try:
         ensemble = combine_policies(args.policies, args.output)
@@ -563,7 +563,7 @@ def _out(p: argparse.ArgumentParser, dest: str, help: str, *, metavar: str = "FI
 
 
 def _torch_compile(p: argparse.ArgumentParser, help: str) -> None:
-    """--torch-compile (torch.compile, not lhopt_dsl.compile, the task builder); --compile still works."""
+    """--torch-compile (torch.compile, not lhopt_dsl.tasks, the task builder); --compile still works."""
     p.add_argument("--torch-compile", action="store_true", help=help)
     p.add_argument("--compile", dest="torch_compile", action=_OldSpelling, new="--torch-compile", nargs=0, const=True)
 
@@ -610,7 +610,7 @@ def _spec_commands(g: _Group) -> None:
     p.set_defaults(func=cmd_sample)
 
     p = g.command("trial", "sample one task, build it and train it briefly with AdamW", threads=True,
-                  about="sample one task, build it as a torch model with data (lhopt_dsl.compile), and train it "
+                  about="sample one task, build it as a torch model with data (lhopt_dsl.tasks), and train it "
                         "briefly with AdamW: a spec's tasks, tried by hand",
                   example="lhopt trial task_specs/smoke.yaml --seed 1 --steps 100")  # fmt: skip
     p.add_argument("spec", metavar="SPEC", help="YAML spec file")
@@ -885,7 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _policy_file_error(e: BaseException) -> bool:
     """Whether ``e`` says a policy or checkpoint file is unsafe, unreadable or inconsistent. Only
     commands that read policies import their module (and torch), so `validate` and `sample` stay light."""
-    policy = sys.modules.get("lhopt_dsl.policy")
+    policy = sys.modules.get("lhopt_dsl.agent.policy")
     return policy is not None and isinstance(e, policy.PolicyFileError)
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from lhopt_dsl import TABLE1_ROWS
-from lhopt_dsl.baselines import ADAMW_BASELINES
-from lhopt_dsl.metrics import (
+from lhopt_dsl.evaluation.metrics import (
     evaluation_summary, format_estimate, format_summary, head_to_head, paired_comparison, render_table,
 )  # fmt: skip
+from lhopt_dsl.tasks.baselines import ADAMW_BASELINES
 
 from .jobs import write_json
 from .records import RECORD_VERSION, SCORES, EvaluationError, task_scores, unfloat

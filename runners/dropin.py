@@ -77,7 +77,7 @@ def regression(seed: int) -> Program:
 
 def digits(seed: int) -> Program:
     """A 2-layer ReLU MLP classifying scikit-learn's 8x8 digits (1,257 / 270 / 270)."""
-    from lhopt_dsl.compile.datasets import image_data
+    from lhopt_dsl.tasks.datasets import image_data
 
     data = image_data("digits")
     g = torch.Generator().manual_seed(seed)

@@ -38,15 +38,15 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from lhopt_dsl import ExperimentSpec, TaskConfig, table1_row
-from lhopt_dsl.actor import Actor
-from lhopt_dsl.baselines import ADAMW_BASELINES, BASELINES, HORIZONS, TUNING_FREE
+from lhopt_dsl.agent.actor import Actor
+from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.agent.residual import FixedSchedule
+from lhopt_dsl.agent.rollout import Episode, run_episode
 from lhopt_dsl.controller import load_policy
-from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
-from lhopt_dsl.residual import FixedSchedule
-from lhopt_dsl.rollout import Episode, run_episode
-from lhopt_dsl.sample import EVAL_SEEDS, INITIAL_CHOICES, TASK_SETS, sample
-from lhopt_dsl.schedule import LearningCurve
 from lhopt_dsl.spec.hparams import HyperparameterSpace
+from lhopt_dsl.spec.sample import EVAL_SEEDS, INITIAL_CHOICES, TASK_SETS, sample
+from lhopt_dsl.spec.schedule import LearningCurve
+from lhopt_dsl.tasks.baselines import ADAMW_BASELINES, BASELINES, HORIZONS, TUNING_FREE
 
 from .baselines import prepare_studies, run_grid
 from .jobs import each_finished, write_json
@@ -91,9 +91,9 @@ def _best_adamw(curves: dict[tuple[str, int], LearningCurve], score: str) -> str
 
 def policy_run(policy: Actor[Any], space: HyperparameterSpace, cfg: TaskConfig, *, device: str = "cpu",
                data_dir: str | None = None, max_valid: int = 512, seed: int = 0) -> Episode:  # fmt: skip
-    """The policy (any :class:`~lhopt_dsl.actor.Actor`) acting greedily on ``cfg``, as evaluation
+    """The policy (any :class:`~lhopt_dsl.agent.actor.Actor`) acting greedily on ``cfg``, as evaluation
     runs it; the critic is not run. ``seed``: the run's seed as the actor is told it
-    (:class:`~lhopt_dsl.actor.Run`; evaluation passes the task's index). A task from another
+    (:class:`~lhopt_dsl.agent.actor.Run`; evaluation passes the task's index). A task from another
     hyperparameter space than the policy's is a ValueError."""
     space.check_initial(cfg.hparams)
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
@@ -148,7 +148,7 @@ _WORKER: dict[str, Any] = {}
 
 @dataclass(frozen=True)
 class PolicyFile:
-    """A policy file to evaluate, as :class:`~lhopt_dsl.residual.FixedSchedule` is a schedule to
+    """A policy file to evaluate, as :class:`~lhopt_dsl.agent.residual.FixedSchedule` is a schedule to
     evaluate: plain data that travels to worker processes, each of which loads its actor."""
 
     path: Path
@@ -314,7 +314,7 @@ def run(spec: ExperimentSpec, policy_path: Path | Source, *, num_tasks: int, sto
     ``task_set``: ``dev`` (the held-out tasks that choose designs and checkpoints) or ``test`` (the
     frozen tasks drawn under a key of their own, run once per final candidate; they choose nothing).
 
-    ``policy_path``: a policy file, or a :class:`~lhopt_dsl.residual.FixedSchedule` evaluated in
+    ``policy_path``: a policy file, or a :class:`~lhopt_dsl.agent.residual.FixedSchedule` evaluated in
     its place (the baseline a learned policy must beat). Either acts greedily."""
     _check_choices(score, initial, task_set)
     source = _source(policy_path)

@@ -5,10 +5,10 @@
 The settings are the spec's ``imitation`` section (:class:`~lhopt_dsl.spec.experiment.ImitationSpec`);
 each option given overrides its value. Samples ``N`` tasks from the spec's training distribution
 (training seeds, in a namespace of their own: PPO's iterations never draw the same ones), runs the
-grid of learning-rate schedules of :mod:`lhopt_dsl.imitation` on each through the policy's
+grid of learning-rate schedules of :mod:`lhopt_dsl.agent.imitation` on each through the policy's
 actions, and keeps the best follower's episode as the task's demonstration (one file per task
 under ``DIR/demos``, written as it finishes, so a killed run resumes where it stopped). A
-:class:`~lhopt_dsl.imitation.Labelling`, chosen once from the settings, says which schedule each
+:class:`~lhopt_dsl.agent.imitation.Labelling`, chosen once from the settings, says which schedule each
 task's demonstration shows; a fresh policy of the spec's shape is fitted to them (and to DAgger's
 relabelled episodes) and written to ``DIR/imitation.pt``, which ``lhopt train SPEC --init
 DIR/imitation.pt`` starts PPO from.
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from lhopt_dsl import ExperimentSpec, sample
-from lhopt_dsl.imitation import (
+from lhopt_dsl.agent.imitation import (
     DEFAULT_LRS,
     DEFAULT_SHAPES,
     BestOfTask,
@@ -41,12 +41,12 @@ from lhopt_dsl.imitation import (
     demonstrate,
     relabel,
 )
-from lhopt_dsl.observation import draw_cadence
-from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import Follow, Residual
-from lhopt_dsl.schedule import Schedule
-from lhopt_dsl.sample import INITIAL_CHOICES, train_seed
+from lhopt_dsl.agent.observation import draw_cadence
+from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint, save_checkpoint
+from lhopt_dsl.agent.residual import Follow, Residual
 from lhopt_dsl.spec.experiment import ImitationSpec
+from lhopt_dsl.spec.sample import INITIAL_CHOICES, train_seed
+from lhopt_dsl.spec.schedule import Schedule
 
 from .jobs import each_finished
 from .meta_train import policy_shape, terminate_as_interrupt
@@ -185,7 +185,7 @@ class _Run:
         _run_jobs(fn, jobs, directory, self.settings.workers, desc, self.settings.quiet, found)
 
     def follow(self, directory: Path, labels: Mapping[int, str]) -> dict[int, Demonstration]:
-        """Each task's follower of its label in ``labels`` (a :data:`~lhopt_dsl.imitation.Follower`),
+        """Each task's follower of its label in ``labels`` (a :data:`~lhopt_dsl.agent.imitation.Follower`),
         run into ``directory`` unless a killed run already left it there."""
         done = _load_demos(directory, self.seeds) if directory.exists() else {}
         jobs = [(j, self.seeds[j], self.spec_json, None, t, self.settings.initial, t, None) for j, t in labels.items()

@@ -31,16 +31,23 @@ import torch
 from tqdm import tqdm
 
 from lhopt_dsl import ExperimentSpec, sample
-from lhopt_dsl.actions import ActionSpace
-from lhopt_dsl.observation import FeatureBuilder, draw_cadence
-from lhopt_dsl.policy import PRESETS, ActorCritic, EnsembleActorCritic, PolicyFileError, PolicyShape, save_checkpoint
-from lhopt_dsl.policy_file import load_policy_file, load_training_checkpoint
-from lhopt_dsl.actor import Actor
-from lhopt_dsl.residual import Follow, Residual
-from lhopt_dsl.rollout import Episode, TaskResult, gae, task_rollouts
-from lhopt_dsl.schedule import Schedule
-from lhopt_dsl.sample import train_seed
+from lhopt_dsl.agent.actions import ActionSpace
+from lhopt_dsl.agent.actor import Actor
+from lhopt_dsl.agent.observation import FeatureBuilder, draw_cadence
+from lhopt_dsl.agent.policy import (
+    PRESETS,
+    ActorCritic,
+    EnsembleActorCritic,
+    PolicyFileError,
+    PolicyShape,
+    save_checkpoint,
+)
+from lhopt_dsl.agent.policy_file import load_policy_file, load_training_checkpoint
+from lhopt_dsl.agent.residual import Follow, Residual
+from lhopt_dsl.agent.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.spec.loader import spec_files
+from lhopt_dsl.spec.sample import train_seed
+from lhopt_dsl.spec.schedule import Schedule
 
 from .distributed import Group, grads_vector, set_grads, setup
 from .jobs import write_json

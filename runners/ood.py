@@ -8,11 +8,11 @@ for every optimizer):
 
 * the policy, through the public drop-in :class:`~lhopt_dsl.controller.LHOPT`, for T steps (its
   training loss reported every step, the validation loss every T/16 steps);
-* AdamW with each of the 5 learning rates of :data:`lhopt_dsl.baselines.LEARNING_RATES` x the 7
-  schedule shapes of :data:`lhopt_dsl.schedule.SHAPES` (a ``LambdaLR`` stretched over the run), and
-  Schedule-Free AdamW and Prodigy set as in ``lhopt_dsl/baselines.py``, each for T and for 2T steps.
+* AdamW with each of the 5 learning rates of :data:`lhopt_dsl.tasks.baselines.LEARNING_RATES` x the 7
+  schedule shapes of :data:`lhopt_dsl.spec.schedule.SHAPES` (a ``LambdaLR`` stretched over the run), and
+  Schedule-Free AdamW and Prodigy set as in ``lhopt_dsl/tasks/baselines.py``, each for T and for 2T steps.
 
-Scoring (our choices; the comparisons are :func:`lhopt_dsl.metrics.compare_task`'s, as in
+Scoring (our choices; the comparisons are :func:`lhopt_dsl.evaluation.metrics.compare_task`'s, as in
 ``lhopt eval``):
 
 * Everything is scored on the **test** split, which no run observes (every optimizer sees its
@@ -25,7 +25,7 @@ Scoring (our choices; the comparisons are :func:`lhopt_dsl.metrics.compare_task`
   the policy; a non-finite policy loss beats nothing; a non-finite baseline loss is beaten by any
   finite one).
 * *Speedup*: the steps the best AdamW needs to reach the policy's test loss, over T
-  (:func:`lhopt_dsl.metrics.speedup`: from the ends of its T and 2T runs, or its T run's test
+  (:func:`lhopt_dsl.evaluation.metrics.speedup`: from the ends of its T and 2T runs, or its T run's test
   curve, measured every T/16 steps, below T); censored at 2 when not even its 2T run gets there.
 * A run whose training loss becomes non-finite stops there and counts as non-finite.
 
@@ -48,10 +48,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lhopt_dsl.baselines import LEARNING_RATES, TUNING_FREE, schedule_of
 from lhopt_dsl.controller import LHOPT
-from lhopt_dsl.schedule import SHAPES, Schedule, shape_factor
-from lhopt_dsl.metrics import TaskScores, compare_task
+from lhopt_dsl.evaluation.metrics import TaskScores, compare_task
+from lhopt_dsl.spec.schedule import SHAPES, Schedule, shape_factor
+from lhopt_dsl.tasks.baselines import LEARNING_RATES, TUNING_FREE, schedule_of
 
 from . import ood_programs
 from .jobs import each_finished, write_json
@@ -66,7 +66,7 @@ RESTARTS = ("load", "swap")  # the restart actions that change the weights ("sav
 
 def baseline_names(learning_rates: Sequence[float] = LEARNING_RATES, shapes: Sequence[str] = SHAPES,
                    tuning_free: Sequence[str] = TUNING_FREE) -> list[str]:  # fmt: skip
-    """Baseline names as in lhopt_dsl/baselines.py: ``adamw-<shape>-lr<lr>``, then the tuning-free ones."""
+    """Baseline names as in lhopt_dsl/tasks/baselines.py: ``adamw-<shape>-lr<lr>``, then the tuning-free ones."""
     for shape in shapes:
         shape_factor(shape, 0.0)  # an unknown shape fails here, before anything runs
     unknown = [n for n in tuning_free if n not in TUNING_FREE]
@@ -217,7 +217,7 @@ def picked_by_validation(runs: Mapping[tuple[str, int], Run], names: Sequence[st
 def summarise(program: str, policy: Run, runs: Mapping[tuple[str, int], Run], T: int) -> dict[str, Any]:
     """Scores of one program (see the module docstring); a pure function of the runs' curves.
 
-    The comparisons are :func:`lhopt_dsl.metrics.compare_task`'s, on test losses: against the AdamW
+    The comparisons are :func:`lhopt_dsl.evaluation.metrics.compare_task`'s, on test losses: against the AdamW
     grid (pairs, and its best run at T and at 2T) and against each other method, among them the
     AdamW runs picked by validation loss (:data:`PICKED`).
     """
@@ -285,7 +285,7 @@ TABLE_NOTE = (
     "lowest test loss of the 35 AdamW runs of T (2T) steps, the strongest baseline tuning could find (as in "
     "`lhopt eval`). Picked by valid: the AdamW run with the lowest validation loss, what a user tuning on "
     "validation data would pick. Speedup: steps the best AdamW needs to reach the policy's test loss, over T "
-    "(lhopt_dsl.metrics.speedup; >=2.00x: not within 2T). Pairs: fraction of the 35 AdamW runs the policy "
+    "(lhopt_dsl.evaluation.metrics.speedup; >=2.00x: not within 2T). Pairs: fraction of the 35 AdamW runs the policy "
     "matches at T / at 2T (the paper's Table 1 measure)."
 )
 
@@ -445,7 +445,7 @@ def run_suite(
 
     ``programs`` (default: all) name entries of :data:`PROGRAMS`; ``sizes`` overrides a program's
     sizes (``steps_scale`` then does not apply to it); ``learning_rates``, ``shapes`` and
-    ``tuning_free`` choose the baselines (default: the full grid of lhopt_dsl/baselines.py). The runs
+    ``tuning_free`` choose the baselines (default: the full grid of lhopt_dsl/tasks/baselines.py). The runs
     are spread over ``workers`` processes, each with this process's torch thread count; they are
     deterministic, so the results do not depend on ``workers``. ``cache``: a directory of finished
     baseline runs (:class:`BaselineCache`) that later invocations reuse; None runs every baseline.

@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lhopt_dsl.baselines import tuning_free_optimizer
-from lhopt_dsl.compile.datafiles import REMOTES, Remote, find_file
-from lhopt_dsl.compile.datasets import read_idx
 from lhopt_dsl.controller import LHOPT
-from lhopt_dsl.schedule import Schedule, segment_bounds, shape_factor
+from lhopt_dsl.spec.schedule import Schedule, segment_bounds, shape_factor
+from lhopt_dsl.tasks.baselines import tuning_free_optimizer
+from lhopt_dsl.tasks.datafiles import REMOTES, Remote, find_file
+from lhopt_dsl.tasks.datasets import read_idx
 
 
 __all__ = [
@@ -412,7 +412,7 @@ OptimizerFactory = Callable[[nn.Module, int], Optimization]
 
 def adamw(lr: float, shape: str) -> OptimizerFactory:
     """AdamW at ``lr`` with the learning-rate ``shape`` stretched over the run (a ``LambdaLR``),
-    with the AdamW settings of the task baselines (:class:`lhopt_dsl.schedule.Schedule`)."""
+    with the AdamW settings of the task baselines (:class:`lhopt_dsl.spec.schedule.Schedule`)."""
     s = Schedule(lr=lr, shape=shape)
     shape_factor(shape, 0.0)  # an unknown shape fails here, not inside the training loop
 
@@ -424,7 +424,7 @@ def adamw(lr: float, shape: str) -> OptimizerFactory:
 
 
 def tuning_free(name: str) -> OptimizerFactory:
-    """Schedule-Free AdamW (``schedulefree``) or Prodigy (``prodigy``), set as in lhopt_dsl/baselines.py."""
+    """Schedule-Free AdamW (``schedulefree``) or Prodigy (``prodigy``), set as in lhopt_dsl/tasks/baselines.py."""
     return lambda model, steps: Optimization(tuning_free_optimizer(name, list(model.parameters()), steps))
 
 

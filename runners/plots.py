@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from lhopt_dsl.baselines import ADAMW_BASELINES
-from lhopt_dsl.metrics import performance_profile, plot_performance_profile
-from lhopt_dsl.schedule import segment_bounds
+from lhopt_dsl.evaluation.metrics import performance_profile, plot_performance_profile
+from lhopt_dsl.spec.schedule import segment_bounds
+from lhopt_dsl.tasks.baselines import ADAMW_BASELINES
 
 from .records import unfloat
 

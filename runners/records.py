@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lhopt_dsl.metrics import TaskScores
+from lhopt_dsl.evaluation.metrics import TaskScores
 
 SCORES: tuple[str, ...] = ("test", "valid")
 RECORD_VERSION = 1  # of the per-task files under <out>/tasks/

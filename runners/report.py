@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lhopt_dsl import TABLE1_ROWS
-from lhopt_dsl.baselines import ADAMW_BASELINES, TUNING_FREE
-from lhopt_dsl.metrics import evaluation_summary, format_summary
+from lhopt_dsl.evaluation.metrics import evaluation_summary, format_summary
+from lhopt_dsl.tasks.baselines import ADAMW_BASELINES, TUNING_FREE
 
 from .plots import plot_evaluation
 from .jobs import write_json

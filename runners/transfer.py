@@ -21,15 +21,15 @@ import numpy as np
 import torch
 
 from lhopt_dsl import TaskConfig
-from lhopt_dsl.baselines import ADAMW_BASELINES
-from lhopt_dsl.compile import compile_task
+from lhopt_dsl.agent.actor import Actor
+from lhopt_dsl.agent.rollout import Episode
 from lhopt_dsl.controller import ScheduleReplay, require_adamw_space, schedule_from_history
-from lhopt_dsl.metrics import speedup
-from lhopt_dsl.actor import Actor
-from lhopt_dsl.rollout import Episode
-from lhopt_dsl.schedule import LearningCurve, segment_bounds
+from lhopt_dsl.evaluation.metrics import speedup
 from lhopt_dsl.spec.hparams import HyperparameterSpace
-from lhopt_dsl.training import train_and_measure
+from lhopt_dsl.spec.schedule import LearningCurve, segment_bounds
+from lhopt_dsl.tasks import compile_task
+from lhopt_dsl.tasks.baselines import ADAMW_BASELINES
+from lhopt_dsl.tasks.training import train_and_measure
 
 from .baselines import GRID_EVALUATIONS_PER_T, run_grid
 from .evaluate import policy_run

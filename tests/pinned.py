@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from lhopt_dsl import load_spec, sample
+from lhopt_dsl.agent.imitation import default_targets, demonstrate, relabel
+from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint, save_checkpoint
+from lhopt_dsl.agent.residual import FixedSchedule
+from lhopt_dsl.agent.rollout import Episode, task_rollouts
 from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, load_policy
-from lhopt_dsl.imitation import default_targets, demonstrate, relabel
-from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import FixedSchedule
-from lhopt_dsl.schedule import Schedule
-from lhopt_dsl.rollout import Episode, task_rollouts
-from lhopt_dsl.sample import TaskConfig
+from lhopt_dsl.spec.sample import TaskConfig
+from lhopt_dsl.spec.schedule import Schedule
 from runners.dropin import PROGRAMS
 from runners.evaluate import policy_run
 from runners.ood_programs import report_losses

@@ -1,4 +1,4 @@
-"""The Section 4.1 baselines: names and runs (lhopt_dsl.baselines), and the resumable, shareable Optuna grid
+"""The Section 4.1 baselines: names and runs (lhopt_dsl.tasks.baselines), and the resumable, shareable Optuna grid
 (runners.baselines)."""
 
 import functools
@@ -13,13 +13,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import lhopt_dsl.baselines as lb
+import lhopt_dsl.tasks.baselines as lb
 import runners.baselines as bl
 from lhopt_dsl import TaskConfig, load_spec, sample
-from lhopt_dsl.baselines import BASELINES, run_baseline
-from lhopt_dsl.compile import compile_task
-from lhopt_dsl.schedule import SHAPES, Schedule, segment_bounds
-from lhopt_dsl.training import run_schedule
+from lhopt_dsl.spec.schedule import SHAPES, Schedule, segment_bounds
+from lhopt_dsl.tasks import compile_task
+from lhopt_dsl.tasks.baselines import BASELINES, run_baseline
+from lhopt_dsl.tasks.training import run_schedule
 from runners.baselines import cached_curve, run_grid, study_name
 
 from .conftest import SPECS

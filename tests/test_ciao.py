@@ -169,11 +169,11 @@ def test_statistics_never_change_the_run(hp, foreach):
 
 
 def test_statistics_never_change_a_populations_run():
-    from lhopt_dsl.compile import compile_task
-    from lhopt_dsl.population import CIAOPopulation
-    from lhopt_dsl.sample import sample
+    from lhopt_dsl.tasks import compile_task
+    from lhopt_dsl.tasks.population import CIAOPopulation
+    from lhopt_dsl.spec.sample import sample
     from lhopt_dsl.spec import load_spec
-    from lhopt_dsl.training import ciao_kwargs
+    from lhopt_dsl.tasks.training import ciao_kwargs
 
     from .conftest import SPECS
 

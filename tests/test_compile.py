@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from lhopt_dsl import TaskConfig, load_spec, sample
-from lhopt_dsl.compile import DataNotFoundError, compile_task, estimate_cost, find_file
-from lhopt_dsl.compile import datafiles
-from lhopt_dsl.compile.datasets import image_data, read_idx, sst2_data
-from lhopt_dsl.sample import sample_initial_hparams
 from lhopt_dsl.spec import CIAOSpace
+from lhopt_dsl.spec.sample import sample_initial_hparams
+from lhopt_dsl.tasks import DataNotFoundError, compile_task, estimate_cost, find_file
+from lhopt_dsl.tasks import datafiles
+from lhopt_dsl.tasks.datasets import image_data, read_idx, sst2_data
 
 from .conftest import SPECS
 
@@ -276,7 +276,7 @@ def test_budget_rejects_and_resamples(write):
 
 
 def test_closed_form_costs_agree_with_the_flop_counter():
-    from lhopt_dsl.compile.compiler import count_flops
+    from lhopt_dsl.tasks.compiler import count_flops
 
     spec = load_spec(SPECS / "default.yaml")
     checked = set()

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 import yaml
 
 from lhopt_dsl import load_spec, sample
-from lhopt_dsl.compile import compile_task
+from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.agent.policy import ActorCritic, PolicyShape, save_checkpoint
+from lhopt_dsl.agent.rollout import run_episode
 from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, ScheduleReplay, load_policy, load_schedule
-from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
-from lhopt_dsl.schedule import segment_bounds
-from lhopt_dsl.policy import ActorCritic, PolicyShape, save_checkpoint
-from lhopt_dsl.rollout import run_episode
+from lhopt_dsl.spec.schedule import segment_bounds
+from lhopt_dsl.tasks import compile_task
 from runners.cli import main as cli
 from runners.meta_train import policy_shape
 

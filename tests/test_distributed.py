@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from lhopt_dsl import load_spec
-from lhopt_dsl.policy import load_checkpoint
+from lhopt_dsl.agent.policy import load_checkpoint
 from runners.distributed import Group, share
 from runners.meta_train import Settings, train
 

@@ -1,4 +1,4 @@
-"""Ensembles of policies (lhopt_dsl.policy.EnsembleActorCritic, lhopt ensemble): the mean of the
+"""Ensembles of policies (lhopt_dsl.agent.policy.EnsembleActorCritic, lhopt ensemble): the mean of the
 members' log-probabilities, each member reading the raw features through its own normaliser."""
 
 import math
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from lhopt_dsl import load_spec
-from lhopt_dsl.actions import ActionSpace
+from lhopt_dsl.agent.actions import ActionSpace
+from lhopt_dsl.agent.actor import Run
+from lhopt_dsl.agent.policy import ActorCritic, EnsembleActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from lhopt_dsl.controller import LHOPT, combine_policies, load_policy
-from lhopt_dsl.actor import Run
-from lhopt_dsl.policy import ActorCritic, EnsembleActorCritic, PolicyShape, load_checkpoint, save_checkpoint
 from lhopt_dsl.spec.hparams import CIAOSpace
 from runners.cli import main as cli
 from runners.meta_train import initial_policy, policy_shape

@@ -8,14 +8,14 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 from lhopt_dsl import TaskConfig, load_spec, sample
-from lhopt_dsl.actions import ActionSpace, CheckpointBank, apply_action
-from lhopt_dsl.env import InnerTrainingEnv, OuterStep, log_improvement_reward
-from lhopt_dsl.schedule import SHAPES, Schedule, segment_bounds, shape_factor
-from lhopt_dsl.training import run_schedule
-from lhopt_dsl.feature_transforms import RunningNormalizer
-from lhopt_dsl.observation import NB, TASK_CLASSES, FeatureBuilder, task_vector
+from lhopt_dsl.agent.actions import ActionSpace, CheckpointBank, apply_action
+from lhopt_dsl.agent.env import InnerTrainingEnv, OuterStep, log_improvement_reward
+from lhopt_dsl.agent.feature_transforms import RunningNormalizer
+from lhopt_dsl.agent.observation import NB, TASK_CLASSES, FeatureBuilder, task_vector
 from lhopt_dsl.optim import CIAO, STAT_NAMES
 from lhopt_dsl.spec import HPARAM_NAMES, AdamWSpace, CIAOSpace
+from lhopt_dsl.spec.schedule import SHAPES, Schedule, segment_bounds, shape_factor
+from lhopt_dsl.tasks.training import run_schedule
 
 from .conftest import SPECS
 
@@ -214,7 +214,7 @@ def test_diverged_run_keeps_going_flags_nan_and_recovers_by_restart():
 
 def policy_layout(features: FeatureBuilder) -> dict[str, int]:
     """Each named entry of FeatureBuilder.policy's vector -> its index, in the order
-    lhopt_dsl/observation.py writes them (checked against the vector's size)."""
+    lhopt_dsl/agent/observation.py writes them (checked against the vector's size)."""
     cdf = [f"cdf{b}" for b in range(NB)]
     names = ["progress", *(f"prev_action{i}" for i in range(features.actions.size))]
     names += [f"loss_ratio/{n}" for n in ("is_nan", "tanh", *cdf)]

@@ -8,11 +8,11 @@ import shutil
 import pytest
 
 from lhopt_dsl import TABLE1_ROWS, load_spec
-from lhopt_dsl.baselines import BASELINES
 from lhopt_dsl.controller import DEFAULT_POLICY
+from lhopt_dsl.tasks.baselines import BASELINES
 
 from .test_imitation import KEEP_ACTIONS
-from lhopt_dsl.sample import default_initial_hparams
+from lhopt_dsl.spec.sample import default_initial_hparams
 from runners.cli import main
 from runners.evaluate import eval_config, summarise, task_scores
 
@@ -313,8 +313,8 @@ def test_best_of_takes_each_tasks_lowest_validation_loss_as_an_evaluation_of_its
 
 
 def test_test_set_evaluations_get_their_own_default_directory(tmp_path):
-    from lhopt_dsl.residual import FixedSchedule
-    from lhopt_dsl.schedule import Schedule
+    from lhopt_dsl.agent.residual import FixedSchedule
+    from lhopt_dsl.spec.schedule import Schedule
     from runners.evaluate import default_out
 
     spec = load_spec(SPECS / "cpu.yaml")

@@ -1,4 +1,4 @@
-"""Tests for lhopt_dsl.feature_transforms: integral CDF features, sanitize, RunningNormalizer."""
+"""Tests for lhopt_dsl.agent.feature_transforms: integral CDF features, sanitize, RunningNormalizer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lhopt_dsl.feature_transforms import B_VALUES, IntegralCDF, RunningNormalizer, normal_cdf, sanitize
+from lhopt_dsl.agent.feature_transforms import B_VALUES, IntegralCDF, RunningNormalizer, normal_cdf, sanitize
 
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 spells it trapz
 

@@ -10,8 +10,8 @@ import optuna
 from optuna.trial import TrialState
 
 import runners.baselines as bl
-from lhopt_dsl.baselines import run_baseline
-from lhopt_dsl.sample import TaskConfig
+from lhopt_dsl.spec.sample import TaskConfig
+from lhopt_dsl.tasks.baselines import run_baseline
 
 from .test_baselines import NQM, complete_pairs
 

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from lhopt_dsl import LHOPT
-from lhopt_dsl.actions import ActionSpace
-from lhopt_dsl.observation import FeatureBuilder
-from lhopt_dsl.policy import ActorCritic, PolicyShape
+from lhopt_dsl.agent.actions import ActionSpace
+from lhopt_dsl.agent.observation import FeatureBuilder
+from lhopt_dsl.agent.policy import ActorCritic, PolicyShape
 from lhopt_dsl.spec.hparams import CIAOSpace
 from runners.dropin import CADENCES
 from runners.ood_programs import report_losses

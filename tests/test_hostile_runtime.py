@@ -70,7 +70,7 @@ def _cleanup(proc: subprocess.Popen, recorded: dict[int, tuple[int, int]]) -> No
 
 def _smoke_policy(path: Path) -> Path:
     from lhopt_dsl import load_spec
-    from lhopt_dsl.policy import ActorCritic, save_checkpoint
+    from lhopt_dsl.agent.policy import ActorCritic, save_checkpoint
     from runners.meta_train import policy_shape
 
     spec = load_spec(SPECS / "smoke.yaml")
@@ -181,7 +181,7 @@ def test_every_runner_starts_its_pools_through_the_lifeline():
 def test_a_kill_between_the_metrics_row_and_the_checkpoint_leaves_no_duplicate_row(tmp_path, monkeypatch):
     import runners.meta_train as mt
     from lhopt_dsl import load_spec
-    from lhopt_dsl.policy_file import load_training_checkpoint
+    from lhopt_dsl.agent.policy_file import load_training_checkpoint
 
     spec = load_spec(SPECS / "smoke.yaml")
     spec = spec.model_copy(update={

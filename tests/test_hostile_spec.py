@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lhopt_dsl import SpecError, load_spec, sample, space_size
-from lhopt_dsl.sample import train_seed
 from lhopt_dsl.spec import loader
 from lhopt_dsl.spec.distributions import IntRange, LogIntRange, Uniform
 from lhopt_dsl.spec.families import MAX_INNER_STEPS, MAX_LAYERS, MAX_WIDTH
 from lhopt_dsl.spec.loader import parse_yaml
+from lhopt_dsl.spec.sample import train_seed
 from lhopt_dsl.spec.space import LayerAxis, axes_size, iter_settings, union_size
 
 from .conftest import SPECS

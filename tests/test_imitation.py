@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from lhopt_dsl import SpecError, load_spec, sample
-from lhopt_dsl.actions import ActionSpace
-from lhopt_dsl.imitation import (
+from lhopt_dsl.agent.actions import ActionSpace
+from lhopt_dsl.agent.actor import Run
+from lhopt_dsl.agent.imitation import (
     DEFAULT_LRS,
     DEFAULT_SHAPES,
     DIVERGED_REGRET,
@@ -23,11 +24,10 @@ from lhopt_dsl.imitation import (
     demonstrate,
     residual_demo,
 )
-from lhopt_dsl.actor import Run
-from lhopt_dsl.observation import Cadence
-from lhopt_dsl.residual import Follow, Residual
-from lhopt_dsl.schedule import KEEP, Schedule
-from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
+from lhopt_dsl.agent.observation import Cadence
+from lhopt_dsl.agent.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
+from lhopt_dsl.agent.residual import Follow, Residual
+from lhopt_dsl.spec.schedule import KEEP, Schedule
 from runners.meta_train import initial_policy, policy_shape
 
 from .conftest import SPECS
@@ -125,7 +125,7 @@ def test_demonstration_is_the_best_follower_and_alike_batched_or_not(family, cad
 
 
 def test_relabelled_decisions_head_for_the_tasks_best_schedule_from_where_the_policy_is():
-    from lhopt_dsl.imitation import relabel
+    from lhopt_dsl.agent.imitation import relabel
 
     cfg = smoke("mlp", outer_steps=8)
     cfg = cfg.model_copy(update={"hparams": cfg.hparams.model_copy(update={"lr": 1e-5})})
@@ -141,7 +141,7 @@ def test_relabelled_decisions_head_for_the_tasks_best_schedule_from_where_the_po
 
 
 def test_following_another_schedule_records_that_followers_episode():
-    from lhopt_dsl.imitation import relabel
+    from lhopt_dsl.agent.imitation import relabel
 
     cfg = smoke("mlp", outer_steps=8)
     cfg = cfg.model_copy(update={"hparams": cfg.hparams.model_copy(update={"lr": 1e-3})})

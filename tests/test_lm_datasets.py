@@ -1,4 +1,4 @@
-"""Tests for the transformer family's language-modelling datasets (lhopt_dsl.compile.lm_datasets).
+"""Tests for the transformer family's language-modelling datasets (lhopt_dsl.tasks.lm_datasets).
 
 The real corpora are read from $LHOPT_DATA_DIR (set by the test runner) and the running Python's
 standard library.
@@ -18,9 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from lhopt_dsl.compile import datafiles
-from lhopt_dsl.compile.datafiles import DataNotFoundError
-from lhopt_dsl.compile.lm_datasets import (
+from lhopt_dsl.spec.families import (
+    LM_ALGO_DATASETS,
+    LM_DATASETS,
+    LM_OOD_DATASETS,
+    LM_TEXT_DATASETS,
+    LM_TRAIN_DATASETS,
+)
+from lhopt_dsl.tasks import datafiles
+from lhopt_dsl.tasks.datafiles import DataNotFoundError
+from lhopt_dsl.tasks.lm_datasets import (
     FIRST,
     LM_BUILDERS,
     MARKOV_SYMBOLS,
@@ -36,13 +43,6 @@ from lhopt_dsl.compile.lm_datasets import (
     markov_transition_table,
     split_bounds,
     vocab_size,
-)
-from lhopt_dsl.spec.families import (
-    LM_ALGO_DATASETS,
-    LM_DATASETS,
-    LM_OOD_DATASETS,
-    LM_TEXT_DATASETS,
-    LM_TRAIN_DATASETS,
 )
 
 ALL = sorted(LM_DATASETS)
@@ -145,7 +145,7 @@ def test_same_tokens_in_a_fresh_process():
     names = SYNTHETIC + ["sst2_chars", "stdlib_source"]
     code = (
         "import hashlib, json, sys\n"
-        "from lhopt_dsl.compile.lm_datasets import build_lm_data\n"
+        "from lhopt_dsl.tasks.lm_datasets import build_lm_data\n"
         "out = {}\n"
         "for name in json.loads(sys.argv[1]):\n"
         "    d = build_lm_data(name, 24, 7, n_train=64, n_valid=16, n_test=16)\n"

@@ -16,10 +16,10 @@ import torch
 import yaml
 
 from lhopt_dsl import load_spec
+from lhopt_dsl.agent.actor import Run
+from lhopt_dsl.agent.policy import ActorCritic, PolicyShape, load_checkpoint
+from lhopt_dsl.agent.rollout import Episode
 from lhopt_dsl.controller import load_policy
-from lhopt_dsl.actor import Run
-from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint
-from lhopt_dsl.rollout import Episode
 from runners.meta_train import Settings, policy_shape, ppo_update, train
 from runners.tracking import Tracker, default_uri, load_policy_uri, start_ui
 
@@ -362,7 +362,7 @@ def test_train_cli_population_switch(tmp_path, flag, share):
 def test_keep_bias_starts_the_policy_near_keeping_the_hyperparameters(tmp_path):
     """With meta_train.keep_bias, a new policy picks, in every dimension that has one, the action
     that keeps its hyperparameter (and no restart) with the probability the bias gives."""
-    from lhopt_dsl.actions import ActionSpace
+    from lhopt_dsl.agent.actions import ActionSpace
 
     smoke = load_spec(SPECS / "smoke.yaml")
     spec = smoke.model_copy(update={"meta_train": smoke.meta_train.model_copy(update={"keep_bias": 2.0})})

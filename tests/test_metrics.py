@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lhopt_dsl.metrics import (
+from lhopt_dsl.evaluation.metrics import (
     SPEEDUP_FLOOR,
     TaskScores,
     bootstrap_interval,
@@ -319,7 +319,7 @@ def test_paired_intervals_are_narrower_than_unpaired_ones():
 
 
 def test_gradient_signal_by_hand_and_by_simulation():
-    from lhopt_dsl.metrics import gradient_signal
+    from lhopt_dsl.evaluation.metrics import gradient_signal
 
     # by hand: samples (1, 0) and (3, 0): mean (2, 0), tr(S) = ((1-2)^2 + (3-2)^2) / 1 = 2,
     # signal = 4 - 2/2 = 3; each sample points along the other: cosine 1

@@ -10,11 +10,9 @@ import pytest
 import torch
 
 from lhopt_dsl import load_spec, sample
-from lhopt_dsl.actions import ActionSpace, Checkpoint
-from lhopt_dsl.compile import compile_task
-from lhopt_dsl.controller import LHOPT
-from lhopt_dsl.env import InnerTrainingEnv, log_improvement_reward
-from lhopt_dsl.observation import (
+from lhopt_dsl.agent.actions import ActionSpace, Checkpoint
+from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.agent.observation import (
     FIRST_RATIOS,
     FULL_CADENCE,
     MISSING_LOSS,
@@ -24,10 +22,12 @@ from lhopt_dsl.observation import (
     draw_cadence,
     norm_ratios,
 )
+from lhopt_dsl.agent.policy import ActorCritic
+from lhopt_dsl.agent.rollout import run_episode
+from lhopt_dsl.controller import LHOPT
 from lhopt_dsl.optim import STAT_NAMES
-from lhopt_dsl.policy import ActorCritic
-from lhopt_dsl.rollout import run_episode
-from lhopt_dsl.schedule import segment_bounds
+from lhopt_dsl.spec.schedule import segment_bounds
+from lhopt_dsl.tasks import compile_task
 from runners.meta_train import policy_shape
 
 from .conftest import SPECS

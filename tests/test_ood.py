@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from lhopt_dsl.compile import datafiles
-from lhopt_dsl.compile.datafiles import DataNotFoundError
+from lhopt_dsl.tasks import datafiles
+from lhopt_dsl.tasks.datafiles import DataNotFoundError
 from runners import ood
 from runners.cli import main
 from runners.ood_programs import (

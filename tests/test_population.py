@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from lhopt_dsl import TaskConfig, load_spec, sample
-from lhopt_dsl.compile import compile_task
-from lhopt_dsl.schedule import SHAPES, Schedule
-from lhopt_dsl.training import ciao_kwargs, run_schedule
+from lhopt_dsl.agent.observation import FULL_CADENCE, Cadence
 from lhopt_dsl.optim import CIAO, STAT_NAMES
-from lhopt_dsl.population import CIAOPopulation, batchable, run_population
-from lhopt_dsl.observation import FULL_CADENCE, Cadence
+from lhopt_dsl.spec.schedule import SHAPES, Schedule
+from lhopt_dsl.tasks import compile_task
+from lhopt_dsl.tasks.population import CIAOPopulation, batchable, run_population
+from lhopt_dsl.tasks.training import ciao_kwargs, run_schedule
 
 from .conftest import SPECS
 
@@ -177,9 +177,9 @@ def test_population_rollouts_equal_one_at_a_time_rollouts(family, cadence):
     """Meta-training's runs of a task (initial hyperparameters, self-play baseline, 3 sampled
     episodes with restarts) give the same episodes batched as one by one, under the full cadence
     and under sparse ones (what a task's runs tell their policies)."""
-    from lhopt_dsl.actions import ActionSpace
-    from lhopt_dsl.policy import ActorCritic
-    from lhopt_dsl.rollout import task_rollouts
+    from lhopt_dsl.agent.actions import ActionSpace
+    from lhopt_dsl.agent.policy import ActorCritic
+    from lhopt_dsl.agent.rollout import task_rollouts
     from runners.meta_train import policy_shape
 
     cfg = smoke(family)
@@ -227,8 +227,8 @@ def test_population_rollouts_equal_one_at_a_time_rollouts(family, cadence):
 def test_adamw_space_population_rollouts_equal_one_at_a_time_rollouts(family):
     """In the AdamW space (AdamW's bias correction, four controlled hyperparameters, no restarts)
     the batched rollouts of a task equal the one-by-one ones."""
-    from lhopt_dsl.policy import ActorCritic
-    from lhopt_dsl.rollout import task_rollouts
+    from lhopt_dsl.agent.policy import ActorCritic
+    from lhopt_dsl.agent.rollout import task_rollouts
     from runners.meta_train import policy_shape
 
     spec = load_spec(SPECS / "smoke_adamw.yaml")
@@ -252,7 +252,7 @@ def test_adamw_space_population_rollouts_equal_one_at_a_time_rollouts(family):
 
 
 def test_compiled_population_equals_eager_and_is_shared_per_architecture():
-    from lhopt_dsl import population
+    from lhopt_dsl.tasks import population
 
     cfg = smoke("mlp")
     settings = _members(cfg, "adamax", True)
@@ -280,7 +280,7 @@ def test_compiled_population_equals_eager_and_is_shared_per_architecture():
 def test_population_leaves_the_callers_model_as_it_was(family):
     """A population runs its own copy of the model in the forms vmap batches; the caller's model keeps
     its fused kernels, its mode and its weights, and the population's results do not depend on them."""
-    from lhopt_dsl.compile.models import use_batchable_forms
+    from lhopt_dsl.tasks.models import use_batchable_forms
 
     cfg = smoke(family)
     task = compile_task(cfg)
@@ -327,8 +327,8 @@ def test_set_hparams_checks_values():
 
 
 def test_population_pays_follows_the_measured_rule():
-    from lhopt_dsl.compile import estimate_cost
-    from lhopt_dsl.population import (
+    from lhopt_dsl.tasks import estimate_cost
+    from lhopt_dsl.tasks.population import (
         MAX_FLOPS_FEW, MAX_FLOPS_MANY, MAX_STEP_ELEMENTS_MANY, member_step_elements, population_pays,
     )  # fmt: skip
 
@@ -404,8 +404,8 @@ def test_transformer_and_cnn_populations_equal_sequential_runs(one_thread, famil
 def test_groups_and_evaluation_chunks_do_not_change_a_population(one_thread, monkeypatch, family, name, task):
     """Gradients and CIAO's updates in uneven groups of members, and evaluation in chunks of examples
     or member by member, give every member the losses and statistics of the population in one piece."""
-    from lhopt_dsl import population
-    from lhopt_dsl.population import Plan
+    from lhopt_dsl.tasks import population
+    from lhopt_dsl.tasks.population import Plan
 
     cfg = family_task(family, **task, **RUN)
     base = ciao_kwargs(cfg.hparams)  # LAMB and clipping on: per-tensor and per-member norms
@@ -429,8 +429,8 @@ def test_groups_and_evaluation_chunks_do_not_change_a_population(one_thread, mon
 
 @pytest.mark.parametrize("family", ["transformer", "cnn", "mlp", "rnn", "nqm"])
 def test_plan_keeps_batched_calls_within_the_working_set(monkeypatch, family):
-    from lhopt_dsl import population
-    from lhopt_dsl.population import UPDATE_ARRAYS, UPDATE_ELEMENTS, member_step_elements, plan
+    from lhopt_dsl.tasks import population
+    from lhopt_dsl.tasks.population import UPDATE_ARRAYS, UPDATE_ELEMENTS, member_step_elements, plan
 
     settings = {"transformer": TRANSFORMERS["pre-learned"], "cnn": CNNS["avg-3-layers"]}.get(family, {})
     cfg = family_task(family, **settings)
@@ -463,7 +463,7 @@ def test_plan_keeps_batched_calls_within_the_working_set(monkeypatch, family):
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_unrolled_rnn_equals_torchs_fused_kernel(cell):
-    from lhopt_dsl.compile.models import unrolled_rnn
+    from lhopt_dsl.tasks.models import unrolled_rnn
 
     torch.manual_seed(0)
     rnn = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[cell](3, 8, 2, batch_first=True)
@@ -479,7 +479,7 @@ def test_unrolled_rnn_equals_torchs_fused_kernel(cell):
 
 @pytest.mark.parametrize("pre_norm", [True, False])
 def test_explicit_attention_equals_the_fused_kernel(pre_norm):
-    from lhopt_dsl.compile.models import Block, use_batchable_forms
+    from lhopt_dsl.tasks.models import Block, use_batchable_forms
 
     torch.manual_seed(0)
     block = Block(16, 4, 2, pre_norm)

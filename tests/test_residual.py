@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from lhopt_dsl.actions import ActionSpace
+from lhopt_dsl.agent.actions import ActionSpace
+from lhopt_dsl.agent.actor import Run, Step
+from lhopt_dsl.agent.imitation import relabel, residual_demo
+from lhopt_dsl.agent.observation import Cadence
+from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint, save_checkpoint
+from lhopt_dsl.agent.residual import OFFSET_BOUNDS, Follow, Residual
 from lhopt_dsl.controller import LHOPT, combine_policies, load_policy
-from lhopt_dsl.actor import Run, Step
-from lhopt_dsl.imitation import relabel, residual_demo
-from lhopt_dsl.observation import Cadence
-from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import OFFSET_BOUNDS, Follow, Residual
-from lhopt_dsl.schedule import KEEP, Schedule
+from lhopt_dsl.spec.schedule import KEEP, Schedule
 from runners.meta_train import initial_policy, policy_shape
 
 from .test_imitation import SMOKE, _graded

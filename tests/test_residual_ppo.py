@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lhopt_dsl.actions import ActionSpace
+from lhopt_dsl.agent.actions import ActionSpace
+from lhopt_dsl.agent.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
+from lhopt_dsl.agent.residual import Residual
 from lhopt_dsl.controller import load_policy
-from lhopt_dsl.policy import ActorCritic, PolicyShape, load_checkpoint, save_checkpoint
-from lhopt_dsl.residual import Residual
-from lhopt_dsl.schedule import Schedule
+from lhopt_dsl.spec.schedule import Schedule
 from runners.meta_train import Settings, initial_policy, kl_from, policy_data, policy_shape, ppo_update, train
 
 from lhopt_dsl import load_spec

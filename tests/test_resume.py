@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
+from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, ScheduleReplay
-from lhopt_dsl.policy import ActorCritic, load_checkpoint, save_checkpoint
 from runners.dropin import PROGRAMS
 
 STEPS = 90

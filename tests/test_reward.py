@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lhopt_dsl.env import OuterStep
-from lhopt_dsl.reward import R_MIN, PowerLawReward, ShapedReward, envelope, fit_power_law
-from lhopt_dsl.rollout import gae
+from lhopt_dsl.agent.env import OuterStep
+from lhopt_dsl.agent.reward import R_MIN, PowerLawReward, ShapedReward, envelope, fit_power_law
+from lhopt_dsl.agent.rollout import gae
 
 STEPS = np.arange(0, 1001, 25, dtype=np.float64)
 
@@ -69,7 +69,7 @@ def test_diverged_baseline_is_judged_by_its_finite_prefix():
 
 
 def test_fallback_interpolation_when_the_fit_is_unusable(monkeypatch):
-    import lhopt_dsl.reward as reward_module
+    import lhopt_dsl.agent.reward as reward_module
 
     monkeypatch.setattr(reward_module, "fit_power_law", lambda s, y: None)
     losses = 0.3 + 2.0 * (STEPS + 1) ** -0.7
@@ -115,6 +115,6 @@ def test_a_baseline_that_reaches_zero_loss():
 
 
 def test_log_improvement_reward_treats_zero_loss_as_best_not_diverged():
-    from lhopt_dsl.env import DIVERGED_PENALTY, log_improvement_reward
+    from lhopt_dsl.agent.env import DIVERGED_PENALTY, log_improvement_reward
 
     assert log_improvement_reward(OuterStep(1, 1.0, 0.0, 0.0, 1.0, True, None)) == DIVERGED_PENALTY

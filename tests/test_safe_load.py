@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from lhopt_dsl import load_spec
-from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, load_policy
-from lhopt_dsl.policy import (
+from lhopt_dsl.agent.policy import (
     ActorCritic,
     PolicyFileError,
     UnsafeCheckpointError,
@@ -24,6 +23,7 @@ from lhopt_dsl.policy import (
     save_checkpoint,
     to_plain,
 )
+from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, load_policy
 from runners.meta_train import Settings, policy_shape, train
 
 from .conftest import SPECS
@@ -321,7 +321,7 @@ def test_a_broken_training_checkpoint_is_refused_before_resuming(tmp_path):
     model = ActorCritic.from_checkpoint(good["policy"])
     good["ema"] = to_plain(model.to_checkpoint())
     good["optimizer"] = torch.optim.Adam(model.parameters()).state_dict()
-    from lhopt_dsl.policy_file import load_training_checkpoint
+    from lhopt_dsl.agent.policy_file import load_training_checkpoint
 
     save_checkpoint(good, run / "checkpoint.pt")
     assert load_training_checkpoint(run / "checkpoint.pt")["iteration"] == 1

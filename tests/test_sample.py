@@ -209,7 +209,7 @@ def test_sample_initial_hparams_is_pure():
 
 
 def test_training_and_evaluation_seeds_are_disjoint():
-    from lhopt_dsl.sample import EVAL_SEEDS, TRAIN_SEEDS, eval_seed, train_seed
+    from lhopt_dsl.spec.sample import EVAL_SEEDS, TRAIN_SEEDS, eval_seed, train_seed
     from runners.evaluate import eval_config
 
     assert TRAIN_SEEDS.stop <= EVAL_SEEDS.start
@@ -226,7 +226,7 @@ def test_training_and_evaluation_seeds_are_disjoint():
 def test_the_test_set_is_drawn_under_a_key_of_its_own():
     """Dev tasks choose designs, test tasks judge them once: the two sets (and training) share no
     seed, and the dev set is what evaluation used before the test set existed."""
-    from lhopt_dsl.sample import EVAL_SEEDS, TASK_SETS, eval_seed, test_seed, train_seed
+    from lhopt_dsl.spec.sample import EVAL_SEEDS, TASK_SETS, eval_seed, test_seed, train_seed
     from runners.evaluate import EvaluationError, eval_config
 
     assert TASK_SETS == {"dev": eval_seed, "test": test_seed}
@@ -258,8 +258,8 @@ def test_the_cpu_specs_draw_rare_transformers_without_giving_up():
 def test_cpu_lite_is_cpu_with_cheaper_runs_and_the_same_held_out_tasks():
     """The cheaper meta-training distribution keeps cpu.yaml's families, weights, hyperparameter
     space and evaluation tasks; its runs are shorter, decide less often and cost less."""
-    from lhopt_dsl.compile import estimate_cost
-    from lhopt_dsl.sample import train_seed
+    from lhopt_dsl.tasks import estimate_cost
+    from lhopt_dsl.spec.sample import train_seed
     from runners.evaluate import eval_config
 
     cpu, lite = load_spec(SPECS / "cpu.yaml"), load_spec(SPECS / "cpu_lite.yaml")

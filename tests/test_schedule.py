@@ -1,11 +1,11 @@
-"""The one schedule type and its name grammar (lhopt_dsl.schedule.Schedule)."""
+"""The one schedule type and its name grammar (lhopt_dsl.spec.schedule.Schedule)."""
 
 import pytest
 
-from lhopt_dsl.baselines import ADAMW_BASELINES, schedule_of
-from lhopt_dsl.residual import Follow
-from lhopt_dsl.schedule import KEEP, SHAPES, Schedule
+from lhopt_dsl.agent.residual import Follow
 from lhopt_dsl.spec.hparams import CIAOSpace
+from lhopt_dsl.spec.schedule import KEEP, SHAPES, Schedule
+from lhopt_dsl.tasks.baselines import ADAMW_BASELINES, schedule_of
 
 
 @pytest.mark.parametrize("name", ["adamw-linear-lr0.03", "adamw-cosine_0.1-lr0.0003", "ciao-constant",

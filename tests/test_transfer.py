@@ -5,7 +5,7 @@ import math
 import pytest
 
 from lhopt_dsl import TaskConfig, load_spec
-from lhopt_dsl.policy import ActorCritic
+from lhopt_dsl.agent.policy import ActorCritic
 from runners.baselines import run_grid
 from runners.meta_train import policy_shape
 from runners.transfer import check_pair, format_record, parameter_count, replay, transfer

@@ -23,7 +23,7 @@ clipping off, the Adam denominator and ``bias_correction="power"`` this is exact
 ``torch.optim.AdamW``, also when its hyperparameters change between steps (the AdamW space of
 :mod:`lhopt_dsl.spec.hparams`). The maths, the hyperparameters' defaults and rules, and the statistics'
 reductions are written once in :mod:`lhopt_dsl.optim.functional`, shared with populations of many
-models (:mod:`lhopt_dsl.population`); this class keeps the state and runs them on a parameter group's
+models (:mod:`lhopt_dsl.tasks.population`); this class keeps the state and runs them on a parameter group's
 tensors, with torch's multi-tensor kernels (``foreach``, the fast path) or one tensor at a time
 (the reference; a test keeps the two equal). A non-finite gradient norm leaves the moving maximum
 unchanged; the step itself proceeds, so a diverged run shows up in its losses. Like

@@ -1,7 +1,7 @@
 """CIAO's maths, written once: its hyperparameters, running products, update and step statistics.
 
 One model (:class:`~lhopt_dsl.optim.ciao.CIAO`) and a population of K models trained as one
-(:class:`~lhopt_dsl.population.CIAOPopulation`) run the same functions here, as ``torch.optim.adamw``
+(:class:`~lhopt_dsl.tasks.population.CIAOPopulation`) run the same functions here, as ``torch.optim.adamw``
 runs one update through its single-tensor, multi-tensor and fused paths. What differs between them
 is only where the numbers live, so the maths is written over NAMED state and coefficients and over
 a *layout*, which says how a handful of primitive operations run:

@@ -1,4 +1,9 @@
-"""The typed YAML task DSL: distributions, task families, hyperparameter space, experiments."""
+"""The typed YAML task DSL: distributions, task families, hyperparameter space, experiments.
+
+Beside the models: :mod:`.sample` draws concrete :class:`~lhopt_dsl.spec.sample.TaskConfig` s from a
+spec, and :mod:`.schedule` is the grammar of schedule names (``linear-lr0.03``) that specs, baselines
+and the drop-in share.
+"""
 
 from .distributions import Choice, IntRange, LogIntRange, LogUniform, Uniform
 from .experiment import EvaluationSpec, ExperimentSpec, MetaTrainSpec, TaskDistribution, TrackingSpec

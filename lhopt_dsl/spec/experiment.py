@@ -8,10 +8,10 @@ from typing import Annotated, Literal, NamedTuple, Union
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..schedule import SHAPES, Schedule
 from .distributions import Choice, StrictModel, check_weight_sum, support_of
 from .families import LM_ALGO_DATASETS, LM_OOD_DATASETS, Family, FamilySpec, TransformerSpec
 from .hparams import CIAOSpace, HyperparameterSpace
+from .schedule import SHAPES, Schedule
 from .space import MAX_ENTRIES_PER_FAMILY
 
 #: Key of a validation error's context that locates the problem below the validated field: a path
@@ -52,7 +52,7 @@ class Budget(StrictModel):
     ] = 200
 
     def admits(self, task: object) -> bool:
-        from ..compile.compiler import estimate_cost  # torch is only needed when a budget is set
+        from ..tasks.compiler import estimate_cost  # torch is only needed when a budget is set
 
         cost = estimate_cost(task)
         if self.max_params is not None and cost.params > self.max_params:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .spec.hparams import HPARAM_NAMES, HyperparameterSpace
+from ..spec.hparams import HPARAM_NAMES, HyperparameterSpace
 
 RESTART_KINDS = ("none", "save", "load", "swap")
 

@@ -168,7 +168,7 @@ class ShapedReward:
         self.reward = reward
         self.potential = 0.0
 
-    def __call__(self, step) -> float:  # step: lhopt_dsl.env.OuterStep
+    def __call__(self, step) -> float:  # step: lhopt_dsl.agent.env.OuterStep
         if step.index == 1:
             self.potential = 0.0
         phi = self.reward(step.valid_loss)

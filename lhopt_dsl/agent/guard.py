@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 from torch import nn
 
+from ..spec.hparams import HPARAM_NAMES
 from .actions import Checkpoint, CheckpointBank
-from .spec.hparams import HPARAM_NAMES
 
 T = TypeVar("T")
 

@@ -19,12 +19,12 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from .spec.distributions import StrictModel
-from .spec.experiment import ExperimentSpec, TaskDistribution
-from .spec.families import FamilySpec, Task, TaskBase
-from .spec.hparams import HyperparameterSpace, InitialHParams, sample_hparams
-from .spec.loader import parse_yaml
-from .spec.space import iter_settings, union_size
+from .distributions import StrictModel
+from .experiment import ExperimentSpec, TaskDistribution
+from .families import FamilySpec, Task, TaskBase
+from .hparams import HyperparameterSpace, InitialHParams, sample_hparams
+from .loader import parse_yaml
+from .space import iter_settings, union_size
 
 _TASK_STREAM = 0
 _HPARAM_STREAM = 1

@@ -4,7 +4,7 @@ and the learning curves fixed runs record.
 
 Pure arithmetic and plain data: the drop-in optimizer (:mod:`lhopt_dsl.controller`) imports this
 module without pulling in the task compiler or gymnasium. Runs of fixed schedules on compiled tasks
-are in :mod:`lhopt_dsl.training`.
+are in :mod:`lhopt_dsl.tasks.training`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Assembling the policy's and the value function's feature vectors (paper Appendix J).
 
-:mod:`lhopt_dsl.feature_transforms` holds the maths (integral CDF features, NaN handling, the running
+:mod:`lhopt_dsl.agent.feature_transforms` holds the maths (integral CDF features, NaN handling, the running
 normaliser); this module decides *which* features exist and in which order. Vectors are raw but
 finite: every NaN or inf becomes a default value with an ``is_nan`` / ``is_inf`` flag beside it.
 Normalisation (EMA mean/std, clip to [-2, 2]) belongs to the policy, whose state it is.
@@ -40,12 +40,12 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from ..optim.stats import STAT_NAMES, mean_stats
+from ..spec.experiment import ReportingSpec
+from ..spec.families import CNNTask, MLPTask, NQMTask, RNNTask, TextRNNTask, TransformerTask
+from ..spec.hparams import HyperparameterSpace
 from .actions import ActionSpace, Checkpoint
 from .feature_transforms import IntegralCDF, sanitize
-from .optim.stats import STAT_NAMES, mean_stats
-from .spec.families import CNNTask, MLPTask, NQMTask, RNNTask, TextRNNTask, TransformerTask
-from .spec.experiment import ReportingSpec
-from .spec.hparams import HyperparameterSpace
 
 NB = 5  # values of b for the integral CDF features
 TASK_CLASSES = (MLPTask, CNNTask, RNNTask, TextRNNTask, TransformerTask, NQMTask)
@@ -290,8 +290,8 @@ class Observer:
     """What a policy sees of one run: told what happens, it gives the policy's vector at each decision.
 
     Every driver of a policy keeps one per run: the environment of meta-training
-    (:class:`~lhopt_dsl.env.InnerTrainingEnv`), the batched population rollouts
-    (:func:`~lhopt_dsl.rollout.population_rollouts`) and the drop-in :class:`~lhopt_dsl.controller.LHOPT`.
+    (:class:`~lhopt_dsl.agent.env.InnerTrainingEnv`), the batched population rollouts
+    (:func:`~lhopt_dsl.agent.rollout.population_rollouts`) and the drop-in :class:`~lhopt_dsl.controller.LHOPT`.
     They tell it what happens during a segment (:meth:`report` training losses, optimizer statistics
     and validation losses; :meth:`restarted`; :meth:`acted`) and ask at each decision for the policy's
     vector (:meth:`policy`, given the hyperparameters, checkpoints and parameters now) and, where a

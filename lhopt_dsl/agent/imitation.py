@@ -27,15 +27,15 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 import numpy as np
 import torch
 
-from .observation import FULL_CADENCE, Cadence
+from ..spec.experiment import DEFAULT_IMITATION_LRS, DEFAULT_IMITATION_SHAPES
+from ..spec.hparams import HyperparameterSpace
+from ..spec.sample import TaskConfig
+from ..spec.schedule import KEEP, Schedule, shape_factor
 from .actor import Actor
+from .observation import FULL_CADENCE, Cadence
 from .policy import ActorCritic
-from .rollout import Episode, task_rollouts
-from .sample import TaskConfig
 from .residual import Follow, Residual
-from .schedule import KEEP, Schedule, shape_factor
-from .spec.experiment import DEFAULT_IMITATION_LRS, DEFAULT_IMITATION_SHAPES
-from .spec.hparams import HyperparameterSpace
+from .rollout import Episode, task_rollouts
 
 #: The default grid (declared with the spec's ``imitation`` section): CIAO learning rates from 1e-4
 #: to the bound 0.1 in half-decades, times three decays.
@@ -120,7 +120,7 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
 
     ``follow``: the episode is run by the follower of this schedule instead (``policy`` lends it
     only its normalisers): how a task gets a demonstration of a schedule other than its best.
-    ``residual``: ``policy`` wrapped around a base schedule (:class:`~lhopt_dsl.residual.Residual`);
+    ``residual``: ``policy`` wrapped around a base schedule (:class:`~lhopt_dsl.agent.residual.Residual`);
     the episode is then its own, and the learning-rate labels are the offset actions from the
     offsets it had reached towards those that follow ``target``."""
     from .env import InnerTrainingEnv, log_improvement_reward
@@ -153,7 +153,7 @@ def relabel(cfg: TaskConfig, policy: ActorCritic, space: HyperparameterSpace, ta
 def residual_demo(demo: Demonstration, residual: Residual, target: Schedule, initial_lr: float) -> Demonstration:
     """``demo`` (a follower's episode of ``target``, from ``initial_lr``) labelled for a residual
     policy: its learning-rate labels become the offset actions from the base towards ``target``
-    (:meth:`~lhopt_dsl.residual.Residual.labels`), the rest stays. Where the target is the
+    (:meth:`~lhopt_dsl.agent.residual.Residual.labels`), the rest stays. Where the target is the
     base itself every label keeps."""
     actions = np.array(demo.actions, copy=True)
     actions[:, residual.lr_dim] = residual.labels(residual.offsets(target, initial_lr, len(actions)))

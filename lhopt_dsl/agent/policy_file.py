@@ -6,7 +6,7 @@ a network is allocated or a tensor copied. The declared shape must be within bou
 declaring ``hidden_size: 2000000`` would otherwise ask for gigabytes), every weight tensor must be
 present with exactly the shape that shape implies, its data really in the file (no zero-stride
 views that stand for more than they hold) and finite. A file that fails gets one
-:class:`~lhopt_dsl.policy.PolicyFileError` naming the file and the first thing wrong with it.
+:class:`~lhopt_dsl.agent.policy.PolicyFileError` naming the file and the first thing wrong with it.
 """
 
 from __future__ import annotations
@@ -153,8 +153,8 @@ def _check_extras(state: Mapping[str, Any]) -> None:
     from pydantic import ValidationError
 
     from .residual import check_followable
-    from .schedule import Schedule
-    from .spec.hparams import validate_space
+    from ..spec.schedule import Schedule
+    from ..spec.hparams import validate_space
 
     spec = state.get("spec", {})
     if spec is not None:
@@ -198,7 +198,7 @@ def load_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The data of a policy file (``policy.pt``, an ensemble, or a training ``checkpoint.pt``),
     read without running code and checked: a policy whose network can be built as declared.
 
-    Raises :class:`~lhopt_dsl.policy.PolicyFileError` (a ValueError) ``"<file>: <what is wrong>"``.
+    Raises :class:`~lhopt_dsl.agent.policy.PolicyFileError` (a ValueError) ``"<file>: <what is wrong>"``.
     """
     return _checked(path, check_policy_state, load_checkpoint(path, "policy", map_location="cpu"))
 

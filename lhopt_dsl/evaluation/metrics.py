@@ -2,8 +2,9 @@
 
 Pure functions of numbers (numpy only; matplotlib is imported lazily by the one plotting helper).
 The inputs are final losses of a policy and of baselines run on exactly the same tasks (see
-``lhopt_dsl/baselines.py``, grid in ``runners/baselines.py``) on the scoring split: the test split by default, which no run observes
-(the policy sees training and validation losses, and may return to checkpoints chosen on them).
+``lhopt_dsl/tasks/baselines.py``, grid in ``runners/baselines.py``) on the scoring split: the test
+split by default, which no run observes (the policy sees training and validation losses, and may
+return to checkpoints chosen on them).
 
 Our reading of the paper (Section 4.1) and of the unstated details:
 

@@ -62,7 +62,7 @@ class RecurrentNet(nn.Module):
 
 class ActorCritic(nn.Module):
     """Actor (categorical per action dimension) and critic, each with its own LSTM; as an
-    :class:`~lhopt_dsl.actor.Actor` only the actor acts (meta-training runs the critic on
+    :class:`~lhopt_dsl.agent.actor.Actor` only the actor acts (meta-training runs the critic on
     recorded episodes)."""
 
     kind = "network"
@@ -101,7 +101,7 @@ class ActorCritic(nn.Module):
         values, _ = self.critic_forward(x, v)
         return logprob, entropy, values
 
-    # --- acting (the Actor interface of lhopt_dsl.actor; the critic is never run) ------------------
+    # --- acting (the Actor interface of lhopt_dsl.agent.actor; the critic is never run) ------------
 
     @property
     def policy_size(self) -> int:
@@ -396,7 +396,7 @@ def load_checkpoint(path: str | os.PathLike[str], what: str = "policy", map_loca
     cannot read at all (empty, truncated, another format) raises :class:`PolicyFileError`. Both
     messages name the file, say what is wrong and what to do; ``what`` ("policy", "training
     checkpoint") says what the file was loaded as. What the data means is checked by the caller
-    (:mod:`lhopt_dsl.policy_file` for policies and training checkpoints).
+    (:mod:`lhopt_dsl.agent.policy_file` for policies and training checkpoints).
     """
     try:
         size = os.path.getsize(path)
@@ -490,7 +490,7 @@ def _unsafe_message(path: str | os.PathLike[str], what: str, held: str) -> str:
     if _convertible(path):
         return (
             f"{refusal} It holds numpy arrays as an older lhopt saved them; if you made it, convert it once with\n"
-            f"    python -c \"from lhopt_dsl.policy import convert_legacy_checkpoint; "
+            f"    python -c \"from lhopt_dsl.agent.policy import convert_legacy_checkpoint; "
             f"convert_legacy_checkpoint({os.fspath(path)!r})\"\n"
             "(the conversion reads numpy arrays and nothing else, so it runs no code from the file)."
         )

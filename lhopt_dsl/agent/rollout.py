@@ -16,18 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..spec.hparams import HPARAM_NAMES, HyperparameterSpace
+from ..spec.sample import TaskConfig
+from ..spec.schedule import Schedule, segment_bounds
+from ..tasks import compile_task
+from ..tasks.population import CIAOPopulation, batchable, population_pays
+from ..tasks.training import ciao_kwargs, run_schedule
 from .actions import ActionSpace, Checkpoint, CheckpointBank, act_on_values
 from .actor import Actor, Run, take
-from .compile import compile_task
 from .env import InnerTrainingEnv, OuterStep, RewardFn, log_improvement_reward
 from .observation import FULL_CADENCE, Cadence, FeatureBuilder, Observer
 from .policy import ActorCritic
-from .population import CIAOPopulation, batchable, population_pays
 from .reward import PowerLawReward, ShapedReward
-from .sample import TaskConfig
-from .schedule import Schedule, segment_bounds
-from .spec.hparams import HPARAM_NAMES, HyperparameterSpace
-from .training import ciao_kwargs, run_schedule
 
 
 @dataclass
@@ -121,7 +121,7 @@ def run_episode(
     actor itself), once it is over; None records no values (evaluation and schedule export need
     only the actor, and so work with a policy whose value features were built with an older version
     of the DSL's vocabularies). ``cadence``: which losses the policy is told (default: every one, as
-    evaluation does). ``seed``, ``member``: the run as the actor is told it (:class:`~lhopt_dsl.actor.Run`).
+    evaluation does). ``seed``, ``member``: the run as the actor is told it (:class:`~lhopt_dsl.agent.actor.Run`).
     """
     env.reward_fn = reward_fn
     obs, info = env.reset(options={"config": cfg, "baseline": baseline, "cadence": cadence})
@@ -173,10 +173,10 @@ def task_rollouts(
     schedule's follower) or, when it is None, CIAO at the task's initial hyperparameters; the latter is always run too, for the
     ``reward/vs_initial_hparams`` metric. With ``population`` (the default) all of these runs
     train together as one batched model where the task allows it and that pays
-    (:func:`population_rollouts`, :func:`~lhopt_dsl.population.population_pays`); otherwise one
+    (:func:`population_rollouts`, :func:`~lhopt_dsl.tasks.population.population_pays`); otherwise one
     after another. ``compiled``: ``torch.compile`` the population's step (compiled once per
     architecture and process). ``cadence``: which losses every run of the task tells its policy
-    (meta-training draws one per task, :func:`~lhopt_dsl.observation.draw_cadence`). ``critic``:
+    (meta-training draws one per task, :func:`~lhopt_dsl.agent.observation.draw_cadence`). ``critic``:
     the network whose critic values the episodes (meta-training's policy itself; None: no values).
     """
     space.check_initial(cfg.hparams)

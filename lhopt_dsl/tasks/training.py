@@ -1,8 +1,8 @@
 """Training a compiled task with a fixed optimizer: segments of inner steps (with CIAO's statistics
 where wanted), and whole fixed-schedule runs with validation and test losses measured along the way.
 
-The policy's environment (:mod:`lhopt_dsl.env`) trains its segments with :func:`train_segment`; the
-baselines (:mod:`lhopt_dsl.baselines`) and the populations' reference runs use :func:`run_schedule`.
+The policy's environment (:mod:`lhopt_dsl.agent.env`) trains its segments with :func:`train_segment`; the
+baselines (:mod:`lhopt_dsl.tasks.baselines`) and the populations' reference runs use :func:`run_schedule`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any, Callable
 
 import torch
 
-from .compile import compile_task
-from .compile.task import InnerTask
-from .optim import CIAO
-from .optim.stats import mean_stats
-from .sample import TaskConfig
-from .schedule import LearningCurve, Schedule, segment_bounds, shape_factor
-from .spec.hparams import InitialHParams
+from ..optim import CIAO
+from ..optim.stats import mean_stats
+from ..spec.hparams import InitialHParams
+from ..spec.sample import TaskConfig
+from ..spec.schedule import LearningCurve, Schedule, segment_bounds, shape_factor
+from .compiler import compile_task
+from .task import InnerTask
 
 
 def ciao_kwargs(h: InitialHParams) -> dict[str, Any]:

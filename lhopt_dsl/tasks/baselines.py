@@ -1,11 +1,11 @@
 """The baselines of paper Section 4.1: their names, and one run of each on a task.
 
 Baselines: AdamW with 5 learning rates (1e-4 ... 1e-2) x the 7 schedule shapes of
-:data:`lhopt_dsl.schedule.SHAPES` (35, named by :attr:`Schedule.name`, e.g. ``adamw-cosine-lr0.001``),
+:data:`lhopt_dsl.spec.schedule.SHAPES` (35, named by :attr:`Schedule.name`, e.g. ``adamw-cosine-lr0.001``),
 plus two optimizers users pick to avoid tuning: Schedule-Free AdamW (``schedulefree``) and Prodigy
 (``prodigy``). Each runs on exactly the task a policy sees (same initial weights, data order and
 validation set) for ``horizon x T`` inner steps, horizon 1 and 2 (a schedule is stretched over its
-run), with validation and test losses at evenly spaced points as in :func:`lhopt_dsl.training.run_schedule`.
+run), with validation and test losses at evenly spaced points as in :func:`lhopt_dsl.tasks.training.run_schedule`.
 
 Pure computation, like the rest of the library: the resumable grid of these runs over a shared
 storage (Optuna) is :mod:`runners.baselines`.
@@ -25,10 +25,10 @@ import io
 import torch
 from torch import nn
 
-from .compile import compile_task
-from .compile.task import InnerTask
-from .sample import TaskConfig
-from .schedule import SHAPES, LearningCurve, Schedule
+from ..spec.sample import TaskConfig
+from ..spec.schedule import SHAPES, LearningCurve, Schedule
+from .compiler import compile_task
+from .task import InnerTask
 from .training import evaluation_count, run_schedule, train_and_measure
 
 LEARNING_RATES: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)

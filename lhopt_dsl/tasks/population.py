@@ -44,18 +44,17 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from .compile import compile_task, estimate_cost
-from .compile.compiler import _meta_problem
-from .compile.models import use_batchable_forms
-from .compile.task import Batch, InnerTask
-from .schedule import LearningCurve, Schedule, segment_bounds, shape_factor
+from ..optim.functional import COUNTERS, DEFAULTS, NUMBERS, SWITCHES, advance, check_hyperparameters, coefficients
+from ..optim.functional import flat_step_
+from ..optim.stats import SUM_NAMES, StepStats, statistics
+from ..spec.families import NQMTask
+from ..spec.hparams import HPARAM_NAMES
+from ..spec.sample import TaskConfig
+from ..spec.schedule import LearningCurve, Schedule, segment_bounds, shape_factor
+from .compiler import _meta_problem, compile_task, estimate_cost
+from .models import use_batchable_forms
+from .task import Batch, InnerTask
 from .training import ciao_kwargs, evaluation_count
-from .optim.functional import COUNTERS, DEFAULTS, NUMBERS, SWITCHES, advance, check_hyperparameters, coefficients
-from .optim.functional import flat_step_
-from .optim.stats import SUM_NAMES, StepStats, statistics
-from .sample import TaskConfig
-from .spec.families import NQMTask
-from .spec.hparams import HPARAM_NAMES
 
 #: CIAO's hyperparameters that the policy changes per member (:meth:`CIAOPopulation.set_hparams`);
 #: every hyperparameter that is a number may differ between members, the switches may not.
@@ -413,7 +412,7 @@ def member_step_elements(cfg: TaskConfig, cache: PopulationCache | None = None) 
     the loss keeps), and the member's parameters and gradients.
 
     Counted once per architecture on the meta device (shapes only, no data, no arithmetic) with the
-    models and batch shapes of the FLOP counts (:func:`~lhopt_dsl.compile.count_flops`), and kept in
+    models and batch shapes of the FLOP counts (:func:`~lhopt_dsl.tasks.count_flops`), and kept in
     ``cache`` (default :data:`SHARED_CACHE`).
     """
     known = (SHARED_CACHE if cache is None else cache).step_elements

@@ -1,11 +1,11 @@
 """Learning-rate schedules as targets, and policies that act *around* one (residual policies).
 
-A followed :class:`~lhopt_dsl.schedule.Schedule` (one without an optimizer of its own, named like
+A followed :class:`~lhopt_dsl.spec.schedule.Schedule` (one without an optimizer of its own, named like
 ``linear-lr0.03`` or ``keep``) sets the learning rate ``lr * shape(progress)``. The policy's learning-rate
 actions are relative (x0.5 ... x2 of the current value, clamped to the space's bounds), so a
 schedule is followed through them: at each decision the action whose result lies nearest the
 target's value (:func:`nearest_lr_action`). That is how the imitation grid's followers run
-(:mod:`lhopt_dsl.imitation`) and how ``lhopt eval --schedule`` evaluates a fixed schedule.
+(:mod:`lhopt_dsl.agent.imitation`) and how ``lhopt eval --schedule`` evaluates a fixed schedule.
 
 A :class:`Residual` makes a learned policy a correction of such a schedule instead of a
 replacement for it. Its learning-rate action no longer scales the learning rate: it scales an
@@ -17,7 +17,7 @@ own. It motivates itself by a measurement (docs/RESULTS.md): on 300 held-out tas
 linear-lr0.03 blindly beats every cloned policy, and a policy cloned to that one schedule alone
 reproduces it poorly (median speedup 0.79x against the schedule's own 0.87x).
 
-Both are :class:`~lhopt_dsl.actor.Actor` s: :class:`Follow` acts alone, :class:`Residual` wraps an
+Both are :class:`~lhopt_dsl.agent.actor.Actor` s: :class:`Follow` acts alone, :class:`Residual` wraps an
 inner actor; each keeps its runs' learning rates (and offsets) in its carry, from the initial
 values the runs start with. This module imports no task compiler, so the drop-in can use it.
 """
@@ -32,11 +32,11 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from ..spec.hparams import HyperparameterSpace
+from ..spec.schedule import Schedule
 from .actions import ActionSpace
 from .actor import Actor, Run, Step
 from .observation import FeatureBuilder
-from .schedule import Schedule
-from .spec.hparams import HyperparameterSpace
 
 #: Range of a residual policy's offset from its base schedule: a hundredth to ten times it.
 OFFSET_BOUNDS: tuple[float, float] = (1e-2, 1e1)
@@ -76,7 +76,7 @@ class FollowCarry(NamedTuple):
 
 
 class Follow:
-    """Follows learning-rate schedules through a space's actions (an :class:`~lhopt_dsl.actor.Actor`):
+    """Follows learning-rate schedules through a space's actions (an :class:`~lhopt_dsl.agent.actor.Actor`):
     a run that starts as member ``r`` of its task's rollouts follows ``targets[r]`` (one target:
     every run follows it). At each decision it takes the learning-rate action that brings the value
     nearest the target's, keeps every other hyperparameter and never restarts.
@@ -196,7 +196,7 @@ class ResidualCarry(NamedTuple):
 
 class Residual:
     """``inner`` acting around the learning-rate schedule ``base`` (see the module's docstring); an
-    :class:`~lhopt_dsl.actor.Actor`. ``space``: the hyperparameter space the policy was made for."""
+    :class:`~lhopt_dsl.agent.actor.Actor`. ``space``: the hyperparameter space the policy was made for."""
 
     kind = "residual"
 

@@ -9,8 +9,8 @@ the out-of-distribution corpora count as text.
 
 from __future__ import annotations
 
-from .sample import TaskConfig
-from .spec.families import LM_ALGO_DATASETS, TaskBase, TransformerTask
+from ..spec.families import LM_ALGO_DATASETS, TaskBase, TransformerTask
+from ..spec.sample import TaskConfig
 
 #: The rows of Table 1 in the paper's order (Overall, over all tasks, is not a row of one task).
 TABLE1_ROWS: tuple[str, ...] = (

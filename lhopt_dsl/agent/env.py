@@ -1,6 +1,6 @@
 """The inner training run as a gymnasium environment.
 
-One episode is one inner training run of a :class:`~lhopt_dsl.sample.TaskConfig`: ``reset``
+One episode is one inner training run of a :class:`~lhopt_dsl.spec.sample.TaskConfig`: ``reset``
 compiles the task and returns the observation at progress 0; each ``step(action)`` applies a
 restart action, then the hyperparameter actions, trains the next segment of inner steps with
 CIAO, evaluates the validation loss and returns the next observation. The T inner steps are
@@ -23,16 +23,16 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from ..optim import CIAO
+from ..spec.hparams import HPARAM_NAMES, CIAOSpace, HyperparameterSpace
+from ..spec.sample import TaskConfig
+from ..spec.schedule import segment_bounds
+from ..tasks import compile_task
+from ..tasks.task import InnerTask
+from ..tasks.training import ciao_kwargs, train_segment
 from .actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .actor import take
-from .compile import compile_task
-from .compile.task import InnerTask
 from .observation import FULL_CADENCE, FeatureBuilder, Observer, flatten
-from .sample import TaskConfig
-from .optim import CIAO
-from .schedule import segment_bounds
-from .spec.hparams import HPARAM_NAMES, CIAOSpace, HyperparameterSpace
-from .training import ciao_kwargs, train_segment
 
 DIVERGED_PENALTY = 10.0
 

@@ -27,7 +27,7 @@ from .synthetic import ALGO_TASKS, NoisyQuadratic, nqm_noise
 from .task import GeneratedSampler, IndexSampler, InnerTask, LossFn, chunks
 
 if TYPE_CHECKING:  # annotations only: the sampler's module needs nothing from here
-    from ..sample import TaskConfig
+    from ..spec.sample import TaskConfig
 
 EVAL_CHUNK = 512
 HUBER_DELTA = 0.1
