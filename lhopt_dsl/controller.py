@@ -52,7 +52,7 @@ from .agent.policy_file import load_policy_file
 from .agent.residual import Residual
 from .optim import CIAO
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
-from .spec.schedule import Schedule, segment_bounds
+from .spec.schedule import Schedule, segment_bounds, shape_factor
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
 
@@ -442,6 +442,16 @@ def require_adamw_space(space: str | None, what: str) -> None:
     )
 
 
+def _named_schedule(schedule: Any) -> Schedule | None:
+    """``schedule`` as a fixed schedule of the platform's grammar, or None for a schedule document or
+    file. A string is a name unless it names an existing file or ends in .yaml/.yml."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if not isinstance(schedule, str) or schedule.endswith((".yaml", ".yml")) or Path(schedule).exists():
+        return None
+    return Schedule.from_name(schedule)  # a ValueError naming the grammar for anything else
+
+
 class ScheduleReplay:
     """Replays a schedule of an AdamW-space policy on ``torch.optim.AdamW``, like a learning-rate
     scheduler.
@@ -453,12 +463,22 @@ class ScheduleReplay:
     ``betas[1] = 1 - one_minus_beta2``; beta1 stays as configured (the AdamW space keeps it at
     AdamW's default 0.9; paper Appendix B). Replayed with the run's weights and data order, the
     schedule reproduces the run it was exported from.
+
+    ``schedule`` may also be a fixed schedule of the platform's own grammar, a :class:`Schedule`
+    or its name (``"adamw-cosine-lr0.001"``, ``"linear-lr0.03"``; ``"linear"`` alone is not a
+    name): every param group's learning rate follows ``lr x shape(progress)``, ``lr`` being each
+    group's own initial learning rate where the name gives none, and the other hyperparameters stay
+    as the optimizer was built, as torch's own schedulers leave them.
     """
 
     COLUMNS = AdamWSpace.hparam_names()
 
-    def __init__(self, optimizer: torch.optim.Optimizer, schedule: dict[str, Any] | str | os.PathLike[str],
-                 total_steps: int):  # fmt: skip
+    def __init__(self, optimizer: torch.optim.Optimizer,
+                 schedule: dict[str, Any] | str | os.PathLike[str] | Schedule, total_steps: int):  # fmt: skip
+        self.named = _named_schedule(schedule)
+        if self.named is not None:
+            self._start_named(optimizer, total_steps)
+            return
         if isinstance(schedule, dict):
             document = _document(schedule, "schedule")
             what = "the schedule"
@@ -481,12 +501,34 @@ class ScheduleReplay:
         self.last_step = 0
         self._apply(0)
 
+    def _start_named(self, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
+        assert self.named is not None
+        if self.named.optimizer == "ciao":
+            raise ValueError(f"{self.named.name} is a schedule of CIAO's, at the task's own hyperparameters; "
+                             "replay a followed or AdamW schedule on AdamW (e.g. linear-lr0.03)")
+        if any("lr" not in g for g in optimizer.param_groups):
+            raise ValueError("ScheduleReplay sets the param groups' lr: this optimizer's groups have none")
+        self.optimizer = optimizer
+        self.total_steps = _whole("total_steps", total_steps)
+        for group in optimizer.param_groups:  # each group's base, as torch's LR schedulers keep it
+            group.setdefault("initial_lr", group["lr"])
+        self.last_step = 0
+        self._apply(0)
+
     def values_at(self, step: int) -> dict[str, float]:
+        if self.named is not None:  # the named schedule's lr where it gives one (else per group, in _apply)
+            lr = self.named.at(min(step / self.total_steps, 1.0))
+            return {} if lr is None else {"lr": lr}
         i = max(int(np.searchsorted(self.progress, step / self.total_steps, side="right")) - 1, 0)
         return {c: float(self.schedule[c][i]) for c in self.COLUMNS}
 
     def _apply(self, step: int) -> None:
         v = self.values_at(step)
+        if self.named is not None:
+            factor = shape_factor(self.named.shape, min(step / self.total_steps, 1.0))
+            for group in self.optimizer.param_groups:
+                group["lr"] = v.get("lr", group["initial_lr"] * factor)
+            return
         for group in self.optimizer.param_groups:
             group.update(lr=v["lr"], eps=v["eps"], weight_decay=v["weight_decay"],
                          betas=(group["betas"][0], 1.0 - v["one_minus_beta2"]))  # fmt: skip
@@ -498,13 +540,18 @@ class ScheduleReplay:
     def state_dict(self) -> dict[str, Any]:
         """Where the replay is, and the run it was made for (plain data); with the optimizer's own
         state dict it resumes a run exactly."""
+        if self.named is not None:
+            return {"last_step": self.last_step, "total_steps": self.total_steps, "schedule": self.named.name}
         return {"last_step": self.last_step, "total_steps": self.total_steps, "rows": len(self.progress)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("total_steps", self.total_steps)) != self.total_steps:
             raise ValueError(f"this state was saved by a ScheduleReplay of total_steps={state['total_steps']}, but this "
                              f"one has {self.total_steps}: resume with the settings of the saved run")
-        if int(state.get("rows", len(self.progress))) != len(self.progress):
+        if self.named is not None and state.get("schedule", self.named.name) != self.named.name:
+            raise ValueError(f"this state was saved replaying {state['schedule']}, but this replay follows "
+                             f"{self.named.name}: resume with the schedule of the saved run")
+        if self.named is None and int(state.get("rows", len(self.progress))) != len(self.progress):
             raise ValueError(f"this state was saved replaying a schedule of {state['rows']} rows, but this one has "
                              f"{len(self.progress)}: resume with the schedule of the saved run")
         self.last_step = int(state["last_step"])

@@ -314,3 +314,37 @@ def test_acting_never_runs_the_critic(policy_file, monkeypatch):
     cfg = next(c for c in (sample(SMOKE, s) for s in range(50)) if c.family == "nqm")
     episode = policy_run(policy, space, cfg)
     assert len(episode) == cfg.task.outer_steps and all(math.isnan(v) for v in episode.values)
+
+
+def test_schedule_replay_follows_a_named_schedule_per_group_and_resumes():
+    """A fixed schedule of the platform's grammar replays on AdamW like a torch LR scheduler: the
+    name's lr where it gives one, else each group's own initial lr, times the shape."""
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.AdamW([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.01}], weight_decay=0.05)
+    replay = ScheduleReplay(opt, "adamw-linear-lr0.002", total_steps=10)
+    assert [g["lr"] for g in opt.param_groups] == [0.002, 0.002]
+    for _ in range(5):
+        replay.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.001, 0.001])
+    assert all(g["weight_decay"] == 0.05 for g in opt.param_groups)  # the rest stays as built
+    state = replay.state_dict()
+
+    opt2 = torch.optim.AdamW([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.01}])
+    with pytest.raises(ValueError, match="needs a learning rate"):
+        ScheduleReplay(opt2, "cosine", total_steps=4)
+    own = ScheduleReplay(opt2, "keep", total_steps=10)
+    assert [g["lr"] for g in opt2.param_groups] == [0.1, 0.01]
+    own.step()
+    assert [g["lr"] for g in opt2.param_groups] == [0.1, 0.01]
+    with pytest.raises(ValueError, match="resume with the schedule of the saved run"):
+        own.load_state_dict(state)
+
+    opt3 = torch.optim.AdamW([a], lr=0.1)
+    again = ScheduleReplay(opt3, "adamw-linear-lr0.002", total_steps=10)
+    again.load_state_dict(state)
+    assert opt3.param_groups[0]["lr"] == pytest.approx(0.001)
+    for _ in range(10):  # past the end the last value holds
+        again.step()
+    assert opt3.param_groups[0]["lr"] == 0.0
+    with pytest.raises(ValueError, match="CIAO"):
+        ScheduleReplay(torch.optim.AdamW([a]), "ciao-cosine", total_steps=10)
