@@ -523,12 +523,12 @@ class ScheduleReplay:
         return {c: float(self.schedule[c][i]) for c in self.COLUMNS}
 
     def _apply(self, step: int) -> None:
-        v = self.values_at(step)
         if self.named is not None:
             factor = shape_factor(self.named.shape, min(step / self.total_steps, 1.0))
             for group in self.optimizer.param_groups:
-                group["lr"] = v.get("lr", group["initial_lr"] * factor)
+                group["lr"] = (self.named.lr if self.named.lr is not None else group["initial_lr"]) * factor
             return
+        v = self.values_at(step)
         for group in self.optimizer.param_groups:
             group.update(lr=v["lr"], eps=v["eps"], weight_decay=v["weight_decay"],
                          betas=(group["betas"][0], 1.0 - v["one_minus_beta2"]))  # fmt: skip

@@ -267,6 +267,15 @@ def _source(policy: Path | str | Source) -> Source:
     return PolicyFile(Path(policy)) if isinstance(policy, (str, os.PathLike)) else policy
 
 
+def manifest_of(spec: ExperimentSpec, policy: Path | Source, *, initial: str, task_set: str, storage: str,
+                out: Path) -> dict[str, Any]:  # fmt: skip
+    """What an evaluation directory's ``manifest.json`` says: what was evaluated (and its digest), on
+    which tasks, from which initial values, against which baseline cache."""
+    name, digest = _identity(_source(policy))
+    return {"policy": name, "policy_sha256": digest, "spec": spec.name, "initial": initial, "set": task_set,
+            "max_valid": spec.meta_train.max_valid, "device": spec.device, "storage": storage, "out": str(out)}
+
+
 def _identity(source: Source) -> tuple[str, str]:
     """What was evaluated and its digest: a policy file's sha256, or the sha256 of a fixed schedule's name."""
     return source.name, source.digest()
@@ -322,17 +331,14 @@ def run(spec: ExperimentSpec, policy_path: Path | Source, *, num_tasks: int, sto
         source.load()
     except ValueError as e:
         raise EvaluationError(str(e)) from e
-    name, digest = _identity(source)
     out = Path(out or default_out(spec, source, task_set))
     storage = storage or default_storage(spec)
-    manifest = {"policy": name, "policy_sha256": digest, "spec": spec.name, "initial": initial, "set": task_set,
-                "max_valid": spec.meta_train.max_valid, "device": spec.device, "storage": storage,
-                "out": str(out)}  # fmt: skip
+    manifest = manifest_of(spec, source, initial=initial, task_set=task_set, storage=storage, out=out)
     _prepare_out(out, manifest, fresh)
     configs = [eval_config(spec, i, initial, task_set) for i in range(num_tasks)]
 
     tracker = Tracker(tracking_uri or spec.tracking.uri, spec.tracking.experiment, f"eval-{spec.name}", out)
-    tracker.log_params({"policy": name, "policy_sha256": digest[:12], "num_tasks": num_tasks, "spec": spec.name,
+    tracker.log_params({"policy": manifest["policy"], "policy_sha256": manifest["policy_sha256"][:12], "num_tasks": num_tasks, "spec": spec.name,
                         "storage": storage, "score": score, "initial": initial, "set": task_set,
                         "workers": workers})  # fmt: skip
     t0 = time.perf_counter()

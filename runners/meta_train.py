@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import signal
@@ -311,17 +310,15 @@ def dev_evaluation(spec: ExperimentSpec, model: ActorCritic, run_dir: Path, iter
     if curve.exists() and any(json.loads(line).get("step") == iteration
                               for line in curve.read_text().splitlines() if line.strip()):  # fmt: skip
         return None
-    from .evaluate import default_storage, eval_config, evaluate_tasks, summarise
+    from .evaluate import default_storage, eval_config, evaluate_tasks, manifest_of, summarise
 
     out = run_dir / "dev" / f"iter-{iteration:06d}"
     out.mkdir(parents=True, exist_ok=True)
     policy_path = out / "policy.pt"
     save_atomic(policy_data(spec, model), policy_path)
     # A manifest as lhopt eval writes one, so that `lhopt compare` reads any two points of the curve.
-    write_json(out / "manifest.json", {
-        "policy": str(policy_path), "policy_sha256": hashlib.sha256(policy_path.read_bytes()).hexdigest(),
-        "spec": spec.name, "initial": "default", "set": "dev", "max_valid": mt.max_valid, "device": spec.device,
-        "storage": default_storage(spec), "out": str(out), "iteration": iteration})  # fmt: skip
+    manifest = manifest_of(spec, policy_path, initial="default", task_set="dev", storage=default_storage(spec), out=out)
+    write_json(out / "manifest.json", {**manifest, "iteration": iteration})
     configs = [eval_config(spec, i) for i in range(mt.dev_tasks)]
     records = evaluate_tasks(configs, policy_path, out, storage=default_storage(spec), device=spec.device,
                              data_dir=spec.data_dir, max_valid=mt.max_valid, compiled=False, workers=workers,
@@ -453,12 +450,13 @@ def _tracker(spec: ExperimentSpec, settings: Settings, spec_path: str | None, gr
     return tracker
 
 
-def _rollouts(spec: ExperimentSpec, learner: _Learner, iteration: int, pool: Any, group: Group) -> list[TaskResult]:
-    """Every task's baseline runs and policy episodes of one iteration, on every rank in task order."""
+def _rollouts(spec: ExperimentSpec, spec_json: str, learner: _Learner, iteration: int, pool: Any,
+              group: Group) -> list[TaskResult]:  # fmt: skip
+    """Every task's baseline runs and policy episodes of one iteration, on every rank in task order
+    (``spec_json``: the spec as the workers read it)."""
     mt = spec.meta_train
     policy_ckpt = learner.model.to_checkpoint()
     ema_ckpt = learner.ema.to_checkpoint() if mt.baseline == "self_play" else None
-    spec_json = spec.model_dump_json()
     jobs = []
     for j in group.share(mt.tasks_per_iteration):  # this rank's tasks; the job's are those of one process
         seed = train_seed(spec.seed, iteration, j)
@@ -544,6 +542,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     learner = _learner(spec, settings, state, group)
     model, history, start = learner.model, learner.history, learner.start
     tracker = _tracker(spec, settings, spec_path, group, run_dir, learner)
+    spec_json = spec.model_dump_json()
     pool = worker_pool(settings.workers, torch.set_num_threads, (1,)) if settings.workers > 1 else None
     bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc="meta-train",
                unit="it", disable=settings.quiet or not group.main)  # fmt: skip
@@ -564,7 +563,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
                     print(f"time limit of {settings.max_minutes:g} min reached after {iteration} iterations")
                 break
             t0, comm0 = time.perf_counter(), group.comm_seconds
-            results = _rollouts(spec, learner, iteration, pool, group)
+            results = _rollouts(spec, spec_json, learner, iteration, pool, group)
             episodes = [e for r in results for e in r.episodes]
             rollout_time = time.perf_counter() - t0
             ppo = _learn(spec, learner, episodes, iteration, group)

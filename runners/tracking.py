@@ -107,16 +107,16 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)
+        tags = None
         if run_id is not None and not self._exists(run_id):
             # A checkpoint resumed against another tracking store (copied from another machine, or
             # a new mlflow.db): its run goes on as a new MLflow run that names the old one.
             warnings.warn(f"MLflow run {run_id} is not in {self.uri}; continuing in a new run (tag "
                           "lhopt.resumed_from names the old one)", stacklevel=3)  # fmt: skip
+            tags, run_id = {"lhopt.resumed_from": run_id}, None
+        if run_id is None:
             exp_id = ensure_experiment(self.client, experiment)
-            run_id = self.client.create_run(exp_id, run_name=run_name, tags={"lhopt.resumed_from": run_id}).info.run_id
-        elif run_id is None:
-            exp_id = ensure_experiment(self.client, experiment)
-            run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+            run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
