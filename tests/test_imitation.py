@@ -450,10 +450,10 @@ def test_an_invalid_imitation_section_is_a_located_spec_error(tmp_path, capsys):
     bad.write_text("include: smoke.yaml\nname: bad_imitation\nimitation:\n  tasks: 4\n  epochs: -3\n"
                    "  shapes: [constant, wiggly]\n  dager: 2\n  base: keep\n")  # fmt: skip
     assert main(["validate", str(bad)]) == 1
-    err = capsys.readouterr().err
-    assert f"{bad}:5:3: imitation.epochs: Input should be greater than or equal to 1" in err
-    assert f"{bad}:6:22: imitation.shapes[1]: unknown schedule shape 'wiggly'" in err
-    assert f"{bad}:7:3: imitation.dager: unknown key 'dager'" in err
-    assert f"{bad}:8:" in err and "imitation.base: a residual base is a learning-rate schedule" in err
+    err = capsys.readouterr().err  # the file is named as the CLI shows it, relative to the working directory or not
+    assert f"{bad.name}:5:3: imitation.epochs: Input should be greater than or equal to 1" in err
+    assert f"{bad.name}:6:22: imitation.shapes[1]: unknown schedule shape 'wiggly'" in err
+    assert f"{bad.name}:7:3: imitation.dager: unknown key 'dager'" in err
+    assert f"{bad.name}:8:" in err and "imitation.base: a residual base is a learning-rate schedule" in err
     with pytest.raises(SpecError, match="imitation.epochs"):
         load_spec(bad)
