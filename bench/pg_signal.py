@@ -1,7 +1,8 @@
-"""How much signal is in PPO's policy gradient? Signal-to-noise across tasks, per advantage scheme.
+"""How much signal is in PPO's policy gradient? Signal-to-noise across tasks, per advantage scheme
+and reward cap.
 
     LHOPT_DATA_DIR=../shared/data python bench/pg_signal.py [--spec task_specs/cpu_lite.yaml]
-        [--tasks 16] [--init POLICY] [--iteration 0] [--threads 1]
+        [--tasks 16] [--init POLICY] [--iteration 0] [--threads 1] [--caps 100 2]
 
 Collects the rollouts of ``--tasks`` training tasks once (as ``lhopt train`` does: per task its
 baseline and ``rollouts_per_task`` episodes of the policy, sampling actions), then computes, for
@@ -21,6 +22,13 @@ covariance S:
 Intervals are leave-one-task-out jackknife intervals (a bootstrap would repeat tasks, and a repeated
 task looks like agreement); the difference between the schemes is paired on the same tasks.
 
+Every scheme is measured with each reward cap of ``--caps`` (``meta_train.reward_cap``: the speedup
+over the baseline at which the reward saturates): the episodes' shaped rewards are recomputed from
+their validation curves against the same baseline curve, so the caps too are compared on the same
+rollouts. The policy acts as ``lhopt train`` would make it act (around the spec's residual base,
+against the spec's reward baseline), and the gradient is that of the actions PPO scores (a residual
+policy's own offsets).
+
 Changes meant to make meta-training's signal easier to follow (advantage schemes now; later the
 reward's reference run, common random numbers, rollouts per task) are kept only if they raise
 these numbers; the same rollouts serve every scheme, so the comparison is paired.
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -37,17 +46,20 @@ import torch
 
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint
-from lhopt_dsl.agent.rollout import Episode, gae, task_rollouts
+from lhopt_dsl.agent.reward import PowerLawReward
+from lhopt_dsl.agent.rollout import Episode, TaskResult, gae, task_rollouts
+from lhopt_dsl.spec.schedule import segment_bounds
 from lhopt_dsl.evaluation.metrics import gradient_signal
 from lhopt_dsl.spec.sample import train_seed
-from runners.meta_train import _pad, normalise_advantages, policy_shape
+from lhopt_dsl.agent.policy_file import load_policy_file
+from runners.meta_train import _chosen, _pad, actors, initial_policy, normalise_advantages
 
 
 def task_gradient(model: ActorCritic, episodes: list[Episode], normalised: dict[int, np.ndarray]) -> torch.Tensor:
     """The flattened policy gradient of one task's episodes (actor parameters only)."""
     model.zero_grad()
     x, v = _pad(episodes, "policy_obs").float(), _pad(episodes, "value_obs").float()  # (T, B, F)
-    acts = _pad(episodes, "actions").long()  # (T, B, D)
+    acts = _pad(episodes, _chosen).long()  # (T, B, D): the actions PPO scores
     mask = _pad(episodes, lambda e: np.ones(len(e), dtype=np.float32)).float()  # (T, B)
     adv = _pad(episodes, lambda e: normalised[id(e)]).float()  # (T, B)
     logp, _entropy, _values = model.evaluate(x, v, acts)
@@ -70,65 +82,90 @@ def _jackknife_se(values: np.ndarray) -> float:
     return float(np.sqrt((n - 1) / n * np.sum((values - values.mean()) ** 2)))
 
 
-def _snr_of(episodes: list[Episode], by_task: dict[str, list[Episode]], model: ActorCritic, how: str,
-            batch: int) -> float:  # fmt: skip
+def recapped(result: TaskResult, steps: list[int], cap: float, lam: float) -> list[Episode]:
+    """Copies of a task's episodes with the shaped rewards a ``cap`` would have paid (the
+    potential R(L_k) of each outer step's validation loss, against the same baseline curve), and
+    their GAE advantages."""
+    reward = PowerLawReward(steps, result.baseline_curve, cap)
+    out = []
+    for e in result.episodes:
+        phi = np.array([0.0] + [reward(v) for v in e.valid_curve[1 : len(e) + 1]])
+        copy_ = dataclasses.replace(e, rewards=np.diff(phi), final_reward=reward(e.valid_curve[-1]))
+        copy_.advantages, copy_.returns = gae(copy_.rewards, copy_.values, 1.0, lam)
+        out.append(copy_)
+    return out
+
+
+def task_gradients(by_task: dict[str, list[Episode]], model: ActorCritic, how: str) -> np.ndarray:
+    """(tasks, parameters): each task's policy gradient under the advantage scheme ``how``."""
+    episodes = [e for group in by_task.values() for e in group]
     normalised = normalise_advantages(episodes, how)
-    grads = torch.stack([task_gradient(model, group, normalised) for group in by_task.values()]).numpy()
-    return _snr(grads, batch)
+    return torch.stack([task_gradient(model, group, normalised) for group in by_task.values()]).numpy()
+
+
+def collect(spec: Any, model: ActorCritic, tasks: int, iteration: int) -> list[tuple[TaskResult, list[int]]]:
+    """Every task's rollouts as ``lhopt train`` collects them at ``model``, with its segment bounds."""
+    mt = spec.meta_train
+    per = mt.tasks_per_iteration
+    actor, baseline = actors(spec, model, copy.deepcopy(model))
+    out = []
+    for k in range(tasks):
+        cfg = sample(spec, train_seed(spec.seed, iteration + k // per, k % per))
+        result = task_rollouts(cfg, actor, baseline, spec.hparams, rollouts=mt.rollouts_per_task, seed=k,
+                               max_valid=mt.max_valid, population=mt.population, critic=model)  # fmt: skip
+        for e in result.episodes:
+            e.task_id = e.task_id or cfg.task_id
+        out.append((result, segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps)))
+        print(f"  task {k + 1}/{tasks}: {cfg.family}, {len(result.episodes)} episodes", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default="task_specs/cpu_lite.yaml")
     ap.add_argument("--tasks", type=int, default=16, help="training tasks whose rollouts are collected (default: 16)")
-    ap.add_argument("--init", help="a plain policy file to measure at (default: the spec's untrained policy)")
+    ap.add_argument("--init", help="a policy file to measure at, as `lhopt train --init` takes (default: untrained)")
     ap.add_argument("--iteration", type=int, default=0, help="first training iteration whose tasks are drawn")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--caps", type=float, nargs="+", default=[100.0, 2.0], help="reward caps to compare (first: reference)")
     args = ap.parse_args(argv)
     if args.tasks < 3:
         ap.error("--tasks must be at least 3 (a spread needs several tasks)")
+    if any(not c > 1 for c in args.caps):
+        ap.error("--caps are speedup factors above 1")
     torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
-    mt = spec.meta_train
+    per = spec.meta_train.tasks_per_iteration
     torch.manual_seed(0)
-    model = ActorCritic.from_checkpoint(load_checkpoint(args.init)) if args.init else ActorCritic(policy_shape(spec))
-    ema = copy.deepcopy(model)
-    per = mt.tasks_per_iteration
-    cfgs = [sample(spec, train_seed(spec.seed, args.iteration + k // per, k % per)) for k in range(args.tasks)]
-    by_task: dict[str, list[Episode]] = {}
-    rewards: list[float] = []
-    for i, cfg in enumerate(cfgs):
-        result = task_rollouts(cfg, model, ema, spec.hparams, rollouts=mt.rollouts_per_task, seed=i,
-                               max_valid=mt.max_valid, population=mt.population)  # fmt: skip
-        for e in result.episodes:
-            e.advantages, e.returns = gae(e.rewards, e.values, 1.0, mt.gae_lambda)
-            e.task_id = e.task_id or cfg.task_id
-            rewards.append(e.final_reward)
-        by_task[cfg.task_id] = list(result.episodes)
-    episodes = [e for group in by_task.values() for e in group]
-    print(f"policy-gradient signal on {len(by_task)} tasks of {args.spec} x {mt.rollouts_per_task} rollouts "
-          f"({len(episodes)} episodes; mean final reward {np.mean(rewards):.3f}), policy: {args.init or 'untrained'}\n")
-    print(f"| advantage_norm | signal | noise | SNR (1 task) | SNR ({per} tasks) [95% jackknife interval] | "
-          "cos to the others |")
-    print("|---|---:|---:|---:|---:|---:|")
+    model = initial_policy(spec, load_policy_file(args.init) if args.init else None, args.init or "")
+    collected = collect(spec, model, args.tasks, args.iteration)
+    print(f"\npolicy-gradient signal on {args.tasks} tasks of {args.spec} x {spec.meta_train.rollouts_per_task} "
+          f"rollouts, policy: {args.init or 'untrained'}\n")
+    print(f"| reward_cap | advantage_norm | mean final reward | signal | noise | SNR (1 task) | "
+          f"SNR ({per} tasks) [95% jackknife interval] | cos to the others |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     # Leave-one-task-out: a bootstrap would repeat tasks, and repeats look like agreement.
-    n = len(by_task)
-    leave_out = [np.array([j for j in range(n) if j != i]) for i in range(n)]
-    snrs: dict[str, np.ndarray] = {}
-    for how in ("batch", "task"):
-        normalised = normalise_advantages(episodes, how)
-        grads = torch.stack([task_gradient(model, group, normalised) for group in by_task.values()]).numpy()
-        r: dict[str, Any] = gradient_signal(grads)
-        snrs[how] = np.array([_snr(grads[idx], per) for idx in leave_out])
-        snr = r["signal"] / (r["noise"] / per)
-        half = 1.96 * _jackknife_se(snrs[how])
-        print(f"| {how} | {r['signal']:.3g} | {r['noise']:.3g} | {r['signal'] / r['noise']:.3f} | "
-              f"{snr:.3f} [{snr - half:.3f}, {snr + half:.3f}] | {r['cos']:.3f} |")  # fmt: skip
-    diff = snrs["task"] - snrs["batch"]
-    full = _snr_of(episodes, by_task, model, "task", per) - _snr_of(episodes, by_task, model, "batch", per)
-    half = 1.96 * _jackknife_se(diff)
-    print(f"\nSNR ({per} tasks), task - batch, paired on the same tasks: {full:+.3f} "
-          f"[{full - half:+.3f}, {full + half:+.3f}] (95% jackknife interval)")
+    leave_out = [np.array([j for j in range(args.tasks) if j != i]) for i in range(args.tasks)]
+    snrs: dict[tuple[float, str], tuple[float, np.ndarray]] = {}
+    for cap in args.caps:
+        by_task = {r.task_id: recapped(r, steps, cap, spec.meta_train.gae_lambda) for r, steps in collected}
+        mean_reward = np.mean([e.final_reward for group in by_task.values() for e in group])
+        for how in ("batch", "task"):
+            grads = task_gradients(by_task, model, how)
+            r: dict[str, Any] = gradient_signal(grads)
+            snr = r["signal"] / (r["noise"] / per)
+            snrs[cap, how] = snr, np.array([_snr(grads[idx], per) for idx in leave_out])
+            half = 1.96 * _jackknife_se(snrs[cap, how][1])
+            print(f"| {cap:g} | {how} | {mean_reward:.3f} | {r['signal']:.3g} | {r['noise']:.3g} | "
+                  f"{r['signal'] / r['noise']:.3f} | {snr:.3f} [{snr - half:.3f}, {snr + half:.3f}] | {r['cos']:.3f} |")
+    ref = (args.caps[0], "batch")
+    print()
+    for key in snrs:
+        if key != ref:
+            diff = snrs[key][0] - snrs[ref][0]
+            half = 1.96 * _jackknife_se(snrs[key][1] - snrs[ref][1])
+            print(f"SNR ({per} tasks), cap {key[0]:g} {key[1]} - cap {ref[0]:g} {ref[1]}, paired on the same tasks: "
+                  f"{diff:+.3f} [{diff - half:+.3f}, {diff + half:+.3f}] (95% jackknife interval)")
 
 
 if __name__ == "__main__":

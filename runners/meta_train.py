@@ -133,7 +133,8 @@ def _job(args: tuple) -> TaskResult:
     cadence = draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
     return task_rollouts(cfg, actor, baseline, spec.hparams, rollouts=rollouts, seed=seed, device=device,
                          data_dir=data_dir, max_valid=spec.meta_train.max_valid, population=spec.meta_train.population,
-                         compiled=spec.meta_train.compile, cadence=cadence, critic=policy)  # fmt: skip
+                         compiled=spec.meta_train.compile, cadence=cadence, critic=policy,
+                         reward_cap=spec.meta_train.reward_cap)  # fmt: skip
 
 
 def _pad(episodes: list[Episode], key: str) -> torch.Tensor:

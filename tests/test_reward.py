@@ -118,3 +118,46 @@ def test_log_improvement_reward_treats_zero_loss_as_best_not_diverged():
     from lhopt_dsl.agent.env import DIVERGED_PENALTY, log_improvement_reward
 
     assert log_improvement_reward(OuterStep(1, 1.0, 0.0, 0.0, 1.0, True, None)) == DIVERGED_PENALTY
+
+
+def test_a_cap_saturates_the_reward_at_that_speedup_and_leaves_smaller_ones_alone():
+    losses = 0.3 + 2.0 * (STEPS + 1) ** -0.7
+    wide, capped = PowerLawReward(STEPS, losses), PowerLawReward(STEPS, losses, cap=2.0)
+    assert capped.r_max == pytest.approx(1.0 + math.log(2.0) / capped.span)
+    assert wide.r_max == pytest.approx(1.0 + math.log(100.0) / wide.span)
+    at = {f: 0.3 + 2.0 * (f * 1000 + 1) ** -0.7 for f in (0.1, 1.0, 1.5, 2.5, 10.0)}  # the loss at f x T steps
+    for f in (0.1, 1.0, 1.5):  # below the cap (slowdowns included): the same reward
+        assert capped(at[f]) == pytest.approx(wide(at[f]), abs=1e-12)
+    for f in (2.5, 10.0):  # beyond it: saturated, where the wide reward goes on rising
+        assert capped(at[f]) == capped.r_max < wide(at[f])
+    assert capped(0.0) == capped.r_max and capped(float("nan")) == R_MIN
+    with pytest.raises(ValueError, match="above 1"):
+        PowerLawReward(STEPS, losses, cap=1.0)
+
+
+@pytest.mark.parametrize("population", [False, True])
+def test_rollouts_pay_the_capped_reward_on_the_same_runs(population):
+    """``reward_cap`` changes what a task's episodes are paid, not what they do (the same runs)."""
+    import torch
+
+    from lhopt_dsl import load_spec, sample
+    from lhopt_dsl.agent.policy import ActorCritic
+    from lhopt_dsl.agent.rollout import task_rollouts
+    from lhopt_dsl.spec.schedule import segment_bounds
+    from runners.meta_train import policy_shape
+
+    from .conftest import SPECS
+
+    spec = load_spec(SPECS / "smoke.yaml")
+    cfg = next(c for c in (sample(spec, s) for s in range(200)) if c.family == "mlp")
+    torch.manual_seed(0)
+    policy = ActorCritic(policy_shape(spec))
+    runs = {cap: task_rollouts(cfg, policy, None, spec.hparams, rollouts=2, seed=6, population=population,
+                               critic=policy, reward_cap=cap) for cap in (100.0, 1.05)}  # fmt: skip
+    reward = PowerLawReward(segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps), runs[100.0].baseline_curve, 1.05)
+    assert any(e.final_reward > reward.r_max for e in runs[100.0].episodes)  # the cap bites
+    for wide, capped in zip(runs[100.0].episodes, runs[1.05].episodes):
+        assert capped.valid_curve == wide.valid_curve
+        assert capped.final_reward == pytest.approx(min(wide.final_reward, reward.r_max), abs=1e-9)
+        assert capped.final_reward == pytest.approx(reward(capped.valid_curve[-1]), abs=1e-9)
+        assert float(np.sum(capped.rewards)) == pytest.approx(capped.final_reward, abs=1e-6)  # shaping telescopes

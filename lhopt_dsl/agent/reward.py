@@ -18,7 +18,9 @@ the best loss of a baseline". Our reading of the paper's unstated choices, and w
 * *Envelope*: a non-monotone curve is replaced by its running minimum (a baseline can always stop
   at its best point), which makes the inverse S well defined.
 * *Caps*: R is clipped to [-1, R_max] with R_max the reward of needing 100x the baseline's steps
-  (so a loss at or below the fitted asymptote is worth R_max, not infinity).
+  (so a loss at or below the fitted asymptote is worth R_max, not infinity). ``cap`` sets that
+  factor: meta-training's ``reward_cap`` lowers it to the speedup at which evaluation stops
+  counting (2x), so that a rare large win weighs no more in the reward than in the judge.
 * *Degenerate baselines*: with fewer than three finite points, or no improvement over the first
   point (a flat curve), there is nothing to extrapolate: R is 1 for a loss below the baseline's
   best, 0 for one between (equal included), -1 above its worst. A baseline that diverged is
@@ -110,7 +112,9 @@ def fit_power_law(steps: np.ndarray, losses: np.ndarray) -> PowerLaw | None:
 class PowerLawReward:
     """Maps a final validation loss to a reward against one baseline curve (module docstring)."""
 
-    def __init__(self, steps: Sequence[float], losses: Sequence[float]):
+    def __init__(self, steps: Sequence[float], losses: Sequence[float], cap: float = EXTRAPOLATION_CAP):
+        if not cap > 1.0:
+            raise ValueError(f"the reward's cap is a speedup factor above 1; got {cap}")
         self.steps, self.losses = envelope(steps, losses)
         self.worst = float(self.losses[0]) if len(self.losses) else math.nan
         self.best = float(self.losses[-1]) if len(self.losses) else math.nan
@@ -122,7 +126,7 @@ class PowerLawReward:
             self.flat = not (self.s_best > self.s_worst)
         if not self.flat:
             self.span = math.log((self.s_best + 1) / (self.s_worst + 1))
-            self.r_max = 1.0 + math.log(EXTRAPOLATION_CAP) / self.span
+            self.r_max = 1.0 + math.log(cap) / self.span
 
     def _steps_to(self, loss: float) -> float:
         if self.law is not None:

@@ -27,7 +27,7 @@ from .actor import Actor, Run, take
 from .env import InnerTrainingEnv, OuterStep, RewardFn, log_improvement_reward
 from .observation import FULL_CADENCE, Cadence, FeatureBuilder, Observer
 from .policy import ActorCritic
-from .reward import PowerLawReward, ShapedReward
+from .reward import EXTRAPOLATION_CAP, PowerLawReward, ShapedReward
 
 
 @dataclass
@@ -166,6 +166,7 @@ def task_rollouts(
     compiled: bool = False,
     cadence: Cadence = FULL_CADENCE,
     critic: ActorCritic | None = None,
+    reward_cap: float = EXTRAPOLATION_CAP,
 ) -> TaskResult:
     """Baseline run(s) and ``rollouts`` policy episodes on one task.
 
@@ -178,13 +179,14 @@ def task_rollouts(
     architecture and process). ``cadence``: which losses every run of the task tells its policy
     (meta-training draws one per task, :func:`~lhopt_dsl.agent.observation.draw_cadence`). ``critic``:
     the network whose critic values the episodes (meta-training's policy itself; None: no values).
+    ``reward_cap``: the speedup over the baseline at which the reward saturates (:class:`PowerLawReward`).
     """
     space.check_initial(cfg.hparams)
     members = rollouts + 1 + (baseline_actor is not None)
     if population and population_pays(cfg, members, device, compiled) and batchable(cfg, device, data_dir, max_valid):
         return population_rollouts(cfg, policy, baseline_actor, space, rollouts=rollouts, seed=seed, device=device,
                                    data_dir=data_dir, max_valid=max_valid, compiled=compiled, cadence=cadence,
-                                   critic=critic)  # fmt: skip
+                                   critic=critic, reward_cap=reward_cap)  # fmt: skip
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     steps = segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps)
     initial = run_schedule(cfg, Schedule(optimizer="ciao"), device=device, data_dir=data_dir, max_valid=max_valid)
@@ -192,7 +194,7 @@ def task_rollouts(
         base = run_episode(env, cfg, baseline_actor, log_improvement_reward, deterministic=True, cadence=cadence).valid_curve
     else:
         base = initial.valid_loss
-    reward = PowerLawReward(steps, base)
+    reward = PowerLawReward(steps, base, reward_cap)
     vs_initial = PowerLawReward(steps, initial.valid_loss)
     episodes = []
     for r in range(rollouts):
@@ -257,6 +259,7 @@ def population_rollouts(
     compiled: bool = False,
     cadence: Cadence = FULL_CADENCE,
     critic: ActorCritic | None = None,
+    reward_cap: float = EXTRAPOLATION_CAP,
 ) -> TaskResult:
     """:func:`task_rollouts` with every run of the task in one :class:`CIAOPopulation`.
 
@@ -297,7 +300,7 @@ def population_rollouts(
             curve.append(v)
     initial_curve = curves[0]
     base = curves[members[0].k] if baseline_actor is not None else initial_curve
-    reward, vs_initial = PowerLawReward(bounds, base), PowerLawReward(bounds, initial_curve)
+    reward, vs_initial = PowerLawReward(bounds, base, reward_cap), PowerLawReward(bounds, initial_curve)
     episodes = [_finish(m, curves[m.k], cfg, reward, base, critic) for g in groups if not g.greedy for m in g.members]
     for ep in episodes:
         ep.final_reward = reward(ep.valid_curve[-1])

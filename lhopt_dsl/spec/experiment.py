@@ -236,6 +236,14 @@ class MetaTrainSpec(StrictModel):
                           "episodes (CleanRL's default); task, over each task's own rollouts, so tasks whose "
                           "rewards vary little weigh as much as tasks whose rewards vary a lot."),
     ] = "batch"
+    reward_cap: Annotated[
+        float,
+        Field(gt=1, description="The speedup over the reward's baseline at which the power-law reward saturates "
+                                "(a loss the baseline would need this many times its steps to reach, or one below its "
+                                "fitted asymptote, earns the most). 100 reads the paper's extrapolation widely; 2 "
+                                "matches evaluation, whose speedups stop counting at 2x, so that a rare large win "
+                                "(a plateau escaped) weighs no more in the reward than in the judge."),
+    ] = 100.0
     ema_decay: Annotated[
         float, Field(ge=0, lt=1, description="Decay of the EMA of policy weights used as the self-play baseline.")
     ] = 0.9
