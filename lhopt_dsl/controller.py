@@ -49,7 +49,7 @@ from .agent.guard import Guard, checkpoint_data, checkpoint_from_data
 from .agent.observation import FeatureBuilder, Observer, flatten
 from .agent.policy import ActorCritic, EnsembleActorCritic, save_checkpoint, to_plain
 from .agent.policy_file import load_policy_file
-from .agent.residual import Residual
+from .agent.residual import Follow, Residual
 from .optim import CIAO
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
 from .spec.schedule import Schedule, segment_bounds, shape_factor
@@ -57,9 +57,11 @@ from .spec.schedule import Schedule, segment_bounds, shape_factor
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
 
 
-def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Actor[Any], HyperparameterSpace]:
-    """A policy object, a checkpoint path (``policy.pt`` or a training ``checkpoint.pt``), or None
-    for the shipped default; returns it with the hyperparameter space it was trained with (the
+def load_policy(policy: ActorCritic | Schedule | str | os.PathLike[str] | None) -> tuple[Actor[Any], HyperparameterSpace]:
+    """A policy object, a checkpoint path (``policy.pt`` or a training ``checkpoint.pt``), None
+    for the shipped default, or a :class:`~lhopt_dsl.spec.schedule.Schedule` (CIAO's learning rate
+    follows it and nothing else moves: the fixed schedule a learned policy has to beat, as
+    ``Schedule.from_name("linear-lr0.03")``); returns it with the hyperparameter space it was trained with (the
     checkpoint's spec records it; the CIAO space for a policy object and for checkpoints that
     record none, as those saved before spaces existed). Files are read with
     :func:`~lhopt_dsl.agent.policy_file.load_policy_file`, which runs no code from them and checks them
@@ -67,6 +69,9 @@ def load_policy(policy: ActorCritic | str | os.PathLike[str] | None) -> tuple[Ac
     usable policy raises :class:`~lhopt_dsl.agent.policy.PolicyFileError` (a ValueError) naming it."""
     if isinstance(policy, ActorCritic):
         return policy, CIAOSpace()
+    if isinstance(policy, Schedule):  # in the shipped default's space, whose actions can keep every value
+        space = load_policy(None)[1]
+        return Follow([policy], space), space
     path = Path(policy) if policy is not None else DEFAULT_POLICY
     if not path.exists():
         raise FileNotFoundError(f"policy checkpoint not found: {path}")
@@ -261,7 +266,7 @@ class LHOPT(CIAO):
     def __init__(
         self,
         params: Iterable[Any],
-        policy: ActorCritic | str | os.PathLike[str] | None = None,
+        policy: ActorCritic | Schedule | str | os.PathLike[str] | None = None,
         *,
         total_steps: int,
         outer_steps: int | None = None,

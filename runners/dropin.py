@@ -10,7 +10,11 @@ order trained by ``torch.optim.AdamW`` at its defaults is the bar: a user who dr
 should never end worse than that. Scored on a test split no run reports.
 
 The table gives, per cadence, the median and worst ratio of the policy's final test loss to
-AdamW's, how many runs end more than 10% worse than AdamW (*hurt*) and how many end non-finite.
+AdamW's, how many runs end more than 10% worse than AdamW (*hurt*) and how many end non-finite,
+and beside it the fixed schedule every policy has to beat: CIAO with its learning rate on
+:data:`REFERENCE_SCHEDULE` through the same ``LHOPT`` (it observes nothing), as a row of its own
+and as the policy's median ratio to it and the count of runs that end exactly where it does (a
+policy whose runs all end there acts as the schedule, whatever it was told).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lhopt_dsl import LHOPT
+from lhopt_dsl.spec.schedule import Schedule
 
 from .jobs import write_json
 from .ood_programs import report_losses
@@ -35,6 +40,7 @@ CADENCES: tuple[tuple[int | None, int | None], ...] = (
     (1, None), (1, 20), (20, 20), (20, None), (None, 20), (None, None), (7, 50),
 )  # fmt: skip
 HURT = 1.1  # a run is hurt when its final test loss exceeds AdamW's by more than this factor
+REFERENCE_SCHEDULE = "linear-lr0.03"  # the fixed schedule the shipped policy acts around
 
 
 @dataclass
@@ -92,9 +98,10 @@ PROGRAMS: dict[str, Callable[[int], Program]] = {"regression": regression, "digi
 
 
 def run(program: str, seed: int, steps: int, cadence: tuple[int | None, int | None] | None,
-        policy: str | Path | None = None) -> float:  # fmt: skip
+        policy: str | Path | Schedule | None = None) -> float:  # fmt: skip
     """Final test loss of one run: ``cadence`` None trains with AdamW at its defaults, otherwise
-    with LHOPT reporting losses at that cadence. A non-finite training loss ends the run (NaN)."""
+    with LHOPT (driven by ``policy``: a policy file, a Schedule, None for the shipped default)
+    reporting losses at that cadence. A non-finite training loss ends the run (NaN)."""
     p = PROGRAMS[program](seed)
     if cadence is None:
         opt: torch.optim.Optimizer = torch.optim.AdamW(p.model.parameters())
@@ -120,47 +127,62 @@ def check(policy: str | Path | None = None, *, programs: Sequence[str] = tuple(P
     """Every program x seed with AdamW and with the policy at every cadence; the record and its summary."""
     jobs = [(prog, s) for prog in programs for s in range(seeds)]
     runs: list[dict[str, Any]] = []
+    reference = Schedule.from_name(REFERENCE_SCHEDULE)
     for prog, s in tqdm(jobs, desc="check-dropin", unit="program", disable=quiet):
         adamw = run(prog, s, steps, None)
+        schedule = run(prog, s, steps, (None, None), reference)  # observes nothing: one run serves every cadence
         for cadence in CADENCES:
             loss = run(prog, s, steps, cadence, policy)
             runs.append({"program": prog, "seed": s, "train_every": cadence[0], "valid_every": cadence[1],
-                         "adamw": adamw, "lhopt": loss})  # fmt: skip
+                         "adamw": adamw, "schedule": schedule, "lhopt": loss})  # fmt: skip
     return {"policy": str(policy) if policy else "default (shipped with lhopt)", "steps": steps, "seeds": seeds,
-            "runs": runs, "summary": summarise(runs)}  # fmt: skip
+            "schedule": f"CIAO + {REFERENCE_SCHEDULE}", "runs": runs, "summary": summarise(runs)}  # fmt: skip
 
 
-def _ratio(r: dict[str, Any]) -> float:
-    if not math.isfinite(r["lhopt"]):
+def _ratio(loss: float, bar: float) -> float:
+    """A final loss over the bar's (inf when the loss is non-finite; a bar of 0 is met only by 0)."""
+    if not math.isfinite(loss):
         return math.inf
-    return r["lhopt"] / r["adamw"] if r["adamw"] > 0 else (1.0 if r["lhopt"] <= r["adamw"] else math.inf)
+    return loss / bar if bar > 0 else (1.0 if loss <= bar else math.inf)
+
+
+def _row(name: str, losses: np.ndarray, adamw: np.ndarray, schedule: np.ndarray | None) -> dict[str, Any]:
+    ratios = np.asarray([_ratio(a, b) for a, b in zip(losses, adamw)])
+    row = {"cadence": name, "runs": len(losses), "median_ratio": float(np.median(ratios)),
+           "worst_ratio": float(np.max(ratios)), "better": int(np.sum(ratios <= 1.0)),
+           "hurt": int(np.sum(ratios > HURT)), "non_finite": int(np.sum(~np.isfinite(losses)))}  # fmt: skip
+    if schedule is not None and np.isfinite(schedule).any():  # records from before the schedule row have none
+        row["median_vs_schedule"] = float(np.median([_ratio(a, b) for a, b in zip(losses, schedule)]))
+        row["same_as_schedule"] = int(np.sum(losses == schedule))
+    return row
 
 
 def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cadence and one for all runs (the policy's), then the reference schedule's row
+    (one run per program and seed) when the runs have it."""
     rows = []
     for cadence in [*CADENCES, None]:
         mine = [r for r in runs if cadence is None or (r["train_every"], r["valid_every"]) == cadence]
         if not mine:
             continue
-        ratios = np.asarray([_ratio(r) for r in mine])
-        rows.append({
-            "cadence": "all" if cadence is None else f"train {cadence[0] or 'never'}, valid {cadence[1] or 'never'}",
-            "runs": len(mine),
-            "median_ratio": float(np.median(ratios)),
-            "worst_ratio": float(np.max(ratios)),
-            "better": int(np.sum(ratios <= 1.0)),
-            "hurt": int(np.sum(ratios > HURT)),
-            "non_finite": int(sum(not math.isfinite(r["lhopt"]) for r in mine)),
-        })  # fmt: skip
+        name = "all" if cadence is None else f"train {cadence[0] or 'never'}, valid {cadence[1] or 'never'}"
+        col = {k: np.asarray([r.get(k, math.nan) for r in mine], dtype=np.float64) for k in ("lhopt", "adamw", "schedule")}
+        rows.append(_row(name, col["lhopt"], col["adamw"], col["schedule"]))
+    once = {(r["program"], r["seed"]): r for r in runs if "schedule" in r}
+    if once:
+        col = {k: np.asarray([r[k] for r in once.values()], dtype=np.float64) for k in ("schedule", "adamw")}
+        rows.append(_row(f"CIAO + {REFERENCE_SCHEDULE} (observes nothing)", col["schedule"], col["adamw"], None))
     return rows
 
 
 def format_table(summary: Sequence[dict[str, Any]]) -> str:
-    lines = ["| reporting | runs | median LHOPT / AdamW | worst | better | hurt (> 1.1x) | non-finite |",
-             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| reporting | runs | median LHOPT / AdamW | worst | better | hurt (> 1.1x) | non-finite | "
+             f"median LHOPT / {REFERENCE_SCHEDULE} | ends where {REFERENCE_SCHEDULE} does |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for row in summary:
+        vs = f"{row['median_vs_schedule']:.3g} | {row['same_as_schedule']}" if "median_vs_schedule" in row else "- | -"
         lines.append(f"| {row['cadence']} | {row['runs']} | {row['median_ratio']:.3g} | {row['worst_ratio']:.3g} "
-                     f"| {row['better']} | {row['hurt']} | {row['non_finite']} |")  # fmt: skip
+                     f"| {row['better']} | {row['hurt']} | {row['non_finite']} | {vs} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -23,6 +23,24 @@ def test_summary_counts_by_hand():
     never = rows["train never, valid never"]
     assert (never["hurt"], never["non_finite"], never["worst_ratio"]) == (1, 1, math.inf)
     assert rows["all"]["runs"] == 4 and "train 20, valid 20" not in rows
+    assert "median_vs_schedule" not in every and len(rows) == 3  # a record from before the schedule row
+
+
+def test_the_schedule_row_and_the_policy_against_the_schedule_by_hand():
+    def r(seed, every, lhopt, schedule):
+        return {"program": "p", "seed": seed, "train_every": every, "valid_every": None, "adamw": 1.0,
+                "schedule": schedule, "lhopt": lhopt}  # fmt: skip
+
+    runs = [r(0, 1, 0.5, 0.5), r(1, 1, 0.9, 0.6), r(0, 20, 0.5, 0.5), r(1, 20, 1.2, 0.6)]
+    rows = {row["cadence"]: row for row in dropin.summarise(runs)}
+    assert rows["train 1, valid never"]["same_as_schedule"] == 1
+    assert rows["train 1, valid never"]["median_vs_schedule"] == pytest.approx((1.0 + 1.5) / 2)
+    assert rows["all"]["same_as_schedule"] == 2 and rows["all"]["median_vs_schedule"] == pytest.approx(1.25)
+    schedule = rows[f"CIAO + {dropin.REFERENCE_SCHEDULE} (observes nothing)"]
+    assert schedule["runs"] == 2  # once per program and seed, not per cadence
+    assert schedule["median_ratio"] == pytest.approx(0.55) and schedule["better"] == 2
+    table = dropin.format_table(dropin.summarise(runs))
+    assert "| 1.25 | 1 |" in table and "(observes nothing) | 2 | 0.55 | 0.6 | 2 | 0 | 0 | - | - |" in table
 
 
 def test_runs_share_weights_and_batches_and_the_cli_writes_strict_json(tmp_path, capsys):
@@ -33,7 +51,34 @@ def test_runs_share_weights_and_batches_and_the_cli_writes_strict_json(tmp_path,
     assert main(["check-dropin", "--programs", "regression", "--seeds", "1", "--steps", "30", "--out", str(out)]) == 0
     record = json.loads((out / "dropin.json").read_text())
     assert len(record["runs"]) == len(dropin.CADENCES) and record["runs"][0]["adamw"] == pytest.approx(a)
+    from lhopt_dsl.spec.schedule import Schedule
+
+    assert record["runs"][0]["schedule"] == dropin.run("regression", 0, 30, (None, None), Schedule.from_name("linear-lr0.03"))
     assert "| all | 7 |" in capsys.readouterr().out
     assert main(["check-dropin", "--programs", "nope"]) == 2
     assert main(["check-dropin", "--policy", str(tmp_path / "missing.pt"), "--seeds", "1", "--steps", "5",
                  "--out", str(out)]) == 2  # fmt: skip
+
+
+def test_lhopt_driven_by_a_schedule_moves_only_the_learning_rate_towards_it():
+    """The reference row's optimizer: ``LHOPT(params, Schedule)`` is CIAO whose learning rate
+    follows the schedule (as near as the actions reach) and nothing else moves."""
+    import torch
+
+    from lhopt_dsl import LHOPT
+    from lhopt_dsl.spec.schedule import Schedule
+
+    model = torch.nn.Linear(4, 1)
+    schedule = Schedule.from_name("linear-lr0.03")
+    opt = LHOPT(model.parameters(), schedule, total_steps=64, outer_steps=8)
+    for _ in range(64):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    lrs = [h["lr"] for h in opt.history]
+    assert len(lrs) == 8 and lrs[:4] == sorted(lrs[:4]) and lrs[4:] == sorted(lrs[4:], reverse=True)
+    for h in opt.history[4:]:  # reached: within one action of the linear decay from 0.03
+        assert 0.8 < h["lr"] / (0.03 * (1 - h["progress"])) < 1.25
+    others = [{k: v for k, v in h.items() if k not in ("lr", "progress")} for h in opt.history]
+    assert all(o == others[0] for o in others) and others[0]["restart"] == "none"
