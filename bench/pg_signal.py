@@ -2,7 +2,7 @@
 and reward cap.
 
     LHOPT_DATA_DIR=../shared/data python bench/pg_signal.py [--spec task_specs/cpu_lite.yaml]
-        [--tasks 16] [--init POLICY] [--iteration 0] [--threads 1] [--caps 100 2]
+        [--tasks 16] [--init POLICY] [--iteration 0] [--threads 1] [--caps 100 2] [--rollouts N]
 
 Collects the rollouts of ``--tasks`` training tasks once (as ``lhopt train`` does: per task its
 baseline and ``rollouts_per_task`` episodes of the policy, sampling actions), then computes, for
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", help="a policy file to measure at, as `lhopt train --init` takes (default: untrained)")
     ap.add_argument("--iteration", type=int, default=0, help="first training iteration whose tasks are drawn")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rollouts", type=int, help="policy rollouts per task (default: the spec's rollouts_per_task)")
     ap.add_argument("--caps", type=float, nargs="+", default=[100.0, 2.0], help="reward caps to compare (first: reference)")
     args = ap.parse_args(argv)
     if args.tasks < 3:
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--caps are speedup factors above 1")
     torch.set_num_threads(args.threads)
     spec = load_spec(args.spec)
+    if args.rollouts is not None:
+        if args.rollouts < 2:
+            ap.error("--rollouts must be at least 2 (advantages compare a task's rollouts)")
+        spec = spec.model_copy(update={"meta_train": spec.meta_train.model_copy(update={"rollouts_per_task": args.rollouts})})
     per = spec.meta_train.tasks_per_iteration
     torch.manual_seed(0)
     model = initial_policy(spec, load_policy_file(args.init) if args.init else None, args.init or "")

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 #: Names imported on first use (PEP 562): the drop-in optimizer needs torch, which validating a
 #: spec does not, so ``import lhopt_dsl`` stays light.
 _LAZY = {"LHOPT": "controller", "ScheduleReplay": "controller", "load_schedule": "controller",
-         "save_schedule": "controller"}  # fmt: skip
+         "read_schedule": "controller", "save_schedule": "controller", "Schedule": "spec.schedule"}  # fmt: skip
 
 
 def __getattr__(name: str) -> object:
@@ -27,6 +27,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "LHOPT", "ScheduleReplay", "load_schedule", "save_schedule", "ExperimentSpec", "SpaceSize", "SpecError", "TABLE1_ROWS", "TaskConfig", "TaskDistribution",
+    "LHOPT", "Schedule", "ScheduleReplay", "load_schedule", "read_schedule", "save_schedule", "ExperimentSpec", "SpaceSize", "SpecError", "TABLE1_ROWS", "TaskConfig", "TaskDistribution",
     "enumerate_settings", "load_spec", "sample", "sample_initial_hparams", "space_size", "table1_row",
 ]  # fmt: skip

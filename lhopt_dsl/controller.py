@@ -22,9 +22,10 @@ decided (tensors and plain data), so a job resumed from it continues exactly as 
     state = torch.load(path, weights_only=True)
     model.load_state_dict(state["model"]); opt.load_state_dict(state["opt"])
 
-``ScheduleReplay`` plays a recorded schedule (learning rate, eps, beta2, weight decay over
-progress) on a standard ``torch.optim.AdamW``, stretched to any number of updates, like a
-learning-rate scheduler (paper Section 4.5, Appendix B). Only schedules of a policy meta-trained in
+``ScheduleReplay`` plays a schedule (:class:`~lhopt_dsl.spec.schedule.Schedule`: recorded learning
+rate, eps, beta2 and weight decay over progress, or a named shape) on a standard
+``torch.optim.AdamW``, stretched to any number of updates, like a learning-rate scheduler (paper
+Section 4.5, Appendix B). Only schedules of a policy meta-trained in
 the AdamW space (``hparams: {space: adamw}``), where CIAO is exactly AdamW, mean the same thing
 on AdamW; schedules from any other space are refused.
 """
@@ -52,7 +53,7 @@ from .agent.policy_file import load_policy_file
 from .agent.residual import Follow, Residual
 from .optim import CIAO
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
-from .spec.schedule import Schedule, segment_bounds, shape_factor
+from .spec.schedule import Schedule, read_schedule_document, schedule_document, segment_bounds, shape_factor
 
 DEFAULT_POLICY = Path(__file__).parent / "policies" / "default.pt"
 
@@ -377,8 +378,9 @@ class LHOPT(CIAO):
         if self.guard is not None:
             self.guard.load_state_dict(extra["guard"])
 
-    def schedule(self) -> dict[str, Any]:
-        """The hyperparameters chosen so far, as a schedule document (see :func:`schedule_from_history`)."""
+    def schedule(self) -> Schedule:
+        """The hyperparameters chosen so far, as a tabulated :class:`~lhopt_dsl.spec.schedule.Schedule`
+        (:func:`schedule_from_history`): :func:`save_schedule` writes it, :class:`ScheduleReplay` replays it."""
         return schedule_from_history(self.history, self.space.space)
 
 
@@ -393,41 +395,47 @@ def _refuse_complex(params: list[Any]) -> None:
 
 # --- fixed schedules -----------------------------------------------------------------------------
 #
-# A schedule document is plain data, as saved in YAML: ``{"meta": {"space": ..., ...}, "schedule":
-# {"progress": [...], "<hyperparameter>": [...], ...}}``, one column per hyperparameter the policy
-# controls, one row per decision, ``progress`` in [0, 1) being where the row takes effect.
+# One schedule type (lhopt_dsl.spec.schedule.Schedule) and one file form: a schedule file is YAML of
+# ``schedule_document`` (``{"format": "lhopt-schedule", "version": 1, "meta": {...}, "schedule":
+# Schedule.to_dict()}``). What a policy chose is a tabulated Schedule: one column per hyperparameter
+# it controls, one row per decision, ``progress`` in [0, 1) being where the row takes effect. Files
+# of earlier versions (the bare column document, ``{"meta": {"space": ...}, "schedule": {"progress":
+# [...], "<hyperparameter>": [...]}}``) are read and converted.
 
 
-def schedule_from_history(history: list[dict[str, Any]], space: str) -> dict[str, Any]:
-    """A schedule document of the hyperparameters applied at each decision of a ``space`` policy."""
+def schedule_from_history(history: list[dict[str, Any]], space: str) -> Schedule:
+    """The tabulated schedule of the hyperparameters applied at each decision of a ``space`` policy."""
     columns = {n: [float(h[n]) for h in history] for n in SPACES[space].hparam_names()}
-    return {"meta": {"space": space}, "schedule": {"progress": [float(h["progress"]) for h in history], **columns}}
+    return Schedule.tabulated([float(h["progress"]) for h in history], columns, space)
 
 
-def save_schedule(schedule: dict[str, Any], path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> None:
-    """Write a schedule document as YAML, with ``meta`` added to its metadata."""
-    document = {"meta": {**schedule.get("meta", {}), **(meta or {})}, "schedule": schedule["schedule"]}
+def save_schedule(schedule: Schedule | dict[str, Any], path: str | os.PathLike[str],
+                  meta: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Write a schedule file (YAML of :func:`~lhopt_dsl.spec.schedule.schedule_document`) with
+    ``meta`` recorded beside it; ``schedule`` may also be a document of an earlier version."""
+    if isinstance(schedule, Schedule):
+        schedule, known = schedule, {}
+    else:
+        schedule, known = read_schedule_document(schedule)
+    document = schedule_document(schedule, {**known, **(meta or {})})
     Path(path).write_text(yaml.safe_dump(document, sort_keys=False))
 
 
-def _document(data: Any, source: str) -> dict[str, Any]:
-    """A schedule document from loaded data; a bare mapping of columns has no metadata."""
-    document = data if isinstance(data, dict) and "schedule" in data else {"meta": {}, "schedule": data}
-    columns = document["schedule"]
-    if not isinstance(columns, dict) or "progress" not in columns or "lr" not in columns:
-        raise ValueError(f"{source}: not a schedule (needs 'progress' and 'lr' columns)")
-    return {"meta": document.get("meta") or {}, "schedule": columns}
-
-
-def load_schedule(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a schedule document written by :func:`save_schedule` (or `lhopt schedule export`).
+def read_schedule(path: str | os.PathLike[str]) -> tuple[Schedule, dict[str, Any]]:
+    """The schedule of a file written by :func:`save_schedule` (or `lhopt schedule export`, of any
+    version) and its metadata.
 
     Read like a spec, so a broken, binary or alias-bomb file is a SpecError (a ValueError) naming
     file:line:col rather than a PyYAML traceback or a hang.
     """
     from .spec.loader import load_yaml
 
-    return _document(load_yaml(path), str(path))
+    return read_schedule_document(load_yaml(path), str(path))
+
+
+def load_schedule(path: str | os.PathLike[str]) -> Schedule:
+    """The schedule of a schedule file (see :func:`read_schedule`, which also gives its metadata)."""
+    return read_schedule(path)[0]
 
 
 def require_adamw_space(space: str | None, what: str) -> None:
@@ -447,91 +455,92 @@ def require_adamw_space(space: str | None, what: str) -> None:
     )
 
 
-def _named_schedule(schedule: Any) -> Schedule | None:
-    """``schedule`` as a fixed schedule of the platform's grammar, or None for a schedule document or
-    file. A string is a name unless it names an existing file or ends in .yaml/.yml."""
+def _replayed(schedule: Any) -> tuple[Schedule, str]:
+    """``schedule`` as a :class:`Schedule`, with how messages name it: a Schedule; a name of the
+    platform's grammar; a schedule file (a path, or a string naming an existing file or ending in
+    .yaml/.yml); or a schedule's plain data (a document of any version, or ``Schedule.to_dict()``)."""
     if isinstance(schedule, Schedule):
-        return schedule
-    if not isinstance(schedule, str) or schedule.endswith((".yaml", ".yml")) or Path(schedule).exists():
-        return None
-    return Schedule.from_name(schedule)  # a ValueError naming the grammar for anything else
+        return schedule, "the schedule"
+    if isinstance(schedule, dict):
+        return read_schedule_document(schedule, "schedule")[0], "the schedule"
+    if isinstance(schedule, str) and not schedule.endswith((".yaml", ".yml")) and not Path(schedule).exists():
+        return Schedule.from_name(schedule), "the schedule"  # a ValueError naming the grammar for anything else
+    return load_schedule(schedule), f"schedule {schedule}"
 
 
 class ScheduleReplay:
-    """Replays a schedule of an AdamW-space policy on ``torch.optim.AdamW``, like a learning-rate
-    scheduler.
+    """Replays a :class:`~lhopt_dsl.spec.schedule.Schedule` on ``torch.optim.AdamW``, like a
+    learning-rate scheduler.
 
     Call ``step()`` after each ``optimizer.step()`` (as with torch's schedulers); the values in
-    force at update ``t`` are those recorded at the last progress <= t / total_steps, so the
-    schedule stretches to any number of updates. ``schedule`` is a schedule document or its YAML
-    file. The values are AdamW's own: ``lr``, ``eps``, ``weight_decay`` and
-    ``betas[1] = 1 - one_minus_beta2``; beta1 stays as configured (the AdamW space keeps it at
-    AdamW's default 0.9; paper Appendix B). Replayed with the run's weights and data order, the
-    schedule reproduces the run it was exported from.
+    force at update ``t`` are the schedule's at progress ``t / total_steps``, so it stretches to any
+    number of updates. ``schedule`` is a Schedule, a schedule file (``lhopt schedule export``'s, of
+    any version), a schedule's plain data, or a name of the platform's grammar.
 
-    ``schedule`` may also be a fixed schedule of the platform's own grammar, a :class:`Schedule`
-    or its name (``"adamw-cosine-lr0.001"``, ``"linear-lr0.03"``; ``"linear"`` alone is not a
-    name): every param group's learning rate follows ``lr x shape(progress)``, ``lr`` being each
-    group's own initial learning rate where the name gives none, and the other hyperparameters stay
-    as the optimizer was built, as torch's own schedulers leave them.
+    A tabulated schedule of an AdamW-space policy (what export writes) sets, at the last row at or
+    before that progress, AdamW's own ``lr``, ``eps``, ``weight_decay`` and ``betas[1] = 1 -
+    one_minus_beta2``; beta1 stays as configured (the AdamW space keeps it at AdamW's default 0.9;
+    paper Appendix B). Replayed with the run's weights and data order, it reproduces the run it was
+    exported from. Tabulated schedules of other spaces are refused.
+
+    A shaped schedule (a name such as ``"adamw-cosine-lr0.001"`` or ``"linear-lr0.03"``;
+    ``"linear"`` alone is not a name) sets every param group's learning rate to ``lr x
+    shape(progress)``, ``lr`` being each group's own initial learning rate where the name gives
+    none; the other hyperparameters stay as the optimizer was built, as torch's own schedulers leave
+    them.
     """
 
     COLUMNS = AdamWSpace.hparam_names()
 
     def __init__(self, optimizer: torch.optim.Optimizer,
                  schedule: dict[str, Any] | str | os.PathLike[str] | Schedule, total_steps: int):  # fmt: skip
-        self.named = _named_schedule(schedule)
-        if self.named is not None:
-            self._start_named(optimizer, total_steps)
-            return
-        if isinstance(schedule, dict):
-            document = _document(schedule, "schedule")
-            what = "the schedule"
+        self.schedule, what = _replayed(schedule)
+        if self.schedule.is_table:
+            self._check_table(optimizer, what)
         else:
-            document = load_schedule(schedule)
-            what = f"schedule {schedule}"
-        require_adamw_space(document["meta"].get("space"), what)
-        self.schedule = document["schedule"]
-        missing = [c for c in self.COLUMNS if c not in self.schedule]
+            self._check_shaped(optimizer)
+        self.optimizer = optimizer
+        self.total_steps = _whole("total_steps", total_steps)
+        if not self.schedule.is_table:
+            for group in optimizer.param_groups:  # each group's base, as torch's LR schedulers keep it
+                group.setdefault("initial_lr", group["lr"])
+        self.last_step = 0
+        self._apply(0)
+
+    @property
+    def named(self) -> Schedule | None:
+        """The shaped schedule replayed, or None for a tabulated one."""
+        return None if self.schedule.is_table else self.schedule
+
+    def _check_table(self, optimizer: torch.optim.Optimizer, what: str) -> None:
+        require_adamw_space(self.schedule.optimizer, what)
+        missing = [c for c in self.COLUMNS if c not in dict(self.schedule.columns)]
         if missing:
             raise ValueError(f"{what} lacks the column(s) {', '.join(missing)} of an AdamW-space schedule")
         if any(not {"lr", "betas", "eps", "weight_decay"} <= set(g) for g in optimizer.param_groups):
             raise ValueError("ScheduleReplay drives torch.optim.AdamW: its param groups need lr, betas, eps and "
                              "weight_decay")
-        self.optimizer = optimizer
-        self.progress = np.asarray(self.schedule["progress"], dtype=np.float64)
-        if len(self.progress) == 0 or np.any(np.diff(self.progress) < 0):
+        if self.schedule.rows == 0:
             raise ValueError("a schedule needs at least one row, in increasing progress")
-        self.total_steps = _whole("total_steps", total_steps)
-        self.last_step = 0
-        self._apply(0)
 
-    def _start_named(self, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
-        assert self.named is not None
-        if self.named.optimizer == "ciao":
-            raise ValueError(f"{self.named.name} is a schedule of CIAO's, at the task's own hyperparameters; "
+    def _check_shaped(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.schedule.optimizer == "ciao":
+            raise ValueError(f"{self.schedule.name} is a schedule of CIAO's, at the task's own hyperparameters; "
                              "replay a followed or AdamW schedule on AdamW (e.g. linear-lr0.03)")
         if any("lr" not in g for g in optimizer.param_groups):
             raise ValueError("ScheduleReplay sets the param groups' lr: this optimizer's groups have none")
-        self.optimizer = optimizer
-        self.total_steps = _whole("total_steps", total_steps)
-        for group in optimizer.param_groups:  # each group's base, as torch's LR schedulers keep it
-            group.setdefault("initial_lr", group["lr"])
-        self.last_step = 0
-        self._apply(0)
 
     def values_at(self, step: int) -> dict[str, float]:
-        if self.named is not None:  # the named schedule's lr where it gives one (else per group, in _apply)
-            lr = self.named.at(min(step / self.total_steps, 1.0))
-            return {} if lr is None else {"lr": lr}
-        i = max(int(np.searchsorted(self.progress, step / self.total_steps, side="right")) - 1, 0)
-        return {c: float(self.schedule[c][i]) for c in self.COLUMNS}
+        """The values in force at update ``step``: a tabulated schedule's AdamW columns, a shaped
+        one's learning rate where it gives one (else each group's own, set in :meth:`_apply`)."""
+        values = self.schedule.values_at(min(step / self.total_steps, 1.0))
+        return {c: values[c] for c in self.COLUMNS} if self.schedule.is_table else values
 
     def _apply(self, step: int) -> None:
-        if self.named is not None:
-            factor = shape_factor(self.named.shape, min(step / self.total_steps, 1.0))
+        if not self.schedule.is_table:
+            factor = shape_factor(self.schedule.shape, min(step / self.total_steps, 1.0))
             for group in self.optimizer.param_groups:
-                group["lr"] = (self.named.lr if self.named.lr is not None else group["initial_lr"]) * factor
+                group["lr"] = (self.schedule.lr if self.schedule.lr is not None else group["initial_lr"]) * factor
             return
         v = self.values_at(step)
         for group in self.optimizer.param_groups:
@@ -545,19 +554,20 @@ class ScheduleReplay:
     def state_dict(self) -> dict[str, Any]:
         """Where the replay is, and the run it was made for (plain data); with the optimizer's own
         state dict it resumes a run exactly."""
-        if self.named is not None:
-            return {"last_step": self.last_step, "total_steps": self.total_steps, "schedule": self.named.name}
-        return {"last_step": self.last_step, "total_steps": self.total_steps, "rows": len(self.progress)}
+        if not self.schedule.is_table:
+            return {"last_step": self.last_step, "total_steps": self.total_steps, "schedule": self.schedule.name}
+        return {"last_step": self.last_step, "total_steps": self.total_steps, "rows": self.schedule.rows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("total_steps", self.total_steps)) != self.total_steps:
             raise ValueError(f"this state was saved by a ScheduleReplay of total_steps={state['total_steps']}, but this "
                              f"one has {self.total_steps}: resume with the settings of the saved run")
-        if self.named is not None and state.get("schedule", self.named.name) != self.named.name:
+        mine = self.schedule
+        if not mine.is_table and state.get("schedule", mine.name) != mine.name:
             raise ValueError(f"this state was saved replaying {state['schedule']}, but this replay follows "
-                             f"{self.named.name}: resume with the schedule of the saved run")
-        if self.named is None and int(state.get("rows", len(self.progress))) != len(self.progress):
+                             f"{mine.name}: resume with the schedule of the saved run")
+        if mine.is_table and int(state.get("rows", mine.rows)) != mine.rows:
             raise ValueError(f"this state was saved replaying a schedule of {state['rows']} rows, but this one has "
-                             f"{len(self.progress)}: resume with the schedule of the saved run")
+                             f"{mine.rows}: resume with the schedule of the saved run")
         self.last_step = int(state["last_step"])
         self._apply(self.last_step)

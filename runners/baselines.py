@@ -5,7 +5,9 @@ The grid of one task is an Optuna study (``baselines-v<CURVE_VERSION>-<task_id>`
 a :class:`PairGridSampler` over categorical ``baseline`` x ``horizon``. Each trial stores its curve as
 user attributes and returns its final validation loss (``inf`` when it diverged, so the trial is
 COMPLETE and never re-run). The storage is therefore the cache keyed by (task id, baseline, steps)
-that evaluation and meta-training reuse (:func:`cached_curve`).
+that evaluation and meta-training reuse (:func:`cached_curve`): the one baseline cache
+(:class:`BaselineStore`), which also holds ``lhopt eval-ood``'s runs and is exported and imported
+as a whole (:func:`export_grids`, :func:`import_grids`).
 
 Resuming and sharing: a pair is "done" when some trial of it is COMPLETE and "taken" while a trial
 of it is RUNNING. The sampler hands out only pairs that are neither (it looks at parameter values
@@ -27,6 +29,8 @@ pair the sampler handed out) and a RUNNING trial kept alive by heartbeats outsid
 from __future__ import annotations
 
 import functools
+import gzip
+import json
 import math
 import os
 import socket
@@ -93,7 +97,9 @@ def curve_from_attrs(data: dict[str, Any]) -> LearningCurve:
 # --- the study ------------------------------------------------------------------------------------
 
 
-def default_storage(directory: str | os.PathLike[str] = ".") -> str:
+def default_storage(directory: str | os.PathLike[str] = "runs") -> str:
+    """SQLite ``baselines.db`` in ``directory``: by default ``runs/``, where ``lhopt eval`` keeps it
+    too (``<run_dir>/baselines.db``), so every command shares one cache unless told otherwise."""
     return f"sqlite:///{Path(directory).resolve() / 'baselines.db'}"
 
 
@@ -447,13 +453,8 @@ class _GridRun:
             share = (time.time() - t0) / max(len(todo), 1)  # each member's share of the population's time
             # The runs become finished trials in one transaction (public API; a trial per pair
             # through ``optimize`` would cost a dozen round trips to the storage each).
-            self.study.add_trials([
-                optuna.trial.create_trial(
-                    params={"baseline": name, "horizon": h}, distributions=dists, value=_value(curve),
-                    user_attrs=self._attrs(curve, h * self.T, share, True), system_attrs={_PAIR: [name, h]},
-                )
-                for (name, h), curve in zip(todo, curves)
-            ])  # fmt: skip
+            self.study.add_trials([_finished((name, h), _value(curve), self._attrs(curve, h * self.T, share, True), dists)
+                                   for (name, h), curve in zip(todo, curves)])  # fmt: skip
         finally:
             claim.release()
         if self.progress is not None and curves:
@@ -497,22 +498,222 @@ class _GridRun:
 
 def cached_curve(storage_url: str, cfg: TaskConfig, name: str, steps: int) -> LearningCurve | None:
     """The stored curve of baseline ``name`` run for ``steps`` inner steps on ``cfg``'s task, if any."""
-    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).exists():
-        return None  # do not create an empty database just to look
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=study_name(cfg), storage=_storage(storage_url, os.getpid(), False))
-    except KeyError:
-        return None
-    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
-        if t.params.get("baseline") == name and t.user_attrs.get("steps") == steps and "curve" in t.user_attrs:
-            return curve_from_attrs(t.user_attrs["curve"])
-    return None
+    T = int(cfg.task.inner_steps)
+    if steps % T:
+        return None  # the grid runs whole multiples of T
+
+    def usable(attrs: dict[str, Any]) -> bool:
+        return attrs.get("steps") == steps and "curve" in attrs
+
+    attrs = BaselineStore(storage_url).get(study_name(cfg), (name, steps // T), usable)
+    return None if attrs is None else curve_from_attrs(attrs["curve"])
+
+
+# --- the one baseline cache -----------------------------------------------------------------------
+
+#: Version of the eval-ood runs the store holds (:mod:`runners.ood`); bump it when a program, the
+#: loop or a baseline changes. Scopes of another version are neither read nor exported.
+OOD_VERSION = 1
+
+#: The kinds of scope the store holds: study name prefix, and the user attribute an entry's run is under.
+SCOPES: dict[str, tuple[str, str]] = {
+    "grid": (f"baselines-v{CURVE_VERSION}-", "curve"),  # a task's grid (lhopt eval, meta-training, transfer)
+    "ood": (f"ood-v{OOD_VERSION}-", "run"),  # one program setting of lhopt eval-ood
+}
+
+
+def scope_kind(scope: str) -> str | None:
+    return next((kind for kind, (prefix, _) in SCOPES.items() if scope.startswith(prefix)), None)
+
+
+def _finished(pair: Pair, value: float, attrs: dict[str, Any],
+              distributions: dict[str, BaseDistribution] | None) -> FrozenTrial:  # fmt: skip
+    """A finished trial of ``pair``: with the grid's parameters where ``distributions`` are given
+    (a task's grid), else with the pair as a system attribute alone (eval-ood's runs, whose
+    baselines vary from one invocation to the next, which Optuna's fixed categorical choices do not allow)."""
+    params = {"baseline": pair[0], "horizon": int(pair[1])} if distributions else {}
+    value = float(value) if value is not None and math.isfinite(value) else math.inf
+    return optuna.trial.create_trial(params=params, distributions=distributions or {}, value=value,
+                                     user_attrs=attrs, system_attrs={_PAIR: [pair[0], int(pair[1])]})  # fmt: skip
+
+
+class BaselineStore:
+    """The one cache of finished baseline runs, in one place: the Optuna RDB storage at ``url`` (the
+    ``--storage`` of every command that runs baselines; SQLite ``baselines.db`` by default, PostgreSQL
+    to share it between machines), exported to and imported from plain files as one.
+
+    An entry is keyed by (scope, baseline name, horizon). A scope is an Optuna study of one kind of
+    :data:`SCOPES`: a task's grid (:func:`study_name`, run by :func:`run_grid`) or one program setting
+    of ``lhopt eval-ood`` (:func:`runners.ood.scope_of`). An entry is a COMPLETE trial whose system
+    attribute ``pair`` (or, in a grid, its parameters) names its (baseline, horizon), whose user
+    attributes hold the run (a grid's ``curve``, an eval-ood ``run``) and whose value is its final
+    validation loss (inf when it diverged). A pair's entry is its earliest usable COMPLETE trial, so
+    two writers racing leave a duplicate, never a conflict.
+
+    Each entry is stored in its own transaction: a killed process loses none already stored, and
+    writers in several processes share the storage (SQLite in write-ahead-log mode on one machine).
+    The grid adds its own protocol on top (:class:`PairGridSampler`, claims, heartbeats), so that
+    workers share the running of a grid too.
+    """
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def exists(self) -> bool:
+        """False where the storage is an SQLite file not yet created (looking never creates it)."""
+        return not self.url.startswith("sqlite:///") or Path(self.url[len("sqlite:///"):]).exists()
+
+    def _storage(self) -> optuna.storages.RDBStorage:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return _storage(self.url, os.getpid(), False)
+
+    def _load(self, scope: str) -> optuna.Study | None:
+        if not self.exists():
+            return None
+        try:
+            return optuna.load_study(study_name=scope, storage=self._storage())
+        except KeyError:
+            return None
+
+    def entries(self, scope: str, usable: Callable[[dict[str, Any]], bool] | None = None) -> dict[Pair, dict[str, Any]]:
+        """Every pair's entry in ``scope`` (its user attributes): the earliest COMPLETE trial of the
+        pair whose attributes are ``usable`` (default: any); {} for a scope the store lacks."""
+        study = self._load(scope)
+        if study is None:
+            return {}
+        found: dict[Pair, dict[str, Any]] = {}
+        for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number):
+            pair = _pair(t)
+            if pair is None or pair in found or t.user_attrs.get("skipped"):
+                continue
+            if usable is None or usable(t.user_attrs):
+                found[pair] = t.user_attrs
+        return found
+
+    def get(self, scope: str, pair: Pair, usable: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any] | None:
+        """The entry of ``pair`` in ``scope`` (see :meth:`entries`), or None."""
+        return self.entries(scope, usable).get((str(pair[0]), int(pair[1])))
+
+    def put(self, scope: str, pair: Pair, value: float, attrs: dict[str, Any],
+            scope_attrs: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """Store a finished run as the entry of ``pair`` in ``scope`` (created, with ``scope_attrs``
+        describing it, if new); ``attrs`` must be strict JSON data. For eval-ood's scopes: a grid's
+        trials are written by :func:`run_grid`."""
+        if scope_kind(scope) != "ood":
+            raise ValueError(f"{scope}: only eval-ood's scopes are written one entry at a time; run_grid writes grids")
+        if self.url.startswith("sqlite:///"):
+            Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(storage=self._storage(), study_name=scope, direction="minimize", load_if_exists=True)
+        if scope_attrs and not study.user_attrs:
+            for k, v in scope_attrs.items():
+                study.set_user_attr(k, v)
+        study.add_trial(_finished(pair, value, attrs, None))
+
+    def scopes(self) -> list[str]:
+        """The scopes of every kind of :data:`SCOPES` the store holds, by name."""
+        if not self.exists():
+            return []
+        summaries = optuna.get_all_study_summaries(self._storage(), include_best_trial=False)
+        return sorted(s.study_name for s in summaries if scope_kind(s.study_name) is not None)
+
+    def export(self, directory: str | os.PathLike[str]) -> dict[str, int]:
+        """See :func:`export_grids`."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        counts = {"written": 0, "unchanged": 0, "runs": 0}
+        for scope in self.scopes():
+            data = self._exported(scope)
+            if data is None:
+                continue
+            text = json.dumps(data, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()
+            blob = gzip.compress(text, mtime=0)  # no timestamp: the same runs give the same bytes
+            path = out / f"{scope}.json.gz"
+            if path.exists() and path.read_bytes() == blob:
+                counts["unchanged"] += 1
+            else:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(blob)
+                tmp.replace(path)  # never a half-written file under the final name
+                counts["written"] += 1
+            counts["runs"] += len(data["runs"])
+        return counts
+
+    def _exported(self, scope: str) -> dict[str, Any] | None:
+        """One scope as plain data (None if it holds no entry). A grid's file is as it has always
+        been; an eval-ood scope's says its kind and version."""
+        study = self._load(scope)
+        assert study is not None
+        kind = scope_kind(scope)
+        if kind == "grid":
+            complete, _ = _status(study)
+            entries = {p: t.user_attrs for p, t in complete.items() if "curve" in t.user_attrs}
+            values = {p: t.value for p, t in complete.items()}
+            head = {"format": EXPORT_FORMAT, "curve_version": CURVE_VERSION}
+        else:
+            entries = self.entries(scope, lambda a: isinstance(a.get("run"), dict))
+            values = {p: _value_of_run(a["run"]) for p, a in entries.items()}
+            head = {"format": EXPORT_FORMAT, "kind": "ood", "ood_version": OOD_VERSION}
+        runs = [{"baseline": name, "horizon": h, "value": _strict(values[(name, h)]), "user_attrs": _strict(attrs)}
+                for (name, h), attrs in sorted(entries.items())]  # fmt: skip
+        if not runs:
+            return None
+        return {**head, "study": scope, "user_attrs": _strict(study.user_attrs), "runs": runs}
+
+    def import_(self, directory: str | os.PathLike[str]) -> dict[str, int]:
+        """See :func:`import_grids`."""
+        files = sorted(Path(directory).glob("*.json.gz"))
+        if not files:
+            raise ValueError(f"no exported baseline grids (*.json.gz) in {directory}")
+        scopes = [_read_export(p) for p in files]
+        if self.url.startswith("sqlite:///"):
+            Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        counts = {"tasks": 0, "runs": 0, "present": 0}
+        for data in scopes:
+            added = self._merge(data)
+            counts["present"] += len(data["runs"]) - added
+            counts["tasks"] += bool(added)
+            counts["runs"] += added
+        return counts
+
+    def _merge(self, data: dict[str, Any]) -> int:
+        """Add the runs of one exported scope that the store lacks; returns how many were added."""
+        attrs, grid = data["user_attrs"], "kind" not in data
+        study = optuna.create_study(storage=self._storage(), study_name=data["study"], direction="minimize",
+                                    load_if_exists=True)  # fmt: skip
+        dists = None
+        if grid:
+            mine = study.user_attrs.get("choices")
+            if mine is None:
+                for k, v in attrs.items():
+                    study.set_user_attr(k, v)
+                mine = attrs["choices"]
+            elif mine != attrs["choices"]:
+                raise ValueError(f"study {data['study']} in {self.url} was created for other baselines/horizons than "
+                                 "the exported one; import into another storage")  # fmt: skip
+            dists = {"baseline": CategoricalDistribution(mine["baseline"]),
+                     "horizon": CategoricalDistribution(mine["horizon"])}  # fmt: skip
+            present = set(_status(study)[0])
+        else:
+            if not study.user_attrs:
+                for k, v in attrs.items():
+                    study.set_user_attr(k, v)
+            present = set(self.entries(data["study"], lambda a: isinstance(a.get("run"), dict)))
+        new = [run for run in data["runs"] if (run["baseline"], int(run["horizon"])) not in present]
+        if new:
+            study.add_trials([_finished((run["baseline"], int(run["horizon"])), math.inf if run["value"] is None
+                              else float(run["value"]), run["user_attrs"], dists) for run in new])  # fmt: skip
+        return len(new)
+
+
+def _value_of_run(run: dict[str, Any]) -> float:
+    """An eval-ood run's value: its final validation loss (inf when it diverged or holds none)."""
+    valid = run.get("valid_loss") or [None]
+    return float(valid[-1]) if isinstance(valid[-1], (int, float)) and math.isfinite(valid[-1]) else math.inf
 
 
 # --- a portable copy of the cache -----------------------------------------------------------------
 
-#: The ``format`` field of an exported grid; files of any other format or curve version are refused.
+#: The ``format`` field of an exported scope; files of any other format or version are refused.
 EXPORT_FORMAT = "lhopt-baseline-grid"
 
 
@@ -528,62 +729,39 @@ def _strict(value: Any) -> Any:
 
 
 def export_grids(storage_url: str, directory: str | os.PathLike[str]) -> dict[str, int]:
-    """Write every task's finished baseline runs in ``storage_url`` to ``directory``, one gzipped
-    JSON file per task (``<study name>.json.gz``), and return how many files were written, kept
-    unchanged and how many runs they hold.
+    """Write every scope of the baseline cache at ``storage_url`` (each task's grid, each eval-ood
+    program setting) to ``directory``, one gzipped JSON file per scope (``<study name>.json.gz``),
+    and return how many files were written, kept unchanged and how many runs they hold.
 
     The files are plain data (no pickles), byte-identical for the same runs (so a directory under
     version control changes only where runs were added), and :func:`import_grids` merges them into
     any storage: the way to share a cache between machines, or to keep it across them.
     """
-    import gzip
-    import json
+    return BaselineStore(storage_url).export(directory)
 
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    storage = _storage(storage_url, os.getpid(), False)
-    counts = {"written": 0, "unchanged": 0, "runs": 0}
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if not summary.study_name.startswith(f"baselines-v{CURVE_VERSION}-"):
-            continue
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        complete, _ = _status(study)
-        runs = [{"baseline": name, "horizon": h, "value": _strict(t.value), "user_attrs": _strict(t.user_attrs)}
-                for (name, h), t in sorted(complete.items()) if "curve" in t.user_attrs]  # fmt: skip
-        if not runs:
-            continue
-        data = {"format": EXPORT_FORMAT, "curve_version": CURVE_VERSION, "study": summary.study_name,
-                "user_attrs": _strict(study.user_attrs), "runs": runs}  # fmt: skip
-        text = json.dumps(data, sort_keys=True, allow_nan=False, separators=(",", ":")).encode()
-        blob = gzip.compress(text, mtime=0)  # no timestamp: the same runs give the same bytes
-        path = out / f"{summary.study_name}.json.gz"
-        if path.exists() and path.read_bytes() == blob:
-            counts["unchanged"] += 1
-        else:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(blob)
-            tmp.replace(path)  # never a half-written file under the final name
-            counts["written"] += 1
-        counts["runs"] += len(runs)
-    return counts
+
+def _check_ood_run(run: Any) -> None:
+    """An exported eval-ood entry's run: the measured curves as lists (TypeError/KeyError otherwise)."""
+    data = run["user_attrs"]["run"]
+    if not all(isinstance(data[k], list) for k in ("steps", "valid_loss", "test_loss", "train_loss")):
+        raise TypeError("an eval-ood run's curves are lists")
 
 
 def _read_export(path: Path) -> dict[str, Any]:
-    """One exported grid, checked; a file that is not one says so with its name."""
-    import gzip
-    import json
-
+    """One exported scope, checked; a file that is not one says so with its name."""
     try:
         data = json.loads(gzip.decompress(path.read_bytes()))
     except (OSError, EOFError, ValueError) as e:
         raise ValueError(f"{path}: not a gzipped JSON baseline grid ({e})") from None
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{path}: not an exported baseline grid (format {data.get('format') if isinstance(data, dict) else None!r})")
+    if "kind" in data:
+        return _read_ood_export(path, data)
     if data.get("curve_version") != CURVE_VERSION:
         raise ValueError(f"{path}: baseline curves of version {data.get('curve_version')}, this lhopt reads version "
                          f"{CURVE_VERSION}; run the baselines again (lhopt eval does) instead of importing them")  # fmt: skip
     choices = (data.get("user_attrs") or {}).get("choices") or {}
-    if not str(data.get("study", "")).startswith(f"baselines-v{CURVE_VERSION}-") or not choices.get("baseline"):
+    if scope_kind(str(data.get("study", ""))) != "grid" or not choices.get("baseline"):
         raise ValueError(f"{path}: the grid has no study name or baseline choices")
     for run in data.get("runs", []):
         try:
@@ -596,44 +774,27 @@ def _read_export(path: Path) -> dict[str, Any]:
     return data
 
 
+def _read_ood_export(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    if data.get("kind") != "ood" or data.get("ood_version") != OOD_VERSION:
+        raise ValueError(f"{path}: eval-ood runs of kind {data.get('kind')!r}, version {data.get('ood_version')}; this "
+                         f"lhopt reads version {OOD_VERSION}: run lhopt eval-ood again instead of importing them")  # fmt: skip
+    if scope_kind(str(data.get("study", ""))) != "ood" or not isinstance(data.get("user_attrs"), dict):
+        raise ValueError(f"{path}: the eval-ood runs have no study name")
+    for run in data.get("runs", []):
+        try:
+            ok = isinstance(run["baseline"], str) and int(run["horizon"]) >= 1
+            _check_ood_run(run)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}: a malformed run ({str(run)[:120]})")
+    data.setdefault("runs", [])
+    return data
+
+
 def import_grids(directory: str | os.PathLike[str], storage_url: str) -> dict[str, int]:
-    """Merge the grids exported by :func:`export_grids` into ``storage_url``: every run of a pair the
-    storage has not finished is added as a finished trial; pairs it has are left alone. Every file is
+    """Merge the scopes exported by :func:`export_grids` into ``storage_url``: every run of a pair the
+    storage has no entry of is added as a finished trial; pairs it has are left alone. Every file is
     checked before anything is written (a malformed one is a ``ValueError`` naming it). Returns how
-    many tasks and runs were added and how many runs were already there."""
-    files = sorted(Path(directory).glob("*.json.gz"))
-    if not files:
-        raise ValueError(f"no exported baseline grids (*.json.gz) in {directory}")
-    grids = [_read_export(p) for p in files]
-    if storage_url.startswith("sqlite:///"):
-        Path(storage_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = _storage(storage_url, os.getpid(), False)
-    counts = {"tasks": 0, "runs": 0, "present": 0}
-    for data in grids:
-        attrs = data["user_attrs"]
-        study = optuna.create_study(storage=storage, study_name=data["study"], direction="minimize", load_if_exists=True)
-        mine = study.user_attrs.get("choices")
-        if mine is None:
-            for k, v in attrs.items():
-                study.set_user_attr(k, v)
-            mine = attrs["choices"]
-        elif mine != attrs["choices"]:
-            raise ValueError(f"study {data['study']} in {storage_url} was created for other baselines/horizons than "
-                             "the exported one; import into another storage")  # fmt: skip
-        dists = {"baseline": CategoricalDistribution(mine["baseline"]), "horizon": CategoricalDistribution(mine["horizon"])}
-        complete, _ = _status(study)
-        new = [run for run in data["runs"] if (run["baseline"], int(run["horizon"])) not in complete]
-        counts["present"] += len(data["runs"]) - len(new)
-        if new:
-            study.add_trials([
-                optuna.trial.create_trial(
-                    params={"baseline": run["baseline"], "horizon": int(run["horizon"])}, distributions=dists,
-                    value=math.inf if run["value"] is None else float(run["value"]), user_attrs=run["user_attrs"],
-                    system_attrs={_PAIR: [run["baseline"], int(run["horizon"])]},
-                )
-                for run in new
-            ])  # fmt: skip
-            counts["tasks"] += 1
-            counts["runs"] += len(new)
-    return counts
+    many scopes ("tasks") and runs were added and how many runs were already there."""
+    return BaselineStore(storage_url).import_(directory)

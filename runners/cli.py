@@ -312,14 +312,13 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
 def cmd_schedule_transfer(args: argparse.Namespace) -> int:
     from lhopt_dsl.controller import load_policy
 
-    from .baselines import default_storage
     from .transfer import format_record, save_record, transfer
 
     path = _policy_path(args.policy, args.tracking_uri)
     policy, space = load_policy(path)
     try:
         small, large = _task_file(args.small), _task_file(args.large)
-        record = transfer(policy, space, small, large, args.storage or default_storage(), device=args.device,
+        record = transfer(policy, space, small, large, _baseline_storage(args), device=args.device,
                           data_dir=os.environ.get("LHOPT_DATA_DIR"))  # fmt: skip
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -332,9 +331,13 @@ def cmd_schedule_transfer(args: argparse.Namespace) -> int:
 
 
 def _baseline_storage(args: argparse.Namespace) -> str:
+    """``--storage``, or the one default cache of every command, ``runs/baselines.db`` (made if needed)."""
     from .baselines import default_storage
 
-    return args.storage or default_storage()
+    if args.storage:
+        return args.storage
+    Path("runs").mkdir(exist_ok=True)
+    return default_storage()
 
 
 def cmd_baselines_export(args: argparse.Namespace) -> int:
@@ -438,7 +441,7 @@ def cmd_eval_ood(args: argparse.Namespace) -> int:
     try:
         run_suite(args.programs or (), policy=policy, seed=args.seed, steps_scale=args.steps_scale,
                   data_dir=args.data_dir, out=args.out, tracking_uri=args.tracking_uri, workers=args.workers,
-                  cache=None if args.no_cache else args.cache)  # fmt: skip
+                  storage=None if args.no_cache else _baseline_storage(args), old_cache=args.cache)  # fmt: skip
     except (FileNotFoundError, ValueError) as e:  # a missing data file, a policy that cannot drive LHOPT
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -723,7 +726,7 @@ def _schedule_command(g: _Group) -> None:
     e.add_argument("--policy", required=True, help="AdamW-space policy checkpoint (policy.pt) or MLflow model URI")
     e.add_argument("--small", required=True, help="task YAML the schedule is exported from")
     e.add_argument("--large", required=True, help="task YAML of the same family, >= 4x the parameters and steps")
-    e.add_argument("--storage", help="Optuna storage of the baseline grid cache (default: SQLite baselines.db here)")
+    e.add_argument("--storage", help="Optuna storage of the baseline grid cache (default: SQLite runs/baselines.db, as lhopt eval's)")
     _out(e, "output", "write the full record (schedule, curves, grid) as JSON here")
     e.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     e.add_argument("--tracking-uri", help="MLflow tracking URI for models:/ URIs")
@@ -768,8 +771,12 @@ def _judge_commands(g: _Group) -> None:
                    help="processes the runs are spread over, each with --threads torch threads (default: 1)")
     p.add_argument("--data-dir", help="dataset directory (default: $LHOPT_DATA_DIR, then the user cache)")
     _out(p, "out", "output directory (default: runs/ood)", metavar="DIR", default="runs/ood")
-    p.add_argument("--cache", default="runs/ood-baselines",
-                   help="directory of finished baseline runs, reused by later evaluations (default: runs/ood-baselines)")
+    p.add_argument("--storage", help="Optuna storage of the baseline cache, the one lhopt eval and lhopt baselines "
+                                     "use: finished baseline runs are reused by later evaluations (default: SQLite "
+                                     "runs/baselines.db)")  # fmt: skip
+    p.add_argument("--cache", default="runs/ood-baselines", metavar="DIR",
+                   help="eval-ood's cache directory of earlier versions: runs found there are copied into --storage "
+                        "(default: runs/ood-baselines)")  # fmt: skip
     p.add_argument("--no-cache", action="store_true", help="run every baseline, reading and writing no cache")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_eval_ood)
@@ -835,16 +842,16 @@ def _infra_commands(g: _Group) -> None:
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
     p.set_defaults(func=cmd_ui)
 
-    p = g.command("baselines", "export or import the baseline grid cache as plain files",
-                  about="copy the baseline grid cache to or from a directory of plain files (to share it, or keep "
-                        "it under version control)",
+    p = g.command("baselines", "export or import the baseline cache as plain files",
+                  about="copy the baseline cache (task grids and eval-ood runs) to or from a directory of plain files "
+                        "(to share it, or keep it under version control)",
                   example="lhopt baselines import results/baselines --storage sqlite:///runs/baselines.db")  # fmt: skip
     bsub = p.add_subparsers(dest="baselines_command", required=True, metavar="ACTION")
     storage = argparse.ArgumentParser(add_help=False)
-    storage.add_argument("--storage", help="Optuna storage of the cache (default: SQLite baselines.db here)")
+    storage.add_argument("--storage", help="Optuna storage of the cache (default: SQLite runs/baselines.db, as lhopt eval's)")
     for name, about, directory, func in (
-        ("export", "write each task's finished runs as DIR/<task grid>.json.gz (unchanged files are left as they "
-                   "are)", "directory to write the task grids to", cmd_baselines_export),
+        ("export", "write each task grid's and eval-ood program's finished runs as DIR/<scope>.json.gz (unchanged "
+                   "files are left as they are)", "directory to write the task grids to", cmd_baselines_export),
         ("import", "add the runs of DIR's files that the storage lacks", "a directory of lhopt baselines export",
          cmd_baselines_import),
     ):  # fmt: skip

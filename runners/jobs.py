@@ -3,8 +3,9 @@ spread over spawned worker processes, yielding each result as it finishes so tha
 it at once (a killed run loses only the jobs that were running), and write what it saves as strict
 JSON, atomically (a reader, or a resumed run, never sees half a file).
 
-``lhopt eval`` (per-task records), ``lhopt eval-ood`` (per-run baseline cache) and ``lhopt imitate``
-(per-task demonstrations) run their jobs through :func:`each_finished`; meta-training keeps one
+``lhopt eval`` (per-task records), ``lhopt eval-ood`` (per-run baselines, each stored in the
+baseline cache) and ``lhopt imitate`` (per-task demonstrations) run their jobs through
+:func:`each_finished`; meta-training keeps one
 :func:`~runners.lifeline.worker_pool` for the whole run, as its iterations are synchronous.
 """
 

@@ -1,6 +1,7 @@
 """The out-of-distribution suite: a policy in ordinary PyTorch programs against tuned baselines.
 
     lhopt eval-ood [--policy P] [--programs NAME ...] [--steps-scale F] [--out DIR] [--seed S] [--workers W]
+                   [--storage URL]
 
 Every program of :data:`runners.ood_programs.PROGRAMS` is built from the seed and trained through
 the one plain loop of :func:`runners.ood_programs.train` (the same initial weights and batch order
@@ -31,15 +32,19 @@ Scoring (our choices; the comparisons are :func:`lhopt_dsl.evaluation.metrics.co
 
 Outputs in ``--out`` (default ``runs/ood``): ``results.json`` (settings, per-program summaries, every
 curve and the policy's hyperparameter trace), ``table.md``, one ``<program>.png`` per program, and
-one MLflow run per invocation with the same numbers, curves and files.
+one MLflow run per invocation with the same numbers, curves and files. The baseline runs are kept in
+the one baseline cache (``--storage``, as for ``lhopt eval``; :class:`OodCache`), so evaluating
+another policy reruns only the policy, and ``lhopt baselines export|import`` carries them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import math
+import os
+import socket
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
@@ -54,7 +59,8 @@ from lhopt_dsl.spec.schedule import SHAPES, Schedule, shape_factor
 from lhopt_dsl.tasks.baselines import LEARNING_RATES, TUNING_FREE, schedule_of
 
 from . import ood_programs
-from .jobs import each_finished, write_json
+from .baselines import OOD_VERSION, SCOPES, BaselineStore
+from .jobs import each_finished, strict_json, write_json
 from .ood_programs import PROGRAMS, DataDir, OptimizerFactory, Run
 from .tracking import Tracker
 
@@ -119,62 +125,127 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-#: Version of the cached baseline runs; bump it when a program, the loop or a baseline changes.
-CACHE_VERSION = 1
+#: Version of the cached baseline runs (:data:`runners.baselines.OOD_VERSION`); bump it there when a
+#: program, the loop or a baseline changes.
+CACHE_VERSION = OOD_VERSION
 
 
-class BaselineCache:
-    """Finished baseline runs, one JSON file each under ``directory``, so that evaluating another
-    policy reruns only the policy: the baselines do not depend on it, and every run is
-    deterministic. A file is keyed by everything that decides its run (program, sizes, optimizer,
-    horizon, seed, data directory, torch version, :data:`CACHE_VERSION`); the policy's runs are
-    never cached. A file that cannot be read is ignored and rewritten."""
+def scope_of(job: Job) -> str:
+    """The baseline cache's scope of a job's program setting: everything that decides a baseline run
+    but the baseline itself (program, sizes, seed, data directory, torch version, :data:`CACHE_VERSION`),
+    digested; a scope's entries are its (baseline, horizon) pairs."""
+    key = json.dumps([job.program, asdict(job.sizes), job.seed, _data_key(job), torch.__version__])
+    return f"{SCOPES['ood'][0]}{job.program}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
 
-    def __init__(self, directory: str | os.PathLike[str] | None):
-        self.directory = Path(directory) if directory else None
 
-    def _path(self, job: Job) -> Path | None:
-        if self.directory is None or job.optimizer == "policy":
-            return None
-        key = json.dumps([CACHE_VERSION, job.program, asdict(job.sizes), job.optimizer, job.horizon, job.seed,
-                          str(Path(job.data_dir).resolve()) if job.data_dir else None, torch.__version__])  # fmt: skip
-        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-        return self.directory / f"{job.program}-{job.optimizer}-{job.horizon}T-{digest}.json"
+def _data_key(job: Job) -> str | None:
+    return str(Path(job.data_dir).resolve()) if job.data_dir else None
 
-    def get(self, job: Job) -> Run | None:
-        path = self._path(job)
-        if path is None or not path.exists():
-            return None
-        try:
-            data = json.loads(path.read_text())
-            return Run(**{k: [math.nan if v is None else v for v in x] if k in _CURVES else x for k, x in data.items()})
-        except (ValueError, TypeError, OSError):
-            return None
+
+def _scope_attrs(job: Job) -> dict[str, Any]:
+    """What a scope was made for, stored beside its entries (plain data, for people and exports)."""
+    return {"kind": "ood", "program": job.program, "sizes": asdict(job.sizes), "seed": job.seed,
+            "data_dir": _data_key(job), "torch": torch.__version__, "version": CACHE_VERSION}  # fmt: skip
+
+
+def _run_from(data: Any) -> Run | None:
+    """A stored run, or None for data that is not one (an entry that cannot be read is run again)."""
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("steps", *_CURVES)):
+        return None
+    try:
+        return Run(**{k: [math.nan if v is None else v for v in x] if k in _CURVES else x for k, x in data.items()})
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _usable(attrs: dict[str, Any]) -> bool:
+    return _run_from(attrs.get("run")) is not None
+
+
+class OodCache:
+    """eval-ood's baseline runs in the one baseline cache (:class:`runners.baselines.BaselineStore`
+    at ``storage``, the ``--storage`` of ``lhopt eval`` and ``lhopt baselines``): a run is the entry
+    of its (baseline, horizon) in its program setting's scope (:func:`scope_of`), so that evaluating
+    another policy reruns only the policy (the baselines do not depend on it and every run is
+    deterministic). The policy's runs are never cached. ``storage=None`` caches nothing.
+
+    ``old``: a directory of eval-ood's earlier cache (one JSON file per run; ``lhopt eval-ood
+    --cache``, by default ``runs/ood-baselines``); a run the store lacks but finds there is copied
+    into the store (:attr:`migrated` counts them), so old caches keep working and move over as they
+    are used.
+    """
+
+    def __init__(self, storage: str | None, old: str | os.PathLike[str] | None = None):
+        self.store = BaselineStore(storage) if storage else None
+        self.old = Path(old) if old and storage else None
+        self.migrated = 0
+
+    def lookup(self, jobs: Sequence[Job]) -> Iterator[tuple[Job, Run | None]]:
+        """Each job with its stored run, or None (the policy's, and runs the cache lacks)."""
+        found: dict[str, dict[tuple[str, int], dict[str, Any]]] = {}
+        for job in jobs:
+            if self.store is None or job.optimizer == "policy":
+                yield job, None
+                continue
+            scope = scope_of(job)
+            if scope not in found:  # one read per program setting
+                found[scope] = self.store.entries(scope, _usable)
+            entry = found[scope].get((job.optimizer, job.horizon))
+            yield job, _run_from(entry["run"]) if entry is not None else self._migrate(job)
 
     def put(self, job: Job, run: Run) -> None:
-        path = self._path(job)
-        if path is None:
+        if self.store is None or job.optimizer == "policy":
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, asdict(run), indent=None)
+        valid = run.final_valid
+        self.store.put(scope_of(job), (job.optimizer, job.horizon), valid if math.isfinite(valid) else math.inf,
+                       {"run": strict_json(asdict(run)), "worker": f"{socket.gethostname()}:{os.getpid()}"},
+                       _scope_attrs(job))  # fmt: skip
+
+    def _migrate(self, job: Job) -> Run | None:
+        """The job's run from the old cache directory, copied into the store; None if not there."""
+        if self.old is None:
+            return None
+        # The old files' name and key, as they were written.
+        key = json.dumps([CACHE_VERSION, job.program, asdict(job.sizes), job.optimizer, job.horizon, job.seed,
+                          _data_key(job), torch.__version__])  # fmt: skip
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        path = self.old / f"{job.program}-{job.optimizer}-{job.horizon}T-{digest}.json"
+        try:
+            run = _run_from(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return None
+        if run is not None:
+            self.put(job, run)
+            self.migrated += 1
+        return run
+
+    def report(self) -> None:
+        """Say on stderr what was copied from the old cache directory, and what to do about it."""
+        if self.migrated and self.store is not None:
+            print(f"eval-ood: {self.migrated} baseline run(s) copied from the old cache directory {self.old} into the "
+                  f"baseline cache {self.store.url}, where they are read from now on (`lhopt baselines export` "
+                  f"carries them). {self.old} is no longer written: delete it once the programs you evaluate have "
+                  "been run once with this version.", file=sys.stderr)  # fmt: skip
 
 
 _CURVES = ("valid_loss", "test_loss", "train_loss")
 
 
 def run_jobs(jobs: Sequence[Job], workers: int, threads: int, quiet: bool,
-             cache: BaselineCache | None = None) -> Iterator[tuple[Job, Run]]:  # fmt: skip
+             cache: OodCache | None = None) -> Iterator[tuple[Job, Run]]:  # fmt: skip
     """Yield ``(job, run)`` as runs finish: cached baselines first, then the rest in order in this
-    process, or spread over ``workers`` processes (each finished baseline is added to ``cache``)."""
-    cache = cache or BaselineCache(None)
+    process, or spread over ``workers`` processes (each finished baseline is stored in ``cache`` at
+    once, so a killed run loses only the runs in progress)."""
+    cache = cache or OodCache(None)
     with tqdm(total=len(jobs), desc="eval-ood", unit="run", disable=quiet, dynamic_ncols=True) as bar:
         todo = []
-        for job in jobs:
-            if (hit := cache.get(job)) is not None:
+        for job, hit in cache.lookup(jobs):
+            if hit is not None:
                 bar.update()
                 yield job, hit
             else:
                 todo.append(job)
+        cache.report()
         for job, run in _run_fresh(todo, workers, threads, bar):
             cache.put(job, run)
             yield job, run
@@ -439,7 +510,8 @@ def run_suite(
     tracking_uri: str | None = None,
     workers: int = 1,
     quiet: bool = False,
-    cache: str | Path | None = None,
+    storage: str | None = None,
+    old_cache: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the suite and write its reports; returns what ``results.json`` holds.
 
@@ -447,8 +519,10 @@ def run_suite(
     sizes (``steps_scale`` then does not apply to it); ``learning_rates``, ``shapes`` and
     ``tuning_free`` choose the baselines (default: the full grid of lhopt_dsl/tasks/baselines.py). The runs
     are spread over ``workers`` processes, each with this process's torch thread count; they are
-    deterministic, so the results do not depend on ``workers``. ``cache``: a directory of finished
-    baseline runs (:class:`BaselineCache`) that later invocations reuse; None runs every baseline.
+    deterministic, so the results do not depend on ``workers``. ``storage``: the baseline cache's
+    storage URL (:class:`OodCache`; the ``--storage`` of ``lhopt eval`` and ``lhopt baselines``), whose
+    baseline runs later invocations reuse; None runs every baseline. ``old_cache``: a directory of
+    eval-ood's earlier per-run cache, whose runs are copied into ``storage`` as they are needed.
     """
     if steps_scale <= 0:
         raise ValueError(f"steps_scale must be positive, got {steps_scale}")
@@ -479,7 +553,7 @@ def run_suite(
     summaries: dict[str, dict[str, Any]] = {}
     status = "FAILED"
     try:
-        for job, run in run_jobs(jobs, workers, threads, quiet, BaselineCache(cache)):
+        for job, run in run_jobs(jobs, workers, threads, quiet, OodCache(storage, old_cache)):
             runs[job.program][(job.optimizer, job.horizon)] = run
             pending[job.program] -= 1
             if pending[job.program]:

@@ -26,7 +26,7 @@ from lhopt_dsl.agent.rollout import Episode
 from lhopt_dsl.controller import ScheduleReplay, require_adamw_space, schedule_from_history
 from lhopt_dsl.evaluation.metrics import speedup
 from lhopt_dsl.spec.hparams import HyperparameterSpace
-from lhopt_dsl.spec.schedule import LearningCurve, segment_bounds
+from lhopt_dsl.spec.schedule import LearningCurve, Schedule, schedule_document, segment_bounds
 from lhopt_dsl.tasks import compile_task
 from lhopt_dsl.tasks.baselines import ADAMW_BASELINES
 from lhopt_dsl.tasks.training import train_and_measure
@@ -38,8 +38,8 @@ from .jobs import write_json
 MIN_SCALE = 4.0  # the large task has at least this many times the parameters and the steps
 
 
-def export_schedule(episode: Episode, cfg: TaskConfig, space: HyperparameterSpace) -> dict[str, Any]:
-    """The schedule document of a policy's episode on ``cfg``: each decision's values from the
+def export_schedule(episode: Episode, cfg: TaskConfig, space: HyperparameterSpace) -> Schedule:
+    """The tabulated schedule of a policy's episode on ``cfg``: each decision's values from the
     inner step where they took effect, as a fraction of the run."""
     bounds = segment_bounds(cfg.task.inner_steps, len(episode))
     history = [{"progress": bounds[i] / cfg.task.inner_steps, **h} for i, h in enumerate(episode.hparams)]
@@ -50,7 +50,7 @@ def parameter_count(cfg: TaskConfig, data_dir: str | None = None) -> int:
     return sum(p.numel() for p in compile_task(cfg, "cpu", data_dir).params)
 
 
-def replay(cfg: TaskConfig, schedule: dict[str, Any], device: str = "cpu", data_dir: str | None = None,
+def replay(cfg: TaskConfig, schedule: Schedule | dict[str, Any], device: str = "cpu", data_dir: str | None = None,
            evaluations_per_T: int = GRID_EVALUATIONS_PER_T) -> LearningCurve:  # fmt: skip
     """``torch.optim.AdamW`` driven by ``ScheduleReplay`` for ``cfg``'s T steps, measured as the grid's runs are."""
     task = compile_task(cfg, device, data_dir)
@@ -102,7 +102,7 @@ def transfer(policy: Actor[Any], space: HyperparameterSpace, small: TaskConfig, 
                   "policy_test_loss": source.test_loss},
         "large": {"task_id": large.task_id, "family": large.family, "params": params[1], "T": T},
         "scale": {"params": params[1] / params[0], "steps": T / small.task.inner_steps},
-        "schedule": schedule,
+        "schedule": schedule_document(schedule),  # the schedule file's form (lhopt schedule export)
         "replay": {**versus(replayed.test_loss), "curve": {"steps": replayed.steps, "test": replayed.test_curve}},
         "live_policy": versus(live.test_loss),
         "best_adamw": {"name": best, "test_loss": finite.get(best, math.nan) if best else math.nan},

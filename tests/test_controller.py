@@ -14,7 +14,7 @@ from lhopt_dsl import load_spec, sample
 from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.agent.policy import ActorCritic, PolicyShape, save_checkpoint
 from lhopt_dsl.agent.rollout import run_episode
-from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, ScheduleReplay, load_policy, load_schedule
+from lhopt_dsl.controller import DEFAULT_POLICY, LHOPT, ScheduleReplay, load_policy, load_schedule, read_schedule
 from lhopt_dsl.spec.schedule import segment_bounds
 from lhopt_dsl.tasks import compile_task
 from runners.cli import main as cli
@@ -79,7 +79,7 @@ def test_drop_in_trains_a_model_and_calls_the_policy_the_expected_number_of_time
     assert len(calls) == opt.decisions == 10
     assert [round(h["progress"], 3) for h in opt.history] == [k / 10 for k in range(10)]
     assert F.mse_loss(net(x), y).item() < first
-    assert opt.schedule()["schedule"]["lr"] == [h["lr"] for h in opt.history]
+    assert list(opt.schedule().column("lr")) == [h["lr"] for h in opt.history]
 
 
 def test_a_policy_for_another_space_is_refused_with_a_clear_message(tmp_path):
@@ -97,11 +97,12 @@ def test_export_then_replay_reproduces_the_exported_sequence(adamw_policy_file, 
     cfg, task = _task_file(SMOKE_ADAMW, "nqm", tmp_path / "task.yaml")
     out = tmp_path / "schedule.yaml"
     assert cli(["schedule", "export", "--policy", str(adamw_policy_file), "--task", str(task), "-o", str(out)]) == 0
-    schedule = load_schedule(out)["schedule"]
+    schedule, meta = read_schedule(out)
     k, T = cfg.task.outer_steps, cfg.task.inner_steps
-    assert schedule["progress"] == [b / T for b in segment_bounds(T, k)[:-1]]  # where each decision took effect
-    meta = yaml.safe_load(out.read_text())["meta"]
-    assert meta["task_id"] == cfg.task_id and meta["space"] == "adamw" and meta["restarts"] == 0
+    assert list(schedule.progress) == [b / T for b in segment_bounds(T, k)[:-1]]  # where each decision took effect
+    assert schedule.is_table and schedule.optimizer == "adamw"
+    assert meta["task_id"] == cfg.task_id and meta["restarts"] == 0
+    assert yaml.safe_load(out.read_text())["format"] == "lhopt-schedule"
     for total in (cfg.task.inner_steps, 3 * cfg.task.inner_steps):  # replayed as recorded, then stretched
         p = torch.nn.Parameter(torch.zeros(2))
         adamw = torch.optim.AdamW([p])
@@ -113,9 +114,9 @@ def test_export_then_replay_reproduces_the_exported_sequence(adamw_policy_file, 
             p.grad = torch.ones(2)
             adamw.step()
             replay.step()
-        boundaries = [math.ceil(p * total - 1e-9) for p in schedule["progress"]]
+        boundaries = [math.ceil(p * total - 1e-9) for p in schedule.progress]
         for i, t in enumerate(boundaries):
-            expected = tuple(schedule[n][i] for n in ADAMW_COLUMNS)
+            expected = tuple(schedule.column(n)[i] for n in ADAMW_COLUMNS)
             assert seen[t] == pytest.approx(expected, rel=1e-12), (total, i)
         assert adamw.param_groups[0]["betas"][0] == 0.9  # beta1 stays
 
@@ -144,14 +145,13 @@ def test_exported_adamw_space_schedule_replayed_on_adamw_reproduces_the_run(adam
     cfg, task_file = _task_file(SMOKE_ADAMW, family, tmp_path / "task.yaml")
     out = tmp_path / "schedule.yaml"
     assert cli(["schedule", "export", "--policy", str(adamw_policy_file), "--task", str(task_file), "-o", str(out)]) == 0
-    document = load_schedule(out)
-    schedule = document["schedule"]
-    assert all(len(set(schedule[c])) > 1 for c in ("eps", "one_minus_beta2", "weight_decay"))  # it acts
+    schedule, meta = read_schedule(out)
+    assert all(len(set(schedule.column(c))) > 1 for c in ("eps", "one_minus_beta2", "weight_decay"))  # it acts
 
     policy, space = load_policy(adamw_policy_file)
     env = _RecordingEnv(space)
     episode = run_episode(env, cfg, policy, log_improvement_reward, deterministic=True)  # the exported run
-    assert episode.valid_curve[-1] == document["meta"]["final_valid_loss"]
+    assert episode.valid_curve[-1] == meta["final_valid_loss"]
 
     task = compile_task(cfg)
     adamw = torch.optim.AdamW(task.params)
@@ -198,7 +198,7 @@ def test_drop_in_adamw_space_policy_runs_adamw_and_its_schedule_replays_the_run(
 
     mine = run(net, lhopt_step)
     schedule = opt.schedule()
-    assert schedule["meta"]["space"] == "adamw" and len(schedule["schedule"]["lr"]) == 6
+    assert schedule.optimizer == "adamw" and len(schedule.column("lr")) == 6
     adamw = torch.optim.AdamW(replayed.parameters())
     replay = ScheduleReplay(adamw, schedule, total_steps=120)
     theirs = run(replayed, lambda loss: (adamw.step(), replay.step()))

@@ -252,9 +252,7 @@ def test_tiny_suite_writes_table_json_plot_and_metrics(tmp_path, capsys):
     assert any("ood/wikitext2_lm/hparams/lr" in row for row in logged)
 
 
-def test_baseline_cache_reruns_only_the_policy(tmp_path, monkeypatch):
-    """A second suite with the same cache runs the policy alone and reports the same baselines; a
-    broken cache file is run again and rewritten."""
+def _counting_runs(monkeypatch) -> list:
     ran = []
     real = ood.run_job
 
@@ -263,18 +261,32 @@ def test_baseline_cache_reruns_only_the_policy(tmp_path, monkeypatch):
         return real(job)
 
     monkeypatch.setattr(ood, "run_job", counted)
-    args = dict(sizes=TINY, learning_rates=(1e-3,), shapes=("constant",), tuning_free=(), tracking_uri=OFFLINE,
-                quiet=True, cache=tmp_path / "cache")  # fmt: skip
+    return ran
+
+
+CACHED = dict(sizes=TINY, learning_rates=(1e-3,), shapes=("constant",), tuning_free=(), tracking_uri=OFFLINE, quiet=True)
+ONE_PAIR = [("adamw-constant-lr0.001", 1), ("adamw-constant-lr0.001", 2), ("policy", 1)]
+
+
+def test_baseline_cache_reruns_only_the_policy(tmp_path, monkeypatch):
+    """A second suite with the same baseline cache runs the policy alone and reports the same
+    baselines; an entry that cannot be read is run again and stored anew."""
+    from runners.baselines import BaselineStore
+
+    ran = _counting_runs(monkeypatch)
+    url = f"sqlite:///{tmp_path / 'cache' / 'baselines.db'}"
+    store = BaselineStore(url)
+    job = ood.Job("wikitext2_lm", "adamw-constant-lr0.001", 1, TINY["wikitext2_lm"], 0, None, None)
+    store.put(ood.scope_of(job), ("adamw-constant-lr0.001", 1), 1.0, {"run": "not a run"})  # a broken entry first
+    args = dict(CACHED, storage=url)
     first = ood.run_suite(["wikitext2_lm"], out=tmp_path / "a", **args)
-    assert sorted(ran) == [("adamw-constant-lr0.001", 1), ("adamw-constant-lr0.001", 2), ("policy", 1)]
-    files = sorted((tmp_path / "cache").iterdir())
-    assert len(files) == 2  # the baselines, never the policy
+    assert sorted(ran) == ONE_PAIR
+    entries = store.entries(ood.scope_of(job))
+    assert set(entries) == {("adamw-constant-lr0.001", 1), ("adamw-constant-lr0.001", 2)}  # never the policy
+    assert len(store.entries(ood.scope_of(job), ood._usable)) == 2  # the broken one was run again
     ran.clear()
-    files[0].write_text("{not json")
     second = ood.run_suite(["wikitext2_lm"], out=tmp_path / "b", **args)
-    broken = ("adamw-constant-lr0.001", 1 if "-1T-" in files[0].name else 2)
-    assert sorted(ran) == sorted([("policy", 1), broken])
-    json.loads(files[0].read_text())  # rewritten
+    assert ran == [("policy", 1)]
 
     def curves(report):  # what the runs measured (their wall times differ)
         runs = report["programs"]["wikitext2_lm"]["baselines"]["adamw-constant-lr0.001"]
@@ -284,6 +296,64 @@ def test_baseline_cache_reruns_only_the_policy(tmp_path, monkeypatch):
     ran.clear()
     ood.run_suite(["wikitext2_lm"], out=tmp_path / "c", **{**args, "seed": 1})  # another seed: other runs
     assert len(ran) == 3
+
+
+def test_an_old_cache_directory_is_read_and_copied_into_the_store(tmp_path, monkeypatch, capsys):
+    """eval-ood's per-run JSON files of earlier versions keep working: a run found there is served
+    and copied into the baseline cache, with a message saying so."""
+    import hashlib
+    from dataclasses import asdict
+
+    from runners.jobs import write_json
+
+    ran = _counting_runs(monkeypatch)
+    sizes = TINY["wikitext2_lm"]
+    old = tmp_path / "ood-baselines"
+    old.mkdir()
+    made = {}
+    for h in (1, 2):  # files named and keyed as the old BaselineCache wrote them
+        run = run_program("wikitext2_lm", adamw(1e-3, "constant"), sizes=sizes, steps=h * sizes.steps)
+        key = json.dumps([1, "wikitext2_lm", asdict(sizes), "adamw-constant-lr0.001", h, 0, None, torch.__version__])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:20]
+        write_json(old / f"wikitext2_lm-adamw-constant-lr0.001-{h}T-{digest}.json", asdict(run), indent=None)
+        made[h] = run
+    url = f"sqlite:///{tmp_path / 'baselines.db'}"
+    report = ood.run_suite(["wikitext2_lm"], out=tmp_path / "a", storage=url, old_cache=old, **CACHED)
+    assert ran == [("policy", 1)]  # the baselines came from the old files
+    err = capsys.readouterr().err
+    assert "2 baseline run(s) copied from the old cache directory" in err and url in err
+    stored = report["programs"]["wikitext2_lm"]["baselines"]["adamw-constant-lr0.001"]
+    assert stored["1T"]["test_loss"] == made[1].test_loss
+    for path in old.iterdir():
+        path.unlink()  # now in the store: the directory is not needed any more
+    ran.clear()
+    ood.run_suite(["wikitext2_lm"], out=tmp_path / "b", storage=url, old_cache=old, **CACHED)
+    assert ran == [("policy", 1)] and "copied" not in capsys.readouterr().err
+
+
+def test_export_and_import_carry_eval_ood_runs_with_the_task_grids(tmp_path, monkeypatch, capsys):
+    from runners.baselines import BaselineStore
+
+    ran = _counting_runs(monkeypatch)
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b' / 'b.db'}"
+    first = ood.run_suite(["wikitext2_lm"], out=tmp_path / "o1", storage=a, **CACHED)
+    out = tmp_path / "export"
+    assert main(["baselines", "export", str(out), "--storage", a]) == 0
+    (path,) = out.iterdir()
+    assert path.name.startswith("ood-v1-wikitext2_lm-") and "1 task grids written" in capsys.readouterr().out
+    blob = path.read_bytes()
+    assert main(["baselines", "export", str(out), "--storage", a]) == 0 and path.read_bytes() == blob
+    assert main(["baselines", "import", str(out), "--storage", b]) == 0
+    assert "2 runs added to 1 task grids" in capsys.readouterr().out
+    assert main(["baselines", "import", str(out), "--storage", b]) == 0
+    assert "0 runs added" in capsys.readouterr().out  # importing again adds nothing
+    assert BaselineStore(b).scopes() == BaselineStore(a).scopes()
+    ran.clear()
+    second = ood.run_suite(["wikitext2_lm"], out=tmp_path / "o2", storage=b, **CACHED)
+    assert ran == [("policy", 1)]  # served from the imported runs
+    one = first["programs"]["wikitext2_lm"]["baselines"]
+    two = second["programs"]["wikitext2_lm"]["baselines"]
+    assert one == two
 
 
 def test_cli_help_and_bad_arguments(capsys, tmp_path):
