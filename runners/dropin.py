@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lhopt_dsl import LHOPT
-from lhopt_dsl.spec.schedule import Schedule
+from lhopt_dsl.spec.schedule import REFERENCE_SCHEDULE, Schedule
 
 from .jobs import write_json
 from .ood_programs import report_losses
@@ -40,7 +40,6 @@ CADENCES: tuple[tuple[int | None, int | None], ...] = (
     (1, None), (1, 20), (20, 20), (20, None), (None, 20), (None, None), (7, 50),
 )  # fmt: skip
 HURT = 1.1  # a run is hurt when its final test loss exceeds AdamW's by more than this factor
-REFERENCE_SCHEDULE = "linear-lr0.03"  # the fixed schedule the shipped policy acts around
 
 
 @dataclass

@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from lhopt_dsl.controller import LHOPT
 from lhopt_dsl.evaluation.metrics import TaskScores, compare_task
-from lhopt_dsl.spec.schedule import SHAPES, Schedule, shape_factor
+from lhopt_dsl.spec.schedule import REFERENCE_SCHEDULE, SHAPES, Schedule, shape_factor
 from lhopt_dsl.tasks.baselines import LEARNING_RATES, TUNING_FREE, schedule_of
 
 from . import ood_programs
@@ -71,14 +71,18 @@ RESTARTS = ("load", "swap")  # the restart actions that change the weights ("sav
 
 
 def baseline_names(learning_rates: Sequence[float] = LEARNING_RATES, shapes: Sequence[str] = SHAPES,
-                   tuning_free: Sequence[str] = TUNING_FREE) -> list[str]:  # fmt: skip
-    """Baseline names as in lhopt_dsl/tasks/baselines.py: ``adamw-<shape>-lr<lr>``, then the tuning-free ones."""
+                   tuning_free: Sequence[str] = TUNING_FREE, schedule: str | None = REFERENCE_SCHEDULE) -> list[str]:  # fmt: skip
+    """Baseline names as in lhopt_dsl/tasks/baselines.py: ``adamw-<shape>-lr<lr>``, then the tuning-free
+    ones, then ``schedule`` (a followed schedule's name: CIAO following it through ``LHOPT``)."""
     for shape in shapes:
         shape_factor(shape, 0.0)  # an unknown shape fails here, before anything runs
     unknown = [n for n in tuning_free if n not in TUNING_FREE]
     if unknown:
         raise ValueError(f"unknown tuning-free optimizer(s) {', '.join(unknown)}; known: {', '.join(TUNING_FREE)}")
-    return [Schedule(lr=lr, shape=shape).name for lr in learning_rates for shape in shapes] + list(tuning_free)
+    followed = [] if schedule is None else [Schedule.from_name(schedule).name]
+    if followed and Schedule.from_name(schedule).optimizer is not None:
+        raise ValueError(f"the reference schedule is one CIAO follows (e.g. {REFERENCE_SCHEDULE}), not {schedule}")
+    return [Schedule(lr=lr, shape=shape).name for lr in learning_rates for shape in shapes] + list(tuning_free) + followed
 
 
 def is_adamw(name: str) -> bool:
@@ -91,6 +95,8 @@ def optimizer_factory(name: str, policy: str | Path | None, seed: int) -> Optimi
         return ood_programs.policy(policy, seed)
     if name in TUNING_FREE:
         return ood_programs.tuning_free(name)
+    if not is_adamw(name):  # a followed schedule: the drop-in LHOPT driven by it
+        return ood_programs.policy(Schedule.from_name(name), seed)
     schedule = schedule_of(name)
     return ood_programs.adamw(schedule.lr, schedule.shape)
 
@@ -349,7 +355,8 @@ def _yes(flag: bool) -> str:
 TABLE_HEADER = (
     "| program | T | policy | best AdamW, T / 2T | policy <= best, T / 2T | speedup vs best "
     "| AdamW picked by valid, T / 2T | policy <= picked, T / 2T | pairs >=1x / >=2x "
-    "| median AdamW, T | Schedule-Free, T | Prodigy, T | non-finite runs |"
+    f"| median AdamW, T | Schedule-Free, T | Prodigy, T | CIAO + {REFERENCE_SCHEDULE}, T | policy <= it, T "
+    "| non-finite runs |"
 )
 TABLE_NOTE = (
     "Test losses (lower is better); the policy runs T steps, each baseline T and 2T steps. Best AdamW: the "
@@ -357,7 +364,8 @@ TABLE_NOTE = (
     "`lhopt eval`). Picked by valid: the AdamW run with the lowest validation loss, what a user tuning on "
     "validation data would pick. Speedup: steps the best AdamW needs to reach the policy's test loss, over T "
     "(lhopt_dsl.evaluation.metrics.speedup; >=2.00x: not within 2T). Pairs: fraction of the 35 AdamW runs the policy "
-    "matches at T / at 2T (the paper's Table 1 measure)."
+    "matches at T / at 2T (the paper's Table 1 measure). "
+    f"CIAO + {REFERENCE_SCHEDULE}: the fixed schedule a learned policy has to beat, through the same LHOPT."
 )
 
 
@@ -367,7 +375,7 @@ def _speedup(value: float, capped: bool) -> str:
 
 def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
     """The Markdown table of one suite run (see :data:`TABLE_NOTE`)."""
-    lines = [TABLE_HEADER, "|---|---:|---:|---|:---:|---:|---|:---:|:---:|---:|---:|---:|---|"]
+    lines = [TABLE_HEADER, "|---|---:|---:|---|:---:|---:|---|:---:|:---:|---:|---:|---:|---:|:---:|---|"]
     for program, s in summaries.items():
         vs, nf = s["vs"], s["nonfinite"]
         failed = (["policy"] if nf["policy"] else []) + (
@@ -385,6 +393,8 @@ def format_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
             _loss(s["median_adamw_T"]),
             _loss(vs["schedulefree"]["T"]) if "schedulefree" in vs else "-",
             _loss(vs["prodigy"]["T"]) if "prodigy" in vs else "-",
+            _loss(vs[REFERENCE_SCHEDULE]["T"]) if REFERENCE_SCHEDULE in vs else "-",
+            _yes(vs[REFERENCE_SCHEDULE]["beats_1x"]) if REFERENCE_SCHEDULE in vs else "-",
             ", ".join(failed) or "none",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -479,6 +489,7 @@ def _log_program(tracker: Tracker, result: ProgramResult, summary: Mapping[str, 
         f"{key}/median_test_T": summary["median_adamw_T"],
         f"{key}/nonfinite_runs": float(len(summary["nonfinite"]["baselines"]) + summary["nonfinite"]["policy"]),
         f"{key}/policy_restarts": float(summary["policy_restarts"]),
+        **({f"{key}/schedule_test_T": summary["vs"][REFERENCE_SCHEDULE]["T"]} if REFERENCE_SCHEDULE in summary["vs"] else {}),
         f"{key}/seconds": result.seconds,
     }, step=0)  # fmt: skip
     policy = result.policy
@@ -505,6 +516,7 @@ def run_suite(
     learning_rates: Sequence[float] = LEARNING_RATES,
     shapes: Sequence[str] = SHAPES,
     tuning_free: Sequence[str] = TUNING_FREE,
+    schedule: str | None = REFERENCE_SCHEDULE,
     data_dir: DataDir = None,
     out: str | Path = "runs/ood",
     tracking_uri: str | None = None,
@@ -517,7 +529,8 @@ def run_suite(
 
     ``programs`` (default: all) name entries of :data:`PROGRAMS`; ``sizes`` overrides a program's
     sizes (``steps_scale`` then does not apply to it); ``learning_rates``, ``shapes`` and
-    ``tuning_free`` choose the baselines (default: the full grid of lhopt_dsl/tasks/baselines.py). The runs
+    ``tuning_free`` choose the baselines (default: the full grid of lhopt_dsl/tasks/baselines.py);
+    ``schedule``, a followed schedule run beside them (None: none). The runs
     are spread over ``workers`` processes, each with this process's torch thread count; they are
     deterministic, so the results do not depend on ``workers``. ``storage``: the baseline cache's
     storage URL (:class:`OodCache`; the ``--storage`` of ``lhopt eval`` and ``lhopt baselines``), whose
@@ -527,7 +540,7 @@ def run_suite(
     if steps_scale <= 0:
         raise ValueError(f"steps_scale must be positive, got {steps_scale}")
     chosen = ood_programs.names(programs)
-    baselines = baseline_names(learning_rates, shapes, tuning_free)
+    baselines = baseline_names(learning_rates, shapes, tuning_free, schedule)
     if not any(is_adamw(n) for n in baselines):
         raise ValueError("the suite needs at least one AdamW baseline (a learning rate and a shape)")
     out = Path(out)
@@ -537,6 +550,7 @@ def run_suite(
     data = str(data_dir) if data_dir else None
     threads = torch.get_num_threads()
     settings = _settings(policy_path, seed, steps_scale, plan, learning_rates, shapes, tuning_free, workers, threads)
+    settings["reference_schedule"] = schedule
     check_policy(policy_path)  # a checkpoint that cannot drive LHOPT fails now, not after the baselines
     for name in chosen:  # so does a missing data file
         PROGRAMS[name].build(seed, plan[name], data)

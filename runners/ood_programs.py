@@ -428,8 +428,9 @@ def tuning_free(name: str) -> OptimizerFactory:
     return lambda model, steps: Optimization(tuning_free_optimizer(name, list(model.parameters()), steps))
 
 
-def policy(path: str | os.PathLike | None = None, seed: int = 0) -> OptimizerFactory:
-    """The drop-in :class:`LHOPT` with a policy checkpoint (None: the shipped default), greedy."""
+def policy(path: str | os.PathLike | Schedule | None = None, seed: int = 0) -> OptimizerFactory:
+    """The drop-in :class:`LHOPT` with a policy checkpoint (None: the shipped default), greedy, or
+    driven by a fixed :class:`~lhopt_dsl.spec.schedule.Schedule` (CIAO following it)."""
     return lambda model, steps: Optimization(LHOPT(model.parameters(), path, total_steps=steps, model=model, seed=seed))
 
 

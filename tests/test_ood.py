@@ -233,7 +233,7 @@ def test_tiny_suite_writes_table_json_plot_and_metrics(tmp_path, capsys):
     record = saved["programs"]["wikitext2_lm"]
     assert set(record) == {"sizes", "seconds", "summary", "policy", "baselines"}
     grid = {f"adamw-{shape}-lr{lr}" for shape in ("constant", "cosine") for lr in ("0.001", "0.01")}
-    assert set(record["baselines"]) == grid | {"prodigy"}
+    assert set(record["baselines"]) == grid | {"prodigy", ood.REFERENCE_SCHEDULE}
     assert all(set(r) == {"1T", "2T"} for r in record["baselines"].values())
     assert len(record["policy"]["history"]) == 16
 
@@ -244,8 +244,15 @@ def test_tiny_suite_writes_table_json_plot_and_metrics(tmp_path, capsys):
     assert summary["best_T"] == finals[summary["best_baseline"]]
     assert summary["beats_best_1x"] == (record["policy"]["test_loss"][-1] <= summary["best_T"])
 
+    # The fixed schedule's row: CIAO following it through LHOPT, compared with the policy as the others are.
+    schedule = record["baselines"][ood.REFERENCE_SCHEDULE]["1T"]
+    assert summary["vs"][ood.REFERENCE_SCHEDULE]["T"] == schedule["test_loss"][-1]
+    assert {h["restart"] for h in schedule["history"]} == {"none"} and len(schedule["history"]) == 16
     table = (out / "table.md").read_text().splitlines()
     assert table[0] == ood.TABLE_HEADER and table[2].startswith("| wikitext2_lm | 16 |")
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert cells[-3] == f"{schedule['test_loss'][-1]:.4g}"
+    assert cells[-2] == ("yes" if record["policy"]["test_loss"][-1] <= schedule["test_loss"][-1] else "no")
     assert (out / "wikitext2_lm.png").stat().st_size > 0
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("ood/wikitext2_lm/speedup" in row for row in logged)
@@ -264,7 +271,8 @@ def _counting_runs(monkeypatch) -> list:
     return ran
 
 
-CACHED = dict(sizes=TINY, learning_rates=(1e-3,), shapes=("constant",), tuning_free=(), tracking_uri=OFFLINE, quiet=True)
+CACHED = dict(sizes=TINY, learning_rates=(1e-3,), shapes=("constant",), tuning_free=(), schedule=None, tracking_uri=OFFLINE,
+              quiet=True)  # fmt: skip
 ONE_PAIR = [("adamw-constant-lr0.001", 1), ("adamw-constant-lr0.001", 2), ("policy", 1)]
 
 

@@ -65,6 +65,11 @@ SCHEDULE_VERSION = 1
 _RESERVED = frozenset({"kind", "optimizer", "progress"})
 _SHAPE_KEYS = frozenset({"kind", "optimizer", "lr", "shape", "weight_decay", "betas", "eps"})
 
+#: The fixed schedule every learned policy is judged against (the shipped policy's residual base):
+#: CIAO's learning rate following it, nothing else moving. ``lhopt check-dropin`` and ``lhopt
+#: eval-ood`` run it as a row of their own.
+REFERENCE_SCHEDULE = "linear-lr0.03"
+
 
 @dataclass(frozen=True)
 class Schedule:
