@@ -22,7 +22,9 @@ covariance S:
 Intervals are leave-one-task-out jackknife intervals (a bootstrap would repeat tasks, and a repeated
 task looks like agreement); the difference between the schemes is paired on the same tasks.
 
-Every scheme is measured with each reward cap of ``--caps`` (``meta_train.reward_cap``: the speedup
+With 4 or more rollouts per task, every row is also measured on the first half of each task's
+rollouts (the same tasks and episodes, fewer rollouts: what more rollouts per task buy). Every
+scheme is measured with each reward cap of ``--caps`` (``meta_train.reward_cap``: the speedup
 over the baseline at which the reward saturates): the episodes' shaped rewards are recomputed from
 their validation curves against the same baseline curve, so the caps too are compared on the same
 rollouts. The policy acts as ``lhopt train`` would make it act (around the spec's residual base,
@@ -144,33 +146,51 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     model = initial_policy(spec, load_policy_file(args.init) if args.init else None, args.init or "")
     collected = collect(spec, model, args.tasks, args.iteration)
-    print(f"\npolicy-gradient signal on {args.tasks} tasks of {args.spec} x {spec.meta_train.rollouts_per_task} "
-          f"rollouts, policy: {args.init or 'untrained'}\n")
-    print(f"| reward_cap | advantage_norm | mean final reward | signal | noise | SNR (1 task) | "
-          f"SNR ({per} tasks) [95% jackknife interval] | cos to the others |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    # Leave-one-task-out: a bootstrap would repeat tasks, and repeats look like agreement.
-    leave_out = [np.array([j for j in range(args.tasks) if j != i]) for i in range(args.tasks)]
-    snrs: dict[tuple[float, str], tuple[float, np.ndarray]] = {}
-    for cap in args.caps:
-        by_task = {r.task_id: recapped(r, steps, cap, spec.meta_train.gae_lambda) for r, steps in collected}
-        mean_reward = np.mean([e.final_reward for group in by_task.values() for e in group])
-        for how in ("batch", "task"):
-            grads = task_gradients(by_task, model, how)
-            r: dict[str, Any] = gradient_signal(grads)
-            snr = r["signal"] / (r["noise"] / per)
-            snrs[cap, how] = snr, np.array([_snr(grads[idx], per) for idx in leave_out])
-            half = 1.96 * _jackknife_se(snrs[cap, how][1])
-            print(f"| {cap:g} | {how} | {mean_reward:.3f} | {r['signal']:.3g} | {r['noise']:.3g} | "
-                  f"{r['signal'] / r['noise']:.3f} | {snr:.3f} [{snr - half:.3f}, {snr + half:.3f}] | {r['cos']:.3f} |")
-    ref = (args.caps[0], "batch")
+    rollouts = spec.meta_train.rollouts_per_task
+    print(f"\npolicy-gradient signal on {args.tasks} tasks of {args.spec} x {rollouts} rollouts, "
+          f"policy: {args.init or 'untrained'}\n")
+    # With 4 or more rollouts, the first half of each task's rollouts too: the same tasks, fewer rollouts.
+    counts = sorted({rollouts, rollouts // 2} if rollouts >= 4 else {rollouts}, reverse=True)
+    snrs = measure(collected, model, spec, args.caps, counts)
+    ref = (counts[0], args.caps[0], "batch")
     print()
     for key in snrs:
         if key != ref:
             diff = snrs[key][0] - snrs[ref][0]
             half = 1.96 * _jackknife_se(snrs[key][1] - snrs[ref][1])
-            print(f"SNR ({per} tasks), cap {key[0]:g} {key[1]} - cap {ref[0]:g} {ref[1]}, paired on the same tasks: "
+            print(f"SNR ({per} tasks), {_label(key)} - {_label(ref)}, paired on the same tasks: "
                   f"{diff:+.3f} [{diff - half:+.3f}, {diff + half:+.3f}] (95% jackknife interval)")
+
+
+def _label(key: tuple[int, float, str]) -> str:
+    return f"{key[0]} rollouts cap {key[1]:g} {key[2]}"
+
+
+def measure(collected: list[tuple[TaskResult, list[int]]], model: ActorCritic, spec: Any, caps: list[float],
+            counts: list[int]) -> dict[tuple[int, float, str], tuple[float, np.ndarray]]:  # fmt: skip
+    """Print the table of every (rollouts used, cap, advantage scheme); return each one's SNR for a
+    PPO batch and its leave-one-task-out values."""
+    per, n = spec.meta_train.tasks_per_iteration, len(collected)
+    print(f"| rollouts | reward_cap | advantage_norm | mean final reward | signal | noise | SNR (1 task) | "
+          f"SNR ({per} tasks) [95% jackknife interval] | cos to the others |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    # Leave-one-task-out: a bootstrap would repeat tasks, and repeats look like agreement.
+    leave_out = [np.array([j for j in range(n) if j != i]) for i in range(n)]
+    snrs: dict[tuple[int, float, str], tuple[float, np.ndarray]] = {}
+    for k in counts:
+        for cap in caps:
+            by_task = {r.task_id: recapped(r, steps, cap, spec.meta_train.gae_lambda)[:k] for r, steps in collected}
+            mean_reward = np.mean([e.final_reward for group in by_task.values() for e in group])
+            for how in ("batch", "task"):
+                grads = task_gradients(by_task, model, how)
+                r: dict[str, Any] = gradient_signal(grads)
+                snr = r["signal"] / (r["noise"] / per)
+                snrs[k, cap, how] = snr, np.array([_snr(grads[idx], per) for idx in leave_out])
+                half = 1.96 * _jackknife_se(snrs[k, cap, how][1])
+                print(f"| {k} | {cap:g} | {how} | {mean_reward:.3f} | {r['signal']:.3g} | {r['noise']:.3g} | "
+                      f"{r['signal'] / r['noise']:.3f} | {snr:.3f} [{snr - half:.3f}, {snr + half:.3f}] | "
+                      f"{r['cos']:.3f} |")  # fmt: skip
+    return snrs
 
 
 if __name__ == "__main__":
