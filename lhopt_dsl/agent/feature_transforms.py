@@ -83,6 +83,18 @@ def _exp_moments(k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.where(small, i0, c0), np.where(small, i1, c1), np.where(small, i2, c2)
 
 
+def _series_moments(ks: np.ndarray, orders: tuple[int, ...]) -> np.ndarray:
+    """(len(orders), *ks.shape): the power series of I_j(k) (:func:`_exp_moments`) for j in ``orders``,
+    with the same operations on each element as :func:`_exp_moments`' series, all orders at once."""
+    denominators = np.asarray(orders, dtype=np.float64).reshape((-1,) + (1,) * ks.ndim) + 1.0  # m + j + 1 at m = 0
+    acc = np.zeros((len(orders), *ks.shape))
+    term = np.ones_like(ks)  # k^m / m!
+    for m in range(_SERIES_TERMS + 1):
+        acc += term / (denominators + m)
+        term = term * ks / (m + 1)
+    return acc
+
+
 def _segment_weights(k: np.ndarray) -> tuple[np.ndarray, ...]:
     """Bernstein-basis integrals on s in [0, 1] of the weight e^{k s}:
 
@@ -91,8 +103,12 @@ def _segment_weights(k: np.ndarray) -> tuple[np.ndarray, ...]:
     The (1-s) ones use the reflection s -> 1-s: int (1-s)^j e^{ks} = e^k I_j(-k), which stays
     well conditioned for either sign of k. All five are positive.
     """
-    _, i1, i2 = _exp_moments(k)
-    _, r1, r2 = _exp_moments(-k)
+    k = np.asarray(k, dtype=np.float64)
+    if np.all(np.abs(k) < _SERIES_MAX_K):  # short segments (the usual case): I_1, I_2 of k and -k in one series
+        (i1, r1), (i2, r2) = _series_moments(np.stack([k, -k]), (1, 2))
+    else:
+        _, i1, i2 = _exp_moments(k)
+        _, r1, r2 = _exp_moments(-k)
     ek = np.exp(k)
     return ek * r1, i1, ek * r2, i1 - i2, i2
 

@@ -45,7 +45,7 @@ from ..spec.experiment import ReportingSpec
 from ..spec.families import CNNTask, MLPTask, NQMTask, RNNTask, TextRNNTask, TransformerTask
 from ..spec.hparams import HyperparameterSpace
 from .actions import ActionSpace, Checkpoint
-from .feature_transforms import IntegralCDF, sanitize
+from .feature_transforms import IntegralCDF
 
 NB = 5  # values of b for the integral CDF features
 TASK_CLASSES = (MLPTask, CNNTask, RNNTask, TextRNNTask, TransformerTask, NQMTask)
@@ -63,9 +63,11 @@ def _log(x: float) -> float:
 
 
 def _flagged(x: float) -> tuple[float, float, float]:
-    """(value or 0, is_nan, is_inf) for one number."""
-    v, nan, inf = sanitize(np.asarray([x], dtype=np.float64))
-    return float(v[0]), float(nan[0]), float(inf[0])
+    """(value or 0, is_nan, is_inf) for one number: :func:`sanitize` of one value, in plain Python."""
+    x = float(x)
+    if math.isnan(x):
+        return 0.0, 1.0, 0.0
+    return (0.0, 0.0, 1.0) if math.isinf(x) else (x, 0.0, 0.0)
 
 
 def _encode_field(annotation: Any, value: Any) -> list[float]:
@@ -191,7 +193,7 @@ class FeatureBuilder:
             out += [math.tanh(v), *cdfs[i]]
         for j, x in enumerate(stat_values):
             v, nan, inf = _flagged(x)
-            out += [float(np.clip(v, -1e3, 1e3)), max(nan, inf), *cdfs[5 + j]]
+            out += [min(max(v, -1e3), 1e3), max(nan, inf), *cdfs[5 + j]]
         return np.asarray(out, dtype=np.float32)
 
     def value(

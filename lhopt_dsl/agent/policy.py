@@ -132,15 +132,23 @@ class ActorCritic(nn.Module):
         return carry  # the network sees the lowered learning rate in its next features
 
     def _choose(self, logits: torch.Tensor, generator: torch.Generator | None, deterministic: bool) -> tuple[np.ndarray, float]:
-        """One action from one row of logits: argmax, or one draw per dimension from ``generator``."""
-        actions, logprob = [], 0.0
-        for d in self.dists(logits):
-            if deterministic:
-                a = int(torch.argmax(d.probs))
-            else:
-                a = int(torch.multinomial(d.probs, 1, generator=generator))
-            actions.append(a)
-            logprob += float(d.log_prob(torch.tensor(a)))
+        """One action from one row of logits: argmax, or one draw per dimension from ``generator``.
+
+        The numbers of :meth:`dists` (``torch.distributions.Categorical``: the logits less their
+        logsumexp, their softmax), without building a distribution per dimension: a decision's
+        cost is a few small operations and one transfer to Python."""
+        chunks = torch.split(logits, list(self.shape.nvec), dim=-1)
+        norms = [c - c.logsumexp(dim=-1, keepdim=True) for c in chunks]  # Categorical's normalised logits
+        probs = [torch.softmax(n, dim=-1) for n in norms]
+        starts = np.cumsum([0, *self.shape.nvec]).tolist()
+        if deterministic:  # the first of equal maxima, as torch.argmax
+            p = torch.cat(probs).tolist()
+            actions = [max(range(a, b), key=p.__getitem__) - a for a, b in zip(starts, starts[1:])]
+        else:
+            actions = [int(torch.multinomial(p, 1, generator=generator)) for p in probs]
+        flat, logprob = torch.cat(norms).tolist(), 0.0
+        for a, start in zip(actions, starts):
+            logprob += flat[start + a]
         return np.asarray(actions, dtype=np.int64), logprob
 
     @torch.no_grad()
@@ -185,8 +193,9 @@ class ActorCritic(nn.Module):
         if "members" in ckpt:
             return EnsembleActorCritic([ActorCritic.from_checkpoint(m) for m in ckpt["members"]])
         shape = PolicyShape(**{**ckpt["shape"], "nvec": tuple(ckpt["shape"]["nvec"])})
-        model = cls(shape)
-        model.load_state_dict(ckpt["weights"])
+        with torch.device("meta"):  # no initialisation (QR for the heads) of weights about to be replaced
+            model = cls(shape)
+        model.load_state_dict({k: v.clone() for k, v in ckpt["weights"].items()}, assign=True)
         model.policy_norm.load_state_dict(_numpy_arrays(ckpt["policy_norm"]))
         model.value_norm.load_state_dict(_numpy_arrays(ckpt["value_norm"]))
         return model
