@@ -1,6 +1,6 @@
 """CIAO's cost: its optimizer step against AdamW, and the share of an inner run spent on features.
 
-    LHOPT_DATA_DIR=/work/shared/data .venv/bin/python bench/optim_bench.py \\
+    LHOPT_DATA_DIR=../shared/data .venv/bin/python bench/optim_bench.py \\
         [--part a|b|both] [--threads 1] [--clock cpu|wall]
         (a) [--sizes 512x4,2048x6] [--block 4] [--seconds-a 15] [--min-rounds 8]
         (b) [--spec task_specs/default.yaml] [--families mlp,cnn,rnn,text_rnn,transformer,nqm]
