@@ -101,7 +101,7 @@ def combine_policies(paths: Sequence[str | os.PathLike[str]], out: str | os.Path
             raise ValueError(f"{path} acts around the base schedule {state['residual'].get('base')}; an ensemble "
                              "combines plain policies only")
         model = ActorCritic.from_checkpoint(state["policy"])
-        if isinstance(model, EnsembleActorCritic):
+        if model.kind == "ensemble":
             raise ValueError(f"{path} is already an ensemble; combine the single policies it was made from")
         space = validate_space((state.get("spec") or {}).get("hparams", {}))
         if space0 is None:

@@ -33,14 +33,7 @@ from lhopt_dsl import ExperimentSpec, sample
 from lhopt_dsl.agent.actions import ActionSpace
 from lhopt_dsl.agent.actor import Actor
 from lhopt_dsl.agent.observation import FeatureBuilder, draw_cadence
-from lhopt_dsl.agent.policy import (
-    PRESETS,
-    ActorCritic,
-    EnsembleActorCritic,
-    PolicyFileError,
-    PolicyShape,
-    save_checkpoint,
-)
+from lhopt_dsl.agent.policy import PRESETS, ActorCritic, PolicyFileError, PolicyShape, save_checkpoint
 from lhopt_dsl.agent.policy_file import load_policy_file, load_training_checkpoint
 from lhopt_dsl.agent.residual import Follow, Residual
 from lhopt_dsl.agent.rollout import Episode, TaskResult, gae, task_rollouts
@@ -93,7 +86,7 @@ def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: An
         raise PolicyFileError(f"{source}: acts around the base schedule {around}, but the spec's meta_train.residual is "
                               f"{wanted}; make them the same")
     model = ActorCritic.from_checkpoint(init["policy"])
-    if isinstance(model, EnsembleActorCritic):
+    if model.kind == "ensemble":
         raise PolicyFileError(f"{source}: an ensemble of {len(model.members)} policies, which cannot be trained on; "
                               "start from one of its members (the files it was combined from)")
     try:

@@ -259,7 +259,7 @@ class EnsembleActorCritic(ActorCritic):
             raise ValueError("an ensemble needs at least one policy")
         first = members[0].shape
         for i, m in enumerate(members):
-            if isinstance(m, EnsembleActorCritic):
+            if m.kind == "ensemble":
                 raise ValueError("an ensemble's members must be single policies, not ensembles")
             s = m.shape
             if (s.policy_size, s.value_size, tuple(s.nvec)) != (first.policy_size, first.value_size, tuple(first.nvec)):
