@@ -167,6 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         run_dir=Path(args.run_dir) if args.run_dir else None,
         init=Path(args.init) if args.init else None,
+        allow_spec_change=args.allow_spec_change,
     )
     try:
         path = train(spec, settings, spec_path=args.spec)
@@ -642,6 +643,9 @@ def _policy_commands(g: _Group) -> None:
     p.add_argument("--iterations", type=int, help="PPO iterations in total (default: the spec's meta_train.iterations)")
     p.add_argument("--workers", type=int, help="rollout worker processes (default: the spec's; 0 runs in-process)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--allow-spec-change", action="store_true",
+                   help="with --resume: continue a checkpoint under a spec that differs from the one it was trained "
+                        "with (refused otherwise; the differences are printed)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.add_argument("--run-dir", help="checkpoint directory (default: <meta_train.run_dir>/<spec name>)")
     p.add_argument("--seed", type=int, help="root seed (default: the spec's)")

@@ -57,6 +57,35 @@ class Settings:
     quiet: bool = False
     max_minutes: float | None = None  # stop (after a whole iteration) once this much time has passed
     init: Path | None = None  # a new run starts from this policy (e.g. lhopt imitate's) instead of a random one
+    allow_spec_change: bool = False  # resume a checkpoint trained with another spec (the changes are printed)
+
+
+#: Spec fields a run may be resumed with changed: how long and on how many processes it runs, how
+#: each task's runs are batched or compiled (the same results), what it is called and where it logs.
+RESUMABLE_CHANGES = ("description", "meta_train.iterations", "meta_train.workers", "meta_train.population",
+                     "meta_train.compile", "tracking")
+
+
+def _differences(a: Any, b: Any, at: str = "") -> list[str]:
+    """The dotted paths where two plain-data trees differ (lists compared whole)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k), b.get(k), f"{at}.{k}" if at else str(k))]  # fmt: skip
+    return [] if a == b else [at]
+
+
+def spec_changes(saved: dict[str, Any] | None, spec: ExperimentSpec) -> list[str]:
+    """Where ``spec`` differs from the spec a checkpoint was trained with (``saved``, its plain data;
+    read with today's defaults, so fields added since compare as their defaults), except
+    :data:`RESUMABLE_CHANGES`. A checkpoint that records no spec has nothing to compare."""
+    if saved is None:
+        return []
+    try:
+        saved = ExperimentSpec.model_validate(saved).model_dump(mode="json")
+    except ValueError:  # a spec of another version: compared as it was written
+        pass
+    changed = _differences(saved, spec.model_dump(mode="json"))
+    return [c for c in changed if not any(c == f or c.startswith(f + ".") for f in RESUMABLE_CHANGES)]
 
 
 def policy_shape(spec: ExperimentSpec) -> PolicyShape:
@@ -522,6 +551,20 @@ def _checkpoint(spec: ExperimentSpec, learner: _Learner, iteration: int, run_id:
     }
 
 
+def _check_resumed_spec(state: dict[str, Any] | None, spec: ExperimentSpec, settings: Settings, ckpt_path: Path) -> None:
+    """Refuse to resume a checkpoint under a spec that changes what it trains on or how, unless
+    ``settings.allow_spec_change`` (then the changes are printed and the run goes on)."""
+    changes = spec_changes(state.get("spec"), spec) if state else []
+    if not changes:
+        return
+    listed = ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "")
+    if not settings.allow_spec_change:
+        raise ValueError(f"{ckpt_path} was trained with another spec than this one ({listed} differ); resume with the "
+                         "spec it was trained with, start a new run (another spec name or --run-dir), or continue "
+                         "under the new spec on purpose with --allow-spec-change")  # fmt: skip
+    print(f"resuming {ckpt_path} under a changed spec ({listed}), as --allow-spec-change asks")
+
+
 def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, group: Group) -> Path:
     mt = spec.meta_train
     run_dir = settings.run_dir or Path(mt.run_dir) / spec.name
@@ -532,6 +575,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
         state = load_training_checkpoint(ckpt_path) if settings.resume and ckpt_path.exists() else None
         if settings.resume and state is None:
             print(f"no checkpoint at {ckpt_path}; starting a new run")
+        _check_resumed_spec(state, spec, settings, ckpt_path)
     state = group.broadcast(state)  # the job's whole state, whatever number of ranks wrote it
     learner = _learner(spec, settings, state, group)
     model, history, start = learner.model, learner.history, learner.start

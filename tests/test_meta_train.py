@@ -183,6 +183,31 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path):
     assert len(lines) == 3 and "ppo/approx_kl" in json.loads(lines[0])
 
 
+def test_resuming_under_a_changed_spec_is_refused_unless_asked_for(tmp_path, capsys):
+    from runners.meta_train import spec_changes
+
+    spec = _tiny_spec(tmp_path)
+    offline = "http://127.0.0.1:9"
+    with pytest.warns(UserWarning):
+        train(spec, Settings(iterations=1, workers=0, tracking_uri=offline, run_dir=tmp_path / "r", quiet=True))
+    saved = load_checkpoint(tmp_path / "r" / "checkpoint.pt", "training checkpoint")["spec"]
+    mt = spec.meta_train
+    longer = spec.model_copy(update={"meta_train": mt.model_copy(update={"iterations": 9, "workers": 2})})
+    assert spec_changes(saved, spec) == [] and spec_changes(saved, longer) == []  # how long, on how many processes
+    changed = spec.model_copy(update={"meta_train": mt.model_copy(update={"learning_rate": 1e-2, "reward_cap": 2.0})})
+    assert spec_changes(saved, changed) == ["meta_train.learning_rate", "meta_train.reward_cap"]
+    old = {**saved, "meta_train": {k: v for k, v in saved["meta_train"].items() if k != "reward_cap"}}
+    assert spec_changes(old, spec) == []  # a field added since compares as its default
+    settings = dict(iterations=2, workers=0, resume=True, tracking_uri=offline, run_dir=tmp_path / "r", quiet=True)
+    with pytest.raises(ValueError, match="learning_rate, meta_train.reward_cap differ.*--allow-spec-change"):
+        train(changed, Settings(**settings))
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt", "training checkpoint")["iteration"] == 1  # untouched
+    with pytest.warns(UserWarning):
+        train(changed, Settings(**settings, allow_spec_change=True))
+    assert "under a changed spec (meta_train.learning_rate" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt", "training checkpoint")["iteration"] == 2
+
+
 def test_tracking_logs_to_sqlite_and_the_run_is_found_with_mlflows_client(tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
