@@ -49,7 +49,7 @@ from .agent.actor import Actor, Run, carry_from_leaves, carry_leaves, check_acto
 from .agent.guard import Guard, checkpoint_data, checkpoint_from_data
 from .agent.observation import FeatureBuilder, Observer, flatten
 from .agent.policy import ActorCritic, EnsembleActorCritic, save_checkpoint, to_plain
-from .agent.policy_file import load_policy_file
+from .agent.policy_file import checked_policy_state, load_policy_file
 from .agent.residual import Follow, Residual
 from .optim import CIAO
 from .spec.hparams import HPARAM_NAMES, SPACES, AdamWSpace, CIAOSpace, HyperparameterSpace, validate_space
@@ -67,7 +67,9 @@ def load_policy(policy: ActorCritic | Schedule | str | os.PathLike[str] | None) 
     record none, as those saved before spaces existed). Files are read with
     :func:`~lhopt_dsl.agent.policy_file.load_policy_file`, which runs no code from them and checks them
     before anything is built: a policy someone shared is data, not a program. A file that is not a
-    usable policy raises :class:`~lhopt_dsl.agent.policy.PolicyFileError` (a ValueError) naming it."""
+    usable policy raises :class:`~lhopt_dsl.agent.policy.PolicyFileError` (a ValueError) naming it.
+    A file is read and checked once per process and version of the file
+    (:func:`~lhopt_dsl.agent.policy_file.checked_policy_state`); each call builds a network of its own."""
     if isinstance(policy, ActorCritic):
         return policy, CIAOSpace()
     if isinstance(policy, Schedule):  # in the shipped default's space, whose actions can keep every value
@@ -76,7 +78,7 @@ def load_policy(policy: ActorCritic | Schedule | str | os.PathLike[str] | None) 
     path = Path(policy) if policy is not None else DEFAULT_POLICY
     if not path.exists():
         raise FileNotFoundError(f"policy checkpoint not found: {path}")
-    state = load_policy_file(path)  # shapes in bounds, tensors as declared and finite, space and base valid
+    state = checked_policy_state(path)  # shapes in bounds, tensors as declared and finite, space and base valid
     space = validate_space((state.get("spec") or {}).get("hparams", {}))
     model = ActorCritic.from_checkpoint(state["policy"])
     if state.get("residual") is not None:  # a policy that acts around a base schedule

@@ -316,6 +316,39 @@ def test_acting_never_runs_the_critic(policy_file, monkeypatch):
     assert len(episode) == cfg.task.outer_steps and all(math.isnan(v) for v in episode.values)
 
 
+def test_a_policy_file_is_read_once_per_version_and_each_lhopt_has_its_own_network(tmp_path, monkeypatch):
+    """Many LHOPTs from one file read and check it once; each still gets a network of its own (no
+    tensor or normaliser array shared), and a file rewritten on disk (same size) is read again."""
+    import numpy as np
+
+    from lhopt_dsl.agent import policy_file
+
+    path = _policy_file(SMOKE, tmp_path / "cached.pt")
+    reads, read = [], policy_file.load_policy_file
+    monkeypatch.setattr(policy_file, "load_policy_file", lambda p: reads.append(p) or read(p))
+    net = torch.nn.Linear(4, 1)
+    a, b = (LHOPT(net.parameters(), policy=path, total_steps=10) for _ in range(2))
+    assert len(reads) == 1
+    weights = lambda opt: dict(opt.actor.named_parameters())  # noqa: E731
+    assert all(w.data_ptr() != weights(b)[k].data_ptr() for k, w in weights(a).items())
+    assert not np.shares_memory(a.actor.policy_norm.mean, b.actor.policy_norm.mean)
+    with torch.no_grad():  # someone fine-tunes one optimizer's policy in place
+        for w in weights(a).values():
+            w.add_(1.0)
+    a.actor.policy_norm.mean += 1.0
+    c = LHOPT(net.parameters(), policy=path, total_steps=10)
+    assert all(torch.equal(w, weights(b)[k]) for k, w in weights(c).items())
+    assert np.array_equal(c.actor.policy_norm.mean, b.actor.policy_norm.mean)
+    size = path.stat().st_size
+    torch.manual_seed(1)
+    other = ActorCritic(policy_shape(SMOKE))
+    save_checkpoint({"policy": other.to_checkpoint(), "spec": SMOKE.model_dump(mode="json")}, path)
+    assert path.stat().st_size == size  # only the modification time tells the versions apart
+    d = LHOPT(net.parameters(), policy=path, total_steps=10)
+    assert len(reads) == 2
+    assert all(torch.equal(w, dict(other.named_parameters())[k]) for k, w in weights(d).items())
+
+
 def test_schedule_replay_follows_a_named_schedule_per_group_and_resumes():
     """A fixed schedule of the platform's grammar replays on AdamW like a torch LR scheduler: the
     name's lr where it gives one, else each group's own initial lr, times the shape."""

@@ -3,6 +3,7 @@ learning rate, for every way a user may report losses."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from lhopt_dsl import LHOPT
 from lhopt_dsl.agent.actions import ActionSpace
 from lhopt_dsl.agent.observation import FeatureBuilder
 from lhopt_dsl.agent.policy import ActorCritic, PolicyShape
-from lhopt_dsl.spec.hparams import CIAOSpace
+from lhopt_dsl.spec.hparams import HPARAM_NAMES, CIAOSpace
 from runners.dropin import CADENCES
 from runners.ood_programs import report_losses
 
@@ -154,3 +155,82 @@ def test_a_run_that_reports_no_loss_is_still_kept_from_blowing_up(seed):
     first, norm, loss, opt = run(guard=True)
     assert norm <= 10 * first * 1.1 and math.isfinite(loss) and loss < wild_loss
     assert any(h["restart"] == "guard" and h["reason"].startswith("parameter norm") for h in opt.history)
+
+
+def _bit_equal(a, b, where: str = "") -> str | None:
+    """Where two states differ (None: equal bit for bit, NaNs and the sign of zero included)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.dtype == b.dtype
+                and a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
+        return None if same else where
+    if isinstance(a, dict) and isinstance(b, dict):
+        if list(a) != list(b):
+            return f"{where}: keys {list(a)} != {list(b)}"
+        return next((d for k in a if (d := _bit_equal(a[k], b[k], f"{where}[{k!r}]"))), None)
+    if isinstance(a, (list, tuple)) and type(a) is type(b) and len(a) == len(b):
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := _bit_equal(x, y, f"{where}[{i}]"))), None)
+    if isinstance(a, float) and isinstance(b, float):
+        return None if a.hex() == b.hex() else f"{where}: {a!r} != {b!r}"
+    return None if type(a) is type(b) and a == b else f"{where}: {a!r} != {b!r}"
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    values = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else []
+    return [t for v in values for t in _tensors(v)]
+
+
+def test_the_safe_copy_and_a_restore_equal_the_saved_state_bit_for_bit():
+    """The guard's copy (tensors copied into buffers reused between decisions) equals a deepcopy of
+    the state bit for bit: parameters and buffers (BatchNorm's), CIAO's moments, its noise-scale
+    average, its counters and the param groups' hyperparameters; a restore gives that state back
+    (keeping the hyperparameters a restore keeps, with the lower learning rate), shares no tensor
+    with the copy, and a later copy changes neither the restored state nor a state_dict handed out."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
+    x, y = torch.randn(64, 8), torch.randn(64, 1)
+    opt = LHOPT(model.parameters(), total_steps=40, outer_steps=4, model=model, stats_every=2)
+    own = opt.guard.optimizer
+
+    def train(steps: int) -> None:
+        for _ in range(steps):
+            loss = nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.observe(train_loss=float(loss.detach()))
+            opt.step()
+
+    def now() -> dict:
+        return copy.deepcopy({"model": model.state_dict(), "optimizer": own.state_dict()})
+
+    train(5)
+    opt.guard.keep(0.2, 1.5)
+    saved, buffers = now(), [t.data_ptr() for t in _tensors(opt.guard.safe.optimizer)]
+    assert _bit_equal(opt.guard.safe.model, saved["model"], "model") is None
+    assert _bit_equal(opt.guard.safe.optimizer, saved["optimizer"], "optimizer") is None
+    train(3)
+    opt.guard.keep(0.3, 1.4)  # the same layout: written into the same buffers, still bit for bit
+    assert [t.data_ptr() for t in _tensors(opt.guard.safe.optimizer)] == buffers
+    saved = now()
+    assert _bit_equal(opt.guard.safe.optimizer, saved["optimizer"], "optimizer") is None
+    train(1)
+    lr = opt.param_groups[0]["lr"]
+    opt.observe(train_loss=math.inf)
+    opt.step()  # skipped: the copy restored, the learning rate lowered
+    restored = now()
+    assert _bit_equal(restored["model"], saved["model"], "model") is None
+    groups = saved["optimizer"]["param_groups"]
+    for name in HPARAM_NAMES:  # a restore keeps the hyperparameters in force (lr then lowered)
+        groups[0][name] = opt.param_groups[0][name]
+    assert opt.param_groups[0]["lr"] == lr * 0.1
+    assert _bit_equal(restored["optimizer"], saved["optimizer"], "optimizer") is None
+    live = {t.data_ptr() for t in _tensors({"m": model.state_dict(), "o": own.state_dict()})}
+    assert not live & {t.data_ptr() for t in _tensors([opt.guard.safe.model, opt.guard.safe.optimizer])}
+    handed_out = opt.state_dict()["lhopt"]["guard"]  # (CIAO's own entries are its live tensors, as torch's are)
+    frozen = copy.deepcopy(handed_out)
+    opt.guard.keep(0.5, 1.3)  # a later copy: after a restore and after a state_dict
+    assert _bit_equal(now(), restored) is None  # no step since the restore: the state is as restored
+    assert _bit_equal(handed_out, frozen, "state_dict") is None
+    train(12)  # through decisions that keep copies and steps that move the state
+    assert _bit_equal(handed_out, frozen, "state_dict") is None

@@ -15,6 +15,7 @@ nor the step budget, which a load never refunds.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -109,6 +110,40 @@ class Checkpoint:
     valid_loss: float  # validation loss of the saved state
 
 
+_PLAIN = (bool, int, float, complex, str, bytes, type(None))
+
+
+def copy_state(obj: Any, into: Any = None, memo: dict[int, Any] | None = None) -> Any:
+    """A copy of ``obj`` (a state dict: nested dicts, lists and tuples of tensors and plain data) equal
+    to ``copy.deepcopy(obj)``, without deepcopy's per-object bookkeeping: each dense tensor cloned, bit
+    for bit, or copied into the tensor at the same place of ``into`` (an earlier copy of a state of
+    the same layout, owned by the caller and read by no one else) where that has its shape, dtype,
+    device and strides, so that a copy made again and again allocates nothing. A tensor met twice
+    (tied weights) is copied once, as deepcopy does; a state dict's ``_metadata`` (module versions,
+    never mutated) is kept; anything else is deep-copied."""
+    memo = {} if memo is None else memo
+    if type(obj) in _PLAIN:
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if type(obj) is torch.Tensor and obj.layout == torch.strided and not obj.requires_grad:
+        fits = (type(into) is torch.Tensor and into.shape == obj.shape and into.dtype == obj.dtype
+                and into.device == obj.device and into.stride() == obj.stride())  # fmt: skip
+        out: Any = into.copy_(obj) if fits else obj.clone()
+    elif isinstance(obj, dict) and type(obj) in (dict, OrderedDict):
+        old = into if isinstance(into, dict) else {}
+        out = type(obj)((k, copy_state(v, old.get(k), memo)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):
+            out._metadata = obj._metadata
+    elif type(obj) in (list, tuple):
+        old = into if type(into) is type(obj) and len(into) == len(obj) else [None] * len(obj)
+        out = type(obj)(copy_state(v, o, memo) for v, o in zip(obj, old))
+    else:
+        out = copy.deepcopy(obj)
+    memo[id(obj)] = out
+    return out
+
+
 def _hparams_of(optimizer: torch.optim.Optimizer, names: Sequence[str]) -> list[dict[str, Any]]:
     return [{n: g[n] for n in names} for g in optimizer.param_groups]
 
@@ -121,7 +156,7 @@ class CheckpointBank:
         self.hparam_names = list(hparam_names)
 
     def snapshot(self, model: nn.Module, optimizer: torch.optim.Optimizer, progress: float, valid: float) -> Checkpoint:
-        return Checkpoint(copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), progress, valid)
+        return Checkpoint(copy_state(model.state_dict()), copy_state(optimizer.state_dict()), progress, valid)
 
     def restore(self, ckpt: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Load the model and optimizer state but keep the current hyperparameters."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..spec.hparams import HPARAM_NAMES
-from .actions import Checkpoint, CheckpointBank
+from .actions import Checkpoint, CheckpointBank, copy_state
 
 T = TypeVar("T")
 
@@ -54,11 +54,12 @@ class Guard:
             raise ValueError(f"need guard_factor > 1 and 0 < guard_lr_factor < 1, got {factor}, {lr_factor}")
         self.params, self.module, self.optimizer = list(params), module, optimizer
         self.factor, self.lr_factor, self.on_restore = float(factor), float(lr_factor), on_restore
-        self._bank = CheckpointBank(0, HPARAM_NAMES)  # snapshots and restores that keep the hyperparameters
+        self._bank = CheckpointBank(0, HPARAM_NAMES)  # restores that keep the hyperparameters
         self.first: dict[str, float] = {}  # first finite loss reported, per kind
         self.first_norm: float | None = None  # the parameters' norm after the first step
         self.bad: str | None = None  # why the next step must restore the safe copy instead of stepping
-        self.safe: Checkpoint = self._bank.snapshot(module, optimizer, 0.0, math.nan)
+        self._private = False  # whether the safe copy's tensors are the guard's alone (see _snapshot)
+        self.safe: Checkpoint = self._snapshot(0.0, math.nan)
 
     def accepts(self, kind: str, value: float) -> bool:
         """Whether a reported loss of ``kind`` looks healthy; one that does not (non-finite, or
@@ -73,7 +74,19 @@ class Guard:
     def keep(self, progress: float, valid_loss: float) -> None:
         """The run looks healthy now: this is the copy to go back to."""
         if self.bad is None:
-            self.safe = self._bank.snapshot(self.module, self.optimizer, progress, valid_loss)
+            self.safe = self._snapshot(progress, valid_loss)
+
+    def _snapshot(self, progress: float, valid_loss: float) -> Checkpoint:
+        """A copy of the training state, bit for bit (:func:`~lhopt_dsl.agent.actions.copy_state`).
+        The previous copy's tensors are reused as buffers while they are the guard's alone: a
+        restore loads copies of them (the optimizer's ``load_state_dict`` copies, the model's
+        copies into its tensors), so only :meth:`state_dict` and :meth:`load_state_dict` hand them
+        out, after which the next copy allocates new ones."""
+        into = self.safe if self._private else None
+        model = copy_state(self.module.state_dict(), None if into is None else into.model)
+        optimizer = copy_state(self.optimizer.state_dict(), None if into is None else into.optimizer)
+        self._private = True
+        return Checkpoint(model, optimizer, progress, valid_loss)
 
     def step(self, step: Callable[[], T], skipped: Callable[[], None]) -> T | None:
         """Run ``step`` unless a diverging loss was reported (then restore, call ``skipped`` and
@@ -110,6 +123,7 @@ class Guard:
         return None
 
     def state_dict(self) -> dict[str, Any]:
+        pass  # the caller holds the safe copy's tensors now: the next copy leaves them be
         return {"first": dict(self.first), "first_norm": self.first_norm, "bad": self.bad,
                 "safe": checkpoint_data(self.safe)}  # fmt: skip
 
@@ -119,4 +133,4 @@ class Guard:
         self.bad = state["bad"]
         safe = checkpoint_from_data(state["safe"])
         assert safe is not None
-        self.safe = safe
+        self.safe, self._private = safe, False

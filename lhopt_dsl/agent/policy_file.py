@@ -203,6 +203,37 @@ def load_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _checked(path, check_policy_state, load_checkpoint(path, "policy", map_location="cpu"))
 
 
+#: Checked policy files by what identifies a version of a file (:func:`_file_version`), most recent last.
+_CHECKED: dict[tuple[Any, ...], dict[str, Any]] = {}
+_CHECKED_MAX = 8  # versions kept (a policy file is about 1 MB)
+
+
+def _file_version(path: str | os.PathLike[str]) -> tuple[Any, ...]:
+    """The resolved path, device, inode, size and modification and change times (ns) of ``path``:
+    a file rewritten, replaced or touched gets another key."""
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def checked_policy_state(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """:func:`load_policy_file`'s data, read and checked once per version of the file in a process
+    (a process building many optimizers from one policy reads it once; a file changed on disk is
+    read again). The data is shared between callers: build from it (``ActorCritic.from_checkpoint``
+    copies every tensor and array it takes) and never modify it; :func:`load_policy_file` gives a
+    copy of one's own."""
+    try:
+        key = _file_version(path)
+    except OSError:  # missing or unreadable: load_policy_file says so by name
+        return load_policy_file(path)
+    state = _CHECKED.pop(key, None)
+    if state is None:
+        state = load_policy_file(path)
+        while len(_CHECKED) >= _CHECKED_MAX:
+            del _CHECKED[next(iter(_CHECKED))]
+    _CHECKED[key] = state
+    return state
+
+
 def _check_optimizer(data: Any, shapes: list[tuple[int, ...]]) -> None:
     """The PPO optimizer's state (``torch.optim.Adam``) fits the policy's parameters ``shapes``."""
     data = _dict(data, "['optimizer']", ("state", "param_groups"))
