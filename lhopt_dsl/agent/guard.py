@@ -123,7 +123,7 @@ class Guard:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        pass  # the caller holds the safe copy's tensors now: the next copy leaves them be
+        self._private = False  # the caller holds the safe copy's tensors now: the next copy leaves them be
         return {"first": dict(self.first), "first_norm": self.first_norm, "bad": self.bad,
                 "safe": checkpoint_data(self.safe)}  # fmt: skip
 
