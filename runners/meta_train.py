@@ -18,6 +18,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -153,10 +154,13 @@ def _job(args: tuple) -> TaskResult:
     policy = ActorCritic.from_checkpoint(policy_ckpt)
     actor, baseline = actors(spec, policy, ActorCritic.from_checkpoint(ema_ckpt) if ema_ckpt is not None else None)
     cadence = draw_cadence(spec.meta_train.reporting, seed, cfg.task.inner_steps)
-    return task_rollouts(cfg, actor, baseline, spec.hparams, rollouts=rollouts, seed=seed, device=device,
+    cpu = time.process_time()
+    result = task_rollouts(cfg, actor, baseline, spec.hparams, rollouts=rollouts, seed=seed, device=device,
                          data_dir=data_dir, max_valid=spec.meta_train.max_valid, population=spec.meta_train.population,
                          compiled=spec.meta_train.compile, cadence=cadence, critic=policy,
                          reward_cap=spec.meta_train.reward_cap)  # fmt: skip
+    result.cpu_seconds, result.pid = time.process_time() - cpu, os.getpid()
+    return result
 
 
 def _pad(episodes: list[Episode], key: str) -> torch.Tensor:
@@ -351,6 +355,59 @@ def dev_evaluation(spec: ExperimentSpec, model: ActorCritic, run_dir: Path, iter
     row["dev/tasks"] = float(len(records))
     tracker.log_metrics(row, step=iteration, local_file="dev_curve.jsonl")
     return row
+
+
+def cpu_seconds(results: Sequence[TaskResult], main_seconds: float, ranks: int) -> float:
+    """An iteration's CPU time: every task's runs, wherever they ran, plus the learner's own (this
+    process's, less the tasks it ran itself, counted once per rank as every rank learns alike)."""
+    here = sum(r.cpu_seconds for r in results if r.pid == os.getpid())
+    return float(sum(r.cpu_seconds for r in results) + ranks * max(main_seconds - here, 0.0))
+
+
+def _cpu_hours(history: Sequence[dict[str, Any]]) -> float:
+    """CPU-hours of PPO so far: the last iteration's running total (0 before any, or in a history
+    written before the total was kept)."""
+    return float(history[-1].get("speed/cpu_hours", 0.0)) if history else 0.0
+
+
+def _dev_rows(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "dev_curve.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def learning_curve_figure(history: Sequence[dict[str, Any]], dev_rows: Sequence[dict[str, Any]], window: int = 5):
+    """One figure of a run's learning: above, the sampled episodes' reward (against the schedule
+    where that is the baseline) by iteration with its moving average; below, the dev-set metrics
+    at their points. The title gives the CPU-hours of PPO where the history records them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "reward/vs_schedule" if any("reward/vs_schedule" in h for h in history) else "reward/mean"
+    steps = np.asarray([h["iteration"] for h in history], dtype=float)
+    values = np.asarray([h.get(key, np.nan) for h in history], dtype=float)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
+    top.plot(steps, values, alpha=0.3, color="tab:blue")
+    w = max(1, min(window, len(values)))
+    if len(values):
+        top.plot(steps[w - 1 :], np.convolve(values, np.ones(w) / w, mode="valid"), color="tab:blue",
+                 label=f"{key}, moving average of {w}")  # fmt: skip
+    top.axhline(1.0, color="gray", lw=0.8, ls="--")
+    top.set_ylabel(key)
+    top.legend(fontsize=8)
+    hours = [h["speed/cpu_hours"] for h in history if "speed/cpu_hours" in h]
+    top.set_title(f"{len(history)} PPO iterations" + (f", {hours[-1]:.2f} CPU-hours" if hours else ""))
+    for metric, color in (("dev/speedup_geomean", "tab:red"), ("dev/pairs_ge_2x", "tab:green"), ("dev/best_ge_1x", "tab:purple")):
+        pts = [(r["step"], r[metric]) for r in dev_rows if metric in r]
+        if pts:
+            bottom.plot(*zip(*pts), marker="o", color=color, label=metric)
+    bottom.axhline(1.0, color="gray", lw=0.8, ls="--")
+    bottom.set_xlabel("PPO iteration")
+    bottom.set_ylabel("dev tasks (greedy)")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _hparam_figure(episodes: list[Episode], names: Sequence[str]):
@@ -600,15 +657,17 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
                 if group.main:
                     print(f"time limit of {settings.max_minutes:g} min reached after {iteration} iterations")
                 break
-            t0, comm0 = time.perf_counter(), group.comm_seconds
+            t0, comm0, cpu0 = time.perf_counter(), group.comm_seconds, time.process_time()
             results = _rollouts(spec, spec_json, learner, iteration, pool, group)
             episodes = [e for r in results for e in r.episodes]
             rollout_time = time.perf_counter() - t0
             ppo = _learn(spec, learner, episodes, iteration, group)
             elapsed = time.perf_counter() - t0
+            cpu = cpu_seconds(results, time.process_time() - cpu0, group.world)
             metrics = {**ppo, **iteration_metrics(spec, results, episodes, elapsed, rollout_time),
                        "speed/ranks": group.world,  # gathering episodes, summing gradients:
-                       "speed/comm_share": (group.comm_seconds - comm0) / elapsed}  # fmt: skip
+                       "speed/comm_share": (group.comm_seconds - comm0) / elapsed,
+                       "speed/cpu_seconds": cpu, "speed/cpu_hours": _cpu_hours(history) + cpu / 3600}  # fmt: skip
             history.append({"iteration": iteration + 1, **metrics})
             tracker.log_metrics(metrics, step=iteration + 1)
             if not group.main:
@@ -617,6 +676,7 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
             bar.set_postfix(episodes=len(episodes) * (iteration + 1), reward=f"{metrics['reward/vs_initial_hparams']:.3f}")
             if (iteration + 1) % 10 == 0 or iteration + 1 == settings.iterations:
                 tracker.log_figure(_hparam_figure(episodes, spec.hparams.hparam_names()), "hparams.png")
+                tracker.log_figure(learning_curve_figure(history, _dev_rows(run_dir)), "learning_curve.png")
                 import matplotlib.pyplot as plt
 
                 plt.close("all")
@@ -630,6 +690,8 @@ def _train(spec: ExperimentSpec, settings: Settings, spec_path: str | None, grou
     if not group.main:
         return policy_path  # written by rank 0
     dev(int(history[-1]["iteration"]) if history else start, last=True)  # the curve's end: the policy as saved
+    if history:
+        tracker.log_figure(learning_curve_figure(history, _dev_rows(run_dir)), "learning_curve.png")
     save_atomic({**policy_data(spec, model), "history": history}, policy_path)
     tracker.log_policy(policy_path, spec.tracking.registered_model)
     tracker.end()

@@ -518,6 +518,12 @@ def test_the_dev_learning_curve_is_measured_at_the_start_every_n_iterations_and_
         train(spec, Settings(iterations=4, workers=0, resume=True, tracking_uri=offline, run_dir=run, quiet=True))
     rows = [json.loads(line) for line in (run / "dev_curve.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 2, 3, 4]
+    # CPU time of every iteration, its running total carried across the resume, and the one-figure curve
+    its = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in its] == [1, 2, 3, 4] and all(m["speed/cpu_seconds"] > 0 for m in its)
+    totals = [m["speed/cpu_hours"] for m in its]
+    assert totals == sorted(totals) and totals[-1] == pytest.approx(sum(m["speed/cpu_seconds"] for m in its) / 3600)
+    assert (run / "learning_curve.png").stat().st_size > 0
     # the grids were computed once (first point) and read from the cache after
     first = json.loads((run / "dev" / "iter-000000" / "tasks" / "00000.json").read_text())
     later = json.loads((run / "dev" / "iter-000004" / "tasks" / "00000.json").read_text())
@@ -529,3 +535,21 @@ def test_the_dev_learning_curve_is_measured_at_the_start_every_n_iterations_and_
     assert cli(["compare", str(run / "dev" / "iter-000000"), str(run / "dev" / "iter-000004"),
                 "-o", str(tmp_path / "cmp.json")]) == 0  # fmt: skip
     assert json.loads((tmp_path / "cmp.json").read_text())["tasks"] == 2
+
+
+def test_cpu_seconds_count_every_tasks_runs_once_and_the_learner_per_rank():
+    import os
+
+    from lhopt_dsl.agent.rollout import TaskResult
+    from runners.meta_train import cpu_seconds
+
+    def result(cpu: float, pid: int) -> TaskResult:
+        return TaskResult([], [], [], "nqm", "t", cpu_seconds=cpu, pid=pid)
+
+    here, worker = os.getpid(), os.getpid() + 1
+    # in a worker pool: the tasks' time, and all of the learner's own
+    assert cpu_seconds([result(3.0, worker), result(2.0, worker)], 1.5, 1) == pytest.approx(6.5)
+    # in process: the tasks ran inside the learner's time, so they are not counted twice
+    assert cpu_seconds([result(3.0, here), result(2.0, here)], 5.5, 1) == pytest.approx(5.5)
+    # two ranks: each learns alike
+    assert cpu_seconds([result(3.0, here), result(2.0, worker)], 4.0, 2) == pytest.approx(5.0 + 2 * 1.0)

@@ -149,6 +149,8 @@ class TaskResult:
     notes: list[str] = field(default_factory=list)
     population: bool = False  # whether the task's runs trained as one batched population
     cadence: Cadence = FULL_CADENCE  # which losses the task's runs told their policies
+    cpu_seconds: float = 0.0  # CPU time its runs took (set by meta-training's worker)
+    pid: int = 0  # the process that ran them
 
 
 def task_rollouts(
