@@ -122,6 +122,35 @@ def test_statistics_of_large_tensors_match_reference(hp):
             assert (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7), (name, x, y)
 
 
+@pytest.mark.parametrize("per_tensor", [True, False], ids=["lamb", "no-lamb"])
+@pytest.mark.parametrize("adam", [True, False], ids=["adam", "adamax"])
+def test_batched_statistics_reductions_equal_one_reduction_per_list(per_tensor, adam):
+    """The multi-tensor path's statistics reductions (all lists' norms in one call, the update's
+    sums of large tensors scaled by linearity, never copied scaled) equal the reductions one list
+    at a time on a scaled copy (as the other layouts take them): bit for bit on tensors of at most
+    4,096 elements, to float32 round-off on larger ones (pieces and a remainder, a transposed view)."""
+    from lhopt_dsl.optim.functional import TensorLists
+    from lhopt_dsl.optim.stats import stat_sums
+
+    class OneListAtATime(TensorLists):
+        batched_stats = False
+
+    for shapes in ([(32, 10), (32,), (4, 32), (4,), (64, 64)], [(3 * 4096 + 17,), (8,), (300, 200), (5, 7)]):
+        gen = torch.Generator().manual_seed(len(shapes[0]))
+        g, u, p, m, v, ema = ([torch.randn(s, generator=gen) for s in shapes] for _ in range(6))
+        u[-1], v = u[-1].t().contiguous().t(), [t.abs() for t in v]  # a transposed view; a second moment
+        trust = torch.rand(len(shapes), generator=gen) + 0.5 if per_tensor else None
+        scale = trust * 1.37 if per_tensor else 1.37
+        c, numels = {"bc2": 0.3, "eps": 0.5, "lr": 0.01}, torch.tensor([math.prod(s) for s in shapes], dtype=torch.float64)
+        fast, plain = (stat_sums(ops, g, u, scale, trust, p, m, v, [t.clone() for t in ema], c, adam=adam,
+                                 numels=numels, clipped=torch.tensor(2.0)) for ops in (TensorLists(True), OneListAtATime()))  # fmt: skip
+        for name in plain:
+            if max(numels) <= 4096:
+                assert torch.equal(fast[name], plain[name]), name
+            else:
+                assert math.isclose(float(fast[name]), float(plain[name]), rel_tol=1e-6), name
+
+
 def test_compiled_statistics_never_change_the_run():
     """As below, for the compiled step: its kernels with and without statistics move the
     parameters bit for bit alike."""

@@ -162,7 +162,7 @@ class CheckpointBank:
         """Load the model and optimizer state but keep the current hyperparameters."""
         current = _hparams_of(optimizer, self.hparam_names)
         model.load_state_dict(ckpt.model)
-        optimizer.load_state_dict(copy.deepcopy(ckpt.optimizer))
+        optimizer.load_state_dict(copy_state(ckpt.optimizer))  # a copy: the checkpoint may be loaded again
         for group, values in zip(optimizer.param_groups, current):
             group.update(values)
 

@@ -164,7 +164,10 @@ class CIAO(Optimizer):
         in the first group's state."""
         if not parts:
             return {name: math.nan for name in STAT_NAMES}
-        total = torch.stack([sum(s[n] for _, s, _ in parts) for n in SUM_NAMES]).cpu().unsqueeze(1)
+        if len(parts) == 1:  # what the sum below gives (0 + x), on all the sums at once
+            total = torch.stack([parts[0][1][n] for n in SUM_NAMES]).add(0).cpu().unsqueeze(1)
+        else:
+            total = torch.stack([sum(s[n] for _, s, _ in parts) for n in SUM_NAMES]).cpu().unsqueeze(1)
         steps = sum(gs["steps_since_stats"] for gs, _, _ in parts)
         for gs, _, _ in parts:
             gs["steps_since_stats"] = 0

@@ -197,8 +197,7 @@ def ciao_step_(
         return {"grad_max": grad_max, "clipped": clipped, "update_norm_ema": ema}, None
     # The statistics read the update and the parameters before they move; the step is then taken
     # exactly as without statistics, so computing them never changes a run (not even its rounding).
-    update = ops.scale(u, scale, per_tensor=use_lamb)
-    sums = stat_sums(ops, g, update, trust, p, m, v, grad_ema, c, adam=adam, numels=numels, clipped=clipped)
+    sums = stat_sums(ops, g, u, scale, trust, p, m, v, grad_ema, c, adam=adam, numels=numels, clipped=clipped)
     ops.step_(p, u, scale * c["lr"], per_tensor=use_lamb)
     return {"grad_max": grad_max, "clipped": torch.zeros_like(clipped), "update_norm_ema": ema}, sums
 
@@ -318,6 +317,18 @@ class TensorLists:
         """Sum of per-tensor values."""
         return x.sum()
 
+    @property
+    def batched_stats(self) -> bool:
+        """Whether :func:`~lhopt_dsl.optim.stats.stat_sums` reduces through :meth:`stat_reductions`."""
+        return self.foreach
+
+    def stat_reductions(
+        self, g: list, u: list, scale: Any, per_tensor: bool, p: list, m: list, e: list, root: list, eps: float
+    ) -> dict[str, torch.Tensor]:  # fmt: skip
+        """The reductions :func:`~lhopt_dsl.optim.stats.stat_sums` writes out, on the multi-tensor
+        path in fewer calls and without a scaled copy of large tensors' update (:func:`_batched_reductions`)."""
+        return _batched_reductions(g, u, scale, per_tensor, p, m, e, root, eps)
+
 
 #: Elements per partial sum of :func:`_partial_norms`: a float32 sum of 4,096 terms loses about 1e-7 of its
 #: value, where one float32 norm over a 4M-element tensor lost 1.6e-4 (it accumulates serially).
@@ -347,6 +358,79 @@ def _list_norm_sum(xs: list[torch.Tensor], ord: float) -> torch.Tensor:
         pieces.append(torch.cat([_partial_norms(x, ord) for x in large], 1)[0])  # (pieces,)
     values = torch.cat(pieces).to(torch.float64)
     return (values.square() if ord == 2 else values).sum()
+
+
+def _pieces64(x: torch.Tensor, ord: float) -> torch.Tensor:
+    """(pieces,) float64: the ``ord``-norms of a large tensor's pieces (:func:`_partial_norms`)."""
+    return _partial_norms(x.reshape(1, -1), ord)[0].to(torch.float64)
+
+
+def _batched_reductions(
+    g: list, u: list, scale: Any, per_tensor: bool, p: list, m: list, e: list, root: list, eps: float
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The reductions of :func:`~lhopt_dsl.optim.stats.stat_sums` on the multi-tensor path in a few calls.
+
+    Tensors of at most :data:`_ROW` elements (all of a small model's) give what the reductions one
+    list at a time gave, bit for bit: the update scaled as a copy, the norms of all five lists in
+    one ``_foreach_norm`` call (on CPU each tensor's norm is computed on its own either way), the
+    three kinds of dot products in one conversion, the comparisons with ``eps`` counted on one
+    concatenation. Larger tensors' update is never copied scaled: by linearity (|s u|^2 = s^2 |u|^2,
+    g.(s u) = s g.u, |s u|_1 = s |u|_1 for s >= 0) its per-tensor sums are scaled in float64 by the
+    float32 ``s`` the copy would have been multiplied with (float32 round-off apart, the same)."""
+    f64, n = torch.float64, len(p)
+    few = [i for i in range(n) if p[i].numel() <= _ROW]
+    many = [i for i in range(n) if p[i].numel() > _ROW]
+    factors = [1.0] * n  # what multiplies each large tensor's u: the float32 the copy would multiply by
+    if many:
+        factors = scale.float().tolist() if per_tensor else [float(torch.as_tensor(scale, dtype=torch.float32))] * n
+    scaled = [u[i] for i in few]
+    if few:  # exactly the copy TensorLists.scale makes of these tensors
+        scaled = torch._foreach_mul(scaled, [scale[i] for i in few] if per_tensor else scale)
+    update = list(u)  # small tensors' update scaled, large ones' not (their factor is applied to the sums)
+    for k, i in enumerate(few):
+        update[i] = scaled[k]
+    lists = (g, m, p, e, update)
+    small = torch.stack(torch._foreach_norm([x[i] for x in lists for i in few])).to(f64).view(5, -1) if few else None
+    # Large tensors: norms of pieces (as _list_norm_sum takes them); u's times its tensor's factor.
+    def pieces(xs: list, ord: float) -> torch.Tensor:
+        return torch.cat([_partial_norms(xs[i].reshape(1, -1), ord) for i in many], 1)[0].to(f64)
+
+    per_piece = torch.tensor([factors[i] for i in many for _ in range(-(-p[i].numel() // _ROW))], dtype=f64)
+    out: dict[str, torch.Tensor] = {}
+    for k, name in enumerate(("g2", "m2", "w2", "noise_m2", "u2")):
+        if name == "u2" and many:  # linearity: |s u|^2 = s^2 |u|^2, piece by piece
+            out[name] = _cat(([small[k].square()] if few else []) + [(pieces(u, 2) * per_piece).square()]).sum()
+        else:  # the norms of all tensors (pieces of large ones), squared and summed, as _list_norm_sum does
+            out[name] = _cat(([small[k]] if few else []) + ([pieces(lists[k], 2)] if many else [])).square().sum()
+    abs_u = [torch.stack(torch._foreach_norm(scaled, 1)).to(f64)] if few else []
+    if many:
+        abs_u.append(pieces(u, 1) * per_piece)
+    out["abs_u"] = _cat(abs_u).sum()
+    out.update(_batched_dots(g, m, p, update, [1.0 if i in few else f for i, f in enumerate(factors)]))
+    out["big_enough"] = _count_ge([root[i] for i in few], [root[i] for i in many], eps)
+    return out
+
+
+def _cat(xs: list[torch.Tensor]) -> torch.Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
+
+
+def _batched_dots(g: list, m: list, p: list, update: list, factors: list[float]) -> dict[str, torch.Tensor]:
+    """g.m, g.p and g.update as TensorLists.dot reduces them (a BLAS dot per tensor, summed in
+    float64), the three kinds in one conversion; ``factors``: what multiplies each tensor's g.update."""
+    flat = [t.reshape(-1) for t in g]
+    dots = [torch.dot(a, b.reshape(-1)) for y in (m, p, update) for a, b in zip(flat, y)]
+    table = torch.stack(dots).to(torch.float64).view(3, -1)
+    gu = table[2] if all(f == 1.0 for f in factors) else table[2] * torch.tensor(factors, dtype=torch.float64)
+    return {"gm": table[0].sum(), "gw": table[1].sum(), "gu": gu.sum()}
+
+
+def _count_ge(few: list[torch.Tensor], many: list[torch.Tensor], s: float) -> torch.Tensor:
+    """Elements at least ``s``: small tensors counted on one concatenation, large ones one by one."""
+    counts = [torch.count_nonzero(t >= s) for t in many]
+    if few:
+        counts.append(torch.count_nonzero(torch.cat([t.reshape(-1) for t in few]) >= s))
+    return torch.stack(counts).sum()
 
 
 def _norm_sum(xs: list[torch.Tensor], ord: float) -> torch.Tensor:

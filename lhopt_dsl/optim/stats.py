@@ -146,28 +146,42 @@ SUM_NAMES: tuple[str, ...] = (
 
 
 def stat_sums(
-    ops: Any, g: Any, u: Any, trust: torch.Tensor | None, p: Any, m: Any, v: Any, grad_ema: Any, c: Any, *,
-    adam: bool, numels: torch.Tensor, clipped: torch.Tensor,
+    ops: Any, g: Any, u: Any, scale: Any, trust: torch.Tensor | None, p: Any, m: Any, v: Any, grad_ema: Any, c: Any,
+    *, adam: bool, numels: torch.Tensor, clipped: torch.Tensor,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """The reductions of :data:`SUM_NAMES` (float64, one per member) of one CIAO step, in one pass
     over its tensors on layout ``ops`` (:mod:`lhopt_dsl.optim.functional`): gradient ``g`` (after
-    clipping), update ``u``, per-tensor ``trust`` (None: 1), parameters ``p`` before the update,
-    moments ``m`` and ``v``, coefficients ``c``; ``clipped``: clipped steps since the last statistics.
-    Advances ``grad_ema``, the moving average of the gradient behind the noise scale, in place (a
-    function that returns it is called here).
+    clipping), the update ``u`` before its ``scale`` (per tensor where ``trust``, the per-tensor
+    trust ratio, is given; else per member), parameters ``p`` before the update, moments ``m`` and
+    ``v``, coefficients ``c``; ``clipped``: clipped steps since the last statistics. Advances
+    ``grad_ema``, the moving average of the gradient behind the noise scale, in place (a function
+    that returns it is called here).
+
+    The reductions are those written out below on a copy of the scaled update; a layout whose
+    ``batched_stats`` is true computes the same ones its own way (``stat_reductions``: fewer calls,
+    no scaled copy; TensorLists' multi-tensor path).
     """
-    f64 = torch.float64
+    f64, per_tensor = torch.float64, trust is not None
+    batched = getattr(ops, "batched_stats", False)
+    update = u if batched else ops.scale(u, scale, per_tensor=per_tensor)
     grad_ema = grad_ema() if callable(grad_ema) else grad_ema  # a function: allocated when first needed
     ops.lerp_(grad_ema, g, 1.0 - NOISE_BETA)
     root = ops.sqrt(ops.div(v, c["bc2"])) if adam else v  # sqrt(v_hat), Adamax's u as it is
-    u2 = ops.sq(u)
+    if batched:
+        sums = ops.stat_reductions(g, u, scale, per_tensor, p, m, grad_ema, root, c["eps"])
+        u2 = sums["u2"]
+    else:
+        u2 = ops.sq(update)
     log_trust = torch.zeros_like(u2) if trust is None else ops.member_sum(torch.log(trust.to(f64)) * numels)
-    sums = {
-        "g2": ops.sq(g), "m2": ops.sq(m), "u2": u2, "w2": ops.sq(p), "gm": ops.dot(g, m), "gu": ops.dot(g, u),
-        "gw": ops.dot(g, p), "abs_u": ops.abs_sum(u), "lr_u2": c["lr"] ** 2 * u2,
-        "big_enough": ops.count_ge(root, c["eps"]), "log_trust": log_trust, "clipped": clipped,
-        "noise_m2": ops.sq(grad_ema),
-    }  # fmt: skip
+    if batched:
+        sums.update(lr_u2=c["lr"] ** 2 * u2, log_trust=log_trust, clipped=clipped)
+    else:
+        sums = {
+            "g2": ops.sq(g), "m2": ops.sq(m), "u2": u2, "w2": ops.sq(p), "gm": ops.dot(g, m), "gu": ops.dot(g, update),
+            "gw": ops.dot(g, p), "abs_u": ops.abs_sum(update), "lr_u2": c["lr"] ** 2 * u2,
+            "big_enough": ops.count_ge(root, c["eps"]), "log_trust": log_trust, "clipped": clipped,
+            "noise_m2": ops.sq(grad_ema),
+        }  # fmt: skip
     return {name: sums[name].to(f64) for name in SUM_NAMES}
 
 
