@@ -126,6 +126,8 @@ def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: An
     if (model.shape.hidden_size, model.shape.num_layers) != (shape.hidden_size, shape.num_layers):
         raise PolicyFileError(f"{source}: {model.shape.num_layers} x {model.shape.hidden_size} LSTM units, but the spec "
                               f"asks for {shape.num_layers} x {shape.hidden_size}; start from a policy made with this spec")
+    if spec.meta_train.init_temperature != 1:
+        model.sharpen(spec.meta_train.init_temperature)
     return model
 
 

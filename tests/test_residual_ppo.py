@@ -155,3 +155,30 @@ def test_a_schedule_baseline_needs_a_residual_base():
     with pytest.raises(ValidationError, match="no optimizer prefix"):
         MetaTrainSpec(residual="adamw-linear-lr0.03")
     assert MetaTrainSpec(residual=BASE, baseline="schedule").residual == BASE
+
+
+def test_init_temperature_sharpens_the_started_policy_and_keeps_its_greedy_choices(tmp_path):
+    """Below 1 the started policy's sampled choices leave its mode less often (a cloned policy's
+    deviations become rare), its argmax is unchanged, and the file it came from is not touched."""
+    spec = residual_spec(tmp_path)
+    torch.manual_seed(1)
+    start = ActorCritic(policy_shape(spec))
+    with torch.no_grad():
+        start.actor.head.bias.normal_(0, 1.0)
+        start.actor.head.weight.normal_(0, 0.1)
+    data = policy_data(spec, start)
+    as_saved = initial_policy(spec, data, "start.pt")
+    cold_spec = residual_spec(tmp_path, init_temperature=0.25)
+    cold = initial_policy(cold_spec, data, "start.pt")
+    x = torch.randn(7, 5, start.shape.policy_size)
+    warm_logits, _ = as_saved.actor_forward(x)
+    cold_logits, _ = cold.actor_forward(x)
+    torch.testing.assert_close(cold_logits, warm_logits / 0.25)
+    for w, c in zip(as_saved.dists(warm_logits), cold.dists(cold_logits)):
+        assert torch.equal(w.probs.argmax(-1), c.probs.argmax(-1))
+        assert bool((c.probs.max(-1).values >= w.probs.max(-1).values - 1e-6).all())
+        assert float(c.entropy().mean()) < float(w.entropy().mean())
+    again = initial_policy(spec, data, "start.pt")  # the loaded data itself was not sharpened
+    torch.testing.assert_close(again.actor_forward(x)[0], warm_logits)
+    with pytest.raises(ValueError, match="init_temperature"):
+        residual_spec(tmp_path, init_temperature=0.0)

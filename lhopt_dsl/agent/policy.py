@@ -174,6 +174,16 @@ class ActorCritic(nn.Module):
                 self.actor.head.bias[start + int(action[d])] += logit
             start += n
 
+    def sharpen(self, temperature: float) -> None:
+        """Divide every action logit by ``temperature`` (the actor head's weights and biases): each
+        dimension's most likely action stays the most likely, so greedy choices are unchanged, and
+        below 1 a sampled choice leaves it less often."""
+        if not temperature > 0:
+            raise ValueError(f"a logit temperature is positive, got {temperature}")
+        with torch.no_grad():
+            self.actor.head.weight.div_(temperature)
+            self.actor.head.bias.div_(temperature)
+
     # --- saving --------------------------------------------------------------------------------
 
     def to_checkpoint(self) -> dict[str, Any]:
@@ -301,6 +311,9 @@ class EnsembleActorCritic(ActorCritic):
         return torch.stack(values).mean(0), tuple(out)
 
     def favour(self, action: Sequence[int], dims: Sequence[bool], logit: float) -> None:
+        raise ValueError("an ensemble of policies is not trained: train its members, then combine them")
+
+    def sharpen(self, temperature: float) -> None:
         raise ValueError("an ensemble of policies is not trained: train its members, then combine them")
 
     def to_checkpoint(self) -> dict[str, Any]:

@@ -189,6 +189,15 @@ class MetaTrainSpec(StrictModel):
                                 "actor at iteration 0), per decision: keeps a fine-tuned policy near its start until "
                                 "the rewards say otherwise. 0: none."),
     ] = 0.0
+    init_temperature: Annotated[
+        float,
+        Field(gt=0, le=100,
+              description="A new run started with --init divides the started policy's action logits by this: its "
+                          "greedy choices are unchanged, and below 1 the sampled policy leaves its most likely action "
+                          "less often, so an episode deviates on a few decisions and its reward says something about "
+                          "them (a cloned policy samples a deviation on a large share of decisions, a random walk the "
+                          "reward judges only at the end). The KL penalty's start is the sharpened policy. 1: as saved."),
+    ] = 1.0
     update_normalisers: Annotated[
         bool,
         Field(description="Update the feature normalisers from each iteration's rollouts. Off keeps the started "
