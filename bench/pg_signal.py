@@ -3,6 +3,7 @@ and reward cap.
 
     LHOPT_DATA_DIR=../shared/data python bench/pg_signal.py [--spec task_specs/cpu_lite.yaml]
         [--tasks 16] [--init POLICY] [--iteration 0] [--threads 1] [--caps 100 2] [--rollouts N]
+        [--init-temperature T]
 
 Collects the rollouts of ``--tasks`` training tasks once (as ``lhopt train`` does: per task its
 baseline and ``rollouts_per_task`` episodes of the policy, sampling actions), then computes, for
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rollouts", type=int, help="policy rollouts per task (default: the spec's rollouts_per_task)")
     ap.add_argument("--caps", type=float, nargs="+", default=[100.0, 2.0], help="reward caps to compare (first: reference)")
+    ap.add_argument("--init-temperature", type=float,
+                    help="divide the --init policy's logits by this (meta_train.init_temperature; default: the spec's)")
     args = ap.parse_args(argv)
     if args.tasks < 3:
         ap.error("--tasks must be at least 3 (a spread needs several tasks)")
@@ -142,13 +145,18 @@ def main(argv: list[str] | None = None) -> None:
         if args.rollouts < 2:
             ap.error("--rollouts must be at least 2 (advantages compare a task's rollouts)")
         spec = spec.model_copy(update={"meta_train": spec.meta_train.model_copy(update={"rollouts_per_task": args.rollouts})})
+    if args.init_temperature is not None:
+        if not args.init_temperature > 0:
+            ap.error("--init-temperature must be positive")
+        mt = spec.meta_train.model_copy(update={"init_temperature": args.init_temperature})
+        spec = spec.model_copy(update={"meta_train": mt})
     per = spec.meta_train.tasks_per_iteration
     torch.manual_seed(0)
     model = initial_policy(spec, load_policy_file(args.init) if args.init else None, args.init or "")
     collected = collect(spec, model, args.tasks, args.iteration)
     rollouts = spec.meta_train.rollouts_per_task
     print(f"\npolicy-gradient signal on {args.tasks} tasks of {args.spec} x {rollouts} rollouts, "
-          f"policy: {args.init or 'untrained'}\n")
+          f"policy: {args.init or 'untrained'}, logit temperature {spec.meta_train.init_temperature:g}\n")
     # With 4 or more rollouts, the first half of each task's rollouts too: the same tasks, fewer rollouts.
     counts = sorted({rollouts, rollouts // 2} if rollouts >= 4 else {rollouts}, reverse=True)
     snrs = measure(collected, model, spec, args.caps, counts)
