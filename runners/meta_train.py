@@ -509,6 +509,8 @@ def _learner(spec: ExperimentSpec, settings: Settings, state: dict[str, Any] | N
     learner = _Learner(model, ema, origin, optimizer, 0, [], None)
     if state:
         optimizer.load_state_dict(state["optimizer"])
+        for group_ in optimizer.param_groups:  # the spec's rate (a resume --allow-spec-change may have changed it)
+            group_["lr"] = mt.learning_rate
         torch.set_rng_state(state["torch_rng"])
         learner.start, learner.history, learner.run_id = state["iteration"], state["history"], state.get("run_id")
     return learner

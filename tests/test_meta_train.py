@@ -206,7 +206,10 @@ def test_resuming_under_a_changed_spec_is_refused_unless_asked_for(tmp_path, cap
     with pytest.warns(UserWarning):
         train(changed, Settings(**settings, allow_spec_change=True))
     assert "under a changed spec (meta_train.learning_rate" in capsys.readouterr().out
-    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt", "training checkpoint")["iteration"] == 2
+    resumed = load_checkpoint(tmp_path / "r" / "checkpoint.pt", "training checkpoint")
+    assert resumed["iteration"] == 2
+    # the changed learning rate is the one the resumed iterations stepped with, not the checkpoint's
+    assert [g["lr"] for g in resumed["optimizer"]["param_groups"]] == [1e-2] * len(resumed["optimizer"]["param_groups"])
 
 
 def test_tracking_logs_to_sqlite_and_the_run_is_found_with_mlflows_client(tmp_path, monkeypatch):
