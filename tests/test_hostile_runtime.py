@@ -131,6 +131,11 @@ def test_kill_9_of_the_ui_takes_its_server_down(tmp_path):
         assert len(recorded) >= 3, {p: _cmdline(p) for p in recorded}
         survivors = _kill_9_and_wait(ui, recorded)
         assert survivors == [], [(p, _cmdline(p)) for p in survivors]
+        # /proc shows a process as a zombie once its main thread has exited; its other threads may still
+        # be ending and holding the socket for a moment, so the port gets a few seconds to close
+        deadline = time.monotonic() + 10
+        while _listening(port) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not _listening(port)
     finally:
         _cleanup(ui, recorded)
