@@ -145,10 +145,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.rollouts < 2:
             ap.error("--rollouts must be at least 2 (advantages compare a task's rollouts)")
         spec = spec.model_copy(update={"meta_train": spec.meta_train.model_copy(update={"rollouts_per_task": args.rollouts})})
-    if args.init_temperature is not None:
-        if not args.init_temperature > 0:
-            ap.error("--init-temperature must be positive")
-        mt = spec.meta_train.model_copy(update={"init_temperature": args.init_temperature})
+    if args.init_temperature is not None:  # validated by the spec's own bounds
+        mt = spec.meta_train
+        try:
+            mt = type(mt).model_validate({**mt.model_dump(), "init_temperature": args.init_temperature})
+        except ValueError as e:
+            ap.error(f"--init-temperature: {e}")
         spec = spec.model_copy(update={"meta_train": mt})
     per = spec.meta_train.tasks_per_iteration
     torch.manual_seed(0)

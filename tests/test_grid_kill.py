@@ -39,20 +39,23 @@ def test_a_killed_worker_leaves_a_grid_that_another_completes(postgres_url, monk
     proc = mp.get_context("spawn").Process(target=_doomed_worker, args=(url, NQM.to_yaml()))
     proc.start()
     study = optuna.load_study(study_name=bl.study_name(NQM), storage=url)
+    def holds_pair(trial) -> bool:  # a worker records itself on a trial once the trial has its pair
+        return "worker" in trial.user_attrs
+
     deadline = time.monotonic() + 180
     while True:  # kill it with work done and work in progress
         trials = study.get_trials(deepcopy=False)
         states = Counter(t.state for t in trials)
         # a RUNNING trial that already holds its pair (killed before its suggestions, a trial has
         # no pair: nothing waits on it, and the stale check may not have come round to it yet)
-        mid_run = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+        mid_run = [t for t in trials if t.state == TrialState.RUNNING and holds_pair(t)]
         if states[TrialState.COMPLETE] >= 1 and mid_run:
             break
         assert time.monotonic() < deadline and proc.is_alive(), f"the worker never got going: {states}"
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
-    killed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
+    killed = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if holds_pair(t)]
     assert killed and len(complete_pairs(url, NQM)) < len(NAMES) * 2
 
     monkeypatch.setattr(bl, "HEARTBEAT_INTERVAL", 1)

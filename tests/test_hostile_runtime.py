@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT, SPECS
-from .test_ui import _descendants, _free_port, _listening, _stat
+from .test_ui import _descendants, _free_port, _listening, _stat, _wait_until
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
 OFFLINE = "http://127.0.0.1:9"  # nothing listens there: tracking is skipped quickly
@@ -133,9 +133,7 @@ def test_kill_9_of_the_ui_takes_its_server_down(tmp_path):
         assert survivors == [], [(p, _cmdline(p)) for p in survivors]
         # /proc shows a process as a zombie once its main thread has exited; its other threads may still
         # be ending and holding the socket for a moment, so the port gets a few seconds to close
-        deadline = time.monotonic() + 10
-        while _listening(port) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_until(lambda: not _listening(port), 10)
         assert not _listening(port)
     finally:
         _cleanup(ui, recorded)

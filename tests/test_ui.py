@@ -62,6 +62,13 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _wait_until(done, seconds: float) -> None:
+    """Poll ``done()`` every 0.1 s until it is true or ``seconds`` have passed (the caller asserts)."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind; TIME_WAIT is no owner
@@ -109,9 +116,7 @@ def test_ui_takes_its_server_tree_down_on_a_signal(tmp_path, sig):
 
         ui.send_signal(sig)
         assert ui.wait(timeout=15) == 128 + sig
-        deadline = time.monotonic() + 5
-        while (_survivors(recorded, pgids) or _listening(port)) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _wait_until(lambda: not (_survivors(recorded, pgids) or _listening(port)), 5)
         assert _survivors(recorded, pgids) == []
         assert not _listening(port)
         assert _bindable(port)

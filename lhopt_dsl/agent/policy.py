@@ -29,6 +29,7 @@ from .actor import Run, Step
 from .feature_transforms import RunningNormalizer
 
 PRESETS = {"default": (256, 1), "large": (512, 2)}
+_NOT_TRAINED = "an ensemble of policies is not trained: train its members, then combine them"
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ class _PassThrough(RunningNormalizer):
 
     def __call__(self, x: np.ndarray, update: bool = True) -> np.ndarray:
         if update:
-            raise ValueError("an ensemble of policies is not trained: train its members, then combine them")
+            raise ValueError(_NOT_TRAINED)
         x = np.asarray(x, dtype=np.float64)
         if x.ndim not in (1, 2) or x.shape[-1] != self.size:
             raise ValueError(f"expected shape ({self.size},) or (N, {self.size}), got {x.shape}")
@@ -311,10 +312,10 @@ class EnsembleActorCritic(ActorCritic):
         return torch.stack(values).mean(0), tuple(out)
 
     def favour(self, action: Sequence[int], dims: Sequence[bool], logit: float) -> None:
-        raise ValueError("an ensemble of policies is not trained: train its members, then combine them")
+        raise ValueError(_NOT_TRAINED)
 
     def sharpen(self, temperature: float) -> None:
-        raise ValueError("an ensemble of policies is not trained: train its members, then combine them")
+        raise ValueError(_NOT_TRAINED)
 
     def to_checkpoint(self) -> dict[str, Any]:
         return {"members": [m.to_checkpoint() for m in self.members]}
