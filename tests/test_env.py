@@ -213,22 +213,28 @@ def test_diverged_run_keeps_going_flags_nan_and_recovers_by_restart():
 
 
 def policy_layout(features: FeatureBuilder) -> dict[str, int]:
-    """Each named entry of FeatureBuilder.policy's vector -> its index, in the order
-    lhopt_dsl/agent/observation.py writes them (checked against the vector's size)."""
-    cdf = [f"cdf{b}" for b in range(NB)]
-    names = ["progress", *(f"prev_action{i}" for i in range(features.actions.size))]
-    names += [f"loss_ratio/{n}" for n in ("is_nan", "tanh", *cdf)]
-    for series in ("log_train", "log_valid"):
-        names += [f"{series}/{n}" for n in ("is_nan", "is_inf", *cdf)]
-    for k in range(features.slots):
-        names += [f"checkpoint{k}/{n}" for n in ("is_empty", "percentile", "progress")]
-    names += [f"log_hparam/{n}" for n in features.actions.names]
-    for series in ("log_param_norm_ratio", "log_update_ratio"):
-        names += [f"{series}/{n}" for n in ("tanh", *cdf)]
-    for stat in STAT_NAMES:
-        names += [f"{stat}/{n}" for n in ("value", "is_nan_or_inf", *cdf)]
-    assert len(names) == features.policy_size, "the policy vector's layout changed: update policy_layout"
+    """Each named entry of FeatureBuilder.policy's vector -> its index."""
+    names = features.policy_names()
+    assert len(names) == features.policy_size == len(set(names))
     return {name: i for i, name in enumerate(names)}
+
+
+def test_policy_names_follow_the_vector():
+    features = FeatureBuilder(ActionSpace(SMOKE.hparams), SMOKE.hparams)
+    at = policy_layout(features)
+    hp = {n: 2.0 for n in features.actions.names}
+    init = {n: 1.0 for n in features.actions.names}
+    stats = {name: 10.0 + k for k, name in enumerate(STAT_NAMES)}
+    action = np.zeros(len(features.actions.nvec), dtype=np.int64)
+    action[0] = features.actions.nvec[0] - 1
+    vec = features.policy(0.25, action, 1.0, 1.0, [None] * features.slots, hp, init, 1.0, 1.0, stats)
+    assert vec[at["progress"]] == 0.25
+    first = features.actions.names[0]
+    assert vec[at[f"prev_action/{first}/{features.actions.nvec[0] - 1}"]] == 1.0
+    assert vec[at[f"prev_action/{first}/0"]] == 0.0
+    assert all(vec[at[f"log_hparam/{n}"]] == np.float32(math.log(2.0)) for n in features.actions.names)
+    assert [vec[at[f"{name}/value"]] for name in STAT_NAMES] == [10.0 + k for k in range(len(STAT_NAMES))]
+    assert all(vec[at[f"checkpoint{k}/is_empty"]] == 1.0 for k in range(features.slots))
 
 
 def test_policy_layout_names_the_flags_of_each_loss_series():

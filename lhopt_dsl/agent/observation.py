@@ -140,6 +140,21 @@ class FeatureBuilder:
         self.policy_size = len(blank)
         self.value_size = self.policy_size + TASK_VECTOR_SIZE + len(self.actions.names) + 5 * 3 + 2
 
+    def policy_names(self) -> list[str]:
+        """A name for each entry of :meth:`policy`'s vector, in its order (``cdf_b<b>``: the integral
+        CDF feature of that series at the b-th of its :data:`NB` values of b)."""
+        cdf = [f"cdf{b}" for b in range(NB)]
+        out = ["progress"]
+        for name, n in zip([*self.actions.names, "restart"], self.actions.nvec):
+            out += [f"prev_action/{name}/{k}" for k in range(n)]
+        out += [f"loss_ratio/{x}" for x in ("is_nan", "tanh", *cdf)]
+        out += [f"{series}/{x}" for series in ("log_train", "log_valid") for x in ("is_nan", "is_inf", *cdf)]
+        out += [f"checkpoint{k}/{x}" for k in range(self.slots) for x in ("is_empty", "percentile", "progress")]
+        out += [f"log_hparam/{name}" for name in self.actions.names]  # log(current / initial)
+        out += [f"{series}/{x}" for series in CDF_SERIES[3:5] for x in ("tanh", *cdf)]
+        out += [f"{series}/{x}" for series in STAT_NAMES for x in ("value", "is_nan_or_inf", *cdf)]
+        return out
+
     def reset(self) -> None:
         self.cdf = IntegralCDF(len(CDF_SERIES))
         self.valid_history = []
