@@ -135,9 +135,11 @@ def task_branches(args: tuple[str, int, int, int, tuple[str, ...]]) -> dict[str,
                 "action": label, "reward": float(reward(ep.valid_curve[-1])),
                 "test_ratio": loss_ratio(base.test_loss, ep.test_loss),
                 "same_before": ep.valid_curve[: at + 1] == base.valid_curve[: at + 1],
+                "valid_next": float(ep.valid_curve[at + 1]),  # one segment after the deviation
             })  # fmt: skip
         features = [float(f"{x:.6g}") for x in base.raw_policy[at].tolist()]
-        at_points.append({"at": at, "progress": at / cfg.task.outer_steps, "features": features, "branches": branches})
+        at_points.append({"at": at, "progress": at / cfg.task.outer_steps, "features": features, "branches": branches,
+                          "schedule_valid_next": float(base.valid_curve[at + 1])})  # fmt: skip
     return {"iteration": iteration, "slot": slot, "task_id": cfg.task_id, "family": cfg.family,
             "outer_steps": cfg.task.outer_steps,
             "schedule_test_loss": float(base.test_loss), "points": at_points,
@@ -258,6 +260,27 @@ def visibility(results: list[dict[str, Any]], names: list[str], permutations: in
             f"(4 folds of tasks), mean AUC within a fold: {text(x)}; from progress alone {text(progress)}.")
 
 
+def one_segment_later(results: list[dict[str, Any]]) -> str:
+    """Whether a deviation that is ahead of the schedule one segment later is ahead at the end, and
+    what a probe worth that would earn: take the branch whose validation loss one segment later is
+    lowest if it is below the schedule's, else keep (not charged for the probe itself)."""
+    pts = [pt for r in results for pt in r["points"] if pt.get("schedule_valid_next") is not None]
+    if not pts:
+        return "One segment later: not recorded in these results."
+    rows = [(b["valid_next"] < pt["schedule_valid_next"], b["reward"] > 1.0) for pt in pts for b in pt["branches"]]
+    agree = np.mean([a == b for a, b in rows])
+    ahead = [b for a, b in rows if a]
+    probe = []
+    for pt in pts:
+        best = min(pt["branches"], key=lambda b: b["valid_next"])
+        probe.append(best["reward"] if best["valid_next"] < pt["schedule_valid_next"] else 1.0)
+    return (f"One segment later: a branch ahead of the schedule then (lower validation loss) is ahead at the "
+            f"end (reward > 1) on {np.mean(ahead) if ahead else float('nan'):.2f} of {len(ahead)} such branches; "
+            f"the two agree on {agree:.2f} of {len(rows)} branches. A probe that takes the branch ahead after one "
+            f"segment, else keeps: mean reward {np.mean(probe):.3f} over {len(probe)} decision points "
+            f"(1 = keep; the probe's own segment not charged).")
+
+
 def report(results: list[dict[str, Any]], names: list[str], cap: float) -> str:
     rows = branch_rows(results)
     out = [f"{len(results)} tasks, {len(rows)} branches; reward 1 = the schedule's run, capped at {cap}x.", ""]
@@ -275,7 +298,7 @@ def report(results: list[dict[str, Any]], names: list[str], cap: float) -> str:
             label = "all" if where is None else f"point {where + 1} (at {np.mean([b['progress'] for b in sel]):.2f})"
             out.append(f"| {action} | {label} | {len(sel)} | {np.mean(rw > 1):.2f} | {np.mean(rw > 1.1):.2f} "
                        f"| {rw.mean():.3f} | {np.mean(tr > 1):.2f} | {np.median(tr):.3f} |")
-    out += ["", "| family | tasks | branches with reward > 1 | best single deviation, mean reward | its most common lr action |",
+    out += ["", "| family | tasks | branches with reward > 1 | best single deviation, mean reward | its most common best action |",
             "|---|---:|---:|---:|---|"]
     for family in sorted({r["family"] for r in results}):
         tasks = [r for r in results if r["family"] == family]
@@ -300,7 +323,7 @@ def report(results: list[dict[str, Any]], names: list[str], cap: float) -> str:
         listed = ", ".join(f"{names[i]} {rho[i]:+.2f}" for i in top)
         out.append(f"{action}: features most correlated with its reward (Spearman, n={len(sel)}): {listed}; "
                    f"chance bar (95% of the largest |rho| under permutation) {bar:.2f}.")
-    out += ["", visibility(results, names)]
+    out += ["", visibility(results, names), "", one_segment_later(results)]
     return "\n".join(out)
 
 

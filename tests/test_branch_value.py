@@ -49,7 +49,8 @@ def test_branches_retrace_the_schedule_until_they_deviate_and_report_them(tmp_pa
     names = FeatureBuilder(ActionSpace(spec.hparams), spec.hparams).policy_names()
     assert len(names) == len(result["points"][0]["features"])
     text = branch_value.report([result], names, spec.meta_train.reward_cap)
-    assert "Oracle" in text and "WARNING" not in text
+    assert "Oracle" in text and "WARNING" not in text and "One segment later: a branch" in text
+    assert all(np.isfinite(b["valid_next"]) for pt in result["points"] for b in pt["branches"])
 
 
 def test_held_out_auc_sees_a_planted_signal_on_unseen_tasks_and_not_noise():
