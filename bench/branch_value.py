@@ -43,7 +43,7 @@ from lhopt_dsl import load_spec, sample
 from lhopt_dsl.agent.actions import ActionSpace
 from lhopt_dsl.agent.actor import Step
 from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
-from lhopt_dsl.agent.observation import FeatureBuilder
+from lhopt_dsl.agent.observation import FeatureBuilder, task_vector
 from lhopt_dsl.agent.residual import Residual
 from lhopt_dsl.agent.reward import PowerLawReward
 from lhopt_dsl.agent.rollout import run_episode
@@ -233,9 +233,11 @@ def _raises_lr(branch: dict[str, Any]) -> bool:
     return branch["hparam"] == "lr" and branch["value"] > 1.0
 
 
-def visibility(results: list[dict[str, Any]], names: list[str], permutations: int = 40) -> str:
+def visibility(results: list[dict[str, Any]], names: list[str], tasks: dict[str, np.ndarray] | None = None,
+               permutations: int = 40) -> str:  # fmt: skip
     """Whether 'raising the learning rate pays here' can be told from the features, on held-out tasks,
-    beside what the same procedure gives with the outcomes shuffled ``permutations`` times."""
+    beside what the same procedure gives with the outcomes shuffled ``permutations`` times; with
+    ``tasks`` (task id -> the critic's task vector), also from the task's description and progress."""
     pts = [(r["task_id"], pt) for r in results for pt in r["points"]]
     pts = [(t, pt) for t, pt in pts if any(_raises_lr(b) for b in pt["branches"])]
     if not pts:
@@ -255,9 +257,13 @@ def visibility(results: list[dict[str, Any]], names: list[str], permutations: in
         return (f"{np.nanmean(aucs):.2f} (folds {', '.join(f'{a:.2f}' for a in aucs)}; "
                 f"the same with the outcomes shuffled: 95% within [{lo:.2f}, {hi:.2f}])")
 
+    described = ""
+    if tasks:
+        vectors = np.hstack([np.stack([tasks[t] for t in groups]), progress])
+        described = f"; from the task's description (the critic's task vector) and progress {text(vectors)}"
     return (f"Raising the lr pays (some x>1 branch has reward > 1) at {y.mean():.2f} of {len(y)} decision points. "
             f"Told from the policy's features by an L2 logistic regression fitted on the other folds' tasks "
-            f"(4 folds of tasks), mean AUC within a fold: {text(x)}; from progress alone {text(progress)}.")
+            f"(4 folds of tasks), mean AUC within a fold: {text(x)}; from progress alone {text(progress)}{described}.")
 
 
 def one_segment_later(results: list[dict[str, Any]]) -> str:
@@ -281,7 +287,7 @@ def one_segment_later(results: list[dict[str, Any]]) -> str:
             f"(1 = keep; the probe's own segment not charged).")
 
 
-def report(results: list[dict[str, Any]], names: list[str], cap: float) -> str:
+def report(results: list[dict[str, Any]], names: list[str], cap: float, tasks: dict[str, np.ndarray] | None = None) -> str:
     rows = branch_rows(results)
     out = [f"{len(results)} tasks, {len(rows)} branches; reward 1 = the schedule's run, capped at {cap}x.", ""]
     broken = sum(not b["same_before"] for b in rows)
@@ -301,13 +307,13 @@ def report(results: list[dict[str, Any]], names: list[str], cap: float) -> str:
     out += ["", "| family | tasks | branches with reward > 1 | best single deviation, mean reward | its most common best action |",
             "|---|---:|---:|---:|---|"]
     for family in sorted({r["family"] for r in results}):
-        tasks = [r for r in results if r["family"] == family]
-        bs = [b for r in tasks for pt in r["points"] for b in pt["branches"]]
+        of_family = [r for r in results if r["family"] == family]
+        bs = [b for r in of_family for pt in r["points"] for b in pt["branches"]]
         bests = [max(((b["reward"], b["action"]) for pt in r["points"] for b in pt["branches"]), default=(1.0, ""))
-                 for r in tasks]  # fmt: skip
+                 for r in of_family]  # fmt: skip
         paying = [a for rw, a in bests if rw > 1.0]
         common = max(set(paying), key=paying.count) if paying else "none pays"
-        out.append(f"| {family} | {len(tasks)} | {np.mean([b['reward'] > 1 for b in bs]):.2f} "
+        out.append(f"| {family} | {len(of_family)} | {np.mean([b['reward'] > 1 for b in bs]):.2f} "
                    f"| {np.mean([max(1.0, rw) for rw, _ in bests]):.3f} | {common} |")
     per_task = [[b for pt in r["points"] for b in pt["branches"]] for r in results]
     best = [max([1.0] + [b["test_ratio"] for b in bs]) for bs in per_task]
@@ -323,7 +329,7 @@ def report(results: list[dict[str, Any]], names: list[str], cap: float) -> str:
         listed = ", ".join(f"{names[i]} {rho[i]:+.2f}" for i in top)
         out.append(f"{action}: features most correlated with its reward (Spearman, n={len(sel)}): {listed}; "
                    f"chance bar (95% of the largest |rho| under permutation) {bar:.2f}.")
-    out += ["", visibility(results, names), "", one_segment_later(results)]
+    out += ["", visibility(results, names, tasks), "", one_segment_later(results)]
     return "\n".join(out)
 
 
@@ -361,7 +367,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  task {k + 1}/{len(jobs)}: {res['family']}, {len(branch_rows([res]))} branches, "
                   f"{res['cpu_seconds']:.0f} CPU-s", flush=True)
     features = FeatureBuilder(ActionSpace(spec.hparams), spec.hparams).policy_names()
-    print(report([done[w] for w in wanted], features, spec.meta_train.reward_cap))
+    tasks = {r["task_id"]: task_vector(sample(spec, train_seed(spec.seed, it, slot)).task) for (it, slot), r in done.items()}
+    print(report([done[w] for w in wanted], features, spec.meta_train.reward_cap, tasks))
 
 
 def _read(path: str | None, spec: str, points: int, names: Sequence[str]) -> list[dict[str, Any]]:
