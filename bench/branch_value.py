@@ -87,6 +87,10 @@ def decision_points(outer: int, points: int) -> list[int]:
     return sorted({min(outer - 1, round(k * outer / points)) for k in range(points)})
 
 
+def _short(xs: Sequence[float]) -> list[float]:
+    return [float(f"{x:.7g}") for x in xs]
+
+
 def loss_ratio(a: float, b: float) -> float:
     """a / b for losses; a loss of exactly 0 (a task solved) counts as 1e-30, and 0 / 0 as a tie."""
     if a == b:
@@ -136,13 +140,15 @@ def task_branches(args: tuple[str, int, int, int, tuple[str, ...]]) -> dict[str,
                 "test_ratio": loss_ratio(base.test_loss, ep.test_loss),
                 "same_before": ep.valid_curve[: at + 1] == base.valid_curve[: at + 1],
                 "valid_next": float(ep.valid_curve[at + 1]),  # one segment after the deviation
+                "valid_after": _short(ep.valid_curve[at + 1:]),  # every segment after it
             })  # fmt: skip
         features = [float(f"{x:.6g}") for x in base.raw_policy[at].tolist()]
         at_points.append({"at": at, "progress": at / cfg.task.outer_steps, "features": features, "branches": branches,
                           "schedule_valid_next": float(base.valid_curve[at + 1])})  # fmt: skip
     return {"iteration": iteration, "slot": slot, "task_id": cfg.task_id, "family": cfg.family,
             "outer_steps": cfg.task.outer_steps,
-            "schedule_test_loss": float(base.test_loss), "points": at_points,
+            "schedule_test_loss": float(base.test_loss), "schedule_valid_curve": _short(base.valid_curve),
+            "points": at_points,
             "cpu_seconds": time.process_time() - t0}  # fmt: skip
 
 
@@ -266,25 +272,40 @@ def visibility(results: list[dict[str, Any]], names: list[str], tasks: dict[str,
             f"(4 folds of tasks), mean AUC within a fold: {text(x)}; from progress alone {text(progress)}{described}.")
 
 
-def one_segment_later(results: list[dict[str, Any]]) -> str:
-    """Whether a deviation that is ahead of the schedule one segment later is ahead at the end, and
-    what a probe worth that would earn: take the branch whose validation loss one segment later is
-    lowest if it is below the schedule's, else keep (not charged for the probe itself)."""
-    pts = [pt for r in results for pt in r["points"] if pt.get("schedule_valid_next") is not None]
-    if not pts:
-        return "One segment later: not recorded in these results."
-    rows = [(b["valid_next"] < pt["schedule_valid_next"], b["reward"] > 1.0) for pt in pts for b in pt["branches"]]
-    agree = np.mean([a == b for a, b in rows])
-    ahead = [b for a, b in rows if a]
-    probe = []
-    for pt in pts:
-        best = min(pt["branches"], key=lambda b: b["valid_next"])
-        probe.append(best["reward"] if best["valid_next"] < pt["schedule_valid_next"] else 1.0)
-    return (f"One segment later: a branch ahead of the schedule then (lower validation loss) is ahead at the "
-            f"end (reward > 1) on {np.mean(ahead) if ahead else float('nan'):.2f} of {len(ahead)} such branches; "
-            f"the two agree on {agree:.2f} of {len(rows)} branches. A probe that takes the branch ahead after one "
-            f"segment, else keeps: mean reward {np.mean(probe):.3f} over {len(probe)} decision points "
-            f"(1 = keep; the probe's own segment not charged).")
+def probes(results: list[dict[str, Any]], fractions: Sequence[float] = (0.125, 0.25)) -> str:
+    """Whether a deviation ahead of the schedule some segments later is ahead at the end, and what a
+    probe worth that would earn: take the branch whose validation loss is lowest then if it is
+    below the schedule's, else keep (the probe's own cost not charged). One segment later, and, where
+    the results hold whole curves, ``fractions`` of the run later."""
+    lines = [_probe_line(results, "one segment", lambda r: 1)]
+    with_curves = [r for r in results if "schedule_valid_curve" in r]
+    for frac in fractions:
+        lines.append(_probe_line(with_curves, f"{frac:g} of the run", lambda r, f=frac: max(1, round(f * r["outer_steps"]))))
+    return "\n".join(line for line in lines if line)
+
+
+def _probe_line(results: list[dict[str, Any]], horizon: str, segments: Any) -> str:
+    """:func:`probes` at one horizon (``segments(task)`` segments after the deviation)."""
+    seen, probe = [], []
+    for r in results:
+        curve = r.get("schedule_valid_curve")
+        for pt in r["points"]:
+            h = segments(r)
+            if "valid_next" not in pt["branches"][0]:
+                continue
+            at = min(pt["at"] + h, r["outer_steps"])  # the schedule's loss h segments after the deviation
+            base = curve[at] if curve is not None else pt["schedule_valid_next"]
+            later = [b["valid_after"][at - pt["at"] - 1] if curve is not None else b["valid_next"] for b in pt["branches"]]
+            seen += [(v < base, b["reward"] > 1.0) for v, b in zip(later, pt["branches"])]
+            k = int(np.argmin(later))
+            probe.append(pt["branches"][k]["reward"] if later[k] < base else 1.0)
+    if not probe:
+        return ""
+    ahead = [end for now, end in seen if now]
+    return (f"{horizon} later: a branch ahead of the schedule then (lower validation loss) is ahead at the end "
+            f"(reward > 1) on {np.mean(ahead) if ahead else float('nan'):.2f} of {len(ahead)} such branches; a probe "
+            f"that takes the branch ahead then, else keeps: mean reward {np.mean(probe):.3f} over {len(probe)} "
+            f"decision points (1 = keep; the probe's own cost not charged).")
 
 
 def report(results: list[dict[str, Any]], names: list[str], cap: float, tasks: dict[str, np.ndarray] | None = None) -> str:
@@ -329,7 +350,7 @@ def report(results: list[dict[str, Any]], names: list[str], cap: float, tasks: d
         listed = ", ".join(f"{names[i]} {rho[i]:+.2f}" for i in top)
         out.append(f"{action}: features most correlated with its reward (Spearman, n={len(sel)}): {listed}; "
                    f"chance bar (95% of the largest |rho| under permutation) {bar:.2f}.")
-    out += ["", visibility(results, names, tasks), "", one_segment_later(results)]
+    out += ["", visibility(results, names, tasks), "", probes(results)]
     return "\n".join(out)
 
 

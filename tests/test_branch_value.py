@@ -49,7 +49,11 @@ def test_branches_retrace_the_schedule_until_they_deviate_and_report_them(tmp_pa
     names = FeatureBuilder(ActionSpace(spec.hparams), spec.hparams).policy_names()
     assert len(names) == len(result["points"][0]["features"])
     text = branch_value.report([result], names, spec.meta_train.reward_cap)
-    assert "Oracle" in text and "WARNING" not in text and "One segment later: a branch" in text
+    assert "Oracle" in text and "WARNING" not in text and "one segment later: a branch" in text
+    assert "0.25 of the run later: a branch" in text
+    for point in result["points"]:
+        for b in point["branches"]:
+            assert len(b["valid_after"]) == result["outer_steps"] - point["at"] and b["valid_after"][0] == pytest.approx(b["valid_next"], rel=1e-6)
     assert all(np.isfinite(b["valid_next"]) for pt in result["points"] for b in pt["branches"])
 
 
