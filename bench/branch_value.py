@@ -215,11 +215,11 @@ def auc(score: np.ndarray, y: np.ndarray) -> float:
     return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
 
 
-def held_out_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 4, l2: float = 10.0) -> list[float]:
-    """Per fold, the AUC of an L2 logistic regression on standardised features fitted on the other
-    folds' tasks (``groups``, split into ``folds`` by order of first appearance): whether the outcome
-    is visible in the features of tasks not seen. The AUC is taken within a fold, one model scoring
-    all of it (pooling scores of one model per task would rank them by models, not by features)."""
+def held_out_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 4,
+                    l2: float = 10.0) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Per fold, (which rows it holds, their scores by an L2 logistic regression on standardised
+    features fitted on the other folds' tasks). ``groups`` (tasks) are split into ``folds`` by order
+    of first appearance, so no task is both fitted and scored."""
     tasks = list(dict.fromkeys(groups.tolist()))
     fold_of = {t: k * folds // len(tasks) for k, t in enumerate(tasks)}
     fold = np.array([fold_of[g] for g in groups.tolist()])
@@ -231,8 +231,26 @@ def held_out_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 
         mu, sd = x[~test].mean(0), x[~test].std(0)
         sd[sd == 0] = 1.0
         w = _fit_logistic((x[~test] - mu) / sd, y[~test], l2)
-        out.append(auc(np.hstack([(x[test] - mu) / sd, np.ones((test.sum(), 1))]) @ w, y[test]))
+        out.append((test, np.hstack([(x[test] - mu) / sd, np.ones((test.sum(), 1))]) @ w))
     return out
+
+
+def held_out_auc(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 4, l2: float = 10.0) -> list[float]:
+    """Per fold, the AUC of :func:`held_out_scores`: whether the outcome is visible in the features
+    of tasks not seen. The AUC is taken within a fold, one model scoring all of it (pooling scores
+    of one model per task would rank them by models, not by features)."""
+    return [auc(score, y[rows]) for rows, score in held_out_scores(x, y, groups, folds, l2)]
+
+
+def acting_on(scored: list[tuple[np.ndarray, np.ndarray]], rewards: np.ndarray, share: float) -> float:
+    """Mean reward per decision point of taking an action (``rewards``: its branch's reward at each
+    point) at the ``share`` of each fold's points its model scores highest, and keeping elsewhere (1)."""
+    got = np.ones(len(rewards))
+    for rows, score in scored:
+        idx = np.flatnonzero(rows)
+        top = idx[np.argsort(-score, kind="stable")[: max(1, round(share * len(idx)))]]
+        got[top] = rewards[top]
+    return float(got.mean())
 
 
 def _raises_lr(branch: dict[str, Any]) -> bool:
@@ -263,13 +281,21 @@ def visibility(results: list[dict[str, Any]], names: list[str], tasks: dict[str,
         return (f"{np.nanmean(aucs):.2f} (folds {', '.join(f'{a:.2f}' for a in aucs)}; "
                 f"the same with the outcomes shuffled: 95% within [{lo:.2f}, {hi:.2f}])")
 
+    scored = held_out_scores(x, y, groups)
+    acting = []
+    for action in sorted({b["action"] for _, pt in pts for b in pt["branches"] if _raises_lr(b)}):
+        rewards = np.array([next((b["reward"] for b in pt["branches"] if b["action"] == action), 1.0) for _, pt in pts])
+        acting.append(f"{action} {acting_on(scored, rewards, 0.1):.3f} / {acting_on(scored, rewards, 0.25):.3f} "
+                      f"(always: {rewards.mean():.3f})")
+    worth = ("; acting on it, the mean reward per point of taking the action at the 10% / 25% of each fold's points "
+             f"its model scores highest, keeping elsewhere: {', '.join(acting)}")
     described = ""
     if tasks:
         vectors = np.hstack([np.stack([tasks[t] for t in groups]), progress])
         described = f"; from the task's description (the critic's task vector) and progress {text(vectors)}"
     return (f"Raising the lr pays (some x>1 branch has reward > 1) at {y.mean():.2f} of {len(y)} decision points. "
             f"Told from the policy's features by an L2 logistic regression fitted on the other folds' tasks "
-            f"(4 folds of tasks), mean AUC within a fold: {text(x)}; from progress alone {text(progress)}{described}.")
+            f"(4 folds of tasks), mean AUC within a fold: {text(x)}{worth}; from progress alone {text(progress)}{described}.")
 
 
 def probes(results: list[dict[str, Any]], fractions: Sequence[float] = (0.125, 0.25)) -> str:

@@ -66,3 +66,11 @@ def test_held_out_auc_sees_a_planted_signal_on_unseen_tasks_and_not_noise():
     assert min(branch_value.held_out_auc(signal, y, groups)) > 0.9
     assert 0.25 < np.mean(branch_value.held_out_auc(noise, y, groups)) < 0.75
     assert branch_value.auc(np.array([0.1, 0.2, 0.3]), np.array([0.0, 1.0, 1.0])) == 1.0
+
+
+def test_acting_on_takes_the_top_scored_points_of_each_fold_and_keeps_elsewhere():
+    rows_a, rows_b = np.array([1, 1, 0, 0], bool), np.array([0, 0, 1, 1], bool)
+    scored = [(rows_a, np.array([2.0, 1.0])), (rows_b, np.array([0.0, 5.0]))]
+    rewards = np.array([1.5, 0.5, 0.1, 1.3])
+    # half of each fold: point 0 (fold a's best) and point 3 (fold b's best), 1 elsewhere
+    assert branch_value.acting_on(scored, rewards, 0.5) == pytest.approx((1.5 + 1 + 1 + 1.3) / 4)
