@@ -10,17 +10,23 @@ them, from iterations no run here reaches) this runs that schedule once, then, f
 run (the same initial weights and data order) that takes that action once at that decision and
 keeps from then on: the offset from the base it sets holds to the end, as a residual policy's does.
 
+``--hparams`` branches on other hyperparameters' actions instead (a relative change that holds).
 For each branch it reports what PPO's reward says (the spec's power-law reward against the
 schedule's own run, 1 = the schedule, capped as ``meta_train.reward_cap`` caps it) and the ratio of
 final test losses (schedule / branch: above 1, the branch ends lower; medians, since a loss near 0
 makes ratios without bound). Then:
 
-* by action and decision point: how often the branch beats the schedule, and by how much;
+* by action and decision point, and by family: how often the branch beats the schedule, and by how much;
 * the headroom: per task, the best single deviation (an oracle that knows the outcome);
 * whether the policy could see it coming: the Spearman correlation, across (task, point), between
   each policy feature at the decision (as the schedule's run shows it) and the branch's reward,
   with the largest |rho| of 200 label permutations beside it (a family-wise bar: a feature above it
-  is unlikely to be chance across all features).
+  is unlikely to be chance across all features); and whether "raising the learning rate pays here"
+  can be told on held-out tasks, by a logistic regression on the policy's features (on progress
+  alone; on the critic's task vector), beside the same with the outcomes shuffled, with what
+  acting on its scores would earn;
+* probes: whether a branch ahead of the schedule one segment (1/8, 1/4 of the run) after its
+  deviation is ahead at the end, and what keeping the branch ahead then would earn.
 
 What it is for: PPO can only learn to deviate where deviating pays and is visible. If few branches
 pay, or none is predictable, more PPO will not find them; if some do, they are what a policy must
@@ -287,15 +293,16 @@ def visibility(results: list[dict[str, Any]], names: list[str], tasks: dict[str,
         rewards = np.array([next((b["reward"] for b in pt["branches"] if b["action"] == action), 1.0) for _, pt in pts])
         acting.append(f"{action} {acting_on(scored, rewards, 0.1):.3f} / {acting_on(scored, rewards, 0.25):.3f} "
                       f"(always: {rewards.mean():.3f})")
-    worth = ("; acting on it, the mean reward per point of taking the action at the 10% / 25% of each fold's points "
+    worth = ("\nActing on it, the mean reward per point of taking the action at the 10% / 25% of each fold's points "
              f"its model scores highest, keeping elsewhere: {', '.join(acting)}")
     described = ""
     if tasks:
         vectors = np.hstack([np.stack([tasks[t] for t in groups]), progress])
-        described = f"; from the task's description (the critic's task vector) and progress {text(vectors)}"
-    return (f"Raising the lr pays (some x>1 branch has reward > 1) at {y.mean():.2f} of {len(y)} decision points. "
+        described = f".\nFrom the task's description (the critic's task vector) and progress: {text(vectors)}"
+    return (f"Raising the lr pays (some x>1 branch has reward > 1) at {y.mean():.2f} of {len(y)} decision points.\n"
             f"Told from the policy's features by an L2 logistic regression fitted on the other folds' tasks "
-            f"(4 folds of tasks), mean AUC within a fold: {text(x)}{worth}; from progress alone {text(progress)}{described}.")
+            f"(4 folds of tasks), mean AUC within a fold: {text(x)}{worth}.\nFrom progress alone: {text(progress)}"
+            f"{described}.")
 
 
 def probes(results: list[dict[str, Any]], fractions: Sequence[float] = (0.125, 0.25)) -> str:
