@@ -109,7 +109,7 @@ def test_missing_observations_look_as_the_observer_documents():
     flags = ["loss_ratio/is_nan", "log_train/is_nan", "log_valid/is_nan", "checkpoint0/is_empty"]
     assert [first[at[f]] for f in flags] == [1.0] * 4
     assert all(first[at[f"{s}/is_nan_or_inf"]] == 1.0 for s in STAT_NAMES)
-    assert not first[at["prev_action0"] : at["loss_ratio/is_nan"]].any()  # no previous action
+    assert not first[at[f"prev_action/{actions.names[0]}/0"] : at["loss_ratio/is_nan"]].any()  # no previous action
     assert first[at["log_param_norm_ratio/tanh"]] == 0.0 and first[at["log_update_ratio/tanh"]] == 0.0
 
     # A segment with everything reported: the means of its training losses and statistics.
