@@ -36,6 +36,7 @@ learn (and labels for imitating them).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import multiprocessing as mp
 import time
@@ -61,18 +62,23 @@ FIRST_ITERATION = 1_000_000  # training tasks no meta-training run here reaches
 
 class Deviate:
     """An :class:`~lhopt_dsl.agent.actor.Actor` that takes the identity action at every decision but
-    decision ``at``, where its entry for hyperparameter ``name`` is ``action`` (the learning rate's,
-    inside :class:`Residual`: an offset from the base that then holds; another's: a relative change
-    that then holds). ``at`` = -1: never deviates (the base schedule)."""
+    decision ``at``, where its entry for dimension ``dim`` is ``action`` (the learning rate's, inside
+    :class:`Residual`: an offset from the base that then holds; another's: a relative change that
+    then holds). As built it never deviates (the base schedule); :meth:`branch` makes one that does."""
 
     kind = "probe"
 
-    def __init__(self, space: Any, at: int, name: str = "lr", action: int = 0):
-        actions = ActionSpace(space)
-        self.identity, self.at, self.action = actions.identity(), at, action
-        self.dim = actions.names.index(name)
-        self.policy_size = FeatureBuilder(actions, space).policy_size
-        self.nvec = tuple(actions.nvec)
+    def __init__(self, space: Any):
+        self.actions = ActionSpace(space)
+        self.identity, self.at, self.dim, self.action = self.actions.identity(), -1, 0, 0
+        self.policy_size = FeatureBuilder(self.actions, space).policy_size
+        self.nvec = tuple(self.actions.nvec)
+
+    def branch(self, at: int, name: str, action: int) -> "Deviate":
+        """The same actor, deviating at decision ``at`` with ``action`` for hyperparameter ``name``."""
+        out = copy.copy(self)
+        out.at, out.dim, out.action = at, self.actions.names.index(name), action
+        return out
 
     def start(self, runs: Sequence[Any]) -> int:
         return 0
@@ -104,16 +110,15 @@ def loss_ratio(a: float, b: float) -> float:
     return float(max(a, 1e-30) / max(b, 1e-30))
 
 
-def deviations(space: Any, names: Sequence[str]) -> list[tuple[str, int, str]]:
-    """(hyperparameter, action index, label) of every action of ``names`` but the one that keeps."""
-    actions = ActionSpace(space)
+def deviations(actions: ActionSpace, names: Sequence[str]) -> list[tuple[str, int, float, str]]:
+    """(hyperparameter, action index, its value, label) of every action of ``names`` but the one that keeps."""
     out = []
     for name in names:
         hp = actions.hparams[name]
         keep = int(actions.identity()[actions.names.index(name)])
         for a, v in enumerate(hp.action.values):
             if a != keep:
-                out.append((name, a, f"{name} x{v:g}" if hp.action.type == "scale" else f"{name} {v:+g}"))
+                out.append((name, a, float(v), f"{name} x{v:g}" if hp.action.type == "scale" else f"{name} {v:+g}"))
     return out
 
 
@@ -128,21 +133,22 @@ def task_branches(args: tuple[str, int, int, int, tuple[str, ...]]) -> dict[str,
     env = InnerTrainingEnv(spec.hparams, max_valid=mt.max_valid)
     t0 = time.process_time()
 
-    def run(at: int, name: str = "lr", action: int = 0) -> Any:
-        actor = Residual(Deviate(spec.hparams, at, name, action), spec.hparams, base_schedule)
+    keeper = Deviate(spec.hparams)
+
+    def run(inner: Deviate) -> Any:
+        actor = Residual(inner, spec.hparams, base_schedule)
         return run_episode(env, cfg, actor, log_improvement_reward, deterministic=True)
 
-    base = run(-1)
+    base = run(keeper)
     steps = segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps)
     reward = PowerLawReward(steps, base.valid_curve, mt.reward_cap)
     at_points = []
     for at in decision_points(cfg.task.outer_steps, points):
         branches = []
-        for name, a, label in deviations(spec.hparams, names):
-            ep = run(at, name, a)
+        for name, a, value, label in deviations(keeper.actions, names):
+            ep = run(keeper.branch(at, name, a))
             branches.append({
-                "hparam": name, "value": float(ActionSpace(spec.hparams).hparams[name].action.values[a]),
-                "action": label, "reward": float(reward(ep.valid_curve[-1])),
+                "hparam": name, "value": value, "action": label, "reward": float(reward(ep.valid_curve[-1])),
                 "test_ratio": loss_ratio(base.test_loss, ep.test_loss),
                 "same_before": ep.valid_curve[: at + 1] == base.valid_curve[: at + 1],
                 "valid_next": float(ep.valid_curve[at + 1]),  # one segment after the deviation
@@ -188,6 +194,11 @@ def spearman_table(features: np.ndarray, target: np.ndarray, permutations: int =
     rng = np.random.default_rng(seed)
     null = [np.abs(rho(rng.permutation(target))).max() for _ in range(permutations)]
     return rho(target), float(np.quantile(null, 0.95))
+
+
+def _branches(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every branch of one task, over its decision points."""
+    return [b for pt in result["points"] for b in pt["branches"]]
 
 
 def branch_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -362,14 +373,13 @@ def report(results: list[dict[str, Any]], names: list[str], cap: float, tasks: d
             "|---|---:|---:|---:|---|"]
     for family in sorted({r["family"] for r in results}):
         of_family = [r for r in results if r["family"] == family]
-        bs = [b for r in of_family for pt in r["points"] for b in pt["branches"]]
-        bests = [max(((b["reward"], b["action"]) for pt in r["points"] for b in pt["branches"]), default=(1.0, ""))
-                 for r in of_family]  # fmt: skip
+        bs = [b for r in of_family for b in _branches(r)]
+        bests = [max(((b["reward"], b["action"]) for b in _branches(r)), default=(1.0, "")) for r in of_family]
         paying = [a for rw, a in bests if rw > 1.0]
-        common = max(set(paying), key=paying.count) if paying else "none pays"
+        common = max(sorted(set(paying)), key=paying.count) if paying else "none pays"  # ties: the first by name
         out.append(f"| {family} | {len(of_family)} | {np.mean([b['reward'] > 1 for b in bs]):.2f} "
                    f"| {np.mean([max(1.0, rw) for rw, _ in bests]):.3f} | {common} |")
-    per_task = [[b for pt in r["points"] for b in pt["branches"]] for r in results]
+    per_task = [_branches(r) for r in results]
     best = [max([1.0] + [b["test_ratio"] for b in bs]) for bs in per_task]
     best_r = [max([1.0] + [b["reward"] for b in bs]) for bs in per_task]
     out += ["", f"Oracle (per task the best single deviation, or none): median test ratio "
@@ -412,6 +422,8 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(args.spec, it, slot, args.points, names) for it, slot in wanted if (it, slot) not in done]
     if done:
         print(f"{len(wanted) - len(jobs)} of {len(wanted)} tasks already in {args.out}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with mp.get_context("spawn").Pool(args.workers) as pool:
         for k, res in enumerate(pool.imap(task_branches, jobs)):
             done[(res["iteration"], res["slot"])] = res
@@ -428,8 +440,6 @@ def main(argv: list[str] | None = None) -> None:
 def _read(path: str | None, spec: str, points: int, names: Sequence[str]) -> list[dict[str, Any]]:
     """The tasks an earlier run wrote to ``path`` with the same spec, points and hyperparameters (none if no file)."""
     if not path or not Path(path).exists():
-        if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         return []
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     other = [r for r in rows if (r.get("spec"), r.get("points_per_task"), r.get("hparams")) != (spec, points, list(names))]

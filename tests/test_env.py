@@ -11,7 +11,7 @@ from lhopt_dsl import TaskConfig, load_spec, sample
 from lhopt_dsl.agent.actions import ActionSpace, CheckpointBank, apply_action
 from lhopt_dsl.agent.env import InnerTrainingEnv, OuterStep, log_improvement_reward
 from lhopt_dsl.agent.feature_transforms import RunningNormalizer
-from lhopt_dsl.agent.observation import NB, TASK_CLASSES, FeatureBuilder, task_vector
+from lhopt_dsl.agent.observation import TASK_CLASSES, FeatureBuilder, task_vector
 from lhopt_dsl.optim import CIAO, STAT_NAMES
 from lhopt_dsl.spec import HPARAM_NAMES, AdamWSpace, CIAOSpace
 from lhopt_dsl.spec.schedule import SHAPES, Schedule, segment_bounds, shape_factor

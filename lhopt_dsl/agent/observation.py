@@ -141,8 +141,8 @@ class FeatureBuilder:
         self.value_size = self.policy_size + TASK_VECTOR_SIZE + len(self.actions.names) + 5 * 3 + 2
 
     def policy_names(self) -> list[str]:
-        """A name for each entry of :meth:`policy`'s vector, in its order (``cdf_b<b>``: the integral
-        CDF feature of that series at the b-th of its :data:`NB` values of b)."""
+        """A name for each entry of :meth:`policy`'s vector, in its order (``<series>/cdf<b>``: the
+        integral CDF feature of that series at the b-th of its :data:`NB` values of b)."""
         cdf = [f"cdf{b}" for b in range(NB)]
         out = ["progress"]
         for name, n in zip([*self.actions.names, "restart"], self.actions.nvec):
