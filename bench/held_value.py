@@ -1,0 +1,362 @@
+"""Room beyond one step: learning-rate offsets from a residual policy's base held for the rest of the
+run (or for a window), measured against the base's own run, and whether a policy could choose them.
+
+    LHOPT_DATA_DIR=../shared/data python bench/held_value.py [--spec task_specs/cpu_residual_sharp.yaml]
+        [--tasks 72] [--workers 1] [--out results/branch_value/NAME-held.jsonl]
+
+``bench/branch_value.py`` measured one decision's action (x0.5 ... x2 of the base, then kept): per
+task the best of them is worth a mean reward of about 1.065 and no policy feature tells where. A
+policy can do more than one step: it can move its offset from the base further (x8 takes three
+decisions of x2) and hold it, or raise the learning rate for a while and come back. This bench
+measures that room on the same training tasks (the same draws as ``branch_value.py``), with the same
+runs (the same initial weights and data order as the schedule's run):
+
+* **hold** ``f`` **from** ``p``: from decision ``p`` the offset moves to ``f`` (as fast as the
+  learning-rate actions allow) and stays there; ``f`` in x1/8 ... x8, ``p`` at the start (before
+  any training: a whole-run factor, what a tuner or a per-task prior chooses), after the first
+  segment, and at 1/8 and 1/4 of the run;
+* **window**: x1/4 or x4 for the first quarter of the run, or for its second quarter, then back to
+  the base (a warm-up, a boost, and what the paper's restarts are for).
+
+Each branch is scored as ``branch_value.py`` scores it: PPO's reward against the schedule's run
+(1 = the schedule, capped as ``meta_train.reward_cap`` caps it) and schedule/branch test loss.
+Then, per task, the oracle over each kind of branch, and what a rule that does not know the
+outcome earns, chosen on held-out tasks (4 folds of tasks): the single best factor for all tasks,
+the best factor per family, and a ridge regression per factor of its reward on what a policy sees
+at that decision (the policy's features as the schedule's run shows them, the critic's task vector,
+or both), acting on the factor it predicts best (keeping where none is predicted above 1); beside
+the last, the same with tasks' outcomes shuffled against their features, so that luck has a bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from lhopt_dsl import load_spec, sample
+from lhopt_dsl.agent.actions import ActionSpace
+from lhopt_dsl.agent.actor import Step
+from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.agent.observation import FeatureBuilder, task_vector
+from lhopt_dsl.agent.residual import Residual, _clamp_offset, _nearest_scale
+from lhopt_dsl.agent.reward import PowerLawReward
+from lhopt_dsl.agent.rollout import run_episode
+from lhopt_dsl.spec.sample import train_seed
+from lhopt_dsl.spec.schedule import Schedule, segment_bounds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from branch_value import FIRST_ITERATION, _short, loss_ratio  # noqa: E402
+
+#: Held offsets from the base, x1/8 ... x8 (x1 is the schedule's own run).
+FACTORS: tuple[float, ...] = (0.125, 0.25, 0.5, 2.0, 4.0, 8.0)
+#: Window offsets: a quarter of the run at x1/4 or x4, then back to the base.
+WINDOW_FACTORS: tuple[float, ...] = (0.25, 4.0)
+#: Where a held offset starts, by name: decision index from the number of decisions.
+HOLD_POINTS: dict[str, Any] = {
+    "start": lambda outer: 0,
+    "segment 1": lambda outer: min(1, outer - 1),
+    "1/8": lambda outer: min(outer - 1, round(outer / 8)),
+    "1/4": lambda outer: min(outer - 1, round(outer / 4)),
+}
+
+
+class Steer:
+    """An :class:`~lhopt_dsl.agent.actor.Actor` inside :class:`Residual` that steers the offset from the
+    base: ``factor`` from decision ``start`` until decision ``stop`` (None: to the end), 1 elsewhere,
+    reaching it as fast as the learning-rate actions allow; every other hyperparameter kept. Built
+    without a plan it always keeps (the base schedule). It tracks the offset as :class:`Residual` does
+    (the actions' product within the bounds, lowered when the guard lowers the learning rate)."""
+
+    kind = "probe"
+
+    def __init__(self, space: Any, plan: tuple[int, int | None, float] | None = None):
+        self.actions = ActionSpace(space)
+        self.identity = self.actions.identity()
+        self.lr_dim = self.actions.names.index("lr")
+        self.values = list(self.actions.hparams["lr"].action.values)
+        self.keep = int(self.identity[self.lr_dim])
+        self.policy_size = FeatureBuilder(self.actions, space).policy_size
+        self.nvec = tuple(self.actions.nvec)
+        self.plan = plan
+
+    def with_plan(self, start: int, stop: int | None, factor: float) -> "Steer":
+        out = object.__new__(Steer)
+        out.__dict__.update(self.__dict__, plan=(start, stop, factor))
+        return out
+
+    def wanted(self, t: int) -> float:
+        if self.plan is None:
+            return 1.0
+        start, stop, factor = self.plan
+        return factor if start <= t and (stop is None or t < stop) else 1.0
+
+    def start(self, runs: Sequence[Any]) -> tuple[int, tuple[float, ...]]:
+        return 0, (1.0,) * len(runs)
+
+    def act(self, carry: tuple[int, tuple[float, ...]], features: np.ndarray, generators: Sequence[Any],
+            greedy: bool) -> tuple[Step, tuple[int, tuple[float, ...]]]:  # fmt: skip
+        t, offsets = carry
+        rows = np.asarray(features, dtype=np.float32).reshape(-1, self.policy_size)
+        actions = np.tile(self.identity, (len(rows), 1))
+        moved = []
+        for b, m in enumerate(offsets):
+            a = _nearest_scale(self.values, m, self.wanted(t), self.keep)
+            actions[b, self.lr_dim] = a
+            moved.append(_clamp_offset(m * self.values[a]))
+        return Step(actions, np.zeros(len(rows)), rows, actions), (t + 1, tuple(moved))
+
+    def guarded(self, carry: tuple[int, tuple[float, ...]], row: int, lr_factor: float) -> tuple[int, tuple[float, ...]]:
+        t, offsets = carry
+        moved = list(offsets)
+        moved[row] = _clamp_offset(moved[row] * lr_factor)
+        return t, tuple(moved)
+
+
+def plans(outer: int) -> list[tuple[str, str, int, int | None, float]]:
+    """(kind, label, start, stop, factor) of every branch of a task of ``outer`` decisions; a hold
+    that starts at the same decision under two names is run once (under the first)."""
+    out, seen = [], set()
+    for name, where in HOLD_POINTS.items():
+        at = where(outer)
+        if at in seen:
+            continue
+        seen.add(at)
+        out += [("hold", f"x{f:g} from {name}", at, None, f) for f in FACTORS]
+    q = max(1, round(outer / 4))
+    for lo, label in ((0, "first quarter"), (q, "second quarter")):
+        if lo + q <= outer and (lo == 0 or lo < outer):
+            out += [("window", f"x{f:g} for the {label}", lo, lo + q, f) for f in WINDOW_FACTORS]
+    return out
+
+
+def task_holds(args: tuple[str, int, int]) -> dict[str, Any]:
+    """The schedule's run of one task and its held and windowed branches (module docstring)."""
+    spec_path, iteration, slot = args
+    torch.set_num_threads(1)
+    spec = load_spec(spec_path)
+    mt = spec.meta_train
+    cfg = sample(spec, train_seed(spec.seed, iteration, slot))
+    base_schedule = Schedule.from_name(mt.residual)
+    env = InnerTrainingEnv(spec.hparams, max_valid=mt.max_valid)
+    t0 = time.process_time()
+    keeper = Steer(spec.hparams)
+
+    def run(inner: Steer) -> Any:
+        return run_episode(env, cfg, Residual(inner, spec.hparams, base_schedule), log_improvement_reward,
+                           deterministic=True)  # fmt: skip
+
+    base = run(keeper)
+    outer = cfg.task.outer_steps
+    reward = PowerLawReward(segment_bounds(cfg.task.inner_steps, outer), base.valid_curve, mt.reward_cap)
+    branches = []
+    for kind, label, start, stop, factor in plans(outer):
+        ep = run(keeper.with_plan(start, stop, factor))
+        branches.append({"kind": kind, "label": label, "start": start, "stop": stop, "factor": factor,
+                         "reward": float(reward(ep.valid_curve[-1])),
+                         "test_ratio": loss_ratio(base.test_loss, ep.test_loss),
+                         "same_before": ep.valid_curve[: start + 1] == base.valid_curve[: start + 1],
+                         "valid_curve": _short(ep.valid_curve)})  # fmt: skip
+    points = {name: where(outer) for name, where in HOLD_POINTS.items()}
+    features = {str(at): [float(f"{x:.6g}") for x in base.raw_policy[at].tolist()] for at in sorted(set(points.values()))}
+    return {"iteration": iteration, "slot": slot, "task_id": cfg.task_id, "family": cfg.family, "outer_steps": outer,
+            "points": points, "features": features, "schedule_test_loss": float(base.test_loss),
+            "schedule_valid_curve": _short(base.valid_curve), "branches": branches,
+            "cpu_seconds": time.process_time() - t0}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- analysis
+
+
+def hold_matrix(results: list[dict[str, Any]], point: str) -> np.ndarray:
+    """Per task (rows) and factor of :data:`FACTORS` (columns), the reward of holding it from ``point``."""
+    out = np.ones((len(results), len(FACTORS)))
+    for i, r in enumerate(results):
+        at = r["points"][point]
+        for b in r["branches"]:
+            if b["kind"] == "hold" and b["start"] == at:
+                out[i, FACTORS.index(b["factor"])] = b["reward"]
+    return out
+
+
+def fold_of(n: int, folds: int = 4) -> np.ndarray:
+    """Fold of each of ``n`` tasks, by order."""
+    return np.arange(n) * folds // n
+
+
+def _ridge(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """Weights (bias last) of a ridge regression of every column of ``y`` on ``x`` (standardised by the caller)."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    penalty = np.full(xb.shape[1], l2)
+    penalty[-1] = 0.0
+    return np.linalg.solve(xb.T @ xb + np.diag(penalty + 1e-9), xb.T @ y)
+
+
+def predicted(x: np.ndarray, rewards: np.ndarray, l2: float, folds: int = 4) -> np.ndarray:
+    """Held-out predictions of ``rewards`` (tasks x choices) from ``x`` (tasks x features): each fold's
+    tasks by a ridge regression fitted on the other folds'."""
+    fold = fold_of(len(x), folds)
+    out = np.empty_like(rewards, dtype=np.float64)
+    for f in range(folds):
+        test = fold == f
+        if not test.any() or test.all():
+            out[test] = rewards[~test].mean(0) if (~test).any() else 1.0
+            continue
+        mu, sd = x[~test].mean(0), x[~test].std(0)
+        sd[sd == 0] = 1.0
+        w = _ridge((x[~test] - mu) / sd, rewards[~test] - 1.0, l2)
+        out[test] = np.hstack([(x[test] - mu) / sd, np.ones((test.sum(), 1))]) @ w + 1.0
+    return out
+
+
+def earned(pred: np.ndarray, rewards: np.ndarray) -> np.ndarray:
+    """Per task, the reward of the choice predicted best, or 1 (keep) where none is predicted above 1."""
+    k = np.argmax(pred, 1)
+    best = pred[np.arange(len(pred)), k]
+    return np.where(best > 1.0, rewards[np.arange(len(pred)), k], 1.0)
+
+
+def rule_best_factor(rewards: np.ndarray, groups: Sequence[Any] | None = None, folds: int = 4) -> np.ndarray:
+    """Per task, the reward of the choice (a factor, or keep) with the best mean reward over the other
+    folds' tasks (of the same group, where ``groups`` is given; keep if there are none)."""
+    fold = fold_of(len(rewards), folds)
+    groups = np.zeros(len(rewards)) if groups is None else np.asarray(groups)
+    out = np.ones(len(rewards))
+    for i in range(len(rewards)):
+        peers = (fold != fold[i]) & (groups == groups[i])
+        if peers.any():
+            means = rewards[peers].mean(0)
+            if means.max() > 1.0:
+                out[i] = rewards[i, int(np.argmax(means))]
+    return out
+
+
+def model_line(x: np.ndarray, rewards: np.ndarray, l2s: Sequence[float], permutations: int, seed: int = 0) -> str:
+    """What acting on held-out ridge predictions earns at each penalty, beside the same with tasks'
+    outcomes shuffled against their features (95% of ``permutations`` shuffles)."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for l2 in l2s:
+        got = earned(predicted(x, rewards, l2), rewards)
+        null = []
+        for _ in range(permutations):
+            shuffled = rewards[rng.permutation(len(rewards))]
+            null.append(earned(predicted(x, shuffled, l2), shuffled).mean())
+        lo, hi = np.quantile(null, [0.025, 0.975])
+        parts.append(f"L2 {l2:g}: {got.mean():.3f} (shuffled [{lo:.3f}, {hi:.3f}]; acts on {np.mean(got != 1.0):.2f})")
+    return "; ".join(parts)
+
+
+def report(results: list[dict[str, Any]], tasks: dict[str, np.ndarray] | None, cap: float,
+           l2s: Sequence[float] = (10.0, 100.0, 1000.0), permutations: int = 40) -> str:  # fmt: skip
+    rows = [b | {"family": r["family"]} for r in results for b in r["branches"]]
+    out = [f"{len(results)} tasks, {len(rows)} branches; reward 1 = the schedule's run, capped at {cap}x; test ratio "
+           "= schedule / branch test loss (above 1: the branch ends lower).", ""]
+    broken = sum(not b["same_before"] for b in rows)
+    if broken:
+        out.append(f"WARNING: {broken} branches did not retrace the schedule's run before they left it.\n")
+    out += ["| branch | tasks | reward > 1 | reward > 1.1 | mean reward | test loss lower | median test ratio |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    starts = {name: i for i, name in enumerate(HOLD_POINTS)}
+
+    def order(label: str) -> tuple[int, int, float]:
+        b = next(b for b in rows if b["label"] == label)
+        where = next((starts[n] for n in HOLD_POINTS if label.endswith(f"from {n}")), len(starts))
+        return (b["kind"] != "hold", where, b["factor"])
+
+    for label in sorted({b["label"] for b in rows}, key=order):
+        sel = [b for b in rows if b["label"] == label]
+        rw, tr = np.array([b["reward"] for b in sel]), np.array([b["test_ratio"] for b in sel])
+        out.append(f"| {label} | {len(sel)} | {np.mean(rw > 1):.2f} | {np.mean(rw > 1.1):.2f} | {rw.mean():.3f} "
+                   f"| {np.mean(tr > 1):.2f} | {np.median(tr):.3f} |")
+
+    def oracle(select: Any) -> tuple[float, float]:
+        best_r = [max([1.0] + [b["reward"] for b in r["branches"] if select(b)]) for r in results]
+        best_t = [max([1.0] + [b["test_ratio"] for b in r["branches"] if select(b)]) for r in results]
+        return float(np.mean(best_r)), float(np.median(best_t))
+
+    out += ["", "Oracle, per task the best branch of a kind or keep (mean reward / median test ratio):"]
+    for name, select in [("hold from the start (a whole-run factor)", lambda b: b["kind"] == "hold" and b["start"] == 0),
+                         ("one step of x0.5 ... x2 at any point (branch_value.py's kind, here x0.5 and x2 held)",
+                          lambda b: b["kind"] == "hold" and b["factor"] in (0.5, 2.0)),
+                         ("any hold", lambda b: b["kind"] == "hold"), ("any window", lambda b: b["kind"] == "window"),
+                         ("anything here", lambda b: True)]:  # fmt: skip
+        r, t = oracle(select)
+        out.append(f"- {name}: {r:.3f} / {t:.3f}")
+    out += ["", "| family | tasks | oracle: whole-run factor | its best factors | oracle: anything |", "|---|---:|---:|---|---:|"]
+    start = hold_matrix(results, "start")
+    for family in sorted({r["family"] for r in results}):
+        idx = [i for i, r in enumerate(results) if r["family"] == family]
+        best = [("x1" if start[i].max() <= 1 else f"x{FACTORS[int(np.argmax(start[i]))]:g}") for i in idx]
+        counts = ", ".join(f"{k} {best.count(k)}" for k in sorted(set(best), key=lambda s: float(s[1:])))
+        anything = np.mean([max([1.0] + [b["reward"] for b in results[i]["branches"]]) for i in idx])
+        out.append(f"| {family} | {len(idx)} | {np.mean(np.maximum(start[idx].max(1), 1.0)):.3f} | {counts} | {anything:.3f} |")
+
+    families = [r["family"] for r in results]
+    out += ["", "Choosing a held factor without knowing the outcome, on held-out tasks (4 folds of tasks; mean reward, "
+            "1 = keep):"]
+    for point in HOLD_POINTS:
+        rewards = hold_matrix(results, point)
+        oracle_mean = np.maximum(rewards.max(1), 1.0).mean()
+        line = [f"- from {point}: oracle {oracle_mean:.3f}; one factor for all {rule_best_factor(rewards).mean():.3f}; "
+                f"per family {rule_best_factor(rewards, families).mean():.3f}"]
+        feats = np.array([r["features"][str(r["points"][point])] for r in results], dtype=np.float64)
+        line.append(f"  - ridge on the policy's features there: {model_line(feats, rewards, l2s, permutations)}")
+        if tasks:
+            vectors = np.stack([tasks[r["task_id"]] for r in results])
+            line.append(f"  - on the task vector: {model_line(vectors, rewards, l2s, permutations)}")
+            line.append(f"  - on both: {model_line(np.hstack([feats, vectors]), rewards, l2s, permutations)}")
+        out += line
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spec", default="task_specs/cpu_residual_sharp.yaml")
+    ap.add_argument("--tasks", type=int, default=72)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--out", default=None,
+                    help="JSON lines, one task each, written as tasks finish; tasks already there are not rerun")
+    args = ap.parse_args(argv)
+    spec = load_spec(args.spec)
+    if not spec.meta_train.residual:
+        ap.error(f"{args.spec} has no meta_train.residual: there is no base schedule to hold an offset from")
+    per = spec.meta_train.tasks_per_iteration
+    wanted = [(FIRST_ITERATION + k // per, k % per) for k in range(args.tasks)]
+    done = {(r["iteration"], r["slot"]): r for r in _read(args.out, args.spec)}
+    jobs = [(args.spec, it, slot) for it, slot in wanted if (it, slot) not in done]
+    if done:
+        print(f"{len(wanted) - len(jobs)} of {len(wanted)} tasks already in {args.out}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        for k, res in enumerate(pool.imap(task_holds, jobs)):
+            done[(res["iteration"], res["slot"])] = res
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps({"spec": args.spec, **res}) + "\n")
+            print(f"  task {k + 1}/{len(jobs)}: {res['family']}, {len(res['branches'])} branches, "
+                  f"{res['cpu_seconds']:.0f} CPU-s", flush=True)
+    tasks = {r["task_id"]: task_vector(sample(spec, train_seed(spec.seed, it, slot)).task) for (it, slot), r in done.items()}
+    print(report([done[w] for w in wanted], tasks, spec.meta_train.reward_cap))
+
+
+def _read(path: str | None, spec: str) -> list[dict[str, Any]]:
+    """The tasks an earlier run wrote to ``path`` with the same spec (none if no file)."""
+    if not path or not Path(path).exists():
+        return []
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if any(r.get("spec") != spec for r in rows):
+        raise SystemExit(f"{path} holds tasks of another --spec; give another --out")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""bench/held_value.py: learning-rate offsets from a residual policy's base, held or windowed, measured."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lhopt_dsl.agent.residual import OFFSET_BOUNDS
+
+from .test_residual_ppo import residual_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import held_value  # noqa: E402
+
+
+def _offsets(steer, decisions, guard_at=None):
+    """The offset from the base after each of ``decisions`` decisions of ``steer`` (one run)."""
+    carry, out = steer.start([None]), []
+    for t in range(decisions):
+        step, carry = steer.act(carry, np.zeros(steer.policy_size), [None], True)
+        assert (np.delete(step.actions[0], steer.lr_dim) == np.delete(steer.identity, steer.lr_dim)).all()
+        if t == guard_at:
+            carry = steer.guarded(carry, 0, 0.5)
+        out.append(carry[1][0])
+    return out
+
+
+def test_steer_reaches_its_factor_as_fast_as_the_actions_allow_holds_it_and_comes_back(tmp_path):
+    space = residual_spec(tmp_path).hparams  # learning-rate actions x0.5 ... x2
+    keep = held_value.Steer(space)
+    assert _offsets(keep, 6) == [1.0] * 6
+    assert _offsets(keep.with_plan(2, None, 8.0), 7) == pytest.approx([1, 1, 2, 4, 8, 8, 8])
+    assert _offsets(keep.with_plan(1, 3, 0.25), 7) == pytest.approx([1, 0.5, 0.25, 0.5, 1, 1, 1])
+    # the guard's lowering is tracked as Residual tracks it, and the steer then climbs back
+    assert _offsets(keep.with_plan(0, None, 2.0), 4, guard_at=1) == pytest.approx([2, 1, 2, 2])
+    assert keep.plan is None  # with_plan copies
+    far = keep.with_plan(0, None, 1e9)
+    assert _offsets(far, 20)[-1] == OFFSET_BOUNDS[1]
+
+
+def test_plans_hold_from_each_distinct_point_and_window_two_quarters():
+    labels = [p[1] for p in held_value.plans(32)]
+    assert len(labels) == 4 * len(held_value.FACTORS) + 2 * len(held_value.WINDOW_FACTORS)
+    assert "x8 from 1/4" in labels and "x4 for the second quarter" in labels
+    assert [p[2:4] for p in held_value.plans(32) if p[0] == "window"] == [(0, 8), (0, 8), (8, 16), (8, 16)]
+    # two decisions: the start and 1/8 (and segment 1 and 1/4) coincide, and each hold is run once
+    short = held_value.plans(2)
+    assert sorted({p[2] for p in short if p[0] == "hold"}) == [0, 1]
+    assert len([p for p in short if p[0] == "hold"]) == 2 * len(held_value.FACTORS)
+
+
+def test_task_holds_retrace_the_schedule_until_they_leave_it_and_the_report_reads_them(tmp_path):
+    spec = residual_spec(tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    result = held_value.task_holds((str(path), 0, 0))
+    outer = result["outer_steps"]
+    assert [b["label"] for b in result["branches"]] == [p[1] for p in held_value.plans(outer)]
+    assert all(b["same_before"] for b in result["branches"])
+    assert all(np.isfinite([b["reward"], b["test_ratio"]]).all() for b in result["branches"])
+    assert all(len(b["valid_curve"]) == outer + 1 for b in result["branches"])
+    # holding x1/8 from the start changes the run
+    assert any(b["test_ratio"] != 1.0 for b in result["branches"] if b["start"] == 0)
+    assert set(result["features"]) == {str(at) for at in result["points"].values()}
+    text = held_value.report([result] * 8, None, spec.meta_train.reward_cap, permutations=3)
+    assert "Oracle" in text and "WARNING" not in text and "from segment 1: oracle" in text
+
+
+def test_acting_on_held_out_predictions_earns_a_planted_choice_and_not_a_shuffled_one():
+    rng = np.random.default_rng(0)
+    n = 80
+    x = rng.normal(size=(n, 3))
+    rewards = np.full((n, 2), 0.8)
+    rewards[:, 0] = 1.0 + 0.3 * x[:, 0]  # choice 0 pays where the first feature is positive, loses elsewhere
+    got = held_value.earned(held_value.predicted(x, rewards, l2=1.0), rewards)
+    oracle = np.maximum(rewards.max(1), 1.0).mean()  # about 1.12
+    assert got.mean() > oracle - 0.01 and np.mean(got[x[:, 0] < -0.1] == 1.0) > 0.9  # keeps where nothing pays
+    noise = rng.normal(size=(n, 3))
+    assert held_value.earned(held_value.predicted(noise, rewards, l2=1.0), rewards).mean() < 1.0 < got.mean() - 0.1
+    assert held_value.earned(np.array([[0.9, 0.95]]), np.array([[2.0, 2.0]])).tolist() == [1.0]
+
+
+def test_the_best_factor_rules_choose_on_other_folds_and_within_a_group():
+    rewards = np.array([[2.0, 0.5], [1.8, 0.5], [0.9, 1.2], [0.95, 1.1],
+                        [2.0, 0.5], [1.8, 0.5], [0.9, 1.2], [0.95, 1.1]])  # fmt: skip
+    groups = ["a", "a", "b", "b"] * 2
+    # per group: each task takes its group's best choice over the other folds' tasks
+    assert held_value.rule_best_factor(rewards, groups).tolist() == [2.0, 1.8, 1.2, 1.1] * 2
+    # one choice for all: choice 0 has the best mean on the other folds
+    assert held_value.rule_best_factor(rewards).tolist() == rewards[:, 0].tolist()
+    # a choice that loses on average over the other folds is not taken: keep (1)
+    assert held_value.rule_best_factor(np.full((8, 2), 0.5)).tolist() == [1.0] * 8
