@@ -26,12 +26,17 @@ the best factor per family, and a ridge regression per factor of its reward on w
 at that decision (the policy's features as the schedule's run shows them, the critic's task vector,
 or both), acting on the factor it predicts best (keeping where none is predicted above 1); beside
 the last, the same with tasks' outcomes shuffled against their features, so that luck has a bar.
+
+Rewards are in the reward's own units (1 + log(speedup) / span, span the log of the schedule's
+steps from its first to its best loss, about 2-5 here), so the report also gives the geometric-mean
+speedup over the schedule's run that they stand for: a mean reward of 1.05 is a speedup of about 1.2x.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import sys
 import time
@@ -238,9 +243,37 @@ def rule_best_factor(rewards: np.ndarray, groups: Sequence[Any] | None = None, f
     return out
 
 
-def model_line(x: np.ndarray, rewards: np.ndarray, l2s: Sequence[float], permutations: int, seed: int = 0) -> str:
+def speedups(rewards: np.ndarray, spans: np.ndarray, cap: float) -> np.ndarray:
+    """The speedup over the schedule's run that a reward stands for: the reward is 1 + log(speedup) /
+    span, with span the log of the schedule's steps from its first to its best loss (per task, the
+    rows of ``rewards``), so a speedup is exp((reward - 1) * span), here within [1/cap, cap]. A
+    schedule's run that did not improve has no span (nan): a reward of 1 or more counts as 1, less as 1/cap."""
+    r = np.asarray(rewards, dtype=np.float64)
+    span = np.asarray(spans, dtype=np.float64).reshape((-1,) + (1,) * (r.ndim - 1))
+    flat = np.where(r >= 1.0, 1.0, 1.0 / cap)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.where(np.isfinite(span), np.exp((r - 1.0) * np.nan_to_num(span)), flat)
+    return np.clip(out, 1.0 / cap, cap)
+
+
+class Score:
+    """How per-task rewards read: their mean and, with each task's span (:func:`speedups`), the
+    geometric-mean speedup over the schedule's run they stand for."""
+
+    def __init__(self, spans: np.ndarray | None, cap: float):
+        self.spans, self.cap = spans, cap
+
+    def __call__(self, rewards: np.ndarray) -> str:
+        text = f"{np.mean(rewards):.3f}"
+        if self.spans is not None:
+            text += f" ({np.exp(np.mean(np.log(speedups(rewards, self.spans, self.cap)))):.3f}x)"
+        return text
+
+
+def model_line(x: np.ndarray, rewards: np.ndarray, l2s: Sequence[float], permutations: int, score: Score,
+               seed: int = 0) -> str:  # fmt: skip
     """What acting on held-out ridge predictions earns at each penalty, beside the same with tasks'
-    outcomes shuffled against their features (95% of ``permutations`` shuffles)."""
+    outcomes shuffled against their features (95% of ``permutations`` shuffles, mean reward)."""
     rng = np.random.default_rng(seed)
     parts = []
     for l2 in l2s:
@@ -250,15 +283,23 @@ def model_line(x: np.ndarray, rewards: np.ndarray, l2s: Sequence[float], permuta
             shuffled = rewards[rng.permutation(len(rewards))]
             null.append(earned(predicted(x, shuffled, l2), shuffled).mean())
         lo, hi = np.quantile(null, [0.025, 0.975])
-        parts.append(f"L2 {l2:g}: {got.mean():.3f} (shuffled [{lo:.3f}, {hi:.3f}]; acts on {np.mean(got != 1.0):.2f})")
+        parts.append(f"L2 {l2:g}: {score(got)} (shuffled [{lo:.3f}, {hi:.3f}]; acts on {np.mean(got != 1.0):.2f})")
     return "; ".join(parts)
 
 
 def report(results: list[dict[str, Any]], tasks: dict[str, np.ndarray] | None, cap: float,
-           l2s: Sequence[float] = (10.0, 100.0, 1000.0), permutations: int = 40) -> str:  # fmt: skip
+           spans: dict[str, float] | None = None, l2s: Sequence[float] = (10.0, 100.0, 1000.0),
+           permutations: int = 40) -> str:  # fmt: skip
+    """The tables and lines of the module's docstring. ``spans`` (task id -> the span of the schedule's
+    run, nan where it did not improve) adds the speedups the rewards stand for."""
+    score = Score(None if spans is None else np.array([spans[r["task_id"]] for r in results]), cap)
     rows = [b | {"family": r["family"]} for r in results for b in r["branches"]]
     out = [f"{len(results)} tasks, {len(rows)} branches; reward 1 = the schedule's run, capped at {cap}x; test ratio "
-           "= schedule / branch test loss (above 1: the branch ends lower).", ""]
+           "= schedule / branch test loss (above 1: the branch ends lower)."]
+    if spans is not None:
+        out.append("In brackets: the geometric-mean speedup over the schedule's run that the rewards stand for "
+                   f"(exp((reward - 1) * span), within [1/{cap:g}, {cap:g}]).")
+    out.append("")
     broken = sum(not b["same_before"] for b in rows)
     if broken:
         out.append(f"WARNING: {broken} branches did not retrace the schedule's run before they left it.\n")
@@ -277,10 +318,10 @@ def report(results: list[dict[str, Any]], tasks: dict[str, np.ndarray] | None, c
         out.append(f"| {label} | {len(sel)} | {np.mean(rw > 1):.2f} | {np.mean(rw > 1.1):.2f} | {rw.mean():.3f} "
                    f"| {np.mean(tr > 1):.2f} | {np.median(tr):.3f} |")
 
-    def oracle(select: Any) -> tuple[float, float]:
-        best_r = [max([1.0] + [b["reward"] for b in r["branches"] if select(b)]) for r in results]
+    def oracle(select: Any) -> tuple[np.ndarray, float]:
+        best_r = np.array([max([1.0] + [b["reward"] for b in r["branches"] if select(b)]) for r in results])
         best_t = [max([1.0] + [b["test_ratio"] for b in r["branches"] if select(b)]) for r in results]
-        return float(np.mean(best_r)), float(np.median(best_t))
+        return best_r, float(np.median(best_t))
 
     out += ["", "Oracle, per task the best branch of a kind or keep (mean reward / median test ratio):"]
     for name, select in [("hold from the start (a whole-run factor)", lambda b: b["kind"] == "hold" and b["start"] == 0),
@@ -289,32 +330,39 @@ def report(results: list[dict[str, Any]], tasks: dict[str, np.ndarray] | None, c
                          ("any hold", lambda b: b["kind"] == "hold"), ("any window", lambda b: b["kind"] == "window"),
                          ("anything here", lambda b: True)]:  # fmt: skip
         r, t = oracle(select)
-        out.append(f"- {name}: {r:.3f} / {t:.3f}")
+        out.append(f"- {name}: {score(r)} / {t:.3f}")
     out += ["", "| family | tasks | oracle: whole-run factor | its best factors | oracle: anything |", "|---|---:|---:|---|---:|"]
     start = hold_matrix(results, "start")
     for family in sorted({r["family"] for r in results}):
         idx = [i for i, r in enumerate(results) if r["family"] == family]
         best = [("x1" if start[i].max() <= 1 else f"x{FACTORS[int(np.argmax(start[i]))]:g}") for i in idx]
         counts = ", ".join(f"{k} {best.count(k)}" for k in sorted(set(best), key=lambda s: float(s[1:])))
-        anything = np.mean([max([1.0] + [b["reward"] for b in results[i]["branches"]]) for i in idx])
-        out.append(f"| {family} | {len(idx)} | {np.mean(np.maximum(start[idx].max(1), 1.0)):.3f} | {counts} | {anything:.3f} |")
+        anything = np.array([max([1.0] + [b["reward"] for b in results[i]["branches"]]) for i in idx])
+        of = Score(None if score.spans is None else score.spans[idx], cap)
+        out.append(f"| {family} | {len(idx)} | {of(np.maximum(start[idx].max(1), 1.0))} | {counts} | {of(anything)} |")
 
     families = [r["family"] for r in results]
     out += ["", "Choosing a held factor without knowing the outcome, on held-out tasks (4 folds of tasks; mean reward, "
             "1 = keep):"]
     for point in HOLD_POINTS:
         rewards = hold_matrix(results, point)
-        oracle_mean = np.maximum(rewards.max(1), 1.0).mean()
-        line = [f"- from {point}: oracle {oracle_mean:.3f}; one factor for all {rule_best_factor(rewards).mean():.3f}; "
-                f"per family {rule_best_factor(rewards, families).mean():.3f}"]
+        line = [f"- from {point}: oracle {score(np.maximum(rewards.max(1), 1.0))}; one factor for all "
+                f"{score(rule_best_factor(rewards))}; per family {score(rule_best_factor(rewards, families))}"]
         feats = np.array([r["features"][str(r["points"][point])] for r in results], dtype=np.float64)
-        line.append(f"  - ridge on the policy's features there: {model_line(feats, rewards, l2s, permutations)}")
+        line.append(f"  - ridge on the policy's features there: {model_line(feats, rewards, l2s, permutations, score)}")
         if tasks:
             vectors = np.stack([tasks[r["task_id"]] for r in results])
-            line.append(f"  - on the task vector: {model_line(vectors, rewards, l2s, permutations)}")
-            line.append(f"  - on both: {model_line(np.hstack([feats, vectors]), rewards, l2s, permutations)}")
+            line.append(f"  - on the task vector: {model_line(vectors, rewards, l2s, permutations, score)}")
+            line.append(f"  - on both: {model_line(np.hstack([feats, vectors]), rewards, l2s, permutations, score)}")
         out += line
     return "\n".join(out)
+
+
+def schedule_span(spec: Any, cfg: Any, valid_curve: Sequence[float]) -> float:
+    """The span of the reward against the schedule's run of ``cfg`` (:func:`speedups`); nan where it did not improve."""
+    law = PowerLawReward(segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps), valid_curve,
+                         spec.meta_train.reward_cap)  # fmt: skip
+    return math.nan if law.flat else float(law.span)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,8 +392,10 @@ def main(argv: list[str] | None = None) -> None:
                     f.write(json.dumps({"spec": args.spec, **res}) + "\n")
             print(f"  task {k + 1}/{len(jobs)}: {res['family']}, {len(res['branches'])} branches, "
                   f"{res['cpu_seconds']:.0f} CPU-s", flush=True)
-    tasks = {r["task_id"]: task_vector(sample(spec, train_seed(spec.seed, it, slot)).task) for (it, slot), r in done.items()}
-    print(report([done[w] for w in wanted], tasks, spec.meta_train.reward_cap))
+    cfgs = {r["task_id"]: sample(spec, train_seed(spec.seed, it, slot)) for (it, slot), r in done.items()}
+    tasks = {t: task_vector(cfg.task) for t, cfg in cfgs.items()}
+    spans = {r["task_id"]: schedule_span(spec, cfgs[r["task_id"]], r["schedule_valid_curve"]) for r in done.values()}
+    print(report([done[w] for w in wanted], tasks, spec.meta_train.reward_cap, spans))
 
 
 def _read(path: str | None, spec: str) -> list[dict[str, Any]]:

@@ -92,3 +92,12 @@ def test_the_best_factor_rules_choose_on_other_folds_and_within_a_group():
     assert held_value.rule_best_factor(rewards).tolist() == rewards[:, 0].tolist()
     # a choice that loses on average over the other folds is not taken: keep (1)
     assert held_value.rule_best_factor(np.full((8, 2), 0.5)).tolist() == [1.0] * 8
+
+
+def test_speedups_read_rewards_in_the_rewards_own_units():
+    spans = np.array([2.0, 4.0, np.nan, np.nan])
+    rewards = np.array([1.0 + np.log(1.5) / 2.0, 1.0 + np.log(8.0) / 4.0, 1.0, 0.3])
+    # 1 + log(s) / span is s; above the cap, the cap; a schedule's run with no span: 1 if not worse, else 1/cap
+    assert held_value.speedups(rewards, spans, 2.0).tolist() == pytest.approx([1.5, 2.0, 1.0, 0.5])
+    assert held_value.speedups(np.array([[1.0, -1.0]]), np.array([3.0]), 2.0).tolist() == [[1.0, 0.5]]
+    assert held_value.Score(spans[:2], 2.0)(rewards[:2]) == f"{rewards[:2].mean():.3f} ({np.sqrt(3.0):.3f}x)"
