@@ -3,6 +3,7 @@ run (or for a window), measured against the base's own run, and whether a policy
 
     LHOPT_DATA_DIR=../shared/data python bench/held_value.py [--spec task_specs/cpu_residual_sharp.yaml]
         [--tasks 72] [--workers 1] [--out results/branch_value/NAME-held.jsonl]
+        [--rerun K --choices results/branch_value/NAME-held.jsonl]
 
 ``bench/branch_value.py`` measured one decision's action (x0.5 ... x2 of the base, then kept): per
 task the best of them is worth a mean reward of about 1.065 and no policy feature tells where. A
@@ -26,6 +27,12 @@ the best factor per family, and a ridge regression per factor of its reward on w
 at that decision (the policy's features as the schedule's run shows them, the critic's task vector,
 or both), acting on the factor it predicts best (keeping where none is predicted above 1); beside
 the last, the same with tasks' outcomes shuffled against their features, so that luck has a bar.
+
+An oracle's best of many branches is biased upwards by the runs' own noise. ``--rerun K`` asks how
+much of it belongs to the task: it runs the same tasks (settings and initial hyperparameters) under
+another seed (other initial weights, data order and generated data) with the whole-run factors
+only, and reports what each task's best choice under the first seed (``--choices``) earns under
+the second, beside the second's own oracle. No observation can earn more than the first.
 
 Rewards are in the reward's own units (1 + log(speedup) / span, span the log of the schedule's
 steps from its first to its best loss, about 2-5 here), so the report also gives the geometric-mean
@@ -125,30 +132,36 @@ class Steer:
         return t, tuple(moved)
 
 
-def plans(outer: int) -> list[tuple[str, str, int, int | None, float]]:
+def plans(outer: int, whole_run_only: bool = False) -> list[tuple[str, str, int, int | None, float]]:
     """(kind, label, start, stop, factor) of every branch of a task of ``outer`` decisions; a hold
-    that starts at the same decision under two names is run once (under the first)."""
+    that starts at the same decision under two names is run once (under the first).
+    ``whole_run_only``: the holds from the start alone (a rerun's, :func:`task_holds`)."""
     out, seen = [], set()
-    for name, where in HOLD_POINTS.items():
+    for name, where in list(HOLD_POINTS.items())[:1] if whole_run_only else HOLD_POINTS.items():
         at = where(outer)
         if at in seen:
             continue
         seen.add(at)
         out += [("hold", f"x{f:g} from {name}", at, None, f) for f in FACTORS]
     q = max(1, round(outer / 4))
-    for lo, label in ((0, "first quarter"), (q, "second quarter")):
-        if lo + q <= outer and (lo == 0 or lo < outer):
+    for lo, label in () if whole_run_only else ((0, "first quarter"), (q, "second quarter")):
+        if lo + q <= outer:
             out += [("window", f"x{f:g} for the {label}", lo, lo + q, f) for f in WINDOW_FACTORS]
     return out
 
 
-def task_holds(args: tuple[str, int, int]) -> dict[str, Any]:
-    """The schedule's run of one task and its held and windowed branches (module docstring)."""
-    spec_path, iteration, slot = args
+def task_holds(args: tuple[str, int, int] | tuple[str, int, int, int]) -> dict[str, Any]:
+    """The schedule's run of one task and its held and windowed branches (module docstring).
+    With a fourth argument ``rerun`` > 0, the same task (settings, initial hyperparameters) with
+    another seed (:func:`rerun_seed`: other initial weights, data order and generated data), and
+    only its whole-run holds."""
+    spec_path, iteration, slot, rerun = (*args, 0) if len(args) == 3 else args
     torch.set_num_threads(1)
     spec = load_spec(spec_path)
     mt = spec.meta_train
     cfg = sample(spec, train_seed(spec.seed, iteration, slot))
+    if rerun:
+        cfg = cfg.model_copy(update={"seed": rerun_seed(cfg.seed, rerun)})
     base_schedule = Schedule.from_name(mt.residual)
     env = InnerTrainingEnv(spec.hparams, max_valid=mt.max_valid)
     t0 = time.process_time()
@@ -162,7 +175,7 @@ def task_holds(args: tuple[str, int, int]) -> dict[str, Any]:
     outer = cfg.task.outer_steps
     reward = PowerLawReward(segment_bounds(cfg.task.inner_steps, outer), base.valid_curve, mt.reward_cap)
     branches = []
-    for kind, label, start, stop, factor in plans(outer):
+    for kind, label, start, stop, factor in plans(outer, whole_run_only=bool(rerun)):
         ep = run(keeper.with_plan(start, stop, factor))
         branches.append({"kind": kind, "label": label, "start": start, "stop": stop, "factor": factor,
                          "reward": float(reward(ep.valid_curve[-1])),
@@ -171,10 +184,15 @@ def task_holds(args: tuple[str, int, int]) -> dict[str, Any]:
                          "valid_curve": _short(ep.valid_curve)})  # fmt: skip
     points = {name: where(outer) for name, where in HOLD_POINTS.items()}
     features = {str(at): [float(f"{x:.6g}") for x in base.raw_policy[at].tolist()] for at in sorted(set(points.values()))}
-    return {"iteration": iteration, "slot": slot, "task_id": cfg.task_id, "family": cfg.family, "outer_steps": outer,
-            "points": points, "features": features, "schedule_test_loss": float(base.test_loss),
+    return {"iteration": iteration, "slot": slot, "rerun": rerun, "seed": cfg.seed, "task_id": cfg.task_id,
+            "family": cfg.family, "outer_steps": outer, "points": points, "features": features, "schedule_test_loss": float(base.test_loss),
             "schedule_valid_curve": _short(base.valid_curve), "branches": branches,
             "cpu_seconds": time.process_time() - t0}  # fmt: skip
+
+
+def rerun_seed(seed: int, rerun: int) -> int:
+    """The seed of a task's ``rerun``-th rerun: a training seed of its own, derived from the task's."""
+    return train_seed(seed, 0x5EED, rerun)
 
 
 # ----------------------------------------------------------------------------------------------- analysis
@@ -358,6 +376,45 @@ def report(results: list[dict[str, Any]], tasks: dict[str, np.ndarray] | None, c
     return "\n".join(out)
 
 
+def seed_transfer(first: list[dict[str, Any]], again: list[dict[str, Any]], cap: float,
+                  spans: np.ndarray | None = None) -> str:  # fmt: skip
+    """Whether each task's best whole-run factor is the task's or its seed's: ``first`` and ``again``
+    are the same tasks (row by row) under two seeds. What the best choice of one seed (a factor, or
+    keep) earns on the other, beside the other's own oracle; how often the two agree; and the rank
+    correlation of the factors' rewards between the seeds."""
+    a, b = hold_matrix(first, "start"), hold_matrix(again, "start")
+    full_a, full_b = np.hstack([np.ones((len(a), 1)), a]), np.hstack([np.ones((len(b), 1)), b])  # column 0: keep
+    pick_a, pick_b = full_a.argmax(1), full_b.argmax(1)
+    rows = np.arange(len(a))
+    score = Score(spans, cap)
+    from_a, from_b = full_b[rows, pick_a], full_a[rows, pick_b]
+    ra, rb = (np.argsort(np.argsort(x.ravel())) for x in (a, b))
+    choices = ["x1", *(f"x{f:g}" for f in FACTORS)]
+    agree = ", ".join(f"{c} {int(((pick_a == k) & (pick_b == k)).sum())}/{int((pick_a == k).sum())}"
+                      for k, c in enumerate(choices) if (pick_a == k).any())  # fmt: skip
+    return "\n".join([
+        f"{len(a)} tasks, each run under its own seed and again under another (other initial weights, data order "
+        "and generated data; the same settings and initial hyperparameters), with the whole-run factors x1/8 ... x8.",
+        f"- The rerun's own oracle (its best factor, or keep): {score(np.maximum(b.max(1), 1.0))}; the first seed's: "
+        f"{Score(None, cap)(np.maximum(a.max(1), 1.0))}.",
+        f"- The first seed's best choice, taken on the rerun: {score(from_a)}; the rerun's best, taken on the first "
+        f"seed: {Score(None, cap)(from_b)} (mean reward; the speedup in brackets is on the rerun's spans).",
+        f"- The two seeds pick the same choice on {np.mean(pick_a == pick_b):.2f} of tasks (by the first seed's pick: "
+        f"{agree}).",
+        f"- Spearman correlation of the factors' rewards between the seeds, over all (task, factor): "
+        f"{np.corrcoef(ra, rb)[0, 1]:+.2f}; of each factor's reward minus the task's mean over factors: "
+        f"{_within_task_rho(a, b):+.2f}.",
+    ])  # fmt: skip
+
+
+def _within_task_rho(a: np.ndarray, b: np.ndarray) -> float:
+    """Rank correlation between two seeds' rewards of the same (task, factor), after removing each task's
+    mean: whether a factor's standing *within* a task carries over to another seed."""
+    da, db = (x - x.mean(1, keepdims=True) for x in (a, b))
+    ra, rb = (np.argsort(np.argsort(x.ravel())) for x in (da, db))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
 def schedule_span(spec: Any, cfg: Any, valid_curve: Sequence[float]) -> float:
     """The span of the reward against the schedule's run of ``cfg`` (:func:`speedups`); nan where it did not improve."""
     law = PowerLawReward(segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps), valid_curve,
@@ -372,14 +429,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--out", default=None,
                     help="JSON lines, one task each, written as tasks finish; tasks already there are not rerun")
+    ap.add_argument("--rerun", type=int, default=0,
+                    help="K > 0: run the same tasks under their K-th rerun seed, whole-run holds only, and "
+                         "compare with --choices")  # fmt: skip
+    ap.add_argument("--choices", default=None, help="with --rerun: the first seed's results (an earlier --out)")
     args = ap.parse_args(argv)
     spec = load_spec(args.spec)
     if not spec.meta_train.residual:
         ap.error(f"{args.spec} has no meta_train.residual: there is no base schedule to hold an offset from")
+    if args.rerun < 0 or (args.rerun and not args.choices):
+        ap.error("--rerun takes K > 0 and needs --choices, the first seed's results")
     per = spec.meta_train.tasks_per_iteration
     wanted = [(FIRST_ITERATION + k // per, k % per) for k in range(args.tasks)]
-    done = {(r["iteration"], r["slot"]): r for r in _read(args.out, args.spec)}
-    jobs = [(args.spec, it, slot) for it, slot in wanted if (it, slot) not in done]
+    first = {}
+    if args.rerun:
+        first = {(r["iteration"], r["slot"]): r for r in _read(args.choices, args.spec, 0)}
+        missing = [w for w in wanted if w not in first]
+        if missing:
+            ap.error(f"{args.choices} lacks {len(missing)} of the {len(wanted)} tasks; run them there first")
+    done = {(r["iteration"], r["slot"]): r for r in _read(args.out, args.spec, args.rerun)}
+    jobs = [(args.spec, it, slot, args.rerun) for it, slot in wanted if (it, slot) not in done]
     if done:
         print(f"{len(wanted) - len(jobs)} of {len(wanted)} tasks already in {args.out}")
     if args.out:
@@ -392,19 +461,23 @@ def main(argv: list[str] | None = None) -> None:
                     f.write(json.dumps({"spec": args.spec, **res}) + "\n")
             print(f"  task {k + 1}/{len(jobs)}: {res['family']}, {len(res['branches'])} branches, "
                   f"{res['cpu_seconds']:.0f} CPU-s", flush=True)
-    cfgs = {r["task_id"]: sample(spec, train_seed(spec.seed, it, slot)) for (it, slot), r in done.items()}
-    tasks = {t: task_vector(cfg.task) for t, cfg in cfgs.items()}
-    spans = {r["task_id"]: schedule_span(spec, cfgs[r["task_id"]], r["schedule_valid_curve"]) for r in done.values()}
-    print(report([done[w] for w in wanted], tasks, spec.meta_train.reward_cap, spans))
+    cfgs = {w: sample(spec, train_seed(spec.seed, *w)) for w in wanted}
+    spans = np.array([schedule_span(spec, cfgs[w], done[w]["schedule_valid_curve"]) for w in wanted])
+    cap = spec.meta_train.reward_cap
+    if args.rerun:
+        print(seed_transfer([first[w] for w in wanted], [done[w] for w in wanted], cap, spans))
+        return
+    tasks = {done[w]["task_id"]: task_vector(cfgs[w].task) for w in wanted}
+    print(report([done[w] for w in wanted], tasks, cap, {done[w]["task_id"]: s for w, s in zip(wanted, spans)}))
 
 
-def _read(path: str | None, spec: str) -> list[dict[str, Any]]:
-    """The tasks an earlier run wrote to ``path`` with the same spec (none if no file)."""
+def _read(path: str | None, spec: str, rerun: int) -> list[dict[str, Any]]:
+    """The tasks an earlier run wrote to ``path`` with the same spec and rerun (none if no file)."""
     if not path or not Path(path).exists():
         return []
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    if any(r.get("spec") != spec for r in rows):
-        raise SystemExit(f"{path} holds tasks of another --spec; give another --out")
+    if any((r.get("spec"), r.get("rerun", 0)) != (spec, rerun) for r in rows):
+        raise SystemExit(f"{path} holds tasks of another --spec or --rerun; give another --out")
     return rows
 
 

@@ -101,3 +101,30 @@ def test_speedups_read_rewards_in_the_rewards_own_units():
     assert held_value.speedups(rewards, spans, 2.0).tolist() == pytest.approx([1.5, 2.0, 1.0, 0.5])
     assert held_value.speedups(np.array([[1.0, -1.0]]), np.array([3.0]), 2.0).tolist() == [[1.0, 0.5]]
     assert held_value.Score(spans[:2], 2.0)(rewards[:2]) == f"{rewards[:2].mean():.3f} ({np.sqrt(3.0):.3f}x)"
+
+
+def test_a_rerun_is_the_same_task_under_another_seed_with_whole_run_holds_only(tmp_path):
+    spec = residual_spec(tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    first, again = held_value.task_holds((str(path), 0, 0)), held_value.task_holds((str(path), 0, 0, 1))
+    assert again["rerun"] == 1 and again["seed"] == held_value.rerun_seed(first["seed"], 1) != first["seed"]
+    assert [b["label"] for b in again["branches"]] == [f"x{f:g} from start" for f in held_value.FACTORS]
+    assert again["schedule_valid_curve"] != first["schedule_valid_curve"]  # other weights and data
+    assert again["outer_steps"] == first["outer_steps"]
+    assert "2 tasks, each run" in held_value.seed_transfer([first] * 2, [again] * 2, 2.0)
+
+
+def test_seed_transfer_earns_the_oracle_when_seeds_agree_and_keeps_score_when_they_do_not():
+    def task(rewards):
+        return {"points": {"start": 0}, "branches": [
+            {"kind": "hold", "start": 0, "factor": f, "reward": r} for f, r in zip(held_value.FACTORS, rewards)]}
+
+    a = [task([0.5, 0.9, 1.2, 0.8, 0.7, 0.6]), task([0.9, 0.95, 0.97, 1.3, 0.9, 0.5])]
+    same = held_value.seed_transfer(a, a, 2.0)
+    assert "taken on the rerun: 1.250" in same and "same choice on 1.00 of tasks" in same
+    b = [task([1.4, 0.9, 0.8, 0.8, 0.7, 0.6]), task([0.9, 0.95, 0.97, 0.9, 0.9, 0.5])]  # the rerun disagrees
+    other = held_value.seed_transfer(a, b, 2.0)
+    # task 1: the first seed's x0.5 earns 0.8 on the rerun; task 2: its x2 earns 0.9 there
+    assert "taken on the rerun: 0.850" in other and "same choice on 0.00 of tasks" in other
+    assert "The rerun's own oracle (its best factor, or keep): 1.200" in other
