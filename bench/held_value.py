@@ -397,8 +397,9 @@ def seed_transfer(first: list[dict[str, Any]], again: list[dict[str, Any]], cap:
         "and generated data; the same settings and initial hyperparameters), with the whole-run factors x1/8 ... x8.",
         f"- The rerun's own oracle (its best factor, or keep): {score(np.maximum(b.max(1), 1.0))}; the first seed's: "
         f"{Score(None, cap)(np.maximum(a.max(1), 1.0))}.",
-        f"- The first seed's best choice, taken on the rerun: {score(from_a)}; the rerun's best, taken on the first "
-        f"seed: {Score(None, cap)(from_b)} (mean reward; the speedup in brackets is on the rerun's spans).",
+        f"- The first seed's best choice, taken on the rerun: {score(from_a)}, better / equal / worse than the "
+        f"schedule on {(from_a > 1).sum()} / {(from_a == 1).sum()} / {(from_a < 1).sum()} tasks; the rerun's best, taken "
+        f"on the first seed: {Score(None, cap)(from_b)} (mean reward; the speedup in brackets is on the rerun's spans).",
         f"- The two seeds pick the same choice on {np.mean(pick_a == pick_b):.2f} of tasks (by the first seed's pick: "
         f"{agree}).",
         f"- Spearman correlation of the factors' rewards between the seeds, over all (task, factor): "

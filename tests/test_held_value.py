@@ -126,5 +126,5 @@ def test_seed_transfer_earns_the_oracle_when_seeds_agree_and_keeps_score_when_th
     b = [task([1.4, 0.9, 0.8, 0.8, 0.7, 0.6]), task([0.9, 0.95, 0.97, 0.9, 0.9, 0.5])]  # the rerun disagrees
     other = held_value.seed_transfer(a, b, 2.0)
     # task 1: the first seed's x0.5 earns 0.8 on the rerun; task 2: its x2 earns 0.9 there
-    assert "taken on the rerun: 0.850" in other and "same choice on 0.00 of tasks" in other
+    assert "taken on the rerun: 0.850, better / equal / worse than the schedule on 0 / 0 / 2 tasks" in other and "same choice on 0.00 of tasks" in other
     assert "The rerun's own oracle (its best factor, or keep): 1.200" in other
