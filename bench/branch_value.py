@@ -41,7 +41,7 @@ import json
 import multiprocessing as mp
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -422,19 +422,28 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(args.spec, it, slot, args.points, names) for it, slot in wanted if (it, slot) not in done]
     if done:
         print(f"{len(wanted) - len(jobs)} of {len(wanted)} tasks already in {args.out}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        for k, res in enumerate(pool.imap(task_branches, jobs)):
-            done[(res["iteration"], res["slot"])] = res
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps({"spec": args.spec, "points_per_task": args.points, "hparams": names, **res}) + "\n")
-            print(f"  task {k + 1}/{len(jobs)}: {res['family']}, {len(branch_rows([res]))} branches, "
-                  f"{res['cpu_seconds']:.0f} CPU-s", flush=True)
+    stamp = {"spec": args.spec, "points_per_task": args.points, "hparams": names}
+    for res in run_tasks(task_branches, jobs, args.workers, args.out, stamp, lambda r: f"{len(branch_rows([r]))} branches"):
+        done[(res["iteration"], res["slot"])] = res
     features = FeatureBuilder(ActionSpace(spec.hparams), spec.hparams).policy_names()
     tasks = {r["task_id"]: task_vector(sample(spec, train_seed(spec.seed, it, slot)).task) for (it, slot), r in done.items()}
     print(report([done[w] for w in wanted], features, spec.meta_train.reward_cap, tasks))
+
+
+def run_tasks(work: Callable[[Any], dict[str, Any]], jobs: Sequence[Any], workers: int, out: str | None,
+              stamp: dict[str, Any], describe: Callable[[dict[str, Any]], str]) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """``work`` on each of ``jobs`` in ``workers`` processes, in order; each result is appended to ``out``
+    (JSON lines, ``stamp``'s entries first) as it comes, so a stopped run loses no finished task, and
+    reported with ``describe(result)``."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for k, res in enumerate(pool.imap(work, jobs)):
+            if out:
+                with open(out, "a") as f:
+                    f.write(json.dumps({**stamp, **res}) + "\n")
+            print(f"  task {k + 1}/{len(jobs)}: {res['family']}, {describe(res)}, {res['cpu_seconds']:.0f} CPU-s", flush=True)
+            yield res
 
 
 def _read(path: str | None, spec: str, points: int, names: Sequence[str]) -> list[dict[str, Any]]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,10 @@ from lhopt_dsl.spec.sample import train_seed
 from lhopt_dsl.spec.schedule import Schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from held_value import FACTORS, HOLD_POINTS, Score, Steer, hold_matrix, model_line, rule_best_factor  # noqa: E402
+from branch_value import run_tasks  # noqa: E402
+from held_value import (  # noqa: E402
+    FACTORS, HOLD_POINTS, Score, Steer, hold_matrix, model_line, rule_best_factor, schedule_span,
+)  # fmt: skip
 
 ITERATIONS = 20  # power iterations per eigenvalue
 PROBE_ROWS = 256  # examples of the first validation batch the probes use
@@ -257,20 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     spec = load_spec(spec_path)
     done = {}
     if args.out and Path(args.out).exists():
-        done = {r["task_id"]: r for r in map(json.loads, Path(args.out).read_text().splitlines()) if r}
+        done = {r["task_id"]: r for r in (json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip())}
     jobs = [(spec_path, r["iteration"], r["slot"], r["schedule_valid_curve"]) for r in held if r["task_id"] not in done]
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        for k, res in enumerate(pool.imap(task_probes, jobs)):
-            done[res["task_id"]] = res
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(res) + "\n")
-            print(f"  task {k + 1}/{len(jobs)}: {res['family']}, {res['cpu_seconds']:.0f} CPU-s"
-                  + ("" if res["same_run"] else " (WARNING: not held_value.py's run)"), flush=True)  # fmt: skip
-    from held_value import schedule_span
-
+    for res in run_tasks(task_probes, jobs, args.workers, args.out, {},
+                         lambda r: "probed" if r["same_run"] else "WARNING: not held_value.py's run"):  # fmt: skip
+        done[res["task_id"]] = res
     spans = np.array([schedule_span(spec, sample(spec, train_seed(spec.seed, r["iteration"], r["slot"])),
                                     r["schedule_valid_curve"]) for r in held])  # fmt: skip
     print(report(held, done, spec.meta_train.reward_cap, spans))

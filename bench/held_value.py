@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
@@ -65,7 +64,7 @@ from lhopt_dsl.spec.sample import train_seed
 from lhopt_dsl.spec.schedule import Schedule, segment_bounds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from branch_value import FIRST_ITERATION, _short, loss_ratio  # noqa: E402
+from branch_value import FIRST_ITERATION, _short, loss_ratio, run_tasks  # noqa: E402
 
 #: Held offsets from the base, x1/8 ... x8 (x1 is the schedule's own run).
 FACTORS: tuple[float, ...] = (0.125, 0.25, 0.5, 2.0, 4.0, 8.0)
@@ -452,16 +451,8 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [(args.spec, it, slot, args.rerun) for it, slot in wanted if (it, slot) not in done]
     if done:
         print(f"{len(wanted) - len(jobs)} of {len(wanted)} tasks already in {args.out}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        for k, res in enumerate(pool.imap(task_holds, jobs)):
-            done[(res["iteration"], res["slot"])] = res
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps({"spec": args.spec, **res}) + "\n")
-            print(f"  task {k + 1}/{len(jobs)}: {res['family']}, {len(res['branches'])} branches, "
-                  f"{res['cpu_seconds']:.0f} CPU-s", flush=True)
+    for res in run_tasks(task_holds, jobs, args.workers, args.out, {"spec": args.spec}, lambda r: f"{len(r['branches'])} branches"):
+        done[(res["iteration"], res["slot"])] = res
     cfgs = {w: sample(spec, train_seed(spec.seed, *w)) for w in wanted}
     spans = np.array([schedule_span(spec, cfgs[w], done[w]["schedule_valid_curve"]) for w in wanted])
     cap = spec.meta_train.reward_cap

@@ -1,5 +1,6 @@
 """bench/branch_value.py: one deviation from a residual policy's base, measured against the base's own run."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -74,3 +75,18 @@ def test_acting_on_takes_the_top_scored_points_of_each_fold_and_keeps_elsewhere(
     rewards = np.array([1.5, 0.5, 0.1, 1.3])
     # half of each fold: point 0 (fold a's best) and point 3 (fold b's best), 1 elsewhere
     assert branch_value.acting_on(scored, rewards, 0.5) == pytest.approx((1.5 + 1 + 1 + 1.3) / 4)
+
+
+def _fake_task(x):
+    return {"family": "nqm", "cpu_seconds": 0.0, "x": x}
+
+
+def test_run_tasks_appends_each_result_with_its_stamp_in_order(tmp_path, capsys):
+    out = tmp_path / "deep" / "results.jsonl"
+    got = list(branch_value.run_tasks(_fake_task, [3, 1, 2], 2, str(out), {"spec": "s.yaml"}, lambda r: f"x={r['x']}"))
+    assert [r["x"] for r in got] == [3, 1, 2]
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines == [{"spec": "s.yaml", **r} for r in got]
+    assert "task 3/3: nqm, x=2, 0 CPU-s" in capsys.readouterr().out
+    list(branch_value.run_tasks(_fake_task, [4], 1, str(out), {"spec": "s.yaml"}, str))  # appends, keeps the rest
+    assert len(out.read_text().splitlines()) == 4
