@@ -56,7 +56,7 @@ from held_value import (  # noqa: E402
     FACTORS, HOLD_POINTS, Score, Steer, hold_matrix, model_line, rule_best_factor, schedule_span,
 )  # fmt: skip
 
-ITERATIONS = 20  # power iterations per eigenvalue
+ITERATIONS = 20  # power iterations per eigenvalue (a Rayleigh quotient: low where the top eigenvalues crowd)
 PROBE_ROWS = 256  # examples of the first validation batch the probes use
 
 
@@ -95,7 +95,9 @@ def _power(hvp: Any, shapes: Sequence[torch.Tensor], iterations: int, seed: int)
 def probe(task: Any, optimizer: Any) -> dict[str, float]:
     """``sharpness`` and ``precond_sharpness`` (module docstring) of ``task``'s model as it is, with the
     learning rate; the model's mode, its gradients and the global random state are left as they were."""
-    batch = tuple(t[:PROBE_ROWS] for t in task.valid_batches[0])
+    batch = task.valid_batches[0]
+    if len(batch) > 1 or batch[0].ndim > 1:  # examples: the first PROBE_ROWS (a lone vector, NQM's noise draw, is one)
+        batch = tuple(t[:PROBE_ROWS] for t in batch)
     rng, was_training = torch.get_rng_state(), task.model.training
     group = optimizer.param_groups[0]
     task.model.eval()

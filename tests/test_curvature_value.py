@@ -79,3 +79,23 @@ def test_the_stability_rule_earns_a_planted_law_and_keeps_without_a_probe():
     shuffled = curvature_value.stability_rule(rng.permutation(log_lr_sharp), rewards)
     assert shuffled.mean() < 1.1
     assert curvature_value.stability_rule(np.full(n, np.nan), rewards).tolist() == [1.0] * n
+
+
+def test_a_lone_vector_batch_is_one_example_and_used_whole():
+    """NQM's batch is one noise draw as long as the parameters: cutting it to PROBE_ROWS would break the loss."""
+
+    class Quadratic(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.h = torch.cat([torch.linspace(0.1, 1.0, n - 1), torch.tensor([3.0])])  # a top eigenvalue apart
+            self.theta = torch.nn.Parameter(torch.ones(n))
+
+        def forward(self, noise):
+            return 0.5 * (self.h * self.theta.square()).sum() + (noise * self.theta).sum()
+
+    n = curvature_value.PROBE_ROWS + 44
+    model = Quadratic(n)
+    task = SimpleNamespace(model=model, params=list(model.parameters()), valid_batches=[(torch.randn(n),)],
+                           loss_fn=lambda m, batch: m(batch[0]))  # fmt: skip
+    got = curvature_value.probe(task, CIAO(task.params, lr=0.1))
+    assert got["sharpness"] == pytest.approx(3.0, rel=1e-3)  # the Hessian is diag(h)
