@@ -3,7 +3,7 @@ run (or for a window), measured against the base's own run, and whether a policy
 
     LHOPT_DATA_DIR=../shared/data python bench/held_value.py [--spec task_specs/cpu_residual_sharp.yaml]
         [--tasks 72] [--workers 1] [--out results/branch_value/NAME-held.jsonl]
-        [--rerun K --choices results/branch_value/NAME-held.jsonl]
+        [--rerun K --choices results/branch_value/NAME-held.jsonl] [--whole-run] [--first N]
 
 ``bench/branch_value.py`` measured one decision's action (x0.5 ... x2 of the base, then kept): per
 task the best of them is worth a mean reward of about 1.065 and no policy feature tells where. A
@@ -33,6 +33,10 @@ much of it belongs to the task: it runs the same tasks (settings and initial hyp
 another seed (other initial weights, data order and generated data) with the whole-run factors
 only, and reports what each task's best choice under the first seed (``--choices``) earns under
 the second, beside the second's own oracle. No observation can earn more than the first.
+
+``--whole-run`` runs the whole-run holds alone (7 runs a task instead of 29), for the many tasks
+a task-level rule needs; ``--first N`` starts at the N-th task of the draws (to add new tasks
+beside those another file holds).
 
 Rewards are in the reward's own units (1 + log(speedup) / span, span the log of the schedule's
 steps from its first to its best loss, about 2-5 here), so the report also gives the geometric-mean
@@ -149,12 +153,12 @@ def plans(outer: int, whole_run_only: bool = False) -> list[tuple[str, str, int,
     return out
 
 
-def task_holds(args: tuple[str, int, int] | tuple[str, int, int, int]) -> dict[str, Any]:
+def task_holds(args: tuple[Any, ...]) -> dict[str, Any]:
     """The schedule's run of one task and its held and windowed branches (module docstring).
     With a fourth argument ``rerun`` > 0, the same task (settings, initial hyperparameters) with
     another seed (:func:`rerun_seed`: other initial weights, data order and generated data), and
-    only its whole-run holds."""
-    spec_path, iteration, slot, rerun = (*args, 0) if len(args) == 3 else args
+    only its whole-run holds; with a fifth, ``whole_run`` true, the whole-run holds alone under the task's own seed."""
+    spec_path, iteration, slot, rerun, whole_run = (*args, 0, False, False)[:5]
     torch.set_num_threads(1)
     spec = load_spec(spec_path)
     mt = spec.meta_train
@@ -174,7 +178,7 @@ def task_holds(args: tuple[str, int, int] | tuple[str, int, int, int]) -> dict[s
     outer = cfg.task.outer_steps
     reward = PowerLawReward(segment_bounds(cfg.task.inner_steps, outer), base.valid_curve, mt.reward_cap)
     branches = []
-    for kind, label, start, stop, factor in plans(outer, whole_run_only=bool(rerun)):
+    for kind, label, start, stop, factor in plans(outer, whole_run_only=bool(rerun) or whole_run):
         ep = run(keeper.with_plan(start, stop, factor))
         branches.append({"kind": kind, "label": label, "start": start, "stop": stop, "factor": factor,
                          "reward": float(reward(ep.valid_curve[-1])),
@@ -361,7 +365,9 @@ def report(results: list[dict[str, Any]], tasks: dict[str, np.ndarray] | None, c
     families = [r["family"] for r in results]
     out += ["", "Choosing a held factor without knowing the outcome, on held-out tasks (4 folds of tasks; mean reward, "
             "1 = keep):"]
-    for point in HOLD_POINTS:
+    held_from = [p for p in HOLD_POINTS
+                 if all(any(b["kind"] == "hold" and b["start"] == r["points"][p] for b in r["branches"]) for r in results)]
+    for point in held_from:
         rewards = hold_matrix(results, point)
         line = [f"- from {point}: oracle {score(np.maximum(rewards.max(1), 1.0))}; one factor for all "
                 f"{score(rule_best_factor(rewards))}; per family {score(rule_best_factor(rewards, families))}"]
@@ -433,6 +439,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="K > 0: run the same tasks under their K-th rerun seed, whole-run holds only, and "
                          "compare with --choices")  # fmt: skip
     ap.add_argument("--choices", default=None, help="with --rerun: the first seed's results (an earlier --out)")
+    ap.add_argument("--whole-run", action="store_true", help="the whole-run holds alone (7 runs a task instead of 29)")
+    ap.add_argument("--first", type=int, default=0, help="start at this task of the draws")
     args = ap.parse_args(argv)
     spec = load_spec(args.spec)
     if not spec.meta_train.residual:
@@ -440,18 +448,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.rerun < 0 or (args.rerun and not args.choices):
         ap.error("--rerun takes K > 0 and needs --choices, the first seed's results")
     per = spec.meta_train.tasks_per_iteration
-    wanted = [(FIRST_ITERATION + k // per, k % per) for k in range(args.tasks)]
+    wanted = [(FIRST_ITERATION + k // per, k % per) for k in range(args.first, args.first + args.tasks)]
     first = {}
     if args.rerun:
-        first = {(r["iteration"], r["slot"]): r for r in _read(args.choices, args.spec, 0)}
+        first = {(r["iteration"], r["slot"]): r for r in _read(args.choices, args.spec, 0, None)}
         missing = [w for w in wanted if w not in first]
         if missing:
             ap.error(f"{args.choices} lacks {len(missing)} of the {len(wanted)} tasks; run them there first")
-    done = {(r["iteration"], r["slot"]): r for r in _read(args.out, args.spec, args.rerun)}
-    jobs = [(args.spec, it, slot, args.rerun) for it, slot in wanted if (it, slot) not in done]
+    done = {(r["iteration"], r["slot"]): r for r in _read(args.out, args.spec, args.rerun, args.whole_run)}
+    jobs = [(args.spec, it, slot, args.rerun, args.whole_run) for it, slot in wanted if (it, slot) not in done]
     if done:
         print(f"{len(wanted) - len(jobs)} of {len(wanted)} tasks already in {args.out}")
-    for res in run_tasks(task_holds, jobs, args.workers, args.out, {"spec": args.spec}, lambda r: f"{len(r['branches'])} branches"):
+    stamp = {"spec": args.spec, "whole_run": args.whole_run}
+    for res in run_tasks(task_holds, jobs, args.workers, args.out, stamp, lambda r: f"{len(r['branches'])} branches"):
         done[(res["iteration"], res["slot"])] = res
     cfgs = {w: sample(spec, train_seed(spec.seed, *w)) for w in wanted}
     spans = np.array([schedule_span(spec, cfgs[w], done[w]["schedule_valid_curve"]) for w in wanted])
@@ -463,13 +472,16 @@ def main(argv: list[str] | None = None) -> None:
     print(report([done[w] for w in wanted], tasks, cap, {done[w]["task_id"]: s for w, s in zip(wanted, spans)}))
 
 
-def _read(path: str | None, spec: str, rerun: int) -> list[dict[str, Any]]:
-    """The tasks an earlier run wrote to ``path`` with the same spec and rerun (none if no file)."""
+def _read(path: str | None, spec: str, rerun: int, whole_run: bool | None) -> list[dict[str, Any]]:
+    """The tasks an earlier run wrote to ``path`` with the same spec, rerun and ``whole_run`` (None:
+    either; a rerun's choices may be either) (none if no file)."""
     if not path or not Path(path).exists():
         return []
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     if any((r.get("spec"), r.get("rerun", 0)) != (spec, rerun) for r in rows):
         raise SystemExit(f"{path} holds tasks of another --spec or --rerun; give another --out")
+    if whole_run is not None and any(r.get("whole_run", False) != whole_run for r in rows):
+        raise SystemExit(f"{path} holds tasks {'with' if not whole_run else 'without'} --whole-run; give another --out")
     return rows
 
 

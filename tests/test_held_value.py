@@ -1,5 +1,6 @@
 """bench/held_value.py: learning-rate offsets from a residual policy's base, held or windowed, measured."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -128,3 +129,19 @@ def test_seed_transfer_earns_the_oracle_when_seeds_agree_and_keeps_score_when_th
     # task 1: the first seed's x0.5 earns 0.8 on the rerun; task 2: its x2 earns 0.9 there
     assert "taken on the rerun: 0.850, better / equal / worse than the schedule on 0 / 0 / 2 tasks" in other and "same choice on 0.00 of tasks" in other
     assert "The rerun's own oracle (its best factor, or keep): 1.200" in other
+
+
+def test_whole_run_only_runs_the_tasks_own_seed_and_its_file_is_kept_apart(tmp_path):
+    spec = residual_spec(tmp_path)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    full, whole = held_value.task_holds((str(path), 0, 0)), held_value.task_holds((str(path), 0, 0, 0, True))
+    assert whole["seed"] == full["seed"] and whole["schedule_valid_curve"] == full["schedule_valid_curve"]
+    assert whole["branches"] == [b for b in full["branches"] if b["kind"] == "hold" and b["start"] == 0]
+    text = held_value.report([whole] * 8, None, spec.meta_train.reward_cap, permutations=2)
+    assert "- from start: oracle" in text and "from segment 1" not in text
+    out = tmp_path / "whole.jsonl"
+    out.write_text(json.dumps({"spec": str(path), "whole_run": True, **whole}) + "\n")
+    assert len(held_value._read(str(out), str(path), 0, True)) == 1
+    with pytest.raises(SystemExit, match="with --whole-run"):
+        held_value._read(str(out), str(path), 0, False)
