@@ -5,7 +5,7 @@ the held offsets of ``bench/held_value.py``.
         --held results/branch_value/cpu-residual-sharp-held.jsonl [--workers 1] [--out results/branch_value/NAME.jsonl]
 
 ``held_value.py`` found that, per task, the best learning-rate offset from the base schedule held
-for the rest of the run is worth a geometric-mean speedup of about 1.25x over the schedule, and
+for the rest of the run is worth a geometric-mean speedup of about 1.3x over the schedule, and
 that nothing the policy observes, nor the task's description, tells which offset on held-out tasks.
 The policy's features say nothing about curvature. The classical account of a learning rate's
 upper limit does: gradient descent on a quadratic is stable while lr * lambda_max < 2, and Adam-like
@@ -19,10 +19,11 @@ first validation batch (evaluation mode, so no dropout draws, and the training d
 untouched) by power iteration with Hessian-vector products:
 
 * ``sharpness``: the top eigenvalue of the loss's Hessian;
-* ``precond_sharpness``: the same of P^-1/2 H P^-1/2 with P = the optimizer's denominator plus eps
-  (CIAO's default, Adamax's max of |g|; before any step, |g| of that batch);
+* ``precond_sharpness``: the same of P^-1/2 H P^-1/2 with P = the optimizer's Adamax denominator
+  u + eps (u the running max of |g|; before any step, |g| of that batch; bias corrections and LAMB's
+  trust ratio left out);
 
-and reports, per decision point, the rank correlation between log(lr * sharpness) and the log of the
+both on the first ``PROBE_ROWS`` (256) examples of the batch. It reports, per decision point, the rank correlation between log(lr * sharpness) and the log of the
 best held factor, and what choosing the factor from it earns on held-out tasks (4 folds of tasks):
 the rule ``factor = c / (lr * sharpness)`` (nearest held factor, or keep) with its one constant
 chosen on the other folds, and a ridge regression of each factor's reward on the two probes and
@@ -53,7 +54,8 @@ from lhopt_dsl.spec.schedule import Schedule
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from branch_value import run_tasks  # noqa: E402
 from held_value import (  # noqa: E402
-    FACTORS, HOLD_POINTS, Score, Steer, hold_matrix, model_line, rule_best_factor, schedule_span,
+    FACTORS, HOLD_POINTS, Score, Steer, hold_matrix, model_line, relative_to_schedule, rule_best_factor,
+    schedule_reward,
 )  # fmt: skip
 
 ITERATIONS = 20  # power iterations per eigenvalue (a Rayleigh quotient: low where the top eigenvalues crowd)
@@ -65,31 +67,38 @@ def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def top_eigenvalue(hvp: Any, shapes: Sequence[torch.Tensor], iterations: int = ITERATIONS, seed: int = 0) -> float:
-    """The largest eigenvalue of the symmetric operator ``hvp`` (lists of tensors shaped as ``shapes``):
-    power iteration finds the one of largest magnitude; if that is negative, power iteration on the
-    operator shifted by it finds the largest."""
-    first = _power(hvp, shapes, iterations, seed)
-    if not first < 0:
-        return first
-    return _power(lambda v: [h - first * x for h, x in zip(hvp(v), v)], shapes, iterations, seed) + first
+    """The largest eigenvalue of the symmetric operator ``hvp`` (lists of tensors shaped as ``shapes``).
+    Power iteration gives a Rayleigh quotient and the spectral radius rho (the largest |H v| seen).
+    Where the quotient has not reached +rho (the top eigenvalue is negative, or a positive and a
+    negative one of about the same size mix), a second power iteration on H + rho I, whose spectrum
+    is then (about) non-negative, finds its top, less rho. Both are Rayleigh quotients of H, so
+    lower bounds on its top eigenvalue: the larger is returned."""
+    value, rho = _power(hvp, shapes, iterations, seed)
+    if not math.isfinite(rho) or rho == 0.0 or value >= (1.0 - 1e-3) * rho:
+        return value if math.isfinite(rho) else math.nan
+    shifted, _ = _power(lambda v: [h + rho * x for h, x in zip(hvp(v), v)], shapes, iterations, seed)
+    return max(value, shifted - rho)
 
 
-def _power(hvp: Any, shapes: Sequence[torch.Tensor], iterations: int, seed: int) -> float:
-    """The largest-magnitude eigenvalue of ``hvp`` by power iteration from a fixed random start (its
-    Rayleigh quotient at the end)."""
+def _power(hvp: Any, shapes: Sequence[torch.Tensor], iterations: int, seed: int) -> tuple[float, float]:
+    """Power iteration on ``hvp`` from a fixed random start: the Rayleigh quotient at the end, and
+    the largest |H v| of a unit v seen (a lower bound on the spectral radius)."""
     gen = torch.Generator().manual_seed(seed)
     v = [torch.randn(s.shape, generator=gen, dtype=s.dtype).to(s.device) for s in shapes]
     norm = math.sqrt(float(_dot(v, v)))
     v = [x / norm for x in v]
-    value = math.nan
+    value, radius = math.nan, 0.0
     for _ in range(iterations):
         hv = hvp(v)
         value = float(_dot(v, hv))
         norm = math.sqrt(float(_dot(hv, hv)))
-        if not math.isfinite(norm) or norm == 0.0:
-            return value if norm == 0.0 else math.nan
+        if not math.isfinite(norm):
+            return math.nan, math.nan
+        radius = max(radius, norm)
+        if norm == 0.0:
+            return value, 0.0
         v = [x / norm for x in hv]
-    return value
+    return value, radius
 
 
 def probe(task: Any, optimizer: Any) -> dict[str, float]:
@@ -100,6 +109,9 @@ def probe(task: Any, optimizer: Any) -> dict[str, float]:
         batch = tuple(t[:PROBE_ROWS] for t in batch)
     rng, was_training = torch.get_rng_state(), task.model.training
     group = optimizer.param_groups[0]
+    if group.get("denominator", "adamax") != "adamax":
+        raise ValueError(f"the preconditioned probe reads CIAO's Adamax denominator; this optimizer's is "
+                         f"'{group['denominator']}' (a space with denominator: adamax, as the CIAO spaces have)")  # fmt: skip
     task.model.eval()
     try:  # attention's fused CPU kernels have no second derivative: the probe runs the plain maths
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
@@ -222,7 +234,8 @@ def report(held: list[dict[str, Any]], probes: dict[str, dict[str, Any]], cap: f
            spans: np.ndarray | None = None, permutations: int = 40) -> str:  # fmt: skip
     score = Score(spans, cap)
     differ = [r["task_id"] for r in held if not probes[r["task_id"]]["same_run"]]
-    out = [f"{len(held)} tasks; rewards as held_value.py's (1 = the schedule; in brackets the geometric-mean speedup)."]
+    out = [f"{len(held)} tasks; rewards as held_value.py's (relative to the schedule's own, 1 = the schedule; in "
+           "brackets the geometric-mean speedup)."]
     if differ:
         out.append(f"WARNING: the probed run differs from held_value.py's on {len(differ)} tasks.")
     families = sorted({r["family"] for r in held})
@@ -257,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     specs = {r["spec"] for r in held}
     if len(specs) != 1:
         ap.error(f"{args.held} holds tasks of {len(specs)} specs; give one spec's results")
+    if any(r.get("rerun", 0) or r.get("whole_run", False) for r in held):
+        ap.error(f"{args.held} holds a rerun's or --whole-run results: probe the first seed's full held_value.py results")
     spec_path = specs.pop()
     spec = load_spec(spec_path)
     done = {}
@@ -266,9 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     for res in run_tasks(task_probes, jobs, args.workers, args.out, {},
                          lambda r: "probed" if r["same_run"] else "WARNING: not held_value.py's run"):  # fmt: skip
         done[res["task_id"]] = res
-    spans = np.array([schedule_span(spec, sample(spec, train_seed(spec.seed, r["iteration"], r["slot"])),
-                                    r["schedule_valid_curve"]) for r in held])  # fmt: skip
-    print(report(held, done, spec.meta_train.reward_cap, spans))
+    spans, keeps = zip(*(schedule_reward(spec, sample(spec, train_seed(spec.seed, r["iteration"], r["slot"])),
+                                          r["schedule_valid_curve"]) for r in held))  # fmt: skip
+    print(report(relative_to_schedule(held, keeps), done, spec.meta_train.reward_cap, np.array(spans)))
 
 
 if __name__ == "__main__":

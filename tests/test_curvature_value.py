@@ -22,13 +22,17 @@ def _matrix_hvp(m: torch.Tensor):
     return lambda v: [m @ v[0]]
 
 
-@pytest.mark.parametrize("diagonal, top", [([5.0, 1.0, -2.0], 5.0), ([3.0, -5.0, 1.0], 3.0), ([-1.0, -4.0], -1.0)])
+@pytest.mark.parametrize("diagonal, top", [([5.0, 1.0, -2.0], 5.0), ([3.0, -5.0, 1.0], 3.0), ([-1.0, -4.0], -1.0),
+                                           ([5.0, -5.0, 1.0], 5.0), ([0.0, 0.0], 0.0)])
 def test_top_eigenvalue_is_the_largest_not_the_largest_in_magnitude(diagonal, top):
     q, _ = torch.linalg.qr(torch.randn(len(diagonal), len(diagonal), generator=torch.Generator().manual_seed(0),
                                        dtype=torch.float64))  # fmt: skip
     m = q @ torch.diag(torch.tensor(diagonal, dtype=torch.float64)) @ q.T
     got = curvature_value.top_eigenvalue(_matrix_hvp(m), [torch.zeros(len(diagonal), dtype=torch.float64)], iterations=200)
-    assert got == pytest.approx(top, rel=1e-4)
+    assert got == pytest.approx(top, rel=1e-4, abs=1e-9)
+    # a positive and a negative eigenvalue of the same size, at the default iterations: not mixed into their mean
+    if diagonal == [5.0, -5.0, 1.0]:
+        assert curvature_value.top_eigenvalue(_matrix_hvp(m), [torch.zeros(3, dtype=torch.float64)]) == pytest.approx(5.0, rel=0.05)
 
 
 def test_the_probe_measures_a_known_hessian_and_leaves_the_model_as_it_was():
@@ -50,6 +54,9 @@ def test_the_probe_measures_a_known_hessian_and_leaves_the_model_as_it_was():
     assert got["precond_sharpness"] == pytest.approx(np.linalg.eigvalsh(d @ hessian @ d).max(), rel=1e-3)
     assert got["lr"] == 0.1 and model.training and model.weight.grad is None
     assert torch.equal(torch.get_rng_state(), before)
+    adam = CIAO(task.params, lr=0.1, denominator="adam")
+    with pytest.raises(ValueError, match="Adamax denominator"):
+        curvature_value.probe(task, adam)
 
 
 def test_probed_runs_are_the_held_runs_and_the_report_reads_them(tmp_path):

@@ -3,6 +3,7 @@
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -145,3 +146,20 @@ def test_whole_run_only_runs_the_tasks_own_seed_and_its_file_is_kept_apart(tmp_p
     assert len(held_value._read(str(out), str(path), 0, True)) == 1
     with pytest.raises(SystemExit, match="with --whole-run"):
         held_value._read(str(out), str(path), 0, False)
+
+
+def test_rewards_relative_to_the_schedule_make_an_equal_ending_a_tie(tmp_path):
+    spec = residual_spec(tmp_path)
+    cfg = SimpleNamespace(task=SimpleNamespace(inner_steps=40, outer_steps=4))
+    falling, rising = [2.0, 1.0, 0.7, 0.5, 0.4], [2.0, 1.0, 0.7, 0.5, 0.6]  # the second ends above its best
+    span, keep = held_value.schedule_reward(spec, cfg, falling)
+    assert keep == pytest.approx(1.0) and span > 0
+    span, keep = held_value.schedule_reward(spec, cfg, rising)
+    assert keep < 1.0
+    task = {"task_id": "t", "branches": [{"reward": keep}, {"reward": 1.0}]}
+    out = held_value.relative_to_schedule([task], [keep])[0]
+    assert [b["reward"] for b in out["branches"]] == pytest.approx([1.0, 2.0 - keep])
+    assert out["schedule_reward"] == keep and task["branches"][0]["reward"] == keep  # a copy
+    # in speedup terms: exp((reward - keep) * span), the branch against the schedule's final loss
+    assert held_value.speedups(np.array([out["branches"][1]["reward"]]), np.array([span]), 100.0)[0] == pytest.approx(
+        np.exp((1.0 - keep) * span))
