@@ -39,7 +39,7 @@ a task-level rule needs; ``--first N`` starts at the N-th task of the draws (to 
 beside those another file holds).
 
 Rewards are in the reward's own units (1 + log(speedup) / span, span the log of the schedule's
-steps from its first to its best loss, about 3-5.5 here), so the report also gives the geometric-mean
+steps from its first to its best loss, about 3.7-5.4 on most tasks here), so the report also gives the geometric-mean
 speedup over the schedule's run that they stand for: a mean reward of 1.05 is a speedup of about 1.25x.
 They are taken relative to the schedule's own reward (:func:`relative_to_schedule`), which is below
 1 where its run ends above its best loss.
