@@ -334,10 +334,10 @@ def report(results: list[dict[str, Any]], tasks: dict[str, np.ndarray] | None, c
             "|---|---:|---:|---:|---:|---:|---:|"]
     starts = {name: i for i, name in enumerate(HOLD_POINTS)}
 
-    def order(label: str) -> tuple[int, int, float]:
+    def order(label: str) -> tuple[bool, int, float, str]:  # ties (two windows of one factor): by label
         b = next(b for b in rows if b["label"] == label)
         where = next((starts[n] for n in HOLD_POINTS if label.endswith(f"from {n}")), len(starts))
-        return (b["kind"] != "hold", where, b["factor"])
+        return (b["kind"] != "hold", where, b["factor"], label)
 
     for label in sorted({b["label"] for b in rows}, key=order):
         sel = [b for b in rows if b["label"] == label]
