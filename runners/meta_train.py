@@ -160,7 +160,8 @@ def _job(args: tuple) -> TaskResult:
     result = task_rollouts(cfg, actor, baseline, spec.hparams, rollouts=rollouts, seed=seed, device=device,
                          data_dir=data_dir, max_valid=spec.meta_train.max_valid, population=spec.meta_train.population,
                          compiled=spec.meta_train.compile, cadence=cadence, critic=policy,
-                         reward_cap=spec.meta_train.reward_cap)  # fmt: skip
+                         reward_cap=spec.meta_train.reward_cap,
+                         reward_reference=spec.meta_train.reward_reference)  # fmt: skip
     result.cpu_seconds, result.pid = time.process_time() - cpu, os.getpid()
     return result
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lhopt_dsl.agent.env import OuterStep
-from lhopt_dsl.agent.reward import R_MIN, PowerLawReward, ShapedReward, envelope, fit_power_law
+from lhopt_dsl.agent.reward import R_MIN, FinalRelative, PowerLawReward, ShapedReward, envelope, fit_power_law, reference_reward
 from lhopt_dsl.agent.rollout import gae
 
 STEPS = np.arange(0, 1001, 25, dtype=np.float64)
@@ -161,3 +161,45 @@ def test_rollouts_pay_the_capped_reward_on_the_same_runs(population):
         assert capped.final_reward == pytest.approx(min(wide.final_reward, reward.r_max), abs=1e-9)
         assert capped.final_reward == pytest.approx(reward(capped.valid_curve[-1]), abs=1e-9)
         assert float(np.sum(capped.rewards)) == pytest.approx(capped.final_reward, abs=1e-6)  # shaping telescopes
+
+
+def test_a_final_reference_reads_a_loss_against_the_baselines_own_end():
+    best_then_worse = list(0.3 + 2.0 * (STEPS + 1) ** -0.7)
+    best_then_worse[-5:] = [v * 1.2 for v in best_then_worse[-5:]]  # the baseline ends above its best
+    paper = PowerLawReward(STEPS, best_then_worse)
+    final = reference_reward(STEPS, best_then_worse, reference="final")
+    assert isinstance(final, FinalRelative)
+    assert paper(best_then_worse[-1]) < 0.95  # ending as the baseline ends is scored a loss against its best
+    assert final(best_then_worse[-1]) == pytest.approx(1.0)  # and exactly 1 against its end
+    for loss in (best_then_worse[-1] * 0.8, best_then_worse[3], best_then_worse[-1] * 1.5):
+        assert final(loss) - paper(loss) == pytest.approx(1.0 - paper(best_then_worse[-1]))  # a shift, nothing else
+    assert reference_reward(STEPS, best_then_worse)(0.5) == paper(0.5)  # best: the paper's reading
+    diverged = best_then_worse[:-1] + [math.nan]
+    assert reference_reward(STEPS, diverged, reference="final")(0.5) == PowerLawReward(STEPS, diverged)(0.5)
+    with pytest.raises(ValueError, match="'best' or 'final'"):
+        reference_reward(STEPS, best_then_worse, reference="last")
+
+
+@pytest.mark.parametrize("population", [False, True])
+def test_with_a_final_reference_a_policy_that_runs_as_its_baseline_earns_exactly_one(population):
+    """A schedule's follower against itself: the same run, paid 1 whatever the run's shape; the
+    episode's shaped rewards still sum to its final reward."""
+    from lhopt_dsl.agent.residual import Follow
+    from lhopt_dsl.agent.rollout import task_rollouts
+    from lhopt_dsl.spec.schedule import Schedule
+
+    from .test_imitation import SMOKE as spec
+    from .test_population import smoke
+
+    cfg = smoke("transformer", outer_steps=8)
+    follower = Follow([Schedule.from_name("constant-lr1")], spec.hparams)  # its run ends well above its best
+    paid = {}
+    for reference in ("best", "final"):
+        run = task_rollouts(cfg, follower, follower, spec.hparams, rollouts=1, seed=6, population=population,
+                            reward_reference=reference)  # fmt: skip
+        (episode,) = run.episodes
+        assert episode.valid_curve == run.baseline_curve
+        assert min(run.baseline_curve) < run.baseline_curve[-1]
+        assert float(np.sum(episode.rewards)) == pytest.approx(episode.final_reward, abs=1e-6)
+        paid[reference] = episode.final_reward
+    assert paid["best"] < 0.5 and paid["final"] == pytest.approx(1.0, abs=1e-9)

@@ -28,6 +28,12 @@ the best loss of a baseline". Our reading of the paper's unstated choices, and w
 * *Fit failure* (numerical trouble): S falls back to linear interpolation of log S against log L
   on the envelope, extrapolated along its last segment.
 
+*Reference* (:class:`FinalRelative`): the paper reads a loss against the baseline's *best*. Where the
+baseline's run ends above its best (it over-fits, or its last segments are noisy), a policy that
+runs exactly as the baseline then earns less than 1, and what a deviation is worth is misread by
+that task's gap. ``reference="final"`` reads it against the baseline's own final loss instead:
+R(L*) - R(L_final) + 1, so that ending where the baseline ends is 1 on every task.
+
 Shaping (Ng et al. 1999): with potentials Phi_0 = 0 and Phi_k = R(L_k) for the validation loss
 after outer step k, the shaped reward r_k = Phi_k - Phi_{k-1} sums over an episode to exactly
 R(L_K), the final reward, when the discount is 1.
@@ -165,10 +171,34 @@ class PowerLawReward:
         return float(min(max(r, R_MIN), self.r_max))
 
 
+class FinalRelative:
+    """``reward`` read against the baseline's own final loss (module docstring, *Reference*):
+    R(L) - R(``final_loss``) + 1. A baseline whose final loss is not finite has no final to read
+    against, and the reward stays the paper's."""
+
+    def __init__(self, reward: PowerLawReward, final_loss: float):
+        self.reward = reward
+        self.offset = reward(final_loss) - 1.0 if math.isfinite(final_loss) else 0.0
+
+    def __call__(self, loss: float) -> float:
+        return self.reward(loss) - self.offset
+
+
+def reference_reward(steps: Sequence[float], baseline: Sequence[float], cap: float = EXTRAPOLATION_CAP,
+                     reference: str = "best") -> PowerLawReward | FinalRelative:  # fmt: skip
+    """The reward against the ``baseline`` curve, read against its best loss (the paper's) or its final one."""
+    reward = PowerLawReward(steps, baseline, cap)
+    if reference == "best":
+        return reward
+    if reference == "final":
+        return FinalRelative(reward, float(baseline[-1]))
+    raise ValueError(f"a reward's reference is 'best' or 'final', got {reference!r}")
+
+
 class ShapedReward:
     """Env reward callable: r_k = R(L_k) - R(L_{k-1}) with R(L_0) := 0, summing to R(L_K)."""
 
-    def __init__(self, reward: PowerLawReward):
+    def __init__(self, reward: PowerLawReward | FinalRelative):
         self.reward = reward
         self.potential = 0.0
 

@@ -27,7 +27,7 @@ from .actor import Actor, Run, take
 from .env import InnerTrainingEnv, OuterStep, RewardFn, log_improvement_reward
 from .observation import FULL_CADENCE, Cadence, FeatureBuilder, Observer
 from .policy import ActorCritic
-from .reward import EXTRAPOLATION_CAP, PowerLawReward, ShapedReward
+from .reward import EXTRAPOLATION_CAP, FinalRelative, PowerLawReward, ShapedReward, reference_reward
 
 
 @dataclass
@@ -169,6 +169,7 @@ def task_rollouts(
     cadence: Cadence = FULL_CADENCE,
     critic: ActorCritic | None = None,
     reward_cap: float = EXTRAPOLATION_CAP,
+    reward_reference: str = "best",
 ) -> TaskResult:
     """Baseline run(s) and ``rollouts`` policy episodes on one task.
 
@@ -182,13 +183,15 @@ def task_rollouts(
     (meta-training draws one per task, :func:`~lhopt_dsl.agent.observation.draw_cadence`). ``critic``:
     the network whose critic values the episodes (meta-training's policy itself; None: no values).
     ``reward_cap``: the speedup over the baseline at which the reward saturates (:class:`PowerLawReward`).
+    ``reward_reference``: what the reward reads a loss against, the baseline's best loss (the paper's)
+    or its final one (:class:`~lhopt_dsl.agent.reward.FinalRelative`: ending as the baseline ends is 1).
     """
     space.check_initial(cfg.hparams)
     members = rollouts + 1 + (baseline_actor is not None)
     if population and population_pays(cfg, members, device, compiled) and batchable(cfg, device, data_dir, max_valid):
         return population_rollouts(cfg, policy, baseline_actor, space, rollouts=rollouts, seed=seed, device=device,
                                    data_dir=data_dir, max_valid=max_valid, compiled=compiled, cadence=cadence,
-                                   critic=critic, reward_cap=reward_cap)  # fmt: skip
+                                   critic=critic, reward_cap=reward_cap, reward_reference=reward_reference)  # fmt: skip
     env = InnerTrainingEnv(space, device=device, data_dir=data_dir, max_valid=max_valid)
     steps = segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps)
     initial = run_schedule(cfg, Schedule(optimizer="ciao"), device=device, data_dir=data_dir, max_valid=max_valid)
@@ -196,7 +199,7 @@ def task_rollouts(
         base = run_episode(env, cfg, baseline_actor, log_improvement_reward, deterministic=True, cadence=cadence).valid_curve
     else:
         base = initial.valid_loss
-    reward = PowerLawReward(steps, base, reward_cap)
+    reward = reference_reward(steps, base, reward_cap, reward_reference)
     vs_initial = PowerLawReward(steps, initial.valid_loss)
     episodes = []
     for r in range(rollouts):
@@ -262,6 +265,7 @@ def population_rollouts(
     cadence: Cadence = FULL_CADENCE,
     critic: ActorCritic | None = None,
     reward_cap: float = EXTRAPOLATION_CAP,
+    reward_reference: str = "best",
 ) -> TaskResult:
     """:func:`task_rollouts` with every run of the task in one :class:`CIAOPopulation`.
 
@@ -302,7 +306,8 @@ def population_rollouts(
             curve.append(v)
     initial_curve = curves[0]
     base = curves[members[0].k] if baseline_actor is not None else initial_curve
-    reward, vs_initial = PowerLawReward(bounds, base, reward_cap), PowerLawReward(bounds, initial_curve)
+    reward = reference_reward(bounds, base, reward_cap, reward_reference)
+    vs_initial = PowerLawReward(bounds, initial_curve)
     episodes = [_finish(m, curves[m.k], cfg, reward, base, critic) for g in groups if not g.greedy for m in g.members]
     for ep in episodes:
         ep.final_reward = reward(ep.valid_curve[-1])
@@ -371,7 +376,7 @@ def _train_segment(pop: CIAOPopulation, task: Any, start: int, stop: int, stats_
     return valid
 
 
-def _finish(m: _Member, curve: list[float], cfg: TaskConfig, reward: PowerLawReward, base: list[float],
+def _finish(m: _Member, curve: list[float], cfg: TaskConfig, reward: PowerLawReward | FinalRelative, base: list[float],
             critic: ActorCritic | None) -> Episode:  # fmt: skip
     """Rewards, value features and the critic's values of a finished population member."""
     shaped = ShapedReward(reward)

@@ -253,6 +253,13 @@ class MetaTrainSpec(StrictModel):
                                 "matches evaluation, whose speedups stop counting at 2x, so that a rare large win "
                                 "(a plateau escaped) weighs no more in the reward than in the judge."),
     ] = 100.0
+    reward_reference: Annotated[
+        Literal["best", "final"],
+        Field(description="What the reward reads a loss against: best, the baseline's best validation loss (the "
+                          "paper's: 1 there); final, the baseline's own final loss (1 there), so that a policy that "
+                          "runs as its baseline (a residual policy that keeps) earns exactly 1 on every task, "
+                          "also where the baseline's run ends above its best (over-fitting tasks)."),
+    ] = "best"
     ema_decay: Annotated[
         float, Field(ge=0, lt=1, description="Decay of the EMA of policy weights used as the self-play baseline.")
     ] = 0.9
