@@ -47,6 +47,7 @@ from torch import nn
 from .agent.actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .agent.actor import Actor, Run, carry_from_leaves, carry_leaves, check_actor, take
 from .agent.guard import Guard, checkpoint_data, checkpoint_from_data
+from .agent.level import HoldLevel, LevelRule
 from .agent.observation import FeatureBuilder, Observer, flatten
 from .agent.policy import ActorCritic, EnsembleActorCritic, save_checkpoint, to_plain
 from .agent.policy_file import checked_policy_state, load_policy_file
@@ -82,7 +83,10 @@ def load_policy(policy: ActorCritic | Schedule | str | os.PathLike[str] | None) 
     space = validate_space((state.get("spec") or {}).get("hparams", {}))
     model = ActorCritic.from_checkpoint(state["policy"])
     if state.get("residual") is not None:  # a policy that acts around a base schedule
-        return Residual(model, space, Schedule.from_name(state["residual"]["base"])), space  # base checked on load
+        inner: Actor[Any] = model
+        if state.get("level") is not None:  # whose level a rule chooses after the first segment
+            inner = HoldLevel(model, space, LevelRule.from_data(state["level"]))
+        return Residual(inner, space, Schedule.from_name(state["residual"]["base"])), space  # base checked on load
     return model, space
 
 

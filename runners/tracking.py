@@ -261,8 +261,11 @@ class PolicyModel(_pyfunc_base()):  # type: ignore[misc]
         from lhopt_dsl.controller import load_policy
 
         policy, _ = load_policy(context.artifacts["checkpoint"])
-        # a residual policy's actions are its offsets from its base schedule (the drop-in carries them out)
-        self.policy = getattr(policy, "inner", policy)
+        # a residual policy's actions are its offsets from its base schedule (the drop-in carries them out);
+        # a level rule's wrapper replaces the network's learning-rate proposals during a run, so rows get the network's own
+        while hasattr(policy, "inner"):
+            policy = policy.inner
+        self.policy = policy
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001
         import numpy as np

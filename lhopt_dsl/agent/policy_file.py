@@ -192,6 +192,40 @@ def check_policy_state(state: Any) -> None:
     _dict(state, "the file's data", ("policy",))
     check_policy_data(state["policy"])
     _check_extras(state)
+    if state.get("level") is not None:
+        _check_level(state)
+
+
+MAX_LEVEL_FACTORS = 64  # factors a level rule chooses among
+
+
+def _check_level(state: Mapping[str, Any]) -> None:
+    """A level rule (:class:`~lhopt_dsl.agent.level.LevelRule`'s ``to_data``) fits the residual single
+    policy it goes with: its decision and factors in range, its tensors of the policy's feature
+    count, finite, with positive scales."""
+    from .residual import OFFSET_BOUNDS
+
+    if state.get("residual") is None:
+        raise _Problem("['level'] chooses a residual policy's offset, but the file has no ['residual'] base")
+    if "members" in state["policy"]:
+        raise _Problem("['level'] goes with a single policy, not an ensemble")
+    level = _dict(state["level"], "['level']", ("decision", "factors", "mean", "scale", "weights"))
+    _int(level["decision"], "['level']['decision']", 0, 1_000_000)
+    factors = level["factors"]
+    if not isinstance(factors, list) or not 1 <= len(factors) <= MAX_LEVEL_FACTORS:
+        raise _Problem(f"['level']['factors'] must be a list of 1..{MAX_LEVEL_FACTORS} offsets, got {_kind(factors)}")
+    for i, f in enumerate(factors):
+        if not OFFSET_BOUNDS[0] <= _number(f, f"['level']['factors'][{i}]") <= OFFSET_BOUNDS[1]:
+            raise _Problem(f"['level']['factors'][{i}] is {f}, outside the offset bounds {OFFSET_BOUNDS}")
+    if "l2" in level:
+        _number(level["l2"], "['level']['l2']")
+    if not isinstance(level.get("fitted", {}), (dict, type(None))):
+        raise _Problem(f"['level']['fitted'] is {_kind(level['fitted'])}, not a mapping")
+    p = state["policy"]["shape"]["policy_size"]
+    _finite_tensor(level["mean"], "['level']['mean']", (p,))
+    if not bool((_finite_tensor(level["scale"], "['level']['scale']", (p,)) > 0).all()):
+        raise _Problem("['level']['scale'] holds values that are not positive")
+    _finite_tensor(level["weights"], "['level']['weights']", (p + 1, len(factors)))
 
 
 def load_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:

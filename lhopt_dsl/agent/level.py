@@ -1,0 +1,198 @@
+"""A learned level for a residual policy: after the first segment of a run, a ridge regression on
+the policy's own features chooses one learning-rate offset from the base schedule (x1/8 ... x8, or
+keep), and the policy holds it for the rest of the run.
+
+Why this form (docs/RESULTS.md, "Room beyond one step"): on training tasks a per-task whole-run
+factor of the base schedule's learning rate is worth about 1.36x over the schedule's run, two thirds
+of it survives a change of seed (it belongs to the task), and of all the moves measured it is the
+one a rule could choose from what the run shows after one segment. A :class:`LevelRule` is that
+rule as data: per factor, the predicted reward of holding it relative to the schedule's own run
+(1 = the schedule), from the policy's raw features standardised by the training tasks' mean and
+spread (and clipped to :data:`Z_CLIP` spreads, so that a run unlike any training task cannot push a
+prediction far out). It acts where the best prediction is above 1 and keeps elsewhere.
+
+:class:`HoldLevel` is the rule as an :class:`~lhopt_dsl.agent.actor.Actor`, wrapped around an
+inner actor (the network of a residual policy) inside :class:`~lhopt_dsl.agent.residual.Residual`:
+until the rule's decision every action is the inner actor's; from then on its learning-rate
+proposal moves the residual offset towards the chosen factor (times the offset in force when it
+chose, 1 unless something moved it) as fast as the actions allow (x2 per decision at most) and
+holds it there, and every other dimension stays the inner actor's. It tracks
+the offset with :class:`Residual`'s arithmetic (the actions' product within the bounds, lowered
+when the drop-in's guard lowers the learning rate), so the two agree on it. Log-probabilities and
+proposals stay the inner actor's own. This module imports no task compiler, so the drop-in can use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from ..spec.hparams import HyperparameterSpace
+from .actions import ActionSpace
+from .actor import Actor, Run, Step
+from .residual import OFFSET_BOUNDS, _clamp_offset, _nearest_scale, _outer
+
+#: The offsets a rule chooses among by default (keep, x1, is always a choice).
+LEVEL_FACTORS: tuple[float, ...] = (0.125, 0.25, 0.5, 2.0, 4.0, 8.0)
+#: Standardised features are clipped to this many training spreads before the regression reads them.
+Z_CLIP = 5.0
+
+
+@dataclass(frozen=True, eq=False)
+class LevelRule:
+    """Chooses the held offset of each run at decision ``decision`` (see the module's docstring).
+
+    ``weights`` (P + 1, K): per factor of ``factors`` (K), the regression's weights on the P
+    standardised features, bias last; it predicts reward - 1 of holding that factor."""
+
+    decision: int
+    factors: tuple[float, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    l2: float = 0.0
+    fitted: dict[str, Any] = field(default_factory=dict)  # provenance: what it was fitted on
+
+    def __post_init__(self) -> None:
+        p, k = len(self.mean), len(self.factors)
+        if self.decision < 0:
+            raise ValueError(f"a level rule's decision is >= 0, got {self.decision}")
+        if k < 1 or any(not OFFSET_BOUNDS[0] <= f <= OFFSET_BOUNDS[1] for f in self.factors):
+            raise ValueError(f"a level rule's factors lie within {OFFSET_BOUNDS}, got {list(self.factors)}")
+        if self.scale.shape != (p,) or self.weights.shape != (p + 1, k):
+            raise ValueError(f"a level rule of {p} features and {k} factors needs scale ({p},) and weights "
+                             f"({p + 1}, {k}), got {self.scale.shape} and {self.weights.shape}")  # fmt: skip
+        if not (self.scale > 0).all():
+            raise ValueError("a level rule's feature scales are positive")
+        for name in ("mean", "scale", "weights"):
+            if not np.isfinite(getattr(self, name)).all():
+                raise ValueError(f"a level rule's {name} holds non-finite values")
+
+    @property
+    def policy_size(self) -> int:
+        return len(self.mean)
+
+    def predict(self, rows: np.ndarray) -> np.ndarray:
+        """Predicted reward of holding each factor, relative to the schedule's run (1 = keep), for
+        raw feature rows (B, P); rows with non-finite entries predict 1 (keep) everywhere."""
+        x = np.asarray(rows, dtype=np.float64).reshape(-1, self.policy_size)
+        z = np.clip((x - self.mean) / self.scale, -Z_CLIP, Z_CLIP)
+        out = np.hstack([z, np.ones((len(z), 1))]) @ self.weights + 1.0
+        out[~np.isfinite(x).all(1)] = 1.0
+        return out
+
+    def choose(self, rows: np.ndarray) -> np.ndarray:
+        """Per row, the factor predicted best, or 1 (keep) where none is predicted above 1."""
+        pred = self.predict(rows)
+        k = np.argmax(pred, 1)
+        best = pred[np.arange(len(pred)), k]
+        return np.where(best > 1.0, np.asarray(self.factors)[k], 1.0)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, rewards: np.ndarray, l2: float, decision: int = 1,
+            factors: Sequence[float] = LEVEL_FACTORS, fitted: dict[str, Any] | None = None) -> "LevelRule":  # fmt: skip
+        """A ridge regression per factor (columns of ``rewards``, tasks x factors, each relative to
+        the schedule's run) on the raw features ``x`` (tasks x P) read at ``decision``; the bias is
+        not penalised. Constant features get scale 1."""
+        x, rewards = np.asarray(x, dtype=np.float64), np.asarray(rewards, dtype=np.float64)
+        if x.ndim != 2 or rewards.shape != (len(x), len(factors)):
+            raise ValueError(f"need features (tasks, P) and rewards (tasks, {len(factors)}), got {x.shape} and {rewards.shape}")
+        if not (np.isfinite(x).all() and np.isfinite(rewards).all()):
+            raise ValueError("a level rule is fitted on finite features and rewards")
+        mean, scale = x.mean(0), x.std(0)
+        scale[scale == 0] = 1.0
+        z = np.clip((x - mean) / scale, -Z_CLIP, Z_CLIP)
+        weights = ridge(z, rewards - 1.0, l2)
+        return cls(decision, tuple(float(f) for f in factors), mean, scale, weights, float(l2), dict(fitted or {}))
+
+    def to_data(self) -> dict[str, Any]:
+        """What a policy file records (the ``level`` entry): plain values and float64 tensors."""
+        return {"decision": self.decision, "factors": list(self.factors), "l2": self.l2, "fitted": self.fitted,
+                "mean": torch.as_tensor(self.mean), "scale": torch.as_tensor(self.scale),
+                "weights": torch.as_tensor(self.weights)}  # fmt: skip
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "LevelRule":
+        """The rule :meth:`to_data` wrote (a policy file's entry, checked by the loader first)."""
+        return cls(int(data["decision"]), tuple(float(f) for f in data["factors"]),
+                   *(np.asarray(data[k], dtype=np.float64).copy() for k in ("mean", "scale", "weights")),
+                   float(data.get("l2", 0.0)), dict(data.get("fitted") or {}))  # fmt: skip
+
+
+def ridge(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
+    """Weights (bias last) of a ridge regression of every column of ``y`` on ``x``; the bias is not penalised."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    penalty = np.full(xb.shape[1], float(l2))
+    penalty[-1] = 0.0
+    return np.linalg.solve(xb.T @ xb + np.diag(penalty + 1e-9), xb.T @ y)
+
+
+class LevelCarry(NamedTuple):
+    """Per run (row): the offset it has and the offset it holds (1 until the rule has chosen); the inner actor's carry."""
+
+    inner: Any
+    offset: tuple[float, ...]
+    goal: tuple[float, ...]
+    t: int
+    outer: int
+
+
+class HoldLevel:
+    """``inner`` with its learning-rate proposals replaced by the held level ``rule`` chooses (see the
+    module's docstring); goes inside :class:`~lhopt_dsl.agent.residual.Residual`."""
+
+    kind = "level"
+
+    def __init__(self, inner: Actor[Any], space: HyperparameterSpace, rule: LevelRule):
+        if rule.policy_size != inner.policy_size:
+            raise ValueError(f"the level rule reads {rule.policy_size} features, but its policy reads {inner.policy_size}")
+        self.inner, self.rule = inner, rule
+        actions = ActionSpace(space)
+        if "lr" not in actions.names:
+            raise ValueError("a level rule needs a space whose policy controls the learning rate")
+        self.lr_dim = actions.names.index("lr")
+        self.values = list(actions.hparams["lr"].action.values)
+        if 1.0 not in self.values:
+            raise ValueError("a level rule's learning-rate actions need x1 (hold the level)")
+        self.keep = self.values.index(1.0)
+
+    @property
+    def policy_size(self) -> int:
+        return self.inner.policy_size
+
+    @property
+    def nvec(self) -> tuple[int, ...]:
+        return self.inner.nvec
+
+    def start(self, runs: Sequence[Run]) -> LevelCarry:
+        ones = (1.0,) * len(runs)
+        return LevelCarry(self.inner.start(runs), ones, ones, 0, _outer(runs))
+
+    def at(self, outer: int) -> int:
+        """The decision at which the rule chooses, in a run of ``outer`` decisions."""
+        return min(self.rule.decision, outer - 1)
+
+    def act(self, carry: LevelCarry, features: np.ndarray, generators: Sequence[torch.Generator | None],
+            greedy: bool) -> tuple[Step, LevelCarry]:  # fmt: skip
+        step, inner = self.inner.act(carry.inner, features, generators, greedy)
+        at, goal = self.at(carry.outer), carry.goal
+        if carry.t == at:  # the chosen factor, relative to the offset in force (1 unless the guard or the inner actor moved it)
+            chosen = self.rule.choose(np.asarray(features).reshape(len(carry.offset), -1))
+            goal = tuple(_clamp_offset(float(f) * m) for f, m in zip(chosen, carry.offset))
+        actions, offsets = np.array(step.actions, copy=True), []
+        for b, m in enumerate(carry.offset):
+            if carry.t >= at:
+                actions[b, self.lr_dim] = _nearest_scale(self.values, m, goal[b], self.keep)
+            offsets.append(_clamp_offset(m * self.values[int(actions[b, self.lr_dim])]))
+        return step._replace(actions=actions), LevelCarry(inner, tuple(offsets), goal, carry.t + 1, carry.outer)
+
+    def guarded(self, carry: LevelCarry, row: int, lr_factor: float) -> LevelCarry:
+        """The offset follows a learning rate lowered from outside, as :class:`Residual`'s does, and so
+        does the level held: a run whose loss diverged at a level is not steered back up to it."""
+        offset, goal = list(carry.offset), list(carry.goal)
+        offset[row] = _clamp_offset(offset[row] * lr_factor)
+        goal[row] = _clamp_offset(goal[row] * lr_factor)
+        return carry._replace(inner=self.inner.guarded(carry.inner, row, lr_factor), offset=tuple(offset), goal=tuple(goal))
