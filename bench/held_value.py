@@ -369,6 +369,11 @@ def report(results: list[dict[str, Any]], tasks: dict[str, np.ndarray] | None, c
         of = Score(None if score.spans is None else score.spans[idx], cap)
         out.append(f"| {family} | {len(idx)} | {of(np.maximum(start[idx].max(1), 1.0))} | {counts} | {of(anything)} |")
 
+    early = early_picks(results)
+    if early:
+        out += ["", "Choosing the whole-run factor by the validation loss early in the run (each factor's own run to "
+                "that point, as short trials would; no trial's cost counted):"]
+        out += [f"- {name}, best loss up to {p:g} of the run: {score(got)}" for (name, p), got in early.items()]
     families = [r["family"] for r in results]
     out += ["", "Choosing a held factor without knowing the outcome, on held-out tasks (4 folds of tasks; mean reward, "
             "1 = keep):"]
@@ -426,6 +431,37 @@ def _within_task_rho(a: np.ndarray, b: np.ndarray) -> float:
     da, db = (x - x.mean(1, keepdims=True) for x in (a, b))
     ra, rb = (np.argsort(np.argsort(x.ravel())) for x in (da, db))
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+#: Candidate sets and points of :func:`early_picks`.
+EARLY_CANDIDATES: dict[str, tuple[float, ...]] = {"x1/2, x1, x2": (0.5, 1.0, 2.0), "x1/8 ... x8": (1.0, *FACTORS)}
+EARLY_POINTS: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
+
+
+def early_picks(results: list[dict[str, Any]]) -> dict[tuple[str, float], np.ndarray]:
+    """Per candidate set and point p of :data:`EARLY_CANDIDATES` x :data:`EARLY_POINTS`: per task,
+    the reward of the whole-run factor whose run has the lowest validation loss up to p of the run
+    (ties: the first candidate; a run that diverged before p is never picked). Empty where the
+    results lack the whole-run branches' validation curves (the committed held file leaves them out)."""
+    curves = []
+    for r in results:
+        c = {1.0: r["schedule_valid_curve"]}
+        c.update({b["factor"]: b.get("valid_curve") for b in r["branches"] if b["kind"] == "hold" and b["start"] == 0})
+        if any(c.get(f) is None for f in (1.0, *FACTORS)):
+            return {}
+        curves.append(c)
+    rewards = np.hstack([np.ones((len(results), 1)), hold_matrix(results, "start")])  # columns: x1, then FACTORS
+    column = {f: i for i, f in enumerate((1.0, *FACTORS))}
+    out = {}
+    for name, cands in EARLY_CANDIDATES.items():
+        for p in EARLY_POINTS:
+            got = np.empty(len(results))
+            for i, (r, c) in enumerate(zip(results, curves)):
+                k = max(1, round(p * r["outer_steps"]))
+                best = [min(c[f][: k + 1]) if np.isfinite(c[f][: k + 1]).all() else math.inf for f in cands]
+                got[i] = rewards[i, column[cands[int(np.argmin(best))]]]
+            out[(name, p)] = got
+    return out
 
 
 def schedule_reward(spec: Any, cfg: Any, valid_curve: Sequence[float]) -> tuple[float, float]:

@@ -163,3 +163,23 @@ def test_rewards_relative_to_the_schedule_make_an_equal_ending_a_tie(tmp_path):
     # in speedup terms: exp((reward - keep) * span), the branch against the schedule's final loss
     assert held_value.speedups(np.array([out["branches"][1]["reward"]]), np.array([span]), 100.0)[0] == pytest.approx(
         np.exp((1.0 - keep) * span))
+
+
+def test_early_picks_choose_the_factor_lowest_early_and_earn_its_final_reward():
+    factors = (1.0, *held_value.FACTORS)
+    # x2 leads early and loses in the end; x0.5 is slow early and best in the end
+    curves = {f: [1.0] + [0.9] * 4 + [0.5] * 12 for f in factors}
+    curves[2.0] = [1.0] + [0.6] * 4 + [0.8] * 12
+    curves[0.5] = [1.0] + [0.95] * 8 + [0.3] * 8
+    curves[8.0] = [1.0, 0.1, float("nan")] + [float("nan")] * 14  # lowest of all, then diverged
+    final = {1.0: 1.0, 2.0: 0.7, 0.5: 1.3, 8.0: 0.2}
+    row = {"outer_steps": 16, "points": {"start": 0}, "schedule_valid_curve": curves[1.0],
+           "branches": [{"kind": "hold", "start": 0, "factor": f, "reward": final.get(f, 0.9), "valid_curve": curves[f]}
+                        for f in held_value.FACTORS]}
+    got = held_value.early_picks([row])
+    assert got[("x1/2, x1, x2", 1 / 8)][0] == 0.7  # x2's run leads at 1/8 of the run
+    assert got[("x1/2, x1, x2", 1 / 2)][0] == 1.0  # at 1/2 the schedule's run (0.5) has passed it; x0.5's 0.3 comes later
+    assert got[("x1/8 ... x8", 1 / 16)][0] == 0.2  # x8's run is the lowest at the first decision
+    assert got[("x1/8 ... x8", 1 / 8)][0] == 0.7  # and has diverged by the second: never picked there
+    row["branches"][0]["valid_curve"] = None  # a committed held file: no curves, nothing to pick from
+    assert held_value.early_picks([row]) == {}
