@@ -374,6 +374,14 @@ def report(results: list[dict[str, Any]], tasks: dict[str, np.ndarray] | None, c
         out += ["", "Choosing the whole-run factor by the validation loss early in the run (each factor's own run to "
                 "that point, as short trials would; no trial's cost counted):"]
         out += [f"- {name}, best loss up to {p:g} of the run: {score(got)}" for (name, p), got in early.items()]
+        out += ["", "A ridge rule on those losses (each factor's log validation loss over the schedule's at that "
+                "point) with the family, fitted on held-out folds as below:"]
+        families = sorted({r["family"] for r in results})
+        onehot = np.array([[r["family"] == f for f in families] for r in results], dtype=np.float64)
+        start = hold_matrix(results, "start")
+        for p in EARLY_POINTS:
+            x = np.hstack([early_losses(results, p), onehot])
+            out.append(f"- at {p:g}: {model_line(x, start, l2s, permutations, score)}")
     families = [r["family"] for r in results]
     out += ["", "Choosing a held factor without knowing the outcome, on held-out tasks (4 folds of tasks; mean reward, "
             "1 = keep):"]
@@ -438,18 +446,27 @@ EARLY_CANDIDATES: dict[str, tuple[float, ...]] = {"x1/2, x1, x2": (0.5, 1.0, 2.0
 EARLY_POINTS: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4, 1 / 2)
 
 
-def early_picks(results: list[dict[str, Any]]) -> dict[tuple[str, float], np.ndarray]:
-    """Per candidate set and point p of :data:`EARLY_CANDIDATES` x :data:`EARLY_POINTS`: per task,
-    the reward of the whole-run factor whose run has the lowest validation loss up to p of the run
-    (ties: the first candidate; a run that diverged before p is never picked). Empty where the
-    results lack the whole-run branches' validation curves (the committed held file leaves them out)."""
+def _whole_run_curves(results: list[dict[str, Any]]) -> list[dict[float, list[float]]] | None:
+    """Per task, the validation curve of the schedule's run (x1) and of each whole-run factor's; None
+    where the results lack the branches' curves (the committed held file leaves them out)."""
     curves = []
     for r in results:
         c = {1.0: r["schedule_valid_curve"]}
         c.update({b["factor"]: b.get("valid_curve") for b in r["branches"] if b["kind"] == "hold" and b["start"] == 0})
         if any(c.get(f) is None for f in (1.0, *FACTORS)):
-            return {}
+            return None
         curves.append(c)
+    return curves
+
+
+def early_picks(results: list[dict[str, Any]]) -> dict[tuple[str, float], np.ndarray]:
+    """Per candidate set and point p of :data:`EARLY_CANDIDATES` x :data:`EARLY_POINTS`: per task,
+    the reward of the whole-run factor whose run has the lowest validation loss up to p of the run
+    (ties: the first candidate; a run that diverged before p is never picked). Empty where the
+    results lack the whole-run branches' validation curves."""
+    curves = _whole_run_curves(results)
+    if curves is None:
+        return {}
     rewards = np.hstack([np.ones((len(results), 1)), hold_matrix(results, "start")])  # columns: x1, then FACTORS
     column = {f: i for i, f in enumerate((1.0, *FACTORS))}
     out = {}
@@ -461,6 +478,22 @@ def early_picks(results: list[dict[str, Any]]) -> dict[tuple[str, float], np.nda
                 best = [min(c[f][: k + 1]) if np.isfinite(c[f][: k + 1]).all() else math.inf for f in cands]
                 got[i] = rewards[i, column[cands[int(np.argmin(best))]]]
             out[(name, p)] = got
+    return out
+
+
+def early_losses(results: list[dict[str, Any]], p: float) -> np.ndarray | None:
+    """Per task (rows) and factor of :data:`FACTORS`, log(the factor's validation loss / the schedule's)
+    at p of the run, within [-5, 5] (5 where the factor's run is not finite there): what a probe of each
+    level up to p would show. None where the results lack the curves."""
+    curves = _whole_run_curves(results)
+    if curves is None:
+        return None
+    out = np.empty((len(results), len(FACTORS)))
+    for i, (r, c) in enumerate(zip(results, curves)):
+        k = max(1, round(p * r["outer_steps"]))
+        for j, f in enumerate(FACTORS):
+            ratio = c[f][k] / c[1.0][k] if c[1.0][k] > 0 else math.nan
+            out[i, j] = min(max(math.log(ratio), -5.0), 5.0) if math.isfinite(ratio) and ratio > 0 else 5.0
     return out
 
 

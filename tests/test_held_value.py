@@ -181,5 +181,9 @@ def test_early_picks_choose_the_factor_lowest_early_and_earn_its_final_reward():
     assert got[("x1/2, x1, x2", 1 / 2)][0] == 1.0  # at 1/2 the schedule's run (0.5) has passed it; x0.5's 0.3 comes later
     assert got[("x1/8 ... x8", 1 / 16)][0] == 0.2  # x8's run is the lowest at the first decision
     assert got[("x1/8 ... x8", 1 / 8)][0] == 0.7  # and has diverged by the second: never picked there
+    losses = held_value.early_losses([row], 1 / 8)[0]  # decision 2: log(loss / the schedule's)
+    assert losses[held_value.FACTORS.index(2.0)] == pytest.approx(np.log(0.6 / 0.9))
+    assert losses[held_value.FACTORS.index(0.5)] == pytest.approx(np.log(0.95 / 0.9))
+    assert losses[held_value.FACTORS.index(8.0)] == 5.0  # diverged: the worst a probe can show
     row["branches"][0]["valid_curve"] = None  # a committed held file: no curves, nothing to pick from
-    assert held_value.early_picks([row]) == {}
+    assert held_value.early_picks([row]) == {} and held_value.early_losses([row], 0.5) is None
