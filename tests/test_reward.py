@@ -171,11 +171,17 @@ def test_a_final_reference_reads_a_loss_against_the_baselines_own_end():
     assert isinstance(final, FinalRelative)
     assert paper(best_then_worse[-1]) < 0.95  # ending as the baseline ends is scored a loss against its best
     assert final(best_then_worse[-1]) == pytest.approx(1.0)  # and exactly 1 against its end
-    for loss in (best_then_worse[-1] * 0.8, best_then_worse[3], best_then_worse[-1] * 1.5):
-        assert final(loss) - paper(loss) == pytest.approx(1.0 - paper(best_then_worse[-1]))  # a shift, nothing else
+    for loss in (best_then_worse[-1] * 0.9, best_then_worse[3], best_then_worse[-1] * 1.5):
+        assert final(loss) - paper(loss) == pytest.approx(1.0 - paper(best_then_worse[-1]))  # a shift below the cap
+    assert final(0.0) == paper(0.0) == paper.r_max  # the cap's speedup is counted from the baseline's end
     assert reference_reward(STEPS, best_then_worse)(0.5) == paper(0.5)  # best: the paper's reading
     diverged = best_then_worse[:-1] + [math.nan]
     assert reference_reward(STEPS, diverged, reference="final")(0.5) == PowerLawReward(STEPS, diverged)(0.5)
+    above_start = best_then_worse[:-1] + [best_then_worse[0] * 1e6]  # ends far above where it started: no place on the curve
+    assert PowerLawReward(STEPS, above_start)(above_start[-1]) == R_MIN
+    assert reference_reward(STEPS, above_start, reference="final")(0.5) == PowerLawReward(STEPS, above_start)(0.5)
+    flat = [1.0] * len(STEPS)
+    assert reference_reward(STEPS, flat, reference="final")(0.5) == PowerLawReward(STEPS, flat)(0.5) == 1.0
     with pytest.raises(ValueError, match="'best' or 'final'"):
         reference_reward(STEPS, best_then_worse, reference="last")
 

@@ -173,15 +173,21 @@ class PowerLawReward:
 
 class FinalRelative:
     """``reward`` read against the baseline's own final loss (module docstring, *Reference*):
-    R(L) - R(``final_loss``) + 1. A baseline whose final loss is not finite has no final to read
-    against, and the reward stays the paper's."""
+    R(L) - R(``final_loss``) + 1, at most the reward's cap (``r_max``: the cap's speedup is then
+    counted from the baseline's end, as the judge counts a speedup over a run's final loss).
+
+    Where the final loss has no place on the baseline's fitted curve, the reward stays the paper's:
+    a final loss that is not finite, or one above the baseline's first loss (its reward clipped at
+    the floor, where no number of steps stands for it), or a flat baseline's."""
 
     def __init__(self, reward: PowerLawReward, final_loss: float):
         self.reward = reward
-        self.offset = reward(final_loss) - 1.0 if math.isfinite(final_loss) else 0.0
+        own = reward(final_loss) if math.isfinite(final_loss) else R_MIN
+        self.offset = own - 1.0 if not reward.flat and own > R_MIN else 0.0
+        self.r_max = reward.r_max if not reward.flat else math.inf
 
     def __call__(self, loss: float) -> float:
-        return self.reward(loss) - self.offset
+        return min(self.reward(loss) - self.offset, self.r_max)
 
 
 def reference_reward(steps: Sequence[float], baseline: Sequence[float], cap: float = EXTRAPOLATION_CAP,
