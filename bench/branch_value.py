@@ -446,15 +446,28 @@ def run_tasks(work: Callable[[Any], dict[str, Any]], jobs: Sequence[Any], worker
             yield res
 
 
-def _read(path: str | None, spec: str, points: int, names: Sequence[str]) -> list[dict[str, Any]]:
-    """The tasks an earlier run wrote to ``path`` with the same spec, points and hyperparameters (none if no file)."""
+def read_rows(path: str | None, wanted: dict[str, tuple[Any, str]], defaults: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows (tasks) an earlier run wrote to ``path`` as JSON lines (none if there is no file), each
+    of whose stamps ``key`` equals ``wanted[key][0]`` (a row without the key reads ``defaults[key]``;
+    a wanted value of None accepts any). A file with another stamp stops the run, naming the option
+    (``wanted[key][1]``) that wrote it, so that results of other settings are never mixed."""
     if not path or not Path(path).exists():
         return []
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    other = [r for r in rows if (r.get("spec"), r.get("points_per_task"), r.get("hparams")) != (spec, points, list(names))]
-    if other:
-        raise SystemExit(f"{path} holds tasks of another --spec, --points or --hparams; give another --out")
+    defaults = defaults or {}
+    for key, (value, option) in wanted.items():
+        seen = {json.dumps(r.get(key, defaults.get(key))) for r in rows}
+        if value is not None and seen - {json.dumps(value)}:
+            shown = ", ".join(sorted(seen - {json.dumps(value)}))[:80]
+            raise SystemExit(f"{path} holds tasks written with another {option} ({shown}, here {json.dumps(value)}); "
+                             "give another --out")  # fmt: skip
     return rows
+
+
+def _read(path: str | None, spec: str, points: int, names: Sequence[str]) -> list[dict[str, Any]]:
+    """The tasks an earlier run wrote to ``path`` with the same spec, points and hyperparameters (none if no file)."""
+    return read_rows(path, {"spec": (spec, "--spec"), "points_per_task": (points, "--points"),
+                            "hparams": (list(names), "--hparams")})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -52,9 +52,9 @@ from lhopt_dsl.spec.sample import train_seed
 from lhopt_dsl.spec.schedule import Schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from branch_value import run_tasks  # noqa: E402
+from branch_value import read_rows, run_tasks  # noqa: E402
 from held_value import (  # noqa: E402
-    FACTORS, HOLD_POINTS, Score, Steer, hold_matrix, model_line, relative_to_schedule, rule_best_factor,
+    FACTORS, HOLD_POINTS, Score, Steer, fold_of, hold_matrix, model_line, relative_to_schedule, rule_best_factor,
     schedule_reward,
 )  # fmt: skip
 
@@ -212,7 +212,7 @@ def stability_rule(log_lr_sharp: np.ndarray, rewards: np.ndarray, folds: int = 4
         got = full[rows, k]
         return np.where(np.isfinite(want), got, 1.0)
 
-    fold = np.arange(len(rewards)) * folds // len(rewards)
+    fold = fold_of(len(rewards), folds)
     grid = np.linspace(-8.0, 8.0, 161)
     out = np.ones(len(rewards))
     for f in range(folds):
@@ -274,11 +274,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"{args.held} holds a rerun's or --whole-run results: probe the first seed's full held_value.py results")
     spec_path = specs.pop()
     spec = load_spec(spec_path)
-    done = {}
-    if args.out and Path(args.out).exists():
-        done = {r["task_id"]: r for r in (json.loads(line) for line in Path(args.out).read_text().splitlines() if line.strip())}
+    done = {r["task_id"]: r for r in read_rows(args.out, {"spec": (spec_path, "--held spec")})}
     jobs = [(spec_path, r["iteration"], r["slot"], r["schedule_valid_curve"]) for r in held if r["task_id"] not in done]
-    for res in run_tasks(task_probes, jobs, args.workers, args.out, {},
+    for res in run_tasks(task_probes, jobs, args.workers, args.out, {"spec": spec_path},
                          lambda r: "probed" if r["same_run"] else "WARNING: not held_value.py's run"):  # fmt: skip
         done[res["task_id"]] = res
     spans, keeps = zip(*(schedule_reward(spec, sample(spec, train_seed(spec.seed, r["iteration"], r["slot"])),

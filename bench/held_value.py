@@ -62,15 +62,16 @@ from lhopt_dsl import load_spec, sample
 from lhopt_dsl.agent.actions import ActionSpace
 from lhopt_dsl.agent.actor import Step
 from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.agent.level import ridge
 from lhopt_dsl.agent.observation import FeatureBuilder, task_vector
-from lhopt_dsl.agent.residual import Residual, _clamp_offset, _nearest_scale
+from lhopt_dsl.agent.residual import Residual, clamp_offset, nearest_scale
 from lhopt_dsl.agent.reward import PowerLawReward
 from lhopt_dsl.agent.rollout import run_episode
 from lhopt_dsl.spec.sample import train_seed
 from lhopt_dsl.spec.schedule import Schedule, segment_bounds
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from branch_value import FIRST_ITERATION, _short, loss_ratio, run_tasks  # noqa: E402
+from branch_value import FIRST_ITERATION, _short, loss_ratio, read_rows, run_tasks  # noqa: E402
 
 #: Held offsets from the base, x1/8 ... x8 (x1 is the schedule's own run).
 FACTORS: tuple[float, ...] = (0.125, 0.25, 0.5, 2.0, 4.0, 8.0)
@@ -125,15 +126,15 @@ class Steer:
         actions = np.tile(self.identity, (len(rows), 1))
         moved = []
         for b, m in enumerate(offsets):
-            a = _nearest_scale(self.values, m, self.wanted(t), self.keep)
+            a = nearest_scale(self.values, m, self.wanted(t), self.keep)
             actions[b, self.lr_dim] = a
-            moved.append(_clamp_offset(m * self.values[a]))
+            moved.append(clamp_offset(m * self.values[a]))
         return Step(actions, np.zeros(len(rows)), rows, actions), (t + 1, tuple(moved))
 
     def guarded(self, carry: tuple[int, tuple[float, ...]], row: int, lr_factor: float) -> tuple[int, tuple[float, ...]]:
         t, offsets = carry
         moved = list(offsets)
-        moved[row] = _clamp_offset(moved[row] * lr_factor)
+        moved[row] = clamp_offset(moved[row] * lr_factor)
         return t, tuple(moved)
 
 
@@ -219,14 +220,6 @@ def fold_of(n: int, folds: int = 4) -> np.ndarray:
     return np.arange(n) * folds // n
 
 
-def _ridge(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
-    """Weights (bias last) of a ridge regression of every column of ``y`` on ``x`` (standardised by the caller)."""
-    xb = np.hstack([x, np.ones((len(x), 1))])
-    penalty = np.full(xb.shape[1], l2)
-    penalty[-1] = 0.0
-    return np.linalg.solve(xb.T @ xb + np.diag(penalty + 1e-9), xb.T @ y)
-
-
 def predicted(x: np.ndarray, rewards: np.ndarray, l2: float, folds: int = 4) -> np.ndarray:
     """Held-out predictions of ``rewards`` (tasks x choices) from ``x`` (tasks x features): each fold's
     tasks by a ridge regression fitted on the other folds'."""
@@ -239,7 +232,7 @@ def predicted(x: np.ndarray, rewards: np.ndarray, l2: float, folds: int = 4) -> 
             continue
         mu, sd = x[~test].mean(0), x[~test].std(0)
         sd[sd == 0] = 1.0
-        w = _ridge((x[~test] - mu) / sd, rewards[~test] - 1.0, l2)
+        w = ridge((x[~test] - mu) / sd, rewards[~test] - 1.0, l2)
         out[test] = np.hstack([(x[test] - mu) / sd, np.ones((test.sum(), 1))]) @ w + 1.0
     return out
 
@@ -569,14 +562,8 @@ def main(argv: list[str] | None = None) -> None:
 def _read(path: str | None, spec: str, rerun: int, whole_run: bool | None) -> list[dict[str, Any]]:
     """The tasks an earlier run wrote to ``path`` with the same spec, rerun and ``whole_run`` (None:
     either; a rerun's choices may be either) (none if no file)."""
-    if not path or not Path(path).exists():
-        return []
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    if any((r.get("spec"), r.get("rerun", 0)) != (spec, rerun) for r in rows):
-        raise SystemExit(f"{path} holds tasks of another --spec or --rerun; give another --out")
-    if whole_run is not None and any(r.get("whole_run", False) != whole_run for r in rows):
-        raise SystemExit(f"{path} holds tasks {'with' if not whole_run else 'without'} --whole-run; give another --out")
-    return rows
+    return read_rows(path, {"spec": (spec, "--spec"), "rerun": (rerun, "--rerun"), "whole_run": (whole_run, "--whole-run")},
+                     defaults={"rerun": 0, "whole_run": False})  # fmt: skip
 
 
 if __name__ == "__main__":

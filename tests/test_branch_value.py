@@ -90,3 +90,15 @@ def test_run_tasks_appends_each_result_with_its_stamp_in_order(tmp_path, capsys)
     assert "task 3/3: nqm, x=2, 0 CPU-s" in capsys.readouterr().out
     list(branch_value.run_tasks(_fake_task, [4], 1, str(out), {"spec": "s.yaml"}, str))  # appends, keeps the rest
     assert len(out.read_text().splitlines()) == 4
+
+
+def test_read_rows_keeps_results_of_other_settings_apart(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    assert branch_value.read_rows(str(out), {"spec": ("a.yaml", "--spec")}) == []  # no file yet
+    out.write_text(json.dumps({"spec": "a.yaml", "rerun": 1}) + "\n" + json.dumps({"spec": "a.yaml"}) + "\n")
+    wanted = {"spec": ("a.yaml", "--spec"), "rerun": (None, "--rerun")}
+    assert len(branch_value.read_rows(str(out), wanted)) == 2  # None accepts any
+    with pytest.raises(SystemExit, match=r"another --rerun \(0, here 1\)"):  # the row without it reads the default
+        branch_value.read_rows(str(out), {"rerun": (1, "--rerun")}, defaults={"rerun": 0})
+    with pytest.raises(SystemExit, match=r"another --spec .*give another --out"):
+        branch_value.read_rows(str(out), {"spec": ("b.yaml", "--spec")})

@@ -144,7 +144,7 @@ def test_whole_run_only_runs_the_tasks_own_seed_and_its_file_is_kept_apart(tmp_p
     out = tmp_path / "whole.jsonl"
     out.write_text(json.dumps({"spec": str(path), "whole_run": True, **whole}) + "\n")
     assert len(held_value._read(str(out), str(path), 0, True)) == 1
-    with pytest.raises(SystemExit, match="with --whole-run"):
+    with pytest.raises(SystemExit, match="another --whole-run"):
         held_value._read(str(out), str(path), 0, False)
 
 

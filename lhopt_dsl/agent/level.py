@@ -33,7 +33,7 @@ import torch
 from ..spec.hparams import HyperparameterSpace
 from .actions import ActionSpace
 from .actor import Actor, Run, Step
-from .residual import OFFSET_BOUNDS, _clamp_offset, _nearest_scale, _outer
+from .residual import OFFSET_BOUNDS, clamp_offset, nearest_scale, _outer
 
 #: The offsets a rule chooses among by default (keep, x1, is always a choice).
 LEVEL_FACTORS: tuple[float, ...] = (0.125, 0.25, 0.5, 2.0, 4.0, 8.0)
@@ -181,18 +181,18 @@ class HoldLevel:
         at, goal = self.at(carry.outer), carry.goal
         if carry.t == at:  # the chosen factor, relative to the offset in force (1 unless the guard or the inner actor moved it)
             chosen = self.rule.choose(np.asarray(features).reshape(len(carry.offset), -1))
-            goal = tuple(_clamp_offset(float(f) * m) for f, m in zip(chosen, carry.offset))
+            goal = tuple(clamp_offset(float(f) * m) for f, m in zip(chosen, carry.offset))
         actions, offsets = np.array(step.actions, copy=True), []
         for b, m in enumerate(carry.offset):
             if carry.t >= at:
-                actions[b, self.lr_dim] = _nearest_scale(self.values, m, goal[b], self.keep)
-            offsets.append(_clamp_offset(m * self.values[int(actions[b, self.lr_dim])]))
+                actions[b, self.lr_dim] = nearest_scale(self.values, m, goal[b], self.keep)
+            offsets.append(clamp_offset(m * self.values[int(actions[b, self.lr_dim])]))
         return step._replace(actions=actions), LevelCarry(inner, tuple(offsets), goal, carry.t + 1, carry.outer)
 
     def guarded(self, carry: LevelCarry, row: int, lr_factor: float) -> LevelCarry:
         """The offset follows a learning rate lowered from outside, as :class:`Residual`'s does, and so
         does the level held: a run whose loss diverged at a level is not steered back up to it."""
         offset, goal = list(carry.offset), list(carry.goal)
-        offset[row] = _clamp_offset(offset[row] * lr_factor)
-        goal[row] = _clamp_offset(goal[row] * lr_factor)
+        offset[row] = clamp_offset(offset[row] * lr_factor)
+        goal[row] = clamp_offset(goal[row] * lr_factor)
         return carry._replace(inner=self.inner.guarded(carry.inner, row, lr_factor), offset=tuple(offset), goal=tuple(goal))

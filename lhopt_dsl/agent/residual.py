@@ -53,7 +53,7 @@ def nearest_lr_action(lr_param: Any, current: float, goal: float, keep: int) -> 
     return best, applied[best]
 
 
-def _nearest_scale(values: Sequence[float], offset: float, wanted: float, keep: int) -> int:
+def nearest_scale(values: Sequence[float], offset: float, wanted: float, keep: int) -> int:
     """The scale among ``values`` that brings ``offset`` nearest ``wanted`` (within the bounds)."""
     lo, hi = OFFSET_BOUNDS
     wanted = min(max(wanted, lo), hi)
@@ -61,7 +61,7 @@ def _nearest_scale(values: Sequence[float], offset: float, wanted: float, keep: 
     return min(range(len(values)), key=lambda i: (round(miss[i], 9), i != keep))
 
 
-def _clamp_offset(m: float) -> float:
+def clamp_offset(m: float) -> float:
     lo, hi = OFFSET_BOUNDS
     return min(max(m, lo), hi)
 
@@ -235,7 +235,7 @@ class Residual:
         executed, offsets, lrs = np.array(step.actions, copy=True), [], []
         goal_at = self.base.at(min(carry.t, carry.outer - 1) / carry.outer)
         for b, (m, lr) in enumerate(zip(carry.offset, carry.lr)):
-            m = _clamp_offset(m * values[int(step.actions[b, self.lr_dim])])
+            m = clamp_offset(m * values[int(step.actions[b, self.lr_dim])])
             executed[b, self.lr_dim], lr = nearest_lr_action(self.lr_param, lr, goal_at * m, self.keep)
             offsets.append(m)
             lrs.append(lr)
@@ -244,7 +244,7 @@ class Residual:
     def guarded(self, carry: ResidualCarry, row: int, lr_factor: float) -> ResidualCarry:
         """The offset follows a learning rate lowered from outside, so the lower value holds at the next decision."""
         offset, lr = list(carry.offset), list(carry.lr)
-        offset[row], lr[row] = _clamp_offset(offset[row] * lr_factor), lr[row] * lr_factor
+        offset[row], lr[row] = clamp_offset(offset[row] * lr_factor), lr[row] * lr_factor
         return carry._replace(inner=self.inner.guarded(carry.inner, row, lr_factor), offset=tuple(offset), lr=tuple(lr))
 
     def to_data(self) -> dict[str, Any]:
@@ -258,7 +258,7 @@ class Residual:
         for t in range(outer_steps):
             p = t / outer_steps
             want = initial_lr if target.lr is None else target.at(p)
-            out.append(_clamp_offset(want / max(self.base.at(p), 1e-300)))
+            out.append(clamp_offset(want / max(self.base.at(p), 1e-300)))
         return out
 
     def offsets_before(self, proposed_lr: Sequence[int]) -> list[float]:
@@ -267,7 +267,7 @@ class Residual:
         values, out, m = self.lr_param.action.values, [], 1.0
         for a in proposed_lr:
             out.append(m)
-            m = _clamp_offset(m * values[int(a)])
+            m = clamp_offset(m * values[int(a)])
         return out
 
     def labels(self, wanted: Sequence[float], before: Sequence[float] | None = None) -> np.ndarray:
@@ -281,7 +281,7 @@ class Residual:
         for t, w in enumerate(wanted):
             if before is not None:
                 m = before[t]
-            a = _nearest_scale(values, m, w, self.keep)
+            a = nearest_scale(values, m, w, self.keep)
             out.append(a)
-            m = _clamp_offset(m * values[a])
+            m = clamp_offset(m * values[a])
         return np.asarray(out, dtype=np.int64)
