@@ -3,7 +3,7 @@ and reward cap.
 
     LHOPT_DATA_DIR=../shared/data python bench/pg_signal.py [--spec task_specs/cpu_lite.yaml]
         [--tasks 16] [--init POLICY] [--iteration 0] [--threads 1] [--caps 100 2] [--rollouts N]
-        [--init-temperature T]
+        [--init-temperature T] [--references best final]
 
 Collects the rollouts of ``--tasks`` training tasks once (as ``lhopt train`` does: per task its
 baseline and ``rollouts_per_task`` episodes of the policy, sampling actions), then computes, for
@@ -26,9 +26,10 @@ task looks like agreement); the difference between the schemes is paired on the 
 With 4 or more rollouts per task, every row is also measured on the first half of each task's
 rollouts (the same tasks and episodes, fewer rollouts: what more rollouts per task buy). Every
 scheme is measured with each reward cap of ``--caps`` (``meta_train.reward_cap``: the speedup
-over the baseline at which the reward saturates): the episodes' shaped rewards are recomputed from
-their validation curves against the same baseline curve, so the caps too are compared on the same
-rollouts. The policy acts as ``lhopt train`` would make it act (around the spec's residual base,
+over the baseline at which the reward saturates) and each reference of ``--references``
+(``meta_train.reward_reference``: the baseline's best loss, or its own final loss): the episodes'
+shaped rewards are recomputed from their validation curves against the same baseline curve, so
+caps and references too are compared on the same rollouts. The policy acts as ``lhopt train`` would make it act (around the spec's residual base,
 against the spec's reward baseline), and the gradient is that of the actions PPO scores (a residual
 policy's own offsets).
 
@@ -49,7 +50,7 @@ import torch
 
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint
-from lhopt_dsl.agent.reward import PowerLawReward
+from lhopt_dsl.agent.reward import reference_reward
 from lhopt_dsl.agent.rollout import Episode, TaskResult, gae, task_rollouts
 from lhopt_dsl.spec.schedule import segment_bounds
 from lhopt_dsl.evaluation.metrics import gradient_signal
@@ -85,11 +86,11 @@ def _jackknife_se(values: np.ndarray) -> float:
     return float(np.sqrt((n - 1) / n * np.sum((values - values.mean()) ** 2)))
 
 
-def recapped(result: TaskResult, steps: list[int], cap: float, lam: float) -> list[Episode]:
-    """Copies of a task's episodes with the shaped rewards a ``cap`` would have paid (the
-    potential R(L_k) of each outer step's validation loss, against the same baseline curve), and
-    their GAE advantages."""
-    reward = PowerLawReward(steps, result.baseline_curve, cap)
+def recapped(result: TaskResult, steps: list[int], cap: float, lam: float, reference: str = "best") -> list[Episode]:
+    """Copies of a task's episodes with the shaped rewards a ``cap`` and a ``reference`` would have
+    paid (the potential R(L_k) of each outer step's validation loss, against the same baseline
+    curve), and their GAE advantages."""
+    reward = reference_reward(steps, result.baseline_curve, cap, reference)
     out = []
     for e in result.episodes:
         phi = np.array([0.0] + [reward(v) for v in e.valid_curve[1 : len(e) + 1]])
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rollouts", type=int, help="policy rollouts per task (default: the spec's rollouts_per_task)")
     ap.add_argument("--caps", type=float, nargs="+", default=[100.0, 2.0], help="reward caps to compare (first: reference)")
+    ap.add_argument("--references", nargs="+", default=["best"], choices=["best", "final"],
+                    help="reward references to compare (meta_train.reward_reference; first: reference)")
     ap.add_argument("--init-temperature", type=float,
                     help="divide the --init policy's logits by this (meta_train.init_temperature; default: the spec's)")
     args = ap.parse_args(argv)
@@ -161,8 +164,8 @@ def main(argv: list[str] | None = None) -> None:
           f"policy: {args.init or 'untrained'}, logit temperature {spec.meta_train.init_temperature:g}\n")
     # With 4 or more rollouts, the first half of each task's rollouts too: the same tasks, fewer rollouts.
     counts = sorted({rollouts, rollouts // 2} if rollouts >= 4 else {rollouts}, reverse=True)
-    snrs = measure(collected, model, spec, args.caps, counts)
-    ref = (counts[0], args.caps[0], "batch")
+    snrs = measure(collected, model, spec, args.caps, counts, args.references)
+    ref = (counts[0], args.caps[0], args.references[0], "batch")
     print()
     for key in snrs:
         if key != ref:
@@ -172,34 +175,37 @@ def main(argv: list[str] | None = None) -> None:
                   f"{diff:+.3f} [{diff - half:+.3f}, {diff + half:+.3f}] (95% jackknife interval)")
 
 
-def _label(key: tuple[int, float, str]) -> str:
-    return f"{key[0]} rollouts cap {key[1]:g} {key[2]}"
+def _label(key: tuple[int, float, str, str]) -> str:
+    return f"{key[0]} rollouts cap {key[1]:g} reference {key[2]} {key[3]}"
 
 
 def measure(collected: list[tuple[TaskResult, list[int]]], model: ActorCritic, spec: Any, caps: list[float],
-            counts: list[int]) -> dict[tuple[int, float, str], tuple[float, np.ndarray]]:  # fmt: skip
-    """Print the table of every (rollouts used, cap, advantage scheme); return each one's SNR for a
-    PPO batch and its leave-one-task-out values."""
+            counts: list[int], references: list[str] = ("best",),
+            ) -> dict[tuple[int, float, str, str], tuple[float, np.ndarray]]:  # fmt: skip
+    """Print the table of every (rollouts used, cap, reference, advantage scheme); return each one's
+    SNR for a PPO batch and its leave-one-task-out values."""
     per, n = spec.meta_train.tasks_per_iteration, len(collected)
-    print(f"| rollouts | reward_cap | advantage_norm | mean final reward | signal | noise | SNR (1 task) | "
-          f"SNR ({per} tasks) [95% jackknife interval] | cos to the others |")
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| rollouts | reward_cap | reward_reference | advantage_norm | mean final reward | signal | noise | "
+          f"SNR (1 task) | SNR ({per} tasks) [95% jackknife interval] | cos to the others |")
+    print("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|")
     # Leave-one-task-out: a bootstrap would repeat tasks, and repeats look like agreement.
     leave_out = [np.array([j for j in range(n) if j != i]) for i in range(n)]
-    snrs: dict[tuple[int, float, str], tuple[float, np.ndarray]] = {}
+    snrs: dict[tuple[int, float, str, str], tuple[float, np.ndarray]] = {}
+    lam = spec.meta_train.gae_lambda
     for k in counts:
         for cap in caps:
-            by_task = {r.task_id: recapped(r, steps, cap, spec.meta_train.gae_lambda)[:k] for r, steps in collected}
-            mean_reward = np.mean([e.final_reward for group in by_task.values() for e in group])
-            for how in ("batch", "task"):
-                grads = task_gradients(by_task, model, how)
-                r: dict[str, Any] = gradient_signal(grads)
-                snr = r["signal"] / (r["noise"] / per)
-                snrs[k, cap, how] = snr, np.array([_snr(grads[idx], per) for idx in leave_out])
-                half = 1.96 * _jackknife_se(snrs[k, cap, how][1])
-                print(f"| {k} | {cap:g} | {how} | {mean_reward:.3f} | {r['signal']:.3g} | {r['noise']:.3g} | "
-                      f"{r['signal'] / r['noise']:.3f} | {snr:.3f} [{snr - half:.3f}, {snr + half:.3f}] | "
-                      f"{r['cos']:.3f} |")  # fmt: skip
+            for ref in references:
+                by_task = {r.task_id: recapped(r, steps, cap, lam, ref)[:k] for r, steps in collected}
+                mean_reward = np.mean([e.final_reward for group in by_task.values() for e in group])
+                for how in ("batch", "task"):
+                    grads = task_gradients(by_task, model, how)
+                    r: dict[str, Any] = gradient_signal(grads)
+                    snr = r["signal"] / (r["noise"] / per)
+                    snrs[k, cap, ref, how] = snr, np.array([_snr(grads[idx], per) for idx in leave_out])
+                    half = 1.96 * _jackknife_se(snrs[k, cap, ref, how][1])
+                    print(f"| {k} | {cap:g} | {ref} | {how} | {mean_reward:.3f} | {r['signal']:.3g} | {r['noise']:.3g} | "
+                          f"{r['signal'] / r['noise']:.3f} | {snr:.3f} [{snr - half:.3f}, {snr + half:.3f}] | "
+                          f"{r['cos']:.3f} |")  # fmt: skip
     return snrs
 
 
