@@ -59,12 +59,11 @@ import numpy as np
 import torch
 
 from lhopt_dsl import load_spec, sample
-from lhopt_dsl.agent.actions import ActionSpace
 from lhopt_dsl.agent.actor import Step
 from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.agent.level import ridge
 from lhopt_dsl.agent.observation import FeatureBuilder, task_vector
-from lhopt_dsl.agent.residual import Residual, clamp_offset, nearest_scale
+from lhopt_dsl.agent.residual import Residual, clamp_offset, nearest_scale, offset_actions
 from lhopt_dsl.agent.reward import PowerLawReward
 from lhopt_dsl.agent.rollout import run_episode
 from lhopt_dsl.spec.sample import train_seed
@@ -96,11 +95,8 @@ class Steer:
     kind = "probe"
 
     def __init__(self, space: Any, plan: tuple[int, int | None, float] | None = None):
-        self.actions = ActionSpace(space)
+        self.actions, self.lr_dim, self.values, self.keep = offset_actions(space, "a steered residual")
         self.identity = self.actions.identity()
-        self.lr_dim = self.actions.names.index("lr")
-        self.values = list(self.actions.hparams["lr"].action.values)
-        self.keep = int(self.identity[self.lr_dim])
         self.policy_size = FeatureBuilder(self.actions, space).policy_size
         self.nvec = tuple(self.actions.nvec)
         self.plan = plan

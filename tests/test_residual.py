@@ -169,18 +169,25 @@ def test_a_residual_policy_file_acts_around_its_base_in_evaluation_and_the_dropi
     episode = policy_run(policy, space, cfg)
     assert [h["lr"] for h in episode.hparams] == pytest.approx(followed(BASE, cfg.hparams.lr, 8))
 
+    lrs, loss = dropin_run(path)
+    assert lrs == pytest.approx(followed(BASE, 1e-3, 8))
+    assert math.isfinite(loss)
+
+
+def dropin_run(path, steps=64, outer=8):
+    """The learning rate the drop-in set at each decision of a small regression trained with the
+    policy file ``path`` (initial learning rate 1e-3), and the final training loss."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
     x, y = torch.randn(64, 4), torch.randn(64, 1)
-    opt = LHOPT(model.parameters(), policy=path, total_steps=64, outer_steps=8)
-    for _ in range(64):
+    opt = LHOPT(model.parameters(), policy=path, total_steps=steps, outer_steps=outer)
+    for _ in range(steps):
         loss = torch.nn.functional.mse_loss(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.observe(train_loss=loss.item())
         opt.step()
-    assert [h["lr"] for h in opt.history] == pytest.approx(followed(BASE, 1e-3, 8))
-    assert math.isfinite(float(loss))
+    return [h["lr"] for h in opt.history], loss.item()
 
 
 def test_residual_policies_are_refused_where_they_cannot_act(tmp_path):

@@ -31,9 +31,8 @@ import numpy as np
 import torch
 
 from ..spec.hparams import HyperparameterSpace
-from .actions import ActionSpace
 from .actor import Actor, Run, Step
-from .residual import OFFSET_BOUNDS, clamp_offset, nearest_scale, _outer
+from .residual import OFFSET_BOUNDS, _outer, clamp_offset, nearest_scale, offset_actions
 
 #: The offsets a rule chooses among by default (keep, x1, is always a choice).
 LEVEL_FACTORS: tuple[float, ...] = (0.125, 0.25, 0.5, 2.0, 4.0, 8.0)
@@ -150,14 +149,7 @@ class HoldLevel:
         if rule.policy_size != inner.policy_size:
             raise ValueError(f"the level rule reads {rule.policy_size} features, but its policy reads {inner.policy_size}")
         self.inner, self.rule = inner, rule
-        actions = ActionSpace(space)
-        if "lr" not in actions.names:
-            raise ValueError("a level rule needs a space whose policy controls the learning rate")
-        self.lr_dim = actions.names.index("lr")
-        self.values = list(actions.hparams["lr"].action.values)
-        if 1.0 not in self.values:
-            raise ValueError("a level rule's learning-rate actions need x1 (hold the level)")
-        self.keep = self.values.index(1.0)
+        _, self.lr_dim, self.values, self.keep = offset_actions(space, "a level rule")
 
     @property
     def policy_size(self) -> int:

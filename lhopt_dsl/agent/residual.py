@@ -66,6 +66,19 @@ def clamp_offset(m: float) -> float:
     return min(max(m, lo), hi)
 
 
+def offset_actions(space: HyperparameterSpace, who: str) -> tuple[ActionSpace, int, list[float], int]:
+    """What an actor that moves a residual offset needs of ``space``'s actions: the action space, the
+    learning rate's dimension, its action values (scales) and the index of x1 (keep the offset).
+    ``who`` names the actor in the errors."""
+    actions = ActionSpace(space)
+    if "lr" not in actions.names:
+        raise ValueError(f"{who} needs a space whose policy controls the learning rate")
+    values = list(actions.hparams["lr"].action.values)
+    if 1.0 not in values:
+        raise ValueError(f"{who}'s learning-rate actions need x1 (keep the offset as it is)")
+    return actions, actions.names.index("lr"), values, values.index(1.0)
+
+
 class FollowCarry(NamedTuple):
     """Per run (row): which target it follows, the learning rate it has set; the decisions made."""
 
@@ -205,14 +218,8 @@ class Residual:
             raise ValueError("a residual policy's base must be a schedule with a learning rate, not 'keep'")
         check_followable(base)
         self.inner, self.space, self.base = inner, space, base
-        self.actions = ActionSpace(space)
-        if "lr" not in self.actions.names:
-            raise ValueError("a residual policy needs a space whose policy controls the learning rate")
-        self.lr_dim = self.actions.names.index("lr")
+        self.actions, self.lr_dim, _, self.keep = offset_actions(space, "a residual policy")
         self.lr_param = self.actions.hparams["lr"]
-        if 1.0 not in self.lr_param.action.values:
-            raise ValueError("a residual policy's learning-rate actions need x1 (follow the base schedule as it is)")
-        self.keep = list(self.lr_param.action.values).index(1.0)
 
     @property
     def policy_size(self) -> int:
