@@ -25,9 +25,11 @@ holds the factor predicted best from the start of the run.
    results/evaluations/dev/schedule-linear-lr0.03 OUT`` reads the result. Nothing is chosen on the
    dev tasks: the model's settings are fixed above, before any dev task is run.
 
-What this rule reads, a drop-in user's loop does not have: the task vector describes tasks of this
-platform's families. It measures whether the level is a property of the task; a policy that carries
-it to any model would need a description of the model it can read from the parameters themselves.
+What this rule reads by default, a drop-in user's loop does not have: the task vector describes tasks
+of this platform's families. It measures whether the level is a property of the task. ``--describe
+params`` reads instead what any optimizer can see of its model before the first step
+(:mod:`lhopt_dsl.agent.describe`: the parameters' shapes, the run's steps and decisions), the
+description a drop-in policy would carry to any model.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ import numpy as np
 
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.agent.actor import Step
+from lhopt_dsl.agent.describe import model_descriptor
 from lhopt_dsl.agent.observation import task_vector
 from lhopt_dsl.agent.residual import Residual, clamp_offset, nearest_scale
 from lhopt_dsl.spec.hparams import HyperparameterSpace
 from lhopt_dsl.spec.sample import train_seed
 from lhopt_dsl.spec.schedule import Schedule
+from lhopt_dsl.tasks.compiler import parameter_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from held_value import FACTORS, Steer, _read, hold_matrix, relative_to_schedule, schedule_reward  # noqa: E402
@@ -58,9 +62,21 @@ from level_rule import speedup  # noqa: E402
 CHOICES: tuple[float, ...] = (1.0, *FACTORS)  # column 0 keeps
 
 
-def training_table(spec_path: str, held: Sequence[str], whole: Sequence[str]) -> dict[str, Any]:
-    """Per training task (a task in several files once): its task vector, family, the rewards of
-    keeping and of each whole-run factor relative to the schedule's run, and its reward span."""
+def described(cfgs: Sequence[Any], how: str) -> np.ndarray:
+    """Each task's description: its task vector (``task``), or what a drop-in optimizer can see of
+    its model (``params``: :func:`~lhopt_dsl.agent.describe.model_descriptor` of its parameters'
+    shapes, steps and decisions)."""
+    if how == "task":
+        return np.stack([task_vector(c.task) for c in cfgs]).astype(np.float64)
+    if how == "params":
+        return np.stack([model_descriptor(parameter_shapes(c.task), c.task.inner_steps, c.task.outer_steps)
+                         for c in cfgs])  # fmt: skip
+    raise ValueError(f"a description is 'task' or 'params', got {how!r}")
+
+
+def training_table(spec_path: str, held: Sequence[str], whole: Sequence[str], how: str = "task") -> dict[str, Any]:
+    """Per training task (a task in several files once): its description (:func:`described`), family,
+    the rewards of keeping and of each whole-run factor relative to the schedule's run, and its reward span."""
     spec = load_spec(spec_path)
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     for path, whole_run in [(p, False) for p in held] + [(p, True) for p in whole]:
@@ -73,7 +89,7 @@ def training_table(spec_path: str, held: Sequence[str], whole: Sequence[str]) ->
     spans, keeps = zip(*(schedule_reward(spec, c, rows[k]["schedule_valid_curve"]) for c, k in zip(cfgs, keys)))
     relative = relative_to_schedule([rows[k] for k in keys], keeps)
     rewards = np.hstack([np.ones((len(keys), 1)), hold_matrix(relative, "start")])
-    return {"x": np.stack([task_vector(c.task) for c in cfgs]).astype(np.float64), "rewards": rewards,
+    return {"x": described(cfgs, how), "rewards": rewards,
             "spans": np.asarray(spans), "cap": spec.meta_train.reward_cap,
             "families": [c.family for c in cfgs]}  # fmt: skip
 
@@ -159,6 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spec", default="task_specs/cpu_residual_sharp.yaml", help="the spec the measurements ran")
     ap.add_argument("--held", nargs="*", default=[], help="held_value.py results")
     ap.add_argument("--whole", nargs="*", default=[], help="held_value.py --whole-run results")
+    ap.add_argument("--describe", default="task", choices=["task", "params"],
+                    help="what the rule reads: the task vector, or what a drop-in sees (the parameters' shapes, "
+                         "the run's steps and decisions)")
     ap.add_argument("--shuffles", type=int, default=5, help="outcome shuffles for the chance bar")
     ap.add_argument("--eval-spec", default="task_specs/cpu.yaml", help="the spec whose dev tasks judge the rule")
     ap.add_argument("--tasks", type=int, default=300, help="held-out tasks")
@@ -168,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--storage", default=None, help="the baseline cache (default: lhopt eval's)")
     ap.add_argument("--out", default=None, help="evaluate on dev into this directory (none: training tasks only)")
     args = ap.parse_args(argv)
-    data = training_table(args.spec, args.held, args.whole)
+    data = training_table(args.spec, args.held, args.whole, args.describe)
     x, rewards, spans, cap = data["x"], data["rewards"], data["spans"], data["cap"]
     print(f"{len(x)} training tasks; oracle (the run's own best factor): {speedup(rewards.max(1), spans, cap):.3f}x")
     got = held_out(x, rewards)
@@ -191,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_spec = load_spec(args.eval_spec)
     configs = [eval_config(eval_spec, i, "default", args.set) for i in range(args.tasks)]
     fitted = model().fit(x, rewards)
-    choice = np.argmax(fitted.predict(np.stack([task_vector(c.task) for c in configs]).astype(np.float64)), 1)
+    choice = np.argmax(fitted.predict(described(configs, args.describe)), 1)
     factors = tuple(float(CHOICES[k]) for k in choice)
     by_row: dict[str, Counter] = {}
     for cfg, f in zip(configs, factors):
@@ -200,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {args.set} {row}: {dict(sorted(counts.items(), key=lambda kv: float(kv[0][1:])))}")
     sources = [hashlib.sha256(Path(p).read_bytes()).hexdigest()[:16] for p in [*args.held, *args.whole]]
     base = load_spec(args.spec).meta_train.residual
-    levels = TaskLevels(factors, eval_spec.hparams, base, json.dumps({"spec": args.spec, "sources": sources}))
+    provenance = {"spec": args.spec, "sources": sources, **({"describe": args.describe} if args.describe != "task" else {})}
+    levels = TaskLevels(factors, eval_spec.hparams, base, json.dumps(provenance))
     run(eval_spec, levels, num_tasks=args.tasks, storage=args.storage, out=Path(args.out), tracking_uri=None,
         workers=args.workers, task_set=args.set)
 

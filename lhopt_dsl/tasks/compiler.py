@@ -235,6 +235,16 @@ def _meta_problem(task: Any) -> tuple[nn.Module, Callable[[nn.Module], torch.Ten
     raise TypeError(f"no meta model for {type(task).__name__}")
 
 
+def parameter_shapes(task: Any) -> list[tuple[int, ...]]:
+    """The shapes of the parameters a task's model has, built on the meta device (nothing is
+    allocated, no data is read)."""
+    if isinstance(task, NQMTask):
+        return [(task.dim,)]
+    with torch.device("meta"):
+        model, _, _ = _meta_problem(task)
+    return [tuple(p.shape) for p in model.parameters()]
+
+
 def _image_shape(task: MLPTask | CNNTask) -> tuple[int, int, int]:
     return (1, 8, 8) if task.dataset == "digits" else (1, 28, 28)
 
