@@ -5,6 +5,7 @@ held-out training tasks and then on dev.
         --held results/branch_value/cpu-residual-sharp-held.jsonl \\
         --whole results/branch_value/cpu-residual-sharp-whole.jsonl \\
         [--eval-spec task_specs/cpu.yaml --tasks 300 --set dev --workers 2 --out runs/dev-task-level]
+        [--describe params] [--write runs/described/policy.pt]
 
 ``bench/held_value.py`` found that a per-task whole-run factor of the residual base's learning rate
 is worth about 1.36x on training tasks, two thirds of it the task's own, and that linear rules on the
@@ -170,6 +171,34 @@ class TaskLevels:
         return Residual(TableSteer(self.space, self.factors), self.space, Schedule.from_name(self.base)), self.space
 
 
+def write_policy(args: Any, x: np.ndarray, rewards: np.ndarray) -> None:
+    """The rule fitted on every training task, as a :class:`~lhopt_dsl.agent.level.DescribedRule` in a
+    copy of the residual policy ``args.policy``; its forest is checked to predict what scikit-learn's does."""
+    from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
+    from lhopt_dsl.agent.level import DescribedRule, TreeEnsemble
+    from lhopt_dsl.agent.policy import save_checkpoint
+    from lhopt_dsl.agent.policy_file import load_policy_file
+
+    state = load_policy_file(args.policy)
+    if state.get("residual") is None:
+        raise SystemExit(f"{args.policy} is not a residual policy: a level sets a residual policy's offset")
+    fitted = model().fit(x, rewards)
+    forest = TreeEnsemble.from_sklearn(fitted)
+    if not np.allclose(forest.predict(x), fitted.predict(x), rtol=0, atol=1e-12):
+        raise SystemExit("the converted forest does not predict what scikit-learn's does")
+    sources = [{"file": p, "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in [*args.held, *args.whole]]
+    rule = DescribedRule(CHOICES, forest, DESCRIPTOR_NAMES,
+                         {"spec": args.spec, "tasks": len(x), "model": "ExtraTreesRegressor(300, min_samples_leaf=10, "
+                          "random_state=0)", "sources": sources})  # fmt: skip
+    state["level"] = rule.to_data()
+    Path(args.write).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(state, args.write)
+    load_policy_file(args.write)  # what was written loads and checks
+    counts = Counter(f"x{CHOICES[k]:g}" for k in np.argmax(forest.predict(x), 1))
+    print(f"wrote {args.write}: {len(forest.roots)} trees, {len(forest.left):,} nodes; on the training tasks it "
+          f"chooses {dict(sorted(counts.items(), key=lambda kv: float(kv[0][1:])))}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", default="task_specs/cpu_residual_sharp.yaml", help="the spec the measurements ran")
@@ -186,7 +215,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--storage", default=None, help="the baseline cache (default: lhopt eval's)")
     ap.add_argument("--out", default=None, help="evaluate on dev into this directory (none: training tasks only)")
+    ap.add_argument("--write", default=None, metavar="POLICY",
+                    help="with --describe params: write the rule fitted on every training task into a copy of "
+                         "--policy (a residual policy file), which lhopt eval and the drop-in then run")
+    ap.add_argument("--policy", default="lhopt_dsl/policies/default.pt", help="the residual policy --write extends")
     args = ap.parse_args(argv)
+    if args.write and args.describe != "params":
+        ap.error("--write needs --describe params: a policy can see its model's parameters, not the task's description")
     data = training_table(args.spec, args.held, args.whole, args.describe)
     x, rewards, spans, cap = data["x"], data["rewards"], data["spans"], data["cap"]
     print(f"{len(x)} training tasks; oracle (the run's own best factor): {speedup(rewards.max(1), spans, cap):.3f}x")
@@ -202,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
         idx = np.array([f == family for f in data["families"]])
         print(f"  {family}: {idx.sum()} tasks, {speedup(got[idx], spans[idx], cap):.3f}x "
               f"(oracle {speedup(rewards[idx].max(1), spans[idx], cap):.3f}x)")
+    if args.write:
+        write_policy(args, x, rewards)
     if not args.out:
         return
 

@@ -47,7 +47,8 @@ from torch import nn
 from .agent.actions import ActionSpace, CheckpointBank, apply_action, current_hparams
 from .agent.actor import Actor, Run, carry_from_leaves, carry_leaves, check_actor, take
 from .agent.guard import Guard, checkpoint_data, checkpoint_from_data
-from .agent.level import HoldLevel, LevelRule
+from .agent.describe import model_descriptor
+from .agent.level import HoldLevel, level_rule_from_data
 from .agent.observation import FeatureBuilder, Observer, flatten
 from .agent.policy import ActorCritic, EnsembleActorCritic, save_checkpoint, to_plain
 from .agent.policy_file import checked_policy_state, load_policy_file
@@ -85,7 +86,7 @@ def load_policy(policy: ActorCritic | Schedule | str | os.PathLike[str] | None) 
     if state.get("residual") is not None:  # a policy that acts around a base schedule
         inner: Actor[Any] = model
         if state.get("level") is not None:  # whose level a rule chooses after the first segment
-            inner = HoldLevel(model, space, LevelRule.from_data(state["level"]))
+            inner = HoldLevel(model, space, level_rule_from_data(state["level"]))
         return Residual(inner, space, Schedule.from_name(state["residual"]["base"])), space  # base checked on load
     return model, space
 
@@ -176,7 +177,8 @@ class Controller:
         # What the policy sees, as in meta-training; it also says what it sees of losses never reported.
         self.observer = Observer(self.features, outer_steps, self.initial)
         self.step_count, self.decisions = 0, 0
-        self.run = Run(self.initial, outer_steps, seed)
+        described = tuple(model_descriptor([p.shape for p in self.params], total_steps, outer_steps))
+        self.run = Run(self.initial, outer_steps, seed, describe=described)
         self.carry = actor.start([self.run])
         self.history: list[dict[str, Any]] = []  # hyperparameters chosen at each decision (and guard events)
 

@@ -191,3 +191,114 @@ def test_the_fitting_bench_writes_a_policy_that_loads(tmp_path, monkeypatch):
     save_checkpoint({"policy": biased(1.0).to_checkpoint(), "spec": SMOKE.model_dump(mode="json")}, plain)
     with pytest.raises(SystemExit):
         level_rule.main(["--policy", str(plain), "--out", str(out)])
+
+
+# --- the described level: chosen before the first step from what can be seen of the model --------------
+
+from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES, model_descriptor  # noqa: E402
+from lhopt_dsl.agent.level import DescribedRule, TreeEnsemble, check_forest  # noqa: E402
+
+CHOICES = (1.0, *LEVEL_FACTORS)
+
+
+def split_forest(feature: int, threshold: float, below: float, above: float) -> TreeEnsemble:
+    """One tree: ``below`` where input ``feature`` <= ``threshold``, else ``above`` (the factors' columns)."""
+    value = np.zeros((3, len(CHOICES)))
+    value[1, CHOICES.index(below)] = value[2, CHOICES.index(above)] = 1.0
+    return TreeEnsemble(np.array([0]), np.array([1, -1, -1]), np.array([2, -1, -1]), np.array([feature, -1, -1]),
+                        np.array([threshold, 0.0, 0.0]), value)  # fmt: skip
+
+
+def test_a_forest_as_arrays_predicts_what_scikit_learns_does():
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 6)), rng.normal(size=(200, 3))
+    fitted = ExtraTreesRegressor(20, min_samples_leaf=5, random_state=0).fit(x, y)
+    forest = TreeEnsemble.from_sklearn(fitted)
+    probe = rng.normal(size=(50, 6))
+    assert np.allclose(forest.predict(probe), fitted.predict(probe), rtol=0, atol=1e-12)
+    assert TreeEnsemble.from_data(forest.to_data()).predict(probe) == pytest.approx(forest.predict(probe))
+
+
+@pytest.mark.parametrize("mend, expect", [
+    (lambda a: a["left"].__setitem__(0, 0), "after its parent"),  # a cycle
+    (lambda a: a["right"].__setitem__(0, 7), "after its parent inside its tree"),
+    (lambda a: a["right"].__setitem__(0, -1), "one child"),
+    (lambda a: a["value"].__setitem__((1, 0), np.inf), "non-finite"),
+    (lambda a: a.__setitem__("roots", np.array([1])), "first nodes"),
+    (lambda a: a.__setitem__("left", a["left"].astype(float)), "not integers"),
+])
+def test_a_forest_whose_paths_could_loop_or_leave_it_is_refused(mend, expect):
+    f = split_forest(0, 0.0, 0.5, 2.0)
+    arrays = {k: np.array(getattr(f, k), copy=True) for k in ("roots", "left", "right", "feature", "threshold", "value")}
+    mend(arrays)
+    assert expect in check_forest(*arrays.values())
+    with pytest.raises(ValueError, match="not a forest"):
+        TreeEnsemble(*arrays.values())
+
+
+def test_a_described_rule_holds_the_level_its_model_description_calls_for_from_the_first_decision():
+    big = model_descriptor([(512, 512)], 1000, 50)
+    small = model_descriptor([(8, 8)], 1000, 50)
+    at = DESCRIPTOR_NAMES.index("log_params")
+    rule = DescribedRule(CHOICES, split_forest(at, np.log(1000.0), 2.0, 0.5), DESCRIPTOR_NAMES)
+    keep = LR_VALUES.index(1.0)
+    actor = HoldLevel(Scripted([keep] * 8), SPACE, rule)
+    runs = [Run({"lr": 1e-3}, 4, 0, 0, tuple(small)), Run({"lr": 1e-3}, 4, 0, 0, tuple(big)), Run({"lr": 1e-3}, 4)]
+    carry = actor.start(runs)
+    offsets = []
+    for _ in range(4):
+        _, carry = actor.act(carry, np.zeros((3, P)), [None] * 3, True)
+        offsets.append(carry.offset)
+    assert [o[0] for o in offsets] == pytest.approx([2, 2, 2, 2])  # small model: x2 from the first decision
+    assert [o[1] for o in offsets] == pytest.approx([0.5, 0.5, 0.5, 0.5])  # large: x1/2
+    assert [o[2] for o in offsets] == [1.0] * 4  # no description: keeps
+    with pytest.raises(ValueError, match="include 1"):
+        DescribedRule(LEVEL_FACTORS, split_forest(0, 0.0, 0.5, 2.0), DESCRIPTOR_NAMES)
+
+
+def _described_file(tmp_path, rule, name="described.pt"):
+    path = tmp_path / name
+    save_checkpoint({"policy": biased(1.0).to_checkpoint(), "spec": SMOKE.model_dump(mode="json"),
+                     "residual": {"base": BASE.name, "offset_bounds": list(OFFSET_BOUNDS)},
+                     "level": rule.to_data()}, path)  # fmt: skip
+    return path
+
+
+def test_evaluation_and_the_dropin_describe_the_model_alike_and_the_rule_acts_on_it(tmp_path):
+    from lhopt_dsl.agent.rollout import described
+    from lhopt_dsl.tasks.compiler import compile_task
+    from runners.evaluate import policy_run
+
+    cfg = smoke("mlp", outer_steps=8)
+    task = compile_task(cfg, "cpu")
+    seen_by_dropin = model_descriptor([p.shape for p in task.params], cfg.task.inner_steps, cfg.task.outer_steps)
+    assert described(cfg) == tuple(seen_by_dropin)
+    # a forest that wants x1/4 for every model this small
+    rule = DescribedRule(CHOICES, split_forest(DESCRIPTOR_NAMES.index("log_params"), 50.0, 0.25, 0.25), DESCRIPTOR_NAMES)
+    policy, space = load_policy(_described_file(tmp_path, rule))
+    assert policy.inner.kind == "level"
+    lrs = [h["lr"] for h in policy_run(policy, space, cfg).hparams]
+    plain = followed(BASE, cfg.hparams.lr, 8)
+    assert lrs[-1] == pytest.approx(plain[-1] / 4, rel=0.3)
+    dropin, loss = dropin_run(_described_file(tmp_path, rule))
+    assert dropin[-1] == pytest.approx(followed(BASE, 1e-3, 8)[-1] / 4, rel=0.3) and math.isfinite(loss)
+
+
+@pytest.mark.parametrize("mend, expect", [
+    (lambda d: d["level"].__setitem__("factors", list(LEVEL_FACTORS)), "lacks 1"),
+    (lambda d: d["level"]["forest"].__setitem__("value", torch.zeros(3, 2)), "one column per factor"),
+    (lambda d: d["level"]["forest"]["left"].__setitem__(0, 0), "not a forest: a child does not lie after its parent"),
+    (lambda d: d["level"]["forest"]["feature"].__setitem__(0, 99), "beyond its 12 described"),
+    (lambda d: d["level"].pop("forest"), "lacks 'forest'"),
+])
+def test_a_described_level_that_does_not_fit_is_refused_by_name(tmp_path, mend, expect):
+    rule = DescribedRule(CHOICES, split_forest(0, 0.0, 0.5, 2.0), DESCRIPTOR_NAMES)
+    data = {"policy": biased(1.0).to_checkpoint(), "spec": SMOKE.model_dump(mode="json"),
+            "residual": {"base": BASE.name, "offset_bounds": list(OFFSET_BOUNDS)}, "level": rule.to_data()}
+    mend(data)
+    path = tmp_path / "bad.pt"
+    save_checkpoint(data, path)
+    with pytest.raises(PolicyFileError, match=r"bad\.pt: .*" + __import__("re").escape(expect)):
+        load_policy(path)

@@ -34,6 +34,7 @@ class Run(NamedTuple):
     outer_steps: int  # how many decisions the run has
     seed: int = 0  # seeds any draws of an actor's own: the same task draws the same
     member: int = 0  # which of a task's rollouts this is (a follower of several schedules follows this one)
+    describe: tuple[float, ...] = ()  # what can be seen of the model before the first step (lhopt_dsl.agent.describe)
 
 
 class Step(NamedTuple):

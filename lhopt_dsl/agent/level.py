@@ -20,6 +20,14 @@ holds it there, and every other dimension stays the inner actor's. It tracks
 the offset with :class:`Residual`'s arithmetic (the actions' product within the bounds, lowered
 when the drop-in's guard lowers the learning rate), so the two agree on it. Log-probabilities and
 proposals stay the inner actor's own. This module imports no task compiler, so the drop-in can use it.
+
+:class:`DescribedRule` chooses the level before the first step instead, from what can be seen of the
+model (:mod:`lhopt_dsl.agent.describe`: the parameters' shapes, the run's steps and decisions, each
+:class:`~lhopt_dsl.agent.actor.Run`'s ``describe``), by a regression forest (:class:`TreeEnsemble`,
+plain arrays, fitted with scikit-learn's ExtraTrees by ``bench/task_level.py``). docs/RESULTS.md
+("The level is the task's") measured why: the level a task wants is a non-linear function of what
+the task is, which linear rules on the run's features do not find. A run without a description (an
+actor driven by hand) keeps the base schedule.
 """
 
 from __future__ import annotations
@@ -121,12 +129,159 @@ class LevelRule:
                    float(data.get("l2", 0.0)), dict(data.get("fitted") or {}))  # fmt: skip
 
 
+@dataclass(frozen=True, eq=False)
+class TreeEnsemble:
+    """A regression forest as plain arrays: the mean over its trees of the leaf each input reaches.
+
+    All trees' nodes in one array: ``roots`` (trees,) the first node of each tree; per node ``left``
+    and ``right`` (absolute indices of its children, -1 at a leaf), ``feature`` and ``threshold``
+    (go left where ``x[feature] <= threshold``), and ``value`` (nodes, K) the leaf's outputs. Inputs
+    are compared in float32, as scikit-learn's trees read them, so a forest converted from one
+    (:meth:`from_sklearn`) predicts what it predicts."""
+
+    roots: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    value: np.ndarray
+
+    def __post_init__(self) -> None:
+        problem = check_forest(self.roots, self.left, self.right, self.feature, self.threshold, self.value)
+        if problem:
+            raise ValueError(f"not a forest: {problem}")
+
+    @property
+    def inputs(self) -> int:
+        """How many inputs its splits may read (one more than the largest feature index; 0 if none split)."""
+        internal = self.left >= 0
+        return int(self.feature[internal].max()) + 1 if internal.any() else 0
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(B, K) predictions for inputs (B, D)."""
+        x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+        rows, out = np.arange(len(x)), np.zeros((len(x), self.value.shape[1]))
+        for root in self.roots:
+            node = np.full(len(x), int(root))
+            inner = self.left[node] >= 0
+            while inner.any():
+                go_left = x[rows, np.maximum(self.feature[node], 0)] <= self.threshold[node]
+                node = np.where(inner, np.where(go_left, self.left[node], self.right[node]), node)
+                inner = self.left[node] >= 0
+            out += self.value[node]
+        return out / len(self.roots)
+
+    @classmethod
+    def from_sklearn(cls, forest: Any) -> "TreeEnsemble":
+        """The arrays of a fitted scikit-learn forest of regression trees (``estimators_``)."""
+        roots, lefts, rights, feats, thresholds, values, start = [], [], [], [], [], [], 0
+        for est in forest.estimators_:
+            t = est.tree_
+            leaf = t.children_left < 0
+            roots.append(start)
+            lefts.append(np.where(leaf, -1, t.children_left + start))
+            rights.append(np.where(leaf, -1, t.children_right + start))
+            feats.append(np.where(leaf, -1, t.feature))
+            thresholds.append(np.where(leaf, 0.0, t.threshold))
+            values.append(t.value.reshape(t.node_count, -1))
+            start += t.node_count
+        cat = np.concatenate
+        return cls(np.asarray(roots, dtype=np.int64), cat(lefts).astype(np.int64), cat(rights).astype(np.int64),
+                   cat(feats).astype(np.int64), cat(thresholds).astype(np.float64), cat(values).astype(np.float64))  # fmt: skip
+
+    def to_data(self) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(getattr(self, k)) for k in FOREST_KEYS}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "TreeEnsemble":
+        return cls(*(np.asarray(data[k]).copy() for k in FOREST_KEYS))
+
+
+FOREST_KEYS = ("roots", "left", "right", "feature", "threshold", "value")
+
+
+def check_forest(roots: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
+                 value: np.ndarray) -> str | None:  # fmt: skip
+    """What is wrong with these arrays as a :class:`TreeEnsemble` (None: nothing). Every child lies
+    after its parent and inside its own tree, so that every path from a root ends at a leaf."""
+    n = len(left)
+    if roots.ndim != 1 or len(roots) < 1 or n < 1:
+        return "it needs at least one tree and one node"
+    if any(a.shape != (n,) for a in (right, feature, threshold)) or value.ndim != 2 or value.shape[0] != n:
+        return f"its node arrays disagree in length ({n} nodes)"
+    if any(a.dtype.kind not in "iu" for a in (roots, left, right, feature)):
+        return "its indices are not integers"
+    if int(roots[0]) != 0 or (np.diff(roots) <= 0).any() or int(roots[-1]) >= n:
+        return "its trees' first nodes are not increasing from 0 within the nodes"
+    if not (np.isfinite(threshold).all() and np.isfinite(value).all()):
+        return "it holds non-finite thresholds or values"
+    ends = np.append(roots[1:], n)
+    tree_end = np.repeat(ends, np.diff(np.append(roots, n)))  # per node, the end of its tree
+    node = np.arange(n)
+    leaf = left < 0
+    if ((left < 0) != (right < 0)).any():
+        return "a node has one child"
+    inner = ~leaf
+    for child in (left, right):
+        if ((child[inner] <= node[inner]) | (child[inner] >= tree_end[inner])).any():
+            return "a child does not lie after its parent inside its tree"
+    if (feature[inner] < 0).any():
+        return "a split reads a negative feature index"
+    return None
+
+
 def ridge(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     """Weights (bias last) of a ridge regression of every column of ``y`` on ``x``; the bias is not penalised."""
     xb = np.hstack([x, np.ones((len(x), 1))])
     penalty = np.full(xb.shape[1], float(l2))
     penalty[-1] = 0.0
     return np.linalg.solve(xb.T @ xb + np.diag(penalty + 1e-9), xb.T @ y)
+
+
+@dataclass(frozen=True, eq=False)
+class DescribedRule:
+    """Chooses each run's held offset before its first step, from its description (``Run.describe``,
+    :func:`~lhopt_dsl.agent.describe.model_descriptor`), by a forest predicting each factor's reward
+    relative to the base schedule's run (see the module's docstring); ``factors`` are its outputs'
+    offsets, keep (1) among them. A run whose description is missing or of another length keeps."""
+
+    factors: tuple[float, ...]
+    forest: TreeEnsemble
+    descriptor: tuple[str, ...]
+    fitted: dict[str, Any] = field(default_factory=dict)
+    decision = None  # chosen at the start, from the runs
+
+    def __post_init__(self) -> None:
+        if 1.0 not in self.factors or any(not OFFSET_BOUNDS[0] <= f <= OFFSET_BOUNDS[1] for f in self.factors):
+            raise ValueError(f"a described rule's factors include 1 (keep) and lie within {OFFSET_BOUNDS}")
+        if self.forest.value.shape[1] != len(self.factors) or self.forest.inputs > len(self.descriptor):
+            raise ValueError(f"the forest predicts {self.forest.value.shape[1]} outputs from up to {self.forest.inputs} "
+                             f"inputs, but the rule has {len(self.factors)} factors and {len(self.descriptor)} inputs")
+
+    def choose_runs(self, runs: Sequence[Run]) -> list[float]:
+        out = []
+        for run in runs:
+            d = np.asarray(run.describe, dtype=np.float64)
+            if d.shape != (len(self.descriptor),) or not np.isfinite(d).all():
+                out.append(1.0)
+                continue
+            out.append(float(self.factors[int(np.argmax(self.forest.predict(d[None])[0]))]))
+        return out
+
+    def to_data(self) -> dict[str, Any]:
+        """What a policy file records (the ``level`` entry, ``kind: described``)."""
+        return {"kind": "described", "factors": list(self.factors), "descriptor": list(self.descriptor),
+                "fitted": self.fitted, "forest": self.forest.to_data()}  # fmt: skip
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "DescribedRule":
+        return cls(tuple(float(f) for f in data["factors"]), TreeEnsemble.from_data(data["forest"]),
+                   tuple(str(n) for n in data["descriptor"]), dict(data.get("fitted") or {}))  # fmt: skip
+
+
+def level_rule_from_data(data: dict[str, Any]) -> "LevelRule | DescribedRule":
+    """The rule a policy file's ``level`` entry holds (checked by the loader first)."""
+    return DescribedRule.from_data(data) if data.get("kind") == "described" else LevelRule.from_data(data)
 
 
 class LevelCarry(NamedTuple):
@@ -141,12 +296,14 @@ class LevelCarry(NamedTuple):
 
 class HoldLevel:
     """``inner`` with its learning-rate proposals replaced by the held level ``rule`` chooses (see the
-    module's docstring); goes inside :class:`~lhopt_dsl.agent.residual.Residual`."""
+    module's docstring): a :class:`LevelRule` at its decision from the run's features, a
+    :class:`DescribedRule` before the first step from the run's description. Goes inside
+    :class:`~lhopt_dsl.agent.residual.Residual`."""
 
     kind = "level"
 
-    def __init__(self, inner: Actor[Any], space: HyperparameterSpace, rule: LevelRule):
-        if rule.policy_size != inner.policy_size:
+    def __init__(self, inner: Actor[Any], space: HyperparameterSpace, rule: "LevelRule | DescribedRule"):
+        if isinstance(rule, LevelRule) and rule.policy_size != inner.policy_size:
             raise ValueError(f"the level rule reads {rule.policy_size} features, but its policy reads {inner.policy_size}")
         self.inner, self.rule = inner, rule
         _, self.lr_dim, self.values, self.keep = offset_actions(space, "a level rule")
@@ -161,11 +318,12 @@ class HoldLevel:
 
     def start(self, runs: Sequence[Run]) -> LevelCarry:
         ones = (1.0,) * len(runs)
-        return LevelCarry(self.inner.start(runs), ones, ones, 0, _outer(runs))
+        goals = ones if self.rule.decision is not None else tuple(clamp_offset(f) for f in self.rule.choose_runs(runs))
+        return LevelCarry(self.inner.start(runs), ones, goals, 0, _outer(runs))
 
     def at(self, outer: int) -> int:
-        """The decision at which the rule chooses, in a run of ``outer`` decisions."""
-        return min(self.rule.decision, outer - 1)
+        """The decision at which the rule chooses, in a run of ``outer`` decisions (-1: before the first)."""
+        return -1 if self.rule.decision is None else min(self.rule.decision, outer - 1)
 
     def act(self, carry: LevelCarry, features: np.ndarray, generators: Sequence[torch.Generator | None],
             greedy: bool) -> tuple[Step, LevelCarry]:  # fmt: skip
@@ -176,7 +334,7 @@ class HoldLevel:
             goal = tuple(clamp_offset(float(f) * m) for f, m in zip(chosen, carry.offset))
         actions, offsets = np.array(step.actions, copy=True), []
         for b, m in enumerate(carry.offset):
-            if carry.t >= at:
+            if carry.t >= max(at, 0):
                 actions[b, self.lr_dim] = nearest_scale(self.values, m, goal[b], self.keep)
             offsets.append(clamp_offset(m * self.values[int(actions[b, self.lr_dim])]))
         return step._replace(actions=actions), LevelCarry(inner, tuple(offsets), goal, carry.t + 1, carry.outer)

@@ -147,6 +147,52 @@ def check_policy_data(data: Any, where: str = "['policy']") -> None:
     _check_norm(data["value_norm"], f"{where}['value_norm']", shape.value_size)
 
 
+MAX_FOREST_NODES = 4_000_000  # nodes of a described level's forest (a fitted one has tens of thousands)
+MAX_DESCRIPTOR = 256  # entries of a model description
+
+
+def _check_described(level: Mapping[str, Any]) -> None:
+    """A described level rule (:class:`~lhopt_dsl.agent.level.DescribedRule`'s ``to_data``): its factors
+    (keep among them) within the offset bounds, its description's names, and a forest whose every path
+    ends at a leaf, with one output per factor."""
+    from .level import FOREST_KEYS, check_forest
+    from .residual import OFFSET_BOUNDS
+
+    level = _dict(level, "['level']", ("factors", "descriptor", "forest"))
+    factors = level["factors"]
+    if not isinstance(factors, list) or not 1 <= len(factors) <= MAX_LEVEL_FACTORS:
+        raise _Problem(f"['level']['factors'] must be a list of 1..{MAX_LEVEL_FACTORS} offsets, got {_kind(factors)}")
+    for i, f in enumerate(factors):
+        if not OFFSET_BOUNDS[0] <= _number(f, f"['level']['factors'][{i}]") <= OFFSET_BOUNDS[1]:
+            raise _Problem(f"['level']['factors'][{i}] is {f}, outside the offset bounds {OFFSET_BOUNDS}")
+    if 1.0 not in factors:
+        raise _Problem("['level']['factors'] lacks 1 (keep the base schedule)")
+    names = level["descriptor"]
+    if not isinstance(names, list) or not 1 <= len(names) <= MAX_DESCRIPTOR or not all(isinstance(n, str) for n in names):
+        raise _Problem(f"['level']['descriptor'] must be a list of 1..{MAX_DESCRIPTOR} names, got {_kind(names)}")
+    if not isinstance(level.get("fitted", {}), (dict, type(None))):
+        raise _Problem(f"['level']['fitted'] is {_kind(level['fitted'])}, not a mapping")
+    forest = _dict(level["forest"], "['level']['forest']", FOREST_KEYS)
+    arrays = {}
+    for k in FOREST_KEYS:
+        t = forest[k]
+        where = f"['level']['forest']['{k}']"
+        if not isinstance(t, torch.Tensor) or t.is_sparse or not t.is_contiguous() or \
+                t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) * t.element_size():
+            raise _Problem(f"{where} is {_kind(t)}, not a plain tensor whose values the file holds")  # fmt: skip
+        if t.numel() > MAX_FOREST_NODES * len(factors):
+            raise _Problem(f"{where} has {t.numel():,} entries, more than a forest of {MAX_FOREST_NODES:,} nodes holds")
+        arrays[k] = t.numpy()
+    if arrays["value"].ndim != 2 or arrays["value"].shape[1] != len(factors):
+        raise _Problem(f"['level']['forest']['value'] has shape {list(arrays['value'].shape)}, but needs one column "
+                       f"per factor ({len(factors)})")  # fmt: skip
+    problem = check_forest(*(arrays[k] for k in FOREST_KEYS))
+    if problem:
+        raise _Problem(f"['level']['forest'] is not a forest: {problem}")
+    if (arrays["feature"][arrays["left"] >= 0] >= len(names)).any():
+        raise _Problem(f"['level']['forest'] splits on an input beyond its {len(names)} described ones")
+
+
 def _check_extras(state: Mapping[str, Any]) -> None:
     """What a policy file records beside the network: its spec's hyperparameter space and, for a
     residual policy, the base schedule (the two things :func:`~lhopt_dsl.controller.load_policy` reads)."""
@@ -209,6 +255,9 @@ def _check_level(state: Mapping[str, Any]) -> None:
         raise _Problem("['level'] chooses a residual policy's offset, but the file has no ['residual'] base")
     if "members" in state["policy"]:
         raise _Problem("['level'] goes with a single policy, not an ensemble")
+    if isinstance(state["level"], dict) and state["level"].get("kind") == "described":
+        _check_described(state["level"])
+        return
     level = _dict(state["level"], "['level']", ("decision", "factors", "mean", "scale", "weights"))
     _int(level["decision"], "['level']['decision']", 0, 1_000_000)
     factors = level["factors"]

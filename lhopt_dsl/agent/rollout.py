@@ -20,10 +20,12 @@ from ..spec.hparams import HPARAM_NAMES, HyperparameterSpace
 from ..spec.sample import TaskConfig
 from ..spec.schedule import Schedule, segment_bounds
 from ..tasks import compile_task
+from ..tasks.compiler import parameter_shapes
 from ..tasks.population import CIAOPopulation, batchable, population_pays
 from ..tasks.training import ciao_kwargs, run_schedule
 from .actions import ActionSpace, Checkpoint, CheckpointBank, act_on_values
 from .actor import Actor, Run, take
+from .describe import model_descriptor
 from .env import InnerTrainingEnv, OuterStep, RewardFn, log_improvement_reward
 from .observation import FULL_CADENCE, Cadence, FeatureBuilder, Observer
 from .policy import ActorCritic
@@ -125,7 +127,7 @@ def run_episode(
     """
     env.reward_fn = reward_fn
     obs, info = env.reset(options={"config": cfg, "baseline": baseline, "cadence": cadence})
-    carry = actor.start([Run(cfg.hparams.controlled(), cfg.task.outer_steps, seed, member)])
+    carry = actor.start([Run(cfg.hparams.controlled(), cfg.task.outer_steps, seed, member, described(cfg))])
     record = _Record()
     done = False
     while not done:
@@ -315,6 +317,12 @@ def population_rollouts(
     return TaskResult(episodes, base, initial_curve, cfg.family, cfg.task_id, cfg.task.inner_steps, population=True, cadence=cadence)
 
 
+def described(cfg: TaskConfig) -> tuple[float, ...]:
+    """What a policy can see of ``cfg``'s model before the first step (its parameters' shapes and the
+    run's length: :func:`~lhopt_dsl.agent.describe.model_descriptor`), as the drop-in sees a user's."""
+    return tuple(model_descriptor(parameter_shapes(cfg.task), cfg.task.inner_steps, cfg.task.outer_steps))
+
+
 def _groups(plan: list[tuple[Actor[Any], torch.Generator | None, bool, int]], pop: CIAOPopulation,
             actions: ActionSpace, space: HyperparameterSpace, cfg: TaskConfig, outer: int) -> list[_Group]:  # fmt: skip
     """The plan's members (rows 1, 2, ... of ``pop``) grouped by who drives them, each group started."""
@@ -326,7 +334,7 @@ def _groups(plan: list[tuple[Actor[Any], torch.Generator | None, bool, int]], po
         m = _Member(i + 1, gen, Observer(features, outer, initial), _MemberBank(features.slots, pop, i + 1))
         key = (id(actor), greedy)
         groups.setdefault(key, _Group(actor, greedy, [])).members.append(m)
-        runs.setdefault(key, []).append(Run(initial, outer, 0, member))
+        runs.setdefault(key, []).append(Run(initial, outer, 0, member, described(cfg)))
     for key, group in groups.items():
         group.carry = group.actor.start(runs[key])
     return list(groups.values())
