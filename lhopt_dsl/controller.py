@@ -154,6 +154,15 @@ class _OwnState:
         CIAO.load_state_dict(self.optimizer, state)
 
 
+def _described(params: Sequence[torch.Tensor], total_steps: int, outer_steps: int) -> tuple[float, ...]:
+    """What the actor may see of the model before the first step (:func:`~lhopt_dsl.agent.describe.model_descriptor`);
+    empty where there is nothing to describe (every parameter empty), and an actor that reads it then keeps."""
+    try:
+        return tuple(model_descriptor([p.shape for p in params], total_steps, outer_steps))
+    except ValueError:
+        return ()
+
+
 class Controller:
     """Drives an optimizer's hyperparameters by an :class:`~lhopt_dsl.agent.actor.Actor` over a run of
     ``total_steps`` steps, as :class:`ScheduleReplay` drives AdamW's by a recorded schedule: at
@@ -177,8 +186,7 @@ class Controller:
         # What the policy sees, as in meta-training; it also says what it sees of losses never reported.
         self.observer = Observer(self.features, outer_steps, self.initial)
         self.step_count, self.decisions = 0, 0
-        described = tuple(model_descriptor([p.shape for p in self.params], total_steps, outer_steps))
-        self.run = Run(self.initial, outer_steps, seed, describe=described)
+        self.run = Run(self.initial, outer_steps, seed, describe=_described(self.params, total_steps, outer_steps))
         self.carry = actor.start([self.run])
         self.history: list[dict[str, Any]] = []  # hyperparameters chosen at each decision (and guard events)
 

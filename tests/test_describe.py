@@ -25,7 +25,8 @@ def test_the_descriptor_reads_size_build_and_run_length():
     assert np.isfinite(conv).all() and len(conv) == len(DESCRIPTOR_NAMES)
     with pytest.raises(ValueError, match="at least one parameter"):
         model_descriptor([], 10, 2)
-    with pytest.raises(ValueError, match="without elements"):
+    assert (model_descriptor([(0, 3), (16, 3, 3, 3), (16,), ()], 10, 2) == conv).all()  # an empty parameter adds nothing
+    with pytest.raises(ValueError, match="at least one parameter with elements"):
         model_descriptor([(0, 3)], 10, 2)
 
 

@@ -33,13 +33,11 @@ DESCRIPTOR_NAMES: tuple[str, ...] = (
 
 def model_descriptor(shapes: Iterable[Sequence[int]], steps: int, decisions: int) -> np.ndarray:
     """The description (:data:`DESCRIPTOR_NAMES`, float64) of a model whose parameters have
-    ``shapes`` (a scalar parameter counts as one element of rank 1), trained for ``steps`` steps
-    with ``decisions`` decisions."""
-    shapes = [tuple(int(d) for d in s) or (1,) for s in shapes]
+    ``shapes`` (a scalar parameter counts as one element of rank 1; parameters without elements
+    are left out), trained for ``steps`` steps with ``decisions`` decisions."""
+    shapes = [s for s in (tuple(int(d) for d in s) or (1,) for s in shapes) if min(s) > 0]
     if not shapes or steps < 1 or decisions < 1:
-        raise ValueError("a model to describe has at least one parameter, and its run a step and a decision")
-    if any(d < 1 for s in shapes for d in s):
-        raise ValueError(f"parameters without elements cannot be described: {[s for s in shapes if min(s) < 1][:3]}")
+        raise ValueError("a model to describe has at least one parameter with elements, and its run a step and a decision")
     sizes = np.array([math.prod(s) for s in shapes], dtype=np.float64)
     total = sizes.sum()
     ranks = np.array([len(s) for s in shapes])
