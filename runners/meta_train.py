@@ -115,6 +115,10 @@ def initial_policy(spec: ExperimentSpec, init: dict[str, Any] | None, source: An
     if around is not None and Schedule.from_name(around).name != Schedule.from_name(wanted).name:
         raise PolicyFileError(f"{source}: acts around the base schedule {around}, but the spec's meta_train.residual is "
                               f"{wanted}; make them the same")
+    if init.get("level") is not None:
+        raise PolicyFileError(f"{source}: holds a level rule (a learning-rate level chosen outside the network), which "
+                              "PPO does not train and would silently drop; start from the policy it was made from "
+                              "(its 'fitted' record names the spec and data)")
     model = ActorCritic.from_checkpoint(init["policy"])
     if model.kind == "ensemble":
         raise PolicyFileError(f"{source}: an ensemble of {len(model.members)} policies, which cannot be trained on; "

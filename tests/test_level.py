@@ -302,3 +302,14 @@ def test_a_described_level_that_does_not_fit_is_refused_by_name(tmp_path, mend, 
     save_checkpoint(data, path)
     with pytest.raises(PolicyFileError, match=r"bad\.pt: .*" + __import__("re").escape(expect)):
         load_policy(path)
+
+
+def test_ppo_refuses_to_start_from_a_level_policy_rather_than_drop_its_rule(tmp_path):
+    from lhopt_dsl.agent.policy import load_checkpoint
+    from runners.meta_train import initial_policy
+
+    from .test_residual_ppo import residual_spec
+
+    path = _described_file(tmp_path, DescribedRule(CHOICES, split_forest(0, 0.0, 0.5, 2.0), DESCRIPTOR_NAMES))
+    with pytest.raises(PolicyFileError, match="holds a level rule"):
+        initial_policy(residual_spec(tmp_path), load_checkpoint(path), path)
