@@ -186,8 +186,9 @@ class TreeEnsemble:
             values.append(t.value.reshape(t.node_count, -1))
             start += t.node_count
         cat = np.concatenate
-        return cls(np.asarray(roots, dtype=np.int64), cat(lefts).astype(np.int64), cat(rights).astype(np.int64),
-                   cat(feats).astype(np.int64), cat(thresholds).astype(np.float64), cat(values).astype(np.float64))  # fmt: skip
+        index = np.int32 if start < 2**31 else np.int64  # half the bytes in a policy file
+        return cls(np.asarray(roots, dtype=index), cat(lefts).astype(index), cat(rights).astype(index),
+                   cat(feats).astype(index), cat(thresholds).astype(np.float64), cat(values).astype(np.float64))  # fmt: skip
 
     def to_data(self) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(getattr(self, k)) for k in FOREST_KEYS}
