@@ -151,20 +151,26 @@ MAX_FOREST_NODES = 4_000_000  # nodes of a described level's forest (a fitted on
 MAX_DESCRIPTOR = 256  # entries of a model description
 
 
-def _check_described(level: Mapping[str, Any]) -> None:
-    """A described level rule (:class:`~lhopt_dsl.agent.level.DescribedRule`'s ``to_data``): its factors
-    (keep among them) within the offset bounds, its description's names, and a forest whose every path
-    ends at a leaf, with one output per factor."""
-    from .level import FOREST_KEYS, check_forest
+def _level_factors(factors: Any) -> list[float]:
+    """A level rule's factors: a list of offsets within the residual offset bounds."""
     from .residual import OFFSET_BOUNDS
 
-    level = _dict(level, "['level']", ("factors", "descriptor", "forest"))
-    factors = level["factors"]
     if not isinstance(factors, list) or not 1 <= len(factors) <= MAX_LEVEL_FACTORS:
         raise _Problem(f"['level']['factors'] must be a list of 1..{MAX_LEVEL_FACTORS} offsets, got {_kind(factors)}")
     for i, f in enumerate(factors):
         if not OFFSET_BOUNDS[0] <= _number(f, f"['level']['factors'][{i}]") <= OFFSET_BOUNDS[1]:
             raise _Problem(f"['level']['factors'][{i}] is {f}, outside the offset bounds {OFFSET_BOUNDS}")
+    return factors
+
+
+def _check_described(level: Mapping[str, Any]) -> None:
+    """A described level rule (:class:`~lhopt_dsl.agent.level.DescribedRule`'s ``to_data``): its factors
+    (keep among them) within the offset bounds, its description's names, and a forest whose every path
+    ends at a leaf, with one output per factor."""
+    from .level import FOREST_KEYS, check_forest
+
+    level = _dict(level, "['level']", ("factors", "descriptor", "forest"))
+    factors = _level_factors(level["factors"])
     if 1.0 not in factors:
         raise _Problem("['level']['factors'] lacks 1 (keep the base schedule)")
     names = level["descriptor"]
@@ -249,8 +255,6 @@ def _check_level(state: Mapping[str, Any]) -> None:
     """A level rule (:class:`~lhopt_dsl.agent.level.LevelRule`'s ``to_data``) fits the residual single
     policy it goes with: its decision and factors in range, its tensors of the policy's feature
     count, finite, with positive scales."""
-    from .residual import OFFSET_BOUNDS
-
     if state.get("residual") is None:
         raise _Problem("['level'] chooses a residual policy's offset, but the file has no ['residual'] base")
     if "members" in state["policy"]:
@@ -260,12 +264,7 @@ def _check_level(state: Mapping[str, Any]) -> None:
         return
     level = _dict(state["level"], "['level']", ("decision", "factors", "mean", "scale", "weights"))
     _int(level["decision"], "['level']['decision']", 0, 1_000_000)
-    factors = level["factors"]
-    if not isinstance(factors, list) or not 1 <= len(factors) <= MAX_LEVEL_FACTORS:
-        raise _Problem(f"['level']['factors'] must be a list of 1..{MAX_LEVEL_FACTORS} offsets, got {_kind(factors)}")
-    for i, f in enumerate(factors):
-        if not OFFSET_BOUNDS[0] <= _number(f, f"['level']['factors'][{i}]") <= OFFSET_BOUNDS[1]:
-            raise _Problem(f"['level']['factors'][{i}] is {f}, outside the offset bounds {OFFSET_BOUNDS}")
+    factors = _level_factors(level["factors"])
     if "l2" in level:
         _number(level["l2"], "['level']['l2']")
     if not isinstance(level.get("fitted", {}), (dict, type(None))):
