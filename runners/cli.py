@@ -184,6 +184,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_level(args: argparse.Namespace) -> int:
+    from .level_train import LevelSettings, train_level
+
+    settings = LevelSettings(
+        iterations=args.iterations, episodes=args.episodes, workers=args.workers, max_minutes=args.max_minutes,
+        resume=args.resume, run_dir=Path(args.run_dir) if args.run_dir else None,
+        policy=Path(args.policy) if args.policy else None, tracking_uri=args.tracking_uri,
+    )  # fmt: skip
+    try:
+        path = train_level(args.spec, settings)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:  # another space, a run already there, none to resume
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # the last finished iteration's checkpoint is intact; its episodes are kept
+        print("\ninterrupted: continue from the last checkpoint with --resume", file=sys.stderr)
+        return _interrupted_status(e)
+    print(f"\npolicy: {path}\nlocal metrics, episodes and checkpoint: {path.parent}")
+    print(_ui_hint(args.tracking_uri or load_spec(args.spec).tracking.uri))
+    return 0
+
+
 def cmd_imitate(args: argparse.Namespace) -> int:
     from .imitate import ImitationSettings, imitate, with_overrides
 
@@ -659,6 +680,22 @@ def _policy_commands(g: _Group) -> None:
     p.add_argument("--init", metavar="POLICY",
                    help="start a new run from this policy (e.g. lhopt imitate's imitation.pt) instead of a random one")
     p.set_defaults(func=cmd_train)
+
+    p = g.command("train-level", "meta-train a residual policy's level with PPO (--resume)",
+                  about="meta-train, with PPO on real inner runs, the level a residual policy holds: the factor of its "
+                        "base schedule's learning rate, chosen before the first step from what it sees of the model "
+                        "(checkpoints every iteration; --resume continues)",
+                  example="lhopt train-level task_specs/cpu_residual_sharp.yaml --workers 2 --max-minutes 120")  # fmt: skip
+    p.add_argument("spec", metavar="SPEC", help="YAML spec file with meta_train.residual (its training tasks)")
+    p.add_argument("--policy", metavar="POLICY", help="the residual policy whose level is learned (default: the shipped one)")
+    p.add_argument("--iterations", type=int, default=40, help="PPO iterations in total (default: 40)")
+    p.add_argument("--episodes", type=int, default=256, help="episodes per iteration (default: 256)")
+    p.add_argument("--workers", type=int, default=1, help="episode worker processes (default: 1, in-process)")
+    p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    p.add_argument("--run-dir", help="run directory (default: runs/<spec file name>-level)")
+    p.add_argument("--max-minutes", type=float, help="stop after the iteration that passes this much wall time")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
+    p.set_defaults(func=cmd_train_level)
 
     _imitate_command(g)
 

@@ -280,9 +280,107 @@ class DescribedRule:
                    tuple(str(n) for n in data["descriptor"]), dict(data.get("fitted") or {}))  # fmt: skip
 
 
-def level_rule_from_data(data: dict[str, Any]) -> "LevelRule | DescribedRule":
+#: Hidden units of each of a learned level's two layers, unless its file says otherwise.
+LEVEL_HIDDEN = 64
+
+
+class LevelNet(torch.nn.Module):
+    """A learned level's network: from a run's description, standardised by ``mean`` and ``scale``
+    (and clipped to :data:`Z_CLIP` spreads), two tanh layers, then the logits of choosing each of
+    ``choices`` factors and the value (the expected reward) of the run. The logits start at zero, so
+    an untrained network chooses uniformly."""
+
+    def __init__(self, inputs: int, choices: int, hidden: int = LEVEL_HIDDEN):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(inputs, dtype=torch.float64))
+        self.register_buffer("scale", torch.ones(inputs, dtype=torch.float64))
+        self.body = torch.nn.Sequential(torch.nn.Linear(inputs, hidden), torch.nn.Tanh(),
+                                        torch.nn.Linear(hidden, hidden), torch.nn.Tanh())  # fmt: skip
+        self.logits, self.value = torch.nn.Linear(hidden, choices), torch.nn.Linear(hidden, 1)
+        torch.nn.init.zeros_(self.logits.weight)
+        torch.nn.init.zeros_(self.logits.bias)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(inputs, choices, hidden)."""
+        return self.body[0].in_features, self.logits.out_features, self.body[0].out_features
+
+    def standardise(self, describe: Any) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(describe, dtype=np.float64)).reshape(-1, len(self.mean))
+        return ((x - self.mean) / self.scale).clamp(-Z_CLIP, Z_CLIP).float()
+
+    def forward(self, describe: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, choices) logits and (B,) values of descriptions (B, inputs)."""
+        h = self.body(self.standardise(describe))
+        return self.logits(h), self.value(h).squeeze(-1)
+
+
+@dataclass(frozen=True, eq=False)
+class LearnedLevel:
+    """Chooses each run's held offset before its first step from its description, as
+    :class:`DescribedRule` does, by a :class:`LevelNet` trained with PPO (``lhopt train-level``):
+    the most probable of ``factors`` (keep, 1, among them). A run whose description is missing or
+    of another length keeps."""
+
+    factors: tuple[float, ...]
+    net: LevelNet
+    descriptor: tuple[str, ...]
+    fitted: dict[str, Any] = field(default_factory=dict)
+    decision = None  # chosen at the start, from the runs
+
+    def __post_init__(self) -> None:
+        if 1.0 not in self.factors or any(not OFFSET_BOUNDS[0] <= f <= OFFSET_BOUNDS[1] for f in self.factors):
+            raise ValueError(f"a learned level's factors include 1 (keep) and lie within {OFFSET_BOUNDS}")
+        if self.net.shape[:2] != (len(self.descriptor), len(self.factors)):
+            raise ValueError(f"the level network reads {self.net.shape[0]} inputs into {self.net.shape[1]} choices, but "
+                             f"the rule has {len(self.descriptor)} inputs and {len(self.factors)} factors")
+
+    def described(self, runs: Sequence[Run]) -> np.ndarray:
+        """Which runs have a usable description (a finite one of the network's length)."""
+        return np.array([len(r.describe) == len(self.descriptor) and bool(np.isfinite(r.describe).all()) for r in runs],
+                        dtype=bool)  # fmt: skip
+
+    def choose_runs(self, runs: Sequence[Run]) -> list[float]:
+        ok = self.described(runs)
+        if not ok.any():
+            return [1.0] * len(runs)
+        with torch.no_grad():
+            best = self.net([r.describe for r, good in zip(runs, ok) if good])[0].argmax(1).tolist()
+        picks = iter(best)
+        return [float(self.factors[next(picks)]) if good else 1.0 for good in ok]
+
+    def to_data(self) -> dict[str, Any]:
+        """What a policy file records (the ``level`` entry, ``kind: learned``)."""
+        inputs, choices, hidden = self.net.shape
+        return {"kind": "learned", "factors": list(self.factors), "descriptor": list(self.descriptor),
+                "hidden": hidden, "fitted": self.fitted,
+                "net": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}  # fmt: skip
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "LearnedLevel":
+        factors, names = tuple(float(f) for f in data["factors"]), tuple(str(n) for n in data["descriptor"])
+        net = LevelNet(len(names), len(factors), int(data.get("hidden", LEVEL_HIDDEN)))
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in data["net"].items()})
+        return cls(factors, net.eval(), names, dict(data.get("fitted") or {}))
+
+
+@dataclass(frozen=True)
+class ChosenLevel:
+    """A level chosen outside the actor (meta-training's sampled choice for an episode): every run holds ``factor``."""
+
+    factor: float
+    decision = None
+
+    def choose_runs(self, runs: Sequence[Run]) -> list[float]:
+        return [float(self.factor)] * len(runs)
+
+
+def level_rule_from_data(data: dict[str, Any]) -> "LevelRule | DescribedRule | LearnedLevel":
     """The rule a policy file's ``level`` entry holds (checked by the loader first)."""
-    return DescribedRule.from_data(data) if data.get("kind") == "described" else LevelRule.from_data(data)
+    kind = data.get("kind")
+    if kind == "described":
+        return DescribedRule.from_data(data)
+    return LearnedLevel.from_data(data) if kind == "learned" else LevelRule.from_data(data)
 
 
 class LevelCarry(NamedTuple):
@@ -303,7 +401,7 @@ class HoldLevel:
 
     kind = "level"
 
-    def __init__(self, inner: Actor[Any], space: HyperparameterSpace, rule: "LevelRule | DescribedRule"):
+    def __init__(self, inner: Actor[Any], space: HyperparameterSpace, rule: Any):
         if isinstance(rule, LevelRule) and rule.policy_size != inner.policy_size:
             raise ValueError(f"the level rule reads {rule.policy_size} features, but its policy reads {inner.policy_size}")
         self.inner, self.rule = inner, rule

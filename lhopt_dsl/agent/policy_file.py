@@ -170,14 +170,7 @@ def _check_described(level: Mapping[str, Any]) -> None:
     from .level import FOREST_KEYS, check_forest
 
     level = _dict(level, "['level']", ("factors", "descriptor", "forest"))
-    factors = _level_factors(level["factors"])
-    if 1.0 not in factors:
-        raise _Problem("['level']['factors'] lacks 1 (keep the base schedule)")
-    names = level["descriptor"]
-    if not isinstance(names, list) or not 1 <= len(names) <= MAX_DESCRIPTOR or not all(isinstance(n, str) for n in names):
-        raise _Problem(f"['level']['descriptor'] must be a list of 1..{MAX_DESCRIPTOR} names, got {_kind(names)}")
-    if not isinstance(level.get("fitted", {}), (dict, type(None))):
-        raise _Problem(f"['level']['fitted'] is {_kind(level['fitted'])}, not a mapping")
+    factors, names = _level_names(level)
     forest = _dict(level["forest"], "['level']['forest']", FOREST_KEYS)
     arrays = {}
     for k in FOREST_KEYS:
@@ -197,6 +190,42 @@ def _check_described(level: Mapping[str, Any]) -> None:
         raise _Problem(f"['level']['forest'] is not a forest: {problem}")
     if (arrays["feature"][arrays["left"] >= 0] >= len(names)).any():
         raise _Problem(f"['level']['forest'] splits on an input beyond its {len(names)} described ones")
+
+
+MAX_LEVEL_HIDDEN = 1024  # hidden units of a learned level's layers
+
+
+def _level_names(level: Mapping[str, Any]) -> tuple[list[float], list[str]]:
+    """A described or learned level's factors (keep among them) and its description's names."""
+    factors = _level_factors(level["factors"])
+    if 1.0 not in factors:
+        raise _Problem("['level']['factors'] lacks 1 (keep the base schedule)")
+    names = level["descriptor"]
+    if not isinstance(names, list) or not 1 <= len(names) <= MAX_DESCRIPTOR or not all(isinstance(n, str) for n in names):
+        raise _Problem(f"['level']['descriptor'] must be a list of 1..{MAX_DESCRIPTOR} names, got {_kind(names)}")
+    if not isinstance(level.get("fitted", {}), (dict, type(None))):
+        raise _Problem(f"['level']['fitted'] is {_kind(level['fitted'])}, not a mapping")
+    return factors, names
+
+
+def _check_learned(level: Mapping[str, Any]) -> None:
+    """A learned level (:class:`~lhopt_dsl.agent.level.LearnedLevel`'s ``to_data``): factors and
+    description as a described one's, and the tensors of a network of its declared size, each of the
+    shape such a network has, finite, with positive scales."""
+    from .level import LevelNet
+
+    level = _dict(level, "['level']", ("factors", "descriptor", "hidden", "net"))
+    factors, names = _level_names(level)
+    hidden = _int(level["hidden"], "['level']['hidden']", 1, MAX_LEVEL_HIDDEN)
+    expected = {k: tuple(v.shape) for k, v in LevelNet(len(names), len(factors), hidden).state_dict().items()}
+    net = _dict(level["net"], "['level']['net']", tuple(expected))
+    unknown = [k for k in net if k not in expected]
+    if unknown:
+        raise _Problem(f"['level']['net'] has the unknown tensor {str(unknown[0])[:60]!r}")
+    for k, dims in expected.items():
+        _finite_tensor(net[k], f"['level']['net']['{k}']", dims)
+    if not bool((net["scale"] > 0).all()):
+        raise _Problem("['level']['net']['scale'] holds values that are not positive")
 
 
 def _check_extras(state: Mapping[str, Any]) -> None:
@@ -259,8 +288,13 @@ def _check_level(state: Mapping[str, Any]) -> None:
         raise _Problem("['level'] chooses a residual policy's offset, but the file has no ['residual'] base")
     if "members" in state["policy"]:
         raise _Problem("['level'] goes with a single policy, not an ensemble")
-    if isinstance(state["level"], dict) and state["level"].get("kind") == "described":
+    kind = state["level"].get("kind") if isinstance(state["level"], dict) else None
+    if kind == "described":
         _check_described(state["level"])
+        return
+    if kind == "learned":
+        _check_learned(state["level"])
+        return
         return
     level = _dict(state["level"], "['level']", ("decision", "factors", "mean", "scale", "weights"))
     _int(level["decision"], "['level']['decision']", 0, 1_000_000)

@@ -1,0 +1,313 @@
+"""``lhopt train-level``: PPO meta-training of a learned level (:class:`~lhopt_dsl.agent.level.LearnedLevel`).
+
+A residual policy acts around a base schedule; a level is the factor of the base's learning rate it
+holds for the whole run. docs/RESULTS.md measured that the level is the task's (a forest fitted on
+every outcome of 1,216 training tasks earns about 1.10x over the schedule's run on held-out ones,
+from what any optimizer sees of its model before the first step), and ``bench/level_bandit.py``
+that PPO learns the same from single sampled choices in a few thousand episodes, where PPO on the
+residual network's per-decision actions found no signal. This runner does it on real inner runs.
+
+One episode: a training task drawn from the spec (iterations from :data:`FIRST_ITERATION`, so the
+draws are meta-training's own), its description (:func:`~lhopt_dsl.agent.rollout.described`), a
+factor sampled from the level network's softmax, and two runs of the task with the same initial
+weights and data order: the start policy as it is (its network, keeping the base's learning rate)
+and the same holding the sampled factor from the first step
+(:class:`~lhopt_dsl.agent.level.HoldLevel`); keep (1) needs the first run only. The reward is PPO's
+power-law reward of the held run's final validation loss against the first run's curve, relative
+to that run's own (1 = as the start policy; ``held_value.relative_to_schedule``'s reading). The
+episodes of an iteration run on ``--workers`` processes; then PPO updates the network (clipped
+ratio, its value head as the baseline, advantages normalised over the iteration, minibatches of
+64, an entropy bonus), and the run saves its checkpoint, every episode (``episodes.jsonl``), its
+metrics (``metrics.jsonl`` and MLflow) and ``policy.pt``: the start policy with the learned level,
+for ``lhopt eval --policy`` and ``LHOPT(policy=...)``. A killed run resumes (``--resume``) at the
+iteration it was in, reusing the episodes that iteration had finished: an iteration's choices are
+drawn from its own seed by the network as the checkpoint saved it, so they are drawn again the same.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from lhopt_dsl import load_spec, sample
+from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
+from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
+from lhopt_dsl.agent.level import ChosenLevel, HoldLevel, LearnedLevel, LevelNet
+from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint, save_checkpoint
+from lhopt_dsl.agent.policy_file import load_policy_file
+from lhopt_dsl.agent.residual import Residual
+from lhopt_dsl.agent.reward import PowerLawReward
+from lhopt_dsl.agent.rollout import described, run_episode
+from lhopt_dsl.spec.hparams import validate_space
+from lhopt_dsl.spec.sample import train_seed
+from lhopt_dsl.spec.schedule import Schedule, segment_bounds
+
+from .jobs import strict_json
+from .lifeline import worker_pool
+from .tracking import Tracker
+
+#: The factors of the base's learning rate a level chooses among, keep first.
+FACTORS: tuple[float, ...] = (1.0, 0.125, 0.25, 0.5, 2.0, 4.0, 8.0)
+#: Iterations of the training draws: far from meta-training's and the measurement benches' (1,000,000 on).
+FIRST_ITERATION = 3_000_000
+CHECKPOINT = "level_checkpoint.pt"
+
+
+@dataclass
+class LevelSettings:
+    """How a level is trained (``lhopt train-level``'s options)."""
+
+    iterations: int = 40
+    episodes: int = 256  # per iteration: one PPO update's batch (bench/level_bandit.py: 64 learned half as fast)
+    workers: int = 1
+    max_minutes: float | None = None
+    resume: bool = False
+    run_dir: Path | None = None
+    policy: Path | None = None  # the residual policy whose level is learned (None: the shipped default)
+    lr: float = 3e-3
+    epochs: int = 4
+    minibatch: int = 64
+    clip: float = 0.2
+    entropy: float = 0.01
+    hidden: int = 64
+    describe_draws: int = 512  # training draws whose descriptions standardise the network's inputs
+    tracking_uri: str | None = None
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def recipe(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it resumes."""
+        keys = ("episodes", "lr", "epochs", "minibatch", "clip", "entropy", "hidden", "describe_draws")
+        return {k: getattr(self, k) for k in keys}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@functools.lru_cache(maxsize=2)
+def _setup(spec_path: str, policy_path: str) -> tuple[Any, ActorCritic, Any, Schedule]:
+    """The spec, the start policy's network, its space and base schedule (once per process)."""
+    spec = load_spec(spec_path)
+    state = load_policy_file(policy_path)
+    if state.get("residual") is None:
+        raise ValueError(f"{policy_path} is not a residual policy: a level is a factor of a residual policy's base")
+    if "members" in state["policy"]:
+        raise ValueError(f"{policy_path} is an ensemble: a level goes with a single residual policy")
+    space = validate_space((state.get("spec") or {}).get("hparams", {}))
+    if space.model_dump() != spec.hparams.model_dump():
+        raise ValueError(f"{policy_path} acts in another hyperparameter space than {spec_path}'s: train its level on "
+                         "a spec of its own space")  # fmt: skip
+    return spec, ActorCritic.from_checkpoint(state["policy"]), space, Schedule.from_name(state["residual"]["base"])
+
+
+def episode(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
+    """One episode (module docstring): ``(spec, policy, iteration, slot, factor)`` -> its record."""
+    spec_path, policy_path, iteration, slot, factor = job
+    torch.set_num_threads(1)
+    t0 = time.process_time()
+    spec, network, space, base = _setup(spec_path, policy_path)
+    mt = spec.meta_train
+    cfg = sample(spec, train_seed(spec.seed, iteration, slot))
+    env = InnerTrainingEnv(spec.hparams, max_valid=mt.max_valid)
+
+    def run(f: float) -> Any:
+        actor = Residual(HoldLevel(network, space, ChosenLevel(f)), space, base)
+        return run_episode(env, cfg, actor, log_improvement_reward, deterministic=True)
+
+    start = run(1.0)
+    held = start if factor == 1.0 else run(factor)
+    law = PowerLawReward(segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps), start.valid_curve, mt.reward_cap)
+    reward = float(law(held.valid_curve[-1])) - float(law(start.valid_curve[-1])) + 1.0
+    return {"iteration": iteration, "slot": slot, "task_id": cfg.task_id, "family": cfg.family,
+            "factor": float(factor), "reward": reward, "start_test_loss": float(start.test_loss),
+            "test_loss": float(held.test_loss), "span": None if law.flat else float(law.span),
+            "cpu_seconds": time.process_time() - t0}  # fmt: skip
+
+
+def descriptions(spec: Any, iteration: int, count: int) -> np.ndarray:
+    """(count, D) descriptions of the draws of ``iteration`` (slots 0 ... count - 1)."""
+    return np.stack([described(sample(spec, train_seed(spec.seed, iteration, slot))) for slot in range(count)])
+
+
+def draw(net: LevelNet, x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Choices (indices of :data:`FACTORS`) sampled for descriptions ``x`` from ``seed``, their
+    log-probabilities and the network's values."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        logits, values = net(x)
+        logp = torch.log_softmax(logits.double(), 1)
+        picks = torch.multinomial(logp.exp(), 1, generator=gen)[:, 0]
+    return picks.numpy(), logp.gather(1, picks[:, None])[:, 0].numpy(), values.double().numpy()
+
+
+def ppo_update(net: LevelNet, opt: torch.optim.Optimizer, x: np.ndarray, picks: np.ndarray, old_logp: np.ndarray,
+               values: np.ndarray, rewards: np.ndarray, settings: LevelSettings, seed: int) -> dict[str, float]:  # fmt: skip
+    """PPO's clipped update of ``net`` on one iteration's episodes; returns its diagnostics."""
+    z = torch.as_tensor(x)
+    acts, old = torch.as_tensor(picks), torch.as_tensor(old_logp, dtype=torch.float32)
+    r = torch.as_tensor(rewards, dtype=torch.float32)
+    adv = r - torch.as_tensor(values, dtype=torch.float32)
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8) if len(adv) > 1 else adv * 0
+    gen = torch.Generator().manual_seed(seed)
+    kls, clipped, ents, vls = [], [], [], []
+    for _ in range(settings.epochs):
+        for idx in torch.randperm(len(r), generator=gen).split(settings.minibatch):
+            logits, v = net(z[idx])
+            logp_all = torch.log_softmax(logits, 1)
+            logp = logp_all.gather(1, acts[idx, None])[:, 0]
+            ratio = torch.exp(logp - old[idx])
+            a = adv[idx]
+            pg = -torch.min(ratio * a, torch.clamp(ratio, 1 - settings.clip, 1 + settings.clip) * a).mean()
+            entropy = -(logp_all.exp() * logp_all).sum(1).mean()
+            value_loss = ((v - r[idx]) ** 2).mean()
+            loss = pg + 0.5 * value_loss - settings.entropy * entropy
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                kls.append(float((old[idx] - logp).mean()))
+                clipped.append(float(((ratio - 1).abs() > settings.clip).float().mean()))
+                ents.append(float(entropy))
+                vls.append(float(value_loss))
+    return {"ppo/approx_kl": float(np.mean(kls)), "ppo/clip_frac": float(np.mean(clipped)),
+            "ppo/entropy": float(np.mean(ents)), "ppo/value_loss": float(np.mean(vls))}  # fmt: skip
+
+
+def _read_episodes(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
+    """The episodes an earlier piece of the run wrote (a last line cut by a kill is dropped)."""
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[(row["iteration"], row["slot"])] = row
+    return out
+
+
+def policy_with_level(start: Path, net: LevelNet, fitted: dict[str, Any]) -> dict[str, Any]:
+    """The start policy's file data with ``net`` as its learned level."""
+    state = dict(load_policy_file(start))
+    state["level"] = LearnedLevel(FACTORS, net, DESCRIPTOR_NAMES, fitted).to_data()
+    return state
+
+
+def _speedup(rows: Iterable[dict[str, Any]], cap: float) -> float:
+    """Geometric-mean speedup over the start's run that rewards stand for (exp((reward - 1) * span),
+    within the cap; a run without a span counts 1 if it did not lose, 1/cap if it did)."""
+    out = []
+    for row in rows:
+        if row["span"] is None:
+            out.append(1.0 if row["reward"] >= 1.0 else 1.0 / cap)
+        else:
+            out.append(min(max(math.exp((row["reward"] - 1.0) * row["span"]), 1.0 / cap), cap))
+    return float(np.exp(np.mean(np.log(out)))) if out else float("nan")
+
+
+def train_level(spec_path: str, settings: LevelSettings) -> Path:
+    """Train a learned level (module docstring); returns the run's ``policy.pt``."""
+    from lhopt_dsl.controller import DEFAULT_POLICY
+
+    spec = load_spec(spec_path)
+    if not spec.meta_train.residual:
+        raise ValueError(f"{spec_path} has no meta_train.residual: a level is a factor of a residual policy's base")
+    policy = Path(settings.policy or DEFAULT_POLICY)
+    _setup(spec_path, str(policy))  # the start policy fits the spec, or a clear error before any work
+    run_dir = Path(settings.run_dir or Path("runs") / f"{Path(spec_path).stem}-level")
+    ckpt_path = run_dir / CHECKPOINT
+    net = LevelNet(len(DESCRIPTOR_NAMES), len(FACTORS), settings.hidden)
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    provenance = {"spec": spec_path, "spec_seed": spec.seed, "policy": str(policy), "policy_sha256": _digest(policy),
+                  "recipe": settings.recipe()}  # fmt: skip
+    if ckpt_path.exists() and not settings.resume:
+        raise FileExistsError(f"{run_dir} already holds a level run: pass --resume to go on with it, or another --run-dir")
+    if settings.resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"no level run to resume in {run_dir} ({CHECKPOINT} is missing)")
+        ckpt = load_checkpoint(ckpt_path, "level training checkpoint")
+        changed = [k for k in ("spec", "spec_seed", "policy_sha256", "recipe") if ckpt["provenance"][k] != provenance[k]]
+        if changed:
+            raise ValueError(f"{run_dir} was trained with other {', '.join(changed)}: resume with the same spec, start "
+                             "policy and options, or start a new --run-dir")  # fmt: skip
+        net.load_state_dict(ckpt["net"])
+        opt.load_state_dict(ckpt["optimizer"])
+        iteration, cpu_seconds, wall_hours = int(ckpt["iteration"]), float(ckpt["cpu_seconds"]), float(ckpt["wall_hours"])
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        x = descriptions(spec, FIRST_ITERATION - 1, settings.describe_draws)  # draws no iteration trains on
+        with torch.no_grad():
+            net.mean.copy_(torch.as_tensor(x.mean(0)))
+            net.scale.copy_(torch.as_tensor(np.where(x.std(0) > 0, x.std(0), 1.0)))
+        iteration, cpu_seconds, wall_hours, ckpt = 0, 0.0, 0.0, {}
+    episodes_path = run_dir / "episodes.jsonl"
+    done = _read_episodes(episodes_path)
+    tracker = Tracker(settings.tracking_uri or spec.tracking.uri, f"{spec.tracking.experiment}-level", run_dir.name,
+                      run_dir, run_id=ckpt.get("run_id") if settings.resume else None)  # fmt: skip
+    tracker.keep_metrics_through(iteration)
+    tracker.log_params({"spec": spec_path, "policy": str(policy), **settings.recipe()})
+    began = time.monotonic()
+    pool = worker_pool(settings.workers) if settings.workers > 1 else None
+    try:
+        while iteration < settings.iterations:
+            if settings.max_minutes is not None and time.monotonic() - began > 60 * settings.max_minutes:
+                break
+            t0 = time.monotonic()
+            it = FIRST_ITERATION + iteration
+            x = descriptions(spec, it, settings.episodes)
+            picks, logp, values = draw(net, x, spec.seed * 1_000_003 + iteration)
+            jobs = [(spec_path, str(policy), it, slot, FACTORS[int(k)]) for slot, k in enumerate(picks)]
+            todo = [j for j in jobs if (j[2], j[3]) not in done or done[(j[2], j[3])]["factor"] != j[4]]
+            cpu_seconds += sum(done[(j[2], j[3])]["cpu_seconds"] for j in jobs if j not in todo)  # a killed piece's
+            results = pool.imap_unordered(episode, todo) if pool else map(episode, todo)
+            with episodes_path.open("a") as f:
+                for k, row in enumerate(results, 1):
+                    done[(row["iteration"], row["slot"])] = row
+                    cpu_seconds += row["cpu_seconds"]
+                    f.write(json.dumps(strict_json(row)) + "\n")
+                    f.flush()
+                    if not settings.quiet:
+                        print(f"\riteration {iteration + 1}/{settings.iterations}: {k}/{len(todo)} episodes", end="", flush=True)
+            rows = [done[(j[2], j[3])] for j in jobs]
+            rewards = np.array([r["reward"] for r in rows], dtype=np.float64)
+            diag = ppo_update(net, opt, x, picks, logp, values, rewards, settings, spec.seed * 1_000_003 + iteration)
+            iteration += 1
+            wall_hours += (time.monotonic() - t0) / 3600
+            with torch.no_grad():
+                greedy = net(x)[0].argmax(1).numpy()
+            metrics = {
+                "reward/mean": float(rewards.mean()), "reward/speedup": _speedup(rows, spec.meta_train.reward_cap),
+                **{f"choice/x{f:g}": float(np.mean(picks == k)) for k, f in enumerate(FACTORS)},
+                **{f"greedy/x{f:g}": float(np.mean(greedy == k)) for k, f in enumerate(FACTORS)},
+                **diag, "episodes": iteration * settings.episodes, "cpu_hours": cpu_seconds / 3600,
+            }  # fmt: skip
+            tracker.log_metrics(metrics, iteration)
+            fitted = {**provenance, "iterations": iteration, "episodes": iteration * settings.episodes,
+                      "cpu_hours": cpu_seconds / 3600}  # fmt: skip
+            save_checkpoint({"provenance": provenance, "iteration": iteration, "net": net.state_dict(),
+                             "optimizer": opt.state_dict(), "cpu_seconds": cpu_seconds, "wall_hours": wall_hours,
+                             "run_id": tracker.run_id,
+                             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}},
+                            ckpt_path)  # fmt: skip
+            save_checkpoint(policy_with_level(policy, net, fitted), run_dir / "policy.pt")
+            load_policy_file(run_dir / "policy.pt")
+            if not settings.quiet:
+                print(f"\riteration {iteration}: reward {metrics['reward/mean']:.4f} "
+                      f"({metrics['reward/speedup']:.3f}x the start's run), greedy "
+                      + " ".join(f"x{f:g} {metrics[f'greedy/x{f:g}']:.2f}" for f in FACTORS) + f", {cpu_seconds / 3600:.2f} CPU-h",
+                      flush=True)  # fmt: skip
+    finally:
+        if pool is not None:
+            pool.terminate()
+        tracker.end()
+    return run_dir / "policy.pt"
