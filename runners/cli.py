@@ -191,6 +191,7 @@ def cmd_train_level(args: argparse.Namespace) -> int:
         iterations=args.iterations, episodes=args.episodes, workers=args.workers, max_minutes=args.max_minutes,
         resume=args.resume, run_dir=Path(args.run_dir) if args.run_dir else None,
         policy=Path(args.policy) if args.policy else None, tracking_uri=args.tracking_uri,
+        dev_every=args.dev_every, dev_tasks=args.dev_tasks, storage=args.storage,
     )  # fmt: skip
     try:
         path = train_level(args.spec, settings)
@@ -694,6 +695,10 @@ def _policy_commands(g: _Group) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
     p.add_argument("--run-dir", help="run directory (default: runs/<spec file name>-level)")
     p.add_argument("--max-minutes", type=float, help="stop after the iteration that passes this much wall time")
+    p.add_argument("--dev-every", type=int, default=2,
+                   help="a learning-curve point on dev tasks every N iterations, at the start and at the end (0: none)")
+    p.add_argument("--dev-tasks", type=int, help="dev tasks per point (default: the spec's meta_train.dev_tasks)")
+    p.add_argument("--storage", help="baseline cache the dev points read (default: lhopt eval's, runs/baselines.db)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_train_level)
 

@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -81,8 +81,10 @@ class LevelSettings:
     hidden: int = 64
     describe_draws: int = 512  # training draws whose descriptions standardise the network's inputs
     tracking_uri: str | None = None
+    dev_every: int = 2  # iterations between learning-curve points on dev tasks (0: none)
+    dev_tasks: int | None = None  # how many (None: the spec's meta_train.dev_tasks)
+    storage: str | None = None  # the baseline cache the dev points read (None: lhopt eval's default)
     quiet: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def recipe(self) -> dict[str, Any]:
         """What a resumed run must share with the run it resumes."""
@@ -215,6 +217,55 @@ def _speedup(rows: Iterable[dict[str, Any]], cap: float) -> float:
     return float(np.exp(np.mean(np.log(out)))) if out else float("nan")
 
 
+def level_dev(spec: Any, policy_path: Path, run_dir: Path, iteration: int, settings: LevelSettings,
+              tracker: Any) -> dict[str, float] | None:  # fmt: skip
+    """A learning-curve point: the policy as it is after ``iteration`` iterations, greedy, on the first
+    dev tasks (always the same ones) against their cached AdamW grids, scored as ``lhopt eval`` scores
+    (test loss); the row goes to ``dev_curve.jsonl`` and MLflow (``dev/...``), and the evaluation to
+    ``dev/iter-NNNNNN`` (resumable; ``lhopt compare`` reads any two points). Skipped where the curve
+    has the point already."""
+    from .evaluate import default_storage, eval_config, evaluate_tasks, manifest_of, summarise
+    from .jobs import write_json
+    from .meta_train import DEV_METRICS
+
+    curve = run_dir / "dev_curve.jsonl"
+    if curve.exists() and any(json.loads(line).get("step") == iteration for line in curve.read_text().splitlines()
+                              if line.strip()):  # fmt: skip
+        return None
+    storage = settings.storage or default_storage(spec)
+    out = run_dir / "dev" / f"iter-{iteration:06d}"
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "policy.pt"
+    saved.write_bytes(Path(policy_path).read_bytes())
+    manifest = manifest_of(spec, saved, initial="default", task_set="dev", storage=storage, out=out)
+    write_json(out / "manifest.json", {**manifest, "iteration": iteration})
+    tasks = settings.dev_tasks or spec.meta_train.dev_tasks
+    configs = [eval_config(spec, i) for i in range(tasks)]
+    records = evaluate_tasks(configs, saved, out, storage=storage, device=spec.device, data_dir=spec.data_dir,
+                             max_valid=spec.meta_train.max_valid, compiled=False, workers=settings.workers, threads=1,
+                             quiet=settings.quiet)  # fmt: skip
+    overall = summarise(records, "test", resamples=500)["overall"]
+    row = {f"dev/{k}": float(overall[k]["value"]) for k in DEV_METRICS}
+    row["dev/tasks"] = float(len(records))
+    tracker.log_metrics(row, step=iteration, local_file="dev_curve.jsonl")
+    return row
+
+
+def learning_curve(run_dir: Path, tracker: Any) -> Path:
+    """The run's one-figure learning curve (``learning_curve.png``, and in MLflow): the sampled
+    episodes' mean reward against the start's run by iteration above, the dev points below."""
+    from .meta_train import _dev_rows, learning_curve_figure
+
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    history = [{"iteration": r["step"], "reward/mean": r["reward/mean"], "speed/cpu_hours": r["cpu_hours"]}
+               for r in rows if "reward/mean" in r]  # fmt: skip
+    fig = learning_curve_figure(history, _dev_rows(run_dir))
+    fig.savefig(run_dir / "learning_curve.png", dpi=100)
+    tracker.log_figure(fig, "learning_curve.png")
+    return run_dir / "learning_curve.png"
+
+
 def train_level(spec_path: str, settings: LevelSettings) -> Path:
     """Train a learned level (module docstring); returns the run's ``policy.pt``."""
     from lhopt_dsl.controller import DEFAULT_POLICY
@@ -259,6 +310,9 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
     began = time.monotonic()
     pool = worker_pool(settings.workers) if settings.workers > 1 else None
     try:
+        if settings.dev_every and iteration == 0:  # the start: its level network keeps (zero logits, keep first)
+            save_checkpoint(policy_with_level(policy, net, provenance), run_dir / "policy.pt")
+            level_dev(spec, run_dir / "policy.pt", run_dir, 0, settings, tracker)
         while iteration < settings.iterations:
             if settings.max_minutes is not None and time.monotonic() - began > 60 * settings.max_minutes:
                 break
@@ -301,11 +355,16 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                             ckpt_path)  # fmt: skip
             save_checkpoint(policy_with_level(policy, net, fitted), run_dir / "policy.pt")
             load_policy_file(run_dir / "policy.pt")
+            if settings.dev_every and iteration % settings.dev_every == 0:
+                level_dev(spec, run_dir / "policy.pt", run_dir, iteration, settings, tracker)
             if not settings.quiet:
                 print(f"\riteration {iteration}: reward {metrics['reward/mean']:.4f} "
                       f"({metrics['reward/speedup']:.3f}x the start's run), greedy "
                       + " ".join(f"x{f:g} {metrics[f'greedy/x{f:g}']:.2f}" for f in FACTORS) + f", {cpu_seconds / 3600:.2f} CPU-h",
                       flush=True)  # fmt: skip
+        if settings.dev_every and iteration > 0:  # the last point, where the run stopped
+            level_dev(spec, run_dir / "policy.pt", run_dir, iteration, settings, tracker)
+        learning_curve(run_dir, tracker)
     finally:
         if pool is not None:
             pool.terminate()

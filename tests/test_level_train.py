@@ -144,7 +144,8 @@ def test_train_level_runs_episodes_checkpoints_resumes_and_writes_a_policy_that_
     start = _start_policy(tmp_path, spec)
     run = tmp_path / "run"
     settings = LevelSettings(iterations=1, episodes=4, workers=1, run_dir=run, policy=start, tracking_uri=OFFLINE,
-                             describe_draws=8, quiet=True)  # fmt: skip
+                             describe_draws=8, quiet=True, dev_every=1, dev_tasks=1,
+                             storage=f"sqlite:///{tmp_path / 'baselines.db'}")  # fmt: skip
     with pytest.warns(UserWarning, match="tracking disabled"):
         path = train_level(str(spec_path), settings)
     rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
@@ -178,6 +179,12 @@ def test_train_level_runs_episodes_checkpoints_resumes_and_writes_a_policy_that_
     assert ckpt["iteration"] == 2 and ckpt["cpu_seconds"] > 2e6
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2]
+    # the learning curve: the start (which keeps), each iteration, once each; and its figure
+    curve = [json.loads(line) for line in (run / "dev_curve.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in curve] == [0, 1, 2] and all(c["dev/tasks"] == 1.0 for c in curve)
+    assert (run / "learning_curve.png").stat().st_size > 0
+    first, _ = load_policy(run / "dev" / "iter-000000" / "policy.pt")
+    assert first.inner.rule.choose_runs([Run({}, 4, describe=SMALL), Run({}, 4, describe=BIG)]) == [1.0, 1.0]
 
 
 def test_train_level_refuses_a_start_policy_that_does_not_fit_the_spec(tmp_path):
