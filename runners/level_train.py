@@ -310,9 +310,11 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
     began = time.monotonic()
     pool = worker_pool(settings.workers) if settings.workers > 1 else None
     try:
-        if settings.dev_every and iteration == 0:  # the start: its level network keeps (zero logits, keep first)
-            save_checkpoint(policy_with_level(policy, net, provenance), run_dir / "policy.pt")
-            level_dev(spec, run_dir / "policy.pt", run_dir, 0, settings, tracker)
+        if settings.dev_every:  # the start (also for a run resumed before it had its point): zero logits keep
+            start = LevelNet(*net.shape)
+            start.load_state_dict({**start.state_dict(), "mean": net.mean, "scale": net.scale})
+            save_checkpoint(policy_with_level(policy, start, provenance), run_dir / "start_policy.pt")
+            level_dev(spec, run_dir / "start_policy.pt", run_dir, 0, settings, tracker)
         while iteration < settings.iterations:
             if settings.max_minutes is not None and time.monotonic() - began > 60 * settings.max_minutes:
                 break
