@@ -372,3 +372,25 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
             pool.terminate()
         tracker.end()
     return run_dir / "policy.pt"
+
+
+def by_family(rows: Iterable[dict[str, Any]]) -> str:
+    """A Markdown table of a run's episodes: per family (rows) and level (columns), the mean reward
+    against the start's run and how many episodes sampled it (what PPO explored and where it paid)."""
+    cells: dict[tuple[str, float], list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["family"], float(r["factor"])), []).append(float(r["reward"]))
+    families = sorted({f for f, _ in cells})
+    head = "| family | " + " | ".join(f"x{f:g}" for f in sorted(FACTORS)) + " |"
+    lines = [head, "|---|" + "---:|" * len(FACTORS)]
+    for fam in families:
+        parts = [f"{np.mean(cells[(fam, f)]):.3f} ({len(cells[(fam, f)])})" if (fam, f) in cells else "-"
+                 for f in sorted(FACTORS)]  # fmt: skip
+        lines.append(f"| {fam} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m runners.level_train RUN_DIR: what a run's episodes explored, by family
+    import sys
+
+    print(by_family(_read_episodes(Path(sys.argv[1]) / "episodes.jsonl").values()))

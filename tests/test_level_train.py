@@ -195,3 +195,11 @@ def test_train_level_refuses_a_start_policy_that_does_not_fit_the_spec(tmp_path)
     save_checkpoint({"policy": keeper(spec).to_checkpoint(), "spec": spec.model_dump(mode="json")}, plain)
     with pytest.raises(ValueError, match="not a residual policy"):
         train_level(str(spec_path), LevelSettings(policy=plain, run_dir=tmp_path / "r", tracking_uri=OFFLINE))
+
+
+def test_the_episode_table_reads_mean_reward_and_count_per_family_and_level():
+    rows = [{"family": "mlp", "factor": 2.0, "reward": 1.2}, {"family": "mlp", "factor": 2.0, "reward": 1.0},
+            {"family": "rnn", "factor": 1.0, "reward": 1.0}]
+    table = level_train.by_family(rows).splitlines()
+    assert table[0].startswith("| family | x0.125 |") and len(table) == 4
+    assert "1.100 (2)" in table[2] and table[3].count("-") == len(FACTORS) - 1
