@@ -307,6 +307,9 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                       run_dir, run_id=ckpt.get("run_id") if settings.resume else None)  # fmt: skip
     tracker.keep_metrics_through(iteration)
     tracker.log_params({"spec": spec_path, "policy": str(policy), **settings.recipe()})
+    def fitted(at: int, cpu: float) -> dict[str, Any]:  # what a policy file says of its level's training
+        return {**provenance, "iterations": at, "episodes": at * settings.episodes, "cpu_hours": cpu / 3600}
+
     began = time.monotonic()
     pool = worker_pool(settings.workers) if settings.workers > 1 else None
     try:
@@ -315,6 +318,9 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
             start.load_state_dict({**start.state_dict(), "mean": net.mean, "scale": net.scale})
             save_checkpoint(policy_with_level(policy, start, provenance), run_dir / "start_policy.pt")
             level_dev(spec, run_dir / "start_policy.pt", run_dir, 0, settings, tracker)
+        if settings.dev_every and iteration and iteration % settings.dev_every == 0:  # killed before its point
+            save_checkpoint(policy_with_level(policy, net, fitted(iteration, cpu_seconds)), run_dir / "policy.pt")
+            level_dev(spec, run_dir / "policy.pt", run_dir, iteration, settings, tracker)
         while iteration < settings.iterations:
             if settings.max_minutes is not None and time.monotonic() - began > 60 * settings.max_minutes:
                 break
@@ -348,14 +354,12 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                 **diag, "episodes": iteration * settings.episodes, "cpu_hours": cpu_seconds / 3600,
             }  # fmt: skip
             tracker.log_metrics(metrics, iteration)
-            fitted = {**provenance, "iterations": iteration, "episodes": iteration * settings.episodes,
-                      "cpu_hours": cpu_seconds / 3600}  # fmt: skip
             save_checkpoint({"provenance": provenance, "iteration": iteration, "net": net.state_dict(),
                              "optimizer": opt.state_dict(), "cpu_seconds": cpu_seconds, "wall_hours": wall_hours,
                              "run_id": tracker.run_id,
                              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}},
                             ckpt_path)  # fmt: skip
-            save_checkpoint(policy_with_level(policy, net, fitted), run_dir / "policy.pt")
+            save_checkpoint(policy_with_level(policy, net, fitted(iteration, cpu_seconds)), run_dir / "policy.pt")
             load_policy_file(run_dir / "policy.pt")
             if settings.dev_every and iteration % settings.dev_every == 0:
                 level_dev(spec, run_dir / "policy.pt", run_dir, iteration, settings, tracker)

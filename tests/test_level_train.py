@@ -183,6 +183,12 @@ def test_train_level_runs_episodes_checkpoints_resumes_and_writes_a_policy_that_
     curve = [json.loads(line) for line in (run / "dev_curve.jsonl").read_text().splitlines()]
     assert [c["step"] for c in curve] == [0, 1, 2] and all(c["dev/tasks"] == 1.0 for c in curve)
     assert (run / "learning_curve.png").stat().st_size > 0
+    # killed after its last iteration but before that iteration's point: resumed, it makes the point and nothing else
+    (run / "dev_curve.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curve[:2]))
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True, "iterations": 2}))
+    assert [json.loads(line)["step"] for line in (run / "dev_curve.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert len((run / "episodes.jsonl").read_text().splitlines()) == 8
     first, _ = load_policy(run / "dev" / "iter-000000" / "policy.pt")
     assert first.inner.rule.choose_runs([Run({}, 4, describe=SMALL), Run({}, 4, describe=BIG)]) == [1.0, 1.0]
 
