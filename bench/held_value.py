@@ -65,6 +65,7 @@ from lhopt_dsl.agent.level import ridge
 from lhopt_dsl.agent.observation import FeatureBuilder, task_vector
 from lhopt_dsl.agent.residual import Residual, clamp_offset, nearest_scale, offset_actions
 from lhopt_dsl.agent.reward import PowerLawReward
+from lhopt_dsl.agent.reward import reward_speedups as speedups
 from lhopt_dsl.agent.rollout import run_episode
 from lhopt_dsl.spec.sample import train_seed
 from lhopt_dsl.spec.schedule import Schedule, segment_bounds
@@ -253,19 +254,6 @@ def rule_best_factor(rewards: np.ndarray, groups: Sequence[Any] | None = None, f
             if means.max() > 1.0:
                 out[i] = rewards[i, int(np.argmax(means))]
     return out
-
-
-def speedups(rewards: np.ndarray, spans: np.ndarray, cap: float) -> np.ndarray:
-    """The speedup over the schedule's run that a reward stands for: the reward is 1 + log(speedup) /
-    span, with span the log of the schedule's steps from its first to its best loss (per task, the
-    rows of ``rewards``), so a speedup is exp((reward - 1) * span), here within [1/cap, cap]. A
-    schedule's run that did not improve has no span (nan): a reward of 1 or more counts as 1, less as 1/cap."""
-    r = np.asarray(rewards, dtype=np.float64)
-    span = np.asarray(spans, dtype=np.float64).reshape((-1,) + (1,) * (r.ndim - 1))
-    flat = np.where(r >= 1.0, 1.0, 1.0 / cap)
-    with np.errstate(invalid="ignore", over="ignore"):
-        out = np.where(np.isfinite(span), np.exp((r - 1.0) * np.nan_to_num(span)), flat)
-    return np.clip(out, 1.0 / cap, cap)
 
 
 class Score:

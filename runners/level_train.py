@@ -45,7 +45,7 @@ from lhopt_dsl.agent.level import ChosenLevel, HoldLevel, LearnedLevel, LevelNet
 from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.agent.policy_file import load_policy_file
 from lhopt_dsl.agent.residual import Residual
-from lhopt_dsl.agent.reward import PowerLawReward
+from lhopt_dsl.agent.reward import PowerLawReward, reward_speedups
 from lhopt_dsl.agent.rollout import described, run_episode
 from lhopt_dsl.spec.hparams import validate_space
 from lhopt_dsl.spec.sample import train_seed
@@ -53,6 +53,7 @@ from lhopt_dsl.spec.schedule import Schedule, segment_bounds
 
 from .jobs import strict_json
 from .lifeline import worker_pool
+from .meta_train import has_dev_point
 from .tracking import Tracker
 
 #: The factors of the base's learning rate a level chooses among, keep first.
@@ -198,57 +199,38 @@ def _read_episodes(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
     return out
 
 
-def policy_with_level(start: Path, net: LevelNet, fitted: dict[str, Any]) -> dict[str, Any]:
-    """The start policy's file data with ``net`` as its learned level."""
-    state = dict(load_policy_file(start))
-    state["level"] = LearnedLevel(FACTORS, net, DESCRIPTOR_NAMES, fitted).to_data()
-    return state
+def policy_with_level(start: dict[str, Any], net: LevelNet, fitted: dict[str, Any]) -> dict[str, Any]:
+    """The start policy's file data ``start`` with ``net`` as its learned level."""
+    return {**start, "level": LearnedLevel(FACTORS, net, DESCRIPTOR_NAMES, fitted).to_data()}
 
 
 def _speedup(rows: Iterable[dict[str, Any]], cap: float) -> float:
-    """Geometric-mean speedup over the start's run that rewards stand for (exp((reward - 1) * span),
-    within the cap; a run without a span counts 1 if it did not lose, 1/cap if it did)."""
-    out = []
-    for row in rows:
-        if row["span"] is None:
-            out.append(1.0 if row["reward"] >= 1.0 else 1.0 / cap)
-        else:
-            out.append(min(max(math.exp((row["reward"] - 1.0) * row["span"]), 1.0 / cap), cap))
-    return float(np.exp(np.mean(np.log(out)))) if out else float("nan")
+    """Geometric-mean speedup over the start's run that rewards stand for
+    (:func:`~lhopt_dsl.agent.reward.reward_speedups`; a run without a span has a nan one)."""
+    rows = list(rows)
+    if not rows:
+        return float("nan")
+    rewards = np.array([r["reward"] for r in rows], dtype=np.float64)
+    spans = np.array([math.nan if r["span"] is None else r["span"] for r in rows], dtype=np.float64)
+    return float(np.exp(np.mean(np.log(reward_speedups(rewards, spans, cap)))))
 
 
-def level_dev(spec: Any, policy_path: Path, run_dir: Path, iteration: int, settings: LevelSettings,
+def level_dev(spec: Any, policy: dict[str, Any], run_dir: Path, iteration: int, settings: LevelSettings,
               tracker: Any) -> dict[str, float] | None:  # fmt: skip
-    """A learning-curve point: the policy as it is after ``iteration`` iterations, greedy, on the first
-    dev tasks (always the same ones) against their cached AdamW grids, scored as ``lhopt eval`` scores
-    (test loss); the row goes to ``dev_curve.jsonl`` and MLflow (``dev/...``), and the evaluation to
-    ``dev/iter-NNNNNN`` (resumable; ``lhopt compare`` reads any two points). Skipped where the curve
-    has the point already."""
-    from .evaluate import default_storage, eval_config, evaluate_tasks, manifest_of, summarise
-    from .jobs import write_json
-    from .meta_train import DEV_METRICS
+    """A learning-curve point (:func:`runners.meta_train.dev_point`) of the policy file data ``policy``
+    after ``iteration`` iterations, on the first dev tasks (always the same ones), into
+    ``dev/iter-NNNNNN`` (``lhopt compare`` reads any two points). Skipped where the curve has the point."""
+    from .evaluate import default_storage
+    from .meta_train import dev_point
 
-    curve = run_dir / "dev_curve.jsonl"
-    if curve.exists() and any(json.loads(line).get("step") == iteration for line in curve.read_text().splitlines()
-                              if line.strip()):  # fmt: skip
+    if has_dev_point(run_dir, iteration):
         return None
-    storage = settings.storage or default_storage(spec)
     out = run_dir / "dev" / f"iter-{iteration:06d}"
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "policy.pt"
-    saved.write_bytes(Path(policy_path).read_bytes())
-    manifest = manifest_of(spec, saved, initial="default", task_set="dev", storage=storage, out=out)
-    write_json(out / "manifest.json", {**manifest, "iteration": iteration})
-    tasks = settings.dev_tasks or spec.meta_train.dev_tasks
-    configs = [eval_config(spec, i) for i in range(tasks)]
-    records = evaluate_tasks(configs, saved, out, storage=storage, device=spec.device, data_dir=spec.data_dir,
-                             max_valid=spec.meta_train.max_valid, compiled=False, workers=settings.workers, threads=1,
-                             quiet=settings.quiet)  # fmt: skip
-    overall = summarise(records, "test", resamples=500)["overall"]
-    row = {f"dev/{k}": float(overall[k]["value"]) for k in DEV_METRICS}
-    row["dev/tasks"] = float(len(records))
-    tracker.log_metrics(row, step=iteration, local_file="dev_curve.jsonl")
-    return row
+    save_checkpoint(policy, out / "policy.pt")
+    return dev_point(spec, out, iteration, tasks=settings.dev_tasks or spec.meta_train.dev_tasks,
+                     storage=settings.storage or default_storage(spec), workers=settings.workers, tracker=tracker,
+                     quiet=settings.quiet)  # fmt: skip
 
 
 def learning_curve(run_dir: Path, tracker: Any) -> Path:
@@ -275,6 +257,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
         raise ValueError(f"{spec_path} has no meta_train.residual: a level is a factor of a residual policy's base")
     policy = Path(settings.policy or DEFAULT_POLICY)
     _setup(spec_path, str(policy))  # the start policy fits the spec, or a clear error before any work
+    start_state = load_policy_file(policy)
     run_dir = Path(settings.run_dir or Path("runs") / f"{Path(spec_path).stem}-level")
     ckpt_path = run_dir / CHECKPOINT
     net = LevelNet(len(DESCRIPTOR_NAMES), len(FACTORS), settings.hidden)
@@ -313,14 +296,13 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
     began = time.monotonic()
     pool = worker_pool(settings.workers) if settings.workers > 1 else None
     try:
-        if settings.dev_every:  # the start (also for a run resumed before it had its point): zero logits keep
-            start = LevelNet(*net.shape)
+        if settings.dev_every and not has_dev_point(run_dir, 0):  # the start, also for a run resumed without it
+            start = LevelNet(*net.shape)  # zero logits: keeps
             start.load_state_dict({**start.state_dict(), "mean": net.mean, "scale": net.scale})
-            save_checkpoint(policy_with_level(policy, start, provenance), run_dir / "start_policy.pt")
-            level_dev(spec, run_dir / "start_policy.pt", run_dir, 0, settings, tracker)
-        if settings.dev_every and iteration and iteration % settings.dev_every == 0:  # killed before its point
-            save_checkpoint(policy_with_level(policy, net, fitted(iteration, cpu_seconds)), run_dir / "policy.pt")
-            level_dev(spec, run_dir / "policy.pt", run_dir, iteration, settings, tracker)
+            level_dev(spec, policy_with_level(start_state, start, provenance), run_dir, 0, settings, tracker)
+        if settings.dev_every and iteration % settings.dev_every == 0 and not has_dev_point(run_dir, iteration):
+            level_dev(spec, policy_with_level(start_state, net, fitted(iteration, cpu_seconds)), run_dir, iteration,
+                      settings, tracker)  # killed before this iteration's point  # fmt: skip
         while iteration < settings.iterations:
             if settings.max_minutes is not None and time.monotonic() - began > 60 * settings.max_minutes:
                 break
@@ -359,17 +341,19 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                              "run_id": tracker.run_id,
                              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}},
                             ckpt_path)  # fmt: skip
-            save_checkpoint(policy_with_level(policy, net, fitted(iteration, cpu_seconds)), run_dir / "policy.pt")
+            state = policy_with_level(start_state, net, fitted(iteration, cpu_seconds))
+            save_checkpoint(state, run_dir / "policy.pt")
             load_policy_file(run_dir / "policy.pt")
             if settings.dev_every and iteration % settings.dev_every == 0:
-                level_dev(spec, run_dir / "policy.pt", run_dir, iteration, settings, tracker)
+                level_dev(spec, state, run_dir, iteration, settings, tracker)
             if not settings.quiet:
                 print(f"\riteration {iteration}: reward {metrics['reward/mean']:.4f} "
                       f"({metrics['reward/speedup']:.3f}x the start's run), greedy "
                       + " ".join(f"x{f:g} {metrics[f'greedy/x{f:g}']:.2f}" for f in FACTORS) + f", {cpu_seconds / 3600:.2f} CPU-h",
                       flush=True)  # fmt: skip
-        if settings.dev_every and iteration > 0:  # the last point, where the run stopped
-            level_dev(spec, run_dir / "policy.pt", run_dir, iteration, settings, tracker)
+        if settings.dev_every and iteration > 0 and not has_dev_point(run_dir, iteration):  # where the run stopped
+            level_dev(spec, policy_with_level(start_state, net, fitted(iteration, cpu_seconds)), run_dir, iteration,
+                      settings, tracker)
         learning_curve(run_dir, tracker)
     finally:
         if pool is not None:

@@ -338,25 +338,39 @@ def dev_evaluation(spec: ExperimentSpec, model: ActorCritic, run_dir: Path, iter
     as ``lhopt eval`` uses by default; import ``results/baselines`` there first and it costs only
     the policy's runs."""
     mt = spec.meta_train
-    curve = run_dir / "dev_curve.jsonl"
-    if not mt.dev_every or (iteration % mt.dev_every and not last):
+    if not mt.dev_every or (iteration % mt.dev_every and not last) or has_dev_point(run_dir, iteration):
         return None
-    if curve.exists() and any(json.loads(line).get("step") == iteration
-                              for line in curve.read_text().splitlines() if line.strip()):  # fmt: skip
-        return None
-    from .evaluate import default_storage, eval_config, evaluate_tasks, manifest_of, summarise
+    from .evaluate import default_storage
 
     out = run_dir / "dev" / f"iter-{iteration:06d}"
     out.mkdir(parents=True, exist_ok=True)
+    save_atomic(policy_data(spec, model), out / "policy.pt")
+    return dev_point(spec, out, iteration, tasks=mt.dev_tasks, storage=default_storage(spec), workers=workers,
+                     tracker=tracker, quiet=quiet)  # fmt: skip
+
+
+def has_dev_point(run_dir: Path, iteration: int) -> bool:
+    """Whether the run's learning curve (``dev_curve.jsonl``) has its point at ``iteration``."""
+    curve = run_dir / "dev_curve.jsonl"
+    return curve.exists() and any(json.loads(line).get("step") == iteration
+                                  for line in curve.read_text().splitlines() if line.strip())  # fmt: skip
+
+
+def dev_point(spec: ExperimentSpec, out: Path, iteration: int, *, tasks: int, storage: str, workers: int,
+              tracker: Tracker | NullTracker, quiet: bool) -> dict[str, float]:  # fmt: skip
+    """One learning-curve point: the policy file ``out/policy.pt``, greedy, on the first ``tasks`` dev
+    tasks against their cached AdamW grids, scored on test loss as ``lhopt eval`` scores; records in
+    ``out`` (resumable), the row in the run's ``dev_curve.jsonl`` and MLflow (``dev/...`` at ``iteration``)."""
+    from .evaluate import eval_config, evaluate_tasks, manifest_of, summarise
+
     policy_path = out / "policy.pt"
-    save_atomic(policy_data(spec, model), policy_path)
     # A manifest as lhopt eval writes one, so that `lhopt compare` reads any two points of the curve.
-    manifest = manifest_of(spec, policy_path, initial="default", task_set="dev", storage=default_storage(spec), out=out)
+    manifest = manifest_of(spec, policy_path, initial="default", task_set="dev", storage=storage, out=out)
     write_json(out / "manifest.json", {**manifest, "iteration": iteration})
-    configs = [eval_config(spec, i) for i in range(mt.dev_tasks)]
-    records = evaluate_tasks(configs, policy_path, out, storage=default_storage(spec), device=spec.device,
-                             data_dir=spec.data_dir, max_valid=mt.max_valid, compiled=False, workers=workers,
-                             threads=1, quiet=quiet)  # fmt: skip
+    configs = [eval_config(spec, i) for i in range(tasks)]
+    records = evaluate_tasks(configs, policy_path, out, storage=storage, device=spec.device, data_dir=spec.data_dir,
+                             max_valid=spec.meta_train.max_valid, compiled=False, workers=workers, threads=1,
+                             quiet=quiet)  # fmt: skip
     overall = summarise(records, "test", resamples=500)["overall"]
     row = {f"dev/{k}": float(overall[k]["value"]) for k in DEV_METRICS}
     row["dev/tasks"] = float(len(records))

@@ -214,3 +214,16 @@ class ShapedReward:
         phi = self.reward(step.valid_loss)
         r, self.potential = phi - self.potential, phi
         return r
+
+
+def reward_speedups(rewards: np.ndarray, spans: np.ndarray, cap: float) -> np.ndarray:
+    """The speedup over the schedule's run that a reward stands for: the reward is 1 + log(speedup) /
+    span, with span the log of the schedule's steps from its first to its best loss (per task, the
+    rows of ``rewards``), so a speedup is exp((reward - 1) * span), here within [1/cap, cap]. A
+    schedule's run that did not improve has no span (nan): a reward of 1 or more counts as 1, less as 1/cap."""
+    r = np.asarray(rewards, dtype=np.float64)
+    span = np.asarray(spans, dtype=np.float64).reshape((-1,) + (1,) * (r.ndim - 1))
+    flat = np.where(r >= 1.0, 1.0, 1.0 / cap)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = np.where(np.isfinite(span), np.exp((r - 1.0) * np.nan_to_num(span)), flat)
+    return np.clip(out, 1.0 / cap, cap)
