@@ -239,6 +239,12 @@ def ridge(x: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     return np.linalg.solve(xb.T @ xb + np.diag(penalty + 1e-9), xb.T @ y)
 
 
+def _check_choices(factors: Sequence[float], who: str) -> None:
+    """The factors a rule that chooses before the first step picks among: keep (1) and offsets within the bounds."""
+    if 1.0 not in factors or any(not OFFSET_BOUNDS[0] <= f <= OFFSET_BOUNDS[1] for f in factors):
+        raise ValueError(f"{who}'s factors include 1 (keep) and lie within {OFFSET_BOUNDS}")
+
+
 @dataclass(frozen=True, eq=False)
 class DescribedRule:
     """Chooses each run's held offset before its first step, from its description (``Run.describe``,
@@ -253,8 +259,7 @@ class DescribedRule:
     decision = None  # chosen at the start, from the runs
 
     def __post_init__(self) -> None:
-        if 1.0 not in self.factors or any(not OFFSET_BOUNDS[0] <= f <= OFFSET_BOUNDS[1] for f in self.factors):
-            raise ValueError(f"a described rule's factors include 1 (keep) and lie within {OFFSET_BOUNDS}")
+        _check_choices(self.factors, "a described rule")
         if self.forest.value.shape[1] != len(self.factors) or self.forest.inputs > len(self.descriptor):
             raise ValueError(f"the forest predicts {self.forest.value.shape[1]} outputs from up to {self.forest.inputs} "
                              f"inputs, but the rule has {len(self.factors)} factors and {len(self.descriptor)} inputs")
@@ -329,8 +334,7 @@ class LearnedLevel:
     decision = None  # chosen at the start, from the runs
 
     def __post_init__(self) -> None:
-        if 1.0 not in self.factors or any(not OFFSET_BOUNDS[0] <= f <= OFFSET_BOUNDS[1] for f in self.factors):
-            raise ValueError(f"a learned level's factors include 1 (keep) and lie within {OFFSET_BOUNDS}")
+        _check_choices(self.factors, "a learned level")
         if self.net.shape[:2] != (len(self.descriptor), len(self.factors)):
             raise ValueError(f"the level network reads {self.net.shape[0]} inputs into {self.net.shape[1]} choices, but "
                              f"the rule has {len(self.descriptor)} inputs and {len(self.factors)} factors")
