@@ -19,12 +19,11 @@ and the reward is the table's reward of that choice relative to the schedule's r
 noise of the size measured between two seeds of the same tasks (``--rerun``: the 216 held tasks run
 again under other initial weights, data order and generated data; per (task, choice) the two
 rewards differ by sqrt(2) sigma). On top of the table's own seed, so the bench's noise is, if
-anything, larger than an episode's. PPO: batches of ``--batch`` episodes (256), a learned critic (the
-same MLP's value head) as baseline, advantages normalised per batch, clipped ratio 0.2,
-``--epochs`` passes of minibatches of 64, an entropy bonus, Adam; the start is uniform over the
-choices. Each of 4 folds of tasks (fixed random order) is held out in turn; the greedy policy
+anything, larger than an episode's. PPO is ``lhopt train-level``'s own (:mod:`runners.level_train`: the same
+network, draws and update, at its default settings), with batches of ``--batch`` episodes (256)
+an update; the start is uniform over the choices. Each of 4 folds of tasks (fixed random order) is held out in turn; the greedy policy
 trained on the other three is scored on it, as the forest is, and both are read as speedups over
-the schedule's run (``held_value.speedups``: exp((reward - 1) * span), within the reward cap).
+the schedule's run (``lhopt_dsl.agent.reward.reward_speedups``: exp((reward - 1) * span), within the reward cap).
 Rows: keep (1.0x), the forest (full information), PPO at each episode count (mean over
 ``--seeds``, [min, max]), and the per-task oracle. Sizes, learning rate and the entropy bonus are
 fixed here, before any result; nothing is tuned on held-out folds.
@@ -40,14 +39,16 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from held_value import _read, hold_matrix, relative_to_schedule, schedule_reward, speedups  # noqa: E402
-from task_level import CHOICES, held_out, training_table  # noqa: E402
+from held_value import _read, hold_matrix, relative_to_schedule, schedule_reward  # noqa: E402
+from level_rule import speedup  # noqa: E402
+from task_level import CHOICES, folds, held_out, training_table  # noqa: E402
 
 from lhopt_dsl import load_spec, sample  # noqa: E402
+from lhopt_dsl.agent.level import LevelNet  # noqa: E402
 from lhopt_dsl.spec.sample import train_seed  # noqa: E402
+from runners.level_train import LevelSettings, draw, ppo_update  # noqa: E402
 
 
 def seed_noise(spec_path: str, first_path: str, rerun_path: str) -> tuple[float, int]:
@@ -69,80 +70,39 @@ def seed_noise(spec_path: str, first_path: str, rerun_path: str) -> tuple[float,
     return float(np.std(diff) / np.sqrt(2.0)), len(keys)
 
 
-class LevelNet(nn.Module):
-    """Logits over the choices and a value, from a standardised description."""
-
-    def __init__(self, inputs: int, choices: int, hidden: int = 64):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
-        self.logits, self.value = nn.Linear(hidden, choices), nn.Linear(hidden, 1)
-        nn.init.zeros_(self.logits.weight)  # the start is uniform over the choices
-        nn.init.zeros_(self.logits.bias)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(x)
-        return self.logits(h), self.value(h).squeeze(-1)
-
-
-def ppo_bandit(x: np.ndarray, rewards: np.ndarray, episodes: int, sigma: float, seed: int, *, batch: int = 256,
-               epochs: int = 4, lr: float = 3e-3, entropy: float = 0.01, clip: float = 0.2) -> LevelNet:  # fmt: skip
-    """A policy trained by PPO for ``episodes`` episodes on the tasks ``x`` (standardised) whose choices
-    earn ``rewards`` (tasks x choices) plus N(0, sigma^2)."""
+def ppo_bandit(x: np.ndarray, rewards: np.ndarray, episodes: int, sigma: float, seed: int, *, batch: int = 256) -> LevelNet:
+    """A level network trained for ``episodes`` episodes, as ``lhopt train-level`` trains it (the same
+    network, draws and PPO update, :mod:`runners.level_train`), on the tasks described by ``x`` whose
+    choices earn ``rewards`` (tasks x choices) plus N(0, sigma^2); standardised on ``x``."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    net = LevelNet(x.shape[1], rewards.shape[1])
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    xt = torch.as_tensor(x, dtype=torch.float32)
+    settings = LevelSettings(episodes=batch)
+    net = LevelNet(x.shape[1], rewards.shape[1], settings.hidden)
+    with torch.no_grad():
+        net.mean.copy_(torch.as_tensor(x.mean(0)))
+        net.scale.copy_(torch.as_tensor(np.where(x.std(0) > 0, x.std(0), 1.0)))
+    opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     done = 0
     while done < episodes:
         n = min(batch, episodes - done)
         tasks = rng.integers(len(x), size=n)
-        with torch.no_grad():
-            logits, values = net(xt[tasks])
-            dist = torch.distributions.Categorical(logits=logits)
-            acts = dist.sample()
-            old_logp = dist.log_prob(acts)
-        r = torch.as_tensor(rewards[tasks, acts.numpy()] + rng.normal(0.0, sigma, n), dtype=torch.float32)
-        adv = r - values
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        for _ in range(epochs):
-            for idx in torch.randperm(n).split(64):
-                logits, v = net(xt[tasks[idx.numpy()]])
-                dist = torch.distributions.Categorical(logits=logits)
-                ratio = torch.exp(dist.log_prob(acts[idx]) - old_logp[idx])
-                pg = -torch.min(ratio * adv[idx], torch.clamp(ratio, 1 - clip, 1 + clip) * adv[idx]).mean()
-                loss = pg + 0.5 * ((v - r[idx]) ** 2).mean() - entropy * dist.entropy().mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        picks, logp, values = draw(net, x[tasks], seed * 1_000_003 + done)
+        r = rewards[tasks, picks] + rng.normal(0.0, sigma, n)
+        ppo_update(net, opt, x[tasks], picks, logp, values, r, settings, seed * 1_000_003 + done)
         done += n
     return net
 
 
-def folds(n: int, k: int = 4, seed: int = 0) -> np.ndarray:
-    """The fold of each task, as ``task_level.held_out`` draws them (the same random order)."""
-    order = np.random.default_rng(seed).permutation(n)
-    fold = np.empty(n, dtype=int)
-    fold[order] = np.arange(n) * k // n
-    return fold
-
-
-def geomean(rewards: np.ndarray, spans: np.ndarray, cap: float) -> float:
-    return float(np.exp(np.mean(np.log(speedups(rewards, spans, cap)))))
-
-
 def ppo_held_out(x: np.ndarray, rewards: np.ndarray, episodes: int, sigma: float, seed: int, batch: int = 256) -> np.ndarray:
-    """Per task, the reward of the greedy choice of a PPO policy trained on the other folds."""
+    """Per task, the reward of the greedy choice of a PPO policy trained on the other folds (the folds
+    ``task_level.held_out`` scores the forest on)."""
     fold = folds(len(x))
     out = np.empty(len(x))
-    for f in range(4):
+    for f in range(fold.max() + 1):
         test = fold == f
-        mean, scale = x[~test].mean(0), x[~test].std(0)
-        scale[scale == 0] = 1.0
-        z = lambda a: np.clip((a - mean) / scale, -5, 5)  # noqa: E731
-        net = ppo_bandit(z(x[~test]), rewards[~test], episodes, sigma, seed * 10 + f, batch=batch)
+        net = ppo_bandit(x[~test], rewards[~test], episodes, sigma, seed * 10 + f, batch=batch)
         with torch.no_grad():
-            pick = net(torch.as_tensor(z(x[test]), dtype=torch.float32))[0].argmax(1).numpy()
+            pick = net(x[test])[0].argmax(1).numpy()
         out[test] = rewards[test][np.arange(test.sum()), pick]
     return out
 
@@ -172,13 +132,13 @@ def main(argv: Sequence[str] | None = None) -> None:
           "geometric mean, on held-out folds\n")
     print(f"| rule | episodes | speedup |\n|---|---:|---:|\n| keep | | 1.000x |")
     print(f"| forest (every outcome of the training folds) | {len(x) * 3 // 4 * (rewards.shape[1] - 1):,} outcomes "
-          f"| {geomean(held_out(x, rewards), spans, cap):.3f}x |", flush=True)
+          f"| {speedup(held_out(x, rewards), spans, cap):.3f}x |", flush=True)
     for episodes in (int(e) for e in args.episodes.split(",")):
         t0 = time.process_time()
-        got = [geomean(ppo_held_out(x, rewards, episodes, sigma, s, args.batch), spans, cap) for s in range(args.seeds)]
+        got = [speedup(ppo_held_out(x, rewards, episodes, sigma, s, args.batch), spans, cap) for s in range(args.seeds)]
         print(f"| PPO, greedy | {episodes:,} | {np.mean(got):.3f}x [{min(got):.3f}, {max(got):.3f}] "
               f"({time.process_time() - t0:.0f} CPU-s) |", flush=True)
-    print(f"| oracle (each task's best choice) | | {geomean(rewards.max(1), spans, cap):.3f}x |")
+    print(f"| oracle (each task's best choice) | | {speedup(rewards.max(1), spans, cap):.3f}x |")
 
 
 if __name__ == "__main__":

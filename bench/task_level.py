@@ -101,14 +101,18 @@ def model(seed: int = 0) -> Any:
     return ExtraTreesRegressor(n_estimators=300, min_samples_leaf=10, random_state=seed, n_jobs=1)
 
 
-def held_out(x: np.ndarray, rewards: np.ndarray, folds: int = 4, seed: int = 0) -> np.ndarray:
-    """Per task, the reward of the choice a model fitted on the other folds predicts best (folds of
-    tasks in a random order fixed by ``seed``)."""
-    order = np.random.default_rng(seed).permutation(len(x))
-    fold = np.empty(len(x), dtype=int)
-    fold[order] = np.arange(len(x)) * folds // len(x)
+def folds(n: int, k: int = 4, seed: int = 0) -> np.ndarray:
+    """The fold (0 ... k - 1) of each of ``n`` tasks, in a random order fixed by ``seed``."""
+    fold = np.empty(n, dtype=int)
+    fold[np.random.default_rng(seed).permutation(n)] = np.arange(n) * k // n
+    return fold
+
+
+def held_out(x: np.ndarray, rewards: np.ndarray, k: int = 4, seed: int = 0) -> np.ndarray:
+    """Per task, the reward of the choice a model fitted on the other folds (:func:`folds`) predicts best."""
+    fold = folds(len(x), k, seed)
     out = np.empty(len(x))
-    for f in range(folds):
+    for f in range(k):
         test = fold == f
         pred = model(seed).fit(x[~test], rewards[~test]).predict(x[test])
         out[test] = rewards[test][np.arange(test.sum()), np.argmax(pred, 1)]

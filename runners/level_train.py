@@ -68,7 +68,7 @@ class LevelSettings:
     """How a level is trained (``lhopt train-level``'s options)."""
 
     iterations: int = 40
-    episodes: int = 256  # per iteration: one PPO update's batch (bench/level_bandit.py: 64 learned half as fast)
+    episodes: int = 256  # per iteration: one PPO update's batch (bench/level_bandit.py: 64 learned more slowly)
     workers: int = 1
     max_minutes: float | None = None
     resume: bool = False
