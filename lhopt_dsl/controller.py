@@ -251,6 +251,18 @@ def _whole(name: str, value: Any, *, optional: bool = False) -> int | None:
     return int(value)
 
 
+#: Parameter elements times steps from which :class:`LHOPT` compiles CIAO's step unless told
+#: otherwise. The compiled step saves about 0.8 of AdamW's multi-tensor step per step (about 3.5 ns
+#: per element on one CPU thread, docs/PERFORMANCE.md), so a compile of up to a minute pays back
+#: after about 2e10 element-steps; the default asks for 2.5 times that.
+COMPILE_WORK = 5e10
+
+
+def compile_pays(params: Sequence[torch.Tensor], total_steps: int) -> bool:
+    """Whether a run of ``total_steps`` steps over ``params`` is long enough for CIAO's compile to pay back."""
+    return sum(p.numel() for p in params) * total_steps >= COMPILE_WORK
+
+
 class LHOPT(CIAO):
     """CIAO driven by a learned policy; see the module docstring.
 
@@ -276,8 +288,13 @@ class LHOPT(CIAO):
     saved at any step and loaded into a fresh ``LHOPT`` (same policy and settings) continues as if
     it had never stopped.
 
-    ``compiled=True``: CIAO's ``torch.compile``d step (see :class:`~lhopt_dsl.optim.CIAO`), for long
-    runs of large models, where its compile of seconds to a minute pays back.
+    ``compiled``: whether CIAO steps with its ``torch.compile``d kernels (see
+    :class:`~lhopt_dsl.optim.CIAO`): about half the cost of the multi-tensor step, after a compile of
+    seconds to a minute or two at the first step (and at the first step with statistics), once per
+    parameter layout and process. The default, None, compiles where that pays back with a wide
+    margin: when the parameters' elements times ``total_steps`` reach :data:`COMPILE_WORK` (25M
+    parameters for 2,000 steps, 1M for 50,000; docs/PERFORMANCE.md). The compiled step equals the
+    multi-tensor one to float32 round-off, not bit for bit.
     """
 
     def __init__(
@@ -295,18 +312,21 @@ class LHOPT(CIAO):
         guard: bool = True,
         guard_factor: float = 10.0,
         guard_lr_factor: float = 0.1,
-        compiled: bool = False,
+        compiled: bool | None = None,
     ):
         total = _whole("total_steps", total_steps)
         outer = _whole("outer_steps", outer_steps, optional=True)
         assert total is not None
         if not guard_factor > 1.0 or not 0.0 < guard_lr_factor < 1.0:
             raise ValueError(f"need guard_factor > 1 and 0 < guard_lr_factor < 1, got {guard_factor}, {guard_lr_factor}")
-        params = list(params)
+        # Each group's tensors as a list: a generator in a group dict would be used up by the check below.
+        params = [{**g, "params": _tensors(g["params"])} if isinstance(g, dict) else g for g in params]
         _refuse_complex(params)
         actor, space = load_policy(policy)
         start = {n: hp.init for n, hp in space.controlled().items()} | (initial or {})
-        super().__init__(params, compiled=compiled, **space.initial(start).ciao_kwargs())
+        super().__init__(params, compiled=bool(compiled), **space.initial(start).ciao_kwargs())
+        if compiled is None:
+            self.compiled = compile_pays([p for g in self.param_groups for p in g["params"]], total)
         self.space, self.total_steps, self.stats_every = space, total, stats_every
         module = model if model is not None else _Params([p for g in self.param_groups for p in g["params"]])
         own = _OwnState(self)
@@ -398,6 +418,11 @@ class LHOPT(CIAO):
         """The hyperparameters chosen so far, as a tabulated :class:`~lhopt_dsl.spec.schedule.Schedule`
         (:func:`schedule_from_history`): :func:`save_schedule` writes it, :class:`ScheduleReplay` replays it."""
         return schedule_from_history(self.history, self.space.space)
+
+
+def _tensors(params: Any) -> list[Any]:
+    """A param group's ``params`` as a list (one tensor, as torch takes it, or any iterable of them)."""
+    return [params] if torch.is_tensor(params) else list(params)
 
 
 def _refuse_complex(params: list[Any]) -> None:

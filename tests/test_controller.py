@@ -286,6 +286,26 @@ def test_compiled_drop_in_makes_the_same_decisions_and_run():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_the_drop_in_compiles_by_default_only_where_the_run_is_long_enough_to_pay_back(monkeypatch):
+    """compiled=None (the default) compiles when parameters x total_steps reach COMPILE_WORK,
+    counting every parameter group; an explicit True or False is obeyed either way."""
+    import lhopt_dsl.controller as controller
+
+    net = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 1))  # 121 parameters
+    groups = [{"params": net[0].parameters()}, {"params": net[1].parameters(), "weight_decay": 0.0}]
+    monkeypatch.setattr(controller, "COMPILE_WORK", 121 * 100)
+    assert not LHOPT(net.parameters(), total_steps=99).compiled
+    assert LHOPT(net.parameters(), total_steps=100).compiled
+    opt = LHOPT(groups, total_steps=100)  # groups' generators are not used up before torch reads them
+    assert opt.compiled and [len(g["params"]) for g in opt.param_groups] == [2, 2]
+    assert LHOPT([{"params": net[0].weight}, {"params": [net[0].bias]}], total_steps=10**5).compiled
+    assert not LHOPT(net.parameters(), total_steps=1000, compiled=False).compiled
+    assert LHOPT(net.parameters(), total_steps=1, compiled=True).compiled
+    monkeypatch.undo()
+    assert controller.compile_pays([torch.zeros(25_000_000)], 2000)
+    assert not controller.compile_pays([torch.zeros(1_000_000)], 10_000)
+
+
 def test_example_script_runs():
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "train_with_lhopt.py"), "--steps", "120"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
