@@ -484,6 +484,21 @@ class CompiledLists(TensorLists):
     def abs_sum(self, x: list) -> torch.Tensor:
         return _sum64([t.abs().sum() for t in x])
 
+    linear_stats = True  # stat_sums takes the update's sums from scaled_sums
+
+    def scaled_sums(self, g: list, u: list, s: torch.Tensor, *, per_tensor: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """|s u|^2, g.(s u) and |s u|_1 summed over tensors, by linearity from each tensor's sums of
+        the unscaled ``u`` (``s`` >= 0: per tensor, or one number), finished in float64. The scale
+        with LAMB depends on the update's norms, so a scaled copy would need a pass of its own after
+        them; u's own sums are loops of the shape of those norms and fuse with them."""
+        f64 = torch.float64
+        factor = s.to(f64) if per_tensor else s.to(f64).expand(len(u))
+        uu = torch.stack([(t * t).sum() for t in u]).to(f64)
+        gu = torch.stack([(a * b).sum() for a, b in zip(g, u)]).to(f64)
+        ua = torch.stack([t.abs().sum() for t in u]).to(f64)
+        return (uu * factor.square()).sum(), (gu * factor).sum(), (ua * factor).sum()
+
 
 def _sum64(values: list[torch.Tensor]) -> torch.Tensor:
     """The float64 sum of per-tensor 0-d sums."""

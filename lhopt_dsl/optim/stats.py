@@ -159,26 +159,33 @@ def stat_sums(
 
     The reductions are those written out below on a copy of the scaled update; a layout whose
     ``batched_stats`` is true computes the same ones its own way (``stat_reductions``: fewer calls,
-    no scaled copy; TensorLists' multi-tensor path).
+    no scaled copy; TensorLists' multi-tensor path), and one whose ``linear_stats`` is true takes
+    the update's three sums from the unscaled update's (``scaled_sums``: the compiled step, where
+    they then fuse into the loop that computes LAMB's norms of the update).
     """
     f64, per_tensor = torch.float64, trust is not None
     batched = getattr(ops, "batched_stats", False)
-    update = u if batched else ops.scale(u, scale, per_tensor=per_tensor)
+    linear = getattr(ops, "linear_stats", False)  # the update's sums from u's own, scaled after (no scaled copy)
+    update = u if batched or linear else ops.scale(u, scale, per_tensor=per_tensor)
     grad_ema = grad_ema() if callable(grad_ema) else grad_ema  # a function: allocated when first needed
     ops.lerp_(grad_ema, g, 1.0 - NOISE_BETA)
     root = ops.sqrt(ops.div(v, c["bc2"])) if adam else v  # sqrt(v_hat), Adamax's u as it is
     if batched:
         sums = ops.stat_reductions(g, u, scale, per_tensor, p, m, grad_ema, root, c["eps"])
         u2 = sums["u2"]
+    elif linear:
+        u2, gu, abs_u = ops.scaled_sums(g, u, scale, per_tensor=per_tensor)
     else:
         u2 = ops.sq(update)
     log_trust = torch.zeros_like(u2) if trust is None else ops.member_sum(torch.log(trust.to(f64)) * numels)
     if batched:
         sums.update(lr_u2=c["lr"] ** 2 * u2, log_trust=log_trust, clipped=clipped)
     else:
+        if not linear:
+            gu, abs_u = ops.dot(g, update), ops.abs_sum(update)
         sums = {
-            "g2": ops.sq(g), "m2": ops.sq(m), "u2": u2, "w2": ops.sq(p), "gm": ops.dot(g, m), "gu": ops.dot(g, update),
-            "gw": ops.dot(g, p), "abs_u": ops.abs_sum(update), "lr_u2": c["lr"] ** 2 * u2,
+            "g2": ops.sq(g), "m2": ops.sq(m), "u2": u2, "w2": ops.sq(p), "gm": ops.dot(g, m), "gu": gu,
+            "gw": ops.dot(g, p), "abs_u": abs_u, "lr_u2": c["lr"] ** 2 * u2,
             "big_enough": ops.count_ge(root, c["eps"]), "log_trust": log_trust, "clipped": clipped,
             "noise_m2": ops.sq(grad_ema),
         }  # fmt: skip
