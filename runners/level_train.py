@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
@@ -314,14 +316,16 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
             todo = [j for j in jobs if (j[2], j[3]) not in done or done[(j[2], j[3])]["factor"] != j[4]]
             cpu_seconds += sum(done[(j[2], j[3])]["cpu_seconds"] for j in jobs if j not in todo)  # a killed piece's
             results = pool.imap_unordered(episode, todo) if pool else map(episode, todo)
-            with episodes_path.open("a") as f:
-                for k, row in enumerate(results, 1):
+            bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"iteration {iteration + 1}/{settings.iterations}",
+                       unit="episode", disable=settings.quiet, leave=False,
+                       mininterval=1.0 if sys.stderr.isatty() else 60.0)  # a log file gets a line a minute  # fmt: skip
+            with episodes_path.open("a") as f, bar:
+                for row in results:
                     done[(row["iteration"], row["slot"])] = row
                     cpu_seconds += row["cpu_seconds"]
                     f.write(json.dumps(strict_json(row)) + "\n")
                     f.flush()
-                    if not settings.quiet:
-                        print(f"\riteration {iteration + 1}/{settings.iterations}: {k}/{len(todo)} episodes", end="", flush=True)
+                    bar.update()
             rows = [done[(j[2], j[3])] for j in jobs]
             rewards = np.array([r["reward"] for r in rows], dtype=np.float64)
             diag = ppo_update(net, opt, x, picks, logp, values, rewards, settings, spec.seed * 1_000_003 + iteration)
@@ -347,7 +351,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
             if settings.dev_every and iteration % settings.dev_every == 0:
                 level_dev(spec, state, run_dir, iteration, settings, tracker)
             if not settings.quiet:
-                print(f"\riteration {iteration}: reward {metrics['reward/mean']:.4f} "
+                print(f"iteration {iteration}: reward {metrics['reward/mean']:.4f} "
                       f"({metrics['reward/speedup']:.3f}x the start's run), greedy "
                       + " ".join(f"x{f:g} {metrics[f'greedy/x{f:g}']:.2f}" for f in FACTORS) + f", {cpu_seconds / 3600:.2f} CPU-h",
                       flush=True)  # fmt: skip
