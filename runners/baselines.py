@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import optuna
+from tqdm import tqdm
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
@@ -668,7 +669,7 @@ class BaselineStore:
         if self.url.startswith("sqlite:///"):
             Path(self.url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         counts = {"tasks": 0, "runs": 0, "present": 0}
-        for data in scopes:
+        for data in tqdm(scopes, desc="import", unit="grid", disable=None):  # None: a bar on a terminal only
             added = self._merge(data)
             counts["present"] += len(data["runs"]) - added
             counts["tasks"] += bool(added)
