@@ -324,9 +324,9 @@ class LHOPT(CIAO):
         _refuse_complex(params)
         actor, space = load_policy(policy)
         start = {n: hp.init for n, hp in space.controlled().items()} | (initial or {})
-        super().__init__(params, compiled=bool(compiled), **space.initial(start).ciao_kwargs())
         if compiled is None:
-            self.compiled = compile_pays([p for g in self.param_groups for p in g["params"]], total)
+            compiled = compile_pays(_flat(params), total)
+        super().__init__(params, compiled=compiled, **space.initial(start).ciao_kwargs())
         self.space, self.total_steps, self.stats_every = space, total, stats_every
         module = model if model is not None else _Params([p for g in self.param_groups for p in g["params"]])
         own = _OwnState(self)
@@ -425,10 +425,14 @@ def _tensors(params: Any) -> list[Any]:
     return [params] if torch.is_tensor(params) else list(params)
 
 
+def _flat(params: list[Any]) -> list[Any]:
+    """The tensors of a list of tensors and param groups (whose ``params`` are lists)."""
+    return [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
+
+
 def _refuse_complex(params: list[Any]) -> None:
     """Complex parameters, refused up front with what to do (CIAO's statistics are real-valued)."""
-    tensors = [p for item in params for p in (item["params"] if isinstance(item, dict) else [item])]
-    if any(torch.is_tensor(p) and p.is_complex() for p in tensors):
+    if any(torch.is_tensor(p) and p.is_complex() for p in _flat(params)):
         raise ValueError("LHOPT does not support complex parameters: CIAO's update and the policy's features are "
                          "defined on real numbers. Keep each complex parameter as a real one of twice the size "
                          "(torch.view_as_real) and view it as complex in your model's forward")

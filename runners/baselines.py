@@ -42,10 +42,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import optuna
-from tqdm import tqdm
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
 
 from lhopt_dsl.spec.sample import TaskConfig
 from lhopt_dsl.spec.schedule import LearningCurve

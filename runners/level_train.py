@@ -295,6 +295,11 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
     def fitted(at: int, cpu: float) -> dict[str, Any]:  # what a policy file says of its level's training
         return {**provenance, "iterations": at, "episodes": at * settings.episodes, "cpu_hours": cpu / 3600}
 
+    def missing_dev_point() -> None:  # the point of the iteration the run is at, where a killed run lacks it
+        if settings.dev_every and not has_dev_point(run_dir, iteration):
+            level_dev(spec, policy_with_level(start_state, net, fitted(iteration, cpu_seconds)), run_dir, iteration,
+                      settings, tracker)  # fmt: skip
+
     began = time.monotonic()
     pool = worker_pool(settings.workers) if settings.workers > 1 else None
     try:
@@ -302,9 +307,8 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
             start = LevelNet(*net.shape)  # zero logits: keeps
             start.load_state_dict({**start.state_dict(), "mean": net.mean, "scale": net.scale})
             level_dev(spec, policy_with_level(start_state, start, provenance), run_dir, 0, settings, tracker)
-        if settings.dev_every and iteration % settings.dev_every == 0 and not has_dev_point(run_dir, iteration):
-            level_dev(spec, policy_with_level(start_state, net, fitted(iteration, cpu_seconds)), run_dir, iteration,
-                      settings, tracker)  # killed before this iteration's point  # fmt: skip
+        if settings.dev_every and iteration % settings.dev_every == 0:
+            missing_dev_point()  # killed before this iteration's point
         while iteration < settings.iterations:
             if settings.max_minutes is not None and time.monotonic() - began > 60 * settings.max_minutes:
                 break
@@ -355,9 +359,8 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                       f"({metrics['reward/speedup']:.3f}x the start's run), greedy "
                       + " ".join(f"x{f:g} {metrics[f'greedy/x{f:g}']:.2f}" for f in FACTORS) + f", {cpu_seconds / 3600:.2f} CPU-h",
                       flush=True)  # fmt: skip
-        if settings.dev_every and iteration > 0 and not has_dev_point(run_dir, iteration):  # where the run stopped
-            level_dev(spec, policy_with_level(start_state, net, fitted(iteration, cpu_seconds)), run_dir, iteration,
-                      settings, tracker)
+        if iteration > 0:
+            missing_dev_point()  # where the run stopped
         learning_curve(run_dir, tracker)
     finally:
         if pool is not None:
@@ -383,6 +386,4 @@ def by_family(rows: Iterable[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":  # python -m runners.level_train RUN_DIR: what a run's episodes explored, by family
-    import sys
-
     print(by_family(_read_episodes(Path(sys.argv[1]) / "episodes.jsonl").values()))

@@ -476,13 +476,13 @@ class CompiledLists(TensorLists):
     # 1.7x slower.
 
     def sq(self, x: list) -> torch.Tensor:
-        return _sum64([(t * t).sum() for t in x])
+        return _each_sum([t * t for t in x]).sum()
 
     def dot(self, x: list, y: list) -> torch.Tensor:
-        return _sum64([(a * b).sum() for a, b in zip(x, y)])
+        return _each_sum([a * b for a, b in zip(x, y)]).sum()
 
     def abs_sum(self, x: list) -> torch.Tensor:
-        return _sum64([t.abs().sum() for t in x])
+        return _each_sum([t.abs() for t in x]).sum()
 
     linear_stats = True  # stat_sums takes the update's sums from scaled_sums
 
@@ -492,17 +492,15 @@ class CompiledLists(TensorLists):
         the unscaled ``u`` (``s`` >= 0: per tensor, or one number), finished in float64. The scale
         with LAMB depends on the update's norms, so a scaled copy would need a pass of its own after
         them; u's own sums are loops of the shape of those norms and fuse with them."""
-        f64 = torch.float64
-        factor = s.to(f64) if per_tensor else s.to(f64).expand(len(u))
-        uu = torch.stack([(t * t).sum() for t in u]).to(f64)
-        gu = torch.stack([(a * b).sum() for a, b in zip(g, u)]).to(f64)
-        ua = torch.stack([t.abs().sum() for t in u]).to(f64)
+        factor = s.to(torch.float64) if per_tensor else s.to(torch.float64).expand(len(u))
+        uu, gu = _each_sum([t * t for t in u]), _each_sum([a * b for a, b in zip(g, u)])
+        ua = _each_sum([t.abs() for t in u])
         return (uu * factor.square()).sum(), (gu * factor).sum(), (ua * factor).sum()
 
 
-def _sum64(values: list[torch.Tensor]) -> torch.Tensor:
-    """The float64 sum of per-tensor 0-d sums."""
-    return torch.stack(values).to(torch.float64).sum()
+def _each_sum(xs: list[torch.Tensor]) -> torch.Tensor:
+    """(tensors,) float64: each tensor's sum, in its dtype (inductor sums in cascade), finished in float64."""
+    return torch.stack([t.sum() for t in xs]).to(torch.float64)
 
 
 class FlatRows:

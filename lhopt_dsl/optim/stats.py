@@ -64,10 +64,10 @@ def mean_stats(samples: list[StepStats]) -> StepStats:
     return out
 
 
-def logit_cdf(x: float) -> float:
-    """logit(Phi(x)), accurate for large |x|."""
-    t = torch.tensor(x, dtype=torch.float64)
-    return float(torch.special.log_ndtr(t) - torch.special.log_ndtr(-t))
+def logit_cdf(x: Any) -> Any:
+    """logit(Phi(x)), elementwise, accurate for large |x| (a float for a float, else an array)."""
+    out = log_ndtr(x) - log_ndtr(-np.asarray(x, dtype=np.float64))
+    return float(out) if np.ndim(x) == 0 else out
 
 
 def cdf(x: float) -> float:
@@ -116,9 +116,6 @@ def stats_from_sums(
             den = np.sqrt(a2 * b2)
             return np.where(den > 0, dot / np.where(den > 0, den, 1.0), math.nan)
 
-        def logit_cdf_t(x: np.ndarray) -> np.ndarray:
-            return log_ndtr(x) - log_ndtr(-x)
-
         cos_gm, cos_gu, cos_gp = cos(gm, g2, m2), cos(gu, g2, u2), cos(gw, g2, w2)
         nan = np.full_like(g2, math.nan)
         log_scale = nan if loss is None else np.where(loss != 0, np.log(np.sqrt(g2 * w2) / np.abs(loss)), math.nan)
@@ -131,9 +128,9 @@ def stats_from_sums(
             "log_noise_scale": np.log(noise),
             "log_lamb_trust": log_trust / numel,
             "cos_grad_momentum": cos_gm,
-            "logit_cdf_cos_grad_momentum": logit_cdf_t(cos_gm * root_d),
+            "logit_cdf_cos_grad_momentum": logit_cdf(cos_gm * root_d),
             "cos_grad_update": cos_gu,
-            "logit_cdf_cos_grad_update": logit_cdf_t(cos_gu * root_d),
+            "logit_cdf_cos_grad_update": logit_cdf(cos_gu * root_d),
             "cos_grad_param": cos_gp,
             "cdf_cos_grad_param": ndtr(cos_gp * root_d),
         }
