@@ -27,6 +27,14 @@ the schedule's run (``lhopt_dsl.agent.reward.reward_speedups``: exp((reward - 1)
 Rows: keep (1.0x), the forest (full information), PPO at each episode count (mean over
 ``--seeds``, [min, max]), and the per-task oracle. Sizes, learning rate and the entropy bonus are
 fixed here, before any result; nothing is tuned on held-out folds.
+
+``--observe`` adds what the schedule's run showed at 1/8 of the run (the raw policy features an
+observing level reads, ``lhopt_dsl.agent.level.OBSERVED``) to each task's description, so the table
+says what a level chosen there from both could earn. The rewards stay those of holding from the
+start, which a level chosen at 1/8 cannot fully have; ``lhopt eval`` measures what it does have.
+``--out POLICY`` then trains one network on every task (``--final-episodes``) and writes it as the
+learned level of the start policy (``--policy``, the shipped default unless given), for ``lhopt
+eval --policy`` and ``LHOPT(policy=...)``.
 """
 
 from __future__ import annotations
@@ -46,9 +54,26 @@ from level_rule import speedup  # noqa: E402
 from task_level import CHOICES, folds, held_out, training_table  # noqa: E402
 
 from lhopt_dsl import load_spec, sample  # noqa: E402
-from lhopt_dsl.agent.level import LevelNet  # noqa: E402
+from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES  # noqa: E402
+from lhopt_dsl.agent.level import OBSERVE_AT, OBSERVED, LearnedLevel, LevelNet, observed_indices, observing_decision  # noqa: E402
+from lhopt_dsl.agent.policy import save_checkpoint  # noqa: E402
+from lhopt_dsl.agent.policy_file import load_policy_file  # noqa: E402
 from lhopt_dsl.spec.sample import train_seed  # noqa: E402
-from runners.level_train import LevelSettings, draw, ppo_update  # noqa: E402
+from runners.level_train import FACTORS, LevelSettings, draw, ppo_update  # noqa: E402
+
+
+def observed(spec_path: str, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+    """(tasks, O) the :data:`OBSERVED` features of each measured row's schedule run at the decision an
+    observing level chooses at (:func:`observing_decision` of :data:`OBSERVE_AT`)."""
+    index = observed_indices(OBSERVED, load_spec(spec_path).hparams)
+    out = []
+    for r in rows:
+        at = observing_decision(OBSERVE_AT, int(r["outer_steps"]))
+        features = r["features"].get(str(at))
+        if features is None:
+            raise SystemExit(f"task {r['task_id']} has no features at decision {at}: measure with bench/held_value.py's points")
+        out.append(np.asarray(features, dtype=np.float64)[index])
+    return np.stack(out)
 
 
 def seed_noise(spec_path: str, first_path: str, rerun_path: str) -> tuple[float, int]:
@@ -117,10 +142,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=256, help="episodes per PPO update")
     ap.add_argument("--noise", type=float, default=None, help="sigma of an episode's noise (default: measured)")
+    ap.add_argument("--observe", action="store_true", help="add the features the run showed at 1/8 to the description")
+    ap.add_argument("--out", type=Path, help="train on every task and write the start policy with this level here")
+    ap.add_argument("--policy", type=Path, help="the start policy --out extends (default: the shipped one)")
+    ap.add_argument("--final-episodes", type=int, default=20_000, help="episodes of the --out network")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = training_table(args.spec, args.held, args.whole, "params")
     x, rewards, spans, cap = data["x"], data["rewards"], data["spans"], data["cap"]
+    if tuple(CHOICES) != FACTORS:
+        raise SystemExit(f"the table's choices {CHOICES} are not train-level's {FACTORS}")
+    if args.observe:
+        x = np.hstack([x, observed(args.spec, data["rows"])])
     if args.noise is None:
         sigma, pairs = seed_noise(args.spec, args.held[0], args.rerun)
         print(f"seed noise: sigma {sigma:.4f} of a reward, from {pairs} tasks run under two seeds")
@@ -139,6 +172,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"| PPO, greedy | {episodes:,} | {np.mean(got):.3f}x [{min(got):.3f}, {max(got):.3f}] "
               f"({time.process_time() - t0:.0f} CPU-s) |", flush=True)
     print(f"| oracle (each task's best choice) | | {speedup(rewards.max(1), spans, cap):.3f}x |")
+    if args.out:
+        write_policy(args, x, rewards, sigma)
+
+
+def write_policy(args: argparse.Namespace, x: np.ndarray, rewards: np.ndarray, sigma: float) -> None:
+    """One network trained on every task (as ``--episodes`` trained each fold's), as the start policy's level."""
+    from lhopt_dsl.controller import DEFAULT_POLICY
+
+    start = Path(args.policy or DEFAULT_POLICY)
+    state = load_policy_file(start)
+    net = ppo_bandit(x, rewards, args.final_episodes, sigma, 0, batch=args.batch).eval()
+    fitted = {"by": "bench/level_bandit.py", "spec": args.spec, "tasks": len(x), "episodes": args.final_episodes,
+              "sigma": sigma, "batch": args.batch, "policy": start.name}  # fmt: skip
+    observe = (OBSERVED, OBSERVE_AT) if args.observe else ((), None)
+    level = LearnedLevel(FACTORS, net, DESCRIPTOR_NAMES, fitted, *observe)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({**state, "level": level.to_data()}, args.out)
+    load_policy_file(args.out)
+    with torch.no_grad():
+        picks = net(x)[0].argmax(1).numpy()
+    print(f"\nwrote {args.out}: on its {len(x)} training tasks it chooses "
+          + ", ".join(f"x{f:g} {np.mean(picks == k):.2f}" for k, f in enumerate(FACTORS)))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def described(cfgs: Sequence[Any], how: str) -> np.ndarray:
 
 def training_table(spec_path: str, held: Sequence[str], whole: Sequence[str], how: str = "task") -> dict[str, Any]:
     """Per training task (a task in several files once): its description (:func:`described`), family,
-    the rewards of keeping and of each whole-run factor relative to the schedule's run, and its reward span."""
+    the rewards of keeping and of each whole-run factor relative to the schedule's run, its reward
+    span, and its measured row (``rows``: the features the schedule's run showed at its points)."""
     spec = load_spec(spec_path)
     rows: dict[tuple[int, int], dict[str, Any]] = {}
     for path, whole_run in [(p, False) for p in held] + [(p, True) for p in whole]:
@@ -92,7 +93,7 @@ def training_table(spec_path: str, held: Sequence[str], whole: Sequence[str], ho
     rewards = np.hstack([np.ones((len(keys), 1)), hold_matrix(relative, "start")])
     return {"x": described(cfgs, how), "rewards": rewards,
             "spans": np.asarray(spans), "cap": spec.meta_train.reward_cap,
-            "families": [c.family for c in cfgs]}  # fmt: skip
+            "families": [c.family for c in cfgs], "rows": [rows[k] for k in keys]}  # fmt: skip
 
 
 def model(seed: int = 0) -> Any:

@@ -191,7 +191,8 @@ def cmd_train_level(args: argparse.Namespace) -> int:
         iterations=args.iterations, episodes=args.episodes, workers=args.workers, max_minutes=args.max_minutes,
         resume=args.resume, run_dir=Path(args.run_dir) if args.run_dir else None,
         policy=Path(args.policy) if args.policy else None, tracking_uri=args.tracking_uri,
-        dev_every=args.dev_every, dev_tasks=args.dev_tasks, storage=args.storage,
+        dev_every=args.dev_every, dev_tasks=args.dev_tasks, storage=args.storage, observe=args.observe,
+        start_level=Path(args.start_level) if args.start_level else None,
     )  # fmt: skip
     try:
         path = train_level(args.spec, settings)
@@ -699,6 +700,10 @@ def _policy_commands(g: _Group) -> None:
                    help="a learning-curve point on dev tasks every N iterations, at the start and at the end (0: none)")
     p.add_argument("--dev-tasks", type=int, help="dev tasks per point (default: the spec's meta_train.dev_tasks)")
     p.add_argument("--storage", help="baseline cache the dev points read (default: lhopt eval's, runs/baselines.db)")
+    p.add_argument("--observe", action="store_true",
+                   help="choose the level at 1/8 of the run, from the model and what the run has shown by then")
+    p.add_argument("--start-level", metavar="POLICY",
+                   help="start the network from this policy file's learned level (with --observe: its new inputs at zero)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_train_level)
 

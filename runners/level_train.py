@@ -22,6 +22,17 @@ metrics (``metrics.jsonl`` and MLflow) and ``policy.pt``: the start policy with 
 for ``lhopt eval --policy`` and ``LHOPT(policy=...)``. A killed run resumes (``--resume``) at the
 iteration it was in, reusing the episodes that iteration had finished: an iteration's choices are
 drawn from its own seed by the network as the checkpoint saved it, so they are drawn again the same.
+
+``--observe`` trains an *observing* level instead (:class:`~lhopt_dsl.agent.level.LearnedLevel` with
+``observe``): the episode's first run is the start policy's, and at :func:`~lhopt_dsl.agent.level.observing_decision`
+(1/8 of the run) the network reads the task's description and the features that run showed there
+(:data:`~lhopt_dsl.agent.level.OBSERVED`); the second run, with the same weights and data, follows
+the first until then (the same policy, the same data: the same run) and holds the sampled factor
+from there. The choice is drawn in the episode's worker, from the network the iteration started
+with and a seed of the episode's own, so a resumed iteration draws it again the same. The observed
+features are standardised by the first iteration's episodes (drawn before any update, so the draws
+do not depend on it). ``--start-level`` starts from a trained (describing) level: its network reads
+the description as before and the new inputs with zero weights, so the start chooses as it did.
 """
 
 from __future__ import annotations
@@ -43,7 +54,8 @@ from tqdm import tqdm
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
 from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
-from lhopt_dsl.agent.level import ChosenLevel, HoldLevel, LearnedLevel, LevelNet
+from lhopt_dsl.agent.level import (OBSERVE_AT, OBSERVED, ChosenLevel, HoldLevel, LearnedLevel, LevelNet,
+                                   level_rule_from_data, observed_indices, observing_decision)  # fmt: skip
 from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.agent.policy_file import load_policy_file
 from lhopt_dsl.agent.residual import Residual
@@ -88,10 +100,12 @@ class LevelSettings:
     dev_tasks: int | None = None  # how many (None: the spec's meta_train.dev_tasks)
     storage: str | None = None  # the baseline cache the dev points read (None: lhopt eval's default)
     quiet: bool = False
+    observe: bool = False  # choose at 1/8 of the run from the description and what the run showed (module docstring)
+    start_level: Path | None = None  # a policy file whose learned level the network starts from
 
     def recipe(self) -> dict[str, Any]:
         """What a resumed run must share with the run it resumes."""
-        keys = ("episodes", "lr", "epochs", "minibatch", "clip", "entropy", "hidden", "describe_draws")
+        keys = ("episodes", "lr", "epochs", "minibatch", "clip", "entropy", "hidden", "describe_draws", "observe")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -115,28 +129,59 @@ def _setup(spec_path: str, policy_path: str) -> tuple[Any, ActorCritic, Any, Sch
     return spec, ActorCritic.from_checkpoint(state["policy"]), space, Schedule.from_name(state["residual"]["base"])
 
 
-def episode(job: tuple[str, str, int, int, float]) -> dict[str, Any]:
-    """One episode (module docstring): ``(spec, policy, iteration, slot, factor)`` -> its record."""
-    spec_path, policy_path, iteration, slot, factor = job
+Job = tuple[str, str, int, int, Any]
+
+
+def episode(job: Job) -> dict[str, Any]:
+    """One episode (module docstring): ``(spec, policy, iteration, slot, choice)`` -> its record.
+    ``choice`` is the sampled factor, or for an observing level ``(network state, draw seed)``: the
+    network that draws the factor in the episode, from what the start's run showed."""
+    spec_path, policy_path, iteration, slot, choice = job
     torch.set_num_threads(1)
     t0 = time.process_time()
     spec, network, space, base = _setup(spec_path, policy_path)
     mt = spec.meta_train
     cfg = sample(spec, train_seed(spec.seed, iteration, slot))
     env = InnerTrainingEnv(spec.hparams, max_valid=mt.max_valid)
+    at = OBSERVE_AT if isinstance(choice, tuple) else None
 
     def run(f: float) -> Any:
-        actor = Residual(HoldLevel(network, space, ChosenLevel(f)), space, base)
+        actor = Residual(HoldLevel(network, space, ChosenLevel(f, at)), space, base)
         return run_episode(env, cfg, actor, log_improvement_reward, deterministic=True)
 
     start = run(1.0)
+    drawn: dict[str, Any] = {}
+    if at is None:
+        factor = float(choice)
+    else:
+        state, seed = choice
+        net = LevelNet(*_net_shape(state))
+        net.load_state_dict(state)
+        seen = start.raw_policy[observing_decision(at, cfg.task.outer_steps)][observed_indices(OBSERVED, space)]
+        x = observed_inputs(net, described(cfg), seen)
+        pick, logp, value = draw(net, x[None], seed)
+        factor = FACTORS[int(pick[0])]
+        drawn = {"input": x.tolist(), "pick": int(pick[0]), "logp": float(logp[0]), "value": float(value[0])}
     held = start if factor == 1.0 else run(factor)
     law = PowerLawReward(segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps), start.valid_curve, mt.reward_cap)
     reward = float(law(held.valid_curve[-1])) - float(law(start.valid_curve[-1])) + 1.0
     return {"iteration": iteration, "slot": slot, "task_id": cfg.task_id, "family": cfg.family,
             "factor": float(factor), "reward": reward, "start_test_loss": float(start.test_loss),
-            "test_loss": float(held.test_loss), "span": None if law.flat else float(law.span),
+            "test_loss": float(held.test_loss), "span": None if law.flat else float(law.span), **drawn,
             "cpu_seconds": time.process_time() - t0}  # fmt: skip
+
+
+def _net_shape(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+    """(inputs, choices, hidden) of a level network's state."""
+    return state["body.0.weight"].shape[1], state["logits.weight"].shape[0], state["body.0.weight"].shape[0]
+
+
+def observed_inputs(net: LevelNet, describe: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """An observing level's input row: the description, then the observed features, a non-finite one
+    (a loss nobody reported) read as the network's mean for it (as :class:`LearnedLevel` reads it)."""
+    mean = net.mean.numpy()[len(describe):]
+    return np.concatenate([np.asarray(describe, dtype=np.float64),
+                           np.where(np.isfinite(seen), np.asarray(seen, dtype=np.float64), mean)])  # fmt: skip
 
 
 def descriptions(spec: Any, iteration: int, count: int) -> np.ndarray:
@@ -202,8 +247,32 @@ def _read_episodes(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
 
 
 def policy_with_level(start: dict[str, Any], net: LevelNet, fitted: dict[str, Any]) -> dict[str, Any]:
-    """The start policy's file data ``start`` with ``net`` as its learned level."""
-    return {**start, "level": LearnedLevel(FACTORS, net, DESCRIPTOR_NAMES, fitted).to_data()}
+    """The start policy's file data ``start`` with ``net`` as its learned level (an observing one
+    where the network reads more than the description)."""
+    observe = (OBSERVED, OBSERVE_AT) if net.shape[0] > len(DESCRIPTOR_NAMES) else ()
+    return {**start, "level": LearnedLevel(FACTORS, net, DESCRIPTOR_NAMES, fitted, *observe).to_data()}
+
+
+def start_from_level(net: LevelNet, path: Path) -> None:
+    """Copy into ``net`` the network of the learned, describing level in the policy file ``path``: the
+    same description's weights and standardisation, zero weights on inputs it did not read."""
+    state = load_policy_file(path)
+    rule = level_rule_from_data(state["level"]) if state.get("level") is not None else None
+    if not isinstance(rule, LearnedLevel) or rule.observe or rule.factors != FACTORS or rule.descriptor != DESCRIPTOR_NAMES:
+        raise ValueError(f"{path} has no describing learned level of train-level's factors and description to start from")
+    old, d = rule.net, len(DESCRIPTOR_NAMES)
+    if old.shape[2] != net.shape[2]:
+        raise ValueError(f"{path}'s level has {old.shape[2]} hidden units, this run {net.shape[2]}: pass the same --hidden")
+    with torch.no_grad():
+        for name, value in old.state_dict().items():
+            target = net.state_dict()[name]
+            if name == "body.0.weight":
+                target.zero_()
+                target[:, :d] = value
+            elif name in ("mean", "scale"):
+                target[:d] = value
+            else:
+                target.copy_(value)
 
 
 def _speedup(rows: Iterable[dict[str, Any]], cap: float) -> float:
@@ -262,17 +331,19 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
     start_state = load_policy_file(policy)
     run_dir = Path(settings.run_dir or Path("runs") / f"{Path(spec_path).stem}-level")
     ckpt_path = run_dir / CHECKPOINT
-    net = LevelNet(len(DESCRIPTOR_NAMES), len(FACTORS), settings.hidden)
+    net = LevelNet(len(DESCRIPTOR_NAMES) + (len(OBSERVED) if settings.observe else 0), len(FACTORS), settings.hidden)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
+    start_level = Path(settings.start_level) if settings.start_level else None
     provenance = {"spec": spec_path, "spec_seed": spec.seed, "policy": str(policy), "policy_sha256": _digest(policy),
-                  "recipe": settings.recipe()}  # fmt: skip
+                  "recipe": settings.recipe(), "start_level_sha256": _digest(start_level) if start_level else None}  # fmt: skip
     if ckpt_path.exists() and not settings.resume:
         raise FileExistsError(f"{run_dir} already holds a level run: pass --resume to go on with it, or another --run-dir")
     if settings.resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"no level run to resume in {run_dir} ({CHECKPOINT} is missing)")
         ckpt = load_checkpoint(ckpt_path, "level training checkpoint")
-        changed = [k for k in ("spec", "spec_seed", "policy_sha256", "recipe") if ckpt["provenance"][k] != provenance[k]]
+        changed = [k for k in ("spec", "spec_seed", "policy_sha256", "recipe", "start_level_sha256")
+                   if ckpt["provenance"].get(k) != provenance[k]]  # fmt: skip
         if changed:
             raise ValueError(f"{run_dir} was trained with other {', '.join(changed)}: resume with the same spec, start "
                              "policy and options, or start a new --run-dir")  # fmt: skip
@@ -281,10 +352,13 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
         iteration, cpu_seconds, wall_hours = int(ckpt["iteration"]), float(ckpt["cpu_seconds"]), float(ckpt["wall_hours"])
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        x = descriptions(spec, FIRST_ITERATION - 1, settings.describe_draws)  # draws no iteration trains on
-        with torch.no_grad():
-            net.mean.copy_(torch.as_tensor(x.mean(0)))
-            net.scale.copy_(torch.as_tensor(np.where(x.std(0) > 0, x.std(0), 1.0)))
+        if start_level is not None:
+            start_from_level(net, start_level)
+        else:
+            x = descriptions(spec, FIRST_ITERATION - 1, settings.describe_draws)  # draws no iteration trains on
+            with torch.no_grad():
+                net.mean[: x.shape[1]] = torch.as_tensor(x.mean(0))
+                net.scale[: x.shape[1]] = torch.as_tensor(np.where(x.std(0) > 0, x.std(0), 1.0))
         iteration, cpu_seconds, wall_hours, ckpt = 0, 0.0, 0.0, {}
     episodes_path = run_dir / "episodes.jsonl"
     done = _read_episodes(episodes_path)
@@ -306,6 +380,8 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
         if settings.dev_every and not has_dev_point(run_dir, 0):  # the start, also for a run resumed without it
             start = LevelNet(*net.shape)  # zero logits: keeps
             start.load_state_dict({**start.state_dict(), "mean": net.mean, "scale": net.scale})
+            if start_level is not None:  # the level it starts from
+                start_from_level(start, start_level)
             level_dev(spec, policy_with_level(start_state, start, provenance), run_dir, 0, settings, tracker)
         if settings.dev_every and iteration % settings.dev_every == 0:
             missing_dev_point()  # killed before this iteration's point
@@ -314,10 +390,17 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                 break
             t0 = time.monotonic()
             it = FIRST_ITERATION + iteration
-            x = descriptions(spec, it, settings.episodes)
-            picks, logp, values = draw(net, x, spec.seed * 1_000_003 + iteration)
-            jobs = [(spec_path, str(policy), it, slot, FACTORS[int(k)]) for slot, k in enumerate(picks)]
-            todo = [j for j in jobs if (j[2], j[3]) not in done or done[(j[2], j[3])]["factor"] != j[4]]
+            seed = spec.seed * 1_000_003 + iteration
+            if settings.observe:  # drawn in the episodes, from what the start's run showed
+                state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                jobs: list[Job] = [(spec_path, str(policy), it, slot, (state, seed * 100_003 + slot))
+                                   for slot in range(settings.episodes)]  # fmt: skip
+                todo = [j for j in jobs if (j[2], j[3]) not in done or "pick" not in done[(j[2], j[3])]]
+            else:
+                x = descriptions(spec, it, settings.episodes)
+                picks, logp, values = draw(net, x, seed)
+                jobs = [(spec_path, str(policy), it, slot, FACTORS[int(k)]) for slot, k in enumerate(picks)]
+                todo = [j for j in jobs if (j[2], j[3]) not in done or done[(j[2], j[3])]["factor"] != j[4]]
             cpu_seconds += sum(done[(j[2], j[3])]["cpu_seconds"] for j in jobs if j not in todo)  # a killed piece's
             results = pool.imap_unordered(episode, todo) if pool else map(episode, todo)
             bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"iteration {iteration + 1}/{settings.iterations}",
@@ -332,7 +415,17 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                     bar.update()
             rows = [done[(j[2], j[3])] for j in jobs]
             rewards = np.array([r["reward"] for r in rows], dtype=np.float64)
-            diag = ppo_update(net, opt, x, picks, logp, values, rewards, settings, spec.seed * 1_000_003 + iteration)
+            if settings.observe:
+                x = np.array([r["input"] for r in rows], dtype=np.float64)
+                picks, logp = np.array([r["pick"] for r in rows]), np.array([r["logp"] for r in rows])
+                if iteration == 0:  # the observed inputs' standardisation, from draws that did not depend on it
+                    d, seen = len(DESCRIPTOR_NAMES), x[:, len(DESCRIPTOR_NAMES):]
+                    with torch.no_grad():
+                        net.mean[d:] = torch.as_tensor(seen.mean(0))
+                        net.scale[d:] = torch.as_tensor(np.where(seen.std(0) > 0, seen.std(0), 1.0))
+                with torch.no_grad():
+                    values = net(x)[1].double().numpy()
+            diag = ppo_update(net, opt, x, picks, logp, values, rewards, settings, seed)
             iteration += 1
             wall_hours += (time.monotonic() - t0) / 3600
             with torch.no_grad():

@@ -28,6 +28,13 @@ plain arrays, fitted with scikit-learn's ExtraTrees by ``bench/task_level.py``).
 ("The level is the task's") measured why: the level a task wants is a non-linear function of what
 the task is, which linear rules on the run's features do not find. A run without a description (an
 actor driven by hand) keeps the base schedule.
+
+An *observing* :class:`LearnedLevel` (``observe`` names some of the policy's raw features, ``at`` a
+fraction of the run) chooses later instead: at decision :func:`observing_decision` (1/8 of the run
+by default), from the description and what the run has shown by then (the features it names, as
+the drop-in reports them), and holds the level from there. Its choice depends on the run's
+observations, not on its model alone; docs/RESULTS.md ("A level that observes") measures what that
+adds.
 """
 
 from __future__ import annotations
@@ -287,6 +294,37 @@ class DescribedRule:
 
 #: Hidden units of each of a learned level's two layers, unless its file says otherwise.
 LEVEL_HIDDEN = 64
+#: The raw policy features an observing level reads by default: every feature that is a plain value
+#: of the run's state (not an integral CDF, a flag or a previous action) and varies between the
+#: training tasks of ``task_specs/cpu_residual_sharp.yaml`` at 1/8 of the run.
+OBSERVED: tuple[str, ...] = (
+    "loss_ratio/tanh", "log_hparam/lr", "log_param_norm_ratio/tanh", "log_update_ratio/tanh",
+    "frac_clipped/value", "frac_sqrt_v_ge_eps/value", "update_magnitude/value", "log_scale/value",
+    "log_update_param_ratio/value", "log_noise_scale/value", "log_lamb_trust/value", "cos_grad_momentum/value",
+    "logit_cdf_cos_grad_momentum/value", "cos_grad_update/value", "logit_cdf_cos_grad_update/value",
+    "cos_grad_param/value", "cdf_cos_grad_param/value",
+)  # fmt: skip
+#: Where in the run an observing level chooses by default (a fraction of its decisions).
+OBSERVE_AT = 0.125
+
+
+def observing_decision(at: float, outer: int) -> int:
+    """The decision (1 ... outer - 1) at which a level that observes at fraction ``at`` of a run of
+    ``outer`` decisions chooses: the nearest, after the first segment at the earliest (the features
+    of decision 0 are those of an untouched model)."""
+    return max(1, min(outer - 1, round(at * outer)))
+
+
+def observed_indices(names: Sequence[str], space: HyperparameterSpace) -> list[int]:
+    """Where each of ``names`` lies in the raw policy features of ``space``'s policies."""
+    from .actions import ActionSpace
+    from .observation import FeatureBuilder
+
+    order = FeatureBuilder(ActionSpace(space), space).policy_names()
+    missing = [n for n in names if n not in order]
+    if missing:
+        raise ValueError(f"an observing level reads the features {missing}, which this policy's features lack")
+    return [order.index(n) for n in names]
 
 
 class LevelNet(torch.nn.Module):
@@ -322,61 +360,98 @@ class LevelNet(torch.nn.Module):
 
 @dataclass(frozen=True, eq=False)
 class LearnedLevel:
-    """Chooses each run's held offset before its first step from its description, as
-    :class:`DescribedRule` does, by a :class:`LevelNet` trained with PPO (``lhopt train-level``):
-    the most probable of ``factors`` (keep, 1, among them). A run whose description is missing or
-    of another length keeps."""
+    """Chooses each run's held offset by a :class:`LevelNet` trained with PPO (``lhopt train-level``):
+    the most probable of ``factors`` (keep, 1, among them).
+
+    Without ``observe`` it chooses before the first step from the run's description, as
+    :class:`DescribedRule` does. With ``observe`` (names of raw policy features) it chooses at
+    :func:`observing_decision` of fraction ``at`` from the description followed by those features
+    (:meth:`choose_observed`). A run whose description is missing or of another length keeps."""
 
     factors: tuple[float, ...]
     net: LevelNet
     descriptor: tuple[str, ...]
     fitted: dict[str, Any] = field(default_factory=dict)
-    decision = None  # chosen at the start, from the runs
+    observe: tuple[str, ...] = ()
+    at: float | None = None
 
     def __post_init__(self) -> None:
         _check_choices(self.factors, "a learned level")
-        if self.net.shape[:2] != (len(self.descriptor), len(self.factors)):
+        if self.net.shape[:2] != (len(self.descriptor) + len(self.observe), len(self.factors)):
             raise ValueError(f"the level network reads {self.net.shape[0]} inputs into {self.net.shape[1]} choices, but "
-                             f"the rule has {len(self.descriptor)} inputs and {len(self.factors)} factors")
+                             f"the rule has {len(self.descriptor)} + {len(self.observe)} inputs and {len(self.factors)} factors")  # fmt: skip
+        if bool(self.observe) != (self.at is not None) or (self.at is not None and not 0.0 < self.at < 1.0):
+            raise ValueError(f"an observing level names the features it reads and a fraction of the run in (0, 1) "
+                             f"where it reads them, got {len(self.observe)} features at {self.at}")  # fmt: skip
 
-    def described(self, runs: Sequence[Run]) -> np.ndarray:
+    decision = None  # no fixed decision: before the first step, or at fraction ``at`` of the run
+
+    def described(self, runs: Sequence[Any]) -> np.ndarray:
         """Which runs have a usable description (a finite one of the network's length)."""
         return np.array([len(r.describe) == len(self.descriptor) and bool(np.isfinite(r.describe).all()) for r in runs],
                         dtype=bool)  # fmt: skip
 
-    def choose_runs(self, runs: Sequence[Run]) -> list[float]:
-        ok = self.described(runs)
+    def _best(self, x: np.ndarray, ok: np.ndarray) -> list[float]:
         if not ok.any():
-            return [1.0] * len(runs)
+            return [1.0] * len(ok)
         with torch.no_grad():
-            best = self.net([r.describe for r, good in zip(runs, ok) if good])[0].argmax(1).tolist()
+            best = self.net(x[ok])[0].argmax(1).tolist()
         picks = iter(best)
         return [float(self.factors[next(picks)]) if good else 1.0 for good in ok]
+
+    def choose_runs(self, runs: Sequence[Run]) -> list[float]:
+        ok = self.described(runs)
+        x = np.zeros((len(runs), len(self.descriptor)))
+        x[ok] = [r.describe for r, good in zip(runs, ok) if good]
+        return self._best(x, ok)
+
+    def inputs(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> np.ndarray:
+        """The network's inputs (B, D + O): each run's description followed by its observed features
+        (B, O); a non-finite observation (a loss nobody reported) reads as the training tasks' mean."""
+        obs = np.asarray(observed, dtype=np.float64).reshape(len(describes), len(self.observe))
+        mean = self.net.mean.numpy()[len(self.descriptor):]
+        obs = np.where(np.isfinite(obs), obs, mean)
+        desc = np.array([d if len(d) == len(self.descriptor) else np.full(len(self.descriptor), np.nan)
+                         for d in describes], dtype=np.float64).reshape(len(describes), len(self.descriptor))  # fmt: skip
+        return np.hstack([desc, obs])
+
+    def choose_observed(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> list[float]:
+        """Per run, the factor chosen from its description and its observed features (B, O)."""
+        x = self.inputs(describes, observed)
+        return self._best(np.nan_to_num(x), np.isfinite(x).all(1))
 
     def to_data(self) -> dict[str, Any]:
         """What a policy file records (the ``level`` entry, ``kind: learned``)."""
         inputs, choices, hidden = self.net.shape
+        extra = {"observe": list(self.observe), "at": self.at} if self.observe else {}
         return {"kind": "learned", "factors": list(self.factors), "descriptor": list(self.descriptor),
-                "hidden": hidden, "fitted": self.fitted,
+                "hidden": hidden, "fitted": self.fitted, **extra,
                 "net": {k: v.detach().clone() for k, v in self.net.state_dict().items()}}  # fmt: skip
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> "LearnedLevel":
         factors, names = tuple(float(f) for f in data["factors"]), tuple(str(n) for n in data["descriptor"])
-        net = LevelNet(len(names), len(factors), int(data.get("hidden", LEVEL_HIDDEN)))
+        observe = tuple(str(n) for n in data.get("observe") or ())
+        net = LevelNet(len(names) + len(observe), len(factors), int(data.get("hidden", LEVEL_HIDDEN)))
         net.load_state_dict({k: torch.as_tensor(v) for k, v in data["net"].items()})
-        return cls(factors, net.eval(), names, dict(data.get("fitted") or {}))
+        at = None if data.get("at") is None else float(data["at"])
+        return cls(factors, net.eval(), names, dict(data.get("fitted") or {}), observe, at)
 
 
 @dataclass(frozen=True)
 class ChosenLevel:
-    """A level chosen outside the actor (meta-training's sampled choice for an episode): every run holds ``factor``."""
+    """A level chosen outside the actor (meta-training's sampled choice for an episode): every run
+    holds ``factor``, from the first step (``at`` None) or from :func:`observing_decision` of ``at``."""
 
     factor: float
-    decision = None
+    at: float | None = None
+    decision = None  # no fixed decision: before the first step, or at fraction ``at`` of the run
 
     def choose_runs(self, runs: Sequence[Run]) -> list[float]:
         return [float(self.factor)] * len(runs)
+
+    def choose(self, rows: np.ndarray) -> np.ndarray:
+        return np.full(len(rows), float(self.factor))
 
 
 def level_rule_from_data(data: dict[str, Any]) -> "LevelRule | DescribedRule | LearnedLevel":
@@ -395,12 +470,14 @@ class LevelCarry(NamedTuple):
     goal: tuple[float, ...]
     t: int
     outer: int
+    describe: tuple[tuple[float, ...], ...] = ()  # each run's description (an observing level reads it when it chooses)
 
 
 class HoldLevel:
     """``inner`` with its learning-rate proposals replaced by the held level ``rule`` chooses (see the
     module's docstring): a :class:`LevelRule` at its decision from the run's features, a
-    :class:`DescribedRule` before the first step from the run's description. Goes inside
+    :class:`DescribedRule` or :class:`LearnedLevel` before the first step from the run's description,
+    an observing :class:`LearnedLevel` at its fraction of the run from both. Goes inside
     :class:`~lhopt_dsl.agent.residual.Residual`."""
 
     kind = "level"
@@ -410,6 +487,8 @@ class HoldLevel:
             raise ValueError(f"the level rule reads {rule.policy_size} features, but its policy reads {inner.policy_size}")
         self.inner, self.rule = inner, rule
         _, self.lr_dim, self.values, self.keep = offset_actions(space, "a level rule")
+        observe = getattr(rule, "observe", ())
+        self.observed = observed_indices(observe, space) if observe else []
 
     @property
     def policy_size(self) -> int:
@@ -420,27 +499,36 @@ class HoldLevel:
         return self.inner.nvec
 
     def start(self, runs: Sequence[Run]) -> LevelCarry:
-        ones = (1.0,) * len(runs)
-        goals = ones if self.rule.decision is not None else tuple(clamp_offset(f) for f in self.rule.choose_runs(runs))
-        return LevelCarry(self.inner.start(runs), ones, goals, 0, _outer(runs))
+        ones, outer = (1.0,) * len(runs), _outer(runs)
+        goals = ones if self.at(outer) >= 0 else tuple(clamp_offset(f) for f in self.rule.choose_runs(runs))
+        return LevelCarry(self.inner.start(runs), ones, goals, 0, outer, tuple(tuple(r.describe) for r in runs))
 
     def at(self, outer: int) -> int:
         """The decision at which the rule chooses, in a run of ``outer`` decisions (-1: before the first)."""
+        fraction = getattr(self.rule, "at", None)
+        if fraction is not None:
+            return observing_decision(fraction, outer)
         return -1 if self.rule.decision is None else min(self.rule.decision, outer - 1)
+
+    def _chosen(self, carry: LevelCarry, features: np.ndarray) -> Sequence[float]:
+        rows = np.asarray(features).reshape(len(carry.offset), -1)
+        if self.observed:
+            return self.rule.choose_observed(carry.describe, rows[:, self.observed])
+        return self.rule.choose(rows)
 
     def act(self, carry: LevelCarry, features: np.ndarray, generators: Sequence[torch.Generator | None],
             greedy: bool) -> tuple[Step, LevelCarry]:  # fmt: skip
         step, inner = self.inner.act(carry.inner, features, generators, greedy)
         at, goal = self.at(carry.outer), carry.goal
         if carry.t == at:  # the chosen factor, relative to the offset in force (1 unless the guard or the inner actor moved it)
-            chosen = self.rule.choose(np.asarray(features).reshape(len(carry.offset), -1))
+            chosen = self._chosen(carry, features)
             goal = tuple(clamp_offset(float(f) * m) for f, m in zip(chosen, carry.offset))
         actions, offsets = np.array(step.actions, copy=True), []
         for b, m in enumerate(carry.offset):
             if carry.t >= max(at, 0):
                 actions[b, self.lr_dim] = nearest_scale(self.values, m, goal[b], self.keep)
             offsets.append(clamp_offset(m * self.values[int(actions[b, self.lr_dim])]))
-        return step._replace(actions=actions), LevelCarry(inner, tuple(offsets), goal, carry.t + 1, carry.outer)
+        return step._replace(actions=actions), carry._replace(inner=inner, offset=tuple(offsets), goal=goal, t=carry.t + 1)
 
     def guarded(self, carry: LevelCarry, row: int, lr_factor: float) -> LevelCarry:
         """The offset follows a learning rate lowered from outside, as :class:`Residual`'s does, and so

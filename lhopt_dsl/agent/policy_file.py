@@ -210,14 +210,25 @@ def _level_names(level: Mapping[str, Any]) -> tuple[list[float], list[str]]:
 
 def _check_learned(level: Mapping[str, Any]) -> None:
     """A learned level (:class:`~lhopt_dsl.agent.level.LearnedLevel`'s ``to_data``): factors and
-    description as a described one's, and the tensors of a network of its declared size, each of the
-    shape such a network has, finite, with positive scales."""
+    description as a described one's, an observing one's feature names and fraction of the run, and
+    the tensors of a network of its declared size, each of the shape such a network has, finite, with
+    positive scales. Whether the names are the policy's features is checked where the level is built."""
     from .level import LevelNet
 
     level = _dict(level, "['level']", ("factors", "descriptor", "hidden", "net"))
     factors, names = _level_names(level)
     hidden = _int(level["hidden"], "['level']['hidden']", 1, MAX_LEVEL_HIDDEN)
-    expected = {k: tuple(v.shape) for k, v in LevelNet(len(names), len(factors), hidden).state_dict().items()}
+    observe = level.get("observe") or []
+    if not isinstance(observe, list) or len(observe) > MAX_DESCRIPTOR or not all(isinstance(n, str) for n in observe):
+        raise _Problem(f"['level']['observe'] must be a list of up to {MAX_DESCRIPTOR} feature names, got {_kind(observe)}")
+    if observe:
+        at = _number(level.get("at"), "['level']['at']")
+        if not 0.0 < at < 1.0:
+            raise _Problem(f"['level']['at'] is {at}, not a fraction of the run in (0, 1)")
+    elif level.get("at") is not None:
+        raise _Problem("['level']['at'] is set, but the level observes no feature (['level']['observe'] is empty)")
+    inputs = len(names) + len(observe)
+    expected = {k: tuple(v.shape) for k, v in LevelNet(inputs, len(factors), hidden).state_dict().items()}
     net = _dict(level["net"], "['level']['net']", tuple(expected))
     unknown = [k for k in net if k not in expected]
     if unknown:
