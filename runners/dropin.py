@@ -97,10 +97,11 @@ PROGRAMS: dict[str, Callable[[int], Program]] = {"regression": regression, "digi
 
 
 def run(program: str, seed: int, steps: int, cadence: tuple[int | None, int | None] | None,
-        policy: str | Path | Schedule | None = None) -> float:  # fmt: skip
+        policy: str | Path | Schedule | None = None, lrs: list[float] | None = None) -> float:  # fmt: skip
     """Final test loss of one run: ``cadence`` None trains with AdamW at its defaults, otherwise
     with LHOPT (driven by ``policy``: a policy file, a Schedule, None for the shipped default)
-    reporting losses at that cadence. A non-finite training loss ends the run (NaN)."""
+    reporting losses at that cadence; ``lrs`` gets LHOPT's learning rate at each decision. A
+    non-finite training loss ends the run (NaN)."""
     p = PROGRAMS[program](seed)
     if cadence is None:
         opt: torch.optim.Optimizer = torch.optim.AdamW(p.model.parameters())
@@ -118,6 +119,8 @@ def run(program: str, seed: int, steps: int, cadence: tuple[int | None, int | No
         report_losses(opt, step, train_loss=value, valid_loss=lambda: p.score(p.valid), train_every=train_every,
                       valid_every=valid_every)  # fmt: skip
         opt.step()
+    if lrs is not None and isinstance(opt, LHOPT):
+        lrs.extend(float(h["lr"]) for h in opt.history)
     return p.score(p.test)
 
 
@@ -129,13 +132,38 @@ def check(policy: str | Path | None = None, *, programs: Sequence[str] = tuple(P
     reference = Schedule.from_name(REFERENCE_SCHEDULE)
     for prog, s in tqdm(jobs, desc="check-dropin", unit="program", disable=quiet):
         adamw = run(prog, s, steps, None)
-        schedule = run(prog, s, steps, (None, None), reference)  # observes nothing: one run serves every cadence
+        base: list[float] = []
+        schedule = run(prog, s, steps, (None, None), reference, base)  # observes nothing: one run serves every cadence
         for cadence in CADENCES:
-            loss = run(prog, s, steps, cadence, policy)
+            mine: list[float] = []
+            loss = run(prog, s, steps, cadence, policy, mine)
             runs.append({"program": prog, "seed": s, "train_every": cadence[0], "valid_every": cadence[1],
-                         "adamw": adamw, "schedule": schedule, "lhopt": loss})  # fmt: skip
+                         "adamw": adamw, "schedule": schedule, "lhopt": loss, "lr_level": lr_level(mine, base)})  # fmt: skip
     return {"policy": str(policy) if policy else "default (shipped with lhopt)", "steps": steps, "seeds": seeds,
             "schedule": f"CIAO + {REFERENCE_SCHEDULE}", "runs": runs, "summary": summarise(runs)}  # fmt: skip
+
+
+def lr_level(lrs: Sequence[float], base: Sequence[float]) -> float | None:
+    """How far a run's learning rate stood from the reference schedule's run: the geometric mean of
+    their ratio over the decisions of the run's second half (where a held level has been reached;
+    decisions where the schedule's is 0 are left out). None without both paths."""
+    pairs = [(a, b) for a, b in list(zip(lrs, base))[len(base) // 2:] if a > 0 and b > 0]
+    return float(np.exp(np.mean([math.log(a / b) for a, b in pairs]))) if pairs else None
+
+
+def levels_table(runs: Sequence[dict[str, Any]]) -> str:
+    """Per program and seed (rows) and cadence (columns), the learning-rate level each run held against
+    the reference schedule's (:func:`lr_level`, x1: it followed the schedule's learning rate): what the
+    policy did differently with what it was told."""
+    cadences = [c for c in CADENCES if any((r["train_every"], r["valid_every"]) == c for r in runs)]
+    cells = {(r["program"], r["seed"], (r["train_every"], r["valid_every"])): r.get("lr_level") for r in runs}
+    keys = sorted({(r["program"], r["seed"]) for r in runs}, key=lambda k: (k[0], int(k[1])))
+    lines = ["| program | seed | " + " | ".join(f"train {c[0] or 'never'}, valid {c[1] or 'never'}" for c in cadences) + " |",
+             "|---|---:|" + "---:|" * len(cadences)]  # fmt: skip
+    for prog, seed in keys:
+        vals = [cells.get((prog, seed, c)) for c in cadences]
+        lines.append(f"| {prog} | {seed} | " + " | ".join("-" if v is None else f"x{v:.3g}" for v in vals) + " |")
+    return "\n".join(lines)
 
 
 def _ratio(loss: float, bar: float) -> float:
@@ -188,4 +216,6 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
 def write(record: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dropin.json", record)  # strict JSON: NaN is null
-    (out / "dropin.md").write_text(format_table(record["summary"]) + "\n")
+    levels = levels_table(record["runs"]) if any("lr_level" in r for r in record["runs"]) else ""
+    (out / "dropin.md").write_text(format_table(record["summary"]) + "\n" + (f"\nlearning-rate level held against "
+                                   f"{REFERENCE_SCHEDULE}'s, second half of the run:\n\n{levels}\n" if levels else ""))  # fmt: skip

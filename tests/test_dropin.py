@@ -54,7 +54,9 @@ def test_runs_share_weights_and_batches_and_the_cli_writes_strict_json(tmp_path,
     from lhopt_dsl.spec.schedule import Schedule
 
     assert record["runs"][0]["schedule"] == dropin.run("regression", 0, 30, (None, None), Schedule.from_name("linear-lr0.03"))
-    assert "| all | 7 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| all | 7 |" in printed and "| regression | 0 | x" in printed  # the level table, a row per program and seed
+    assert all(r["lr_level"] is not None and r["lr_level"] > 0 for r in record["runs"])
     assert main(["check-dropin", "--programs", "nope"]) == 2
     assert main(["check-dropin", "--policy", str(tmp_path / "missing.pt"), "--seeds", "1", "--steps", "5",
                  "--out", str(out)]) == 2  # fmt: skip
@@ -82,3 +84,15 @@ def test_lhopt_driven_by_a_schedule_moves_only_the_learning_rate_towards_it():
         assert 0.8 < h["lr"] / (0.03 * (1 - h["progress"])) < 1.25
     others = [{k: v for k, v in h.items() if k not in ("lr", "progress")} for h in opt.history]
     assert all(o == others[0] for o in others) and others[0]["restart"] == "none"
+
+
+def test_the_level_a_run_held_is_its_second_halfs_learning_rate_over_the_schedules():
+    base = [1.0, 2.0, 4.0, 4.0, 2.0, 0.0]
+    assert dropin.lr_level([1.0, 2.0, 8.0, 2.0, 1.0, 0.0], base) == pytest.approx(0.5)  # decisions 3-4; 0 left out
+    assert dropin.lr_level([1.0, 2.0, 4.0, 8.0, 8.0, 0.0], base) == pytest.approx(math.sqrt(2.0 * 4.0))
+    assert dropin.lr_level([], base) is None
+    runs = [{"program": "regression", "seed": s, "train_every": c[0], "valid_every": c[1], "lr_level": lv}
+            for s in (1, 0) for c, lv in zip(dropin.CADENCES, (0.5, 1.0, None, 2.0, 1.0, 1.0, 0.25))]  # fmt: skip
+    table = dropin.levels_table(runs).splitlines()
+    assert table[0].startswith("| program | seed | train 1, valid never |") and len(table) == 4
+    assert table[2] == "| regression | 0 | x0.5 | x1 | - | x2 | x1 | x1 | x0.25 |"
