@@ -24,3 +24,37 @@ def test_ppo_on_a_planted_table_earns_its_choice_on_held_out_tasks_and_nothing_o
     shuffled = rewards[rng.permutation(n)]
     null = level_bandit.speedup(level_bandit.ppo_held_out(x, shuffled, 2048, 0.1, 0), spans, cap)
     assert null < 1.0 + 0.5 * (oracle - 1.0)
+
+
+def test_the_observing_table_reads_each_tasks_features_at_its_decision_and_writes_a_policy_that_observes(tmp_path):
+    import argparse
+
+    import pytest
+
+    from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
+    from lhopt_dsl.agent.level import OBSERVED, observed_indices
+    from lhopt_dsl.controller import load_policy
+    from runners.level_train import FACTORS
+
+    from .test_level_train import _start_policy
+    from .test_residual_ppo import residual_spec
+
+    spec = residual_spec(tmp_path)
+    index = observed_indices(OBSERVED, spec.hparams)
+    size = max(index) + 1
+    rows = [{"task_id": "a", "outer_steps": 50, "features": {"6": list(np.arange(size, dtype=float)), "1": [0.0] * size}},
+            {"task_id": "b", "outer_steps": 16, "features": {"2": list(-np.arange(size, dtype=float))}}]  # fmt: skip
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(__import__("yaml").safe_dump(spec.model_dump(mode="json")))
+    seen = level_bandit.observed(str(spec_path), rows)  # at 1/8: decision 6 of 50, decision 2 of 16
+    assert seen.shape == (2, len(OBSERVED)) and list(seen[0]) == index and list(seen[1]) == [-i for i in index]
+    with pytest.raises(SystemExit, match="no features at decision 2"):
+        level_bandit.observed(str(spec_path), [{**rows[1], "features": {"1": [0.0] * size}}])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, len(DESCRIPTOR_NAMES) + len(OBSERVED)))
+    rewards = np.ones((64, len(FACTORS)))
+    args = argparse.Namespace(policy=_start_policy(tmp_path, spec), out=tmp_path / "observing.pt", spec=str(spec_path),
+                              final_episodes=256, batch=128, observe=True)  # fmt: skip
+    level_bandit.write_policy(args, x, rewards, 0.1)
+    policy, _ = load_policy(args.out)
+    assert policy.inner.rule.observe == OBSERVED and policy.inner.rule.fitted["tasks"] == 64
