@@ -55,7 +55,7 @@ from task_level import CHOICES, folds, held_out, training_table  # noqa: E402
 
 from lhopt_dsl import load_spec, sample  # noqa: E402
 from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES  # noqa: E402
-from lhopt_dsl.agent.level import OBSERVE_AT, OBSERVED, LearnedLevel, LevelNet, observed_indices, observing_decision  # noqa: E402
+from lhopt_dsl.agent.level import OBSERVE_AT, OBSERVED, LearnedLevel, LevelNet, ObservedReader, observing_decision  # noqa: E402
 from lhopt_dsl.agent.policy import save_checkpoint  # noqa: E402
 from lhopt_dsl.agent.policy_file import load_policy_file  # noqa: E402
 from lhopt_dsl.spec.sample import train_seed  # noqa: E402
@@ -64,16 +64,21 @@ from runners.level_train import FACTORS, LevelSettings, draw, ppo_update  # noqa
 
 def observed(spec_path: str, rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """(tasks, O) the :data:`OBSERVED` features of each measured row's schedule run at the decision an
-    observing level chooses at (:func:`observing_decision` of :data:`OBSERVE_AT`)."""
-    index = observed_indices(OBSERVED, load_spec(spec_path).hparams)
+    observing level chooses at (:func:`observing_decision` of :data:`OBSERVE_AT`), read as the level
+    reads them (:class:`ObservedReader`), an unobserved one as the tasks' mean. These are the base
+    schedule's own runs (``bench/held_value.py`` follows it); a deployed level reads the start
+    policy's run, which is the same where that policy keeps (it does on nearly every task)."""
+    reader = ObservedReader(OBSERVED, load_spec(spec_path).hparams)
     out = []
     for r in rows:
         at = observing_decision(OBSERVE_AT, int(r["outer_steps"]))
         features = r["features"].get(str(at))
         if features is None:
             raise SystemExit(f"task {r['task_id']} has no features at decision {at}: measure with bench/held_value.py's points")
-        out.append(np.asarray(features, dtype=np.float64)[index])
-    return np.stack(out)
+        out.append(reader(np.asarray(features, dtype=np.float64))[0])
+    seen = np.stack(out)
+    mean = np.array([np.nanmean(c) if np.isfinite(c).any() else 0.0 for c in seen.T])
+    return np.where(np.isnan(seen), mean, seen)
 
 
 def seed_noise(spec_path: str, first_path: str, rerun_path: str) -> tuple[float, int]:
@@ -103,9 +108,7 @@ def ppo_bandit(x: np.ndarray, rewards: np.ndarray, episodes: int, sigma: float, 
     torch.manual_seed(seed)
     settings = LevelSettings(episodes=batch)
     net = LevelNet(x.shape[1], rewards.shape[1], settings.hidden)
-    with torch.no_grad():
-        net.mean.copy_(torch.as_tensor(x.mean(0)))
-        net.scale.copy_(torch.as_tensor(np.where(x.std(0) > 0, x.std(0), 1.0)))
+    net.standardise_by(x)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     done = 0
     while done < episodes:

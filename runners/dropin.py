@@ -151,6 +151,9 @@ def lr_level(lrs: Sequence[float], base: Sequence[float]) -> float | None:
     return float(np.exp(np.mean([math.log(a / b) for a, b in pairs]))) if pairs else None
 
 
+LEVELS_HEADING = f"learning-rate level held against {REFERENCE_SCHEDULE}'s, second half of the run:"
+
+
 def levels_table(runs: Sequence[dict[str, Any]]) -> str:
     """Per program and seed (rows) and cadence (columns), the learning-rate level each run held against
     the reference schedule's (:func:`lr_level`, x1: it followed the schedule's learning rate): what the
@@ -216,6 +219,5 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
 def write(record: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dropin.json", record)  # strict JSON: NaN is null
-    levels = levels_table(record["runs"]) if any("lr_level" in r for r in record["runs"]) else ""
-    (out / "dropin.md").write_text(format_table(record["summary"]) + "\n" + (f"\nlearning-rate level held against "
-                                   f"{REFERENCE_SCHEDULE}'s, second half of the run:\n\n{levels}\n" if levels else ""))  # fmt: skip
+    levels = f"\n{LEVELS_HEADING}\n\n{levels_table(record['runs'])}\n" if any("lr_level" in r for r in record["runs"]) else ""
+    (out / "dropin.md").write_text(format_table(record["summary"]) + "\n" + levels)

@@ -54,8 +54,8 @@ from tqdm import tqdm
 from lhopt_dsl import load_spec, sample
 from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
 from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
-from lhopt_dsl.agent.level import (OBSERVE_AT, OBSERVED, ChosenLevel, HoldLevel, LearnedLevel, LevelNet,
-                                   level_rule_from_data, observed_indices, observing_decision)  # fmt: skip
+from lhopt_dsl.agent.level import (OBSERVE_AT, OBSERVED, ChosenLevel, HoldLevel, LearnedLevel, LevelNet, ObservedReader,
+                                   level_rule_from_data, observing_decision)  # fmt: skip
 from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.agent.policy_file import load_policy_file
 from lhopt_dsl.agent.residual import Residual
@@ -155,11 +155,10 @@ def episode(job: Job) -> dict[str, Any]:
         factor = float(choice)
     else:
         state, seed = choice
-        net = LevelNet(*_net_shape(state))
-        net.load_state_dict(state)
-        seen = start.raw_policy[observing_decision(at, cfg.task.outer_steps)][observed_indices(OBSERVED, space)]
-        x = observed_inputs(net, described(cfg), seen)
-        pick, logp, value = draw(net, x[None], seed)
+        level = LearnedLevel(FACTORS, LevelNet.from_state(state), DESCRIPTOR_NAMES, {}, OBSERVED, at)
+        seen = ObservedReader(OBSERVED, space, network.policy_size)(start.raw_policy[observing_decision(at, cfg.task.outer_steps)])
+        x = level.inputs([described(cfg)], seen)[0]  # as the deployed level reads the same run
+        pick, logp, value = draw(level.net, x[None], seed)
         factor = FACTORS[int(pick[0])]
         drawn = {"input": x.tolist(), "pick": int(pick[0]), "logp": float(logp[0]), "value": float(value[0])}
     held = start if factor == 1.0 else run(factor)
@@ -169,19 +168,6 @@ def episode(job: Job) -> dict[str, Any]:
             "factor": float(factor), "reward": reward, "start_test_loss": float(start.test_loss),
             "test_loss": float(held.test_loss), "span": None if law.flat else float(law.span), **drawn,
             "cpu_seconds": time.process_time() - t0}  # fmt: skip
-
-
-def _net_shape(state: dict[str, torch.Tensor]) -> tuple[int, int, int]:
-    """(inputs, choices, hidden) of a level network's state."""
-    return state["body.0.weight"].shape[1], state["logits.weight"].shape[0], state["body.0.weight"].shape[0]
-
-
-def observed_inputs(net: LevelNet, describe: np.ndarray, seen: np.ndarray) -> np.ndarray:
-    """An observing level's input row: the description, then the observed features, a non-finite one
-    (a loss nobody reported) read as the network's mean for it (as :class:`LearnedLevel` reads it)."""
-    mean = net.mean.numpy()[len(describe):]
-    return np.concatenate([np.asarray(describe, dtype=np.float64),
-                           np.where(np.isfinite(seen), np.asarray(seen, dtype=np.float64), mean)])  # fmt: skip
 
 
 def descriptions(spec: Any, iteration: int, count: int) -> np.ndarray:
@@ -246,10 +232,19 @@ def _read_episodes(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
     return out
 
 
-def policy_with_level(start: dict[str, Any], net: LevelNet, fitted: dict[str, Any]) -> dict[str, Any]:
+def _drawn_by(net: LevelNet, row: dict[str, Any] | None, seed: int) -> bool:
+    """Whether an episode a killed piece of the run recorded was drawn by ``net`` from ``seed`` (an
+    observing level's episode is reused only then; a row of other options is run again)."""
+    if row is None or "pick" not in row:
+        return False
+    pick, logp, _ = draw(net, np.asarray([row["input"]], dtype=np.float64), seed)
+    return int(pick[0]) == int(row["pick"]) and abs(float(logp[0]) - float(row["logp"])) < 1e-6
+
+
+def policy_with_level(start: dict[str, Any], net: LevelNet, fitted: dict[str, Any], observe: bool = False) -> dict[str, Any]:
     """The start policy's file data ``start`` with ``net`` as its learned level (an observing one
-    where the network reads more than the description)."""
-    observe = (OBSERVED, OBSERVE_AT) if net.shape[0] > len(DESCRIPTOR_NAMES) else ()
+    with ``observe``)."""
+    observe = (OBSERVED, OBSERVE_AT) if observe else ()
     return {**start, "level": LearnedLevel(FACTORS, net, DESCRIPTOR_NAMES, fitted, *observe).to_data()}
 
 
@@ -342,8 +337,9 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"no level run to resume in {run_dir} ({CHECKPOINT} is missing)")
         ckpt = load_checkpoint(ckpt_path, "level training checkpoint")
+        was = {**ckpt["provenance"], "recipe": {"observe": False, **ckpt["provenance"]["recipe"]}}  # runs from before --observe
         changed = [k for k in ("spec", "spec_seed", "policy_sha256", "recipe", "start_level_sha256")
-                   if ckpt["provenance"].get(k) != provenance[k]]  # fmt: skip
+                   if was.get(k) != provenance[k]]  # fmt: skip
         if changed:
             raise ValueError(f"{run_dir} was trained with other {', '.join(changed)}: resume with the same spec, start "
                              "policy and options, or start a new --run-dir")  # fmt: skip
@@ -355,10 +351,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
         if start_level is not None:
             start_from_level(net, start_level)
         else:
-            x = descriptions(spec, FIRST_ITERATION - 1, settings.describe_draws)  # draws no iteration trains on
-            with torch.no_grad():
-                net.mean[: x.shape[1]] = torch.as_tensor(x.mean(0))
-                net.scale[: x.shape[1]] = torch.as_tensor(np.where(x.std(0) > 0, x.std(0), 1.0))
+            net.standardise_by(descriptions(spec, FIRST_ITERATION - 1, settings.describe_draws))  # draws no iteration trains on
         iteration, cpu_seconds, wall_hours, ckpt = 0, 0.0, 0.0, {}
     episodes_path = run_dir / "episodes.jsonl"
     done = _read_episodes(episodes_path)
@@ -371,7 +364,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
 
     def missing_dev_point() -> None:  # the point of the iteration the run is at, where a killed run lacks it
         if settings.dev_every and not has_dev_point(run_dir, iteration):
-            level_dev(spec, policy_with_level(start_state, net, fitted(iteration, cpu_seconds)), run_dir, iteration,
+            level_dev(spec, policy_with_level(start_state, net, fitted(iteration, cpu_seconds), settings.observe), run_dir, iteration,
                       settings, tracker)  # fmt: skip
 
     began = time.monotonic()
@@ -382,7 +375,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
             start.load_state_dict({**start.state_dict(), "mean": net.mean, "scale": net.scale})
             if start_level is not None:  # the level it starts from
                 start_from_level(start, start_level)
-            level_dev(spec, policy_with_level(start_state, start, provenance), run_dir, 0, settings, tracker)
+            level_dev(spec, policy_with_level(start_state, start, provenance, settings.observe), run_dir, 0, settings, tracker)
         if settings.dev_every and iteration % settings.dev_every == 0:
             missing_dev_point()  # killed before this iteration's point
         while iteration < settings.iterations:
@@ -395,13 +388,14 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                 state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 jobs: list[Job] = [(spec_path, str(policy), it, slot, (state, seed * 100_003 + slot))
                                    for slot in range(settings.episodes)]  # fmt: skip
-                todo = [j for j in jobs if (j[2], j[3]) not in done or "pick" not in done[(j[2], j[3])]]
+                todo = [j for j in jobs if not _drawn_by(net, done.get((j[2], j[3])), j[4][1])]
             else:
                 x = descriptions(spec, it, settings.episodes)
                 picks, logp, values = draw(net, x, seed)
                 jobs = [(spec_path, str(policy), it, slot, FACTORS[int(k)]) for slot, k in enumerate(picks)]
                 todo = [j for j in jobs if (j[2], j[3]) not in done or done[(j[2], j[3])]["factor"] != j[4]]
-            cpu_seconds += sum(done[(j[2], j[3])]["cpu_seconds"] for j in jobs if j not in todo)  # a killed piece's
+            again = {(j[2], j[3]) for j in todo}
+            cpu_seconds += sum(done[(j[2], j[3])]["cpu_seconds"] for j in jobs if (j[2], j[3]) not in again)  # a killed piece's
             results = pool.imap_unordered(episode, todo) if pool else map(episode, todo)
             bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"iteration {iteration + 1}/{settings.iterations}",
                        unit="episode", disable=settings.quiet, leave=False,
@@ -419,10 +413,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                 x = np.array([r["input"] for r in rows], dtype=np.float64)
                 picks, logp = np.array([r["pick"] for r in rows]), np.array([r["logp"] for r in rows])
                 if iteration == 0:  # the observed inputs' standardisation, from draws that did not depend on it
-                    d, seen = len(DESCRIPTOR_NAMES), x[:, len(DESCRIPTOR_NAMES):]
-                    with torch.no_grad():
-                        net.mean[d:] = torch.as_tensor(seen.mean(0))
-                        net.scale[d:] = torch.as_tensor(np.where(seen.std(0) > 0, seen.std(0), 1.0))
+                    net.standardise_by(x[:, len(DESCRIPTOR_NAMES):], len(DESCRIPTOR_NAMES))
                 with torch.no_grad():
                     values = net(x)[1].double().numpy()
             diag = ppo_update(net, opt, x, picks, logp, values, rewards, settings, seed)
@@ -442,7 +433,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                              "run_id": tracker.run_id,
                              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}},
                             ckpt_path)  # fmt: skip
-            state = policy_with_level(start_state, net, fitted(iteration, cpu_seconds))
+            state = policy_with_level(start_state, net, fitted(iteration, cpu_seconds), settings.observe)
             save_checkpoint(state, run_dir / "policy.pt")
             load_policy_file(run_dir / "policy.pt")
             if settings.dev_every and iteration % settings.dev_every == 0:

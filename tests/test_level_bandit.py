@@ -32,7 +32,7 @@ def test_the_observing_table_reads_each_tasks_features_at_its_decision_and_write
     import pytest
 
     from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
-    from lhopt_dsl.agent.level import OBSERVED, observed_indices
+    from lhopt_dsl.agent.level import OBSERVED, ObservedReader, observed_indices
     from lhopt_dsl.controller import load_policy
     from runners.level_train import FACTORS
 
@@ -41,13 +41,20 @@ def test_the_observing_table_reads_each_tasks_features_at_its_decision_and_write
 
     spec = residual_spec(tmp_path)
     index = observed_indices(OBSERVED, spec.hparams)
-    size = max(index) + 1
-    rows = [{"task_id": "a", "outer_steps": 50, "features": {"6": list(np.arange(size, dtype=float)), "1": [0.0] * size}},
-            {"task_id": "b", "outer_steps": 16, "features": {"2": list(-np.arange(size, dtype=float))}}]  # fmt: skip
+    reader = ObservedReader(OBSERVED, spec.hparams)
+    size = reader.size
+    values = np.arange(size, dtype=float)
+    values[reader.flag[reader.flag >= 0]] = 0.0  # everything observed
+    unobserved = -values
+    unobserved[reader.flag[0]] = 1.0  # but the loss ratio (its flag set): read as the tasks' mean
+    rows = [{"task_id": "a", "outer_steps": 50, "features": {"6": list(values), "1": [0.0] * size}},
+            {"task_id": "b", "outer_steps": 16, "features": {"2": list(-values)}},
+            {"task_id": "c", "outer_steps": 16, "features": {"2": list(unobserved)}}]  # fmt: skip
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(__import__("yaml").safe_dump(spec.model_dump(mode="json")))
     seen = level_bandit.observed(str(spec_path), rows)  # at 1/8: decision 6 of 50, decision 2 of 16
-    assert seen.shape == (2, len(OBSERVED)) and list(seen[0]) == index and list(seen[1]) == [-i for i in index]
+    assert seen.shape == (3, len(OBSERVED)) and list(seen[0]) == index and list(seen[1]) == [-i for i in index]
+    assert seen[2, 0] == 0.0 and list(seen[2, 1:]) == list(seen[1, 1:])  # unreported: the other two tasks' mean
     with pytest.raises(SystemExit, match="no features at decision 2"):
         level_bandit.observed(str(spec_path), [{**rows[1], "features": {"1": [0.0] * size}}])
     rng = np.random.default_rng(0)

@@ -209,3 +209,23 @@ def test_the_episode_table_reads_mean_reward_and_count_per_family_and_level():
     table = level_train.by_family(rows).splitlines()
     assert table[0].startswith("| family | x0.125 |") and len(table) == 4
     assert "1.100 (2)" in table[2] and table[3].count("-") == len(FACTORS) - 1
+
+
+def test_a_level_run_from_before_observe_resumes(tmp_path):
+    """Checkpoints written before train-level had --observe lack it in their recipe: they resume as describing runs."""
+    spec = residual_spec(tmp_path)
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    run = tmp_path / "run"
+    settings = LevelSettings(iterations=1, episodes=2, workers=1, run_dir=run, policy=_start_policy(tmp_path, spec),
+                             tracking_uri=OFFLINE, describe_draws=8, quiet=True, dev_every=0)  # fmt: skip
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        train_level(str(spec_path), settings)
+    ckpt = load_checkpoint(run / level_train.CHECKPOINT)
+    del ckpt["provenance"]["recipe"]["observe"], ckpt["provenance"]["start_level_sha256"]
+    save_checkpoint(ckpt, run / level_train.CHECKPOINT)
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True, "iterations": 2}))
+    assert load_checkpoint(run / level_train.CHECKPOINT)["iteration"] == 2
+    with pytest.raises(ValueError, match="recipe"):
+        train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True, "observe": True}))

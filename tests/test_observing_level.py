@@ -28,7 +28,7 @@ WATCHED = "loss_ratio/tanh"  # log(train / valid) squashed: what the planted lev
 
 def watching_net(below: float, above: float) -> LevelNet:
     """An observing level's network that chooses ``below`` where the run's tanh(log(train / valid))
-    is negative and ``above`` where it is positive, whatever the model."""
+    is below 0.1 and ``above`` where it is above, whatever the model (and keeps at 0.1)."""
     torch.manual_seed(0)
     net = LevelNet(D + O, len(FACTORS), hidden=4)
     at = D + OBSERVED.index(WATCHED)
@@ -36,7 +36,7 @@ def watching_net(below: float, above: float) -> LevelNet:
         for layer in (net.body[0], net.body[2]):
             layer.weight.zero_()
             layer.bias.zero_()
-        net.scale[at] = 0.1
+        net.mean[at], net.scale[at] = 0.1, 0.1  # an unreported ratio reads as 0.1 (keep), not as the builder's 0
         net.body[0].weight[0, at] = 5.0
         net.body[2].weight[0, 0] = 5.0
         net.logits.weight[FACTORS.index(below), 0] = -10.0
@@ -50,25 +50,26 @@ def watching(below=0.5, above=2.0, at=OBSERVE_AT) -> LearnedLevel:
 
 def test_the_decision_is_the_nearest_to_its_fraction_after_the_first_segment_and_before_the_last():
     assert [observing_decision(0.125, n) for n in (2, 4, 8, 16, 30, 50, 100)] == [1, 1, 1, 2, 4, 6, 12]
-    assert observing_decision(0.99, 10) == 9
+    assert observing_decision(0.99, 10) == 9 and observing_decision(0.125, 1) == 0
 
 
 def test_an_observing_level_chooses_at_its_fraction_from_what_each_run_showed():
     rule = watching()
     actor = HoldLevel(Scripted([LR_VALUES.index(1.0)] * 16), SPACE, rule)
-    index = observed_indices([WATCHED], SPACE)[0]
+    index, flag = observed_indices([WATCHED, "loss_ratio/is_nan"], SPACE)
     runs = [Run({"lr": 1e-3}, 16, describe=MODEL)] * 3 + [Run({"lr": 1e-3}, 16)]  # one model; the last undescribed
     carry = actor.start(runs)
     assert carry.goal == (1.0,) * 4  # nothing chosen before the run has shown anything
     shown = np.zeros((4, actor.policy_size), dtype=np.float32)
-    shown[:, index] = [0.3, -0.3, math.nan, 0.3]  # the third's ratio was never reported
+    shown[:, index] = [0.3, -0.3, 0.0, 0.3]
+    shown[2, flag] = 1.0  # the third's ratio was never reported: the builder's default 0, flagged
     offsets = []
     for t in range(8):
         _, carry = actor.act(carry, shown, [None] * 4, True)
         offsets.append(carry.offset)
     at = observing_decision(OBSERVE_AT, 16)
     assert all(o == (1.0,) * 4 for o in offsets[:at])  # the base schedule until it chooses
-    assert offsets[-1] == pytest.approx((2.0, 0.5, 1.0, 1.0))  # by what it saw; unreported reads as the mean (0: keep)
+    assert offsets[at] == offsets[-1] == pytest.approx((2.0, 0.5, 1.0, 1.0))  # by what it saw; unreported: the mean
     assert carry.goal == pytest.approx((2.0, 0.5, 1.0, 1.0))
 
 
@@ -95,7 +96,9 @@ def test_the_same_model_reported_differently_in_the_dropin_gets_different_learni
 
     overfit, underfit, silent = run(0.5), run(2.0), run(None)
     at = observing_decision(OBSERVE_AT, 16)
-    assert overfit[:at + 1] == underfit[:at + 1] == silent[:at + 1]  # the same base schedule until it chooses
+    # the history's entry k + 1 is the learning rate decision k set: the same base schedule until it chooses
+    first = [next(k for k, (a, b) in enumerate(zip(other, silent)) if a != b) for other in (overfit, underfit)]
+    assert first == [at + 1, at + 1]
     assert underfit[-1] / silent[-1] == pytest.approx(0.5) and overfit[-1] / silent[-1] == pytest.approx(0.25)
 
 
@@ -125,7 +128,9 @@ def test_an_observing_level_that_does_not_fit_is_refused_by_name(tmp_path):
                          (lambda lv: lv.__setitem__("at", None), r"\['level'\]\['at'\] is None"),
                          (lambda lv: lv.__setitem__("observe", "loss"), r"\['level'\]\['observe'\] must be a list"),
                          (lambda lv: lv.__setitem__("observe", OBSERVED[:3]), r"\['level'\]\['net'\]\['mean'\] has shape \[29\], but the declared shape needs \[15\]"),
-                         (lambda lv: lv.pop("observe"), r"\['level'\]\['at'\] is set")]:  # fmt: skip
+                         (lambda lv: lv.pop("observe"), r"\['level'\]\['at'\] is set"),
+                         (lambda lv: lv["observe"].__setitem__(0, "no/such"),
+                          r"\['level'\]\['observe'\]: an observing level reads the features \['no/such'\]")]:  # fmt: skip
         level = watching().to_data()
         level["observe"] = list(level["observe"])
         mend(level)
@@ -181,12 +186,15 @@ def test_train_level_observing_draws_in_the_episode_from_the_start_level_and_res
            (ckpt["net"], (spec.seed * 1_000_003 + 1) * 100_003))  # fmt: skip
     once, again = level_train.episode(job), level_train.episode(job)
     assert (once["pick"], once["logp"], once["reward"]) == (again["pick"], again["logp"], again["reward"])
+    other = level_train.episode((*job[:3], 1, (ckpt["net"], job[4][1] + 1)))
     with (run / "episodes.jsonl").open("a") as f:
         f.write(json.dumps({**once, "cpu_seconds": 1e6}) + "\n")
+        f.write(json.dumps({**other, "logp": other["logp"] - 1.0, "cpu_seconds": 1e6}) + "\n")  # not this network's draw
     with pytest.warns(UserWarning, match="tracking disabled"):
         train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True, "iterations": 2}))
     rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
-    assert len(rows) == 8 and sum(r["cpu_seconds"] == 1e6 for r in rows) == 1
+    assert len(rows) == 9 and sum(r["cpu_seconds"] == 1e6 for r in rows) == 2
+    assert sorted(r["slot"] for r in rows[-3:]) == [1, 2, 3]  # slot 0 reused; slot 1's stale row run again
     with pytest.raises(ValueError, match="other start_level_sha256"):
         train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True, "start_level": start}))
     with pytest.raises(ValueError, match="no describing learned level"):

@@ -309,22 +309,55 @@ OBSERVE_AT = 0.125
 
 
 def observing_decision(at: float, outer: int) -> int:
-    """The decision (1 ... outer - 1) at which a level that observes at fraction ``at`` of a run of
-    ``outer`` decisions chooses: the nearest, after the first segment at the earliest (the features
-    of decision 0 are those of an untouched model)."""
-    return max(1, min(outer - 1, round(at * outer)))
+    """The decision at which a level that observes at fraction ``at`` of a run of ``outer`` decisions
+    chooses: the nearest, after the first segment at the earliest (the features of decision 0 are
+    those of an untouched model), and within the run (decision 0 in a run of one decision)."""
+    return min(outer - 1, max(1, round(at * outer)))
+
+
+def _feature_names(space: HyperparameterSpace) -> list[str]:
+    from .actions import ActionSpace
+    from .observation import FeatureBuilder
+
+    return FeatureBuilder(ActionSpace(space), space).policy_names()
 
 
 def observed_indices(names: Sequence[str], space: HyperparameterSpace) -> list[int]:
     """Where each of ``names`` lies in the raw policy features of ``space``'s policies."""
-    from .actions import ActionSpace
-    from .observation import FeatureBuilder
-
-    order = FeatureBuilder(ActionSpace(space), space).policy_names()
+    order = _feature_names(space)
     missing = [n for n in names if n not in order]
     if missing:
         raise ValueError(f"an observing level reads the features {missing}, which this policy's features lack")
     return [order.index(n) for n in names]
+
+
+class ObservedReader:
+    """Reads an observing level's features (``names``) from raw policy feature rows of ``space``'s
+    policies. The feature builder writes a default value where nothing was observed (a loss nobody
+    reported, a statistic not computed) and flags it; a feature whose series has such a flag
+    (``<series>/is_nan``, ``<series>/is_nan_or_inf``) reads as NaN where it is set, so that
+    :meth:`LearnedLevel.inputs` reads it as the training tasks' mean rather than as the default.
+    ``policy_size``: the policy's feature count, which must be the builder's (an older vocabulary of
+    features would put the names elsewhere)."""
+
+    def __init__(self, names: Sequence[str], space: HyperparameterSpace, policy_size: int | None = None):
+        order = _feature_names(space)
+        if policy_size is not None and policy_size != len(order):
+            raise ValueError(f"an observing level reads features by name from {len(order)} features, but its policy "
+                             f"reads {policy_size}: a policy of another feature vocabulary")  # fmt: skip
+        self.index = observed_indices(names, space)
+        flags = [next((order.index(f"{n.rsplit('/', 1)[0]}/{k}") for k in ("is_nan", "is_nan_or_inf")
+                       if f"{n.rsplit('/', 1)[0]}/{k}" in order), -1) for n in names]  # fmt: skip
+        self.flag = np.asarray(flags)
+        self.size = len(order)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """(B, O) float64 observed features of raw feature rows (B, P), NaN where unobserved."""
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, self.size)
+        out = rows[:, self.index]
+        flagged = self.flag >= 0
+        out[:, flagged] = np.where(rows[:, self.flag[flagged]] > 0.5, np.nan, out[:, flagged])
+        return out
 
 
 class LevelNet(torch.nn.Module):
@@ -347,6 +380,23 @@ class LevelNet(torch.nn.Module):
     def shape(self) -> tuple[int, int, int]:
         """(inputs, choices, hidden)."""
         return self.body[0].in_features, self.logits.out_features, self.body[0].out_features
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> "LevelNet":
+        """The network whose ``state_dict`` is ``state`` (its sizes read from the tensors)."""
+        weight = state["body.0.weight"]
+        net = cls(weight.shape[1], state["logits.weight"].shape[0], weight.shape[0])
+        net.load_state_dict(state)
+        return net
+
+    def standardise_by(self, x: np.ndarray, first: int = 0) -> None:
+        """Standardise inputs ``first`` ... ``first + x.shape[1] - 1`` by the mean and spread of the
+        rows ``x`` (a constant input gets spread 1)."""
+        x = np.asarray(x, dtype=np.float64)
+        std = x.std(0)
+        with torch.no_grad():
+            self.mean[first:first + x.shape[1]] = torch.as_tensor(x.mean(0))
+            self.scale[first:first + x.shape[1]] = torch.as_tensor(np.where(std > 0, std, 1.0))
 
     def standardise(self, describe: Any) -> torch.Tensor:
         x = torch.as_tensor(np.asarray(describe, dtype=np.float64)).reshape(-1, len(self.mean))
@@ -407,7 +457,8 @@ class LearnedLevel:
 
     def inputs(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> np.ndarray:
         """The network's inputs (B, D + O): each run's description followed by its observed features
-        (B, O); a non-finite observation (a loss nobody reported) reads as the training tasks' mean."""
+        (B, O, as :class:`ObservedReader` reads them); a NaN observation (a loss nobody reported)
+        reads as the training tasks' mean. A missing description stays NaN (the run keeps)."""
         obs = np.asarray(observed, dtype=np.float64).reshape(len(describes), len(self.observe))
         mean = self.net.mean.numpy()[len(self.descriptor):]
         obs = np.where(np.isfinite(obs), obs, mean)
@@ -446,6 +497,10 @@ class ChosenLevel:
     factor: float
     at: float | None = None
     decision = None  # no fixed decision: before the first step, or at fraction ``at`` of the run
+
+    def __post_init__(self) -> None:
+        if self.at is not None and not 0.0 < self.at < 1.0:
+            raise ValueError(f"a chosen level's fraction of the run lies in (0, 1), got {self.at}")
 
     def choose_runs(self, runs: Sequence[Run]) -> list[float]:
         return [float(self.factor)] * len(runs)
@@ -488,7 +543,7 @@ class HoldLevel:
         self.inner, self.rule = inner, rule
         _, self.lr_dim, self.values, self.keep = offset_actions(space, "a level rule")
         observe = getattr(rule, "observe", ())
-        self.observed = observed_indices(observe, space) if observe else []
+        self.reader = ObservedReader(observe, space, inner.policy_size) if observe else None
 
     @property
     def policy_size(self) -> int:
@@ -512,8 +567,8 @@ class HoldLevel:
 
     def _chosen(self, carry: LevelCarry, features: np.ndarray) -> Sequence[float]:
         rows = np.asarray(features).reshape(len(carry.offset), -1)
-        if self.observed:
-            return self.rule.choose_observed(carry.describe, rows[:, self.observed])
+        if self.reader is not None:
+            return self.rule.choose_observed(carry.describe, self.reader(rows))
         return self.rule.choose(rows)
 
     def act(self, carry: LevelCarry, features: np.ndarray, generators: Sequence[torch.Generator | None],

@@ -239,6 +239,21 @@ def _check_learned(level: Mapping[str, Any]) -> None:
         raise _Problem("['level']['net']['scale'] holds values that are not positive")
 
 
+def _check_observed(state: Mapping[str, Any]) -> None:
+    """An observing level's feature names are features of its policy, which reads the features of
+    its spec's space (the level reads them by name)."""
+    from .level import ObservedReader
+    from ..spec.hparams import validate_space
+
+    observe = state["level"].get("observe") or []
+    if observe:
+        try:
+            ObservedReader(observe, validate_space((state.get("spec") or {}).get("hparams", {})),
+                           state["policy"]["shape"]["policy_size"])  # fmt: skip
+        except ValueError as e:
+            raise _Problem(f"['level']['observe']: {e}") from None
+
+
 def _check_extras(state: Mapping[str, Any]) -> None:
     """What a policy file records beside the network: its spec's hyperparameter space and, for a
     residual policy, the base schedule (the two things :func:`~lhopt_dsl.controller.load_policy` reads)."""
@@ -305,7 +320,7 @@ def _check_level(state: Mapping[str, Any]) -> None:
         return
     if kind == "learned":
         _check_learned(state["level"])
-        return
+        _check_observed(state)
         return
     level = _dict(state["level"], "['level']", ("decision", "factors", "mean", "scale", "weights"))
     _int(level["decision"], "['level']['decision']", 0, 1_000_000)
