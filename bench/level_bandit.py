@@ -176,11 +176,14 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"({time.process_time() - t0:.0f} CPU-s) |", flush=True)
     print(f"| oracle (each task's best choice) | | {speedup(rewards.max(1), spans, cap):.3f}x |")
     if args.out:
-        write_policy(args, x, rewards, sigma)
+        write_policy(args, x, rewards, sigma, data["families"])
 
 
-def write_policy(args: argparse.Namespace, x: np.ndarray, rewards: np.ndarray, sigma: float) -> None:
-    """One network trained on every task (as ``--episodes`` trained each fold's), as the start policy's level."""
+def write_policy(args: argparse.Namespace, x: np.ndarray, rewards: np.ndarray, sigma: float,
+                 families: Sequence[str] | None = None) -> None:  # fmt: skip
+    """One network trained on every task (as ``--episodes`` trained each fold's), as the start
+    policy's level; for an observing one, also how often (per family) its choice on the training
+    tasks changes when what the runs showed is replaced by its mean (what its observations decide)."""
     from lhopt_dsl.controller import DEFAULT_POLICY
 
     start = Path(args.policy or DEFAULT_POLICY)
@@ -197,6 +200,16 @@ def write_policy(args: argparse.Namespace, x: np.ndarray, rewards: np.ndarray, s
         picks = net(x)[0].argmax(1).numpy()
     print(f"\nwrote {args.out}: on its {len(x)} training tasks it chooses "
           + ", ".join(f"x{f:g} {np.mean(picks == k):.2f}" for k, f in enumerate(FACTORS)))
+    if args.observe:
+        d = len(DESCRIPTOR_NAMES)
+        blind = x.copy()
+        blind[:, d:] = net.mean.numpy()[d:]
+        with torch.no_grad():
+            changed = net(blind)[0].argmax(1).numpy() != picks
+        fams = np.asarray(families if families is not None else ["all"] * len(x))
+        print("its choice changes with what the runs showed replaced by its mean on "
+              f"{np.mean(changed):.0%} of them (" + ", ".join(f"{f} {np.mean(changed[fams == f]):.0%}"
+                                                          for f in sorted(set(fams))) + ")")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def test_ppo_on_a_planted_table_earns_its_choice_on_held_out_tasks_and_nothing_o
     assert null < 1.0 + 0.5 * (oracle - 1.0)
 
 
-def test_the_observing_table_reads_each_tasks_features_at_its_decision_and_writes_a_policy_that_observes(tmp_path):
+def test_the_observing_table_reads_each_tasks_features_at_its_decision_and_writes_a_policy_that_observes(tmp_path, capsys):
     import argparse
 
     import pytest
@@ -62,6 +62,7 @@ def test_the_observing_table_reads_each_tasks_features_at_its_decision_and_write
     rewards = np.ones((64, len(FACTORS)))
     args = argparse.Namespace(policy=_start_policy(tmp_path, spec), out=tmp_path / "observing.pt", spec=str(spec_path),
                               final_episodes=256, batch=128, observe=True)  # fmt: skip
-    level_bandit.write_policy(args, x, rewards, 0.1)
+    level_bandit.write_policy(args, x, rewards, 0.1, ["mlp"] * 32 + ["rnn"] * 32)
+    assert "its choice changes with what the runs showed replaced by its mean on" in capsys.readouterr().out
     policy, _ = load_policy(args.out)
     assert policy.inner.rule.observe == OBSERVED and policy.inner.rule.fitted["tasks"] == 64
