@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -96,12 +96,19 @@ def digits(seed: int) -> Program:
 PROGRAMS: dict[str, Callable[[int], Program]] = {"regression": regression, "digits": digits}
 
 
+class Outcome(NamedTuple):
+    """One run's final test loss (NaN: a non-finite training loss ended it) and LHOPT's learning rate
+    at each decision (empty for AdamW)."""
+
+    loss: float
+    lrs: tuple[float, ...] = ()
+
+
 def run(program: str, seed: int, steps: int, cadence: tuple[int | None, int | None] | None,
-        policy: str | Path | Schedule | None = None, lrs: list[float] | None = None) -> float:  # fmt: skip
-    """Final test loss of one run: ``cadence`` None trains with AdamW at its defaults, otherwise
-    with LHOPT (driven by ``policy``: a policy file, a Schedule, None for the shipped default)
-    reporting losses at that cadence; ``lrs`` gets LHOPT's learning rate at each decision. A
-    non-finite training loss ends the run (NaN)."""
+        policy: str | Path | Schedule | None = None) -> Outcome:  # fmt: skip
+    """One run: ``cadence`` None trains with AdamW at its defaults, otherwise with LHOPT (driven by
+    ``policy``: a policy file, a Schedule, None for the shipped default) reporting losses at that
+    cadence. A non-finite training loss ends the run (loss NaN)."""
     p = PROGRAMS[program](seed)
     if cadence is None:
         opt: torch.optim.Optimizer = torch.optim.AdamW(p.model.parameters())
@@ -113,15 +120,17 @@ def run(program: str, seed: int, steps: int, cadence: tuple[int | None, int | No
         loss = p.loss(p.model(x), y)
         value = float(loss.detach())
         if not math.isfinite(value):
-            return math.nan
+            return Outcome(math.nan, _lrs(opt))
         opt.zero_grad()
         loss.backward()
         report_losses(opt, step, train_loss=value, valid_loss=lambda: p.score(p.valid), train_every=train_every,
                       valid_every=valid_every)  # fmt: skip
         opt.step()
-    if lrs is not None and isinstance(opt, LHOPT):
-        lrs.extend(float(h["lr"]) for h in opt.history)
-    return p.score(p.test)
+    return Outcome(p.score(p.test), _lrs(opt))
+
+
+def _lrs(opt: torch.optim.Optimizer) -> tuple[float, ...]:
+    return tuple(float(h["lr"]) for h in opt.history) if isinstance(opt, LHOPT) else ()
 
 
 def check(policy: str | Path | None = None, *, programs: Sequence[str] = tuple(PROGRAMS), seeds: int = 5,
@@ -131,14 +140,13 @@ def check(policy: str | Path | None = None, *, programs: Sequence[str] = tuple(P
     runs: list[dict[str, Any]] = []
     reference = Schedule.from_name(REFERENCE_SCHEDULE)
     for prog, s in tqdm(jobs, desc="check-dropin", unit="program", disable=quiet):
-        adamw = run(prog, s, steps, None)
-        base: list[float] = []
-        schedule = run(prog, s, steps, (None, None), reference, base)  # observes nothing: one run serves every cadence
+        adamw = run(prog, s, steps, None).loss
+        schedule = run(prog, s, steps, (None, None), reference)  # observes nothing: one run serves every cadence
         for cadence in CADENCES:
-            mine: list[float] = []
-            loss = run(prog, s, steps, cadence, policy, mine)
+            mine = run(prog, s, steps, cadence, policy)
             runs.append({"program": prog, "seed": s, "train_every": cadence[0], "valid_every": cadence[1],
-                         "adamw": adamw, "schedule": schedule, "lhopt": loss, "lr_level": lr_level(mine, base)})  # fmt: skip
+                         "adamw": adamw, "schedule": schedule.loss, "lhopt": mine.loss,
+                         "lr_level": lr_level(mine.lrs, schedule.lrs)})  # fmt: skip
     return {"policy": str(policy) if policy else "default (shipped with lhopt)", "steps": steps, "seeds": seeds,
             "schedule": f"CIAO + {REFERENCE_SCHEDULE}", "runs": runs, "summary": summarise(runs)}  # fmt: skip
 

@@ -129,6 +129,13 @@ def _setup(spec_path: str, policy_path: str) -> tuple[Any, ActorCritic, Any, Sch
     return spec, ActorCritic.from_checkpoint(state["policy"]), space, Schedule.from_name(state["residual"]["base"])
 
 
+@functools.lru_cache(maxsize=2)
+def _reader(spec_path: str, policy_path: str) -> ObservedReader:
+    """The observing level's reader of the start policy's features (once per process, as :func:`_setup`)."""
+    _, network, space, _ = _setup(spec_path, policy_path)
+    return ObservedReader(OBSERVED, space, network.policy_size)
+
+
 Job = tuple[str, str, int, int, Any]
 
 
@@ -156,7 +163,7 @@ def episode(job: Job) -> dict[str, Any]:
     else:
         state, seed = choice
         level = LearnedLevel(FACTORS, LevelNet.from_state(state), DESCRIPTOR_NAMES, {}, OBSERVED, at)
-        seen = ObservedReader(OBSERVED, space, network.policy_size)(start.raw_policy[observing_decision(at, cfg.task.outer_steps)])
+        seen = _reader(spec_path, policy_path)(start.raw_policy[observing_decision(at, cfg.task.outer_steps)])
         x = level.inputs([described(cfg)], seen)[0]  # as the deployed level reads the same run
         pick, logp, value = draw(level.net, x[None], seed)
         factor = FACTORS[int(pick[0])]

@@ -45,15 +45,16 @@ def test_the_schedule_row_and_the_policy_against_the_schedule_by_hand():
 
 def test_runs_share_weights_and_batches_and_the_cli_writes_strict_json(tmp_path, capsys):
     a = dropin.run("regression", 0, 30, None)
-    assert a == dropin.run("regression", 0, 30, None)  # AdamW twice: the same program, the same loss
-    assert math.isfinite(dropin.run("digits", 0, 30, (1, 10)))
+    assert a == dropin.run("regression", 0, 30, None) and a.lrs == ()  # AdamW twice: the same program, the same loss
+    digits = dropin.run("digits", 0, 30, (1, 10))
+    assert math.isfinite(digits.loss) and len(digits.lrs) > 1 and all(lr > 0 for lr in digits.lrs)
     out = tmp_path / "d"
     assert main(["check-dropin", "--programs", "regression", "--seeds", "1", "--steps", "30", "--out", str(out)]) == 0
     record = json.loads((out / "dropin.json").read_text())
-    assert len(record["runs"]) == len(dropin.CADENCES) and record["runs"][0]["adamw"] == pytest.approx(a)
+    assert len(record["runs"]) == len(dropin.CADENCES) and record["runs"][0]["adamw"] == pytest.approx(a.loss)
     from lhopt_dsl.spec.schedule import Schedule
 
-    assert record["runs"][0]["schedule"] == dropin.run("regression", 0, 30, (None, None), Schedule.from_name("linear-lr0.03"))
+    assert record["runs"][0]["schedule"] == dropin.run("regression", 0, 30, (None, None), Schedule.from_name("linear-lr0.03")).loss
     printed = capsys.readouterr().out
     assert "| all | 7 |" in printed and "| regression | 0 | x" in printed  # the level table, a row per program and seed
     assert all(r["lr_level"] is not None and r["lr_level"] > 0 for r in record["runs"])

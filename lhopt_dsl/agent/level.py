@@ -89,6 +89,10 @@ class LevelRule:
     def policy_size(self) -> int:
         return len(self.mean)
 
+    def decision_at(self, outer: int) -> int:
+        """The decision at which it chooses in a run of ``outer`` decisions: its own, or the last."""
+        return min(self.decision, outer - 1)
+
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Predicted reward of holding each factor, relative to the schedule's run (1 = keep), for
         raw feature rows (B, P); rows with non-finite entries predict 1 (keep) everywhere."""
@@ -263,7 +267,9 @@ class DescribedRule:
     forest: TreeEnsemble
     descriptor: tuple[str, ...]
     fitted: dict[str, Any] = field(default_factory=dict)
-    decision = None  # chosen at the start, from the runs
+    def decision_at(self, outer: int) -> int:
+        """-1: it chooses before the first step, from the runs."""
+        return -1
 
     def __post_init__(self) -> None:
         _check_choices(self.factors, "a described rule")
@@ -324,7 +330,10 @@ def _feature_names(space: HyperparameterSpace) -> list[str]:
 
 def observed_indices(names: Sequence[str], space: HyperparameterSpace) -> list[int]:
     """Where each of ``names`` lies in the raw policy features of ``space``'s policies."""
-    order = _feature_names(space)
+    return _indices_in(names, _feature_names(space))
+
+
+def _indices_in(names: Sequence[str], order: Sequence[str]) -> list[int]:
     missing = [n for n in names if n not in order]
     if missing:
         raise ValueError(f"an observing level reads the features {missing}, which this policy's features lack")
@@ -345,7 +354,7 @@ class ObservedReader:
         if policy_size is not None and policy_size != len(order):
             raise ValueError(f"an observing level reads features by name from {len(order)} features, but its policy "
                              f"reads {policy_size}: a policy of another feature vocabulary")  # fmt: skip
-        self.index = observed_indices(names, space)
+        self.index = _indices_in(names, order)
         flags = [next((order.index(f"{n.rsplit('/', 1)[0]}/{k}") for k in ("is_nan", "is_nan_or_inf")
                        if f"{n.rsplit('/', 1)[0]}/{k}" in order), -1) for n in names]  # fmt: skip
         self.flag = np.asarray(flags)
@@ -434,12 +443,9 @@ class LearnedLevel:
             raise ValueError(f"an observing level names the features it reads and a fraction of the run in (0, 1) "
                              f"where it reads them, got {len(self.observe)} features at {self.at}")  # fmt: skip
 
-    decision = None  # no fixed decision: before the first step, or at fraction ``at`` of the run
-
-    def described(self, runs: Sequence[Any]) -> np.ndarray:
-        """Which runs have a usable description (a finite one of the network's length)."""
-        return np.array([len(r.describe) == len(self.descriptor) and bool(np.isfinite(r.describe).all()) for r in runs],
-                        dtype=bool)  # fmt: skip
+    def decision_at(self, outer: int) -> int:
+        """The decision at which it chooses in a run of ``outer`` decisions (-1: before the first step)."""
+        return -1 if self.at is None else observing_decision(self.at, outer)
 
     def _best(self, x: np.ndarray, ok: np.ndarray) -> list[float]:
         if not ok.any():
@@ -450,10 +456,9 @@ class LearnedLevel:
         return [float(self.factors[next(picks)]) if good else 1.0 for good in ok]
 
     def choose_runs(self, runs: Sequence[Run]) -> list[float]:
-        ok = self.described(runs)
-        x = np.zeros((len(runs), len(self.descriptor)))
-        x[ok] = [r.describe for r, good in zip(runs, ok) if good]
-        return self._best(x, ok)
+        """Per run, the factor chosen before its first step (an observing level reads nothing observed
+        yet: the training tasks' mean)."""
+        return self.choose_observed([r.describe for r in runs], np.full((len(runs), len(self.observe)), np.nan))
 
     def inputs(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> np.ndarray:
         """The network's inputs (B, D + O): each run's description followed by its observed features
@@ -496,11 +501,13 @@ class ChosenLevel:
 
     factor: float
     at: float | None = None
-    decision = None  # no fixed decision: before the first step, or at fraction ``at`` of the run
-
     def __post_init__(self) -> None:
         if self.at is not None and not 0.0 < self.at < 1.0:
             raise ValueError(f"a chosen level's fraction of the run lies in (0, 1), got {self.at}")
+
+    def decision_at(self, outer: int) -> int:
+        """The decision at which it takes effect in a run of ``outer`` decisions (-1: before the first step)."""
+        return -1 if self.at is None else observing_decision(self.at, outer)
 
     def choose_runs(self, runs: Sequence[Run]) -> list[float]:
         return [float(self.factor)] * len(runs)
@@ -560,10 +567,7 @@ class HoldLevel:
 
     def at(self, outer: int) -> int:
         """The decision at which the rule chooses, in a run of ``outer`` decisions (-1: before the first)."""
-        fraction = getattr(self.rule, "at", None)
-        if fraction is not None:
-            return observing_decision(fraction, outer)
-        return -1 if self.rule.decision is None else min(self.rule.decision, outer - 1)
+        return self.rule.decision_at(outer)
 
     def _chosen(self, carry: LevelCarry, features: np.ndarray) -> Sequence[float]:
         rows = np.asarray(features).reshape(len(carry.offset), -1)
