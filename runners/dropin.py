@@ -130,7 +130,10 @@ def run(program: str, seed: int, steps: int, cadence: tuple[int | None, int | No
 
 
 def _lrs(opt: torch.optim.Optimizer) -> tuple[float, ...]:
-    return tuple(float(h["lr"]) for h in opt.history) if isinstance(opt, LHOPT) else ()
+    """LHOPT's learning rate at each decision (the guard's rows, between decisions, left out)."""
+    if not isinstance(opt, LHOPT):
+        return ()
+    return tuple(float(h["lr"]) for h in opt.history if h.get("restart") != "guard")
 
 
 def check(policy: str | Path | None = None, *, programs: Sequence[str] = tuple(PROGRAMS), seeds: int = 5,
@@ -178,7 +181,11 @@ def levels_table(runs: Sequence[dict[str, Any]]) -> str:
 
 
 def _ratio(loss: float, bar: float) -> float:
-    """A final loss over the bar's (inf when the loss is non-finite; a bar of 0 is met only by 0)."""
+    """A final loss over the bar's (inf when the loss is non-finite; a bar of 0 is met only by 0). A
+    non-finite bar (the run to compare with diverged) is beaten by any finite loss (0) and tied by a
+    non-finite one (1): a diverged AdamW run does not count against the policy."""
+    if not math.isfinite(bar):
+        return 0.0 if math.isfinite(loss) else 1.0
     if not math.isfinite(loss):
         return math.inf
     return loss / bar if bar > 0 else (1.0 if loss <= bar else math.inf)

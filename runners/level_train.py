@@ -22,6 +22,9 @@ metrics (``metrics.jsonl`` and MLflow) and ``policy.pt``: the start policy with 
 for ``lhopt eval --policy`` and ``LHOPT(policy=...)``. A killed run resumes (``--resume``) at the
 iteration it was in, reusing the episodes that iteration had finished: an iteration's choices are
 drawn from its own seed by the network as the checkpoint saved it, so they are drawn again the same.
+A run killed in its first iteration, before any checkpoint, resumes from its provenance
+(``level_run.json``, written before the first episode): the network starts from the spec's seed, so
+it is built again the same; a run dir with episodes and no provenance or checkpoint is refused.
 
 ``--observe`` trains an *observing* level instead (:class:`~lhopt_dsl.agent.level.LearnedLevel` with
 ``observe``): the episode's first run is the start policy's, and at :func:`~lhopt_dsl.agent.level.observing_decision`
@@ -65,7 +68,7 @@ from lhopt_dsl.spec.hparams import validate_space
 from lhopt_dsl.spec.sample import train_seed
 from lhopt_dsl.spec.schedule import Schedule, segment_bounds
 
-from .jobs import strict_json
+from .jobs import strict_json, write_json
 from .lifeline import worker_pool
 from .meta_train import has_dev_point
 from .tracking import Tracker
@@ -75,6 +78,8 @@ FACTORS: tuple[float, ...] = (1.0, 0.125, 0.25, 0.5, 2.0, 4.0, 8.0)
 #: Iterations of the training draws: far from meta-training's and the measurement benches' (1,000,000 on).
 FIRST_ITERATION = 3_000_000
 CHECKPOINT = "level_checkpoint.pt"
+#: What a run was started with (spec, start policy, options), written before its first episode.
+RUN_FILE = "level_run.json"
 
 
 @dataclass
@@ -167,7 +172,8 @@ def episode(job: Job) -> dict[str, Any]:
         x = level.inputs([described(cfg)], seen)[0]  # as the deployed level reads the same run
         pick, logp, value = draw(level.net, x[None], seed)
         factor = FACTORS[int(pick[0])]
-        drawn = {"input": x.tolist(), "pick": int(pick[0]), "logp": float(logp[0]), "value": float(value[0])}
+        drawn = {"input": x.tolist(), "observed": seen[0].tolist(), "pick": int(pick[0]), "logp": float(logp[0]),
+                 "value": float(value[0])}  # observed: NaN (null) where nothing was
     held = start if factor == 1.0 else run(factor)
     law = PowerLawReward(segment_bounds(cfg.task.inner_steps, cfg.task.outer_steps), start.valid_curve, mt.reward_cap)
     reward = float(law(held.valid_curve[-1])) - float(law(start.valid_curve[-1])) + 1.0
@@ -237,6 +243,15 @@ def _read_episodes(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
                 continue
             out[(row["iteration"], row["slot"])] = row
     return out
+
+
+def _same_run(run_dir: Path, was: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume a run begun with another spec, start policy or options."""
+    was = {**was, "recipe": {"observe": False, **was.get("recipe", {})}}  # runs from before --observe
+    changed = [k for k in ("spec", "spec_seed", "policy_sha256", "recipe", "start_level_sha256") if was.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"{run_dir} was trained with other {', '.join(changed)}: resume with the same spec, start "
+                         "policy and options, or start a new --run-dir")  # fmt: skip
 
 
 def _drawn_by(net: LevelNet, row: dict[str, Any] | None, seed: int) -> bool:
@@ -333,34 +348,34 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
     start_state = load_policy_file(policy)
     run_dir = Path(settings.run_dir or Path("runs") / f"{Path(spec_path).stem}-level")
     ckpt_path = run_dir / CHECKPOINT
-    net = LevelNet(len(DESCRIPTOR_NAMES) + (len(OBSERVED) if settings.observe else 0), len(FACTORS), settings.hidden)
+    with torch.random.fork_rng(devices=[]):  # the same network for the same spec: a first iteration resumes
+        torch.manual_seed(spec.seed)
+        net = LevelNet(len(DESCRIPTOR_NAMES) + (len(OBSERVED) if settings.observe else 0), len(FACTORS), settings.hidden)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     start_level = Path(settings.start_level) if settings.start_level else None
     provenance = {"spec": spec_path, "spec_seed": spec.seed, "policy": str(policy), "policy_sha256": _digest(policy),
                   "recipe": settings.recipe(), "start_level_sha256": _digest(start_level) if start_level else None}  # fmt: skip
-    if ckpt_path.exists() and not settings.resume:
+    run_file, episodes_path = run_dir / RUN_FILE, run_dir / "episodes.jsonl"
+    if not settings.resume and (ckpt_path.exists() or episodes_path.exists()):
         raise FileExistsError(f"{run_dir} already holds a level run: pass --resume to go on with it, or another --run-dir")
-    if settings.resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"no level run to resume in {run_dir} ({CHECKPOINT} is missing)")
+    if settings.resume and not ckpt_path.exists() and not run_file.exists():
+        raise FileNotFoundError(f"no level run to resume in {run_dir} ({CHECKPOINT} and {RUN_FILE} are missing)")
+    if settings.resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, "level training checkpoint")
-        was = {**ckpt["provenance"], "recipe": {"observe": False, **ckpt["provenance"]["recipe"]}}  # runs from before --observe
-        changed = [k for k in ("spec", "spec_seed", "policy_sha256", "recipe", "start_level_sha256")
-                   if was.get(k) != provenance[k]]  # fmt: skip
-        if changed:
-            raise ValueError(f"{run_dir} was trained with other {', '.join(changed)}: resume with the same spec, start "
-                             "policy and options, or start a new --run-dir")  # fmt: skip
+        _same_run(run_dir, ckpt["provenance"], provenance)
         net.load_state_dict(ckpt["net"])
         opt.load_state_dict(ckpt["optimizer"])
         iteration, cpu_seconds, wall_hours = int(ckpt["iteration"]), float(ckpt["cpu_seconds"]), float(ckpt["wall_hours"])
-    else:
+    else:  # a new run, or one killed in its first iteration (built again the same)
+        if settings.resume:
+            _same_run(run_dir, json.loads(run_file.read_text()), provenance)
         run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_file, provenance)
         if start_level is not None:
             start_from_level(net, start_level)
         else:
             net.standardise_by(descriptions(spec, FIRST_ITERATION - 1, settings.describe_draws))  # draws no iteration trains on
         iteration, cpu_seconds, wall_hours, ckpt = 0, 0.0, 0.0, {}
-    episodes_path = run_dir / "episodes.jsonl"
     done = _read_episodes(episodes_path)
     tracker = Tracker(settings.tracking_uri or spec.tracking.uri, f"{spec.tracking.experiment}-level", run_dir.name,
                       run_dir, run_id=ckpt.get("run_id") if settings.resume else None)  # fmt: skip
@@ -420,7 +435,10 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
                 x = np.array([r["input"] for r in rows], dtype=np.float64)
                 picks, logp = np.array([r["pick"] for r in rows]), np.array([r["logp"] for r in rows])
                 if iteration == 0:  # the observed inputs' standardisation, from draws that did not depend on it
-                    net.standardise_by(x[:, len(DESCRIPTOR_NAMES):], len(DESCRIPTOR_NAMES))
+                    d = len(DESCRIPTOR_NAMES)
+                    seen = np.array([r.get("observed", r["input"][d:]) for r in rows], dtype=np.float64)  # None: NaN
+                    net.standardise_by(seen, d)  # what was not observed is left out of the mean, then reads as it
+                    x[:, d:] = np.where(np.isfinite(seen), seen, net.mean.numpy()[d:])
                 with torch.no_grad():
                     values = net(x)[1].double().numpy()
             diag = ppo_update(net, opt, x, picks, logp, values, rewards, settings, seed)

@@ -26,6 +26,18 @@ def test_summary_counts_by_hand():
     assert "median_vs_schedule" not in every and len(rows) == 3  # a record from before the schedule row
 
 
+def test_a_diverged_bar_does_not_count_against_the_policy():
+    """AdamW (or the schedule) diverging is not the policy's harm: a finite loss beats it, a diverged
+    one ties it, and the non-finite column still counts the policy's own."""
+    def r(seed, lhopt, adamw):
+        return {"program": "p", "seed": seed, "train_every": 1, "valid_every": None, "adamw": adamw,
+                "schedule": math.nan, "lhopt": lhopt}  # fmt: skip
+
+    row = {x["cadence"]: x for x in dropin.summarise([r(0, 0.5, math.nan), r(1, math.nan, math.nan), r(2, 2.0, 1.0)])}
+    every = row["train 1, valid never"]
+    assert (every["better"], every["hurt"], every["non_finite"], every["worst_ratio"]) == (2, 1, 1, 2.0)
+
+
 def test_the_schedule_row_and_the_policy_against_the_schedule_by_hand():
     def r(seed, every, lhopt, schedule):
         return {"program": "p", "seed": seed, "train_every": every, "valid_every": None, "adamw": 1.0,
@@ -85,6 +97,17 @@ def test_lhopt_driven_by_a_schedule_moves_only_the_learning_rate_towards_it():
         assert 0.8 < h["lr"] / (0.03 * (1 - h["progress"])) < 1.25
     others = [{k: v for k, v in h.items() if k not in ("lr", "progress")} for h in opt.history]
     assert all(o == others[0] for o in others) and others[0]["restart"] == "none"
+
+
+def test_the_learning_rates_of_a_run_are_its_decisions_not_the_guards_rows():
+    import torch
+
+    from lhopt_dsl import LHOPT
+
+    opt = LHOPT(torch.nn.Linear(2, 1).parameters(), total_steps=8, outer_steps=4)
+    opt.history[:] = [{"lr": 1.0, "restart": "none"}, {"lr": 0.1, "restart": "guard"}, {"lr": 2.0, "restart": "none"}]
+    assert dropin._lrs(opt) == (1.0, 2.0)
+    assert dropin._lrs(torch.optim.AdamW(torch.nn.Linear(2, 1).parameters())) == ()
 
 
 def test_the_level_a_run_held_is_its_second_halfs_learning_rate_over_the_schedules():

@@ -227,7 +227,8 @@ def test_a_forest_as_arrays_predicts_what_scikit_learns_does():
     (lambda a: a["right"].__setitem__(0, -1), "one child"),
     (lambda a: a["value"].__setitem__((1, 0), np.inf), "non-finite"),
     (lambda a: a.__setitem__("roots", np.array([1])), "first nodes"),
-    (lambda a: a.__setitem__("left", a["left"].astype(float)), "not integers"),
+    (lambda a: a.__setitem__("left", a["left"].astype(float)), "not signed integers"),
+    (lambda a: a.__setitem__("roots", np.array([0], dtype=np.uint8)), "not signed integers"),  # np.diff would wrap
 ])
 def test_a_forest_whose_paths_could_loop_or_leave_it_is_refused(mend, expect):
     f = split_forest(0, 0.0, 0.5, 2.0)
@@ -292,6 +293,9 @@ def test_evaluation_and_the_dropin_describe_the_model_alike_and_the_rule_acts_on
     (lambda d: d["level"]["forest"]["left"].__setitem__(0, 0), "not a forest: a child does not lie after its parent"),
     (lambda d: d["level"]["forest"]["feature"].__setitem__(0, 99), "beyond its 12 described"),
     (lambda d: d["level"].pop("forest"), "lacks 'forest'"),
+    (lambda d: d["level"].__setitem__("descriptor", [f"x{i}" for i in range(12)]), "another description of the model"),
+    (lambda d: d["level"].__setitem__("kind", "observing"), "['level']['kind'] is 'observing', a kind of level this version"),
+    (lambda d: d["level"]["forest"].__setitem__("left", torch.tensor([1, -1, -1], dtype=torch.uint8)), "not signed integers"),
 ])
 def test_a_described_level_that_does_not_fit_is_refused_by_name(tmp_path, mend, expect):
     rule = DescribedRule(CHOICES, split_forest(0, 0.0, 0.5, 2.0), DESCRIPTOR_NAMES)
@@ -302,6 +306,33 @@ def test_a_described_level_that_does_not_fit_is_refused_by_name(tmp_path, mend, 
     save_checkpoint(data, path)
     with pytest.raises(PolicyFileError, match=r"bad\.pt: .*" + __import__("re").escape(expect)):
         load_policy(path)
+
+
+def test_a_forests_node_arrays_are_bounded_by_its_nodes_and_only_its_values_by_the_factors_too(tmp_path, monkeypatch):
+    from lhopt_dsl.agent import policy_file
+
+    monkeypatch.setattr(policy_file, "MAX_FOREST_NODES", 2)  # the one-split forest has 3 nodes, 3 x 7 values
+    path = _described_file(tmp_path, DescribedRule(CHOICES, split_forest(0, 0.0, 0.5, 2.0), DESCRIPTOR_NAMES))
+    with pytest.raises(PolicyFileError, match=r"\['left'\] has 3 entries, more than a forest of 2 nodes"):
+        load_policy(path)
+    monkeypatch.setattr(policy_file, "MAX_FOREST_NODES", 3)
+    assert isinstance(load_policy(path)[0].inner.rule, DescribedRule)
+
+
+def test_a_described_level_in_bfloat16_loads_and_chooses_as_in_float64(tmp_path):
+    """A file whose forest's thresholds and values are bfloat16 (numpy has no such dtype) loads; its
+    rule chooses as the float64 one does."""
+    rule = DescribedRule(CHOICES, split_forest(DESCRIPTOR_NAMES.index("log_params"), 6.0, 2.0, 0.5), DESCRIPTOR_NAMES)
+    data = rule.to_data()
+    for k in ("threshold", "value"):
+        data["forest"][k] = data["forest"][k].to(torch.bfloat16)
+    path = tmp_path / "bf16.pt"
+    save_checkpoint({"policy": biased(1.0).to_checkpoint(), "spec": SMOKE.model_dump(mode="json"),
+                     "residual": {"base": BASE.name, "offset_bounds": list(OFFSET_BOUNDS)}, "level": data}, path)  # fmt: skip
+    policy, _ = load_policy(path)
+    runs = [Run({}, 4, describe=tuple(model_descriptor([(8, 8)], 1000, 50))),
+            Run({}, 4, describe=tuple(model_descriptor([(512, 512)], 1000, 50)))]
+    assert policy.inner.rule.choose_runs(runs) == rule.choose_runs(runs) == [2.0, 0.5]
 
 
 def test_ppo_refuses_to_start_from_a_level_policy_rather_than_drop_its_rule(tmp_path):

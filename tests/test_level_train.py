@@ -2,8 +2,6 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,16 +209,22 @@ def test_the_episode_table_reads_mean_reward_and_count_per_family_and_level():
     assert "1.100 (2)" in table[2] and table[3].count("-") == len(FACTORS) - 1
 
 
-def test_a_level_run_from_before_observe_resumes(tmp_path):
-    """Checkpoints written before train-level had --observe lack it in their recipe: they resume as describing runs."""
+def _one_iteration(tmp_path, episodes):
+    """A describing level run of one iteration in ``tmp_path / "run"``: (spec path, run dir, settings)."""
     spec = residual_spec(tmp_path)
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     run = tmp_path / "run"
-    settings = LevelSettings(iterations=1, episodes=2, workers=1, run_dir=run, policy=_start_policy(tmp_path, spec),
+    settings = LevelSettings(iterations=1, episodes=episodes, workers=1, run_dir=run, policy=_start_policy(tmp_path, spec),
                              tracking_uri=OFFLINE, describe_draws=8, quiet=True, dev_every=0)  # fmt: skip
     with pytest.warns(UserWarning, match="tracking disabled"):
         train_level(str(spec_path), settings)
+    return spec_path, run, settings
+
+
+def test_a_level_run_from_before_observe_resumes(tmp_path):
+    """Checkpoints written before train-level had --observe lack it in their recipe: they resume as describing runs."""
+    spec_path, run, settings = _one_iteration(tmp_path, episodes=2)
     ckpt = load_checkpoint(run / level_train.CHECKPOINT)
     del ckpt["provenance"]["recipe"]["observe"], ckpt["provenance"]["start_level_sha256"]
     save_checkpoint(ckpt, run / level_train.CHECKPOINT)
@@ -229,3 +233,34 @@ def test_a_level_run_from_before_observe_resumes(tmp_path):
     assert load_checkpoint(run / level_train.CHECKPOINT)["iteration"] == 2
     with pytest.raises(ValueError, match="recipe"):
         train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True, "observe": True}))
+
+
+def test_a_level_run_killed_in_its_first_iteration_resumes_from_its_provenance(tmp_path):
+    """Killed before its first checkpoint: a new run in its directory is refused (it would mix its
+    episodes with the old ones); --resume builds the same network from the spec's seed, reuses every
+    episode and ends where the run would have; another recipe, or no provenance, is refused."""
+    spec_path, run, settings = _one_iteration(tmp_path, episodes=3)
+    whole = load_checkpoint(run / level_train.CHECKPOINT)
+    (run / level_train.CHECKPOINT).unlink()
+    rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    (run / "episodes.jsonl").write_text("".join(json.dumps({**r, "cpu_seconds": 1e6}) + "\n" for r in rows))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_level(str(spec_path), settings)
+    with pytest.raises(ValueError, match="recipe"):
+        train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True, "lr": 0.1}))
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True}))
+    again = load_checkpoint(run / level_train.CHECKPOINT)
+    assert len((run / "episodes.jsonl").read_text().splitlines()) == 3 and again["cpu_seconds"] == pytest.approx(3e6)
+    assert all(torch.equal(again["net"][k], whole["net"][k]) for k in whole["net"])
+    (run / level_train.CHECKPOINT).unlink()
+    (run / level_train.RUN_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="level_run.json"):
+        train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True}))
+
+
+def test_a_levels_standardisation_leaves_out_what_was_not_observed():
+    net = LevelNet(3, len(FACTORS), hidden=4)
+    x = np.array([[1.0, np.nan, np.nan], [3.0, 4.0, np.inf], [5.0, 8.0, np.nan]])
+    net.standardise_by(x)
+    assert net.mean.tolist() == pytest.approx([3.0, 6.0, 0.0]) and net.scale.tolist() == pytest.approx([math.sqrt(8 / 3), 2.0, 1.0])

@@ -136,7 +136,7 @@ class LevelRule:
     def from_data(cls, data: dict[str, Any]) -> "LevelRule":
         """The rule :meth:`to_data` wrote (a policy file's entry, checked by the loader first)."""
         return cls(int(data["decision"]), tuple(float(f) for f in data["factors"]),
-                   *(np.asarray(data[k], dtype=np.float64).copy() for k in ("mean", "scale", "weights")),
+                   *(_array(data[k]).astype(np.float64) for k in ("mean", "scale", "weights")),
                    float(data.get("l2", 0.0)), dict(data.get("fitted") or {}))  # fmt: skip
 
 
@@ -206,10 +206,19 @@ class TreeEnsemble:
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> "TreeEnsemble":
-        return cls(*(np.asarray(data[k]).copy() for k in FOREST_KEYS))
+        return cls(*(_array(data[k]) for k in FOREST_KEYS))
 
 
 FOREST_KEYS = ("roots", "left", "right", "feature", "threshold", "value")
+
+
+def _array(value: Any) -> np.ndarray:
+    """A copy of a file's tensor (or array) as numpy; a floating tensor of a dtype numpy lacks
+    (bfloat16) becomes float64."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        return (t.double() if t.is_floating_point() else t).numpy().copy()
+    return np.array(value, copy=True)
 
 
 def check_forest(roots: np.ndarray, left: np.ndarray, right: np.ndarray, feature: np.ndarray, threshold: np.ndarray,
@@ -221,8 +230,8 @@ def check_forest(roots: np.ndarray, left: np.ndarray, right: np.ndarray, feature
         return "it needs at least one tree and one node"
     if any(a.shape != (n,) for a in (right, feature, threshold)) or value.ndim != 2 or value.shape[0] != n:
         return f"its node arrays disagree in length ({n} nodes)"
-    if any(a.dtype.kind not in "iu" for a in (roots, left, right, feature)):
-        return "its indices are not integers"
+    if any(a.dtype.kind != "i" for a in (roots, left, right, feature)):
+        return "its indices are not signed integers"
     if int(roots[0]) != 0 or (np.diff(roots) <= 0).any() or int(roots[-1]) >= n:
         return "its trees' first nodes are not increasing from 0 within the nodes"
     if not (np.isfinite(threshold).all() and np.isfinite(value).all()):
@@ -400,11 +409,15 @@ class LevelNet(torch.nn.Module):
 
     def standardise_by(self, x: np.ndarray, first: int = 0) -> None:
         """Standardise inputs ``first`` ... ``first + x.shape[1] - 1`` by the mean and spread of the
-        rows ``x`` (a constant input gets spread 1)."""
+        rows ``x`` (a constant input gets spread 1); non-finite entries (nothing observed) are left out, and
+        an input with none observed gets mean 0 and spread 1."""
         x = np.asarray(x, dtype=np.float64)
-        std = x.std(0)
+        x = np.where(np.isfinite(x), x, np.nan)
+        seen = np.isfinite(x).any(0)
+        filled = np.where(seen, x, 0.0)  # columns with nothing observed: mean 0, spread 0 -> 1
+        mean, std = np.nanmean(filled, 0), np.nanstd(filled, 0)
         with torch.no_grad():
-            self.mean[first:first + x.shape[1]] = torch.as_tensor(x.mean(0))
+            self.mean[first:first + x.shape[1]] = torch.as_tensor(mean)
             self.scale[first:first + x.shape[1]] = torch.as_tensor(np.where(std > 0, std, 1.0))
 
     def standardise(self, describe: Any) -> torch.Tensor:
@@ -521,7 +534,11 @@ def level_rule_from_data(data: dict[str, Any]) -> "LevelRule | DescribedRule | L
     kind = data.get("kind")
     if kind == "described":
         return DescribedRule.from_data(data)
-    return LearnedLevel.from_data(data) if kind == "learned" else LevelRule.from_data(data)
+    if kind == "learned":
+        return LearnedLevel.from_data(data)
+    if kind is not None:
+        raise ValueError(f"a level of kind {str(kind)[:40]!r}, which this version of lhopt does not know")
+    return LevelRule.from_data(data)
 
 
 class LevelCarry(NamedTuple):

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 import torch
 
+from .describe import DESCRIPTOR_NAMES
 from .policy import ActorCritic, PolicyFileError, PolicyShape, load_checkpoint
 
 #: Inclusive bounds of a policy's shape fields: far above any policy the platform trains (the
@@ -167,7 +168,7 @@ def _check_described(level: Mapping[str, Any]) -> None:
     """A described level rule (:class:`~lhopt_dsl.agent.level.DescribedRule`'s ``to_data``): its factors
     (keep among them) within the offset bounds, its description's names, and a forest whose every path
     ends at a leaf, with one output per factor."""
-    from .level import FOREST_KEYS, check_forest
+    from .level import FOREST_KEYS, _array, check_forest
 
     level = _dict(level, "['level']", ("factors", "descriptor", "forest"))
     factors, names = _level_names(level)
@@ -179,9 +180,10 @@ def _check_described(level: Mapping[str, Any]) -> None:
         if not isinstance(t, torch.Tensor) or t.is_sparse or not t.is_contiguous() or \
                 t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) * t.element_size():
             raise _Problem(f"{where} is {_kind(t)}, not a plain tensor whose values the file holds")  # fmt: skip
-        if t.numel() > MAX_FOREST_NODES * len(factors):
+        most = MAX_FOREST_NODES * (len(factors) if k == "value" else 1)
+        if t.numel() > most:
             raise _Problem(f"{where} has {t.numel():,} entries, more than a forest of {MAX_FOREST_NODES:,} nodes holds")
-        arrays[k] = t.numpy()
+        arrays[k] = _array(t)
     if arrays["value"].ndim != 2 or arrays["value"].shape[1] != len(factors):
         raise _Problem(f"['level']['forest']['value'] has shape {list(arrays['value'].shape)}, but needs one column "
                        f"per factor ({len(factors)})")  # fmt: skip
@@ -203,6 +205,10 @@ def _level_names(level: Mapping[str, Any]) -> tuple[list[float], list[str]]:
     names = level["descriptor"]
     if not isinstance(names, list) or not 1 <= len(names) <= MAX_DESCRIPTOR or not all(isinstance(n, str) for n in names):
         raise _Problem(f"['level']['descriptor'] must be a list of 1..{MAX_DESCRIPTOR} names, got {_kind(names)}")
+    if names != list(DESCRIPTOR_NAMES):
+        raise _Problem(f"['level']['descriptor'] names {len(names)} description entries that are not this version's "
+                       f"{len(DESCRIPTOR_NAMES)} ({', '.join(DESCRIPTOR_NAMES[:3])}, ...): a level made for another "
+                       "description of the model")  # fmt: skip
     if not isinstance(level.get("fitted", {}), (dict, type(None))):
         raise _Problem(f"['level']['fitted'] is {_kind(level['fitted'])}, not a mapping")
     return factors, names
@@ -315,6 +321,9 @@ def _check_level(state: Mapping[str, Any]) -> None:
     if "members" in state["policy"]:
         raise _Problem("['level'] goes with a single policy, not an ensemble")
     kind = state["level"].get("kind") if isinstance(state["level"], dict) else None
+    if kind not in (None, "described", "learned"):
+        raise _Problem(f"['level']['kind'] is {str(kind)[:40]!r}, a kind of level this version of lhopt does not know "
+                       "(a file from a newer version?)")  # fmt: skip
     if kind == "described":
         _check_described(state["level"])
         return
