@@ -55,7 +55,8 @@ from task_level import CHOICES, folds, held_out, training_table  # noqa: E402
 
 from lhopt_dsl import load_spec, sample  # noqa: E402
 from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES  # noqa: E402
-from lhopt_dsl.agent.level import OBSERVE_AT, OBSERVED, LearnedLevel, LevelNet, ObservedReader, observing_decision  # noqa: E402
+from lhopt_dsl.agent.level import (OBSERVE_AT, OBSERVED, LearnedLevel, LevelNet, ObservedReader,  # noqa: E402
+                                   finite_stats, observing_decision)  # fmt: skip
 from lhopt_dsl.agent.policy import save_checkpoint  # noqa: E402
 from lhopt_dsl.agent.policy_file import load_policy_file  # noqa: E402
 from lhopt_dsl.spec.sample import train_seed  # noqa: E402
@@ -77,8 +78,7 @@ def observed(spec_path: str, rows: Sequence[dict[str, Any]]) -> np.ndarray:
             raise SystemExit(f"task {r['task_id']} has no features at decision {at}: measure with bench/held_value.py's points")
         out.append(reader(np.asarray(features, dtype=np.float64))[0])
     seen = np.stack(out)
-    mean = np.array([np.nanmean(c) if np.isfinite(c).any() else 0.0 for c in seen.T])
-    return np.where(np.isnan(seen), mean, seen)
+    return np.where(np.isnan(seen), finite_stats(seen)[0], seen)
 
 
 def seed_noise(spec_path: str, first_path: str, rerun_path: str) -> tuple[float, int]:

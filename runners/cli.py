@@ -489,7 +489,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_check_dropin(args: argparse.Namespace) -> int:
-    from .dropin import LEVELS_HEADING, PROGRAMS, check, format_table, levels_table, write
+    from .dropin import PROGRAMS, check, format_table, levels_section, write
 
     policy = _policy_path(args.policy, args.tracking_uri) if args.policy else None
     unknown = [p for p in args.programs or () if p not in PROGRAMS]
@@ -503,7 +503,7 @@ def cmd_check_dropin(args: argparse.Namespace) -> int:
         return 2
     write(record, Path(args.out))
     print(format_table(record["summary"]))
-    print(f"\n{LEVELS_HEADING}\n\n{levels_table(record['runs'])}")
+    print(f"\n{levels_section(record['runs'])}")
     print(f"\nevery run: {Path(args.out) / 'dropin.json'}")
     return 0
 

@@ -165,6 +165,11 @@ def lr_level(lrs: Sequence[float], base: Sequence[float]) -> float | None:
 LEVELS_HEADING = f"learning-rate level held against {REFERENCE_SCHEDULE}'s, second half of the run:"
 
 
+def levels_section(runs: Sequence[dict[str, Any]]) -> str:
+    """The heading and :func:`levels_table` of ``runs`` ("" for a record from before levels were kept)."""
+    return f"{LEVELS_HEADING}\n\n{levels_table(runs)}" if any("lr_level" in r for r in runs) else ""
+
+
 def levels_table(runs: Sequence[dict[str, Any]]) -> str:
     """Per program and seed (rows) and cadence (columns), the learning-rate level each run held against
     the reference schedule's (:func:`lr_level`, x1: it followed the schedule's learning rate): what the
@@ -234,5 +239,5 @@ def format_table(summary: Sequence[dict[str, Any]]) -> str:
 def write(record: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dropin.json", record)  # strict JSON: NaN is null
-    levels = f"\n{LEVELS_HEADING}\n\n{levels_table(record['runs'])}\n" if any("lr_level" in r for r in record["runs"]) else ""
-    (out / "dropin.md").write_text(format_table(record["summary"]) + "\n" + levels)
+    levels = levels_section(record["runs"])
+    (out / "dropin.md").write_text(format_table(record["summary"]) + "\n" + (f"\n{levels}\n" if levels else ""))

@@ -32,7 +32,7 @@ def test_the_observing_table_reads_each_tasks_features_at_its_decision_and_write
     import pytest
 
     from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
-    from lhopt_dsl.agent.level import OBSERVED, ObservedReader, observed_indices
+    from lhopt_dsl.agent.level import OBSERVED, ObservedReader
     from lhopt_dsl.controller import load_policy
     from runners.level_train import FACTORS
 
@@ -40,8 +40,8 @@ def test_the_observing_table_reads_each_tasks_features_at_its_decision_and_write
     from .test_residual_ppo import residual_spec
 
     spec = residual_spec(tmp_path)
-    index = observed_indices(OBSERVED, spec.hparams)
     reader = ObservedReader(OBSERVED, spec.hparams)
+    index = reader.index
     size = reader.size
     values = np.arange(size, dtype=float)
     values[reader.flag[reader.flag >= 0]] = 0.0  # everything observed

@@ -10,8 +10,8 @@ import torch
 from lhopt_dsl.agent.actions import ActionSpace
 from lhopt_dsl.agent.actor import Run
 from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES, model_descriptor
-from lhopt_dsl.agent.level import (OBSERVE_AT, OBSERVED, ChosenLevel, HoldLevel, LearnedLevel, LevelNet,
-                                   level_rule_from_data, observed_indices, observing_decision)  # fmt: skip
+from lhopt_dsl.agent.level import (OBSERVE_AT, OBSERVED, ChosenLevel, HoldLevel, LearnedLevel, LevelNet, ObservedReader,
+                                   level_rule_from_data, observing_decision)  # fmt: skip
 from lhopt_dsl.agent.observation import FeatureBuilder
 from lhopt_dsl.agent.policy import PolicyFileError, load_checkpoint, save_checkpoint
 from lhopt_dsl.controller import LHOPT, load_policy
@@ -56,7 +56,7 @@ def test_the_decision_is_the_nearest_to_its_fraction_after_the_first_segment_and
 def test_an_observing_level_chooses_at_its_fraction_from_what_each_run_showed():
     rule = watching()
     actor = HoldLevel(Scripted([LR_VALUES.index(1.0)] * 16), SPACE, rule)
-    index, flag = observed_indices([WATCHED, "loss_ratio/is_nan"], SPACE)
+    index, flag = ObservedReader([WATCHED, "loss_ratio/is_nan"], SPACE).index
     runs = [Run({"lr": 1e-3}, 16, describe=MODEL)] * 3 + [Run({"lr": 1e-3}, 16)]  # one model; the last undescribed
     carry = actor.start(runs)
     assert carry.goal == (1.0,) * 4  # nothing chosen before the run has shown anything
@@ -143,7 +143,7 @@ def test_an_observing_level_round_trips_and_its_features_are_the_policys_own():
     rule = level_rule_from_data(watching(at=0.25).to_data())
     assert isinstance(rule, LearnedLevel) and rule.observe == OBSERVED and rule.at == 0.25
     names = FeatureBuilder(ActionSpace(SPACE), SPACE).policy_names()
-    assert [names[i] for i in observed_indices(OBSERVED, SPACE)] == list(OBSERVED)
+    assert [names[i] for i in ObservedReader(OBSERVED, SPACE).index] == list(OBSERVED)
     shown = np.zeros((2, O))
     shown[:, OBSERVED.index(WATCHED)] = [0.3, -0.3]
     assert rule.choose_observed([MODEL, MODEL], shown) == [2.0, 0.5]

@@ -276,6 +276,7 @@ class DescribedRule:
     forest: TreeEnsemble
     descriptor: tuple[str, ...]
     fitted: dict[str, Any] = field(default_factory=dict)
+
     def decision_at(self, outer: int) -> int:
         """-1: it chooses before the first step, from the runs."""
         return -1
@@ -330,6 +331,12 @@ def observing_decision(at: float, outer: int) -> int:
     return min(outer - 1, max(1, round(at * outer)))
 
 
+def fraction_decision(at: float | None, outer: int) -> int:
+    """The decision of a level that chooses at fraction ``at`` of the run (:func:`observing_decision`),
+    or -1 (before the first step) for one with no fraction."""
+    return -1 if at is None else observing_decision(at, outer)
+
+
 def _feature_names(space: HyperparameterSpace) -> list[str]:
     from .actions import ActionSpace
     from .observation import FeatureBuilder
@@ -337,16 +344,6 @@ def _feature_names(space: HyperparameterSpace) -> list[str]:
     return FeatureBuilder(ActionSpace(space), space).policy_names()
 
 
-def observed_indices(names: Sequence[str], space: HyperparameterSpace) -> list[int]:
-    """Where each of ``names`` lies in the raw policy features of ``space``'s policies."""
-    return _indices_in(names, _feature_names(space))
-
-
-def _indices_in(names: Sequence[str], order: Sequence[str]) -> list[int]:
-    missing = [n for n in names if n not in order]
-    if missing:
-        raise ValueError(f"an observing level reads the features {missing}, which this policy's features lack")
-    return [order.index(n) for n in names]
 
 
 class ObservedReader:
@@ -363,10 +360,16 @@ class ObservedReader:
         if policy_size is not None and policy_size != len(order):
             raise ValueError(f"an observing level reads features by name from {len(order)} features, but its policy "
                              f"reads {policy_size}: a policy of another feature vocabulary")  # fmt: skip
-        self.index = _indices_in(names, order)
-        flags = [next((order.index(f"{n.rsplit('/', 1)[0]}/{k}") for k in ("is_nan", "is_nan_or_inf")
-                       if f"{n.rsplit('/', 1)[0]}/{k}" in order), -1) for n in names]  # fmt: skip
-        self.flag = np.asarray(flags)
+        missing = [n for n in names if n not in order]
+        if missing:
+            raise ValueError(f"an observing level reads the features {missing}, which this policy's features lack")
+        self.index = [order.index(n) for n in names]  # where each name lies in the policy's raw features
+
+        def flag(name: str) -> int:  # where its series' "nothing observed" flag lies, -1 if it has none
+            series = name.rsplit("/", 1)[0]
+            return next((order.index(f) for f in (f"{series}/is_nan", f"{series}/is_nan_or_inf") if f in order), -1)
+
+        self.flag = np.asarray([flag(n) for n in names])
         self.size = len(order)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
@@ -376,6 +379,15 @@ class ObservedReader:
         flagged = self.flag >= 0
         out[:, flagged] = np.where(rows[:, self.flag[flagged]] > 0.5, np.nan, out[:, flagged])
         return out
+
+
+def finite_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column of ``x`` (rows, columns), the mean and spread of its finite entries (non-finite ones:
+    nothing observed); 0 and 0 for a column with none."""
+    x = np.asarray(x, dtype=np.float64)
+    x = np.where(np.isfinite(x), x, np.nan)
+    x = np.where(np.isfinite(x).any(0), x, 0.0)
+    return np.nanmean(x, 0), np.nanstd(x, 0)
 
 
 class LevelNet(torch.nn.Module):
@@ -411,11 +423,7 @@ class LevelNet(torch.nn.Module):
         """Standardise inputs ``first`` ... ``first + x.shape[1] - 1`` by the mean and spread of the
         rows ``x`` (a constant input gets spread 1); non-finite entries (nothing observed) are left out, and
         an input with none observed gets mean 0 and spread 1."""
-        x = np.asarray(x, dtype=np.float64)
-        x = np.where(np.isfinite(x), x, np.nan)
-        seen = np.isfinite(x).any(0)
-        filled = np.where(seen, x, 0.0)  # columns with nothing observed: mean 0, spread 0 -> 1
-        mean, std = np.nanmean(filled, 0), np.nanstd(filled, 0)
+        mean, std = finite_stats(x)
         with torch.no_grad():
             self.mean[first:first + x.shape[1]] = torch.as_tensor(mean)
             self.scale[first:first + x.shape[1]] = torch.as_tensor(np.where(std > 0, std, 1.0))
@@ -458,7 +466,7 @@ class LearnedLevel:
 
     def decision_at(self, outer: int) -> int:
         """The decision at which it chooses in a run of ``outer`` decisions (-1: before the first step)."""
-        return -1 if self.at is None else observing_decision(self.at, outer)
+        return fraction_decision(self.at, outer)
 
     def _best(self, x: np.ndarray, ok: np.ndarray) -> list[float]:
         if not ok.any():
@@ -514,13 +522,14 @@ class ChosenLevel:
 
     factor: float
     at: float | None = None
+
     def __post_init__(self) -> None:
         if self.at is not None and not 0.0 < self.at < 1.0:
             raise ValueError(f"a chosen level's fraction of the run lies in (0, 1), got {self.at}")
 
     def decision_at(self, outer: int) -> int:
         """The decision at which it takes effect in a run of ``outer`` decisions (-1: before the first step)."""
-        return -1 if self.at is None else observing_decision(self.at, outer)
+        return fraction_decision(self.at, outer)
 
     def choose_runs(self, runs: Sequence[Run]) -> list[float]:
         return [float(self.factor)] * len(runs)
