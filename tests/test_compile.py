@@ -42,6 +42,10 @@ SMALL_TASKS = {
                          "num_heads": 4, "ff_mult": 1, "seq_len": 32, "norm_position": "post",
                          "positional": "sinusoidal"},
     "nqm": {"family": "nqm", "dim": 100, "spectrum_decay": 1.0, "noise_scale": 0.1},
+    "regression": {"family": "regression", "inputs": 8, "target": "sine", "noise": 0.1, "examples": 512,
+                   "hidden": [32], "activation": "tanh", "norm": "none", "loss": "mse"},
+    "regression_teacher": {"family": "regression", "inputs": 20, "target": "teacher", "noise": 0.0, "examples": 256,
+                           "hidden": [64, 32], "activation": "gelu", "norm": "layer", "loss": "huber"},
 }  # fmt: skip
 
 
@@ -95,7 +99,7 @@ def test_sweep_default_spec_compiles_and_steps():
     assert families == {"mlp", "cnn", "rnn", "text_rnn", "transformer", "nqm"}
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn_fashion", "rnn_addition", "text_rnn", "transformer", "nqm"])
+@pytest.mark.parametrize("name", ["mlp", "cnn_fashion", "rnn_addition", "text_rnn", "transformer", "nqm", "regression"])
 def test_same_config_same_weights_and_batches(name):
     cfg = make_cfg(name, seed=7)
     state = torch.get_rng_state()
@@ -249,7 +253,7 @@ def test_download_checks_the_checksum(tmp_path, monkeypatch, local_mirror):
         find_file("z/f.txt", remotes={"z/f.txt": datafiles.Remote(url + "absent.txt")})
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_fashion", "rnn_addition", "text_rnn", "nqm"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "cnn_fashion", "rnn_addition", "text_rnn", "nqm", "regression_teacher"])
 def test_cost_estimate_counts_the_real_parameters(name):
     cfg = make_cfg(name)
     cost = estimate_cost(cfg)

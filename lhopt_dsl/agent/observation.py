@@ -48,6 +48,9 @@ from .actions import ActionSpace, Checkpoint
 from .feature_transforms import IntegralCDF
 
 NB = 5  # values of b for the integral CDF features
+# The critic's task encoding (task_vector) covers the paper's families, a vocabulary fixed with the
+# policy files' value size: a family added later (the regression family) encodes as none of them,
+# all zeros, so every trained critic still loads. The actor never reads the task.
 TASK_CLASSES = (MLPTask, CNNTask, RNNTask, TextRNNTask, TransformerTask, NQMTask)
 # Series that get integral CDF features, in order.
 CDF_SERIES = ("log_loss_ratio", "log_train", "log_valid", "log_param_norm_ratio", "log_update_ratio", *STAT_NAMES)

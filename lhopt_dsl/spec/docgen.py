@@ -21,7 +21,7 @@ from .loader import MAX_SPEC_VALUES, MAX_YAML_BYTES
 
 SECTIONS: list[tuple[str, list[type[BaseModel]]]] = [
     ("Experiment", [e.ExperimentSpec, e.TaskDistribution, e.Budget, e.MetaTrainSpec, e.ReportingSpec, e.ImitationSpec, e.EvaluationSpec, e.TrackingSpec]),
-    ("Task families", [f.MLPSpec, f.CNNSpec, f.RNNSpec, f.TextRNNSpec, f.TransformerSpec, f.NQMSpec, f.Layers]),
+    ("Task families", [f.MLPSpec, f.CNNSpec, f.RNNSpec, f.TextRNNSpec, f.TransformerSpec, f.NQMSpec, f.RegressionSpec, f.Layers]),
     ("Distributions", [d.Choice, d.IntRange, d.LogIntRange, d.Uniform, d.LogUniform]),
     ("Hyperparameters", [h.CIAOSpace, h.AdamWSpace, h.HParam, h.Action, h.Noise, h.Restarts]),
 ]

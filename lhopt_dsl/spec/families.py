@@ -9,7 +9,7 @@ Only fields that change the compiled task are declared, so the size of a family'
 product of its fields' supports (see :mod:`lhopt_dsl.spec.space`). The families follow the
 paper's Appendix H: MLPs and CNNs on MNIST-like images, RNNs on algorithmic tasks, RNNs on SST-2
 sentence classification, Transformer language models on simple datasets, and the noisy quadratic
-model.
+model; beyond the paper, MLPs fitting synthetic regression targets.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ Cell = Literal["rnn", "lstm", "gru"]
 AlgoTask = Literal["parity", "binary_addition"]
 TextDataset = Literal["sst2"]
 NormPosition = Literal["pre", "post"]
+RegressionTarget = Literal["linear", "sine", "teacher"]
+RegressionActivation = Literal["relu", "tanh", "gelu", "elu"]
+RegressionLoss = Literal["mse", "mae", "huber"]
 Positional = Literal["learned", "sinusoidal"]
 
 #: Text-like language-modelling datasets of the transformer family, the ones training distributions
@@ -103,6 +106,12 @@ MAX_VOCAB_SIZE = 1_000_000
 MAX_FF_MULT = 64
 #: Dimensions of a noisy quadratic model (each is a float of state per tensor; 10**8 is 400 MB).
 MAX_NQM_DIM = 100_000_000
+#: Input features of a regression task (each example is a float per feature).
+MAX_REGRESSION_INPUTS = 4_096
+#: Training examples of a regression task (at most 1.6 GB of inputs at the widest).
+MAX_EXAMPLES = 100_000
+#: Label noise (its standard deviation) of a regression task.
+MAX_NOISE = 100.0
 
 
 # --- concrete tasks ------------------------------------------------------------------------------
@@ -188,8 +197,20 @@ class NQMTask(TaskBase):
     noise_scale: Annotated[float, Field(ge=0)]
 
 
+class RegressionTask(TaskBase):
+    family: Literal["regression"] = "regression"
+    inputs: Annotated[int, Field(ge=1, le=MAX_REGRESSION_INPUTS)]
+    target: RegressionTarget
+    noise: Annotated[float, Field(ge=0, le=MAX_NOISE)]
+    examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    hidden: Annotated[tuple[Width, ...], Field(max_length=MAX_LAYERS)]
+    activation: RegressionActivation
+    norm: Norm
+    loss: RegressionLoss
+
+
 Task = Annotated[
-    Union[MLPTask, CNNTask, RNNTask, TextRNNTask, TransformerTask, NQMTask],
+    Union[MLPTask, CNNTask, RNNTask, TextRNNTask, TransformerTask, NQMTask, RegressionTask],
     Field(discriminator="family"),
 ]
 
@@ -516,11 +537,54 @@ class NQMSpec(FamilySpec):
     ]
 
 
+class RegressionSpec(FamilySpec):
+    """Multi-layer perceptron fitting a synthetic regression target (not a family of the paper).
+
+    Inputs are standard normal with ``inputs`` features; the target of each task is drawn from its
+    seed: a random linear map (``linear``), the sine of a random projection (``sine``, whose
+    argument has spread 3), or a random one-hidden-layer tanh network (``teacher``);
+    Gaussian noise of standard deviation ``noise`` is added to the training, validation and test
+    targets alike. A fixed training set of ``examples`` examples is reshuffled each epoch, as the
+    image families' datasets are.
+    """
+
+    task_cls: ClassVar[type[TaskBase]] = RegressionTask
+    LIMITS = {
+        **FamilySpec.LIMITS,
+        "inputs": (1, MAX_REGRESSION_INPUTS),
+        "noise": (0, MAX_NOISE),
+        "examples": (1, MAX_EXAMPLES),
+    }
+    family: Literal["regression"] = "regression"
+    inputs: Annotated[
+        int_dist(), Field(description=f"Input features (1 to {MAX_REGRESSION_INPUTS:,}).")  # type: ignore[valid-type]
+    ]
+    target: Annotated[
+        choice_dist(RegressionTarget),  # type: ignore[valid-type]
+        Field(description="linear: a random linear map; sine: the sine of a random projection; "
+                          "teacher: a random one-hidden-layer tanh network of 32 units."),  # fmt: skip
+    ]
+    noise: Annotated[
+        float_dist(),  # type: ignore[valid-type]
+        Field(description=f"Standard deviation of the Gaussian noise on every target (0 to {MAX_NOISE:g})."),
+    ]
+    examples: Annotated[
+        int_dist(), Field(description=f"Training examples (1 to {MAX_EXAMPLES:,}).")  # type: ignore[valid-type]
+    ]
+    hidden: Annotated[Layers, Field(description="Hidden layers: depth and units per layer.")]
+    activation: Annotated[choice_dist(RegressionActivation), Field(description="Hidden activation.")]  # type: ignore[valid-type]
+    norm: Annotated[choice_dist(Norm), Field(description="Normalization after each hidden layer.")]  # type: ignore[valid-type]
+    loss: Annotated[
+        choice_dist(RegressionLoss),  # type: ignore[valid-type]
+        Field(description="Training loss on the scalar output: squared error, absolute error, or Huber (delta 1)."),
+    ]
+
+
 Family = Annotated[
-    Union[MLPSpec, CNNSpec, RNNSpec, TextRNNSpec, TransformerSpec, NQMSpec],
+    Union[MLPSpec, CNNSpec, RNNSpec, TextRNNSpec, TransformerSpec, NQMSpec, RegressionSpec],
     Field(discriminator="family"),
 ]
 FAMILY_SPECS: dict[str, type[FamilySpec]] = {
     cls.model_fields["family"].default: cls
-    for cls in (MLPSpec, CNNSpec, RNNSpec, TextRNNSpec, TransformerSpec, NQMSpec)
+    for cls in (MLPSpec, CNNSpec, RNNSpec, TextRNNSpec, TransformerSpec, NQMSpec, RegressionSpec)
 }

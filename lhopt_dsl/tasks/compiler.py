@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..spec.families import CNNTask, MLPTask, NQMTask, RNNTask, TaskBase, TextRNNTask, TransformerTask
+from ..spec.families import CNNTask, MLPTask, NQMTask, RegressionTask, RNNTask, TaskBase, TextRNNTask, TransformerTask
 from . import models
 from .datasets import image_data, sst2_data
-from .synthetic import ALGO_TASKS, NoisyQuadratic, nqm_noise
+from .synthetic import ALGO_TASKS, NoisyQuadratic, nqm_noise, regression_examples, regression_target
 from .task import GeneratedSampler, IndexSampler, InnerTask, LossFn, chunks
 
 if TYPE_CHECKING:  # annotations only: the sampler's module needs nothing from here
@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # annotations only: the sampler's module needs nothing from h
 
 EVAL_CHUNK = 512
 HUBER_DELTA = 0.1
+REGRESSION_HUBER_DELTA = 1.0
 
 
 def derive_seed(seed: int, stream: int) -> int:
@@ -38,7 +39,7 @@ def derive_seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-WEIGHTS, ORDER, VALID, TEST = range(4)
+WEIGHTS, ORDER, VALID, TEST, PROBLEM = range(5)  # PROBLEM: a regression task's target and training set
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -81,6 +82,27 @@ def classification_loss(kind: str = "cross_entropy") -> LossFn:
         else:
             raise ValueError(f"unknown loss '{kind}'")
         return per_class.sum(-1).mean()
+
+    return loss
+
+
+REGRESSION_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "mse": F.mse_loss,
+    "mae": F.l1_loss,
+    "huber": lambda pred, y: F.huber_loss(pred, y, delta=REGRESSION_HUBER_DELTA),
+}
+
+
+def regression_loss(kind: str = "mse") -> LossFn:
+    """Squared error, absolute error or Huber (delta 1) between the model's scalar output and the
+    target, averaged over examples."""
+    if kind not in REGRESSION_LOSSES:
+        raise ValueError(f"unknown regression loss '{kind}'; known: {', '.join(REGRESSION_LOSSES)}")
+    of = REGRESSION_LOSSES[kind]
+
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x, y = batch
+        return of(model(x), y)
 
     return loss
 
@@ -173,8 +195,24 @@ def _nqm(cfg: TaskConfig, device: torch.device, data_dir: Any, max_valid: int, m
     return _Parts(model, nqm_loss, sampler, exact, exact)
 
 
+def _regression(cfg: TaskConfig, device: torch.device, data_dir: Any, max_valid: int, max_test: int) -> _Parts:
+    task: RegressionTask = cfg.task
+    problem = torch.Generator().manual_seed(derive_seed(cfg.seed, PROBLEM))
+    target = regression_target(task, problem)
+    train = [t.to(device) for t in regression_examples(task, target, problem, task.examples)]
+
+    def fixed(stream: int, n: int) -> list[tuple[torch.Tensor, ...]]:
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, stream))
+        return chunks([t.to(device) for t in regression_examples(task, target, gen, n)], EVAL_CHUNK)
+
+    model = _build(cfg.seed, lambda: models.build_mlp(task, (task.inputs,), 1), device)
+    sampler = IndexSampler(train, task.batch_size, derive_seed(cfg.seed, ORDER))
+    return _Parts(model, regression_loss(task.loss), sampler, fixed(VALID, max_valid), fixed(TEST, max_test))
+
+
 _BUILDERS = {
     "mlp": _image, "cnn": _image, "rnn": _algorithmic, "text_rnn": _text, "transformer": _language, "nqm": _nqm,
+    "regression": _regression,
 }  # fmt: skip
 
 
@@ -232,6 +270,8 @@ def _meta_problem(task: Any) -> tuple[nn.Module, Callable[[nn.Module], torch.Ten
     if isinstance(task, TransformerTask):
         x = torch.zeros(b, task.seq_len, dtype=torch.long)
         return models.TransformerLM(task, _lm_vocab(task.dataset)), lambda m: m(x).sum(), b
+    if isinstance(task, RegressionTask):
+        return models.build_mlp(task, (task.inputs,), 1), lambda m: m(torch.zeros(b, task.inputs)).sum(), b
     raise TypeError(f"no meta model for {type(task).__name__}")
 
 
@@ -289,6 +329,9 @@ def _forward_flops_per_example(task: Any) -> int:
     if isinstance(task, MLPTask):
         widths = [math.prod(_image_shape(task)), *task.hidden, 10]
         return sum(2 * a * b for a, b in zip(widths, widths[1:]))
+    if isinstance(task, RegressionTask):
+        widths = [task.inputs, *task.hidden, 1]
+        return sum(2 * a * b for a, b in zip(widths, widths[1:]))
     if isinstance(task, RNNTask):
         feats = ALGO_TASKS[task.task][1]
         per_step = _recurrent_flops(task.cell, feats, task.hidden_size, task.num_layers) + 2 * task.hidden_size * 2
@@ -328,6 +371,8 @@ def _step_cost(task: Any) -> tuple[int, int, int]:
     no_input_grad = 0
     if isinstance(task, MLPTask):
         no_input_grad = 2 * math.prod(_image_shape(task)) * (task.hidden or (10,))[0]
+    elif isinstance(task, RegressionTask):
+        no_input_grad = 2 * task.inputs * (task.hidden or (1,))[0]
     elif isinstance(task, RNNTask):
         no_input_grad = 2 * _GATES[task.cell] * task.hidden_size * ALGO_TASKS[task.task][1] * task.seq_len
     return params, (3 * forward - no_input_grad) * task.batch_size, forward

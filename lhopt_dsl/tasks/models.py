@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec.families import CNNTask, MLPTask, RNNTask, TextRNNTask, TransformerTask
+from ..spec.families import CNNTask, MLPTask, RegressionTask, RNNTask, TextRNNTask, TransformerTask
 
 # --- building blocks -----------------------------------------------------------------------------
 
 
 def activation(name: str) -> nn.Module:
-    """The five activations of Appendix H. 'very leaky' ReLU uses slope 0.3 (leaky: 0.01)."""
+    """The five activations of Appendix H ('very leaky' ReLU uses slope 0.3, leaky 0.01), and tanh
+    and GELU for the regression family."""
     if name == "relu":
         return nn.ReLU()
     if name == "leaky_relu":
@@ -29,6 +30,10 @@ def activation(name: str) -> nn.Module:
         return nn.ELU()
     if name == "prelu":
         return nn.PReLU()
+    if name == "tanh":  # the regression family's (with gelu); the paper's five are above
+        return nn.Tanh()
+    if name == "gelu":
+        return nn.GELU()
     raise ValueError(f"unknown activation '{name}'")
 
 
@@ -58,8 +63,9 @@ def norm(name: str, features: int, conv: bool) -> nn.Module:
 # --- image classifiers ---------------------------------------------------------------------------
 
 
-def build_mlp(task: MLPTask, in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Flatten -> [Linear -> norm -> activation] per hidden layer -> Linear."""
+def build_mlp(task: MLPTask | RegressionTask, in_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Flatten -> [Linear -> norm -> activation] per hidden layer -> Linear (``num_classes`` outputs;
+    one for a regression task)."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = math.prod(in_shape)
     for units in task.hidden:

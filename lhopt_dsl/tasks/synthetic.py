@@ -1,11 +1,15 @@
-"""Data made on the fly: algorithmic bit-sequence tasks and the noisy quadratic model."""
+"""Data made on the fly: algorithmic bit-sequence tasks, the noisy quadratic model and synthetic
+regression targets."""
 
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..spec.families import NQMTask
+from ..spec.families import NQMTask, RegressionTask
 
 # --- algorithmic tasks (Appendix H: "XOR and binary addition") ---------------------------------
 
@@ -62,3 +66,38 @@ class NoisyQuadratic(nn.Module):
 def nqm_noise(task: NQMTask, h: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     std = (task.noise_scale * h / task.batch_size).sqrt()
     return torch.randn(task.dim, generator=gen) * std
+
+
+# --- synthetic regression (beyond the paper: MLPs on regression targets) --------------------------
+
+TEACHER_UNITS = 32  # hidden units of a "teacher" target
+SINE_SPREAD = 3.0  # spread of a "sine" target's argument, whatever the inputs
+
+
+def regression_target(task: RegressionTask, gen: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The task's target function (N, inputs) -> (N, 1), drawn from ``gen``: the same for every split.
+
+    ``linear``: x @ w with w ~ N(0, 1 / inputs), unit spread; ``sine``: sin(x @ w) with w ~ N(0,
+    SINE_SPREAD^2 / inputs), an argument of spread about 3 (a few periods across the data); ``teacher``: tanh(x @ W1 + b1) @ w2, a random one-hidden-layer
+    network whose pre-activations have unit spread.
+    """
+    d = task.inputs
+    if task.target == "linear":
+        w = torch.randn(d, 1, generator=gen) / math.sqrt(d)
+        return lambda x: x @ w
+    if task.target == "sine":
+        w = torch.randn(d, 1, generator=gen) * (SINE_SPREAD / math.sqrt(d))
+        return lambda x: torch.sin(x @ w)
+    if task.target == "teacher":
+        w1 = torch.randn(d, TEACHER_UNITS, generator=gen) / math.sqrt(d)
+        b1 = torch.randn(TEACHER_UNITS, generator=gen) * 0.5
+        w2 = torch.randn(TEACHER_UNITS, 1, generator=gen) / math.sqrt(TEACHER_UNITS)
+        return lambda x: torch.tanh(x @ w1 + b1) @ w2
+    raise ValueError(f"unknown regression target '{task.target}'")
+
+
+def regression_examples(task: RegressionTask, target: Callable[[torch.Tensor], torch.Tensor], gen: torch.Generator,
+                        n: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``n`` examples: standard normal inputs (n, inputs) and noisy targets (n, 1)."""
+    x = torch.randn(n, task.inputs, generator=gen)
+    return x, target(x) + task.noise * torch.randn(n, 1, generator=gen)
