@@ -704,7 +704,8 @@ def _policy_commands(g: _Group) -> None:
     p.add_argument("--observe", action="store_true",
                    help="choose the level at 1/8 of the run, from the model and what the run has shown by then")
     p.add_argument("--start-level", metavar="POLICY",
-                   help="start the network from this policy file's learned level (with --observe: its new inputs at zero)")
+                   help="start the network from this policy file's learned level (a describing one with --observe: its "
+                        "new inputs at zero; an observing one: all of it, to go on training on another spec)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_train_level)
 

@@ -35,7 +35,10 @@ from there. The choice is drawn in the episode's worker, from the network the it
 with and a seed of the episode's own, so a resumed iteration draws it again the same. The observed
 features are standardised by the first iteration's episodes (drawn before any update, so the draws
 do not depend on it). ``--start-level`` starts from a trained (describing) level: its network reads
-the description as before and the new inputs with zero weights, so the start chooses as it did.
+the description as before and the new inputs with zero weights, so the start chooses as it did. It
+may also name a trained *observing* level (another run's ``policy.pt``): the network is its own,
+standardisation included, so a level goes on training on another task distribution (a new run
+directory, iterations counted from 0) exactly where the other run left it.
 """
 
 from __future__ import annotations
@@ -270,16 +273,24 @@ def policy_with_level(start: dict[str, Any], net: LevelNet, fitted: dict[str, An
     return {**start, "level": LearnedLevel(FACTORS, net, DESCRIPTOR_NAMES, fitted, *observe).to_data()}
 
 
-def start_from_level(net: LevelNet, path: Path) -> None:
-    """Copy into ``net`` the network of the learned, describing level in the policy file ``path``: the
-    same description's weights and standardisation, zero weights on inputs it did not read."""
+def start_from_level(net: LevelNet, path: Path) -> bool:
+    """Copy into ``net`` the network of the learned level in the policy file ``path``. A describing
+    level gives the same description's weights and standardisation, zero weights on inputs it did not
+    read; an observing one (of train-level's observed features and fraction; ``net`` must observe)
+    gives its whole network. Returns whether the observed inputs' standardisation came with it."""
     state = load_policy_file(path)
     rule = level_rule_from_data(state["level"]) if state.get("level") is not None else None
-    if not isinstance(rule, LearnedLevel) or rule.observe or rule.factors != FACTORS or rule.descriptor != DESCRIPTOR_NAMES:
-        raise ValueError(f"{path} has no describing learned level of train-level's factors and description to start from")
+    if not isinstance(rule, LearnedLevel) or rule.factors != FACTORS or rule.descriptor != DESCRIPTOR_NAMES:
+        raise ValueError(f"{path} has no learned level of train-level's factors and description to start from")
     old, d = rule.net, len(DESCRIPTOR_NAMES)
     if old.shape[2] != net.shape[2]:
         raise ValueError(f"{path}'s level has {old.shape[2]} hidden units, this run {net.shape[2]}: pass the same --hidden")
+    if rule.observe:
+        if rule.observe != OBSERVED or rule.at != OBSERVE_AT or net.shape[0] != d + len(OBSERVED):
+            raise ValueError(f"{path}'s level observes {len(rule.observe)} features at {rule.at:g} of the run; it can start "
+                             f"only an observing run (--observe) of train-level's {len(OBSERVED)} at {OBSERVE_AT:g}")  # fmt: skip
+        net.load_state_dict(old.state_dict())
+        return True
     with torch.no_grad():
         for name, value in old.state_dict().items():
             target = net.state_dict()[name]
@@ -290,6 +301,7 @@ def start_from_level(net: LevelNet, path: Path) -> None:
                 target[:d] = value
             else:
                 target.copy_(value)
+    return False
 
 
 def _speedup(rows: Iterable[dict[str, Any]], cap: float) -> float:
@@ -353,6 +365,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
         net = LevelNet(len(DESCRIPTOR_NAMES) + (len(OBSERVED) if settings.observe else 0), len(FACTORS), settings.hidden)
     opt = torch.optim.Adam(net.parameters(), lr=settings.lr)
     start_level = Path(settings.start_level) if settings.start_level else None
+    standardised = False  # whether the observed inputs' standardisation came with the start level
     provenance = {"spec": spec_path, "spec_seed": spec.seed, "policy": str(policy), "policy_sha256": _digest(policy),
                   "recipe": settings.recipe(), "start_level_sha256": _digest(start_level) if start_level else None}  # fmt: skip
     run_file, episodes_path = run_dir / RUN_FILE, run_dir / "episodes.jsonl"
@@ -372,7 +385,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_file, provenance)
         if start_level is not None:
-            start_from_level(net, start_level)
+            standardised = start_from_level(net, start_level)
         else:
             net.standardise_by(descriptions(spec, FIRST_ITERATION - 1, settings.describe_draws))  # draws no iteration trains on
         iteration, cpu_seconds, wall_hours, ckpt = 0, 0.0, 0.0, {}
@@ -434,7 +447,7 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
             if settings.observe:
                 x = np.array([r["input"] for r in rows], dtype=np.float64)
                 picks, logp = np.array([r["pick"] for r in rows]), np.array([r["logp"] for r in rows])
-                if iteration == 0:  # the observed inputs' standardisation, from draws that did not depend on it
+                if iteration == 0 and not standardised:  # the observed inputs', from draws that did not depend on it
                     d = len(DESCRIPTOR_NAMES)
                     seen = np.array([r.get("observed", r["input"][d:]) for r in rows], dtype=np.float64)  # None: NaN
                     net.standardise_by(seen, d)  # what was not observed is left out of the mean, then reads as it

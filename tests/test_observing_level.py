@@ -1,8 +1,6 @@
 """An observing learned level: it chooses at a fraction of the run from the model's description and
 what the run has shown by then, so different observations of one model lead to different actions."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -197,7 +195,26 @@ def test_train_level_observing_draws_in_the_episode_from_the_start_level_and_res
     assert sorted(r["slot"] for r in rows[-3:]) == [1, 2, 3]  # slot 0 reused; slot 1's stale row run again
     with pytest.raises(ValueError, match="other start_level_sha256"):
         train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True, "start_level": start}))
-    with pytest.raises(ValueError, match="no describing learned level"):
-        start_from_level(LevelNet(D + O, len(FACTORS), 4), path)  # an observing level is not a start for another
+    with pytest.raises(ValueError, match="only an observing run"):
+        start_from_level(LevelNet(D, len(FACTORS), 4), path)  # an observing level starts only an observing run
+    with pytest.raises(ValueError, match="no learned level"):
+        start_from_level(LevelNet(D + O, len(FACTORS), 4), start)
     with pytest.raises(ValueError, match="4 hidden units, this run 8"):
         start_from_level(LevelNet(D + O, len(FACTORS), 8), describing)
+
+    # an observing level goes on in a new run (another spec, say) exactly where it was: its whole
+    # network, and the first iteration keeps its standardisation rather than taking the new episodes'
+    trained = LevelNet(D + O, len(FACTORS), 4)
+    assert start_from_level(trained, path) is True
+    now = load_policy(path)[0].inner.rule.net.state_dict()  # the run's level after its second iteration
+    assert all(torch.equal(trained.state_dict()[k], v) for k, v in now.items())
+    on = tmp_path / "on"
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "run_dir": on, "start_level": path}))
+    rows = [json.loads(line) for line in (on / "episodes.jsonl").read_text().splitlines()]
+    for r in rows:  # drawn by the level it started from
+        with torch.no_grad():
+            logp = torch.log_softmax(trained(np.array([r["input"]]))[0].double(), 1)[0, r["pick"]]
+        assert float(logp) == pytest.approx(r["logp"], abs=1e-6)
+    after = load_checkpoint(on / level_train.CHECKPOINT)["net"]
+    assert torch.equal(after["mean"], trained.mean) and torch.equal(after["scale"], trained.scale)
