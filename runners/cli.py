@@ -192,7 +192,7 @@ def cmd_train_level(args: argparse.Namespace) -> int:
         resume=args.resume, run_dir=Path(args.run_dir) if args.run_dir else None,
         policy=Path(args.policy) if args.policy else None, tracking_uri=args.tracking_uri,
         dev_every=args.dev_every, dev_tasks=args.dev_tasks, storage=args.storage, observe=args.observe,
-        start_level=Path(args.start_level) if args.start_level else None,
+        start_level=Path(args.start_level) if args.start_level else None, cadences=args.cadences,
     )  # fmt: skip
     try:
         path = train_level(args.spec, settings)
@@ -706,6 +706,9 @@ def _policy_commands(g: _Group) -> None:
     p.add_argument("--start-level", metavar="POLICY",
                    help="start the network from this policy file's learned level (a describing one with --observe: its "
                         "new inputs at zero; an observing one: all of it, to go on training on another spec)")
+    p.add_argument("--cadences", action="store_true",
+                   help="each task's runs tell the policy the losses at a cadence drawn from the spec's meta_train.reporting, "
+                        "as meta-training's do and a drop-in user's may (default: every loss, as evaluation)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_train_level)
 

@@ -51,7 +51,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
 from lhopt_dsl.agent.env import InnerTrainingEnv, log_improvement_reward
 from lhopt_dsl.agent.level import (OBSERVE_AT, OBSERVED, ChosenLevel, HoldLevel, LearnedLevel, LevelNet, ObservedReader,
                                    level_rule_from_data, observing_decision)  # fmt: skip
+from lhopt_dsl.agent.observation import FULL_CADENCE, draw_cadence
 from lhopt_dsl.agent.policy import ActorCritic, load_checkpoint, save_checkpoint
 from lhopt_dsl.agent.policy_file import load_policy_file
 from lhopt_dsl.agent.residual import Residual
@@ -110,10 +111,11 @@ class LevelSettings:
     quiet: bool = False
     observe: bool = False  # choose at 1/8 of the run from the description and what the run showed (module docstring)
     start_level: Path | None = None  # a policy file whose learned level the network starts from
+    cadences: bool = False  # draw each task's reporting cadence (the spec's meta_train.reporting), as meta-training does
 
     def recipe(self) -> dict[str, Any]:
         """What a resumed run must share with the run it resumes."""
-        keys = ("episodes", "lr", "epochs", "minibatch", "clip", "entropy", "hidden", "describe_draws", "observe")
+        keys = ("episodes", "lr", "epochs", "minibatch", "clip", "entropy", "hidden", "describe_draws", "observe", "cadences")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -144,14 +146,25 @@ def _reader(spec_path: str, policy_path: str) -> ObservedReader:
     return ObservedReader(OBSERVED, space, network.policy_size)
 
 
-Job = tuple[str, str, int, int, Any]
+class Job(NamedTuple):
+    """One episode's work, as plain data (it travels to worker processes)."""
+
+    spec: str
+    policy: str
+    iteration: int
+    slot: int
+    choice: Any  # the sampled factor, or for an observing level (network state, draw seed)
+    cadences: bool = False  # the task's runs report at a cadence drawn from the spec (else every loss)
 
 
-def episode(job: Job) -> dict[str, Any]:
-    """One episode (module docstring): ``(spec, policy, iteration, slot, choice)`` -> its record.
-    ``choice`` is the sampled factor, or for an observing level ``(network state, draw seed)``: the
-    network that draws the factor in the episode, from what the start's run showed."""
-    spec_path, policy_path, iteration, slot, choice = job
+def episode(job: Job | tuple[Any, ...]) -> dict[str, Any]:
+    """One episode (module docstring): ``(spec, policy, iteration, slot, choice[, cadences])`` -> its
+    record. ``choice`` is the sampled factor, or for an observing level ``(network state, draw seed)``:
+    the network that draws the factor in the episode, from what the start's run showed. With
+    ``cadences`` both runs tell the policy the losses at the task's cadence drawn from the spec's
+    ``meta_train.reporting`` (as meta-training's runs do; the reward uses every loss), recorded as
+    ``cadence`` ([training-loss, validation-loss] interval; null: never)."""
+    spec_path, policy_path, iteration, slot, choice, cadences = Job(*job)
     torch.set_num_threads(1)
     t0 = time.process_time()
     spec, network, space, base = _setup(spec_path, policy_path)
@@ -159,10 +172,11 @@ def episode(job: Job) -> dict[str, Any]:
     cfg = sample(spec, train_seed(spec.seed, iteration, slot))
     env = InnerTrainingEnv(spec.hparams, max_valid=mt.max_valid)
     at = OBSERVE_AT if isinstance(choice, tuple) else None
+    told = draw_cadence(mt.reporting, cfg.seed, cfg.task.inner_steps) if cadences else FULL_CADENCE
 
     def run(f: float) -> Any:
         actor = Residual(HoldLevel(network, space, ChosenLevel(f, at)), space, base)
-        return run_episode(env, cfg, actor, log_improvement_reward, deterministic=True)
+        return run_episode(env, cfg, actor, log_improvement_reward, deterministic=True, cadence=told)
 
     start = run(1.0)
     drawn: dict[str, Any] = {}
@@ -183,6 +197,7 @@ def episode(job: Job) -> dict[str, Any]:
     return {"iteration": iteration, "slot": slot, "task_id": cfg.task_id, "family": cfg.family,
             "factor": float(factor), "reward": reward, "start_test_loss": float(start.test_loss),
             "test_loss": float(held.test_loss), "span": None if law.flat else float(law.span), **drawn,
+            **({"cadence": [told.train_every, told.valid_every]} if cadences else {}),
             "cpu_seconds": time.process_time() - t0}  # fmt: skip
 
 
@@ -250,7 +265,7 @@ def _read_episodes(path: Path) -> dict[tuple[int, int], dict[str, Any]]:
 
 def _same_run(run_dir: Path, was: dict[str, Any], now: dict[str, Any]) -> None:
     """Refuse to resume a run begun with another spec, start policy or options."""
-    was = {**was, "recipe": {"observe": False, **was.get("recipe", {})}}  # runs from before --observe
+    was = {**was, "recipe": {"observe": False, "cadences": False, **was.get("recipe", {})}}  # runs from before them
     changed = [k for k in ("spec", "spec_seed", "policy_sha256", "recipe", "start_level_sha256") if was.get(k) != now[k]]
     if changed:
         raise ValueError(f"{run_dir} was trained with other {', '.join(changed)}: resume with the same spec, start "
@@ -421,13 +436,13 @@ def train_level(spec_path: str, settings: LevelSettings) -> Path:
             seed = spec.seed * 1_000_003 + iteration
             if settings.observe:  # drawn in the episodes, from what the start's run showed
                 state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                jobs: list[Job] = [(spec_path, str(policy), it, slot, (state, seed * 100_003 + slot))
+                jobs: list[Job] = [Job(spec_path, str(policy), it, slot, (state, seed * 100_003 + slot), settings.cadences)
                                    for slot in range(settings.episodes)]  # fmt: skip
                 todo = [j for j in jobs if not _drawn_by(net, done.get((j[2], j[3])), j[4][1])]
             else:
                 x = descriptions(spec, it, settings.episodes)
                 picks, logp, values = draw(net, x, seed)
-                jobs = [(spec_path, str(policy), it, slot, FACTORS[int(k)]) for slot, k in enumerate(picks)]
+                jobs = [Job(spec_path, str(policy), it, slot, FACTORS[int(k)], settings.cadences) for slot, k in enumerate(picks)]
                 todo = [j for j in jobs if (j[2], j[3]) not in done or done[(j[2], j[3])]["factor"] != j[4]]
             again = {(j[2], j[3]) for j in todo}
             cpu_seconds += sum(done[(j[2], j[3])]["cpu_seconds"] for j in jobs if (j[2], j[3]) not in again)  # a killed piece's

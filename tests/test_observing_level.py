@@ -218,3 +218,40 @@ def test_train_level_observing_draws_in_the_episode_from_the_start_level_and_res
         assert float(logp) == pytest.approx(r["logp"], abs=1e-6)
     after = load_checkpoint(on / level_train.CHECKPOINT)["net"]
     assert torch.equal(after["mean"], trained.mean) and torch.equal(after["scale"], trained.scale)
+
+
+def test_train_level_with_cadences_tells_both_runs_the_tasks_drawn_cadence(tmp_path):
+    """--cadences: the episode's runs report at the task's cadence drawn from the spec (here: never a
+    training or validation loss), so the level reads what such a run shows; a run keeps its choice."""
+    import json
+
+    import yaml
+
+    from lhopt_dsl.spec.experiment import ReportingSpec
+    from runners import level_train
+    from runners.level_train import Job, LevelSettings, train_level
+
+    from .test_residual_ppo import OFFLINE
+
+    spec = residual_spec(tmp_path, reporting=ReportingSpec(full=0.0, train_never=1.0, valid_never=1.0))
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    start = _start_policy(tmp_path, spec)
+    net = LevelNet(D + O, len(FACTORS), 4)
+    job = Job(str(spec_path), str(start), level_train.FIRST_ITERATION, 0, (net.state_dict(), 1))
+    full, silent = level_train.episode(job), level_train.episode(job._replace(cadences=True))
+    assert "cadence" not in full and silent["cadence"] == [None, None]
+    ratio = OBSERVED.index(WATCHED)
+    assert full["observed"][ratio] is not None and not np.isnan(full["observed"][ratio])
+    assert np.isnan(silent["observed"][ratio])  # nothing reported: read as the training mean
+    assert silent["start_test_loss"] == full["start_test_loss"]  # the same run; only what it was told differs
+
+    run = tmp_path / "run"
+    settings = LevelSettings(iterations=1, episodes=2, workers=1, run_dir=run, policy=start, tracking_uri=OFFLINE,
+                             quiet=True, dev_every=0, hidden=4, observe=True, cadences=True)  # fmt: skip
+    with pytest.warns(UserWarning, match="tracking disabled"):
+        train_level(str(spec_path), settings)
+    rows = [json.loads(line) for line in (run / "episodes.jsonl").read_text().splitlines()]
+    assert [r["cadence"] for r in rows] == [[None, None]] * 2
+    with pytest.raises(ValueError, match="other recipe"):
+        train_level(str(spec_path), LevelSettings(**{**settings.__dict__, "resume": True, "cadences": False}))
