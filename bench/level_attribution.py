@@ -43,6 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lhopt_dsl.agent.level import HoldLevel, LearnedLevel  # noqa: E402
+from lhopt_dsl.agent.residual import clamp_offset  # noqa: E402
 
 CADENCES = ((1, None), (20, 20))  # check-dropin's: the training loss every step and nothing else; both every 20
 
@@ -56,6 +57,7 @@ class Decision:
     t: int
     offset: float
     inputs: np.ndarray
+    chosen: float  # the factor the run used (keep where its description was missing)
 
 
 @contextmanager
@@ -65,11 +67,13 @@ def recording() -> Iterator[list[Decision]]:
     original = HoldLevel._chosen
 
     def chosen(self: HoldLevel, carry: Any, features: np.ndarray) -> Sequence[float]:
+        chosen = original(self, carry, features)
         if self.reader is not None and isinstance(self.rule, LearnedLevel):
             rows = np.asarray(features).reshape(len(carry.offset), -1)
             x = self.rule.inputs(carry.describe, self.reader(rows))
-            seen.extend(Decision(self.rule, carry.t, float(m), x[b].copy()) for b, m in enumerate(carry.offset))
-        return original(self, carry, features)
+            seen.extend(Decision(self.rule, carry.t, float(m), x[b].copy(), float(chosen[b]))
+                        for b, m in enumerate(carry.offset))  # fmt: skip
+        return chosen
 
     with mock.patch.object(HoldLevel, "_chosen", chosen):
         yield seen
@@ -77,12 +81,17 @@ def recording() -> Iterator[list[Decision]]:
 
 def envelope(episodes: Path | str, width: int, quantile: float = 0.005) -> tuple[np.ndarray, np.ndarray]:
     """The central ``1 - 2 quantile`` of each of the ``width`` level inputs over a ``train-level``
-    run's episodes (its recorded raw inputs; unobserved entries left out)."""
+    run's episodes: the description, then the raw observations where recorded (``observed``; an
+    unobserved entry, null, is left out rather than read as the mean the network was given)."""
     rows = []
     with open(episodes) as f:
         for line in f:
             if line.strip():
-                rows.append(json.loads(line)["input"])
+                row = json.loads(line)
+                x, seen = row["input"], row.get("observed")
+                if seen is not None and len(seen) < len(x):
+                    x = x[: len(x) - len(seen)] + seen
+                rows.append([np.nan if v is None else v for v in x])
     x = np.array(rows, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] != width:
         raise ValueError(f"{episodes}: episodes with {x.shape[-1]} inputs, but the level reads {width}; "
@@ -140,13 +149,15 @@ def measure(policy: str, seeds: int, steps: int, ood_scale: float, data_dir: str
             else:
                 loss = dropin.run(program, seed, steps, cadence, policy).loss
                 how = _cadence(cadence)
-        if len(seen) != 1:
-            raise RuntimeError(f"{program} seed {seed}: {len(seen)} level decisions, not one; "
-                               "is the policy's level an observing one?")  # fmt: skip
+        if len(seen) > 1:
+            raise RuntimeError(f"{program} seed {seed}: {len(seen)} level decisions in one run")
+        if not seen:  # the run ended (a non-finite loss) before the level chose
+            rows.append({"program": program, "seed": seed, "reporting": how, "test_loss": loss, "decision": None})
+            continue
         d = seen[0]
         why = explain(d.level, d.inputs, bounds)
         rows.append({"program": program, "seed": seed, "reporting": how, "test_loss": loss, "decision": d.t,
-                     "offset": d.offset, **why, "held": d.offset * why["factor"]})  # fmt: skip
+                     "offset": d.offset, **why, "factor": d.chosen, "held": clamp_offset(d.offset * d.chosen)})  # fmt: skip
     return rows
 
 
@@ -159,6 +170,10 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
              "| inputs outside training's 99% | inputs that alone change it |",
              "|---|---:|---|---:|---|---:|---:|---|---|"]  # fmt: skip
     for r in rows:
+        if r["decision"] is None:
+            lines.append(f"| {r['program']} | {r['seed']} | {r['reporting']} | ended before the level chose | | | "
+                         f"{r['test_loss']:.4g} | | |")  # fmt: skip
+            continue
         outside = ", ".join(r.get("outside_training", {})) or "none"
         flips = ", ".join(f"{n} ({_factor(f)})" for n, f in r["flips_at_mean"].items()) or "none"
         lines.append(f"| {r['program']} | {r['seed']} | {r['reporting']} | {_factor(r['offset'])} "

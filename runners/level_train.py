@@ -38,7 +38,8 @@ do not depend on it). ``--start-level`` starts from a trained (describing) level
 the description as before and the new inputs with zero weights, so the start chooses as it did. It
 may also name a trained *observing* level (another run's ``policy.pt``): the network is its own,
 standardisation included, so a level goes on training on another task distribution (a new run
-directory, iterations counted from 0) exactly where the other run left it.
+directory, iterations counted from 0) from the network the other run left (its optimizer's state
+starts afresh).
 """
 
 from __future__ import annotations

@@ -66,7 +66,9 @@ def test_recording_reads_each_runs_decision_through_lhopt_and_changes_nothing(tm
         underfit, silent = run(2.0), run(None)
     assert [d.t for d in seen] == [observing_decision(OBSERVE_AT, 16)] * 2
     assert [d.offset for d in seen] == [1.0, 1.0]  # the keeping network moved nothing before the level chose
-    assert [explain(d.level, d.inputs)["factor"] for d in seen] == [0.5, 1.0]  # an unreported ratio: the mean, keep
+    assert [d.chosen for d in seen] == [0.5, 1.0]  # an unreported ratio: the mean, keep
+    assert [explain(d.level, d.inputs)["factor"] for d in seen] == [0.5, 1.0]
+    assert underfit[-1] / silent[-1] == pytest.approx(0.5)  # what the runs did
     assert run(2.0) == underfit and run(None) == silent  # outside the block, the same runs
 
 
@@ -81,3 +83,10 @@ def test_the_bench_refuses_a_level_that_does_not_observe_and_episodes_of_another
     episodes.write_text("".join(json.dumps({"input": [float(i)] * (D + O)}) + "\n" for i in range(201)))
     lo, hi = envelope(episodes, D + O)
     assert lo == pytest.approx(np.full(D + O, 1.0)) and hi == pytest.approx(np.full(D + O, 199.0))
+    # recorded raw observations replace the inputs the network was given: an unobserved one (null)
+    # is left out, not read as the mean (here 1000) it was filled with
+    rows = [{"input": [float(i)] * D + [1000.0] * O, "observed": [None] * O if i % 2 else [float(i)] * O}
+            for i in range(201)]  # fmt: skip
+    episodes.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lo, hi = envelope(episodes, D + O)
+    assert hi[D:].max() < 200 and hi[:D] == pytest.approx(np.full(D, 199.0))

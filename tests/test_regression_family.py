@@ -85,6 +85,7 @@ def test_the_critics_task_encoding_keeps_its_size_and_reads_the_family_as_none_i
 
 @pytest.mark.parametrize("bad, match", [
     ({"inputs": 0}, "greater than or equal to 1"),
+    ({"examples": 1}, "greater than or equal to 2"),
     ({"target": "cosine"}, "linear"),
     ({"noise": -0.1}, "greater than or equal to 0"),
     ({"loss": "cross_entropy"}, "mse"),

@@ -27,7 +27,7 @@ FAMILY_ROWS: dict[str, str] = {
     "regression": "Regression+MLP",  # beyond the paper: a row after Table 1's (ROWS_BEYOND_TABLE1)
 }
 
-#: Rows of families the paper has no row for, in the order tables list them after Table 1's.
+#: Rows of families the paper has no row for (tables list them after Table 1's, in order of appearance).
 ROWS_BEYOND_TABLE1: tuple[str, ...] = ("Regression+MLP",)
 
 

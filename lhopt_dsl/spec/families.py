@@ -202,7 +202,7 @@ class RegressionTask(TaskBase):
     inputs: Annotated[int, Field(ge=1, le=MAX_REGRESSION_INPUTS)]
     target: RegressionTarget
     noise: Annotated[float, Field(ge=0, le=MAX_NOISE)]
-    examples: Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+    examples: Annotated[int, Field(ge=2, le=MAX_EXAMPLES)]  # a batch of one would break batch norm
     hidden: Annotated[tuple[Width, ...], Field(max_length=MAX_LAYERS)]
     activation: RegressionActivation
     norm: Norm
@@ -553,7 +553,7 @@ class RegressionSpec(FamilySpec):
         **FamilySpec.LIMITS,
         "inputs": (1, MAX_REGRESSION_INPUTS),
         "noise": (0, MAX_NOISE),
-        "examples": (1, MAX_EXAMPLES),
+        "examples": (2, MAX_EXAMPLES),
     }
     family: Literal["regression"] = "regression"
     inputs: Annotated[
@@ -569,7 +569,7 @@ class RegressionSpec(FamilySpec):
         Field(description=f"Standard deviation of the Gaussian noise on every target (0 to {MAX_NOISE:g})."),
     ]
     examples: Annotated[
-        int_dist(), Field(description=f"Training examples (1 to {MAX_EXAMPLES:,}).")  # type: ignore[valid-type]
+        int_dist(), Field(description=f"Training examples (2 to {MAX_EXAMPLES:,}).")  # type: ignore[valid-type]
     ]
     hidden: Annotated[Layers, Field(description="Hidden layers: depth and units per layer.")]
     activation: Annotated[choice_dist(RegressionActivation), Field(description="Hidden activation.")]  # type: ignore[valid-type]
