@@ -8,6 +8,8 @@ import pytest
 
 from lhopt_dsl import SpecError, load_spec
 
+from .conftest import SPECS
+
 GOOD_MLP = """\
 name: t
 tasks:
@@ -91,6 +93,21 @@ CASES = [
     ("bad value in the ciao space", GOOD_MLP + "hparams:\n  eps:\n    init: 1.0\n",
      17, "hparams.eps", "outside bounds [1e-10, 0.1]"),
 ]
+
+
+
+def test_a_value_outside_a_long_vocabulary_names_a_few_and_how_many(write):
+    """A Transformer dataset is one of 88 names: the message shows some, not a paragraph of them."""
+    from lhopt_dsl.spec.families import LM_DATASETS
+
+    text = (SPECS / "families" / "transformer.yaml").read_text().replace("[markov1,", "[arkov1,", 1)
+    spec = "name: t\ntasks:\n  families:\n    - " + text.replace("\n", "\n      ")
+    problem = _error(write, spec).problems[0]
+    assert problem.path == "tasks.families[0].dataset.values[0]"
+    assert f"one of {len(LM_DATASETS)} values: 'markov1'," in problem.message and "docs/dsl.md" in problem.message
+    assert len(problem.message) < 250 and LM_DATASETS[-1] not in problem.message
+    short = _error(write, _replace("loss: cross_entropy", "loss: hinge")).problems[0]  # 4 options: all of them
+    assert "'cross_entropy', 'mae', 'mse' or 'huber'" in short.message
 
 
 @pytest.mark.parametrize("what,text,line,path,words", CASES, ids=[c[0] for c in CASES])

@@ -541,8 +541,17 @@ def _nearest_location(marks: dict[PathT, Location], data: Any, loc: tuple[Any, .
     return path, None
 
 
+#: Allowed values a "not one of these" message lists before it says how many more there are.
+LITERAL_SHOWN = 8
+
+
 def _message(err: dict[str, Any]) -> str:
     kind = err["type"]
+    if kind == "literal_error":  # a long vocabulary (the 88 datasets) would fill the message with every name
+        options = [o for o in re.split(r",\s*|\s+or\s+", str((err.get("ctx") or {}).get("expected", ""))) if o]
+        if len(options) > LITERAL_SHOWN:
+            return (f"Input should be one of {len(options)} values: {', '.join(options[:LITERAL_SHOWN])}, ... "
+                    "(every one is listed in docs/dsl.md and `lhopt schema`)")  # fmt: skip
     if kind == "missing":
         return f"missing required field '{err['loc'][-1]}'"
     if kind == "extra_forbidden":
