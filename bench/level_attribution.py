@@ -127,10 +127,6 @@ def explain(level: LearnedLevel, x: np.ndarray, bounds: tuple[np.ndarray, np.nda
     return out
 
 
-def _cadence(c: tuple[int | None, int | None]) -> str:
-    return f"train {c[0] or 'never'}, valid {c[1] or 'never'}"
-
-
 def measure(policy: str, seeds: int, steps: int, ood_scale: float, data_dir: str | None,
             bounds: tuple[np.ndarray, np.ndarray] | None, quiet: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """One row per run: the program, its seed and cadence, its final test loss, and the decision."""
@@ -148,7 +144,7 @@ def measure(policy: str, seeds: int, steps: int, ood_scale: float, data_dir: str
                 how = "eval-ood's"
             else:
                 loss = dropin.run(program, seed, steps, cadence, policy).loss
-                how = _cadence(cadence)
+                how = dropin.cadence_label(cadence)
         if len(seen) > 1:
             raise RuntimeError(f"{program} seed {seed}: {len(seen)} level decisions in one run")
         if not seen:  # the run ended (a non-finite loss) before the level chose

@@ -39,6 +39,11 @@ from .ood_programs import report_losses
 CADENCES: tuple[tuple[int | None, int | None], ...] = (
     (1, None), (1, 20), (20, 20), (20, None), (None, 20), (None, None), (7, 50),
 )  # fmt: skip
+def cadence_label(cadence: tuple[int | None, int | None]) -> str:
+    """How tables name a reporting cadence: 'train 1, valid never'."""
+    return f"train {cadence[0] or 'never'}, valid {cadence[1] or 'never'}"
+
+
 HURT = 1.1  # a run is hurt when its final test loss exceeds AdamW's by more than this factor
 
 
@@ -177,7 +182,7 @@ def levels_table(runs: Sequence[dict[str, Any]]) -> str:
     cadences = [c for c in CADENCES if any((r["train_every"], r["valid_every"]) == c for r in runs)]
     cells = {(r["program"], r["seed"], (r["train_every"], r["valid_every"])): r.get("lr_level") for r in runs}
     keys = sorted({(r["program"], r["seed"]) for r in runs}, key=lambda k: (k[0], int(k[1])))
-    lines = ["| program | seed | " + " | ".join(f"train {c[0] or 'never'}, valid {c[1] or 'never'}" for c in cadences) + " |",
+    lines = ["| program | seed | " + " | ".join(cadence_label(c) for c in cadences) + " |",
              "|---|---:|" + "---:|" * len(cadences)]  # fmt: skip
     for prog, seed in keys:
         vals = [cells.get((prog, seed, c)) for c in cadences]
@@ -215,7 +220,7 @@ def summarise(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in runs if cadence is None or (r["train_every"], r["valid_every"]) == cadence]
         if not mine:
             continue
-        name = "all" if cadence is None else f"train {cadence[0] or 'never'}, valid {cadence[1] or 'never'}"
+        name = "all" if cadence is None else cadence_label(cadence)
         col = {k: np.asarray([r.get(k, math.nan) for r in mine], dtype=np.float64) for k in ("lhopt", "adamw", "schedule")}
         rows.append(_row(name, col["lhopt"], col["adamw"], col["schedule"]))
     once = {(r["program"], r["seed"]): r for r in runs if "schedule" in r}
