@@ -207,6 +207,21 @@ def cmd_train_level(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_level(args: argparse.Namespace) -> int:
+    from .level_offline import THRESHOLDS, fit_level
+
+    try:
+        thresholds = [float(t) for t in args.thresholds.split(",")] if args.thresholds else list(THRESHOLDS)
+        report = fit_level(args.episodes, args.start, args.out, threshold=args.threshold, thresholds=thresholds,
+                           folds=args.folds, min_episodes=args.min_episodes, seed=args.seed)  # fmt: skip
+    except (ValueError, FileNotFoundError) as e:  # episodes of another level, too few, a start that does not observe
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "fit.md").read_text())
+    print(f"policy: {Path(args.out) / 'policy.pt'} (threshold {report['threshold']:g})")
+    return 0
+
+
 def cmd_imitate(args: argparse.Namespace) -> int:
     from .imitate import ImitationSettings, imitate, with_overrides
 
@@ -711,6 +726,24 @@ def _policy_commands(g: _Group) -> None:
                         "as meta-training's do and a drop-in user's may (default: every loss, as evaluation)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the spec's, else sqlite:///mlflow.db here)")
     p.set_defaults(func=cmd_train_level)
+
+    p = g.command("fit-level", "fit a cautious observing level to a level run's episodes",
+                  about="fit, offline, an observing level that holds a factor only where it usually won in a "
+                        "train-level --observe run's episodes (a win-probability threshold chosen on held-out folds), "
+                        "as a policy file",
+                  example="lhopt fit-level --episodes results/ppo/level-wide/episodes.jsonl "
+                          "--start results/ppo/level-wide/dev/iter-000008/policy.pt --out runs/level-cautious")  # fmt: skip
+    p.add_argument("--episodes", nargs="+", required=True, metavar="JSONL",
+                   help="episodes.jsonl of train-level --observe runs of the start level's inputs")
+    p.add_argument("--start", required=True, metavar="POLICY", help="an observing level's policy file (its network's "
+                   "inputs, standardisation and residual policy are kept)")
+    _out(p, "out", "directory for policy.pt, fit.json and fit.md", metavar="DIR", required=True)
+    p.add_argument("--threshold", type=float, help="the win probability to act at (default: chosen on held-out folds)")
+    p.add_argument("--thresholds", help="comma-separated candidates (default: 0.6,0.65,...,0.9)")
+    p.add_argument("--folds", type=int, default=5, help="held-out folds (default: 5)")
+    p.add_argument("--min-episodes", type=int, default=200, help="episodes a factor needs to be fitted (default: 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_fit_level)
 
     _imitate_command(g)
 

@@ -1,0 +1,297 @@
+"""``lhopt fit-level``: a cautious observing level, fitted offline to a level run's episodes.
+
+    lhopt fit-level --episodes RUN/episodes.jsonl [MORE.jsonl ...] --start RUN/policy.pt --out DIR
+                    [--threshold P] [--thresholds 0.6,0.65,...] [--folds 5] [--min-episodes 200] [--seed 0]
+
+Every ``lhopt train-level --observe`` episode is a paired experiment on one training task: the start
+policy's run, and the same run (same weights, same data) holding a factor of the learning rate from
+the observing decision on. Its reward is the held run's against the start's run, so keeping has
+reward 1 exactly, and a reward above 1 says the factor won on that task. PPO's level takes the
+factor with the highest expected reward; where the wins and losses are close to even (x1/2 on
+Transformers wins 55% of training episodes and loses 42%), that bets, and the bets it loses are
+the harms of ``check-dropin`` and ``eval-ood`` (docs/RESULTS.md).
+
+This fits a level that acts only where a factor *usually* wins: per factor drawn often enough
+(``--min-episodes``), a gradient-boosted classifier (scikit-learn's ``HistGradientBoostingClassifier``)
+of whether the held run won, from the same inputs the network reads (the description and the
+observed features, as recorded in the episodes); the level takes the factor most likely to win
+where that probability reaches the threshold, and keeps elsewhere. The threshold is chosen on
+held-out folds of the episodes (``--folds``) by the off-policy value of the rule (inverse
+propensity: an episode counts its reward over the probability its factor was drawn with where the
+rule chooses that factor, 1 where the rule keeps, 0 otherwise), the highest value and, among equal
+ones, the higher threshold; ``--threshold`` fixes it instead.
+
+A policy file's level is a network (:class:`~lhopt_dsl.agent.level.LevelNet`, chosen by its largest
+logit), so the rule is distilled into one with the start level's input standardisation: the logit
+of each acting factor regresses the classifier's log-odds of winning, keep's logit is the
+threshold's log-odds, and factors not acted on are never chosen. The report gives how often the
+network chooses as the classifier does on the episodes.
+
+Outputs in ``--out``: ``policy.pt`` (the start policy with the fitted level; its ``fitted`` entry
+names the episode files and their digests, the threshold and the table), ``fit.json`` and
+``fit.md`` (per threshold: the share of held-out episodes acted on, the mean reward and the share
+of losses (reward below 0.95) where the rule acted and the drawn factor was its own, the mean
+reward of the factor episodes it declined, and the off-policy value with its standard error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from lhopt_dsl.agent.level import LearnedLevel, LevelNet
+from lhopt_dsl.agent.policy import save_checkpoint
+from lhopt_dsl.agent.policy_file import load_policy_file
+
+from .jobs import write_json
+
+THRESHOLDS: tuple[float, ...] = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
+LOSS = 0.95  # a reward below this counts as a loss (the held run clearly worse than the start's)
+NEVER = -100.0  # the logit of a factor the fitted level never takes
+LOGIT_CLIP = 8.0  # log-odds regressed by the network are clipped to this
+
+
+@dataclass(frozen=True)
+class Episodes:
+    """A level run's episodes: the network's inputs (N, D + O), the factor held, the reward against
+    the start's run, the probability the factor was drawn with, the task family (for reports)."""
+
+    x: np.ndarray
+    factor: np.ndarray
+    reward: np.ndarray
+    prob: np.ndarray
+    family: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.reward)
+
+    def take(self, idx: np.ndarray) -> "Episodes":
+        return Episodes(self.x[idx], self.factor[idx], self.reward[idx], self.prob[idx], self.family[idx])
+
+
+def read_episodes(paths: Sequence[str | Path], width: int) -> Episodes:
+    """The observing episodes of ``paths`` (``episodes.jsonl`` of ``train-level --observe`` runs)
+    whose inputs have ``width`` entries; a describing run's episodes (no inputs recorded) are refused."""
+    x, factor, reward, prob, family = [], [], [], [], []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such episodes file (a train-level run's episodes.jsonl)")
+        with path.open() as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a last line cut by a kill
+                    continue
+                if "input" not in row or "logp" not in row:
+                    raise ValueError(f"{path}:{n}: an episode without the level's inputs: fit-level reads "
+                                     "the episodes of an observing run (lhopt train-level --observe)")  # fmt: skip
+                if len(row["input"]) != width:
+                    raise ValueError(f"{path}:{n}: an episode with {len(row['input'])} inputs, but the start "
+                                     f"level reads {width}; give the episodes of runs of that level")  # fmt: skip
+                x.append([math.nan if v is None else float(v) for v in row["input"]])
+                factor.append(float(row["factor"]))
+                reward.append(float(row["reward"]))
+                prob.append(math.exp(float(row["logp"])))
+                family.append(str(row.get("family", "")))
+    if not x:
+        raise ValueError(f"no episodes in {', '.join(map(str, paths))}")
+    arr = np.array(x, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError("episodes with non-finite inputs: the network was given finite inputs in every episode")
+    return Episodes(arr, np.array(factor), np.array(reward), np.array(prob), np.array(family))
+
+
+def acting_factors(ep: Episodes, factors: Sequence[float], min_episodes: int) -> list[float]:
+    """The factors other than keep drawn in at least ``min_episodes`` episodes."""
+    return [f for f in factors if f != 1.0 and int((ep.factor == f).sum()) >= min_episodes]
+
+
+def win_models(ep: Episodes, acting: Sequence[float], seed: int) -> list[Any]:
+    """Per acting factor, a classifier of whether holding it won (reward > 1), fitted on its episodes."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    models = []
+    for f in acting:
+        mine = ep.factor == f
+        won = ep.reward[mine] > 1.0
+        if won.all() or not won.any():
+            raise ValueError(f"x{f:g} won on {'every' if won.all() else 'no'} episode: nothing to fit a win "
+                             "probability to")  # fmt: skip
+        model = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.05, min_samples_leaf=40,
+                                               l2_regularization=1.0, random_state=seed)  # fmt: skip
+        models.append(model.fit(ep.x[mine], won))
+    return models
+
+
+def win_probability(models: Sequence[Any], x: np.ndarray) -> np.ndarray:
+    """(N, factors) probabilities that each acting factor wins on inputs ``x``."""
+    return np.stack([m.predict_proba(x)[:, list(m.classes_).index(True)] for m in models], 1)
+
+
+def rule(p: np.ndarray, acting: Sequence[float], threshold: float) -> np.ndarray:
+    """The factor chosen per row of win probabilities ``p``: the likeliest winner where it reaches
+    ``threshold``, else keep (1)."""
+    best = p.argmax(1)
+    return np.where(p.max(1) >= threshold, np.asarray(acting, dtype=np.float64)[best], 1.0)
+
+
+def scores(chosen: np.ndarray, ep: Episodes) -> dict[str, float]:
+    """How the choices ``chosen`` fare on episodes ``ep`` (module docstring)."""
+    acts = chosen != 1.0
+    same = acts & (chosen == ep.factor)
+    declined = ~acts & (ep.factor != 1.0)
+    ips = np.where(~acts, 1.0, np.where(same, ep.reward / ep.prob, 0.0))
+    return {
+        "acts": float(acts.mean()),
+        "value": float(ips.mean()),
+        "value_se": float(ips.std(ddof=1) / math.sqrt(len(ips))) if len(ips) > 1 else math.nan,
+        "acted_episodes": int(same.sum()),
+        "acted_reward": float(ep.reward[same].mean()) if same.any() else math.nan,
+        "acted_losses": float((ep.reward[same] < LOSS).mean()) if same.any() else math.nan,
+        "declined_episodes": int(declined.sum()),
+        "declined_reward": float(ep.reward[declined].mean()) if declined.any() else math.nan,
+    }
+
+
+def cross_validate(ep: Episodes, acting: Sequence[float], thresholds: Sequence[float], folds: int,
+                   seed: int) -> list[dict[str, float]]:  # fmt: skip
+    """Per threshold, :func:`scores` of the rule on held-out folds (each fold's classifiers fitted on the others)."""
+    if folds < 2:
+        raise ValueError(f"--folds {folds}: choosing a threshold needs at least 2 folds")
+    order = np.random.default_rng(seed).permutation(len(ep))
+    p = np.zeros((len(ep), len(acting)))
+    for held in np.array_split(order, folds):
+        train = np.setdiff1d(order, held)
+        p[held] = win_probability(win_models(ep.take(train), acting, seed), ep.x[held])
+    return [{"threshold": float(t), **scores(rule(p, acting, t), ep)} for t in thresholds]
+
+
+def chosen_threshold(table: Sequence[dict[str, float]]) -> float:
+    """The threshold of the highest held-out value; the more cautious (higher) one among equals."""
+    return float(max(table, key=lambda r: (round(r["value"], 6), r["threshold"]))["threshold"])
+
+
+def distil(models: Sequence[Any], acting: Sequence[float], threshold: float, factors: Sequence[float],
+           start: LevelNet, episodes: np.ndarray, seed: int, epochs: int = 100, copies: int = 3,
+           noise: float = 0.3) -> tuple[LevelNet, float, float]:  # fmt: skip
+    """A level network choosing (by its largest logit) as :func:`rule` does, with ``start``'s
+    standardisation and size, trained on the ``episodes``' inputs and ``copies`` of them moved by
+    Gaussian noise of ``noise`` standardised units (so that it follows the rule between and around
+    the episodes, not only at them). Returns it, its agreement with the rule on the episodes, and on
+    as many fresh noisy copies (where it was not trained)."""
+    rng = np.random.default_rng(seed)
+
+    def moved(n: int) -> np.ndarray:
+        return np.concatenate([episodes + rng.normal(size=episodes.shape) * start.scale.numpy() * noise
+                               for _ in range(n)]) if n else episodes[:0]  # fmt: skip
+
+    x, fresh = np.concatenate([episodes, moved(copies)]), moved(1)
+    target = np.clip(np.log(np.clip(win_probability(models, x), 1e-6, 1 - 1e-6)) -
+                     np.log(np.clip(1 - win_probability(models, x), 1e-6, 1)), -LOGIT_CLIP, LOGIT_CLIP)  # fmt: skip
+    inputs, choices, hidden = start.shape
+    cols = [list(factors).index(f) for f in acting]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = LevelNet(inputs, choices, hidden)
+        with torch.no_grad():
+            net.mean.copy_(start.mean)
+            net.scale.copy_(start.scale)
+            torch.nn.init.normal_(net.logits.weight, std=0.01)
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        xt, yt = torch.as_tensor(x), torch.as_tensor(target, dtype=torch.float32)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            for b in torch.randperm(len(x), generator=gen).split(256):
+                loss = ((net(xt[b])[0][:, cols] - yt[b]) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    with torch.no_grad():
+        keep = list(factors).index(1.0)
+        for k in range(choices):
+            if k not in cols:
+                net.logits.weight[k].zero_()
+                net.logits.bias[k] = NEVER
+        net.logits.bias[keep] = math.log(threshold / (1 - threshold))
+        net.value.weight.zero_()
+        net.value.bias.fill_(1.0)  # as keeping: the start's run
+        agree = [float((np.asarray(factors)[net(z)[0].argmax(1).numpy()] ==
+                        rule(win_probability(models, z), acting, threshold)).mean()) for z in (episodes, fresh)]  # fmt: skip
+    return net.eval(), agree[0], agree[1]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def table_md(table: Sequence[dict[str, float]], threshold: float) -> str:
+    lines = ["| threshold | acts on | held-out value (IPS) | acted: episodes | mean reward | losses (< 0.95) | "
+             "declined: episodes | mean reward |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in table:
+        mark = " (chosen)" if r["threshold"] == threshold else ""
+        lines.append(f"| {r['threshold']:g}{mark} | {r['acts']:.1%} | {r['value']:.3f} +- {r['value_se']:.3f} | "
+                     f"{r['acted_episodes']} | {r['acted_reward']:.3f} | {r['acted_losses']:.1%} | "
+                     f"{r['declined_episodes']} | {r['declined_reward']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def fit_level(episodes: Sequence[str | Path], start: str | Path, out: str | Path, threshold: float | None = None,
+              thresholds: Sequence[float] = THRESHOLDS, folds: int = 5, min_episodes: int = 200,
+              seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Fit the cautious level (module docstring) and write ``out``/policy.pt, fit.json and fit.md;
+    returns the report."""
+    start_path, out = Path(start), Path(out)
+    policy = load_policy_file(start_path)
+    level = policy.get("level") or {}
+    if level.get("kind") != "learned" or not level.get("observe"):
+        raise ValueError(f"{start_path}: its level does not observe; fit-level starts from an observing level "
+                         "(the policy.pt of lhopt train-level --observe)")  # fmt: skip
+    start_level = LearnedLevel.from_data(level)
+    factors = start_level.factors
+    ep = read_episodes(episodes, start_level.net.shape[0])
+    acting = acting_factors(ep, factors, min_episodes)
+    if not acting:
+        raise ValueError(f"no factor but keep was drawn in {min_episodes} episodes or more; lower --min-episodes "
+                         "or train the level longer")  # fmt: skip
+    if threshold is not None and not 0.5 <= threshold < 1.0:
+        raise ValueError(f"--threshold {threshold}: a win probability in [0.5, 1)")
+    if any(not 0.5 <= t < 1.0 for t in thresholds):
+        raise ValueError(f"--thresholds {list(thresholds)}: win probabilities in [0.5, 1)")
+    table = cross_validate(ep, acting, sorted(set(thresholds) | ({threshold} if threshold else set())), folds, seed)
+    picked = float(threshold) if threshold is not None else chosen_threshold(table)
+    models = win_models(ep, acting, seed)
+    net, agreement, around = distil(models, acting, picked, factors, start_level.net, ep.x, seed)
+    final = scores(rule(win_probability(models, ep.x), acting, picked), ep)  # in-sample, for the record
+    paths = [Path(p) for p in episodes]
+    fitted = {
+        "offline": "lhopt fit-level", "start": str(start_path), "start_sha256": _sha256(start_path),
+        "episodes": [str(p) for p in paths], "episodes_sha256": [_sha256(p) for p in paths],
+        "count": len(ep), "acting": list(acting), "threshold": picked, "chosen_by": "given" if threshold else "held-out value",
+        "folds": folds, "seed": seed, "agreement": agreement, "agreement_around": around, "start_fitted": start_level.fitted,
+    }  # fmt: skip
+    fitted_level = LearnedLevel(factors, net, start_level.descriptor, fitted, start_level.observe, start_level.at)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({**policy, "level": fitted_level.to_data()}, out / "policy.pt")
+    load_policy_file(out / "policy.pt")  # it loads as any policy file
+    families = {f: scores(rule(win_probability(models, ep.take(ep.family == f).x), acting, picked),
+                          ep.take(ep.family == f))["acts"] for f in sorted(set(ep.family))}  # fmt: skip
+    report = {**fitted, "table": table, "in_sample": final, "acts_by_family": families}
+    write_json(out / "fit.json", report)
+    text = (f"# A cautious level fitted to {len(ep)} episodes\n\nStart: `{start_path}`. Acting factors: "
+            + ", ".join(f"x{f:g}" for f in acting) + f". Threshold {picked:g} ({fitted['chosen_by']}); "
+            f"the network chooses as the classifiers' rule on {agreement:.1%} of the episodes and on {around:.1%} of "
+            "points around them.\n\n"
+            f"Held-out folds ({folds}):\n\n{table_md(table, picked)}\n\nActs on, by family (in sample): "
+            + ", ".join(f"{f} {a:.0%}" for f, a in families.items()) + "\n")  # fmt: skip
+    (out / "fit.md").write_text(text)
+    return report

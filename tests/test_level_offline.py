@@ -1,0 +1,129 @@
+"""``lhopt fit-level``: a cautious observing level fitted to a level run's episodes acts where a
+factor usually won, keeps where the outcome was a coin flip, and is a policy file like any other."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lhopt_dsl.agent.describe import DESCRIPTOR_NAMES
+from lhopt_dsl.agent.level import OBSERVED, LearnedLevel
+from lhopt_dsl.agent.policy import load_checkpoint, save_checkpoint
+from lhopt_dsl.controller import load_policy
+from runners import level_offline as lo
+from runners.cli import main
+from runners.level_train import FACTORS
+
+from .test_level_train import _start_policy
+from .test_observing_level import watching
+from .test_residual_ppo import residual_spec
+
+D, O = len(DESCRIPTOR_NAMES), len(OBSERVED)
+SURE, FLIP = 0, D + 1  # the inputs the planted outcomes depend on
+
+
+def planted(n: int, seed: int = 0) -> list[dict]:
+    """Episodes where x2 wins 95% of the time where input SURE > 0 and loses 95% below; x1/2 wins
+    half the time wherever (a coin flip, larger on average where FLIP > 0); keep is drawn too."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        x = rng.normal(size=D + O)
+        k = rng.choice([0, 3, 4], p=[0.2, 0.4, 0.4])  # keep, x0.5, x2 (indices of FACTORS)
+        f = FACTORS[k]
+        if f == 2.0:
+            won = rng.random() < (0.95 if x[SURE] > 0 else 0.05)
+            reward = 1.1 if won else 0.9
+        elif f == 0.5:
+            reward = 1.0 + rng.choice([-0.2, 0.25]) + (0.05 if x[FLIP] > 0 else 0.0)
+        else:
+            reward = 1.0
+        rows.append({"iteration": 3_000_000 + i // 64, "slot": i % 64, "task_id": f"t{i}", "family": "mlp",
+                     "factor": f, "reward": float(reward), "input": x.tolist(), "observed": x[D:].tolist(),
+                     "pick": int(k), "logp": float(np.log([0.2, 0, 0, 0.4, 0.4][k])), "value": 1.0,
+                     "cpu_seconds": 1.0})  # fmt: skip
+    return rows
+
+
+def _files(tmp_path, rows):
+    spec = residual_spec(tmp_path)
+    state = load_checkpoint(_start_policy(tmp_path, spec))
+    state["level"] = watching().to_data()
+    save_checkpoint(state, tmp_path / "observing.pt")
+    episodes = tmp_path / "episodes.jsonl"
+    episodes.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"iteration": 3, "cut by a ki')
+    return tmp_path / "observing.pt", episodes
+
+
+def test_the_cautious_level_takes_the_sure_factor_and_leaves_the_coin_flip(tmp_path):
+    start, episodes = _files(tmp_path, planted(1500))
+    report = lo.fit_level([episodes], start, tmp_path / "out", min_episodes=100)
+    assert report["acting"] == [0.5, 2.0] and report["count"] == 1500  # the cut last line is left out
+    assert report["chosen_by"] == "held-out value" and report["threshold"] in lo.THRESHOLDS
+    assert report["agreement"] > 0.9 and report["agreement_around"] > 0.85
+    by = {r["threshold"]: r for r in report["table"]}
+    assert by[0.6]["acted_reward"] > 1.05 and by[0.6]["acted_losses"] < 0.2  # where it acts, it mostly wins
+    policy, _ = load_policy(tmp_path / "out" / "policy.pt")
+    rule = policy.inner.rule
+    assert isinstance(rule, LearnedLevel) and rule.observe == OBSERVED and rule.fitted["threshold"] == report["threshold"]
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(400, D + O))
+    chosen = np.array(rule.choose_observed(x[:, :D].tolist(), x[:, D:]))
+    sure = np.abs(x[:, SURE]) > 0.3  # away from the boundary the trees place somewhere near 0
+    assert (chosen[sure & (x[:, SURE] > 0)] == 2.0).mean() > 0.9
+    assert (chosen[sure & (x[:, SURE] < 0)] == 1.0).mean() > 0.9
+    assert (chosen == 0.5).mean() < 0.05  # a coin flip is not taken, even where it pays a little more
+    assert "(chosen)" in (tmp_path / "out" / "fit.md").read_text()
+    assert json.loads((tmp_path / "out" / "fit.json").read_text())["episodes_sha256"][0] == lo._sha256(episodes)
+
+
+def test_held_out_scores_count_the_reward_only_where_the_rule_chose_the_factor_drawn():
+    ep = lo.Episodes(x=np.zeros((4, 1)), factor=np.array([2.0, 2.0, 0.5, 1.0]), reward=np.array([1.2, 0.8, 1.5, 1.0]),
+                     prob=np.array([0.5, 0.5, 0.25, 0.25]), family=np.array(["a"] * 4))  # fmt: skip
+    s = lo.scores(np.array([2.0, 1.0, 2.0, 1.0]), ep)
+    # IPS: 1.2 / 0.5 where it took the drawn x2, 1 where it keeps, 0 where it chose what was not drawn
+    assert s["value"] == pytest.approx((2.4 + 1 + 0 + 1) / 4)
+    assert s["acts"] == 0.5 and s["acted_episodes"] == 1 and s["acted_reward"] == pytest.approx(1.2)
+    assert s["declined_episodes"] == 1 and s["declined_reward"] == pytest.approx(0.8) and s["acted_losses"] == 0.0
+    table = [{"threshold": 0.6, "value": 1.01}, {"threshold": 0.7, "value": 1.01}, {"threshold": 0.8, "value": 1.0}]
+    assert lo.chosen_threshold(table) == 0.7  # the more cautious of equals
+
+
+def test_fit_level_refuses_what_it_cannot_fit_with_what_to_do(tmp_path, capsys):
+    start, episodes = _files(tmp_path, planted(300))
+    with pytest.raises(ValueError, match="lower --min-episodes"):
+        lo.fit_level([episodes], start, tmp_path / "out")  # 120 per factor, 200 needed
+    with pytest.raises(ValueError, match="win probability in"):
+        lo.fit_level([episodes], start, tmp_path / "out", threshold=0.3, min_episodes=50)
+    with pytest.raises(FileNotFoundError, match="no such episodes file"):
+        lo.fit_level([tmp_path / "none.jsonl"], start, tmp_path / "out")
+    wide = tmp_path / "wide.jsonl"
+    wide.write_text(json.dumps({**planted(1)[0], "input": [0.0] * 12}) + "\n")
+    with pytest.raises(ValueError, match="with 12 inputs, but the start level reads 29"):
+        lo.fit_level([wide], start, tmp_path / "out")
+    described = tmp_path / "described.jsonl"
+    described.write_text(json.dumps({"factor": 2.0, "reward": 1.0}) + "\n")
+    with pytest.raises(ValueError, match="train-level --observe"):
+        lo.fit_level([described], start, tmp_path / "out")
+    state = load_checkpoint(start)
+    state.pop("level")
+    save_checkpoint(state, tmp_path / "plain.pt")
+    assert main(["fit-level", "--episodes", str(episodes), "--start", str(tmp_path / "plain.pt"),
+                 "--out", str(tmp_path / "out")]) == 2  # fmt: skip
+    assert "does not observe" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "policy.pt").exists()
+
+
+def test_fit_level_from_the_command_line_with_a_given_threshold(tmp_path, capsys):
+    start, episodes = _files(tmp_path, planted(800, seed=1))
+    assert main(["fit-level", "--episodes", str(episodes), "--start", str(start), "--out", str(tmp_path / "out"),
+                 "--threshold", "0.8", "--thresholds", "0.7,0.9", "--min-episodes", "100", "--folds", "3"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Threshold 0.8 (given)" in out and "policy:" in out
+    report = json.loads((tmp_path / "out" / "fit.json").read_text())
+    assert [r["threshold"] for r in report["table"]] == [0.7, 0.8, 0.9] and report["folds"] == 3
+    level = torch.load(tmp_path / "out" / "policy.pt", weights_only=False)["level"]
+    keep = FACTORS.index(1.0)
+    assert float(level["net"]["logits.bias"][keep]) == pytest.approx(np.log(0.8 / 0.2))
+    assert all(float(level["net"]["logits.bias"][k]) == lo.NEVER for k, f in enumerate(FACTORS) if f not in (1.0, 0.5, 2.0))
