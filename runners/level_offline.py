@@ -16,7 +16,8 @@ This fits a level that acts only where a factor *usually* wins: per factor drawn
 of whether the held run won, from the same inputs the network reads (the description and the
 observed features, as recorded in the episodes); the level takes the factor most likely to win
 where that probability reaches the threshold, and keeps elsewhere. The threshold is chosen on
-held-out folds of the episodes (``--folds``) by the off-policy value of the rule (inverse
+held-out folds of the episodes' tasks (``--folds``; all of a task's episodes on one side, and an
+episode recorded twice counted once) by the off-policy value of the rule (inverse
 propensity: an episode counts its reward over the probability its factor was drawn with where the
 rule chooses that factor, 1 where the rule keeps, 0 otherwise), the highest value and, among equal
 ones, the higher threshold; ``--threshold`` fixes it instead.
@@ -28,10 +29,13 @@ threshold's log-odds, and factors not acted on are never chosen. The report give
 network chooses as the classifier does on the episodes.
 
 Outputs in ``--out``: ``policy.pt`` (the start policy with the fitted level; its ``fitted`` entry
-names the episode files and their digests, the threshold and the table), ``fit.json`` and
-``fit.md`` (per threshold: the share of held-out episodes acted on, the mean reward and the share
-of losses (reward below 0.95) where the rule acted and the drawn factor was its own, the mean
-reward of the factor episodes it declined, and the off-policy value with its standard error).
+names the start, the episode files and the digests of the bytes read, the threshold and the
+agreement), ``fit.json`` and ``fit.md`` (per threshold: the share of held-out episodes acted on,
+the off-policy value with its standard error and the effective number of episodes its acted part
+rests on (inverse weights are large where PPO rarely drew the factor), the mean reward and the
+share of losses (reward below 0.95) where the rule acted and the drawn factor was its own, the mean
+reward of the factor episodes it declined; ``fit.json`` also scores, in sample, the rule and the
+network's own choices).
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ THRESHOLDS: tuple[float, ...] = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 LOSS = 0.95  # a reward below this counts as a loss (the held run clearly worse than the start's)
 NEVER = -100.0  # the logit of a factor the fitted level never takes
 LOGIT_CLIP = 8.0  # log-odds regressed by the network are clipped to this
+MAX_THRESHOLD = 0.99  # keep's log-odds stay well inside the clip
 
 
 @dataclass(frozen=True)
@@ -68,52 +73,89 @@ class Episodes:
     reward: np.ndarray
     prob: np.ndarray
     family: np.ndarray
+    task: np.ndarray  # the task's id: runs on different specs draw some tasks alike
 
     def __len__(self) -> int:
         return len(self.reward)
 
     def take(self, idx: np.ndarray) -> "Episodes":
-        return Episodes(self.x[idx], self.factor[idx], self.reward[idx], self.prob[idx], self.family[idx])
+        return Episodes(self.x[idx], self.factor[idx], self.reward[idx], self.prob[idx], self.family[idx], self.task[idx])
 
 
-def read_episodes(paths: Sequence[str | Path], width: int) -> Episodes:
+def _number(row: dict[str, Any], key: str, where: str) -> float:
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}: '{key}' is {value!r}, not a finite number")
+    return float(value)
+
+
+def read_episodes(paths: Sequence[str | Path], width: int, factors: Sequence[float]) -> tuple[Episodes, list[str]]:
     """The observing episodes of ``paths`` (``episodes.jsonl`` of ``train-level --observe`` runs)
-    whose inputs have ``width`` entries; a describing run's episodes (no inputs recorded) are refused."""
-    x, factor, reward, prob, family = [], [], [], [], []
-    for path in paths:
-        path = Path(path)
+    whose inputs have ``width`` entries and whose factors are among ``factors``, and the sha256 of
+    each file's bytes as read. Within a file the last row of an (iteration, slot) counts, as
+    ``train-level`` reads it (a resumed iteration draws its episodes again); an episode recorded
+    twice (the same task, factor and inputs, e.g. in two runs whose specs draw some tasks alike)
+    counts once; a last line cut by a kill is left out. Any other malformed row is refused with its
+    file and line, as is a describing run's episode (no inputs recorded)."""
+    seen: dict[tuple[Any, ...], tuple[list[float], float, float, float, str, str]] = {}
+    digests = []
+    for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such episodes file (a train-level run's episodes.jsonl)")
-        with path.open() as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
+        data = path.read_bytes()
+        digests.append(hashlib.sha256(data).hexdigest())
+        lines = data.decode().splitlines()
+        last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+        mine: dict[tuple[Any, ...], tuple[list[float], float, float, float, str, str]] = {}
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if n == last:  # cut by a kill
                     continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a last line cut by a kill
-                    continue
-                if "input" not in row or "logp" not in row:
-                    raise ValueError(f"{path}:{n}: an episode without the level's inputs: fit-level reads "
-                                     "the episodes of an observing run (lhopt train-level --observe)")  # fmt: skip
-                if len(row["input"]) != width:
-                    raise ValueError(f"{path}:{n}: an episode with {len(row['input'])} inputs, but the start "
-                                     f"level reads {width}; give the episodes of runs of that level")  # fmt: skip
-                x.append([math.nan if v is None else float(v) for v in row["input"]])
-                factor.append(float(row["factor"]))
-                reward.append(float(row["reward"]))
-                prob.append(math.exp(float(row["logp"])))
-                family.append(str(row.get("family", "")))
-    if not x:
+                raise ValueError(f"{where}: not a JSON line (an episodes.jsonl is written one episode a line)") from None
+            if not isinstance(row, dict) or "input" not in row or "logp" not in row:
+                raise ValueError(f"{where}: an episode without the level's inputs: fit-level reads "
+                                 "the episodes of an observing run (lhopt train-level --observe)")  # fmt: skip
+            x = row["input"]
+            if not isinstance(x, list) or len(x) != width:
+                raise ValueError(f"{where}: an episode with {len(x) if isinstance(x, list) else 'no list of'} inputs, but "
+                                 f"the start level reads {width}; give the episodes of runs of that level")  # fmt: skip
+            try:
+                x = [float(v) for v in x]
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: the inputs are not all numbers") from None
+            if not all(math.isfinite(v) for v in x):
+                raise ValueError(f"{where}: non-finite inputs (the network was given finite inputs in every episode)")
+            factor, reward = _number(row, "factor", where), _number(row, "reward", where)
+            logp = _number(row, "logp", where)
+            if factor not in factors:
+                raise ValueError(f"{where}: factor {factor:g} is not among the start level's {list(factors)}")
+            if not -50.0 < logp <= 1e-9:
+                raise ValueError(f"{where}: 'logp' {logp} is not the log of a probability the factor could be drawn with")
+            key = (row.get("iteration"), row.get("slot"), n if row.get("iteration") is None else 0)
+            mine[key] = (x, factor, reward, min(math.exp(logp), 1.0), str(row.get("family", "")), str(row.get("task_id", where)))
+        for ep in mine.values():
+            seen.setdefault((ep[5], ep[1], tuple(ep[0])), ep)
+    if not seen:
         raise ValueError(f"no episodes in {', '.join(map(str, paths))}")
-    arr = np.array(x, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        raise ValueError("episodes with non-finite inputs: the network was given finite inputs in every episode")
-    return Episodes(arr, np.array(factor), np.array(reward), np.array(prob), np.array(family))
+    rows = list(seen.values())
+    return Episodes(np.array([r[0] for r in rows], dtype=np.float64), np.array([r[1] for r in rows]),
+                    np.array([r[2] for r in rows]), np.array([r[3] for r in rows]), np.array([r[4] for r in rows]),
+                    np.array([r[5] for r in rows])), digests  # fmt: skip
 
 
 def acting_factors(ep: Episodes, factors: Sequence[float], min_episodes: int) -> list[float]:
     """The factors other than keep drawn in at least ``min_episodes`` episodes."""
     return [f for f in factors if f != 1.0 and int((ep.factor == f).sum()) >= min_episodes]
+
+
+def wins(reward: np.ndarray) -> np.ndarray:
+    """Whether each held run won: beat the start's run (reward 1 is a tie, not a win)."""
+    return np.asarray(reward) > 1.0
 
 
 def win_models(ep: Episodes, acting: Sequence[float], seed: int) -> list[Any]:
@@ -123,7 +165,7 @@ def win_models(ep: Episodes, acting: Sequence[float], seed: int) -> list[Any]:
     models = []
     for f in acting:
         mine = ep.factor == f
-        won = ep.reward[mine] > 1.0
+        won = wins(ep.reward[mine])
         if won.all() or not won.any():
             raise ValueError(f"x{f:g} won on {'every' if won.all() else 'no'} episode: nothing to fit a win "
                              "probability to")  # fmt: skip
@@ -150,7 +192,8 @@ def scores(chosen: np.ndarray, ep: Episodes) -> dict[str, float]:
     acts = chosen != 1.0
     same = acts & (chosen == ep.factor)
     declined = ~acts & (ep.factor != 1.0)
-    ips = np.where(~acts, 1.0, np.where(same, ep.reward / ep.prob, 0.0))
+    weight = np.divide(1.0, ep.prob, out=np.zeros(len(ep)), where=same)  # 1 / p where the reward counts
+    ips = np.where(acts, ep.reward * weight, 1.0)
     return {
         "acts": float(acts.mean()),
         "value": float(ips.mean()),
@@ -160,25 +203,32 @@ def scores(chosen: np.ndarray, ep: Episodes) -> dict[str, float]:
         "acted_losses": float((ep.reward[same] < LOSS).mean()) if same.any() else math.nan,
         "declined_episodes": int(declined.sum()),
         "declined_reward": float(ep.reward[declined].mean()) if declined.any() else math.nan,
+        # how many episodes the acted part of the value rests on (the inverse weights' effective count)
+        "effective_episodes": float(weight.sum() ** 2 / (weight**2).sum()) if same.any() else 0.0,
+        "largest_weight": float(weight.max()) if same.any() else 0.0,
     }
 
 
 def cross_validate(ep: Episodes, acting: Sequence[float], thresholds: Sequence[float], folds: int,
                    seed: int) -> list[dict[str, float]]:  # fmt: skip
-    """Per threshold, :func:`scores` of the rule on held-out folds (each fold's classifiers fitted on the others)."""
-    if folds < 2:
-        raise ValueError(f"--folds {folds}: choosing a threshold needs at least 2 folds")
-    order = np.random.default_rng(seed).permutation(len(ep))
+    """Per threshold, :func:`scores` of the rule on held-out folds of the episodes' tasks (each fold's
+    classifiers fitted on the other folds' tasks, so no task is on both sides)."""
+    tasks = np.unique(ep.task)
+    if not 2 <= folds <= len(tasks):
+        raise ValueError(f"--folds {folds}: choosing a threshold needs 2 to {len(tasks)} folds (the episodes' tasks)")
     p = np.zeros((len(ep), len(acting)))
-    for held in np.array_split(order, folds):
-        train = np.setdiff1d(order, held)
-        p[held] = win_probability(win_models(ep.take(train), acting, seed), ep.x[held])
+    for fold in np.array_split(np.random.default_rng(seed).permutation(tasks), folds):
+        held = np.isin(ep.task, fold)  # a task's episodes are all held out together
+        p[held] = win_probability(win_models(ep.take(np.flatnonzero(~held)), acting, seed), ep.x[held])
     return [{"threshold": float(t), **scores(rule(p, acting, t), ep)} for t in thresholds]
 
 
 def chosen_threshold(table: Sequence[dict[str, float]]) -> float:
     """The threshold of the highest held-out value; the more cautious (higher) one among equals."""
-    return float(max(table, key=lambda r: (round(r["value"], 6), r["threshold"]))["threshold"])
+    finite = [r for r in table if math.isfinite(r["value"])]
+    if not finite:
+        raise ValueError("no threshold has a finite held-out value")
+    return float(max(finite, key=lambda r: (round(r["value"], 6), r["threshold"]))["threshold"])
 
 
 def distil(models: Sequence[Any], acting: Sequence[float], threshold: float, factors: Sequence[float],
@@ -230,16 +280,18 @@ def distil(models: Sequence[Any], acting: Sequence[float], threshold: float, fac
     return net.eval(), agree[0], agree[1]
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path) -> str:  # of a file read once, whole
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def table_md(table: Sequence[dict[str, float]], threshold: float) -> str:
-    lines = ["| threshold | acts on | held-out value (IPS) | acted: episodes | mean reward | losses (< 0.95) | "
-             "declined: episodes | mean reward |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| threshold | acts on | held-out value (IPS) | its effective episodes (largest weight) | acted: episodes | "
+             "mean reward | losses (< 0.95) | declined: episodes | mean reward |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in table:
         mark = " (chosen)" if r["threshold"] == threshold else ""
         lines.append(f"| {r['threshold']:g}{mark} | {r['acts']:.1%} | {r['value']:.3f} +- {r['value_se']:.3f} | "
+                     f"{r['effective_episodes']:.0f} ({r['largest_weight']:.0f}) | "
                      f"{r['acted_episodes']} | {r['acted_reward']:.3f} | {r['acted_losses']:.1%} | "
                      f"{r['declined_episodes']} | {r['declined_reward']:.3f} |")  # fmt: skip
     return "\n".join(lines)
@@ -249,8 +301,19 @@ def fit_level(episodes: Sequence[str | Path], start: str | Path, out: str | Path
               thresholds: Sequence[float] = THRESHOLDS, folds: int = 5, min_episodes: int = 200,
               seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """Fit the cautious level (module docstring) and write ``out``/policy.pt, fit.json and fit.md;
-    returns the report."""
+    returns the report. Every input is checked before any work, and nothing is written unless all
+    three files can be."""
     start_path, out = Path(start), Path(out)
+    thresholds = sorted({float(t) for t in thresholds} | ({float(threshold)} if threshold is not None else set()))
+    if not thresholds:
+        raise ValueError("no threshold to choose among: give --thresholds or --threshold")
+    if any(not 0.5 <= t <= MAX_THRESHOLD for t in thresholds):
+        raise ValueError(f"thresholds {thresholds}: win probabilities in [0.5, {MAX_THRESHOLD}] (a network's logits "
+                         f"are fitted within +-{LOGIT_CLIP:g}, so a higher one would never act)")  # fmt: skip
+    if folds < 2:
+        raise ValueError(f"--folds {folds}: choosing a threshold needs at least 2 folds")
+    if (out / "policy.pt").resolve() == start_path.resolve():
+        raise ValueError(f"--out {out} would overwrite the start policy {start_path}: give another directory")
     policy = load_policy_file(start_path)
     level = policy.get("level") or {}
     if level.get("kind") != "learned" or not level.get("observe"):
@@ -258,40 +321,45 @@ def fit_level(episodes: Sequence[str | Path], start: str | Path, out: str | Path
                          "(the policy.pt of lhopt train-level --observe)")  # fmt: skip
     start_level = LearnedLevel.from_data(level)
     factors = start_level.factors
-    ep = read_episodes(episodes, start_level.net.shape[0])
+    ep, digests = read_episodes(episodes, start_level.net.shape[0], factors)
     acting = acting_factors(ep, factors, min_episodes)
     if not acting:
         raise ValueError(f"no factor but keep was drawn in {min_episodes} episodes or more; lower --min-episodes "
                          "or train the level longer")  # fmt: skip
-    if threshold is not None and not 0.5 <= threshold < 1.0:
-        raise ValueError(f"--threshold {threshold}: a win probability in [0.5, 1)")
-    if any(not 0.5 <= t < 1.0 for t in thresholds):
-        raise ValueError(f"--thresholds {list(thresholds)}: win probabilities in [0.5, 1)")
-    table = cross_validate(ep, acting, sorted(set(thresholds) | ({threshold} if threshold else set())), folds, seed)
+    table = cross_validate(ep, acting, thresholds, folds, seed)
     picked = float(threshold) if threshold is not None else chosen_threshold(table)
     models = win_models(ep, acting, seed)
     net, agreement, around = distil(models, acting, picked, factors, start_level.net, ep.x, seed)
-    final = scores(rule(win_probability(models, ep.x), acting, picked), ep)  # in-sample, for the record
-    paths = [Path(p) for p in episodes]
+    with torch.no_grad():
+        own = np.asarray(factors)[net(ep.x)[0].argmax(1).numpy()]
     fitted = {
         "offline": "lhopt fit-level", "start": str(start_path), "start_sha256": _sha256(start_path),
-        "episodes": [str(p) for p in paths], "episodes_sha256": [_sha256(p) for p in paths],
-        "count": len(ep), "acting": list(acting), "threshold": picked, "chosen_by": "given" if threshold else "held-out value",
-        "folds": folds, "seed": seed, "agreement": agreement, "agreement_around": around, "start_fitted": start_level.fitted,
+        "episodes": [str(p) for p in episodes], "episodes_sha256": digests,
+        "count": len(ep), "tasks": int(len(np.unique(ep.task))), "acting": list(acting), "threshold": picked,
+        "chosen_by": "given" if threshold is not None else "held-out value", "folds": folds, "seed": seed,
+        "agreement": agreement, "agreement_around": around, "start_fitted": start_level.fitted,
     }  # fmt: skip
     fitted_level = LearnedLevel(factors, net, start_level.descriptor, fitted, start_level.observe, start_level.at)
-    out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint({**policy, "level": fitted_level.to_data()}, out / "policy.pt")
-    load_policy_file(out / "policy.pt")  # it loads as any policy file
     families = {f: scores(rule(win_probability(models, ep.take(ep.family == f).x), acting, picked),
                           ep.take(ep.family == f))["acts"] for f in sorted(set(ep.family))}  # fmt: skip
-    report = {**fitted, "table": table, "in_sample": final, "acts_by_family": families}
-    write_json(out / "fit.json", report)
-    text = (f"# A cautious level fitted to {len(ep)} episodes\n\nStart: `{start_path}`. Acting factors: "
-            + ", ".join(f"x{f:g}" for f in acting) + f". Threshold {picked:g} ({fitted['chosen_by']}); "
+    report = {**fitted, "table": table, "in_sample": scores(rule(win_probability(models, ep.x), acting, picked), ep),
+              "network_in_sample": scores(own, ep), "acts_by_family": families}  # fmt: skip
+    text = (f"# A cautious level fitted to {len(ep)} episodes of {fitted['tasks']} tasks\n\nStart: `{start_path}`. "
+            "Acting factors: " + ", ".join(f"x{f:g}" for f in acting) + f". Threshold {picked:g} ({fitted['chosen_by']}); "
             f"the network chooses as the classifiers' rule on {agreement:.1%} of the episodes and on {around:.1%} of "
             "points around them.\n\n"
-            f"Held-out folds ({folds}):\n\n{table_md(table, picked)}\n\nActs on, by family (in sample): "
+            f"Held-out folds ({folds}, by task):\n\n{table_md(table, picked)}\n\nActs on, by family (in sample): "
             + ", ".join(f"{f} {a:.0%}" for f, a in families.items()) + "\n")  # fmt: skip
-    (out / "fit.md").write_text(text)
+    out.mkdir(parents=True, exist_ok=True)
+    staged = {name: out / f".{name}.partial" for name in ("policy.pt", "fit.json", "fit.md")}
+    try:
+        save_checkpoint({**policy, "level": fitted_level.to_data()}, staged["policy.pt"])
+        load_policy_file(staged["policy.pt"])  # it loads as any policy file
+        write_json(staged["fit.json"], report)
+        staged["fit.md"].write_text(text)
+        for name, path in staged.items():
+            path.replace(out / name)
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
     return report

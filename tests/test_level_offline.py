@@ -41,7 +41,7 @@ def planted(n: int, seed: int = 0) -> list[dict]:
             reward = 1.0
         rows.append({"iteration": 3_000_000 + i // 64, "slot": i % 64, "task_id": f"t{i}", "family": "mlp",
                      "factor": f, "reward": float(reward), "input": x.tolist(), "observed": x[D:].tolist(),
-                     "pick": int(k), "logp": float(np.log([0.2, 0, 0, 0.4, 0.4][k])), "value": 1.0,
+                     "pick": int(k), "logp": float(np.log({0: 0.2, 3: 0.4, 4: 0.4}[k])), "value": 1.0,
                      "cpu_seconds": 1.0})  # fmt: skip
     return rows
 
@@ -61,7 +61,8 @@ def test_the_cautious_level_takes_the_sure_factor_and_leaves_the_coin_flip(tmp_p
     report = lo.fit_level([episodes], start, tmp_path / "out", min_episodes=100)
     assert report["acting"] == [0.5, 2.0] and report["count"] == 1500  # the cut last line is left out
     assert report["chosen_by"] == "held-out value" and report["threshold"] in lo.THRESHOLDS
-    assert report["agreement"] > 0.9 and report["agreement_around"] > 0.85
+    assert report["agreement"] > 0.9 and report["agreement_around"] > 0.85 and report["tasks"] == 1500
+    assert report["network_in_sample"]["acts"] == pytest.approx(report["in_sample"]["acts"], abs=0.1)
     by = {r["threshold"]: r for r in report["table"]}
     assert by[0.6]["acted_reward"] > 1.05 and by[0.6]["acted_losses"] < 0.2  # where it acts, it mostly wins
     policy, _ = load_policy(tmp_path / "out" / "policy.pt")
@@ -80,22 +81,68 @@ def test_the_cautious_level_takes_the_sure_factor_and_leaves_the_coin_flip(tmp_p
 
 def test_held_out_scores_count_the_reward_only_where_the_rule_chose_the_factor_drawn():
     ep = lo.Episodes(x=np.zeros((4, 1)), factor=np.array([2.0, 2.0, 0.5, 1.0]), reward=np.array([1.2, 0.8, 1.5, 1.0]),
-                     prob=np.array([0.5, 0.5, 0.25, 0.25]), family=np.array(["a"] * 4))  # fmt: skip
+                     prob=np.array([0.5, 0.5, 0.25, 0.25]), family=np.array(["a"] * 4), task=np.arange(4))  # fmt: skip
     s = lo.scores(np.array([2.0, 1.0, 2.0, 1.0]), ep)
     # IPS: 1.2 / 0.5 where it took the drawn x2, 1 where it keeps, 0 where it chose what was not drawn
     assert s["value"] == pytest.approx((2.4 + 1 + 0 + 1) / 4)
+    assert s["value_se"] == pytest.approx(np.std([2.4, 1, 0, 1], ddof=1) / 2)
     assert s["acts"] == 0.5 and s["acted_episodes"] == 1 and s["acted_reward"] == pytest.approx(1.2)
     assert s["declined_episodes"] == 1 and s["declined_reward"] == pytest.approx(0.8) and s["acted_losses"] == 0.0
+    assert s["effective_episodes"] == pytest.approx(1.0) and s["largest_weight"] == pytest.approx(2.0)
+    both = lo.scores(np.array([2.0, 2.0, 1.0, 1.0]), ep)  # two acted episodes of weight 2: 2 effective
+    assert both["effective_episodes"] == pytest.approx(2.0) and both["acted_losses"] == 0.5
+    assert list(lo.wins(np.array([0.9, 1.0, 1.1]))) == [False, False, True]  # a tie is not a win
     table = [{"threshold": 0.6, "value": 1.01}, {"threshold": 0.7, "value": 1.01}, {"threshold": 0.8, "value": 1.0}]
     assert lo.chosen_threshold(table) == 0.7  # the more cautious of equals
+    assert lo.chosen_threshold([{"threshold": 0.6, "value": float("nan")}, *table]) == 0.7
+
+
+def test_held_out_folds_keep_each_task_on_one_side_and_count_a_twice_recorded_episode_once(tmp_path, monkeypatch):
+    rows = planted(600, seed=2)
+    for r in rows:
+        r["task_id"] = f"t{r['slot'] % 40}"  # 40 tasks, several episodes each
+    start, episodes = _files(tmp_path, rows)
+    again = tmp_path / "again.jsonl"  # another run that drew some of the same tasks alike
+    again.write_text("".join(json.dumps({**r, "iteration": 9}) + "\n" for r in rows[:50]))
+    ep, digests = lo.read_episodes([episodes, again], D + O, FACTORS)
+    assert len(ep) == 600 and len(digests) == 2 and digests[1] == lo._sha256(again)
+    fitted_on = []
+    original = lo.win_models
+
+    def spying(part, acting, seed):
+        fitted_on.append(set(part.task))
+        return original(part, acting, seed)
+
+    monkeypatch.setattr(lo, "win_models", spying)
+    lo.cross_validate(ep, [0.5, 2.0], [0.7], 4, 0)
+    held = [set(ep.task) - tasks for tasks in fitted_on]
+    assert len(held) == 4 and all(h and not (h & tasks) for h, tasks in zip(held, fitted_on))
+    assert set().union(*held) == set(ep.task)  # every task held out once
 
 
 def test_fit_level_refuses_what_it_cannot_fit_with_what_to_do(tmp_path, capsys):
     start, episodes = _files(tmp_path, planted(300))
     with pytest.raises(ValueError, match="lower --min-episodes"):
         lo.fit_level([episodes], start, tmp_path / "out")  # 120 per factor, 200 needed
-    with pytest.raises(ValueError, match="win probability in"):
-        lo.fit_level([episodes], start, tmp_path / "out", threshold=0.3, min_episodes=50)
+    for bad, expect in [({"threshold": 0.3}, r"in \[0.5, 0.99\]"), ({"threshold": 0.9999}, "would never act"),
+                        ({"thresholds": []}, "no threshold"), ({"folds": 1}, "at least 2 folds")]:  # fmt: skip
+        with pytest.raises(ValueError, match=expect):
+            lo.fit_level([episodes], start, tmp_path / "out", min_episodes=50, **bad)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "policy.pt").write_bytes(start.read_bytes())
+    with pytest.raises(ValueError, match="would overwrite the start policy"):
+        lo.fit_level([episodes], tmp_path / "run" / "policy.pt", tmp_path / "run", min_episodes=50)
+    good = json.dumps(planted(1)[0])
+    for row, expect in [("{not json", r"bad\.jsonl:1: not a JSON line"),
+                        (json.dumps({**planted(1)[0], "reward": None}), "'reward' is None"),
+                        (json.dumps({**planted(1)[0], "reward": float("nan")}), "'reward' is nan"),
+                        (json.dumps({**planted(1)[0], "logp": -1000.0}), "not the log of a probability"),
+                        (json.dumps({**planted(1)[0], "factor": 3.0}), "factor 3 is not among"),
+                        (json.dumps({k: v for k, v in planted(1)[0].items() if k != "factor"}), "'factor' is None"),
+                        (json.dumps({**planted(1)[0], "input": [None] * (D + O)}), "not all numbers")]:  # fmt: skip
+        (tmp_path / "bad.jsonl").write_text(row + "\n" + good + "\n")
+        with pytest.raises(ValueError, match=expect):
+            lo.read_episodes([tmp_path / "bad.jsonl"], D + O, FACTORS)
     with pytest.raises(FileNotFoundError, match="no such episodes file"):
         lo.fit_level([tmp_path / "none.jsonl"], start, tmp_path / "out")
     wide = tmp_path / "wide.jsonl"
@@ -112,7 +159,7 @@ def test_fit_level_refuses_what_it_cannot_fit_with_what_to_do(tmp_path, capsys):
     assert main(["fit-level", "--episodes", str(episodes), "--start", str(tmp_path / "plain.pt"),
                  "--out", str(tmp_path / "out")]) == 2  # fmt: skip
     assert "does not observe" in capsys.readouterr().err
-    assert not (tmp_path / "out" / "policy.pt").exists()
+    assert not (tmp_path / "out").exists()  # nothing written before a refusal
 
 
 def test_fit_level_from_the_command_line_with_a_given_threshold(tmp_path, capsys):
