@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lhopt_dsl.agent.level import HoldLevel, LearnedLevel  # noqa: E402
+from lhopt_dsl.agent.level import CautiousLevel, HoldLevel, LearnedLevel  # noqa: E402
 from lhopt_dsl.agent.residual import clamp_offset  # noqa: E402
 
 CADENCES = ((1, None), (20, 20))  # check-dropin's: the training loss every step and nothing else; both every 20
@@ -68,7 +68,7 @@ def recording() -> Iterator[list[Decision]]:
 
     def chosen(self: HoldLevel, carry: Any, features: np.ndarray) -> Sequence[float]:
         chosen = original(self, carry, features)
-        if self.reader is not None and isinstance(self.rule, LearnedLevel):
+        if self.reader is not None and isinstance(self.rule, (LearnedLevel, CautiousLevel)):
             rows = np.asarray(features).reshape(len(carry.offset), -1)
             x = self.rule.inputs(carry.describe, self.reader(rows))
             seen.extend(Decision(self.rule, carry.t, float(m), x[b].copy(), float(chosen[b]))
@@ -100,25 +100,39 @@ def envelope(episodes: Path | str, width: int, quantile: float = 0.005) -> tuple
     return np.nanquantile(x, quantile, 0), np.nanquantile(x, 1 - quantile, 0)
 
 
-def explain(level: LearnedLevel, x: np.ndarray, bounds: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """What ``level`` chooses from inputs ``x`` (D + O) and what that rests on."""
+def explain(level: LearnedLevel | CautiousLevel, x: np.ndarray,
+            bounds: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:  # fmt: skip
+    """What ``level`` chooses from inputs ``x`` (D + O) and what that rests on. For a learned level
+    ``p_factor`` and ``p_keep`` are its network's probabilities; for a cautious one, the chosen (or
+    likeliest) factor's win probability and the threshold it must reach."""
     names = list(level.descriptor) + list(level.observe)
     x = np.asarray(x, dtype=np.float64).reshape(len(names))
-    mean = level.net.mean.numpy()
+    if isinstance(level, CautiousLevel):
+        mean, factors = level.mean, list(level.factors)
 
-    def pick_of(rows: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return torch.softmax(level.net(np.nan_to_num(rows))[0], 1).numpy()
+        def pick_of(rows: np.ndarray) -> np.ndarray:  # one-hot choices; the win probability beside
+            chosen = level.choose_observed(rows[:, : len(level.descriptor)].tolist(), rows[:, len(level.descriptor):])
+            return np.eye(len(factors))[[factors.index(f) for f in chosen]]
+
+        p_win = level.win_probability(x[None])[0]
+        p_factor, p_keep = float(p_win.max()), float(level.threshold)
+    else:
+        mean, factors = level.net.mean.numpy(), list(level.factors)
+
+        def pick_of(rows: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return torch.softmax(level.net(np.nan_to_num(rows))[0], 1).numpy()
 
     probs = pick_of(x[None])[0]
     pick = int(np.argmax(probs))
+    if not isinstance(level, CautiousLevel):
+        p_factor, p_keep = float(probs[pick]), float(probs[factors.index(1.0)])
     swapped = np.repeat(x[None], len(names), 0)
     swapped[np.arange(len(names)), np.arange(len(names))] = mean
     alone = pick_of(swapped).argmax(1)
-    keep = level.factors.index(1.0)
     out: dict[str, Any] = {
-        "factor": float(level.factors[pick]), "p_factor": float(probs[pick]), "p_keep": float(probs[keep]),
-        "flips_at_mean": {names[i]: float(level.factors[k]) for i, k in enumerate(alone) if k != pick},
+        "factor": float(factors[pick]), "p_factor": p_factor, "p_keep": p_keep,
+        "flips_at_mean": {names[i]: float(factors[k]) for i, k in enumerate(alone) if k != pick},
     }
     if bounds is not None:
         lo, hi = bounds
@@ -194,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
 
     policy, _ = load_policy(args.policy)
     level = getattr(getattr(policy, "inner", None), "rule", None)
-    if not (isinstance(level, LearnedLevel) and level.observe):
+    if not (isinstance(level, (LearnedLevel, CautiousLevel)) and level.observe):
         raise SystemExit(f"{args.policy}: its level does not observe; this bench reads an observing level's decision")
     bounds = envelope(args.episodes, len(level.descriptor) + len(level.observe)) if args.episodes else None
     rows = measure(args.policy, args.seeds, args.steps, args.ood_scale, args.data_dir, bounds)

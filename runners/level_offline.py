@@ -22,20 +22,18 @@ propensity: an episode counts its reward over the probability its factor was dra
 rule chooses that factor, 1 where the rule keeps, 0 otherwise), the highest value and, among equal
 ones, the higher threshold; ``--threshold`` fixes it instead.
 
-A policy file's level is a network (:class:`~lhopt_dsl.agent.level.LevelNet`, chosen by its largest
-logit), so the rule is distilled into one with the start level's input standardisation: the logit
-of each acting factor regresses the classifier's log-odds of winning, keep's logit is the
-threshold's log-odds, and factors not acted on are never chosen. The report gives how often the
-network chooses as the classifier does on the episodes.
+The level deploys the rule itself (:class:`~lhopt_dsl.agent.level.CautiousLevel`, a policy file's
+``level`` of kind ``cautious``): the classifiers' trees as plain arrays, which predict what they
+predict (checked on every episode when it is fitted), the threshold, and the start level's mean
+for features nobody observed. An earlier version distilled the rule into a level network, which
+followed it on 88% of inputs; the drop-in checks fell on either side of the difference.
 
 Outputs in ``--out``: ``policy.pt`` (the start policy with the fitted level; its ``fitted`` entry
-names the start, the episode files and the digests of the bytes read, the threshold and the
-agreement), ``fit.json`` and ``fit.md`` (per threshold: the share of held-out episodes acted on,
+names the start, the episode files and the digests of the bytes read, and the threshold), ``fit.json`` and ``fit.md`` (per threshold: the share of held-out episodes acted on,
 the off-policy value with its standard error and the effective number of episodes its acted part
 rests on (inverse weights are large where PPO rarely drew the factor), the mean reward and the
 share of losses (reward below 0.95) where the rule acted and the drawn factor was its own, the mean
-reward of the factor episodes it declined; ``fit.json`` also scores, in sample, the rule and the
-network's own choices).
+reward of the factor episodes it declined; ``fit.json`` also scores the rule in sample).
 """
 
 from __future__ import annotations
@@ -48,9 +46,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from lhopt_dsl.agent.level import LearnedLevel, LevelNet
+from lhopt_dsl.agent.level import CautiousLevel, LearnedLevel, TreeEnsemble
 from lhopt_dsl.agent.policy import save_checkpoint
 from lhopt_dsl.agent.policy_file import load_policy_file
 
@@ -58,9 +55,6 @@ from .jobs import write_json
 
 THRESHOLDS: tuple[float, ...] = (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9)
 LOSS = 0.95  # a reward below this counts as a loss (the held run clearly worse than the start's)
-NEVER = -100.0  # the logit of a factor the fitted level never takes
-LOGIT_CLIP = 8.0  # log-odds regressed by the network are clipped to this
-MAX_THRESHOLD = 0.99  # keep's log-odds stay well inside the clip
 
 
 @dataclass(frozen=True)
@@ -231,55 +225,6 @@ def chosen_threshold(table: Sequence[dict[str, float]]) -> float:
     return float(max(finite, key=lambda r: (round(r["value"], 6), r["threshold"]))["threshold"])
 
 
-def distil(models: Sequence[Any], acting: Sequence[float], threshold: float, factors: Sequence[float],
-           start: LevelNet, episodes: np.ndarray, seed: int, epochs: int = 100, copies: int = 3,
-           noise: float = 0.3) -> tuple[LevelNet, float, float]:  # fmt: skip
-    """A level network choosing (by its largest logit) as :func:`rule` does, with ``start``'s
-    standardisation and size, trained on the ``episodes``' inputs and ``copies`` of them moved by
-    Gaussian noise of ``noise`` standardised units (so that it follows the rule between and around
-    the episodes, not only at them). Returns it, its agreement with the rule on the episodes, and on
-    as many fresh noisy copies (where it was not trained)."""
-    rng = np.random.default_rng(seed)
-
-    def moved(n: int) -> np.ndarray:
-        return np.concatenate([episodes + rng.normal(size=episodes.shape) * start.scale.numpy() * noise
-                               for _ in range(n)]) if n else episodes[:0]  # fmt: skip
-
-    x, fresh = np.concatenate([episodes, moved(copies)]), moved(1)
-    target = np.clip(np.log(np.clip(win_probability(models, x), 1e-6, 1 - 1e-6)) -
-                     np.log(np.clip(1 - win_probability(models, x), 1e-6, 1)), -LOGIT_CLIP, LOGIT_CLIP)  # fmt: skip
-    inputs, choices, hidden = start.shape
-    cols = [list(factors).index(f) for f in acting]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = LevelNet(inputs, choices, hidden)
-        with torch.no_grad():
-            net.mean.copy_(start.mean)
-            net.scale.copy_(start.scale)
-            torch.nn.init.normal_(net.logits.weight, std=0.01)
-        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-        xt, yt = torch.as_tensor(x), torch.as_tensor(target, dtype=torch.float32)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            for b in torch.randperm(len(x), generator=gen).split(256):
-                loss = ((net(xt[b])[0][:, cols] - yt[b]) ** 2).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    with torch.no_grad():
-        keep = list(factors).index(1.0)
-        for k in range(choices):
-            if k not in cols:
-                net.logits.weight[k].zero_()
-                net.logits.bias[k] = NEVER
-        net.logits.bias[keep] = math.log(threshold / (1 - threshold))
-        net.value.weight.zero_()
-        net.value.bias.fill_(1.0)  # as keeping: the start's run
-        agree = [float((np.asarray(factors)[net(z)[0].argmax(1).numpy()] ==
-                        rule(win_probability(models, z), acting, threshold)).mean()) for z in (episodes, fresh)]  # fmt: skip
-    return net.eval(), agree[0], agree[1]
-
-
 def _sha256(path: Path) -> str:  # of a file read once, whole
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -307,9 +252,8 @@ def fit_level(episodes: Sequence[str | Path], start: str | Path, out: str | Path
     thresholds = sorted({float(t) for t in thresholds} | ({float(threshold)} if threshold is not None else set()))
     if not thresholds:
         raise ValueError("no threshold to choose among: give --thresholds or --threshold")
-    if any(not 0.5 <= t <= MAX_THRESHOLD for t in thresholds):
-        raise ValueError(f"thresholds {thresholds}: win probabilities in [0.5, {MAX_THRESHOLD}] (a network's logits "
-                         f"are fitted within +-{LOGIT_CLIP:g}, so a higher one would never act)")  # fmt: skip
+    if any(not 0.5 <= t < 1.0 for t in thresholds):
+        raise ValueError(f"thresholds {thresholds}: win probabilities in [0.5, 1)")
     if folds < 2:
         raise ValueError(f"--folds {folds}: choosing a threshold needs at least 2 folds")
     if (out / "policy.pt").resolve() == start_path.resolve():
@@ -329,25 +273,28 @@ def fit_level(episodes: Sequence[str | Path], start: str | Path, out: str | Path
     table = cross_validate(ep, acting, thresholds, folds, seed)
     picked = float(threshold) if threshold is not None else chosen_threshold(table)
     models = win_models(ep, acting, seed)
-    net, agreement, around = distil(models, acting, picked, factors, start_level.net, ep.x, seed)
-    with torch.no_grad():
-        own = np.asarray(factors)[net(ep.x)[0].argmax(1).numpy()]
+    forests = tuple(TreeEnsemble.from_boosting(m) for m in models)
+    mean = start_level.net.mean.numpy().astype(np.float64)  # what an unobserved feature reads as, as the start's
     fitted = {
         "offline": "lhopt fit-level", "start": str(start_path), "start_sha256": _sha256(start_path),
         "episodes": [str(p) for p in episodes], "episodes_sha256": digests,
         "count": len(ep), "tasks": int(len(np.unique(ep.task))), "acting": list(acting), "threshold": picked,
         "chosen_by": "given" if threshold is not None else "held-out value", "folds": folds, "seed": seed,
-        "agreement": agreement, "agreement_around": around, "start_fitted": start_level.fitted,
+        "start_fitted": start_level.fitted,
     }  # fmt: skip
-    fitted_level = LearnedLevel(factors, net, start_level.descriptor, fitted, start_level.observe, start_level.at)
+    fitted_level = CautiousLevel((1.0, *acting), forests, picked, mean, start_level.descriptor, start_level.observe,
+                                 start_level.at, fitted)  # fmt: skip
+    gap = float(np.abs(fitted_level.win_probability(ep.x) - win_probability(models, ep.x)).max())
+    if gap > 1e-9:  # the level deploys the classifiers themselves
+        raise RuntimeError(f"the classifiers' trees, read into the level, predict up to {gap:.2g} apart from them: "
+                           "a scikit-learn whose boosting trees this version does not read")  # fmt: skip
     families = {f: scores(rule(win_probability(models, ep.take(ep.family == f).x), acting, picked),
                           ep.take(ep.family == f))["acts"] for f in sorted(set(ep.family))}  # fmt: skip
     report = {**fitted, "table": table, "in_sample": scores(rule(win_probability(models, ep.x), acting, picked), ep),
-              "network_in_sample": scores(own, ep), "acts_by_family": families}  # fmt: skip
+              "acts_by_family": families, "nodes": int(sum(len(t.left) for t in forests))}  # fmt: skip
     text = (f"# A cautious level fitted to {len(ep)} episodes of {fitted['tasks']} tasks\n\nStart: `{start_path}`. "
             "Acting factors: " + ", ".join(f"x{f:g}" for f in acting) + f". Threshold {picked:g} ({fitted['chosen_by']}); "
-            f"the network chooses as the classifiers' rule on {agreement:.1%} of the episodes and on {around:.1%} of "
-            "points around them.\n\n"
+            f"the level carries the classifiers' trees ({report['nodes']:,} nodes).\n\n"
             f"Held-out folds ({folds}, by task):\n\n{table_md(table, picked)}\n\nActs on, by family (in sample): "
             + ", ".join(f"{f} {a:.0%}" for f, a in families.items()) + "\n")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)

@@ -168,9 +168,10 @@ class TreeEnsemble:
         internal = self.left >= 0
         return int(self.feature[internal].max()) + 1 if internal.any() else 0
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """(B, K) predictions for inputs (B, D)."""
-        x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    def predict(self, x: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """(B, K) predictions for inputs (B, D), compared with the thresholds in ``dtype`` (float32, as
+        scikit-learn's forests read their inputs; float64 for its histogram gradient boosting)."""
+        x = np.asarray(x, dtype=dtype).reshape(len(x), -1)
         rows, out = np.arange(len(x)), np.zeros((len(x), self.value.shape[1]))
         for root in self.roots:
             node = np.full(len(x), int(root))
@@ -200,6 +201,37 @@ class TreeEnsemble:
         index = np.int32 if start < 2**31 else np.int64  # half the bytes in a policy file
         return cls(np.asarray(roots, dtype=index), cat(lefts).astype(index), cat(rights).astype(index),
                    cat(feats).astype(index), cat(thresholds).astype(np.float64), cat(values).astype(np.float64))  # fmt: skip
+
+    @classmethod
+    def from_boosting(cls, model: Any) -> "TreeEnsemble":
+        """A fitted binary scikit-learn ``HistGradientBoostingClassifier`` (numerical splits) as a
+        forest whose mean is its decision function, the log-odds of the positive class: its trees'
+        leaf values, and a one-leaf tree holding its baseline, each times the number of trees
+        (predict with float64 inputs, as it reads them)."""
+        trees = [t for per_iteration in model._predictors for t in per_iteration]
+        if any(len(per_iteration) != 1 for per_iteration in model._predictors) or \
+                any(bool(t.nodes["is_categorical"].any()) for t in trees):  # fmt: skip
+            raise ValueError("a binary classifier with numerical splits only")
+        count = len(trees) + 1
+        roots, lefts, rights, feats, thresholds, values, start = [], [], [], [], [], [], 0
+        for t in trees:
+            nodes, leaf = t.nodes, t.nodes["is_leaf"].astype(bool)
+            roots.append(start)
+            lefts.append(np.where(leaf, -1, nodes["left"].astype(np.int64) + start))
+            rights.append(np.where(leaf, -1, nodes["right"].astype(np.int64) + start))
+            feats.append(np.where(leaf, -1, nodes["feature_idx"].astype(np.int64)))
+            thresholds.append(np.where(leaf, 0.0, nodes["num_threshold"]))
+            values.append(nodes["value"].astype(np.float64) * count)
+            start += len(nodes)
+        roots.append(start)  # the baseline
+        lefts.append(np.array([-1]))
+        rights.append(np.array([-1]))
+        feats.append(np.array([-1]))
+        thresholds.append(np.array([0.0]))
+        values.append(np.array([float(np.ravel(model._baseline_prediction)[0]) * count]))
+        cat = np.concatenate
+        return cls(np.asarray(roots, dtype=np.int32), cat(lefts).astype(np.int32), cat(rights).astype(np.int32),
+                   cat(feats).astype(np.int32), cat(thresholds).astype(np.float64), cat(values)[:, None])  # fmt: skip
 
     def to_data(self) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(getattr(self, k)) for k in FOREST_KEYS}
@@ -438,6 +470,17 @@ class LevelNet(torch.nn.Module):
         return self.logits(h), self.value(h).squeeze(-1)
 
 
+def _observing_inputs(describes: Sequence[Sequence[float]], observed: np.ndarray, mean: np.ndarray,
+                      width: int) -> np.ndarray:  # fmt: skip
+    """(B, D + O): each run's description (D = ``width`` entries; NaN where missing or of another
+    length) followed by its observed features (B, O), a NaN one read as ``mean``'s entry."""
+    obs = np.asarray(observed, dtype=np.float64).reshape(len(describes), len(mean))
+    obs = np.where(np.isfinite(obs), obs, mean)
+    desc = np.array([d if len(d) == width else np.full(width, np.nan) for d in describes],
+                    dtype=np.float64).reshape(len(describes), width)  # fmt: skip
+    return np.hstack([desc, obs])
+
+
 @dataclass(frozen=True, eq=False)
 class LearnedLevel:
     """Chooses each run's held offset by a :class:`LevelNet` trained with PPO (``lhopt train-level``):
@@ -485,12 +528,7 @@ class LearnedLevel:
         """The network's inputs (B, D + O): each run's description followed by its observed features
         (B, O, as :class:`ObservedReader` reads them); a NaN observation (a loss nobody reported)
         reads as the training tasks' mean. A missing description stays NaN (the run keeps)."""
-        obs = np.asarray(observed, dtype=np.float64).reshape(len(describes), len(self.observe))
-        mean = self.net.mean.numpy()[len(self.descriptor):]
-        obs = np.where(np.isfinite(obs), obs, mean)
-        desc = np.array([d if len(d) == len(self.descriptor) else np.full(len(self.descriptor), np.nan)
-                         for d in describes], dtype=np.float64).reshape(len(describes), len(self.descriptor))  # fmt: skip
-        return np.hstack([desc, obs])
+        return _observing_inputs(describes, observed, self.net.mean.numpy()[len(self.descriptor):], len(self.descriptor))
 
     def choose_observed(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> list[float]:
         """Per run, the factor chosen from its description and its observed features (B, O)."""
@@ -513,6 +551,85 @@ class LearnedLevel:
         net.load_state_dict({k: torch.as_tensor(v) for k, v in data["net"].items()})
         at = None if data.get("at") is None else float(data["at"])
         return cls(factors, net.eval(), names, dict(data.get("fitted") or {}), observe, at)
+
+
+@dataclass(frozen=True, eq=False)
+class CautiousLevel:
+    """Holds a factor only where it usually won (``lhopt fit-level``): per factor other than keep, a
+    forest (:class:`TreeEnsemble`, one output) whose mean is the log-odds that holding that factor
+    beats keeping on a run with these inputs, fitted to a level run's paired episodes. At
+    :func:`observing_decision` of fraction ``at`` it reads the run's description and the observed
+    features ``observe`` (one nobody observed reads as ``mean``'s entry), and takes the factor most
+    likely to win where that probability reaches ``threshold``, else keeps. ``factors``: keep (1)
+    and the acting factors, whose forests are ``forests`` in the same order. A run whose description
+    is missing or of another length keeps."""
+
+    factors: tuple[float, ...]
+    forests: tuple[TreeEnsemble, ...]
+    threshold: float
+    mean: np.ndarray
+    descriptor: tuple[str, ...]
+    observe: tuple[str, ...]
+    at: float
+    fitted: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def acting(self) -> tuple[float, ...]:
+        return tuple(f for f in self.factors if f != 1.0)
+
+    def __post_init__(self) -> None:
+        _check_choices(self.factors, "a cautious level")
+        width = len(self.descriptor) + len(self.observe)
+        if len(self.forests) != len(self.acting) or any(t.value.shape[1] != 1 or t.inputs > width for t in self.forests):
+            raise ValueError(f"a cautious level needs one single-output forest per factor other than keep "
+                             f"({len(self.acting)}) reading at most its {width} inputs")  # fmt: skip
+        if not 0.5 <= self.threshold < 1.0 or not self.observe or not 0.0 < self.at < 1.0:
+            raise ValueError(f"a cautious level acts at a win probability in [0.5, 1) (got {self.threshold}) and reads "
+                             f"observed features at a fraction of the run in (0, 1) (got {len(self.observe)} at {self.at})")
+        if np.shape(self.mean) != (width,) or not np.isfinite(self.mean).all():
+            raise ValueError(f"a cautious level's mean has {width} finite entries")
+
+    def decision_at(self, outer: int) -> int:
+        return fraction_decision(self.at, outer)
+
+    def win_probability(self, x: np.ndarray) -> np.ndarray:
+        """(B, acting factors) probabilities that holding each factor wins, for inputs (B, D + O)."""
+        x = np.asarray(x, dtype=np.float64).reshape(-1, len(self.mean))
+        logit = np.hstack([t.predict(x, np.float64) for t in self.forests])
+        return 1.0 / (1.0 + np.exp(-logit))
+
+    def inputs(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> np.ndarray:
+        """As :meth:`LearnedLevel.inputs`, an unobserved feature read as ``mean``'s entry."""
+        return _observing_inputs(describes, observed, self.mean[len(self.descriptor):], len(self.descriptor))
+
+    def choose_observed(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> list[float]:
+        x = self.inputs(describes, observed)
+        ok = np.isfinite(x).all(1)
+        out = [1.0] * len(x)
+        if ok.any():
+            p = self.win_probability(x[ok])
+            best = p.argmax(1)
+            picks = np.where(p.max(1) >= self.threshold, np.asarray(self.acting)[best], 1.0)
+            for i, f in zip(np.flatnonzero(ok), picks):
+                out[i] = float(f)
+        return out
+
+    def choose_runs(self, runs: Sequence[Run]) -> list[float]:
+        return self.choose_observed([r.describe for r in runs], np.full((len(runs), len(self.observe)), np.nan))
+
+    def to_data(self) -> dict[str, Any]:
+        """What a policy file records (the ``level`` entry, ``kind: cautious``)."""
+        return {"kind": "cautious", "factors": list(self.factors), "descriptor": list(self.descriptor),
+                "observe": list(self.observe), "at": self.at, "threshold": self.threshold,
+                "mean": torch.as_tensor(np.asarray(self.mean, dtype=np.float64)), "fitted": self.fitted,
+                "forests": [t.to_data() for t in self.forests]}  # fmt: skip
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> "CautiousLevel":
+        return cls(tuple(float(f) for f in data["factors"]), tuple(TreeEnsemble.from_data(t) for t in data["forests"]),
+                   float(data["threshold"]), _array(data["mean"]).astype(np.float64),
+                   tuple(str(n) for n in data["descriptor"]), tuple(str(n) for n in data["observe"]),
+                   float(data["at"]), dict(data.get("fitted") or {}))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -538,13 +655,15 @@ class ChosenLevel:
         return np.full(len(rows), float(self.factor))
 
 
-def level_rule_from_data(data: dict[str, Any]) -> "LevelRule | DescribedRule | LearnedLevel":
+def level_rule_from_data(data: dict[str, Any]) -> "LevelRule | DescribedRule | LearnedLevel | CautiousLevel":
     """The rule a policy file's ``level`` entry holds (checked by the loader first)."""
     kind = data.get("kind")
     if kind == "described":
         return DescribedRule.from_data(data)
     if kind == "learned":
         return LearnedLevel.from_data(data)
+    if kind == "cautious":
+        return CautiousLevel.from_data(data)
     if kind is not None:
         raise ValueError(f"a level of kind {str(kind)[:40]!r}, which this version of lhopt does not know")
     return LevelRule.from_data(data)

@@ -164,34 +164,75 @@ def _level_factors(factors: Any) -> list[float]:
     return factors
 
 
+def _check_forest(data: Any, where: str, outputs: int, inputs: int, columns: str, read: str) -> None:
+    """A forest's arrays (:class:`~lhopt_dsl.agent.level.TreeEnsemble`'s ``to_data``): plain tensors
+    of a bounded size whose every path ends at a leaf, ``outputs`` per node, splitting on fewer than
+    ``inputs`` inputs (``columns`` and ``read`` name them in a refusal)."""
+    from .level import FOREST_KEYS, _array, check_forest
+
+    forest = _dict(data, where, FOREST_KEYS)
+    arrays = {}
+    for k in FOREST_KEYS:
+        t = forest[k]
+        at = f"{where}['{k}']"
+        if not isinstance(t, torch.Tensor) or t.is_sparse or not t.is_contiguous() or \
+                t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) * t.element_size():
+            raise _Problem(f"{at} is {_kind(t)}, not a plain tensor whose values the file holds")  # fmt: skip
+        most = MAX_FOREST_NODES * (outputs if k == "value" else 1)
+        if t.numel() > most:
+            raise _Problem(f"{at} has {t.numel():,} entries, more than a forest of {MAX_FOREST_NODES:,} nodes holds")
+        arrays[k] = _array(t)
+    if arrays["value"].ndim != 2 or arrays["value"].shape[1] != outputs:
+        raise _Problem(f"{where}['value'] has shape {list(arrays['value'].shape)}, but needs {columns}")
+    problem = check_forest(*(arrays[k] for k in FOREST_KEYS))
+    if problem:
+        raise _Problem(f"{where} is not a forest: {problem}")
+    if (arrays["feature"][arrays["left"] >= 0] >= inputs).any():
+        raise _Problem(f"{where} splits on an input beyond its {inputs} {read}")
+
+
 def _check_described(level: Mapping[str, Any]) -> None:
     """A described level rule (:class:`~lhopt_dsl.agent.level.DescribedRule`'s ``to_data``): its factors
     (keep among them) within the offset bounds, its description's names, and a forest whose every path
     ends at a leaf, with one output per factor."""
-    from .level import FOREST_KEYS, _array, check_forest
-
     level = _dict(level, "['level']", ("factors", "descriptor", "forest"))
     factors, names = _level_names(level)
-    forest = _dict(level["forest"], "['level']['forest']", FOREST_KEYS)
-    arrays = {}
-    for k in FOREST_KEYS:
-        t = forest[k]
-        where = f"['level']['forest']['{k}']"
-        if not isinstance(t, torch.Tensor) or t.is_sparse or not t.is_contiguous() or \
-                t.untyped_storage().nbytes() < (t.storage_offset() + t.numel()) * t.element_size():
-            raise _Problem(f"{where} is {_kind(t)}, not a plain tensor whose values the file holds")  # fmt: skip
-        most = MAX_FOREST_NODES * (len(factors) if k == "value" else 1)
-        if t.numel() > most:
-            raise _Problem(f"{where} has {t.numel():,} entries, more than a forest of {MAX_FOREST_NODES:,} nodes holds")
-        arrays[k] = _array(t)
-    if arrays["value"].ndim != 2 or arrays["value"].shape[1] != len(factors):
-        raise _Problem(f"['level']['forest']['value'] has shape {list(arrays['value'].shape)}, but needs one column "
-                       f"per factor ({len(factors)})")  # fmt: skip
-    problem = check_forest(*(arrays[k] for k in FOREST_KEYS))
-    if problem:
-        raise _Problem(f"['level']['forest'] is not a forest: {problem}")
-    if (arrays["feature"][arrays["left"] >= 0] >= len(names)).any():
-        raise _Problem(f"['level']['forest'] splits on an input beyond its {len(names)} described ones")
+    _check_forest(level["forest"], "['level']['forest']", len(factors), len(names),
+                  f"one column per factor ({len(factors)})", "described ones")  # fmt: skip
+
+
+def _check_observing(level: Mapping[str, Any]) -> list[str]:
+    """An observing level's feature names and its fraction of the run (none for a level that does not observe)."""
+    observe = level.get("observe") or []
+    if not isinstance(observe, list) or len(observe) > MAX_DESCRIPTOR or not all(isinstance(n, str) for n in observe):
+        raise _Problem(f"['level']['observe'] must be a list of up to {MAX_DESCRIPTOR} feature names, got {_kind(observe)}")
+    if observe:
+        at = _number(level.get("at"), "['level']['at']")
+        if not 0.0 < at < 1.0:
+            raise _Problem(f"['level']['at'] is {at}, not a fraction of the run in (0, 1)")
+    elif level.get("at") is not None:
+        raise _Problem("['level']['at'] is set, but the level observes no feature (['level']['observe'] is empty)")
+    return observe
+
+
+def _check_cautious(level: Mapping[str, Any]) -> None:
+    """A cautious level (:class:`~lhopt_dsl.agent.level.CautiousLevel`'s ``to_data``): factors and
+    description as a described one's, the features it observes and where, its threshold, the mean its
+    unobserved inputs read as, and one single-output forest per factor other than keep."""
+    level = _dict(level, "['level']", ("factors", "descriptor", "observe", "at", "threshold", "mean", "forests"))
+    factors, names = _level_names(level)
+    observe = _check_observing(level)
+    if not observe:
+        raise _Problem("['level']['observe'] is empty: a cautious level reads observed features")
+    if not 0.5 <= _number(level["threshold"], "['level']['threshold']") < 1.0:
+        raise _Problem(f"['level']['threshold'] is {level['threshold']}, not a win probability in [0.5, 1)")
+    _finite_tensor(level["mean"], "['level']['mean']", (len(names) + len(observe),))
+    forests = level["forests"]
+    if not isinstance(forests, list) or len(forests) != len(factors) - 1:
+        raise _Problem(f"['level']['forests'] must be a list of one forest per factor other than keep "
+                       f"({len(factors) - 1}), got {_kind(forests)}")  # fmt: skip
+    for i, forest in enumerate(forests):
+        _check_forest(forest, f"['level']['forests'][{i}]", 1, len(names) + len(observe), "one column", "inputs")
 
 
 MAX_LEVEL_HIDDEN = 1024  # hidden units of a learned level's layers
@@ -224,15 +265,7 @@ def _check_learned(level: Mapping[str, Any]) -> None:
     level = _dict(level, "['level']", ("factors", "descriptor", "hidden", "net"))
     factors, names = _level_names(level)
     hidden = _int(level["hidden"], "['level']['hidden']", 1, MAX_LEVEL_HIDDEN)
-    observe = level.get("observe") or []
-    if not isinstance(observe, list) or len(observe) > MAX_DESCRIPTOR or not all(isinstance(n, str) for n in observe):
-        raise _Problem(f"['level']['observe'] must be a list of up to {MAX_DESCRIPTOR} feature names, got {_kind(observe)}")
-    if observe:
-        at = _number(level.get("at"), "['level']['at']")
-        if not 0.0 < at < 1.0:
-            raise _Problem(f"['level']['at'] is {at}, not a fraction of the run in (0, 1)")
-    elif level.get("at") is not None:
-        raise _Problem("['level']['at'] is set, but the level observes no feature (['level']['observe'] is empty)")
+    observe = _check_observing(level)
     inputs = len(names) + len(observe)
     expected = {k: tuple(v.shape) for k, v in LevelNet(inputs, len(factors), hidden).state_dict().items()}
     net = _dict(level["net"], "['level']['net']", tuple(expected))
@@ -321,14 +354,14 @@ def _check_level(state: Mapping[str, Any]) -> None:
     if "members" in state["policy"]:
         raise _Problem("['level'] goes with a single policy, not an ensemble")
     kind = state["level"].get("kind") if isinstance(state["level"], dict) else None
-    if kind not in (None, "described", "learned"):
+    if kind not in (None, "described", "learned", "cautious"):
         raise _Problem(f"['level']['kind'] is {str(kind)[:40]!r}, a kind of level this version of lhopt does not know "
                        "(a file from a newer version?)")  # fmt: skip
     if kind == "described":
         _check_described(state["level"])
         return
-    if kind == "learned":
-        _check_learned(state["level"])
+    if kind in ("learned", "cautious"):
+        (_check_learned if kind == "learned" else _check_cautious)(state["level"])
         _check_observed(state)
         return
     level = _dict(state["level"], "['level']", ("decision", "factors", "mean", "scale", "weights"))
