@@ -53,7 +53,7 @@ class Decision:
     """An observing level's decision in one run: at decision ``t``, with the learning-rate ``offset``
     in force (the residual network's moves so far), from ``inputs`` (the level's network inputs)."""
 
-    level: LearnedLevel
+    level: LearnedLevel | CautiousLevel
     t: int
     offset: float
     inputs: np.ndarray
@@ -114,8 +114,8 @@ def explain(level: LearnedLevel | CautiousLevel, x: np.ndarray,
             chosen = level.choose_observed(rows[:, : len(level.descriptor)].tolist(), rows[:, len(level.descriptor):])
             return np.eye(len(factors))[[factors.index(f) for f in chosen]]
 
-        p_win = level.win_probability(x[None])[0]
-        p_factor, p_keep = float(p_win.max()), float(level.threshold)
+        p_win = level.win_probability(x[None])[0] if np.isfinite(x).all() else np.full(len(level.acting), np.nan)
+        p_factor, p_keep = float(p_win.max()), float(level.threshold)  # NaN: no description, it keeps
     else:
         mean, factors = level.net.mean.numpy(), list(level.factors)
 

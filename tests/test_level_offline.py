@@ -171,7 +171,7 @@ def test_fit_level_from_the_command_line_with_a_given_threshold(tmp_path, capsys
     assert "Threshold 0.8 (given)" in out and "policy:" in out
     report = json.loads((tmp_path / "out" / "fit.json").read_text())
     assert [r["threshold"] for r in report["table"]] == [0.7, 0.8, 0.9] and report["folds"] == 3
-    level = torch.load(tmp_path / "out" / "policy.pt", weights_only=False)["level"]
+    level = torch.load(tmp_path / "out" / "policy.pt", weights_only=True)["level"]
     assert level["kind"] == "cautious" and level["threshold"] == 0.8 and len(level["forests"]) == 2
 
 
@@ -215,7 +215,11 @@ def test_a_cautious_level_acts_only_where_a_factor_is_likely_to_win_and_its_file
                          (lambda lv: lv["forests"].pop(), r"\['forests'\] must be a list of one forest per factor"),
                          (lambda lv: lv["forests"][1]["feature"].__setitem__(0, D + O), r"\['forests'\]\[1\] splits on an input beyond"),
                          (lambda lv: lv.__setitem__("mean", torch.zeros(3)), r"\['mean'\] has shape \[3\]"),
-                         (lambda lv: lv.__setitem__("observe", []), r"\['at'\] is set")]:  # fmt: skip
+                         (lambda lv: lv.__setitem__("observe", []), r"\['at'\] is set"),
+                         (lambda lv: lv.update(factors=[1.0], forests=[]), "at least one other factor"),
+                         (lambda lv: lv.update(factors=[1.0, 1.0, 2.0]), "at least one other factor, each once"),
+                         (lambda lv: lv["forests"][0].__setitem__("left", torch.tensor(1)), r"\['left'\] is a 0-dimensional"),
+                         (lambda lv: lv["forests"][0].__setitem__("value", torch.zeros(3)), r"\['value'\] is a 1-dimensional")]:  # fmt: skip
         level = _cautious().to_data()
         mend(level)
         save_checkpoint({**state, "level": level}, tmp_path / "bad.pt")

@@ -579,6 +579,8 @@ class CautiousLevel:
 
     def __post_init__(self) -> None:
         _check_choices(self.factors, "a cautious level")
+        if not self.acting or len(set(self.factors)) != len(self.factors):
+            raise ValueError(f"a cautious level has keep (1) and at least one other factor, each once: {self.factors}")
         width = len(self.descriptor) + len(self.observe)
         if len(self.forests) != len(self.acting) or any(t.value.shape[1] != 1 or t.inputs > width for t in self.forests):
             raise ValueError(f"a cautious level needs one single-output forest per factor other than keep "
@@ -595,8 +597,9 @@ class CautiousLevel:
     def win_probability(self, x: np.ndarray) -> np.ndarray:
         """(B, acting factors) probabilities that holding each factor wins, for inputs (B, D + O)."""
         x = np.asarray(x, dtype=np.float64).reshape(-1, len(self.mean))
-        logit = np.hstack([t.predict(x, np.float64) for t in self.forests])
-        return 1.0 / (1.0 + np.exp(-logit))
+        from scipy.special import expit  # no overflow warnings at large log-odds
+
+        return expit(np.hstack([t.predict(x, np.float64) for t in self.forests]))
 
     def inputs(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> np.ndarray:
         """As :meth:`LearnedLevel.inputs`, an unobserved feature read as ``mean``'s entry."""
@@ -684,7 +687,7 @@ class HoldLevel:
     """``inner`` with its learning-rate proposals replaced by the held level ``rule`` chooses (see the
     module's docstring): a :class:`LevelRule` at its decision from the run's features, a
     :class:`DescribedRule` or :class:`LearnedLevel` before the first step from the run's description,
-    an observing :class:`LearnedLevel` at its fraction of the run from both. Goes inside
+    an observing :class:`LearnedLevel` or a :class:`CautiousLevel` at its fraction of the run from both. Goes inside
     :class:`~lhopt_dsl.agent.residual.Residual`."""
 
     kind = "level"

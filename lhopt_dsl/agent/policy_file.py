@@ -148,7 +148,7 @@ def check_policy_data(data: Any, where: str = "['policy']") -> None:
     _check_norm(data["value_norm"], f"{where}['value_norm']", shape.value_size)
 
 
-MAX_FOREST_NODES = 4_000_000  # nodes of a described level's forest (a fitted one has tens of thousands)
+MAX_FOREST_NODES = 4_000_000  # nodes of a level's forest, or of a cautious level's forests in all (fitted ones: tens of thousands)
 MAX_DESCRIPTOR = 256  # entries of a model description
 
 
@@ -181,6 +181,9 @@ def _check_forest(data: Any, where: str, outputs: int, inputs: int, columns: str
         most = MAX_FOREST_NODES * (outputs if k == "value" else 1)
         if t.numel() > most:
             raise _Problem(f"{at} has {t.numel():,} entries, more than a forest of {MAX_FOREST_NODES:,} nodes holds")
+        if t.dim() != (2 if k == "value" else 1) or t.is_complex() or t.dtype == torch.bool:
+            raise _Problem(f"{at} is a {t.dim()}-dimensional {t.dtype} tensor, not a "
+                           f"{'table of real values' if k == 'value' else 'list of real numbers'}")  # fmt: skip
         arrays[k] = _array(t)
     if arrays["value"].ndim != 2 or arrays["value"].shape[1] != outputs:
         raise _Problem(f"{where}['value'] has shape {list(arrays['value'].shape)}, but needs {columns}")
@@ -227,19 +230,26 @@ def _check_cautious(level: Mapping[str, Any]) -> None:
     if not 0.5 <= _number(level["threshold"], "['level']['threshold']") < 1.0:
         raise _Problem(f"['level']['threshold'] is {level['threshold']}, not a win probability in [0.5, 1)")
     _finite_tensor(level["mean"], "['level']['mean']", (len(names) + len(observe),))
+    acting = [f for f in factors if f != 1.0]
+    if not acting or len(set(factors)) != len(factors):
+        raise _Problem(f"['level']['factors'] is {factors}: a cautious level has keep (1) and at least one other "
+                       "factor, each once")  # fmt: skip
     forests = level["forests"]
-    if not isinstance(forests, list) or len(forests) != len(factors) - 1:
+    if not isinstance(forests, list) or len(forests) != len(acting):
         raise _Problem(f"['level']['forests'] must be a list of one forest per factor other than keep "
-                       f"({len(factors) - 1}), got {_kind(forests)}")  # fmt: skip
+                       f"({len(acting)}), got {_kind(forests)}")  # fmt: skip
     for i, forest in enumerate(forests):
         _check_forest(forest, f"['level']['forests'][{i}]", 1, len(names) + len(observe), "one column", "inputs")
+    nodes = sum(int(f["left"].numel()) for f in forests)
+    if nodes > MAX_FOREST_NODES:
+        raise _Problem(f"['level']['forests'] hold {nodes:,} nodes in all, more than {MAX_FOREST_NODES:,}")
 
 
 MAX_LEVEL_HIDDEN = 1024  # hidden units of a learned level's layers
 
 
 def _level_names(level: Mapping[str, Any]) -> tuple[list[float], list[str]]:
-    """A described or learned level's factors (keep among them) and its description's names."""
+    """A described, learned or cautious level's factors (keep among them) and its description's names."""
     factors = _level_factors(level["factors"])
     if 1.0 not in factors:
         raise _Problem("['level']['factors'] lacks 1 (keep the base schedule)")
