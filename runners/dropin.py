@@ -39,6 +39,8 @@ from .ood_programs import report_losses
 CADENCES: tuple[tuple[int | None, int | None], ...] = (
     (1, None), (1, 20), (20, 20), (20, None), (None, 20), (None, None), (7, 50),
 )  # fmt: skip
+
+
 def cadence_label(cadence: tuple[int | None, int | None]) -> str:
     """How tables name a reporting cadence: 'train 1, valid never'."""
     return f"train {cadence[0] or 'never'}, valid {cadence[1] or 'never'}"

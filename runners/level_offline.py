@@ -47,7 +47,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lhopt_dsl.agent.level import CautiousLevel, LearnedLevel, TreeEnsemble
+from lhopt_dsl.agent.level import CautiousLevel, LearnedLevel, TreeEnsemble, likeliest_winner
 from lhopt_dsl.agent.policy import save_checkpoint
 from lhopt_dsl.agent.policy_file import load_policy_file
 
@@ -174,11 +174,7 @@ def win_probability(models: Sequence[Any], x: np.ndarray) -> np.ndarray:
     return np.stack([m.predict_proba(x)[:, list(m.classes_).index(True)] for m in models], 1)
 
 
-def rule(p: np.ndarray, acting: Sequence[float], threshold: float) -> np.ndarray:
-    """The factor chosen per row of win probabilities ``p``: the likeliest winner where it reaches
-    ``threshold``, else keep (1)."""
-    best = p.argmax(1)
-    return np.where(p.max(1) >= threshold, np.asarray(acting, dtype=np.float64)[best], 1.0)
+rule = likeliest_winner  # the factor chosen per row of win probabilities, as the deployed level chooses
 
 
 def scores(chosen: np.ndarray, ep: Episodes) -> dict[str, float]:
@@ -284,14 +280,15 @@ def fit_level(episodes: Sequence[str | Path], start: str | Path, out: str | Path
     }  # fmt: skip
     fitted_level = CautiousLevel((1.0, *acting), forests, picked, mean, start_level.descriptor, start_level.observe,
                                  start_level.at, fitted)  # fmt: skip
-    gap = float(np.abs(fitted_level.win_probability(ep.x) - win_probability(models, ep.x)).max())
+    p = win_probability(models, ep.x)
+    gap = float(np.abs(fitted_level.win_probability(ep.x) - p).max())
     if gap > 1e-9:  # the level deploys the classifiers themselves
         raise RuntimeError(f"the classifiers' trees, read into the level, predict up to {gap:.2g} apart from them: "
                            "a scikit-learn whose boosting trees this version does not read")  # fmt: skip
-    families = {f: scores(rule(win_probability(models, ep.take(ep.family == f).x), acting, picked),
-                          ep.take(ep.family == f))["acts"] for f in sorted(set(ep.family))}  # fmt: skip
-    report = {**fitted, "table": table, "in_sample": scores(rule(win_probability(models, ep.x), acting, picked), ep),
-              "acts_by_family": families, "nodes": int(sum(len(t.left) for t in forests))}  # fmt: skip
+    chosen = rule(p, acting, picked)
+    families = {f: float((chosen[ep.family == f] != 1.0).mean()) for f in sorted(set(ep.family))}
+    report = {**fitted, "table": table, "in_sample": scores(chosen, ep), "acts_by_family": families,
+              "nodes": int(sum(len(t.left) for t in forests))}  # fmt: skip
     text = (f"# A cautious level fitted to {len(ep)} episodes of {fitted['tasks']} tasks\n\nStart: `{start_path}`. "
             "Acting factors: " + ", ".join(f"x{f:g}" for f in acting) + f". Threshold {picked:g} ({fitted['chosen_by']}); "
             f"the level carries the classifiers' trees ({report['nodes']:,} nodes).\n\n"

@@ -44,6 +44,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
+from scipy.special import expit  # the logistic function, without overflow warnings at large log-odds
 
 from ..spec.hparams import HyperparameterSpace
 from .actor import Actor, Run, Step
@@ -184,23 +185,30 @@ class TreeEnsemble:
         return out / len(self.roots)
 
     @classmethod
-    def from_sklearn(cls, forest: Any) -> "TreeEnsemble":
-        """The arrays of a fitted scikit-learn forest of regression trees (``estimators_``)."""
+    def from_trees(cls, trees: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> "TreeEnsemble":
+        """A forest of ``trees``, each (left, right, feature, threshold, value (nodes, K)) with its
+        children indexed within the tree and negative at a leaf (whose feature and threshold are
+        ignored)."""
         roots, lefts, rights, feats, thresholds, values, start = [], [], [], [], [], [], 0
-        for est in forest.estimators_:
-            t = est.tree_
-            leaf = t.children_left < 0
+        for left, right, feature, threshold, value in trees:
+            leaf = np.asarray(left) < 0
             roots.append(start)
-            lefts.append(np.where(leaf, -1, t.children_left + start))
-            rights.append(np.where(leaf, -1, t.children_right + start))
-            feats.append(np.where(leaf, -1, t.feature))
-            thresholds.append(np.where(leaf, 0.0, t.threshold))
-            values.append(t.value.reshape(t.node_count, -1))
-            start += t.node_count
+            lefts.append(np.where(leaf, -1, np.asarray(left, dtype=np.int64) + start))
+            rights.append(np.where(leaf, -1, np.asarray(right, dtype=np.int64) + start))
+            feats.append(np.where(leaf, -1, np.asarray(feature, dtype=np.int64)))
+            thresholds.append(np.where(leaf, 0.0, threshold))
+            values.append(np.asarray(value, dtype=np.float64).reshape(len(leaf), -1))
+            start += len(leaf)
         cat = np.concatenate
         index = np.int32 if start < 2**31 else np.int64  # half the bytes in a policy file
         return cls(np.asarray(roots, dtype=index), cat(lefts).astype(index), cat(rights).astype(index),
-                   cat(feats).astype(index), cat(thresholds).astype(np.float64), cat(values).astype(np.float64))  # fmt: skip
+                   cat(feats).astype(index), cat(thresholds).astype(np.float64), cat(values))  # fmt: skip
+
+    @classmethod
+    def from_sklearn(cls, forest: Any) -> "TreeEnsemble":
+        """The arrays of a fitted scikit-learn forest of regression trees (``estimators_``)."""
+        return cls.from_trees([(t.children_left, t.children_right, t.feature, t.threshold, t.value)
+                               for t in (est.tree_ for est in forest.estimators_)])  # fmt: skip
 
     @classmethod
     def from_boosting(cls, model: Any) -> "TreeEnsemble":
@@ -208,30 +216,16 @@ class TreeEnsemble:
         forest whose mean is its decision function, the log-odds of the positive class: its trees'
         leaf values, and a one-leaf tree holding its baseline, each times the number of trees
         (predict with float64 inputs, as it reads them)."""
-        trees = [t for per_iteration in model._predictors for t in per_iteration]
+        trees = [t.nodes for per_iteration in model._predictors for t in per_iteration]
         if any(len(per_iteration) != 1 for per_iteration in model._predictors) or \
-                any(bool(t.nodes["is_categorical"].any()) for t in trees):  # fmt: skip
+                any(bool(nodes["is_categorical"].any()) for nodes in trees):  # fmt: skip
             raise ValueError("a binary classifier with numerical splits only")
         count = len(trees) + 1
-        roots, lefts, rights, feats, thresholds, values, start = [], [], [], [], [], [], 0
-        for t in trees:
-            nodes, leaf = t.nodes, t.nodes["is_leaf"].astype(bool)
-            roots.append(start)
-            lefts.append(np.where(leaf, -1, nodes["left"].astype(np.int64) + start))
-            rights.append(np.where(leaf, -1, nodes["right"].astype(np.int64) + start))
-            feats.append(np.where(leaf, -1, nodes["feature_idx"].astype(np.int64)))
-            thresholds.append(np.where(leaf, 0.0, nodes["num_threshold"]))
-            values.append(nodes["value"].astype(np.float64) * count)
-            start += len(nodes)
-        roots.append(start)  # the baseline
-        lefts.append(np.array([-1]))
-        rights.append(np.array([-1]))
-        feats.append(np.array([-1]))
-        thresholds.append(np.array([0.0]))
-        values.append(np.array([float(np.ravel(model._baseline_prediction)[0]) * count]))
-        cat = np.concatenate
-        return cls(np.asarray(roots, dtype=np.int32), cat(lefts).astype(np.int32), cat(rights).astype(np.int32),
-                   cat(feats).astype(np.int32), cat(thresholds).astype(np.float64), cat(values)[:, None])  # fmt: skip
+        leafless = [np.where(n["is_leaf"].astype(bool), -1, n["left"].astype(np.int64)) for n in trees]
+        baseline = float(np.ravel(model._baseline_prediction)[0])
+        return cls.from_trees([(left, n["right"], n["feature_idx"], n["num_threshold"], n["value"] * count)
+                               for left, n in zip(leafless, trees)]
+                              + [([-1], [-1], [-1], [0.0], [baseline * count])])  # fmt: skip
 
     def to_data(self) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(getattr(self, k)) for k in FOREST_KEYS}
@@ -553,6 +547,12 @@ class LearnedLevel:
         return cls(factors, net.eval(), names, dict(data.get("fitted") or {}), observe, at)
 
 
+def likeliest_winner(p: np.ndarray, acting: Sequence[float], threshold: float) -> np.ndarray:
+    """Per row of win probabilities ``p`` (B, acting factors): the likeliest winner where its
+    probability reaches ``threshold``, else keep (1)."""
+    return np.where(p.max(1) >= threshold, np.asarray(acting, dtype=np.float64)[p.argmax(1)], 1.0)
+
+
 @dataclass(frozen=True, eq=False)
 class CautiousLevel:
     """Holds a factor only where it usually won (``lhopt fit-level``): per factor other than keep, a
@@ -597,8 +597,6 @@ class CautiousLevel:
     def win_probability(self, x: np.ndarray) -> np.ndarray:
         """(B, acting factors) probabilities that holding each factor wins, for inputs (B, D + O)."""
         x = np.asarray(x, dtype=np.float64).reshape(-1, len(self.mean))
-        from scipy.special import expit  # no overflow warnings at large log-odds
-
         return expit(np.hstack([t.predict(x, np.float64) for t in self.forests]))
 
     def inputs(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> np.ndarray:
@@ -608,14 +606,10 @@ class CautiousLevel:
     def choose_observed(self, describes: Sequence[Sequence[float]], observed: np.ndarray) -> list[float]:
         x = self.inputs(describes, observed)
         ok = np.isfinite(x).all(1)
-        out = [1.0] * len(x)
+        out = np.ones(len(x))
         if ok.any():
-            p = self.win_probability(x[ok])
-            best = p.argmax(1)
-            picks = np.where(p.max(1) >= self.threshold, np.asarray(self.acting)[best], 1.0)
-            for i, f in zip(np.flatnonzero(ok), picks):
-                out[i] = float(f)
-        return out
+            out[ok] = likeliest_winner(self.win_probability(x[ok]), self.acting, self.threshold)
+        return out.tolist()
 
     def choose_runs(self, runs: Sequence[Run]) -> list[float]:
         return self.choose_observed([r.describe for r in runs], np.full((len(runs), len(self.observe)), np.nan))
